@@ -98,6 +98,10 @@ struct Conv2dParams {
 // x [N, C, H, W], weight [O, C, kh, kw], bias [O] or undefined. Groups = 1.
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor(),
               const Conv2dParams& p = {});
+// Whether conv2d may return channel-blocked outputs on inference paths (nothing to record); on by
+// default. Off forces plain NCHW everywhere (debugging, comparing layouts).
+void set_blocked_layout(bool on);
+bool blocked_layout_enabled();
 
 // ---------------- normalisation, softmax, attention ----------------
 // x [N, C, ...], C divisible by groups; weight/bias [C] or undefined.
