@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <utility>
 
 #include "autograd/grad_mode.h"
 #include "ops/kernels.h"
@@ -185,11 +186,12 @@ TEST(ConvKernel, BlockedChainMatchesReference) {
 }
 
 TEST(ConvKernel, ExplicitlyBlockedInput) {
-  for (int block : {8, 16}) {
-    const Tensor x = random_tensor({1, 16, 6, 7}, 15);
+  // Either block on any CPU, and channel counts that fill 8-blocks but not 16-blocks.
+  for (auto [block, c] : {std::pair{8, 16}, std::pair{16, 16}, std::pair{8, 24}}) {
+    const Tensor x = random_tensor({1, c, 6, 7}, 15);
     const Tensor xb = ops::to_blocked(x, block);
     ASSERT_EQ(xb.channel_block(), block);
-    const Tensor w = random_tensor({8, 16, 3, 3}, 16);
+    const Tensor w = random_tensor({8, c, 3, 3}, 16);
     const Tensor ref = reference_kernels().conv2d(x, w, Tensor(), params(1, 1), false);
     EXPECT_TENSORS_CLOSE(fast_kernels().conv2d(xb, w, Tensor(), params(1, 1), false), ref, kAtol,
                          0.0);

@@ -255,7 +255,7 @@ Tensor fast_conv2d(const Tensor& x, const Tensor& w, const Tensor& bias,
                    const ops::Conv2dParams& p, bool allow_blocked) {
   const ConvSpec spec(x.shape(), w.shape(), p);
   const int block = native_block();
-  const Tag act = x.is_blocked() || (spec.x[1] % block == 0 && spec.y[1] % block == 0)
+  const Tag act = spec.x[1] % block == 0 && spec.y[1] % block == 0
                       ? (block == 16 ? Tag::nChw16c : Tag::nChw8c)
                       : Tag::any;
   static PrimitiveCache<ConvFwdEntry> cache;
