@@ -8,6 +8,7 @@
 // Tolerances are stated per test; f32 kernels are compared with double-accumulating references.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -72,7 +73,9 @@ TEST_P(GroupNormKernels, BlockedMatchesPlain) {
   }
 }
 
-// Backward: grad_x, grad_w, grad_b; atol 1e-4 (grad_w/grad_b sum N*S terms).
+// Backward: grad_x atol 2e-5 * max(1, rstd) (its terms scale with rstd, which is 1/sqrt(eps) for
+// one-element groups, where the exact result 0 is a difference of such terms); grad_w/grad_b
+// atol 1e-4 (sums of N*S terms).
 TEST_P(GroupNormKernels, BackwardFastMatchesReference) {
   const GroupNormCase& p = GetParam();
   const int64_t n = p.shape[0], c = p.shape[1], s = p.shape[2] * p.shape[3];
@@ -83,7 +86,9 @@ TEST_P(GroupNormKernels, BackwardFastMatchesReference) {
   Tensor rgw, rgb, fgw, fgb;
   Tensor rgx = ref().group_norm_backward(x, gy, p.groups, w, st.mean, st.rstd, &rgw, &rgb);
   Tensor fgx = fast().group_norm_backward(x, gy, p.groups, w, st.mean, st.rstd, &fgw, &fgb);
-  EXPECT_TENSORS_CLOSE(fgx, rgx, 2e-5, 1e-4);
+  double max_rstd = 1.0;
+  for (float r : st.rstd.to_vector()) max_rstd = std::max<double>(max_rstd, r);
+  EXPECT_TENSORS_CLOSE(fgx, rgx, 2e-5 * max_rstd, 1e-4);
   EXPECT_TENSORS_CLOSE(fgw, rgw, 1e-4, 1e-4);
   EXPECT_TENSORS_CLOSE(fgb, rgb, 1e-4, 1e-4);
 }

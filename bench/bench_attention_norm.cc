@@ -1,0 +1,117 @@
+// Micro-benchmarks of the fast attention and normalisation kernels at Stable Diffusion 1.5 sizes:
+// self-attention over the 64x64 latent's 4096 tokens (8 heads x 40 dims, the first UNet level),
+// cross-attention to 77 text tokens, a 1024-token level (8 x 80), attention backward, and
+// GroupNorm(32) on [1, 320, 64, 64] in plain NCHW and in the blocked layouts convs keep, plus
+// layer norm and softmax. Attention reports GFLOP/s (4 * Lq * Lk * D * H: two matmuls), the
+// memory-bound kernels report GB/s (one read and one write of the tensor).
+//
+//   OMP_NUM_THREADS=2 ./build/stipple_bench_kernels --benchmark_filter='Attention|Norm|Softmax'
+#include <benchmark/benchmark.h>
+
+#include <cmath>
+#include <random>
+
+#include "ops/kernels.h"
+#include "ops/ops.h"
+
+namespace stipple {
+namespace {
+
+Tensor random_input(const Shape& shape, uint32_t seed) {
+  Tensor t = Tensor::empty(shape);
+  std::mt19937 gen(seed);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  float* p = t.data<float>();
+  for (int64_t i = 0; i < t.numel(); ++i) p[i] = dist(gen);
+  return t;
+}
+
+void set_rate(benchmark::State& state, const char* name, double units) {
+  state.counters[name] =
+      benchmark::Counter(units * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// Args: Lq, Lk, heads, head dim; batch 1.
+void BM_Attention(benchmark::State& state) {
+  const int64_t lq = state.range(0), lk = state.range(1), h = state.range(2), d = state.range(3);
+  const Tensor q = random_input({1, h, lq, d}, 1);
+  const Tensor k = random_input({1, h, lk, d}, 2);
+  const Tensor v = random_input({1, h, lk, d}, 3);
+  const KernelTable& kt = fast_kernels();
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  for (auto _ : state) benchmark::DoNotOptimize(kt.attention(q, k, v, Tensor(), scale, false));
+  set_rate(state, "GFLOP/s", 4.0 * lq * lk * d * h);
+}
+BENCHMARK(BM_Attention)
+    ->Args({4096, 4096, 8, 40})  // SD 1.5 level 1 self-attention
+    ->Args({4096, 77, 8, 40})    // SD 1.5 level 1 cross-attention
+    ->Args({1024, 1024, 8, 80})  // SD 1.5 level 2 self-attention
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+// Backward: 8 flop-units of Lq * Lk * D per head (recomputed scores, dP, dV, dK, dQ: 5 matmuls).
+void BM_AttentionBackward(benchmark::State& state) {
+  const int64_t lq = state.range(0), lk = state.range(1), h = state.range(2), d = state.range(3);
+  const Tensor q = random_input({1, h, lq, d}, 1);
+  const Tensor k = random_input({1, h, lk, d}, 2);
+  const Tensor v = random_input({1, h, lk, d}, 3);
+  const Tensor go = random_input({1, h, lq, d}, 4);
+  const KernelTable& kt = fast_kernels();
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  const AttentionResult r = kt.attention(q, k, v, Tensor(), scale, false);
+  for (auto _ : state) {
+    Tensor gq, gk, gv;
+    kt.attention_backward(q, k, v, Tensor(), scale, false, r.out, r.lse, go, &gq, &gk, &gv);
+    benchmark::DoNotOptimize(gq);
+  }
+  set_rate(state, "GFLOP/s", 10.0 * lq * lk * d * h);
+}
+BENCHMARK(BM_AttentionBackward)
+    ->Args({1024, 1024, 8, 40})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+// GroupNorm(32) on [1, 320, 64, 64]. Arg: 0 plain [N, C, S], 8 or 16 blocked nChw{b}c.
+void BM_GroupNorm(benchmark::State& state) {
+  const int block = static_cast<int>(state.range(0));
+  const Shape shape{1, 320, 64, 64};
+  Tensor x = random_input(shape, 5);
+  x = block ? ops::to_blocked(x, block) : x.reshape({1, 320, 64 * 64});
+  const Tensor w = random_input({320}, 6), b = random_input({320}, 7);
+  const KernelTable& kt = fast_kernels();
+  for (auto _ : state) benchmark::DoNotOptimize(kt.group_norm(x, 32, w, b, 1e-5f));
+  set_rate(state, "GB/s", 2.0 * 4 * shape_numel(shape));
+}
+BENCHMARK(BM_GroupNorm)->Arg(0)->Arg(8)->Arg(16)->UseRealTime();
+
+// The reference twin, for scale (plain layout only).
+void BM_GroupNormReference(benchmark::State& state) {
+  const Tensor x = random_input({1, 320, 64 * 64}, 5);
+  const Tensor w = random_input({320}, 6), b = random_input({320}, 7);
+  const KernelTable& kt = reference_kernels();
+  for (auto _ : state) benchmark::DoNotOptimize(kt.group_norm(x, 32, w, b, 1e-5f));
+  set_rate(state, "GB/s", 2.0 * 4 * x.numel());
+}
+BENCHMARK(BM_GroupNormReference)->UseRealTime();
+
+// LayerNorm over [4096, 320] (the transformer blocks' norms at level 1).
+void BM_LayerNorm(benchmark::State& state) {
+  const Tensor x = random_input({4096, 320}, 8);
+  const Tensor w = random_input({320}, 9), b = random_input({320}, 10);
+  const KernelTable& kt = fast_kernels();
+  for (auto _ : state) benchmark::DoNotOptimize(kt.layer_norm(x, w, b, 1e-5f));
+  set_rate(state, "GB/s", 2.0 * 4 * x.numel());
+}
+BENCHMARK(BM_LayerNorm)->UseRealTime();
+
+// Softmax over rows of 4096 scores (one query tile of a non-fused attention).
+void BM_Softmax(benchmark::State& state) {
+  const Tensor x = random_input({1024, 4096}, 11);
+  const KernelTable& kt = fast_kernels();
+  for (auto _ : state) benchmark::DoNotOptimize(kt.softmax(x));
+  set_rate(state, "GB/s", 2.0 * 4 * x.numel());
+}
+BENCHMARK(BM_Softmax)->UseRealTime();
+
+}  // namespace
+}  // namespace stipple
