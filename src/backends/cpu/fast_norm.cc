@@ -123,74 +123,77 @@ void group_norm_plain(const float* x, int64_t nb, int64_t c, int64_t s, int64_t 
 // periods of P = max(V, bk) floats (V = lanes), so a vector's k-th slot in the period always
 // holds the same channels: per-channel sums and per-channel scale/shift become P-float patterns.
 
-// Per-channel sums of (x - centre[ch]) ^ power (power 1 or 2) over one channel block.
-void block_channel_sums(const float* xb, int64_t hw, int64_t bk, const float* centre, int power,
-                        double* out) {
+// One pass over a channel block: per channel, s = sum(x - k) and q = sum((x - k)^2) with the
+// pivot k = the channel's first value (shifting by a sample of the channel keeps the one-pass
+// variance free of cancellation).
+void block_channel_sums(const float* xb, int64_t hw, int64_t bk, double* pivot, double* s_out,
+                        double* q_out) {
   const hn::ScalableTag<float> d;
   const int64_t nl = hn::Lanes(d);
   const int64_t period = std::max<int64_t>(nl, bk), nvec = period / nl;
   const int64_t total = hw * bk, full = total / period * period;
-  HWY_ALIGN float pattern[64];  // centre per slot of the period (period <= 64)
-  for (int64_t e = 0; e < period; ++e) pattern[e] = centre[e % bk];
-  std::fill(out, out + bk, 0.0);
-  constexpr int64_t kChunkPeriods = 256;  // fold into double every so often
-  HWY_ALIGN float lanes[64];
+  HWY_ALIGN float pattern[64];  // pivot per slot of the period (period <= 64)
+  for (int64_t e = 0; e < bk; ++e) pivot[e] = xb[e];
+  for (int64_t e = 0; e < period; ++e) pattern[e] = xb[e % bk];
+  std::fill(s_out, s_out + bk, 0.0);
+  std::fill(q_out, q_out + bk, 0.0);
+  constexpr int64_t kChunkPeriods = 256;  // fold f32 lanes into double every so often
+  HWY_ALIGN float ls[64], lq[64];
   for (int64_t start = 0; start < full; start += kChunkPeriods * period) {
     const int64_t end = std::min(full, start + kChunkPeriods * period);
     for (int64_t k = 0; k < nvec; ++k) {
       const auto vc = hn::Load(d, pattern + k * nl);
-      auto acc = hn::Zero(d);
+      auto as = hn::Zero(d), aq = hn::Zero(d);
       for (int64_t i = start + k * nl; i < end; i += period) {
         const auto dv = hn::Sub(hn::LoadU(d, xb + i), vc);
-        acc = power == 1 ? hn::Add(acc, dv) : hn::MulAdd(dv, dv, acc);
+        as = hn::Add(as, dv);
+        aq = hn::MulAdd(dv, dv, aq);
       }
-      hn::Store(acc, d, lanes + k * nl);
+      hn::Store(as, d, ls + k * nl);
+      hn::Store(aq, d, lq + k * nl);
     }
-    for (int64_t e = 0; e < period; ++e) out[e % bk] += lanes[e];
+    for (int64_t e = 0; e < period; ++e) s_out[e % bk] += ls[e], q_out[e % bk] += lq[e];
   }
   for (int64_t i = full; i < total; ++i) {
-    const double dv = xb[i] - centre[i % bk];
-    out[i % bk] += power == 1 ? dv : dv * dv;
+    const double dv = xb[i] - pivot[i % bk];
+    s_out[i % bk] += dv;
+    q_out[i % bk] += dv * dv;
   }
 }
 
+// Two passes over memory: per-channel shifted sums (parallel over channel blocks), then the
+// normalisation. Group statistics combine the channels exactly: with m = group mean,
+//   sum (x - m)^2 = sum_c [q_c + 2 (k_c - m) s_c + hw (k_c - m)^2].
 void group_norm_blocked(const float* x, int64_t nb, int64_t c, int64_t hw, int64_t bk,
                         int64_t groups, const float* w, const float* b, float eps, float* y,
                         float* mean, float* rstd) {
   const int64_t cpg = c / groups, nblk = c / bk;
-  std::vector<double> ch_sum(nb * c), ch_sq(nb * c);
-  std::vector<float> zeros(bk, 0.0f);
-  // Pass 1: per-channel sums -> group means.
+  std::vector<double> pivot(nb * c), ch_s(nb * c), ch_q(nb * c);
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < nb * nblk; ++t) {
-    block_channel_sums(x + t * hw * bk, hw, bk, zeros.data(), 1, ch_sum.data() + t * bk);
+    block_channel_sums(x + t * hw * bk, hw, bk, pivot.data() + t * bk, ch_s.data() + t * bk,
+                       ch_q.data() + t * bk);
   }
-  std::vector<float> ch_mean(nb * c);
+  std::vector<float> ch_mean(nb * c), scale(nb * c), shift(nb * c);  // y = (x - m) a + b
   for (int64_t n = 0; n < nb; ++n) {
     for (int64_t g = 0; g < groups; ++g) {
+      const int64_t c0 = n * c + g * cpg;
+      const double len = static_cast<double>(cpg * hw);
       double s = 0;
-      for (int64_t ci = 0; ci < cpg; ++ci) s += ch_sum[n * c + g * cpg + ci];
-      mean[n * groups + g] = static_cast<float>(s / (cpg * hw));
-      for (int64_t ci = 0; ci < cpg; ++ci) ch_mean[n * c + g * cpg + ci] = mean[n * groups + g];
-    }
-  }
-  // Pass 2: per-channel squared deviations from the group mean -> group rstd.
-#pragma omp parallel for schedule(static)
-  for (int64_t t = 0; t < nb * nblk; ++t) {
-    block_channel_sums(x + t * hw * bk, hw, bk, ch_mean.data() + t * bk, 2,
-                       ch_sq.data() + t * bk);
-  }
-  std::vector<float> scale(nb * c), shift(nb * c);  // y = (x - mean) * scale + shift
-  for (int64_t n = 0; n < nb; ++n) {
-    for (int64_t g = 0; g < groups; ++g) {
+      for (int64_t ci = 0; ci < cpg; ++ci) s += ch_s[c0 + ci] + hw * pivot[c0 + ci];
+      const double m = s / len;
       double q = 0;
-      for (int64_t ci = 0; ci < cpg; ++ci) q += ch_sq[n * c + g * cpg + ci];
-      const float rs = static_cast<float>(1.0 / std::sqrt(q / (cpg * hw) + eps));
+      for (int64_t ci = 0; ci < cpg; ++ci) {
+        const double dk = pivot[c0 + ci] - m;
+        q += ch_q[c0 + ci] + 2.0 * dk * ch_s[c0 + ci] + hw * dk * dk;
+      }
+      const float rs = static_cast<float>(1.0 / std::sqrt(std::max(0.0, q / len) + eps));
+      mean[n * groups + g] = static_cast<float>(m);
       rstd[n * groups + g] = rs;
       for (int64_t ci = 0; ci < cpg; ++ci) {
         const int64_t ch = g * cpg + ci;
-        const float a = rs * (w ? w[ch] : 1.0f);
-        scale[n * c + ch] = a;
+        ch_mean[n * c + ch] = static_cast<float>(m);
+        scale[n * c + ch] = rs * (w ? w[ch] : 1.0f);
         shift[n * c + ch] = b ? b[ch] : 0.0f;
       }
     }
