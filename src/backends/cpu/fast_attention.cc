@@ -32,7 +32,7 @@
 
 namespace stipple::cpu::attn {
 
-constexpr int64_t kTileQ = 64;   // query rows per task
+constexpr int64_t kTileQ = 128;  // query rows per task
 constexpr int64_t kTileK = 256;  // keys per inner step
 
 // One attention problem, as raw pointers into contiguous [B, H, L, D] buffers.
