@@ -3,12 +3,14 @@
 // in a blocked chain (input already in oneDNN's layout, output kept blocked) and in plain NCHW,
 // plus conv backward at 32x32. Each reports GFLOP/s (2 flops per multiply-add).
 //
-//   OMP_NUM_THREADS=2 ./build/stipple_bench_kernels --benchmark_filter='Matmul|Conv'
+//   OMP_NUM_THREADS=2 ./build/stipple_bench_kernels --benchmark_filter='Matmul|Linear|Conv'
 #include <benchmark/benchmark.h>
 
 #include <random>
 
+#include "autograd/grad_mode.h"
 #include "ops/kernels.h"
+#include "ops/ops.h"
 
 namespace stipple {
 namespace {
@@ -37,6 +39,18 @@ void BM_Matmul(benchmark::State& state) {
   set_gflops(state, 2.0 * m * n * k);
 }
 BENCHMARK(BM_Matmul)->Args({4096, 320, 320})->Args({4096, 1280, 320})->UseRealTime();
+
+// The whole op, ops::linear with bias, at the same sizes: the matmul plus the bias pass.
+void BM_LinearOp(benchmark::State& state) {
+  const int64_t m = state.range(0), n = state.range(1), k = state.range(2);
+  const Tensor x = random_input({m, k}, 1);
+  const Tensor w = random_input({n, k}, 2);
+  const Tensor b = random_input({n}, 3);
+  autograd::NoGradGuard no_grad;
+  for (auto _ : state) benchmark::DoNotOptimize(ops::linear(x, w, b));
+  set_gflops(state, 2.0 * m * n * k);
+}
+BENCHMARK(BM_LinearOp)->Args({4096, 320, 320})->Args({4096, 1280, 320})->UseRealTime();
 
 ops::Conv2dParams pad1() {
   ops::Conv2dParams p;
