@@ -122,7 +122,7 @@ TEST(Generator, MatchesStdMt19937) {
 
 TEST(Generator, StateRoundTripContinuesIdentically) {
   Generator g(1234);
-  g.randn({5});          // leaves a cached normal
+  g.randn({5});  // leaves a cached normal
   g.randn({2, 4, 8, 8});
   const std::vector<uint8_t> saved = g.state();
   const std::vector<float> n1 = g.randn({3}).to_vector();  // uses the cached value

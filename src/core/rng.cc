@@ -61,7 +61,7 @@ STIPPLE_NO_CONTRACT float cephes_logf(float x) {
   float e = static_cast<float>(static_cast<int32_t>(bits >> 23) - 0x7f);
   e = e + 1.0f;
   x = bits_to_float((bits & ~0x7f800000u) | 0x3f000000u);  // mantissa in [0.5, 1)
-  const bool below = x < 0.707106781186547524f;               // SQRTHF
+  const bool below = x < 0.707106781186547524f;            // SQRTHF
   const float tmp = below ? x : 0.0f;
   x = x - 1.0f;
   e = e - (below ? 1.0f : 0.0f);
@@ -211,8 +211,7 @@ inline float uniform_f32(Generator& g) {
   return static_cast<float>(g.next_u32() & ((1u << 24) - 1)) * (1.0f / 16777216.0f);
 }
 inline double uniform_f64(Generator& g) {
-  return static_cast<double>(g.next_u64() & ((uint64_t{1} << 53) - 1)) *
-         (1.0 / 9007199254740992.0);
+  return static_cast<double>(g.next_u64() & ((uint64_t{1} << 53) - 1)) * (1.0 / 9007199254740992.0);
 }
 
 }  // namespace
@@ -309,8 +308,7 @@ void Generator::set_state(const std::vector<uint8_t>& bytes) {
   g.seed_ = get<uint64_t>(bytes, pos);
   for (int i = 0; i < kN; ++i) g.mt_[i] = get<uint32_t>(bytes, pos);
   g.index_ = get<int32_t>(bytes, pos);
-  STIPPLE_CHECK(g.index_ >= 0 && g.index_ <= kN, "Generator::set_state: bad position ",
-                g.index_);
+  STIPPLE_CHECK(g.index_ >= 0 && g.index_ <= kN, "Generator::set_state: bad position ", g.index_);
   g.has_next_double_normal_ = get<uint8_t>(bytes, pos) != 0;
   g.next_double_normal_ = get<double>(bytes, pos);
   g.has_next_float_normal_ = get<uint8_t>(bytes, pos) != 0;

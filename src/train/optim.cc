@@ -62,9 +62,7 @@ int64_t read_count(const std::map<std::string, Tensor>& state, const std::string
                                   : static_cast<int64_t>(std::llround(t.to_vector_f64()[0]));
 }
 
-Tensor count_tensor(int64_t n) {
-  return Tensor::from_vector_i64({n}, Shape{});
-}
+Tensor count_tensor(int64_t n) { return Tensor::from_vector_i64({n}, Shape{}); }
 
 }  // namespace
 
@@ -86,8 +84,8 @@ AdamW::AdamW(std::vector<Tensor> params, const AdamWConfig& config)
 void AdamW::step() {
   autograd::NoGradGuard no_grad;
   ++step_;
-  const AdamWParams hp{config_.lr, config_.beta1, config_.beta2, config_.eps,
-                       config_.weight_decay, step_};
+  const AdamWParams hp{config_.lr,  config_.beta1,        config_.beta2,
+                       config_.eps, config_.weight_decay, step_};
   const KernelTable& k = active_kernels();
   for (size_t i = 0; i < params_.size(); ++i) {
     const Tensor g = grad_of(params_[i], i, "AdamW");
@@ -205,7 +203,9 @@ float clip_grad_norm(const std::vector<Tensor>& params, float max_norm) {
     if (!params[i].defined() || !params[i].grad().defined()) continue;
     grads[i] = grad_of(params[i], i, "clip_grad_norm");
     const float* g = grads[i].data<float>();
-    for (int64_t j = 0, n = grads[i].numel(); j < n; ++j) sum_sq += static_cast<double>(g[j]) * g[j];
+    for (int64_t j = 0, n = grads[i].numel(); j < n; ++j) {
+      sum_sq += static_cast<double>(g[j]) * g[j];
+    }
   }
   const double norm = std::sqrt(sum_sq);
   const double coef = max_norm / (norm + 1e-6);
@@ -244,8 +244,11 @@ float Ema::decay_at(int64_t optimization_step) const {
   double d = config_.decay;
   const double td = static_cast<double>(t);
   switch (config_.warmup) {
-    case EmaConfig::Warmup::kNone: break;
-    case EmaConfig::Warmup::kSteps: d = std::min(d, (1.0 + td) / (10.0 + td)); break;
+    case EmaConfig::Warmup::kNone:
+      break;
+    case EmaConfig::Warmup::kSteps:
+      d = std::min(d, (1.0 + td) / (10.0 + td));
+      break;
     case EmaConfig::Warmup::kPower:
       d = std::min(d, 1.0 - std::pow(1.0 + td / config_.inv_gamma, -double{config_.power}));
       break;

@@ -96,9 +96,9 @@ class SGD {
 float clip_grad_norm(const std::vector<Tensor>& params, float max_norm);
 
 struct EmaConfig {
-  float decay = 0.9999f;           // the largest decay used
+  float decay = 0.9999f;  // the largest decay used
   float min_decay = 0.0f;
-  int64_t update_after_step = 0;   // shadow = param (decay 0) until then
+  int64_t update_after_step = 0;  // shadow = param (decay 0) until then
   // Warm-up of the decay, as diffusers' EMAModel:
   //   kSteps  decay_t = min(decay, (1 + t) / (10 + t))       (diffusers' default)
   //   kPower  decay_t = min(decay, 1 - (1 + t / inv_gamma)^-power)  (use_ema_warmup=True)
