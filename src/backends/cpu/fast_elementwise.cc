@@ -575,7 +575,7 @@ Tensor fast_unary(UnaryOp op, const Tensor& x) {
 Tensor fast_unary_backward(UnaryOp op, const Tensor& x, const Tensor& y, const Tensor& gy) {
   Tensor out = empty_like_layout(x);
   const float* px = x.data<float>();
-  const float* py = y.defined() ? y.data<float>() : px;
+  const float* py = y.data<float>();
   const float* pg = gy.data<float>();
   float* po = out.data<float>();
   const int code = static_cast<int>(op);
