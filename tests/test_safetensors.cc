@@ -200,7 +200,9 @@ TEST_F(SafetensorsRoundTrip, AllDtypesMetadataAndLayout) {
     EXPECT_EQ(r.shape(), t.shape());
     EXPECT_TRUE(r.is_contiguous());
     const size_t nb = t.numel() * dtype_size(t.dtype());
-    if (nb > 0) EXPECT_EQ(std::memcmp(r.raw_data(), t.raw_data(), nb), 0);
+    if (nb > 0) {
+      EXPECT_EQ(std::memcmp(r.raw_data(), t.raw_data(), nb), 0);
+    }
     // Each tensor is aligned to its element size inside the mapping (zero-copy).
     EXPECT_EQ(reinterpret_cast<uintptr_t>(r.raw_data()) % dtype_size(t.dtype()), 0u);
   }
@@ -263,13 +265,12 @@ TEST_F(SafetensorsDtypes, SmallIntegersWidenToI64) {
   data += std::string("\x00\xff\x07", 3);  // U8
   data += std::string("\x00\x01", 2);      // BOOL
   data += std::string("\x80", 1);          // I8
-  const std::string p = write_st(
-      "ints.safetensors",
-      R"({"a":{"dtype":"I32","shape":[3],"data_offsets":[0,12]},)"
-      R"("b":{"dtype":"U8","shape":[3],"data_offsets":[12,15]},)"
-      R"("c":{"dtype":"BOOL","shape":[2],"data_offsets":[15,17]},)"
-      R"("d":{"dtype":"I8","shape":[1,1],"data_offsets":[17,18]}})",
-      data);
+  const std::string p = write_st("ints.safetensors",
+                                 R"({"a":{"dtype":"I32","shape":[3],"data_offsets":[0,12]},)"
+                                 R"("b":{"dtype":"U8","shape":[3],"data_offsets":[12,15]},)"
+                                 R"("c":{"dtype":"BOOL","shape":[2],"data_offsets":[15,17]},)"
+                                 R"("d":{"dtype":"I8","shape":[1,1],"data_offsets":[17,18]}})",
+                                 data);
   SafetensorsFile f = SafetensorsFile::open(p);
   auto vals = [&](const std::string& n) {
     Tensor t = f.tensor(n);
@@ -284,11 +285,10 @@ TEST_F(SafetensorsDtypes, SmallIntegersWidenToI64) {
 }
 
 TEST_F(SafetensorsDtypes, UnsupportedDtypeIsListedButRefusedByName) {
-  const std::string p = write_st(
-      "f8.safetensors",
-      R"({"ok":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
-      R"("q":{"dtype":"F8_E4M3","shape":[2,2],"data_offsets":[4,8]}})",
-      f32_bytes({5.0f}) + "abcd");
+  const std::string p = write_st("f8.safetensors",
+                                 R"({"ok":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+                                 R"("q":{"dtype":"F8_E4M3","shape":[2,2],"data_offsets":[4,8]}})",
+                                 f32_bytes({5.0f}) + "abcd");
   SafetensorsFile f = SafetensorsFile::open(p);
   EXPECT_EQ(f.entry("q").dtype, "F8_E4M3");
   EXPECT_EQ(f.shape("q"), (Shape{2, 2}));
@@ -307,11 +307,10 @@ TEST_F(SafetensorsDtypes, UnsupportedDtypeIsListedButRefusedByName) {
 
 TEST_F(SafetensorsDtypes, UnalignedDataIsCopied) {
   // A 1-byte U8 first puts the F32 at data offset 1: still readable, through a copy.
-  const std::string p = write_st(
-      "unaligned.safetensors",
-      R"({"u":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},)"
-      R"("w":{"dtype":"F32","shape":[2],"data_offsets":[1,9]}})",
-      std::string("\x01", 1) + f32_bytes({2.5f, -1.0f}));
+  const std::string p = write_st("unaligned.safetensors",
+                                 R"({"u":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},)"
+                                 R"("w":{"dtype":"F32","shape":[2],"data_offsets":[1,9]}})",
+                                 std::string("\x01", 1) + f32_bytes({2.5f, -1.0f}));
   Tensor w = SafetensorsFile::open(p).tensor("w");
   EXPECT_EQ(reinterpret_cast<uintptr_t>(w.raw_data()) % 4, 0u);
   EXPECT_EQ(w.data<float>()[0], 2.5f);
@@ -321,8 +320,8 @@ TEST_F(SafetensorsDtypes, UnalignedDataIsCopied) {
 TEST_F(SafetensorsDtypes, HeaderPaddedWithSpacesOrNulsAndExtraFieldsAccepted) {
   const std::string h = R"({"w":{"dtype":"F32","shape":[],"data_offsets":[0,4],"x":1}})";
   SafetensorsFile a = SafetensorsFile::open(write_st("a", h + "     ", f32_bytes({1.0f})));
-  SafetensorsFile b = SafetensorsFile::open(write_st("b", h + std::string(3, '\0'),
-                                                     f32_bytes({1.0f})));
+  SafetensorsFile b =
+      SafetensorsFile::open(write_st("b", h + std::string(3, '\0'), f32_bytes({1.0f})));
   EXPECT_EQ(a.tensor("w").data<float>()[0], 1.0f);
   EXPECT_EQ(b.tensor("w").shape(), Shape{});
 }
@@ -386,23 +385,24 @@ TEST_F(SafetensorsMalformed, MissingFields) {
 }
 
 TEST_F(SafetensorsMalformed, UnknownDtype) {
-  expect_open_error(write_st("dt", R"({"w":{"dtype":"F17","shape":[1],"data_offsets":[0,4]}})",
-                             "1234"),
-                    {"'w'", "unknown dtype \"F17\""});
+  expect_open_error(
+      write_st("dt", R"({"w":{"dtype":"F17","shape":[1],"data_offsets":[0,4]}})", "1234"),
+      {"'w'", "unknown dtype \"F17\""});
 }
 
 TEST_F(SafetensorsMalformed, BadShapes) {
   for (const char* shape : {"[-1]", "[2.5]", "[\"3\"]", "[null]", "[1e3]"}) {
     SCOPED_TRACE(shape);
     expect_open_error(
-        write_st("s", str_cat(R"({"w":{"dtype":"F32","shape":)", shape,
-                              R"(,"data_offsets":[0,4]}})"),
+        write_st("s",
+                 str_cat(R"({"w":{"dtype":"F32","shape":)", shape, R"(,"data_offsets":[0,4]}})"),
                  "1234"),
         {"'w'", "not a non-negative integer"});
   }
   // numel * 4 bytes overflows 64 bits.
-  expect_open_error(write_st("ovf", R"({"w":{"dtype":"F32","shape":[4294967296,4294967296],)"
-                                    R"("data_offsets":[0,4]}})",
+  expect_open_error(write_st("ovf",
+                             R"({"w":{"dtype":"F32","shape":[4294967296,4294967296],)"
+                             R"("data_offsets":[0,4]}})",
                              "1234"),
                     {"'w'", "overflows"});
 }
@@ -432,10 +432,9 @@ TEST_F(SafetensorsMalformed, BadOffsets) {
 }
 
 TEST_F(SafetensorsMalformed, ByteCountMismatch) {
-  expect_open_error(
-      write_st("count", R"({"w":{"dtype":"F16","shape":[3],"data_offsets":[0,8]}})",
-               std::string(8, '\0')),
-      {"'w'", "needs 6 bytes", "hold 8"});
+  expect_open_error(write_st("count", R"({"w":{"dtype":"F16","shape":[3],"data_offsets":[0,8]}})",
+                             std::string(8, '\0')),
+                    {"'w'", "needs 6 bytes", "hold 8"});
 }
 
 TEST_F(SafetensorsMalformed, BytesNotCoveredByAnyTensor) {
@@ -446,10 +445,9 @@ TEST_F(SafetensorsMalformed, BytesNotCoveredByAnyTensor) {
                              std::string(12, '\0')),
                     {"bytes [4, 8)", "belong to no tensor"});
   // Trailing bytes after the last tensor.
-  expect_open_error(
-      write_st("tail", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})",
-               std::string(6, '\0')),
-      {"end at byte 4", "holds 6"});
+  expect_open_error(write_st("tail", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})",
+                             std::string(6, '\0')),
+                    {"end at byte 4", "holds 6"});
 }
 
 TEST_F(SafetensorsMalformed, DuplicateNames) {
@@ -500,7 +498,9 @@ nlohmann::json check_against_raw_bytes(const std::string& path) {
     EXPECT_EQ(t.shape(), e.shape);
     const uint64_t b = (*it)["data_offsets"][0], end = (*it)["data_offsets"][1];
     EXPECT_EQ(static_cast<uint64_t>(t.numel() * dtype_size(t.dtype())), end - b);
-    if (end > b) EXPECT_EQ(std::memcmp(t.raw_data(), data + b, end - b), 0);
+    if (end > b) {
+      EXPECT_EQ(std::memcmp(t.raw_data(), data + b, end - b), 0);
+    }
   }
   EXPECT_EQ(f.size(), count);
   return h;

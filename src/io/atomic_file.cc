@@ -38,8 +38,7 @@ AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
   temp_path_ = str_cat(path_, ".tmp.", ::getpid(), ".", g_write_counter.fetch_add(1));
   fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
   STIPPLE_CHECK(fd_ >= 0, "cannot write ", path_, ": creating the temporary file ", temp_path_,
-                " failed: ", errno_text(errno),
-                " (check that the folder exists and is writable)");
+                " failed: ", errno_text(errno), " (check that the folder exists and is writable)");
 }
 
 AtomicFile::~AtomicFile() {
@@ -89,8 +88,8 @@ void AtomicFile::commit() {
   if (::rename(temp_path_.c_str(), path_.c_str()) != 0) {
     const int err = errno;
     discard();
-    throw Error(str_cat("writing ", path_, " failed: renaming ", temp_path_, " over it: ",
-                        errno_text(err)));
+    throw Error(str_cat("writing ", path_, " failed: renaming ", temp_path_,
+                        " over it: ", errno_text(err)));
   }
   committed_ = true;
   fsync_parent(path_);

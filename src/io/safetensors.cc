@@ -31,22 +31,24 @@ constexpr uint64_t kMaxHeaderBytes = 100'000'000;
 // Bits per element of every dtype the format defines; 0 for an unknown name.
 int dtype_bits(const std::string& d) {
   static const std::map<std::string, int> kBits = {
-      {"BOOL", 8},     {"U8", 8},       {"I8", 8},       {"F8_E5M2", 8},  {"F8_E4M3", 8},
-      {"F8_E8M0", 8},  {"I16", 16},     {"U16", 16},     {"F16", 16},     {"BF16", 16},
-      {"I32", 32},     {"U32", 32},     {"F32", 32},     {"F64", 64},     {"I64", 64},
-      {"U64", 64},     {"C64", 64},     {"F4", 4},       {"F6_E2M3", 6},  {"F6_E3M2", 6}};
+      {"BOOL", 8},    {"U8", 8},   {"I8", 8},   {"F8_E5M2", 8}, {"F8_E4M3", 8},
+      {"F8_E8M0", 8}, {"I16", 16}, {"U16", 16}, {"F16", 16},    {"BF16", 16},
+      {"I32", 32},    {"U32", 32}, {"F32", 32}, {"F64", 64},    {"I64", 64},
+      {"U64", 64},    {"C64", 64}, {"F4", 4},   {"F6_E2M3", 6}, {"F6_E3M2", 6}};
   auto it = kBits.find(d);
   return it == kBits.end() ? 0 : it->second;
 }
 
 // The stipple dtype a safetensors dtype is viewed as without conversion.
 bool direct_dtype(const std::string& d, DType* out) {
-  if (d == "F32") *out = DType::kF32;
-  else if (d == "F16") *out = DType::kF16;
-  else if (d == "BF16") *out = DType::kBF16;
-  else if (d == "I64") *out = DType::kI64;
-  else if (d == "F64") *out = DType::kF64;
-  else return false;
+  static const std::map<std::string, DType> kDirect = {{"F32", DType::kF32},
+                                                       {"F16", DType::kF16},
+                                                       {"BF16", DType::kBF16},
+                                                       {"I64", DType::kI64},
+                                                       {"F64", DType::kF64}};
+  auto it = kDirect.find(d);
+  if (it == kDirect.end()) return false;
+  *out = it->second;
   return true;
 }
 
@@ -57,20 +59,28 @@ bool widened_to_i64(const std::string& d) {
 
 const char* safetensors_name(DType t) {
   switch (t) {
-    case DType::kF32: return "F32";
-    case DType::kF16: return "F16";
-    case DType::kBF16: return "BF16";
-    case DType::kI64: return "I64";
-    case DType::kF64: return "F64";
+    case DType::kF32:
+      return "F32";
+    case DType::kF16:
+      return "F16";
+    case DType::kBF16:
+      return "BF16";
+    case DType::kI64:
+      return "I64";
+    case DType::kF64:
+      return "F64";
   }
   STIPPLE_ASSERT(false);
 }
 
+// Widens n little-endian T values at `src` (any alignment) to int64.
 template <typename T>
-int64_t load_as_i64(const uint8_t* p) {
-  T v;
-  std::memcpy(&v, p, sizeof(T));
-  return static_cast<int64_t>(v);
+void widen(const uint8_t* src, int64_t* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    T v;
+    std::memcpy(&v, src + i * sizeof(T), sizeof(T));
+    dst[i] = static_cast<int64_t>(v);
+  }
 }
 
 // Reads a non-negative JSON integer, or explains what is wrong with it.
@@ -104,9 +114,7 @@ bool safetensors_dtype_supported(const std::string& dtype) {
 }
 
 SafetensorsFile SafetensorsFile::open(const std::string& path) {
-  auto fail = [&](const auto&... parts) -> Error {
-    return Error(str_cat(path, ": ", parts...));
-  };
+  auto fail = [&](const auto&... parts) -> Error { return Error(str_cat(path, ": ", parts...)); };
 
   // 1. Open and map the whole file.
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -139,9 +147,8 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
   uint64_t header_len;
   std::memcpy(&header_len, bytes, 8);
   if (header_len > kMaxHeaderBytes) {
-    throw fail("invalid safetensors header: the header length ", header_len,
-               " is larger than the ", kMaxHeaderBytes,
-               "-byte limit; the file is corrupt or not a safetensors file");
+    throw fail("invalid safetensors header: the header length ", header_len, " is larger than the ",
+               kMaxHeaderBytes, "-byte limit; the file is corrupt or not a safetensors file");
   }
   if (header_len > file_size - 8) {
     throw fail("invalid safetensors header: the header length ", header_len,
@@ -190,8 +197,8 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
                    ", not an object of strings");
       }
       for (auto m = v.begin(); m != v.end(); ++m) {
-        file.metadata_[m.key()] = m.value().is_string() ? m.value().get<std::string>()
-                                                        : m.value().dump();
+        file.metadata_[m.key()] =
+            m.value().is_string() ? m.value().get<std::string>() : m.value().dump();
       }
       continue;
     }
@@ -317,14 +324,21 @@ Tensor SafetensorsFile::tensor(const std::string& name) const {
   Tensor out = Tensor::empty(e.shape, DType::kI64);
   int64_t* dst = n > 0 ? out.data<int64_t>() : nullptr;
   const std::string& d = e.dtype;
-  for (int64_t i = 0; i < n; ++i) {
-    if (d == "BOOL") dst[i] = src[i] != 0;
-    else if (d == "U8") dst[i] = src[i];
-    else if (d == "I8") dst[i] = load_as_i64<int8_t>(src + i);
-    else if (d == "I16") dst[i] = load_as_i64<int16_t>(src + 2 * i);
-    else if (d == "U16") dst[i] = load_as_i64<uint16_t>(src + 2 * i);
-    else if (d == "I32") dst[i] = load_as_i64<int32_t>(src + 4 * i);
-    else dst[i] = load_as_i64<uint32_t>(src + 4 * i);  // U32
+  if (d == "BOOL") {
+    for (int64_t i = 0; i < n; ++i) dst[i] = src[i] != 0;
+  } else if (d == "U8") {
+    widen<uint8_t>(src, dst, n);
+  } else if (d == "I8") {
+    widen<int8_t>(src, dst, n);
+  } else if (d == "I16") {
+    widen<int16_t>(src, dst, n);
+  } else if (d == "U16") {
+    widen<uint16_t>(src, dst, n);
+  } else if (d == "I32") {
+    widen<int32_t>(src, dst, n);
+  } else {
+    STIPPLE_ASSERT(d == "U32");
+    widen<uint32_t>(src, dst, n);
   }
   return out;
 }

@@ -45,7 +45,7 @@ namespace stipple::io {
 // One tensor's header entry.
 struct SafetensorsEntry {
   std::string name;
-  std::string dtype;   // the safetensors name: "F32", "BF16", "I64", "U8", ...
+  std::string dtype;  // the safetensors name: "F32", "BF16", "I64", "U8", ...
   Shape shape;
   uint64_t begin = 0;  // byte offsets into the data region
   uint64_t end = 0;

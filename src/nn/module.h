@@ -1,0 +1,139 @@
+// Module: the base of every network, as in PyTorch. A module owns named parameters (trainable
+// leaf tensors), named buffers (state that is saved but not trained) and named child modules.
+// Dotted names built from the registration names equal the checkpoint keys
+// (`down_blocks.0.resnets.1.conv1.weight`), so loading a checkpoint is generic: state_dict() /
+// load_state_dict() with every name, shape and dtype checked.
+//
+// Order. named_parameters(), named_buffers() and named_modules() list the module's own entries in
+// registration order, then each child's subtree in registration order (PyTorch's order). A
+// parameter registered twice (tied weights) is listed once, under its first name, so an optimiser
+// never updates it twice; state_dict() and load_state_dict() use every name.
+//
+// Loading copies values into the existing parameter and buffer tensors (so handles held by layers
+// stay valid) after checking the whole dictionary first: a failed load changes nothing. A
+// floating tensor loads into a floating parameter of another precision (f16/bf16/f64 checkpoints
+// into f32 models and back) with a conversion; any other dtype difference is a mismatch.
+//
+// Leaves out: forward() (its signature differs per module; each layer declares its own), hooks,
+// moving modules between devices and changing their dtype.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/error.h"
+#include "core/tensor.h"
+
+namespace stipple {
+class Generator;
+}
+
+namespace stipple::nn {
+
+// What a non-strict load_state_dict skipped (strict loads throw instead).
+struct LoadResult {
+  std::vector<std::string> missing_keys;     // in the module, not in the state dict
+  std::vector<std::string> unexpected_keys;  // in the state dict, not in the module
+};
+
+class Module {
+ public:
+  Module() = default;
+  virtual ~Module() = default;
+  Module(const Module&) = delete;
+  Module& operator=(const Module&) = delete;
+
+  // The class name used in messages ("Linear", "UNet2DConditionModel").
+  virtual std::string type_name() const { return "Module"; }
+
+  // ---- building (call from the constructor; names are non-empty, without '.', unique) ----
+  // Registers `t` as a parameter: a leaf (detached if it is not) that requires grad (floating
+  // dtypes only). Returns the handle to keep as a member.
+  Tensor register_parameter(const std::string& name, Tensor t, bool requires_grad = true);
+  // Registers state that is not trained (running statistics, position ids, tables). Persistent
+  // buffers are part of state_dict().
+  Tensor register_buffer(const std::string& name, Tensor t, bool persistent = true);
+  template <typename M>
+  std::shared_ptr<M> register_module(const std::string& name, std::shared_ptr<M> module) {
+    STIPPLE_CHECK(module != nullptr, type_name(), ": register_module('", name, "') got null");
+    add_child(name, module);
+    return module;
+  }
+
+  // ---- walking ----
+  std::vector<std::pair<std::string, Tensor>> named_parameters() const;
+  std::vector<Tensor> parameters() const;
+  std::vector<std::pair<std::string, Tensor>> named_buffers() const;
+  // This module first (name ""), then every descendant with its dotted path.
+  std::vector<std::pair<std::string, Module*>> named_modules();
+  const std::vector<std::pair<std::string, std::shared_ptr<Module>>>& named_children() const {
+    return children_;
+  }
+  int64_t num_parameters() const;  // total elements over parameters()
+
+  // ---- checkpoints ----
+  // Parameters and persistent buffers by dotted name (the tensors themselves, not copies).
+  std::map<std::string, Tensor> state_dict() const;
+  // Copies `state` into the parameters and persistent buffers. Every problem is reported in one
+  // stipple::Error: all missing and unexpected keys by name (strict only), and every shape or
+  // dtype mismatch with both sides. `source` (a file name) is named in the message when given.
+  LoadResult load_state_dict(const std::map<std::string, Tensor>& state, bool strict = true,
+                             const std::string& source = "");
+
+  // ---- modes and training helpers ----
+  void train(bool on = true);  // this module and every descendant
+  void eval() { train(false); }
+  bool is_training() const { return training_; }
+  void zero_grad();                 // drops every parameter's gradient
+  Module& requires_grad_(bool on);  // false freezes every parameter (and true unfreezes)
+
+  // PyTorch's default initialisation for every layer, in registration order. The base version
+  // recurses into the children; layers override it for their own parameters, and models that
+  // initialise specially override it, call Module::reset_parameters first, then adjust.
+  virtual void reset_parameters(Generator& gen);
+
+ private:
+  struct Entry {
+    std::string name;
+    Tensor tensor;
+    bool persistent = true;
+  };
+  void add_child(const std::string& name, std::shared_ptr<Module> module);
+  void check_new_name(const std::string& name, const char* what) const;
+  // Calls fn(prefix + name, entry, is_parameter) over the subtree, own entries first.
+  template <typename Fn>
+  void visit_tensors(const std::string& prefix, Fn&& fn) const;
+
+  std::vector<Entry> params_;
+  std::vector<Entry> buffers_;
+  std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
+  bool training_ = true;
+};
+
+// Numbered children (`blocks.0`, `blocks.1`, ...), as torch.nn.ModuleList.
+class ModuleList : public Module {
+ public:
+  std::string type_name() const override { return "ModuleList"; }
+
+  template <typename M>
+  std::shared_ptr<M> push_back(std::shared_ptr<M> module) {
+    return register_module(std::to_string(size()), std::move(module));
+  }
+  size_t size() const { return named_children().size(); }
+  bool empty() const { return size() == 0; }
+  const std::shared_ptr<Module>& operator[](size_t i) const;
+  // The i-th child as M; throws when it is another type.
+  template <typename M>
+  std::shared_ptr<M> at(size_t i) const {
+    auto m = std::dynamic_pointer_cast<M>((*this)[i]);
+    STIPPLE_CHECK(m != nullptr, "ModuleList: child ", i, " is a ", (*this)[i]->type_name(),
+                  ", not the type asked for");
+    return m;
+  }
+};
+
+}  // namespace stipple::nn
