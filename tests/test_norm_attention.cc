@@ -7,6 +7,7 @@
 //   - bad inputs raise stipple::Error.
 // Tolerances are stated per test; f32 kernels are compared with double-accumulating references.
 #include <gtest/gtest.h>
+#include <hwy/targets.h>
 
 #include <algorithm>
 #include <cmath>
@@ -130,8 +131,8 @@ TEST_P(LayerNormKernels, ForwardAndBackwardMatchReference) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, LayerNormKernels,
-                         ::testing::Values(Shape{1, 1}, Shape{7, 33}, Shape{5, 17},
-                                           Shape{64, 320}, Shape{77, 768}, Shape{3, 1280}));
+                         ::testing::Values(Shape{1, 1}, Shape{7, 33}, Shape{5, 17}, Shape{64, 320},
+                                           Shape{77, 768}, Shape{3, 1280}));
 
 // ---------------- softmax ----------------
 
@@ -144,8 +145,7 @@ TEST_P(SoftmaxKernels, ForwardAndBackwardMatchReference) {
   Tensor gy = random_tensor({rows, d}, 22);
   Tensor r = ref().softmax(x), f = fast().softmax(x);
   EXPECT_TENSORS_CLOSE(f, r, 1e-6, 1e-5);
-  EXPECT_TENSORS_CLOSE(fast().softmax_backward(r, gy), ref().softmax_backward(r, gy), 1e-5,
-                       1e-4);
+  EXPECT_TENSORS_CLOSE(fast().softmax_backward(r, gy), ref().softmax_backward(r, gy), 1e-5, 1e-4);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, SoftmaxKernels,
@@ -155,8 +155,8 @@ INSTANTIATE_TEST_SUITE_P(Shapes, SoftmaxKernels,
 // Rows with -inf entries (masked); a row that is all -inf gives zeros in both tables.
 TEST(SoftmaxKernels, MaskedRows) {
   const float ninf = -std::numeric_limits<float>::infinity();
-  Tensor x = Tensor::from_vector({1, ninf, 2, ninf, ninf, ninf, ninf, ninf, 0.5f, 3, ninf, -1},
-                                 {3, 4});
+  Tensor x =
+      Tensor::from_vector({1, ninf, 2, ninf, ninf, ninf, ninf, ninf, 0.5f, 3, ninf, -1}, {3, 4});
   Tensor r = ref().softmax(x), f = fast().softmax(x);
   EXPECT_TENSORS_CLOSE(f, r, 1e-6, 1e-5);
   const std::vector<float> v = f.to_vector();
@@ -172,8 +172,8 @@ struct AttentionCase {
 };
 
 void PrintTo(const AttentionCase& c, std::ostream* os) {
-  *os << "B" << c.b << " H" << c.h << " Lq" << c.lq << " Lk" << c.lk << " D" << c.d << " Dv"
-      << c.dv << " mask" << c.mask << (c.causal ? " causal" : "");
+  *os << "B" << c.b << " H" << c.h << " Lq" << c.lq << " Lk" << c.lk << " D" << c.d << " Dv" << c.dv
+      << " mask" << c.mask << (c.causal ? " causal" : "");
 }
 
 // The mask as the op hands it to the kernel: expanded to [B, H, Lq, Lk], often with stride 0.
@@ -221,20 +221,19 @@ TEST_P(AttentionKernels, FastMatchesReference) {
   EXPECT_TENSORS_CLOSE(fv, rv, 1e-4, 1e-3);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Shapes, AttentionKernels,
-    ::testing::Values(AttentionCase{1, 1, 1, 1, 1, 1, 0, false},
-                      AttentionCase{2, 3, 17, 33, 40, 24, 0, false},
-                      AttentionCase{2, 3, 17, 33, 40, 24, 1, false},
-                      AttentionCase{1, 2, 33, 17, 8, 8, 0, true},
-                      AttentionCase{1, 2, 130, 130, 64, 64, 2, true},
-                      AttentionCase{2, 2, 257, 77, 40, 40, 3, false},
-                      AttentionCase{1, 8, 300, 77, 40, 40, 0, false},
-                      AttentionCase{1, 1, 200, 300, 64, 80, 1, true},
-                      AttentionCase{1, 2, 5, 520, 64, 32, 2, false}),
-    [](const ::testing::TestParamInfo<AttentionCase>& info) {
-      return "case" + std::to_string(info.index);
-    });
+INSTANTIATE_TEST_SUITE_P(Shapes, AttentionKernels,
+                         ::testing::Values(AttentionCase{1, 1, 1, 1, 1, 1, 0, false},
+                                           AttentionCase{2, 3, 17, 33, 40, 24, 0, false},
+                                           AttentionCase{2, 3, 17, 33, 40, 24, 1, false},
+                                           AttentionCase{1, 2, 33, 17, 8, 8, 0, true},
+                                           AttentionCase{1, 2, 130, 130, 64, 64, 2, true},
+                                           AttentionCase{2, 2, 257, 77, 40, 40, 3, false},
+                                           AttentionCase{1, 8, 300, 77, 40, 40, 0, false},
+                                           AttentionCase{1, 1, 200, 300, 64, 80, 1, true},
+                                           AttentionCase{1, 2, 5, 520, 64, 32, 2, false}),
+                         [](const ::testing::TestParamInfo<AttentionCase>& info) {
+                           return "case" + std::to_string(info.index);
+                         });
 
 // A 4096-token self-attention (SD 1.5's first level) on one head, D = 40, against the
 // reference: out atol 2e-5 (the fast kernel sees 4096 keys across many tiles).
@@ -273,6 +272,50 @@ TEST(AttentionKernelsMasked, FullyMaskedRow) {
   }
 }
 
+// ---------------- every SIMD target the binary carries ----------------
+
+// The fast kernels dispatch at run time; this host picks its best target, so force each one the
+// CPU supports (AVX-512, AVX2, SSE4, ...) and hold it against the reference. Tolerances as above.
+TEST(FastKernelsEveryTarget, MatchReference) {
+  Tensor x = random_tensor({2, 64, 5, 7}, 101, -2.0f, 3.0f);
+  Tensor w = random_tensor({64}, 102, 0.5f, 1.5f), b = random_tensor({64}, 103);
+  Tensor x3 = x.reshape({2, 64, 35}), gy = random_tensor({2, 64, 35}, 104);
+  Tensor rows = random_tensor({13, 37}, 105, -3.0f, 3.0f), w37 = random_tensor({37}, 106);
+  Tensor q = random_tensor({1, 2, 70, 40}, 107, -2.0f, 2.0f);
+  Tensor k = random_tensor({1, 2, 300, 40}, 108, -2.0f, 2.0f),
+         v = random_tensor({1, 2, 300, 24}, 109);
+  Tensor mask = ops::expand(random_tensor({1, 1, 70, 300}, 110), {1, 2, 70, 300});
+  Tensor go = random_tensor({1, 2, 70, 24}, 111);
+  const GroupNormResult gn = ref().group_norm(x3, 16, w, b, 1e-5f);
+  const LayerNormResult ln = ref().layer_norm(rows, w37, Tensor(), 1e-5f);
+  const AttentionResult at = ref().attention(q, k, v, mask, 0.2f, true);
+  Tensor rq, rk, rv;
+  ref().attention_backward(q, k, v, mask, 0.2f, true, at.out, at.lse, go, &rq, &rk, &rv);
+  for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    SCOPED_TRACE(hwy::TargetName(target));
+    hwy::SetSupportedTargetsForTest(target);
+    EXPECT_TENSORS_CLOSE(fast().group_norm(x3, 16, w, b, 1e-5f).out, gn.out, 2e-5, 1e-5);
+    for (int block : {8, 16}) {
+      EXPECT_TENSORS_CLOSE(fast().group_norm(ops::to_blocked(x, block), 16, w, b, 1e-5f).out,
+                           gn.out.reshape(x.shape()), 2e-5, 1e-5);
+    }
+    EXPECT_TENSORS_CLOSE(
+        fast().group_norm_backward(x3, gy, 16, w, gn.mean, gn.rstd, nullptr, nullptr),
+        ref().group_norm_backward(x3, gy, 16, w, gn.mean, gn.rstd, nullptr, nullptr), 2e-5, 1e-4);
+    EXPECT_TENSORS_CLOSE(fast().layer_norm(rows, w37, Tensor(), 1e-5f).out, ln.out, 2e-5, 1e-5);
+    EXPECT_TENSORS_CLOSE(fast().softmax(rows), ref().softmax(rows), 1e-6, 1e-5);
+    const AttentionResult f = fast().attention(q, k, v, mask, 0.2f, true);
+    EXPECT_TENSORS_CLOSE(f.out, at.out, 2e-5, 1e-4);
+    EXPECT_TENSORS_CLOSE(f.lse, at.lse, 2e-5, 1e-5);
+    Tensor fq, fk, fv;
+    fast().attention_backward(q, k, v, mask, 0.2f, true, at.out, at.lse, go, &fq, &fk, &fv);
+    EXPECT_TENSORS_CLOSE(fq, rq, 1e-4, 1e-3);
+    EXPECT_TENSORS_CLOSE(fk, rk, 1e-4, 1e-3);
+    EXPECT_TENSORS_CLOSE(fv, rv, 1e-4, 1e-3);
+  }
+  hwy::SetSupportedTargetsForTest(0);  // back to the host's best target
+}
+
 // ---------------- the ops: gradients, layouts, errors ----------------
 
 // Finite differences in f32 with eps 1e-3: atol 2e-3, rtol 2e-2 (GradcheckOptions defaults).
@@ -286,36 +329,33 @@ TEST_P(OpsBothTables, GroupNormGradcheck) {
   Tensor x = random_tensor({2, 6, 3, 4}, 61, -2.0f, 2.0f).set_requires_grad(true);
   Tensor w = random_tensor({6}, 62, 0.5f, 1.5f).set_requires_grad(true);
   Tensor b = random_tensor({6}, 63).set_requires_grad(true);
-  EXPECT_GRADCHECK("group_norm",
-                   [](const std::vector<Tensor>& in) {
-                     return ops::group_norm(in[0], 3, in[1], in[2], 1e-5f);
-                   },
-                   (std::vector<Tensor>{x, w, b}));
+  EXPECT_GRADCHECK(
+      "group_norm",
+      [](const std::vector<Tensor>& in) { return ops::group_norm(in[0], 3, in[1], in[2], 1e-5f); },
+      (std::vector<Tensor>{x, w, b}));
 }
 
 TEST_P(OpsBothTables, LayerNormGradcheck) {
   Tensor x = random_tensor({2, 3, 10}, 64, -2.0f, 2.0f).set_requires_grad(true);
   Tensor w = random_tensor({10}, 65, 0.5f, 1.5f).set_requires_grad(true);
   Tensor b = random_tensor({10}, 66).set_requires_grad(true);
-  EXPECT_GRADCHECK("layer_norm",
-                   [](const std::vector<Tensor>& in) {
-                     return ops::layer_norm(in[0], in[1], in[2], 1e-5f);
-                   },
-                   (std::vector<Tensor>{x, w, b}));
+  EXPECT_GRADCHECK(
+      "layer_norm",
+      [](const std::vector<Tensor>& in) { return ops::layer_norm(in[0], in[1], in[2], 1e-5f); },
+      (std::vector<Tensor>{x, w, b}));
 }
 
 TEST_P(OpsBothTables, SoftmaxGradcheck) {
   Tensor x = random_tensor({3, 5, 4}, 67, -2.0f, 2.0f).set_requires_grad(true);
   for (int64_t dim : {-1, 0, 1}) {
     SCOPED_TRACE(::testing::Message() << "dim " << dim);
-    EXPECT_GRADCHECK("softmax",
-                     [dim](const std::vector<Tensor>& in) { return ops::softmax(in[0], dim); },
-                     (std::vector<Tensor>{x}));
-    EXPECT_GRADCHECK("log_softmax",
-                     [dim](const std::vector<Tensor>& in) {
-                       return ops::log_softmax(in[0], dim);
-                     },
-                     (std::vector<Tensor>{x}));
+    EXPECT_GRADCHECK(
+        "softmax", [dim](const std::vector<Tensor>& in) { return ops::softmax(in[0], dim); },
+        (std::vector<Tensor>{x}));
+    EXPECT_GRADCHECK(
+        "log_softmax",
+        [dim](const std::vector<Tensor>& in) { return ops::log_softmax(in[0], dim); },
+        (std::vector<Tensor>{x}));
   }
 }
 
@@ -326,12 +366,12 @@ TEST_P(OpsBothTables, AttentionGradcheck) {
   Tensor mask = random_tensor({2, 1, 1, 7}, 74, -1.0f, 1.0f).set_requires_grad(true);
   for (bool causal : {false, true}) {
     SCOPED_TRACE(::testing::Message() << "causal " << causal);
-    EXPECT_GRADCHECK("scaled_dot_product_attention",
-                     [causal](const std::vector<Tensor>& in) {
-                       return ops::scaled_dot_product_attention(in[0], in[1], in[2], in[3],
-                                                                0.0f, causal);
-                     },
-                     (std::vector<Tensor>{q, k, v, mask}));
+    EXPECT_GRADCHECK(
+        "scaled_dot_product_attention",
+        [causal](const std::vector<Tensor>& in) {
+          return ops::scaled_dot_product_attention(in[0], in[1], in[2], in[3], 0.0f, causal);
+        },
+        (std::vector<Tensor>{q, k, v, mask}));
   }
 }
 
@@ -346,8 +386,7 @@ TEST(NormOps, ValuesMatchFormulas) {
   // softmax over dim 0 of [[1,2,3],[4,5,6]]: every column is softmax([a, a+3]).
   const float s0 = 1.0f / (1.0f + std::exp(3.0f));
   EXPECT_TENSORS_CLOSE(ops::softmax(x, 0),
-                       Tensor::from_vector({s0, s0, s0, 1 - s0, 1 - s0, 1 - s0}, {2, 3}), 1e-6,
-                       0);
+                       Tensor::from_vector({s0, s0, s0, 1 - s0, 1 - s0, 1 - s0}, {2, 3}), 1e-6, 0);
   EXPECT_TENSORS_CLOSE(ops::log_softmax(x, -1), ops::log(ops::softmax(x, -1)), 1e-6, 0);
   // layer_norm of [1, 2, 3]: mean 2, var 2/3.
   const float r = 1.0f / std::sqrt(2.0f / 3.0f + 1e-5f);
@@ -355,10 +394,9 @@ TEST(NormOps, ValuesMatchFormulas) {
                        Tensor::from_vector({-r, 0, r, -r, 0, r}, {2, 3}), 1e-5, 0);
   // group_norm with one channel per group equals layer_norm over the spatial dims.
   Tensor y = random_tensor({2, 4, 3, 3}, 81);
-  EXPECT_TENSORS_CLOSE(ops::group_norm(y, 4, Tensor(), Tensor()),
-                       ops::layer_norm(y.reshape({2, 4, 9}), Tensor(), Tensor()).reshape(
-                           {2, 4, 3, 3}),
-                       1e-5, 0);
+  EXPECT_TENSORS_CLOSE(
+      ops::group_norm(y, 4, Tensor(), Tensor()),
+      ops::layer_norm(y.reshape({2, 4, 9}), Tensor(), Tensor()).reshape({2, 4, 3, 3}), 1e-5, 0);
 }
 
 // The op keeps a blocked activation blocked for inference, and equals the plain result.
@@ -377,22 +415,22 @@ TEST(AttentionOps, MatchesComposedFormula) {
   Tensor q = random_tensor({2, 3, 6, 40}, 91), k = random_tensor({2, 3, 9, 40}, 92);
   Tensor v = random_tensor({2, 3, 9, 24}, 93), mask = random_tensor({6, 9}, 94);
   Tensor got = ops::scaled_dot_product_attention(q, k, v, mask);
-  Tensor s = ops::add(ops::mul(ops::matmul(q, ops::transpose(k, 2, 3)),
-                               Tensor::scalar(1.0 / std::sqrt(40.0))),
-                      mask);
+  Tensor s = ops::add(
+      ops::mul(ops::matmul(q, ops::transpose(k, 2, 3)), Tensor::scalar(1.0 / std::sqrt(40.0))),
+      mask);
   Tensor want = ops::matmul(ops::softmax(s, -1), v);
   EXPECT_TENSORS_CLOSE(got, want, 2e-5, 1e-4);
 }
 
 TEST(NormOps, BadInputsThrow) {
   Tensor x = random_tensor({2, 6, 4}, 95);
-  EXPECT_THROW(ops::group_norm(x, 4, Tensor(), Tensor()), Error);       // 6 % 4 != 0
-  EXPECT_THROW(ops::group_norm(x, 0, Tensor(), Tensor()), Error);       // no groups
+  EXPECT_THROW(ops::group_norm(x, 4, Tensor(), Tensor()), Error);                      // 6 % 4 != 0
+  EXPECT_THROW(ops::group_norm(x, 0, Tensor(), Tensor()), Error);                      // no groups
   EXPECT_THROW(ops::group_norm(random_tensor({6}, 1), 3, Tensor(), Tensor()), Error);  // 1-D
-  EXPECT_THROW(ops::group_norm(x, 3, random_tensor({5}, 1), Tensor()), Error);  // weight [5]
-  EXPECT_THROW(ops::layer_norm(x, random_tensor({6}, 1), Tensor()), Error);   // weight [6] vs D 4
+  EXPECT_THROW(ops::group_norm(x, 3, random_tensor({5}, 1), Tensor()), Error);         // weight [5]
+  EXPECT_THROW(ops::layer_norm(x, random_tensor({6}, 1), Tensor()), Error);     // weight [6] vs D 4
   EXPECT_THROW(ops::layer_norm(x, Tensor(), random_tensor({4, 1}, 1)), Error);  // bias 2-D
-  EXPECT_THROW(ops::softmax(x, 3), Error);                                     // dim out of range
+  EXPECT_THROW(ops::softmax(x, 3), Error);                                      // dim out of range
   EXPECT_THROW(ops::log_softmax(x, -4), Error);
   EXPECT_THROW(ops::softmax(Tensor::from_vector_i64({1, 2}, {2}), 0), Error);  // not floating
 }
@@ -403,12 +441,12 @@ TEST(AttentionOps, BadInputsThrow) {
   auto sdpa = [](const Tensor& a, const Tensor& b, const Tensor& c, const Tensor& m = Tensor()) {
     return ops::scaled_dot_product_attention(a, b, c, m);
   };
-  EXPECT_THROW(sdpa(q.reshape({2, 5, 8}), k, v), Error);                 // 3-D q
-  EXPECT_THROW(sdpa(q, random_tensor({1, 2, 7, 6}, 1), v), Error);       // D differs
-  EXPECT_THROW(sdpa(q, k, random_tensor({1, 2, 6, 4}, 1)), Error);       // Lk differs
-  EXPECT_THROW(sdpa(q, random_tensor({1, 3, 7, 8}, 1), v), Error);       // heads differ
-  EXPECT_THROW(sdpa(q, k, v, random_tensor({5, 6}, 1)), Error);          // mask [5, 6]
-  EXPECT_THROW(sdpa(q, k, v, random_tensor({2, 2, 5, 7}, 1)), Error);    // mask batch 2
+  EXPECT_THROW(sdpa(q.reshape({2, 5, 8}), k, v), Error);                  // 3-D q
+  EXPECT_THROW(sdpa(q, random_tensor({1, 2, 7, 6}, 1), v), Error);        // D differs
+  EXPECT_THROW(sdpa(q, k, random_tensor({1, 2, 6, 4}, 1)), Error);        // Lk differs
+  EXPECT_THROW(sdpa(q, random_tensor({1, 3, 7, 8}, 1), v), Error);        // heads differ
+  EXPECT_THROW(sdpa(q, k, v, random_tensor({5, 6}, 1)), Error);           // mask [5, 6]
+  EXPECT_THROW(sdpa(q, k, v, random_tensor({2, 2, 5, 7}, 1)), Error);     // mask batch 2
   EXPECT_THROW(sdpa(q, k, v, Tensor::from_vector_i64({0}, {1})), Error);  // integer mask
 }
 

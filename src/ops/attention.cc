@@ -23,9 +23,9 @@ Tensor mask_gradient(const Tensor& q, const Tensor& k, const Tensor& v, const Te
       for (int64_t j = i + 1; j < lk; ++j) c[i * lk + j] = -std::numeric_limits<float>::infinity();
     s = add(s, Tensor::from_vector(c, {lq, lk}));
   }
-  const Tensor p = exp(sub(s, unsqueeze(lse, 3)));                 // [B, H, Lq, Lk]
-  const Tensor dp = matmul(g, transpose(v, 2, 3));                  // [B, H, Lq, Lk]
-  const Tensor di = sum(mul(g, out), {3}, true);                    // [B, H, Lq, 1]
+  const Tensor p = exp(sub(s, unsqueeze(lse, 3)));  // [B, H, Lq, Lk]
+  const Tensor dp = matmul(g, transpose(v, 2, 3));  // [B, H, Lq, Lk]
+  const Tensor di = sum(mul(g, out), {3}, true);    // [B, H, Lq, 1]
   return sum_to(mul(p, sub(dp, di)), mask_shape);
 }
 
@@ -47,8 +47,8 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
                 v.describe());
   STIPPLE_CHECK(k.size(3) == d, op, ": q and k head dims differ: q ", q.describe(), ", k ",
                 k.describe());
-  STIPPLE_CHECK(v.size(2) == lk, op, ": k and v sequence lengths differ: k ", k.describe(),
-                ", v ", v.describe());
+  STIPPLE_CHECK(v.size(2) == lk, op, ": k and v sequence lengths differ: k ", k.describe(), ", v ",
+                v.describe());
   STIPPLE_CHECK(d > 0 && std::isfinite(scale), op, ": empty head dim or non-finite scale");
   const float sc = scale > 0.0f ? scale : 1.0f / std::sqrt(static_cast<float>(d));
 
@@ -56,8 +56,7 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
   Tensor mask_e;  // [B, H, Lq, Lk] view, stride 0 on broadcast dims
   if (mask.defined()) {
     check_float(mask, op, "mask");
-    STIPPLE_CHECK(mask.dim() <= 4 && broadcast_shapes(mask.shape(), score_shape, op) ==
-                                         score_shape,
+    STIPPLE_CHECK(mask.dim() <= 4 && broadcast_shapes(mask.shape(), score_shape, op) == score_shape,
                   op, ": mask ", mask.describe(), " does not broadcast to the scores ",
                   shape_str(score_shape));
     autograd::NoGradGuard no_grad;
@@ -71,24 +70,24 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
   Tensor out = r.out;  // [B, H, Lq, Dv]
   const Tensor out_saved = r.out.detach(), lse = r.lse;
   const Shape mask_shape = mask.defined() ? mask.shape() : Shape{};
-  autograd::record(
-      "scaled_dot_product_attention", {q, k, v, mask}, out,
-      [=](const Tensor& g, const std::vector<bool>& needs) {
-        std::vector<Tensor> grads(4);
-        const Tensor gc = as_f32_contiguous(g);
-        if (needs[0] || needs[1] || needs[2]) {
-          Tensor gq, gk, gv;
-          active_kernels().attention_backward(qc, kc, vc, mask_e, sc, causal, out_saved, lse, gc,
-                                              &gq, &gk, &gv);
-          if (needs[0]) grads[0] = gq;
-          if (needs[1]) grads[1] = gk;
-          if (needs[2]) grads[2] = gv;
-        }
-        if (needs[3]) {
-          grads[3] = mask_gradient(qc, kc, vc, mask_e, mask_shape, sc, causal, out_saved, lse, gc);
-        }
-        return grads;
-      });
+  autograd::record("scaled_dot_product_attention", {q, k, v, mask}, out,
+                   [=](const Tensor& g, const std::vector<bool>& needs) {
+                     std::vector<Tensor> grads(4);
+                     const Tensor gc = as_f32_contiguous(g);
+                     if (needs[0] || needs[1] || needs[2]) {
+                       Tensor gq, gk, gv;
+                       active_kernels().attention_backward(qc, kc, vc, mask_e, sc, causal,
+                                                           out_saved, lse, gc, &gq, &gk, &gv);
+                       if (needs[0]) grads[0] = gq;
+                       if (needs[1]) grads[1] = gk;
+                       if (needs[2]) grads[2] = gv;
+                     }
+                     if (needs[3]) {
+                       grads[3] = mask_gradient(qc, kc, vc, mask_e, mask_shape, sc, causal,
+                                                out_saved, lse, gc);
+                     }
+                     return grads;
+                   });
   return out;
 }
 

@@ -11,8 +11,8 @@ namespace {
 void check_affine(const Tensor& t, int64_t n, const char* op, const char* arg) {
   if (!t.defined()) return;
   check_float(t, op, arg);
-  STIPPLE_CHECK(t.dim() == 1 && t.size(0) == n, op, ": ", arg, " must have shape [", n,
-                "], got ", t.describe());
+  STIPPLE_CHECK(t.dim() == 1 && t.size(0) == n, op, ": ", arg, " must have shape [", n, "], got ",
+                t.describe());
 }
 
 Tensor f32_or_undefined(const Tensor& t) { return t.defined() ? as_f32_contiguous(t) : t; }
@@ -44,14 +44,12 @@ Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const T
   const Shape x_shape = x.shape();
   const Tensor mean = r.mean, rstd = r.rstd;
   autograd::record(
-      "group_norm", {x, weight, bias}, out,
-      [=](const Tensor& g, const std::vector<bool>& needs) {
+      "group_norm", {x, weight, bias}, out, [=](const Tensor& g, const std::vector<bool>& needs) {
         std::vector<Tensor> grads(3);
         const Tensor g3 = reshape(as_f32_contiguous(g), x3.shape());
         Tensor gw, gb;
-        Tensor gx = active_kernels().group_norm_backward(x3, g3, groups, w, mean, rstd,
-                                                         needs[1] ? &gw : nullptr,
-                                                         needs[2] ? &gb : nullptr);
+        Tensor gx = active_kernels().group_norm_backward(
+            x3, g3, groups, w, mean, rstd, needs[1] ? &gw : nullptr, needs[2] ? &gb : nullptr);
         if (needs[0]) grads[0] = reshape(gx, x_shape);
         if (needs[1]) grads[1] = gw;
         if (needs[2]) grads[2] = gb;
@@ -74,20 +72,18 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, flo
   Tensor out = reshape(r.out, x.shape());
   const Shape x_shape = x.shape();
   const Tensor mean = r.mean, rstd = r.rstd;
-  autograd::record(
-      "layer_norm", {x, weight, bias}, out,
-      [=](const Tensor& g, const std::vector<bool>& needs) {
-        std::vector<Tensor> grads(3);
-        const Tensor g2 = reshape(as_f32_contiguous(g), x2.shape());
-        Tensor gw, gb;
-        Tensor gx = active_kernels().layer_norm_backward(x2, g2, w, mean, rstd,
-                                                         needs[1] ? &gw : nullptr,
-                                                         needs[2] ? &gb : nullptr);
-        if (needs[0]) grads[0] = reshape(gx, x_shape);
-        if (needs[1]) grads[1] = gw;
-        if (needs[2]) grads[2] = gb;
-        return grads;
-      });
+  autograd::record("layer_norm", {x, weight, bias}, out,
+                   [=](const Tensor& g, const std::vector<bool>& needs) {
+                     std::vector<Tensor> grads(3);
+                     const Tensor g2 = reshape(as_f32_contiguous(g), x2.shape());
+                     Tensor gw, gb;
+                     Tensor gx = active_kernels().layer_norm_backward(
+                         x2, g2, w, mean, rstd, needs[1] ? &gw : nullptr, needs[2] ? &gb : nullptr);
+                     if (needs[0]) grads[0] = reshape(gx, x_shape);
+                     if (needs[1]) grads[1] = gw;
+                     if (needs[2]) grads[2] = gb;
+                     return grads;
+                   });
   return out;
 }
 

@@ -15,10 +15,11 @@
 // blocked, fully masked rows give zeros and lse = -inf). Leaves out dropout and half precision.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "backends/cpu/fast_attention.cc"
+// clang-format off: foreach_target.h must come first, then highway.h, then the contrib headers.
 #include <hwy/foreach_target.h>  // NOLINT: re-includes this file once per SIMD target
-
-#include <hwy/contrib/math/math-inl.h>
 #include <hwy/highway.h>
+#include <hwy/contrib/math/math-inl.h>
+// clang-format on
 
 #ifndef STIPPLE_FAST_ATTENTION_SHARED_
 #define STIPPLE_FAST_ATTENTION_SHARED_
@@ -299,8 +300,10 @@ namespace {
 
 attn::Problem make_problem(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask,
                            float scale, bool causal) {
-  attn::Problem p{q.size(0), q.size(1), q.size(2), k.size(2), q.size(3), v.size(3),
-                  scale,     causal,    q.data<float>(), k.data<float>(), v.data<float>()};
+  attn::Problem p{};
+  p.nb = q.size(0), p.nh = q.size(1), p.lq = q.size(2), p.lk = k.size(2);
+  p.d = q.size(3), p.dv = v.size(3), p.scale = scale, p.causal = causal;
+  p.q = q.data<float>(), p.k = k.data<float>(), p.v = v.data<float>();
   if (mask.defined()) {
     p.mask = mask.data<float>();
     p.mb = mask.stride(0), p.mh = mask.stride(1), p.mi = mask.stride(2), p.mj = mask.stride(3);
@@ -326,9 +329,9 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
   *grad_k = Tensor::zeros(k.shape());
   *grad_v = Tensor::zeros(v.shape());
   if (q.numel() == 0 || k.numel() == 0) return;
-  HWY_DYNAMIC_DISPATCH(attention_backward)(p, out.data<float>(), lse.data<float>(),
-                                           grad_out.data<float>(), grad_q->data<float>(),
-                                           grad_k->data<float>(), grad_v->data<float>());
+  HWY_DYNAMIC_DISPATCH(attention_backward)
+  (p, out.data<float>(), lse.data<float>(), grad_out.data<float>(), grad_q->data<float>(),
+   grad_k->data<float>(), grad_v->data<float>());
 }
 
 }  // namespace

@@ -6,10 +6,11 @@
 // Leaves out half precision and blocked backward (training runs on plain tensors).
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "backends/cpu/fast_norm.cc"
+// clang-format off: foreach_target.h must come first, then highway.h, then the contrib headers.
 #include <hwy/foreach_target.h>  // NOLINT: re-includes this file once per SIMD target
-
-#include <hwy/contrib/math/math-inl.h>
 #include <hwy/highway.h>
+#include <hwy/contrib/math/math-inl.h>
+// clang-format on
 
 #ifndef STIPPLE_FAST_NORM_SHARED_
 #define STIPPLE_FAST_NORM_SHARED_
@@ -222,8 +223,7 @@ void group_norm_blocked(const float* x, int64_t nb, int64_t c, int64_t hw, int64
         for (int64_t k = 0; k < nvec; ++k) {
           const int64_t o = i + k * nl;
           const auto xc = hn::Sub(hn::LoadU(d, xb + o), hn::Load(d, mp + k * nl));
-          hn::StoreU(hn::MulAdd(xc, hn::Load(d, sp + k * nl), hn::Load(d, hp + k * nl)), d,
-                     yb + o);
+          hn::StoreU(hn::MulAdd(xc, hn::Load(d, sp + k * nl), hn::Load(d, hp + k * nl)), d, yb + o);
         }
       }
     }
@@ -300,8 +300,8 @@ void group_norm_backward(const float* x, const float* dy, int64_t nb, int64_t c,
 
 // ---- layer norm [rows, D] ----
 
-void layer_norm(const float* x, int64_t rows, int64_t dd, const float* w, const float* b,
-                float eps, float* y, float* mean, float* rstd) {
+void layer_norm(const float* x, int64_t rows, int64_t dd, const float* w, const float* b, float eps,
+                float* y, float* mean, float* rstd) {
   const hn::ScalableTag<float> d;
   const int64_t nl = hn::Lanes(d);
 #pragma omp parallel for schedule(static)
@@ -326,9 +326,8 @@ void layer_norm(const float* x, int64_t rows, int64_t dd, const float* w, const 
 
 // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)); gw += dy * xhat; gb += dy
 // (per-thread partial sums, added at the end).
-void layer_norm_backward(const float* x, const float* dy, int64_t rows, int64_t dd,
-                         const float* w, const float* mean, const float* rstd, float* dx,
-                         float* gw, float* gb) {
+void layer_norm_backward(const float* x, const float* dy, int64_t rows, int64_t dd, const float* w,
+                         const float* mean, const float* rstd, float* dx, float* gw, float* gb) {
   const hn::ScalableTag<float> d;
   const int64_t nl = hn::Lanes(d);
   std::fill(gw, gw + dd, 0.0f);
@@ -464,15 +463,15 @@ GroupNormResult group_norm(const Tensor& x, int64_t groups, const Tensor& weight
   if (x.is_blocked()) {
     const int bk = x.channel_block();
     Tensor out = Tensor::empty_blocked(x.shape(), bk);
-    HWY_DYNAMIC_DISPATCH(group_norm_blocked)(
-        x.data<float>(), nb, c, s, bk, groups, ptr_or_null(weight), ptr_or_null(bias), eps,
-        out.data<float>(), mean.data<float>(), rstd.data<float>());
+    HWY_DYNAMIC_DISPATCH(group_norm_blocked)
+    (x.data<float>(), nb, c, s, bk, groups, ptr_or_null(weight), ptr_or_null(bias), eps,
+     out.data<float>(), mean.data<float>(), rstd.data<float>());
     return {out, mean, rstd};
   }
   Tensor out = Tensor::empty(x.shape());
-  HWY_DYNAMIC_DISPATCH(group_norm_plain)(x.data<float>(), nb, c, s, groups, ptr_or_null(weight),
-                                         ptr_or_null(bias), eps, out.data<float>(),
-                                         mean.data<float>(), rstd.data<float>());
+  HWY_DYNAMIC_DISPATCH(group_norm_plain)
+  (x.data<float>(), nb, c, s, groups, ptr_or_null(weight), ptr_or_null(bias), eps,
+   out.data<float>(), mean.data<float>(), rstd.data<float>());
   return {out, mean, rstd};
 }
 
@@ -483,10 +482,9 @@ Tensor group_norm_backward(const Tensor& x, const Tensor& grad_y, int64_t groups
   const int64_t s = nb * c > 0 ? x.numel() / (nb * c) : 0;
   Tensor gx = Tensor::empty(x.shape());
   std::vector<double> ds(nb * c), db(nb * c);
-  HWY_DYNAMIC_DISPATCH(group_norm_backward)(x.data<float>(), grad_y.data<float>(), nb, c, s,
-                                            groups, ptr_or_null(weight), mean.data<float>(),
-                                            rstd.data<float>(), gx.data<float>(), ds.data(),
-                                            db.data());
+  HWY_DYNAMIC_DISPATCH(group_norm_backward)
+  (x.data<float>(), grad_y.data<float>(), nb, c, s, groups, ptr_or_null(weight), mean.data<float>(),
+   rstd.data<float>(), gx.data<float>(), ds.data(), db.data());
   // grad_w[c] = sum_n (ds - mu * db) * rstd ; grad_b[c] = sum_n db.
   const int64_t cpg = c / groups;
   if (grad_w) *grad_w = Tensor::empty({c});
@@ -504,27 +502,24 @@ Tensor group_norm_backward(const Tensor& x, const Tensor& grad_y, int64_t groups
   return gx;
 }
 
-LayerNormResult layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias,
-                           float eps) {
+LayerNormResult layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps) {
   const int64_t rows = x.size(0), d = x.size(1);
   Tensor out = Tensor::empty(x.shape());
   Tensor mean = Tensor::empty({rows}), rstd = Tensor::empty({rows});
-  HWY_DYNAMIC_DISPATCH(layer_norm)(x.data<float>(), rows, d, ptr_or_null(weight),
-                                   ptr_or_null(bias), eps, out.data<float>(), mean.data<float>(),
-                                   rstd.data<float>());
+  HWY_DYNAMIC_DISPATCH(layer_norm)
+  (x.data<float>(), rows, d, ptr_or_null(weight), ptr_or_null(bias), eps, out.data<float>(),
+   mean.data<float>(), rstd.data<float>());
   return {out, mean, rstd};
 }
 
 Tensor layer_norm_backward(const Tensor& x, const Tensor& grad_y, const Tensor& weight,
-                           const Tensor& mean, const Tensor& rstd, Tensor* grad_w,
-                           Tensor* grad_b) {
+                           const Tensor& mean, const Tensor& rstd, Tensor* grad_w, Tensor* grad_b) {
   const int64_t rows = x.size(0), d = x.size(1);
   Tensor gx = Tensor::empty(x.shape());
   Tensor gw = Tensor::empty({d}), gb = Tensor::empty({d});
-  HWY_DYNAMIC_DISPATCH(layer_norm_backward)(x.data<float>(), grad_y.data<float>(), rows, d,
-                                            ptr_or_null(weight), mean.data<float>(),
-                                            rstd.data<float>(), gx.data<float>(),
-                                            gw.data<float>(), gb.data<float>());
+  HWY_DYNAMIC_DISPATCH(layer_norm_backward)
+  (x.data<float>(), grad_y.data<float>(), rows, d, ptr_or_null(weight), mean.data<float>(),
+   rstd.data<float>(), gx.data<float>(), gw.data<float>(), gb.data<float>());
   if (grad_w) *grad_w = gw;
   if (grad_b) *grad_b = gb;
   return gx;
@@ -541,8 +536,8 @@ Tensor softmax_backward(const Tensor& y, const Tensor& grad_y) {
   const int64_t d = y.size(-1), rows = d > 0 ? y.numel() / d : 0;
   Tensor gx = Tensor::empty(y.shape());
   if (rows > 0) {
-    HWY_DYNAMIC_DISPATCH(softmax_backward)(y.data<float>(), grad_y.data<float>(), rows, d,
-                                           gx.data<float>());
+    HWY_DYNAMIC_DISPATCH(softmax_backward)
+    (y.data<float>(), grad_y.data<float>(), rows, d, gx.data<float>());
   }
   return gx;
 }

@@ -118,8 +118,7 @@ Tensor group_norm_backward(const Tensor& x, const Tensor& grad_y, int64_t groups
 
 // ---- layer norm: x [rows, D] ----
 
-LayerNormResult layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias,
-                           float eps) {
+LayerNormResult layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps) {
   const int64_t rows = x.size(0), d = x.size(1);
   Tensor out = Tensor::empty(x.shape());
   Tensor mean = Tensor::empty({rows});
@@ -147,8 +146,7 @@ LayerNormResult layer_norm(const Tensor& x, const Tensor& weight, const Tensor& 
 }
 
 Tensor layer_norm_backward(const Tensor& x, const Tensor& grad_y, const Tensor& weight,
-                           const Tensor& mean, const Tensor& rstd, Tensor* grad_w,
-                           Tensor* grad_b) {
+                           const Tensor& mean, const Tensor& rstd, Tensor* grad_w, Tensor* grad_b) {
   const int64_t rows = x.size(0), d = x.size(1);
   Tensor gx = Tensor::empty(x.shape());
   const float* xp = x.data<float>();
