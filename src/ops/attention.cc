@@ -65,7 +65,9 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
     mask_e = expand(m.detach(), score_shape);
   }
 
-  const Tensor qc = as_f32_contiguous(q), kc = as_f32_contiguous(k), vc = as_f32_contiguous(v);
+  // Detached: the rule below stands in for the kernel's graph.
+  const Tensor qc = as_f32_contiguous(q.detach()), kc = as_f32_contiguous(k.detach());
+  const Tensor vc = as_f32_contiguous(v.detach());
   AttentionResult r = active_kernels().attention(qc, kc, vc, mask_e, sc, causal);
   Tensor out = r.out;  // [B, H, Lq, Dv]
   const Tensor out_saved = r.out.detach(), lse = r.lse;

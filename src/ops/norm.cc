@@ -37,7 +37,7 @@ Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const T
     return kt.group_norm(x, groups, w, b, eps).out;
   }
 
-  const Tensor xc = as_f32_contiguous(x);
+  const Tensor xc = as_f32_contiguous(x.detach());  // detached: the rule below stands in for it
   const Tensor x3 = reshape(xc, {n, c, n * c > 0 ? x.numel() / (n * c) : 0});  // [N, C, S]
   GroupNormResult r = kt.group_norm(x3, groups, w, b, eps);
   Tensor out = reshape(r.out, x.shape());
@@ -67,7 +67,7 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, flo
   check_affine(weight, d, "layer_norm", "weight");
   check_affine(bias, d, "layer_norm", "bias");
   const Tensor w = f32_or_undefined(weight), b = f32_or_undefined(bias);
-  const Tensor x2 = reshape(as_f32_contiguous(x), {x.numel() / d, d});  // [rows, D]
+  const Tensor x2 = reshape(as_f32_contiguous(x.detach()), {x.numel() / d, d});  // [rows, D]
   LayerNormResult r = active_kernels().layer_norm(x2, w, b, eps);
   Tensor out = reshape(r.out, x.shape());
   const Shape x_shape = x.shape();
@@ -93,7 +93,8 @@ Tensor softmax(const Tensor& x, int64_t dim) {
   const int64_t dd = x.normalize_dim(dim);
   const int64_t last = x.dim() - 1;
   // The kernel works over the last dim of a contiguous tensor: move `dim` there and back.
-  const Tensor xt = as_f32_contiguous(dd == last ? x : transpose(x, dd, last));  // [..., D]
+  const Tensor xd = x.detach();
+  const Tensor xt = as_f32_contiguous(dd == last ? xd : transpose(xd, dd, last));  // [..., D]
   const Tensor yt = active_kernels().softmax(xt);
   Tensor out = dd == last ? yt : contiguous(transpose(yt, dd, last));
   const Tensor y_saved = yt.detach();  // not `out` itself: the node must not own its output
