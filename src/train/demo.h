@@ -2,7 +2,7 @@
 // 16x16 shapes (discs, squares and rings at random places and sizes), then samples new images
 // from noise with DDPM ancestral steps. Every layer of the engine takes part: tensors, the seeded
 // RNG, linear layers and activations with autograd, AdamW, and the forward/reverse diffusion
-// process (Ho et al. 2020, eqs. 4, 11 and 14). It is what the README's first command runs until a
+// process (Ho et al. 2020, eqs. 4, 6 and 7), with the model predicting x0. It is what the README's first command runs until a
 // trained model ships in models/.
 //
 // Leaves out: everything a real model needs (a UNet or DiT denoiser, a scheduler library,
@@ -20,7 +20,7 @@ struct DemoOptions {
   int train_steps = 1500;
   int batch_size = 128;
   int num_images = 16;
-  int diffusion_steps = 1000;  // T of the linear beta schedule 1e-4 .. 0.02
+  int diffusion_steps = 200;  // T; linear betas 1e-4 .. 0.02 scaled by 1000 / T
   int hidden = 512;
   float lr = 2e-3f;
   uint64_t seed = 0;
