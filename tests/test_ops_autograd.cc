@@ -7,6 +7,7 @@
 
 #include "autograd/grad_mode.h"
 #include "autograd/node.h"
+#include "core/rng.h"
 #include "core/tensor.h"
 #include "ops/kernels.h"
 #include "ops/ops.h"
@@ -179,6 +180,31 @@ TEST(Resample, ValuesAndGradients) {
   EXPECT_GRADCHECK("embedding", Fn([ids](const std::vector<Tensor>& v) { return ops::embedding(v[0], ids); }),
                    std::vector<Tensor>{param({4, 5}, 3)});
   EXPECT_THROW(ops::embedding(random_tensor({4, 5}, 1), Tensor::from_vector_i64({4}, {1})), Error);
+}
+
+TEST(Dropout, KeepsExpectationAndIsSeeded) {
+  Tensor x = Tensor::ones({20000});
+  Generator g1(5), g2(5);
+  Tensor a = ops::dropout(x, 0.25f, g1);
+  Tensor b = ops::dropout(x, 0.25f, g2);
+  EXPECT_EQ(a.to_vector(), b.to_vector());  // same seed, same mask
+  int zeros = 0;
+  for (float v : a.to_vector()) {
+    EXPECT_TRUE(v == 0.0f || std::fabs(v - 1.0f / 0.75f) < 1e-6f) << v;
+    zeros += v == 0.0f;
+  }
+  // 5000 expected zeros; binomial sd ~61: 5 sd either side
+  EXPECT_NEAR(zeros, 5000, 310);
+  EXPECT_NEAR(ops::mean(a).item(), 1.0f, 0.03f);
+  EXPECT_TRUE(ops::dropout(x, 0.5f, g1, /*training=*/false).is_same(x));
+  EXPECT_THROW(ops::dropout(x, 1.0f, g1), Error);
+  Generator g3(6);
+  Tensor w = param({64}, 9);
+  Tensor y = ops::dropout(w, 0.5f, g3);
+  ops::sum(y).backward();
+  // the gradient is the mask itself: 0 where dropped, 2 where kept
+  const std::vector<float> yv = y.to_vector(), gv = w.grad().to_vector();
+  for (size_t i = 0; i < yv.size(); ++i) EXPECT_EQ(gv[i], yv[i] == 0.0f ? 0.0f : 2.0f);
 }
 
 TEST(Loss, MseValueAndGradient) {
