@@ -8,14 +8,14 @@
 //   threads at once.
 // - Primitive descriptors and primitives are cached by shape and parameters (PrimitiveCache), so a
 //   repeated call neither re-creates the descriptor nor re-JITs.
-// - Forward convolutions whose input and output channels fill whole blocks run in oneDNN's
-//   channel-blocked layout (nChw8c on AVX2, nChw16c on AVX-512), asked for explicitly: with
+// - Forward convolutions run in oneDNN's channel-blocked layout (nChw8c on AVX2, nChw16c on
+//   AVX-512) on every side whose channels fill whole blocks, asked for explicitly: with
 //   format_tag::any oneDNN 2.6 on AVX-512 picks its NHWC "brgconv" kernels, which measured slower
-//   here than the blocked direct kernels. Other shapes (RGB input, 4-channel latents) and the
-//   backward kernels let oneDNN pick (format_tag::any). Inputs are reordered into the chosen
-//   layout when they are not in it already. When the caller allows it and the output channels
-//   fill whole blocks, the output stays blocked (Tensor::empty_blocked); otherwise it is
-//   reordered back to plain NCHW.
+//   here than the blocked direct kernels (and far slower for 3- or 4-channel inputs). The
+//   backward kernels let oneDNN pick (format_tag::any; it picks the blocked kernels for them).
+//   Inputs are reordered into the chosen layout when they are not in it already. When the caller
+//   allows it and the output is in a blocked layout with whole blocks, it stays blocked
+//   (Tensor::empty_blocked); otherwise it is reordered back to plain NCHW.
 // - Weights are reordered to the primitive's layout on every call rather than cached: the cost is
 //   small next to the convolution (~1-2% for a 3x3 320->320 conv at 64x64) and a cache keyed by
 //   storage would go stale when an optimiser updates the weights in place.
@@ -184,9 +184,10 @@ struct ConvSpec {
   }
   memory::desc any(const memory::dims& d) const { return memory::desc(d, DT::f32, Tag::any); }
 
+  // src and dst layouts are `x_tag` and `y_tag` (format_tag::any lets oneDNN choose).
   dnnl::convolution_forward::desc forward_desc(dnnl::prop_kind kind, bool has_bias,
-                                               Tag act = Tag::any) const {
-    const memory::desc xd(x, DT::f32, act), yd(y, DT::f32, act);
+                                               Tag x_tag = Tag::any, Tag y_tag = Tag::any) const {
+    const memory::desc xd(x, DT::f32, x_tag), yd(y, DT::f32, y_tag);
     if (has_bias) {
       return dnnl::convolution_forward::desc(
           kind, dnnl::algorithm::convolution_direct, xd, any(w),
@@ -255,13 +256,17 @@ Tensor fast_conv2d(const Tensor& x, const Tensor& w, const Tensor& bias,
                    const ops::Conv2dParams& p, bool allow_blocked) {
   const ConvSpec spec(x.shape(), w.shape(), p);
   const int block = native_block();
-  const Tag act = spec.x[1] % block == 0 && spec.y[1] % block == 0
-                      ? (block == 16 ? Tag::nChw16c : Tag::nChw8c)
-                      : Tag::any;
+  // Whole blocks: the blocked direct kernels. A few input channels (RGB, latents): plain NCHW
+  // input (oneDNN's first-layer kernels read it directly). A few output channels: oneDNN's choice
+  // (a padded blocked output, reordered to plain below; asking for plain NCHW there selects a
+  // reference kernel hundreds of times slower).
+  const Tag blk = block == 16 ? Tag::nChw16c : Tag::nChw8c;
+  const Tag x_tag = spec.x[1] % block == 0 ? blk : Tag::nchw;
+  const Tag y_tag = spec.y[1] % block == 0 ? blk : Tag::any;
   static PrimitiveCache<ConvFwdEntry> cache;
-  auto e = cache.get(str_cat(spec.key(bias.defined()), '|', static_cast<int>(act)), [&] {
+  auto e = cache.get(str_cat(spec.key(bias.defined()), '|', block), [&] {
     dnnl::convolution_forward::primitive_desc pd(
-        spec.forward_desc(dnnl::prop_kind::forward_inference, bias.defined(), act),
+        spec.forward_desc(dnnl::prop_kind::forward_inference, bias.defined(), x_tag, y_tag),
         user_scratchpad(),
         cpu_engine());
     return ConvFwdEntry{pd, dnnl::convolution_forward(pd)};
