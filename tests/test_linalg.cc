@@ -153,6 +153,8 @@ INSTANTIATE_TEST_SUITE_P(
                       ConvCase{"3x3_dilation2", 1, 8, 12, 12, 8, 3, 3, params(1, 2, 2), true},
                       ConvCase{"rgb_in", 1, 3, 10, 7, 16, 3, 3, params(1, 1), true},
                       ConvCase{"odd_out", 2, 5, 6, 8, 4, 3, 3, params(1, 1), true},
+                      ConvCase{"few_out", 1, 32, 6, 6, 4, 3, 3, params(1, 1), true},
+                      ConvCase{"wide_1x1", 1, 48, 4, 5, 32, 1, 1, params(1, 0), true},
                       ConvCase{"non_square", 1, 8, 7, 13, 8, 3, 1, asymmetric(), true},
                       ConvCase{"kernel_equals_input", 1, 4, 3, 3, 6, 3, 3, params(1, 0), true}),
     [](const ::testing::TestParamInfo<ConvCase>& info) { return std::string(info.param.name); });
