@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <thread>
 #include <utility>
 
 #include "autograd/grad_mode.h"
@@ -199,6 +200,31 @@ TEST(ConvKernel, ExplicitlyBlockedInput) {
                          0.0);
     EXPECT_TENSORS_CLOSE(fast_kernels().conv2d(xb, w, Tensor(), params(1, 1), true).contiguous(),
                          ref, kAtol, 0.0);
+  }
+}
+
+TEST(LinalgKernels, ConcurrentCallsAgree) {
+  // Cached primitives and per-thread scratchpads: the same shapes from several threads at once.
+  const Tensor x = random_tensor({1, 16, 9, 9}, 90);
+  const Tensor w = random_tensor({16, 16, 3, 3}, 91);
+  const Tensor a = random_tensor({2, 33, 17}, 92);
+  const Tensor b = random_tensor({2, 17, 29}, 93);
+  const Tensor conv_ref = reference_kernels().conv2d(x, w, Tensor(), params(1, 1), false);
+  const Tensor mm_ref = reference_kernels().matmul(a, b, false, false);
+  std::vector<Tensor> convs(4), mms(4);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 4; ++i) {
+    threads.emplace_back([&, i] {
+      for (int r = 0; r < 5; ++r) {
+        convs[i] = fast_kernels().conv2d(x, w, Tensor(), params(1, 1), false);
+        mms[i] = fast_kernels().matmul(a, b, false, false);
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_TENSORS_CLOSE(convs[i], conv_ref, kAtol, 0.0);
+    EXPECT_TENSORS_CLOSE(mms[i], mm_ref, kAtol, 0.0);
   }
 }
 
