@@ -171,7 +171,7 @@ TEST(Module, LoadStateDictCopiesIntoTheExistingTensors) {
   EXPECT_TRUE(dst.conv_in->weight().is_same(w_before));  // same handle, new values
   for (const auto& [n, t] : src.state_dict()) {
     SCOPED_TRACE(n);
-    const Tensor& d = dst.state_dict().at(n);
+    const Tensor d = dst.state_dict().at(n);
     EXPECT_FALSE(d.raw_data() == t.raw_data());
     if (t.dtype() == DType::kI64) {
       EXPECT_EQ(d.to_vector_i64(), t.to_vector_i64());

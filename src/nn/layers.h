@@ -9,8 +9,10 @@
 //                   bias ~ U(-b, b) with the same b; fan_in = in (Linear), in * k * k (Conv2d)
 //   GroupNorm, LayerNorm  weight = 1, bias = 0 (no draws)
 //   Embedding       weight ~ N(0, 1)
-// The uniform draws are u * (hi - lo) + lo in f32 over Generator::rand, the same arithmetic as
-// torch's uniform_, so with the same seed the weights equal torch's.
+// The uniform draws are u * (hi - lo) + lo in f32 over Generator::rand (torch.rand's values), the
+// arithmetic of torch 1.13's CPU uniform_, and the bounds are computed in double as torch.nn.init
+// does, so with the same seed the weights should equal torch's (not checked against torch here:
+// the tests check the bounds, the order of draws and the statistics).
 //
 // Leaves out: grouped/dilated convolutions, non-square kernels, padding modes other than zeros,
 // Embedding's padding_idx/max_norm, and LayerNorm with weight but no bias.
