@@ -57,8 +57,8 @@ std::vector<MatmulCase> matmul_cases() {
       cases.push_back({1, 1, 1, 1, 1, ta, tb});
       cases.push_back({1, 1, 7, 13, 5, ta, tb});
       cases.push_back({3, 3, 7, 13, 5, ta, tb});
-      cases.push_back({4, 1, 9, 6, 11, ta, tb});   // b broadcast over the batch
-      cases.push_back({1, 4, 9, 6, 11, ta, tb});   // a broadcast over the batch
+      cases.push_back({4, 1, 9, 6, 11, ta, tb});  // b broadcast over the batch
+      cases.push_back({1, 4, 9, 6, 11, ta, tb});  // a broadcast over the batch
       cases.push_back({2, 2, 65, 130, 33, ta, tb});
     }
   return cases;
@@ -269,7 +269,8 @@ TEST(MatmulOp, MatchesLoopOnTransposedViews) {
     for (int64_t i = 0; i < 7; ++i)
       for (int64_t j = 0; j < 9; ++j) {
         double acc = 0.0;
-        for (int64_t d = 0; d < 8; ++d) acc += double(qv[(b * 7 + i) * 8 + d]) * kv[(b * 9 + j) * 8 + d];
+        for (int64_t d = 0; d < 8; ++d)
+          acc += double(qv[(b * 7 + i) * 8 + d]) * kv[(b * 9 + j) * 8 + d];
         max_err = std::max(max_err, std::abs(acc - sv[(b * 7 + i) * 9 + j]));
       }
   EXPECT_LT(max_err, kAtol);
@@ -366,20 +367,20 @@ TEST(LinalgGrad, Conv2d) {
   auto conv = [](ops::Conv2dParams p) {
     return [p](const std::vector<Tensor>& in) { return ops::conv2d(in[0], in[1], in[2], p); };
   };
-  EXPECT_GRADCHECK("conv2d 3x3 pad 1", conv(params(1, 1)),
-                   (std::vector<Tensor>{param({2, 3, 5, 6}, 50), param({4, 3, 3, 3}, 51),
-                                        param({4}, 52)}));
-  EXPECT_GRADCHECK("conv2d stride 2", conv(params(2, 1)),
-                   (std::vector<Tensor>{param({1, 8, 7, 7}, 53), param({8, 8, 3, 3}, 54),
-                                        param({8}, 55)}));
-  EXPECT_GRADCHECK("conv2d asymmetric", conv(asymmetric()),
-                   (std::vector<Tensor>{param({1, 2, 7, 6}, 56), param({3, 2, 2, 3}, 57),
-                                        param({3}, 58)}));
+  EXPECT_GRADCHECK(
+      "conv2d 3x3 pad 1", conv(params(1, 1)),
+      (std::vector<Tensor>{param({2, 3, 5, 6}, 50), param({4, 3, 3, 3}, 51), param({4}, 52)}));
+  EXPECT_GRADCHECK(
+      "conv2d stride 2", conv(params(2, 1)),
+      (std::vector<Tensor>{param({1, 8, 7, 7}, 53), param({8, 8, 3, 3}, 54), param({8}, 55)}));
+  EXPECT_GRADCHECK(
+      "conv2d asymmetric", conv(asymmetric()),
+      (std::vector<Tensor>{param({1, 2, 7, 6}, 56), param({3, 2, 2, 3}, 57), param({3}, 58)}));
   {
     ReferenceScope scope;
-    EXPECT_GRADCHECK("conv2d reference dilation 2", conv(params(1, 2, 2)),
-                     (std::vector<Tensor>{param({1, 2, 6, 6}, 59), param({3, 2, 3, 3}, 60),
-                                          param({3}, 61)}));
+    EXPECT_GRADCHECK(
+        "conv2d reference dilation 2", conv(params(1, 2, 2)),
+        (std::vector<Tensor>{param({1, 2, 6, 6}, 59), param({3, 2, 3, 3}, 60), param({3}, 61)}));
   }
 }
 
@@ -400,8 +401,11 @@ TEST(LinalgErrors, Matmul) {
   const Tensor a = random_tensor({3, 4}, 70);
   EXPECT_THROW(ops::matmul(a, random_tensor({5, 2}, 71)), Error);
   expect_error([&] { ops::matmul(a, random_tensor({5, 2}, 71)); }, "matmul");
-  expect_error([&] { ops::matmul(random_tensor({2, 3, 4}, 72), random_tensor({3, 4, 2}, 73)); },
-               "matmul");
+  expect_error(
+      [&] {
+        ops::matmul(random_tensor({2, 3, 4}, 72), random_tensor({3, 4, 2}, 73));
+      },
+      "matmul");
   expect_error([&] { ops::matmul(Tensor::zeros({3, 4}, DType::kI64), a); }, "matmul");
   expect_error([&] { ops::matmul(Tensor::scalar(1.0), a); }, "matmul");
 }
@@ -411,8 +415,7 @@ TEST(LinalgErrors, Linear) {
   EXPECT_THROW(ops::linear(x, random_tensor({3, 4}, 75)), Error);
   expect_error([&] { ops::linear(x, random_tensor({3, 4}, 75)); }, "linear");
   expect_error([&] { ops::linear(x, random_tensor({3, 5, 1}, 76)); }, "weight");
-  expect_error([&] { ops::linear(x, random_tensor({3, 5}, 77), random_tensor({4}, 78)); },
-               "bias");
+  expect_error([&] { ops::linear(x, random_tensor({3, 5}, 77), random_tensor({4}, 78)); }, "bias");
 }
 
 TEST(LinalgErrors, Conv2d) {

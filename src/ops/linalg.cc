@@ -106,7 +106,7 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
                      const int64_t nb = shape_numel(batch);
                      Tensor g3 = reshape(as_f32_contiguous(g), {nb, m, n});
                      std::vector<Tensor> grads(2);
-                     if (needs[0]) {  // dA = dC @ B^T
+                     if (needs[0]) {                                     // dA = dC @ B^T
                        Tensor r = k.matmul(g3, ob.t, false, !ob.trans);  // [B, M, K]
                        grads[0] = reshape(reduce_to(r, batch, a2_shape), a_shape);
                      }
@@ -137,9 +137,8 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
                 " features but weight ", weight.describe(), " expects ", in);
   if (bias.defined()) {
     check_float(bias, "linear", "bias");
-    STIPPLE_CHECK(bias.dim() == 1 && bias.size(0) == out_features, "linear: bias ",
-                  bias.describe(), " does not match weight ", weight.describe(), " (expected [",
-                  out_features, "])");
+    STIPPLE_CHECK(bias.dim() == 1 && bias.size(0) == out_features, "linear: bias ", bias.describe(),
+                  " does not match weight ", weight.describe(), " (expected [", out_features, "])");
   }
   const int64_t rows = x.numel() / in;
   Tensor x3, w3, out;
@@ -194,8 +193,8 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
   const int64_t reach_w = p.dilation_w * (weight.size(3) - 1) + 1;
   STIPPLE_CHECK(x.size(2) + 2 * p.pad_h >= reach_h && x.size(3) + 2 * p.pad_w >= reach_w,
                 "conv2d: input ", x.describe(), " padded by ", p.pad_h, "x", p.pad_w,
-                " is smaller than the kernel ", weight.describe(), " (dilation ", p.dilation_h,
-                "x", p.dilation_w, ")");
+                " is smaller than the kernel ", weight.describe(), " (dilation ", p.dilation_h, "x",
+                p.dilation_w, ")");
 
   const bool record = autograd::needs_record({&x, &weight, &bias});
   const bool allow_blocked = !record && blocked_layout_enabled();

@@ -22,10 +22,9 @@
 #include <cstdlib>
 #include <memory>
 #include <mutex>
+#include <oneapi/dnnl/dnnl.hpp>
 #include <string>
 #include <unordered_map>
-
-#include <oneapi/dnnl/dnnl.hpp>
 
 #include "backends/cpu/fill.h"
 
@@ -118,8 +117,7 @@ memory reorder_to(const memory& src, const memory::desc& want) {
 }
 
 void reorder_into(const memory& src, const memory& dst) {
-  dnnl::reorder(src, dst).execute(cpu_stream(), const_cast<memory&>(src),
-                                  const_cast<memory&>(dst));
+  dnnl::reorder(src, dst).execute(cpu_stream(), const_cast<memory&>(src), const_cast<memory&>(dst));
 }
 
 // ---------------------------------------------------------------- matmul
@@ -189,12 +187,12 @@ struct ConvSpec {
                                                Tag x_tag = Tag::any, Tag y_tag = Tag::any) const {
     const memory::desc xd(x, DT::f32, x_tag), yd(y, DT::f32, y_tag);
     if (has_bias) {
-      return dnnl::convolution_forward::desc(
-          kind, dnnl::algorithm::convolution_direct, xd, any(w),
-          memory::desc(bias, DT::f32, Tag::x), yd, strides, dilates, pad_l, pad_r);
+      return dnnl::convolution_forward::desc(kind, dnnl::algorithm::convolution_direct, xd, any(w),
+                                             memory::desc(bias, DT::f32, Tag::x), yd, strides,
+                                             dilates, pad_l, pad_r);
     }
-    return dnnl::convolution_forward::desc(kind, dnnl::algorithm::convolution_direct, xd,
-                                           any(w), yd, strides, dilates, pad_l, pad_r);
+    return dnnl::convolution_forward::desc(kind, dnnl::algorithm::convolution_direct, xd, any(w),
+                                           yd, strides, dilates, pad_l, pad_r);
   }
 };
 
@@ -252,8 +250,8 @@ struct ConvFwdEntry {
   dnnl::convolution_forward prim;
 };
 
-Tensor fast_conv2d(const Tensor& x, const Tensor& w, const Tensor& bias,
-                   const ops::Conv2dParams& p, bool allow_blocked) {
+Tensor fast_conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const ops::Conv2dParams& p,
+                   bool allow_blocked) {
   const ConvSpec spec(x.shape(), w.shape(), p);
   const int block = native_block();
   // Whole blocks: the blocked direct kernels. A few input channels (RGB, latents): plain NCHW
@@ -267,8 +265,7 @@ Tensor fast_conv2d(const Tensor& x, const Tensor& w, const Tensor& bias,
   auto e = cache.get(str_cat(spec.key(bias.defined()), '|', block), [&] {
     dnnl::convolution_forward::primitive_desc pd(
         spec.forward_desc(dnnl::prop_kind::forward_inference, bias.defined(), x_tag, y_tag),
-        user_scratchpad(),
-        cpu_engine());
+        user_scratchpad(), cpu_engine());
     return ConvFwdEntry{pd, dnnl::convolution_forward(pd)};
   });
   const memory src = reorder_to(wrap(md_of_nchw(x), x), e->pd.src_desc());
@@ -308,11 +305,10 @@ Tensor fast_conv2d_backward_data(const Tensor& grad_y, const Tensor& w, const Sh
   const memory wts =
       reorder_to(wrap(memory::desc(spec.w, DT::f32, Tag::oihw), w), e->pd.weights_desc());
   return conv_output(e->pd.diff_src_desc(), spec.x, false, [&](const memory& gx) {
-    e->prim.execute(cpu_stream(),
-                    {{DNNL_ARG_DIFF_DST, gy},
-                     {DNNL_ARG_WEIGHTS, wts},
-                     {DNNL_ARG_DIFF_SRC, gx},
-                     {DNNL_ARG_SCRATCHPAD, scratchpad_for(e->pd.scratchpad_desc())}});
+    e->prim.execute(cpu_stream(), {{DNNL_ARG_DIFF_DST, gy},
+                                   {DNNL_ARG_WEIGHTS, wts},
+                                   {DNNL_ARG_DIFF_SRC, gx},
+                                   {DNNL_ARG_SCRATCHPAD, scratchpad_for(e->pd.scratchpad_desc())}});
   });
 }
 
@@ -341,12 +337,11 @@ void fast_conv2d_backward_weight(const Tensor& x, const Tensor& grad_y, const Sh
   const memory gy = reorder_to(wrap(md_of_nchw(grad_y), grad_y), e->pd.diff_dst_desc());
   Tensor gb = Tensor::empty({w_shape[0]});
   Tensor gw = conv_output(e->pd.diff_weights_desc(), spec.w, false, [&](const memory& dw) {
-    e->prim.execute(cpu_stream(),
-                    {{DNNL_ARG_SRC, src},
-                     {DNNL_ARG_DIFF_DST, gy},
-                     {DNNL_ARG_DIFF_WEIGHTS, dw},
-                     {DNNL_ARG_DIFF_BIAS, wrap(bias_md, gb)},
-                     {DNNL_ARG_SCRATCHPAD, scratchpad_for(e->pd.scratchpad_desc())}});
+    e->prim.execute(cpu_stream(), {{DNNL_ARG_SRC, src},
+                                   {DNNL_ARG_DIFF_DST, gy},
+                                   {DNNL_ARG_DIFF_WEIGHTS, dw},
+                                   {DNNL_ARG_DIFF_BIAS, wrap(bias_md, gb)},
+                                   {DNNL_ARG_SCRATCHPAD, scratchpad_for(e->pd.scratchpad_desc())}});
   });
   if (grad_w) *grad_w = gw;
   if (grad_b) *grad_b = gb;

@@ -85,12 +85,13 @@ Tensor ref_conv2d(const Tensor& x_in, const Tensor& w, const Tensor& bias,
   std::vector<double> acc(g.n * g.o * g.ho * g.wo, 0.0);
   const float* px = x.data<float>();
   const float* pw = w.data<float>();
-  for_each_tap(g, p, [&](int64_t n, int64_t o, int64_t oh, int64_t ow, int64_t c, int64_t i,
-                         int64_t j, int64_t ih, int64_t iw) {
-    acc[((n * g.o + o) * g.ho + oh) * g.wo + ow] +=
-        static_cast<double>(px[((n * g.c + c) * g.h + ih) * g.w + iw]) *
-        pw[((o * g.c + c) * g.kh + i) * g.kw + j];
-  });
+  for_each_tap(g, p,
+               [&](int64_t n, int64_t o, int64_t oh, int64_t ow, int64_t c, int64_t i, int64_t j,
+                   int64_t ih, int64_t iw) {
+                 acc[((n * g.o + o) * g.ho + oh) * g.wo + ow] +=
+                     static_cast<double>(px[((n * g.c + c) * g.h + ih) * g.w + iw]) *
+                     pw[((o * g.c + c) * g.kh + i) * g.kw + j];
+               });
   Tensor out = Tensor::empty({g.n, g.o, g.ho, g.wo});
   float* po = out.data<float>();
   const float* pb = bias.defined() ? bias.data<float>() : nullptr;
@@ -109,12 +110,13 @@ Tensor ref_conv2d_backward_data(const Tensor& grad_y, const Tensor& w, const Sha
   std::vector<double> acc(g.n * g.c * g.h * g.w, 0.0);
   const float* pg = gy.data<float>();
   const float* pw = w.data<float>();
-  for_each_tap(g, p, [&](int64_t n, int64_t o, int64_t oh, int64_t ow, int64_t c, int64_t i,
-                         int64_t j, int64_t ih, int64_t iw) {
-    acc[((n * g.c + c) * g.h + ih) * g.w + iw] +=
-        static_cast<double>(pg[((n * g.o + o) * g.ho + oh) * g.wo + ow]) *
-        pw[((o * g.c + c) * g.kh + i) * g.kw + j];
-  });
+  for_each_tap(g, p,
+               [&](int64_t n, int64_t o, int64_t oh, int64_t ow, int64_t c, int64_t i, int64_t j,
+                   int64_t ih, int64_t iw) {
+                 acc[((n * g.c + c) * g.h + ih) * g.w + iw] +=
+                     static_cast<double>(pg[((n * g.o + o) * g.ho + oh) * g.wo + ow]) *
+                     pw[((o * g.c + c) * g.kh + i) * g.kw + j];
+               });
   Tensor out = Tensor::empty(x_shape);
   float* po = out.data<float>();
   for (size_t idx = 0; idx < acc.size(); ++idx) po[idx] = static_cast<float>(acc[idx]);
@@ -130,12 +132,13 @@ void ref_conv2d_backward_weight(const Tensor& x_in, const Tensor& grad_y, const 
   const float* pg = gy.data<float>();
   if (grad_w) {
     std::vector<double> acc(g.o * g.c * g.kh * g.kw, 0.0);
-    for_each_tap(g, p, [&](int64_t n, int64_t o, int64_t oh, int64_t ow, int64_t c, int64_t i,
-                           int64_t j, int64_t ih, int64_t iw) {
-      acc[((o * g.c + c) * g.kh + i) * g.kw + j] +=
-          static_cast<double>(pg[((n * g.o + o) * g.ho + oh) * g.wo + ow]) *
-          px[((n * g.c + c) * g.h + ih) * g.w + iw];
-    });
+    for_each_tap(g, p,
+                 [&](int64_t n, int64_t o, int64_t oh, int64_t ow, int64_t c, int64_t i, int64_t j,
+                     int64_t ih, int64_t iw) {
+                   acc[((o * g.c + c) * g.kh + i) * g.kw + j] +=
+                       static_cast<double>(pg[((n * g.o + o) * g.ho + oh) * g.wo + ow]) *
+                       px[((n * g.c + c) * g.h + ih) * g.w + iw];
+                 });
     *grad_w = Tensor::empty(w_shape);
     float* pw = grad_w->data<float>();
     for (size_t idx = 0; idx < acc.size(); ++idx) pw[idx] = static_cast<float>(acc[idx]);
