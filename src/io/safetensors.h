@@ -76,7 +76,8 @@ class SafetensorsFile {
   // Every tensor; throws if any has an unsupported dtype.
   std::map<std::string, Tensor> tensors() const;
 
-  // The "__metadata__" object (empty when absent).
+  // The "__metadata__" object (empty when absent). Values that are not strings (the reference
+  // library refuses them) are kept as their JSON text.
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
  private:
