@@ -10,6 +10,7 @@
 #include "io/png.h"
 #include "ops/ops.h"
 #include "progress.h"
+#include "schedulers/conformance.h"
 #include "train/demo.h"
 
 namespace {
@@ -67,6 +68,24 @@ int run_info_command(const std::string& path) {
   return 0;
 }
 
+int run_conformance_command(const std::string& dir) {
+  const std::vector<stipple::conformance::CaseRef> cases = stipple::conformance::find_cases(dir);
+  STIPPLE_CHECK(!cases.empty(), "no conformance cases under ", dir,
+                " (expected folders like schedulers/<case>/ or rng/)");
+  int total = 0, failed = 0;
+  for (const auto& c : cases) {
+    for (const auto& r : stipple::conformance::run_case(c)) {
+      ++total;
+      if (!r.passed) ++failed;
+      std::printf("%-40s %-9s max rel error %-10.3g %s%s%s\n", r.name.c_str(), r.kind.c_str(),
+                  r.max_error, r.passed ? "PASS" : "FAIL", r.detail.empty() ? "" : "  ",
+                  r.detail.c_str());
+    }
+  }
+  std::printf("%d of %d cases pass\n", total - failed, total);
+  return failed == 0 ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -101,6 +120,14 @@ int main(int argc, char** argv) {
       "info", "Print what a file holds: for a PNG, its size and generation parameters.");
   info_cmd->add_option("file", info_path, "PNG file")->required();
 
+  std::string conformance_dir;
+  CLI::App* conformance_cmd = app.add_subcommand(
+      "conformance",
+      "Replay reference outputs computed by diffusers/torch (a folder laid out like "
+      "../shared/conformance: scheduler trajectories, torch RNG draws) and print each case's max "
+      "error relative to max(1, max|ref|) with PASS/FAIL; exits 1 if any case fails.");
+  conformance_cmd->add_option("dir", conformance_dir, "conformance folder")->required();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -109,6 +136,7 @@ int main(int argc, char** argv) {
   try {
     if (*demo_cmd) return run_demo_command(demo, demo_out, quiet);
     if (*info_cmd) return run_info_command(info_path);
+    if (*conformance_cmd) return run_conformance_command(conformance_dir);
   } catch (const stipple::Error& e) {
     std::fprintf(stderr, "stipple: error: %s\n", e.what());
     return 1;
