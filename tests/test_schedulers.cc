@@ -6,14 +6,231 @@
 
 #include <cmath>
 #include <cstdio>
+#include <functional>
 
+#include <algorithm>
+#include <map>
+
+#include "core/error.h"
+#include "core/rng.h"
 #include "schedulers/conformance.h"
 #include "schedulers/schedule.h"
 #include "schedulers/scheduler.h"
+#include "schedulers/training.h"
 #include "support/numerics.h"
 
 namespace stipple::schedulers {
 namespace {
+
+// ---- schedule functions against hand-derived values ----
+
+TEST(Schedule, BetaSchedules) {
+  const std::vector<float> lin = make_betas("linear", 1000, 1e-4, 0.02);
+  ASSERT_EQ(lin.size(), 1000u);
+  EXPECT_FLOAT_EQ(lin[0], 1e-4f);
+  EXPECT_FLOAT_EQ(lin[999], 0.02f);
+  EXPECT_NEAR(lin[500], 1e-4 + 500 * (0.02 - 1e-4) / 999, 1e-8);
+  const std::vector<float> sl = make_betas("scaled_linear", 1000, 0.00085, 0.012);
+  EXPECT_NEAR(sl[0], 0.00085, 1e-9);
+  EXPECT_NEAR(sl[999], 0.012, 1e-8);
+  const double mid = std::sqrt(0.00085) + 500 * (std::sqrt(0.012) - std::sqrt(0.00085)) / 999;
+  EXPECT_NEAR(sl[500], mid * mid, 1e-8);
+  // Cosine: beta_0 = 1 - abar(1/T)/abar(0), abar(t) = cos((t + 0.008)/1.008 pi/2)^2; capped.
+  const std::vector<float> cs = make_betas("squaredcos_cap_v2", 1000, 0, 0);
+  auto abar = [](double t) { return std::pow(std::cos((t + 0.008) / 1.008 * M_PI / 2), 2); };
+  EXPECT_NEAR(cs[0], 1 - abar(0.001) / abar(0), 1e-9);
+  EXPECT_FLOAT_EQ(cs[999], 0.999f);
+  const std::vector<float> acp = alphas_cumprod_from_betas(lin);
+  EXPECT_FLOAT_EQ(acp[0], 1 - 1e-4f);
+  EXPECT_NEAR(acp[1], (1 - 1e-4) * (1 - lin[1]), 1e-7);
+  EXPECT_NEAR(acp[999], 4.04e-5, 1e-6);  // DDPM's schedule: almost pure noise at T
+}
+
+TEST(Schedule, ZeroTerminalSnrRescale) {
+  const std::vector<float> b = make_betas("scaled_linear", 1000, 0.00085, 0.012);
+  const std::vector<float> acp0 = alphas_cumprod_from_betas(b);
+  const std::vector<float> acp = alphas_cumprod_from_betas(rescale_zero_terminal_snr(b));
+  EXPECT_NEAR(acp[0], acp0[0], 1e-6);   // the first step keeps its SNR
+  EXPECT_NEAR(acp[999], 0.0, 1e-12);    // the last has none left
+  for (int t = 1; t < 1000; ++t) ASSERT_LE(acp[t], acp[t - 1]);
+}
+
+TEST(Schedule, TimestepSpacings) {
+  using V = std::vector<double>;
+  const V leading = make_timesteps(TimestepSpacing::kLeading, TimestepGrid::kRounded, 1000, 20, 1);
+  EXPECT_EQ(leading.front(), 951);
+  EXPECT_EQ(leading[1], 901);
+  EXPECT_EQ(leading.back(), 1);
+  const V trailing = make_timesteps(TimestepSpacing::kTrailing, TimestepGrid::kRounded, 1000, 20, 1);
+  EXPECT_EQ(trailing.front(), 999);
+  EXPECT_EQ(trailing.back(), 49);
+  const V lin = make_timesteps(TimestepSpacing::kLinspace, TimestepGrid::kRounded, 1000, 20, 1);
+  EXPECT_EQ(lin.front(), 999);
+  EXPECT_EQ(lin[1], 946);  // round(999 * 18/19) = round(946.42)
+  EXPECT_EQ(lin.back(), 0);
+  const V f = make_timesteps(TimestepSpacing::kLinspace, TimestepGrid::kFloat, 1000, 20, 1);
+  EXPECT_NEAR(f[1], 999.0 * 18 / 19, 1e-4);
+  const V dpm = make_timesteps(TimestepSpacing::kLinspace, TimestepGrid::kRoundedPlus1, 1000, 20, 1);
+  ASSERT_EQ(dpm.size(), 20u);
+  EXPECT_EQ(dpm.front(), 999);
+  EXPECT_EQ(dpm[1], 949);  // round(999 * 19/20) = round(949.05)
+  EXPECT_EQ(dpm.back(), 50);
+  const V trailing3 = make_timesteps(TimestepSpacing::kTrailing, TimestepGrid::kRounded, 1000, 3, 0);
+  EXPECT_EQ(trailing3, (V{999, 666, 332}));  // round(1000, 666.67, 333.33) - 1
+  EXPECT_THROW(make_timesteps(TimestepSpacing::kLeading, TimestepGrid::kRounded, 1000, 0, 0),
+               Error);
+}
+
+TEST(Schedule, KarrasSigmasAndSigmaToT) {
+  const std::vector<double> k = karras_sigmas(0.03, 14.6, 5);
+  EXPECT_NEAR(k.front(), 14.6, 1e-12);
+  EXPECT_NEAR(k.back(), 0.03, 1e-12);
+  const double mid = std::pow((std::pow(14.6, 1 / 7.0) + std::pow(0.03, 1 / 7.0)) / 2, 7);
+  EXPECT_NEAR(k[2], mid, 1e-12);
+  // sigma_to_t inverts the training sigmas: exactly at integers, between them by log-sigma.
+  const std::vector<float> sig =
+      sigmas_from_alphas_cumprod(alphas_cumprod_from_betas(make_betas("linear", 1000, 1e-4, 0.02)));
+  std::vector<float> logs(sig.size());
+  for (size_t i = 0; i < sig.size(); ++i) logs[i] = std::log(sig[i]);
+  EXPECT_NEAR(sigma_to_t(sig[500], logs), 500, 1e-3);
+  const double between = std::exp((std::log(sig[300]) + std::log(sig[301])) / 2);
+  EXPECT_NEAR(sigma_to_t(between, logs), 300.5, 1e-3);
+  EXPECT_EQ(sigma_to_t(1e-9, logs), 0);  // below the range: clipped
+  EXPECT_NEAR(interp_at(300.25, sig), 0.75 * sig[300] + 0.25 * sig[301], 1e-6);
+  const AlphaSigma as = sigma_to_alpha_sigma(0.75);
+  EXPECT_NEAR(as.alpha, 0.8, 1e-12);
+  EXPECT_NEAR(as.sigma, 0.6, 1e-12);
+}
+
+// ---- config parsing and the name table ----
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(SchedulerConfig, LenientJsonUnknownKeysAndClassDefaults) {
+  const SchedulerConfig c = SchedulerConfig::from_json(R"({
+    "_class_name": "DPMSolverMultistepScheduler", "lambda_min_clipped": -Infinity,
+    "some_future_key": [1, 2], "beta_schedule": "scaled_linear", "text": "NaN -Infinity"})");
+  EXPECT_EQ(c.class_name, "DPMSolverMultistepScheduler");
+  EXPECT_TRUE(std::isinf(c.lambda_min_clipped) && c.lambda_min_clipped < 0);
+  EXPECT_EQ(c.beta_schedule, "scaled_linear");
+  EXPECT_EQ(c.timestep_spacing, TimestepSpacing::kLinspace);  // DPM-Solver's default
+  const SchedulerConfig d = SchedulerConfig::from_json(R"({"_class_name": "DDIMScheduler"})");
+  EXPECT_EQ(d.timestep_spacing, TimestepSpacing::kLeading);
+  EXPECT_TRUE(d.clip_sample);  // the class default, unlike SD's config
+  EXPECT_TRUE(d.set_alpha_to_one);
+}
+
+TEST(SchedulerConfig, UnsupportedValuesNameKeyAndValue) {
+  const std::string e1 = error_of([] {
+    SchedulerConfig::from_json(R"({"_class_name": "DDIMScheduler", "beta_schedule": "sigmoid"})");
+  });
+  EXPECT_NE(e1.find("beta_schedule"), std::string::npos) << e1;
+  EXPECT_NE(e1.find("sigmoid"), std::string::npos) << e1;
+  const std::string e2 = error_of([] {
+    SchedulerConfig::from_json(R"({"_class_name": "EulerDiscreteScheduler",
+                                   "prediction_type": "flow"})");
+  });
+  EXPECT_NE(e2.find("prediction_type"), std::string::npos) << e2;
+  EXPECT_NE(e2.find("flow"), std::string::npos) << e2;
+  const std::string e3 = error_of(
+      [] { SchedulerConfig::from_json(R"({"_class_name": "FancyScheduler"})"); });
+  EXPECT_NE(e3.find("FancyScheduler"), std::string::npos) << e3;
+  const std::string e4 = error_of([] {
+    SchedulerConfig::from_json(R"({"_class_name": "DDIMScheduler", "steps_offset": "one"})");
+  });
+  EXPECT_NE(e4.find("steps_offset"), std::string::npos) << e4;
+  const std::string e5 = error_of([] { SchedulerConfig::from_json("{\"_class_name\": "); });
+  EXPECT_NE(e5.find("JSON"), std::string::npos) << e5;
+  const std::string e6 = error_of([] { SchedulerConfig::from_json("/no/such/scheduler.json"); });
+  EXPECT_NE(e6.find("/no/such/scheduler.json"), std::string::npos) << e6;
+  const std::string e7 = error_of([] {
+    SchedulerConfig::from_json(R"({"_class_name": "DDIMScheduler", "timestep_spacing": "log"})");
+  });
+  EXPECT_NE(e7.find("timestep_spacing"), std::string::npos) << e7;
+}
+
+TEST(SchedulerConfig, SamplerNamesMapOntoClassesAndOptions) {
+  const SchedulerConfig base = SchedulerConfig::from_json(R"({"_class_name": "PNDMScheduler",
+      "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+      "steps_offset": 1, "skip_prk_steps": true, "prediction_type": "v_prediction"})");
+  for (const SamplerName& n : sampler_names()) {
+    const SchedulerConfig c = config_for_sampler(n.name, base);
+    EXPECT_EQ(c.class_name, n.class_name) << n.name;
+    EXPECT_EQ(c.beta_schedule, "scaled_linear") << n.name;  // the model's schedule carries over
+    EXPECT_EQ(c.prediction_type, PredictionType::kVPrediction) << n.name;
+    EXPECT_NO_THROW(make_scheduler(c)) << n.name;
+  }
+  const SchedulerConfig k = config_for_sampler("DPM++ 2M Karras", base);
+  EXPECT_EQ(k.class_name, "DPMSolverMultistepScheduler");
+  EXPECT_TRUE(k.use_karras_sigmas);
+  EXPECT_EQ(config_for_sampler("Euler a", base).class_name, "EulerAncestralDiscreteScheduler");
+  const std::string e = error_of([&] { config_for_sampler("dpm++3m_sde", base); });
+  EXPECT_NE(e.find("euler_a"), std::string::npos) << e;  // lists what exists
+}
+
+TEST(Scheduler, MisuseGetsTeachingErrors) {
+  auto s = make_scheduler(SchedulerConfig::from_json(R"({"_class_name": "EulerDiscreteScheduler"})"));
+  const Tensor x = Tensor::zeros({1, 2});
+  EXPECT_NE(error_of([&] { s->step(x, 999, x); }).find("set_timesteps"), std::string::npos);
+  s->set_timesteps(10);
+  EXPECT_NE(error_of([&] { s->step(x, 123.5, x); }).find("timesteps()"), std::string::npos);
+  auto a = make_scheduler(
+      SchedulerConfig::from_json(R"({"_class_name": "EulerAncestralDiscreteScheduler"})"));
+  a->set_timesteps(10);
+  EXPECT_NE(error_of([&] { a->step(x, a->timesteps()[0], x); }).find("Generator"),
+            std::string::npos);
+  Generator g(0);
+  const SchedulerOutput o = a->step(Tensor::ones({1, 2}), a->timesteps()[0], x, &g);
+  EXPECT_EQ(o.prev_sample.shape(), x.shape());
+}
+
+TEST(Scheduler, AddNoiseIsTheForwardProcess) {
+  auto d = make_scheduler(SchedulerConfig::from_json(R"({"_class_name": "DDIMScheduler"})"));
+  d->set_timesteps(10);
+  const Tensor x0 = Tensor::full({4}, 2.0), n = Tensor::full({4}, -1.0);
+  const double a = d->alphas_cumprod()[500];
+  EXPECT_NEAR(d->add_noise(x0, n, 500).to_vector()[0], 2 * std::sqrt(a) - std::sqrt(1 - a), 1e-6);
+  auto e = make_scheduler(SchedulerConfig::from_json(R"({"_class_name": "EulerDiscreteScheduler"})"));
+  e->set_timesteps(10);
+  const double t = e->timesteps()[3], sigma = e->sigmas()[3];
+  EXPECT_NEAR(e->add_noise(x0, n, t).to_vector()[0], 2 - sigma, 1e-5);
+}
+
+TEST(Training, VelocityConversionsAndMinSnr) {
+  const std::vector<float> acp =
+      alphas_cumprod_from_betas(make_betas("linear", 1000, 1e-4, 0.02));
+  const Tensor x0 = ::stipple::testing::random_tensor({3, 2, 2}, 1);
+  const Tensor eps = ::stipple::testing::random_tensor({3, 2, 2}, 2);
+  const Tensor t = Tensor::from_vector_i64({10, 500, 990}, {3});
+  const Tensor xt = add_noise(acp, x0, eps, t);
+  const Tensor v = get_velocity(acp, x0, eps, t);
+  const std::vector<float> x0v = x0.to_vector(), ev = eps.to_vector(), vv = v.to_vector();
+  const int ts[3] = {10, 500, 990};
+  for (int i = 0; i < 12; ++i) {
+    const double a = acp[ts[i / 4]];
+    EXPECT_NEAR(vv[i], std::sqrt(a) * ev[i] - std::sqrt(1 - a) * x0v[i], 1e-6);
+  }
+  for (PredictionType p : {PredictionType::kEpsilon, PredictionType::kVPrediction,
+                           PredictionType::kSample}) {
+    const Tensor target = prediction_target(p, acp, x0, eps, t);
+    EXPECT_TENSORS_CLOSE(predicted_x0(p, acp, target, xt, t), x0, 2e-3, 0);
+    EXPECT_TENSORS_CLOSE(predicted_eps(p, acp, target, xt, t), eps, 2e-3, 0);
+  }
+  const std::vector<float> s = snr(acp, t).to_vector();
+  const std::vector<float> w = min_snr_weights(PredictionType::kEpsilon, acp, t, 5.0).to_vector();
+  EXPECT_NEAR(w[0], 5.0 / s[0], 1e-6);  // high SNR: clipped to gamma
+  EXPECT_NEAR(w[2], 1.0, 1e-6);         // low SNR: weight 1
+  const std::vector<float> wv =
+      min_snr_weights(PredictionType::kVPrediction, acp, t, 5.0).to_vector();
+  EXPECT_NEAR(wv[2], s[2] / (s[2] + 1), 1e-6);
+}
 
 TEST(SchedulerConformance, EverySharedCasePasses) {
   const std::string root = ::stipple::testing::shared_path("conformance/schedulers");
