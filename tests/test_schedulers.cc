@@ -9,6 +9,7 @@
 #include <functional>
 
 #include <algorithm>
+#include <array>
 #include <map>
 
 #include "core/error.h"
@@ -230,6 +231,215 @@ TEST(Training, VelocityConversionsAndMinSnr) {
   const std::vector<float> wv =
       min_snr_weights(PredictionType::kVPrediction, acp, t, 5.0).to_vector();
   EXPECT_NEAR(wv[2], s[2] / (s[2] + 1), 1e-6);
+}
+
+// ---- analytic check: a 2-D Gaussian mixture with a closed-form eps ----
+//
+// Data: p0 = sum_k w_k N(mu_k, s_k^2 I). In the variance-exploding view x = x0 + sigma eps the
+// noised density is sum_k w_k N(mu_k, (s_k^2 + sigma^2) I), so the exact denoiser output is
+//   eps(x, sigma) = -sigma grad log p_sigma(x) = sigma sum_k g_k(x) (x - mu_k) / (s_k^2 + sigma^2)
+// with g_k the posterior responsibilities. A scheduler's model sees the variance-preserving
+// x_vp = x / sqrt(1 + sigma^2) at timestep t, with sigma(t) interpolated from the training
+// sigmas exactly as the sigma-based schedulers do.
+
+struct Mixture {
+  std::vector<double> w = {0.5, 0.3, 0.2};
+  std::vector<std::array<double, 2>> mu = {{-2.0, 0.0}, {2.0, 1.0}, {0.0, -2.5}};
+  std::vector<double> s = {0.5, 0.4, 0.6};
+
+  // Posterior responsibilities of the components at x under noise level sigma.
+  std::array<double, 3> resp(double x, double y, double sigma) const {
+    std::array<double, 3> logp;
+    double mx = -1e300;
+    for (int k = 0; k < 3; ++k) {
+      const double v = s[k] * s[k] + sigma * sigma;
+      const double dx = x - mu[k][0], dy = y - mu[k][1];
+      logp[k] = std::log(w[k]) - std::log(v) - (dx * dx + dy * dy) / (2 * v);
+      mx = std::max(mx, logp[k]);
+    }
+    double z = 0;
+    for (double& l : logp) z += (l = std::exp(l - mx));
+    for (double& l : logp) l /= z;
+    return logp;
+  }
+  std::array<double, 2> eps(double x, double y, double sigma) const {
+    const std::array<double, 3> g = resp(x, y, sigma);
+    std::array<double, 2> e = {0, 0};
+    for (int k = 0; k < 3; ++k) {
+      const double v = s[k] * s[k] + sigma * sigma;
+      e[0] += g[k] * (x - mu[k][0]) / v;
+      e[1] += g[k] * (y - mu[k][1]) / v;
+    }
+    return {sigma * e[0], sigma * e[1]};
+  }
+};
+
+// The linear DDPM schedule (acp_T = 4e-5: x_T is pure noise, so the prior is exact), trailing
+// spacing so that every sampler starts at t = 999 and ends at sigma = 0.
+std::string mixture_config(const char* cls) {
+  return str_cat(R"({"_class_name": ")", cls,
+                 R"(", "beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02,
+      "timestep_spacing": "trailing", "set_alpha_to_one": true, "clip_sample": false,
+      "skip_prk_steps": true, "steps_offset": 0})");
+}
+
+// Runs a scheduler's loop with the exact eps model on points z (N x 2, standard normal).
+std::vector<double> sample_mixture(Scheduler& sch, const Mixture& m, const std::vector<float>& z,
+                                   int steps) {
+  sch.set_timesteps(steps);
+  const std::vector<float> train = sigmas_from_alphas_cumprod(sch.alphas_cumprod());
+  const int64_t n = static_cast<int64_t>(z.size() / 2);
+  Tensor x = Tensor::from_vector(z, {n, 2}) * static_cast<float>(sch.init_noise_sigma());
+  for (double t : sch.timesteps()) {
+    const std::vector<float> in = sch.scale_model_input(x, t).to_vector();
+    const double sigma = interp_at(t, train);
+    const double up = std::sqrt(1 + sigma * sigma);  // x_vp -> x_ve
+    std::vector<float> out(in.size());
+    for (int64_t i = 0; i < n; ++i) {
+      const std::array<double, 2> e = m.eps(in[2 * i] * up, in[2 * i + 1] * up, sigma);
+      out[2 * i] = static_cast<float>(e[0]);
+      out[2 * i + 1] = static_cast<float>(e[1]);
+    }
+    x = sch.step(Tensor::from_vector(out, {n, 2}), t, x).prev_sample;
+  }
+  const std::vector<float> r = x.to_vector();
+  return std::vector<double>(r.begin(), r.end());
+}
+
+// The exact probability-flow ODE dx/dsigma = eps(x, sigma) (Karras et al. 2022, eq. 4 with
+// sigma(t) = t), from sigma_start to 0, by RK4 on a Karras grid of 400 steps: the reference
+// the samplers converge to.
+std::vector<double> ode_reference(const Mixture& m, const std::vector<double>& x_start,
+                                  double sigma_start) {
+  std::vector<double> grid = karras_sigmas(1e-3, sigma_start, 400);
+  grid.push_back(0.0);
+  std::vector<double> x = x_start;
+  for (size_t p = 0; p < x.size(); p += 2) {
+    double a = x[p], b = x[p + 1];
+    for (size_t i = 0; i + 1 < grid.size(); ++i) {
+      const double s0 = grid[i], h = grid[i + 1] - s0;
+      const auto k1 = m.eps(a, b, s0);
+      const auto k2 = m.eps(a + h / 2 * k1[0], b + h / 2 * k1[1], s0 + h / 2);
+      const auto k3 = m.eps(a + h / 2 * k2[0], b + h / 2 * k2[1], s0 + h / 2);
+      const auto k4 = m.eps(a + h * k3[0], b + h * k3[1], s0 + h);
+      a += h / 6 * (k1[0] + 2 * k2[0] + 2 * k3[0] + k4[0]);
+      b += h / 6 * (k1[1] + 2 * k2[1] + 2 * k3[1] + k4[1]);
+    }
+    x[p] = a;
+    x[p + 1] = b;
+  }
+  return x;
+}
+
+struct Sampler {
+  const char* name;
+  const char* cls;
+  double min_ratio;  // asserted error ratio per doubling of steps (0: printed only)
+};
+
+const std::vector<Sampler>& deterministic_samplers() {
+  static const std::vector<Sampler> k = {
+      {"DDIM", "DDIMScheduler", 1.5},
+      {"Euler", "EulerDiscreteScheduler", 1.5},
+      {"Heun", "HeunDiscreteScheduler", 3.0},
+      {"DPM++2M", "DPMSolverMultistepScheduler", 3.0},
+      {"UniPC", "UniPCMultistepScheduler", 3.0},
+      {"PNDM", "PNDMScheduler", 0.0},
+      {"LMS", "LMSDiscreteScheduler", 0.0},
+  };
+  return k;
+}
+
+TEST(GaussianMixture, DeterministicSamplersDrawTheMixture) {
+  const Mixture m;
+  const int n = 2000;
+  Generator g(1234);
+  const std::vector<float> z = g.randn({n, 2}).to_vector();
+  // The mixture's mean and covariance.
+  double mean[2] = {0, 0}, cov[3] = {0, 0, 0};  // xx, xy, yy
+  for (int k = 0; k < 3; ++k) {
+    mean[0] += m.w[k] * m.mu[k][0];
+    mean[1] += m.w[k] * m.mu[k][1];
+  }
+  for (int k = 0; k < 3; ++k) {
+    const double dx = m.mu[k][0] - mean[0], dy = m.mu[k][1] - mean[1], v = m.s[k] * m.s[k];
+    cov[0] += m.w[k] * (v + dx * dx);
+    cov[1] += m.w[k] * dx * dy;
+    cov[2] += m.w[k] * (v + dy * dy);
+  }
+  for (const Sampler& smp : deterministic_samplers()) {
+    SCOPED_TRACE(smp.name);
+    auto sch = make_scheduler(SchedulerConfig::from_json(mixture_config(smp.cls)));
+    const std::vector<double> x = sample_mixture(*sch, m, z, 50);
+    double mu[2] = {0, 0}, c[3] = {0, 0, 0}, weight[3] = {0, 0, 0};
+    for (int i = 0; i < n; ++i) {
+      mu[0] += x[2 * i] / n;
+      mu[1] += x[2 * i + 1] / n;
+    }
+    for (int i = 0; i < n; ++i) {
+      const double dx = x[2 * i] - mu[0], dy = x[2 * i + 1] - mu[1];
+      c[0] += dx * dx / n;
+      c[1] += dx * dy / n;
+      c[2] += dy * dy / n;
+      const std::array<double, 3> r = m.resp(x[2 * i], x[2 * i + 1], 0.0);
+      weight[std::max_element(r.begin(), r.end()) - r.begin()] += 1.0 / n;
+    }
+    std::printf("%-8s mean (%+.3f, %+.3f) vs (%+.3f, %+.3f); cov (%.3f, %.3f, %.3f) vs (%.3f, "
+                "%.3f, %.3f); weights (%.3f, %.3f, %.3f)\n",
+                smp.name, mu[0], mu[1], mean[0], mean[1], c[0], c[1], c[2], cov[0], cov[1],
+                cov[2], weight[0], weight[1], weight[2]);
+    // Tolerances: about 3 standard errors for 2000 samples (mean: sqrt(var/n) ~ 0.04;
+    // weights: sqrt(w(1-w)/n) ~ 0.011), plus a little for the 50-step discretisation.
+    EXPECT_NEAR(mu[0], mean[0], 0.15);
+    EXPECT_NEAR(mu[1], mean[1], 0.15);
+    for (int j = 0; j < 3; ++j) EXPECT_NEAR(c[j], cov[j], 0.12 * std::max(1.0, std::abs(cov[j])));
+    for (int k = 0; k < 3; ++k) EXPECT_NEAR(weight[k], m.w[k], 0.04);
+  }
+}
+
+TEST(GaussianMixture, ErrorShrinksAtEachSamplersOrder) {
+  const Mixture m;
+  const int n = 2000;
+  Generator g(7);
+  const std::vector<float> z = g.randn({n, 2}).to_vector();
+  const std::vector<int> steps = {5, 10, 20, 40};  // divisors of T: DDIM and PNDM step by T / N
+  std::printf("RMS distance to the exact probability-flow ODE solution, %d points\n", n);
+  std::printf("%-8s", "steps");
+  for (int s : steps) std::printf(" %10d", s);
+  std::printf("   ratios per doubling\n");
+  for (const Sampler& smp : deterministic_samplers()) {
+    auto sch = make_scheduler(SchedulerConfig::from_json(mixture_config(smp.cls)));
+    sch->set_timesteps(steps[0]);
+    // Every sampler starts at t = 999 from z * init_noise_sigma in its own parametrisation:
+    // VE (Euler-type, x = sigma_max z) or VP (x_vp = z, i.e. x_ve = sqrt(1 + sigma^2) z).
+    const std::vector<float> train = sigmas_from_alphas_cumprod(sch->alphas_cumprod());
+    const double sigma_start = interp_at(sch->timesteps()[0], train);
+    const double scale = sch->init_noise_sigma() == 1.0
+                             ? std::sqrt(1 + sigma_start * sigma_start)
+                             : sch->init_noise_sigma();
+    std::vector<double> start(z.begin(), z.end());
+    for (double& v : start) v *= scale;
+    const std::vector<double> ref = ode_reference(m, start, sigma_start);
+    std::vector<double> err;
+    for (int s : steps) {
+      const std::vector<double> x = sample_mixture(*sch, m, z, s);
+      double sq = 0;
+      for (size_t i = 0; i < x.size(); ++i) sq += (x[i] - ref[i]) * (x[i] - ref[i]);
+      err.push_back(std::sqrt(sq / n));
+    }
+    std::printf("%-8s", smp.name);
+    for (double e : err) std::printf(" %10.3g", e);
+    std::printf("  ");
+    for (size_t i = 1; i < err.size(); ++i) std::printf(" %5.2f", err[i - 1] / err[i]);
+    std::printf("\n");
+    if (smp.min_ratio > 0) {
+      // Over the last two doublings (geometric mean), nearest the asymptotic regime: first
+      // order halves the error per doubling, second order quarters it. The loose bounds leave
+      // room for the pre-asymptotic steps (5 steps span sigma 157 -> 0).
+      const double ratio = std::sqrt(err[err.size() - 3] / err.back());
+      EXPECT_GT(ratio, smp.min_ratio) << smp.name;
+    }
+  }
 }
 
 TEST(SchedulerConformance, EverySharedCasePasses) {
