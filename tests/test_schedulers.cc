@@ -4,12 +4,11 @@
 // closed form, converging at their stated order.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <functional>
-
-#include <algorithm>
-#include <array>
 #include <map>
 
 #include "core/error.h"
@@ -51,8 +50,8 @@ TEST(Schedule, ZeroTerminalSnrRescale) {
   const std::vector<float> b = make_betas("scaled_linear", 1000, 0.00085, 0.012);
   const std::vector<float> acp0 = alphas_cumprod_from_betas(b);
   const std::vector<float> acp = alphas_cumprod_from_betas(rescale_zero_terminal_snr(b));
-  EXPECT_NEAR(acp[0], acp0[0], 1e-6);   // the first step keeps its SNR
-  EXPECT_NEAR(acp[999], 0.0, 1e-12);    // the last has none left
+  EXPECT_NEAR(acp[0], acp0[0], 1e-6);  // the first step keeps its SNR
+  EXPECT_NEAR(acp[999], 0.0, 1e-12);   // the last has none left
   for (int t = 1; t < 1000; ++t) ASSERT_LE(acp[t], acp[t - 1]);
 }
 
@@ -62,7 +61,8 @@ TEST(Schedule, TimestepSpacings) {
   EXPECT_EQ(leading.front(), 951);
   EXPECT_EQ(leading[1], 901);
   EXPECT_EQ(leading.back(), 1);
-  const V trailing = make_timesteps(TimestepSpacing::kTrailing, TimestepGrid::kRounded, 1000, 20, 1);
+  const V trailing =
+      make_timesteps(TimestepSpacing::kTrailing, TimestepGrid::kRounded, 1000, 20, 1);
   EXPECT_EQ(trailing.front(), 999);
   EXPECT_EQ(trailing.back(), 49);
   const V lin = make_timesteps(TimestepSpacing::kLinspace, TimestepGrid::kRounded, 1000, 20, 1);
@@ -71,12 +71,14 @@ TEST(Schedule, TimestepSpacings) {
   EXPECT_EQ(lin.back(), 0);
   const V f = make_timesteps(TimestepSpacing::kLinspace, TimestepGrid::kFloat, 1000, 20, 1);
   EXPECT_NEAR(f[1], 999.0 * 18 / 19, 1e-4);
-  const V dpm = make_timesteps(TimestepSpacing::kLinspace, TimestepGrid::kRoundedPlus1, 1000, 20, 1);
+  const V dpm =
+      make_timesteps(TimestepSpacing::kLinspace, TimestepGrid::kRoundedPlus1, 1000, 20, 1);
   ASSERT_EQ(dpm.size(), 20u);
   EXPECT_EQ(dpm.front(), 999);
   EXPECT_EQ(dpm[1], 949);  // round(999 * 19/20) = round(949.05)
   EXPECT_EQ(dpm.back(), 50);
-  const V trailing3 = make_timesteps(TimestepSpacing::kTrailing, TimestepGrid::kRounded, 1000, 3, 0);
+  const V trailing3 =
+      make_timesteps(TimestepSpacing::kTrailing, TimestepGrid::kRounded, 1000, 3, 0);
   EXPECT_EQ(trailing3, (V{999, 666, 332}));  // round(1000, 666.67, 333.33) - 1
   EXPECT_THROW(make_timesteps(TimestepSpacing::kLeading, TimestepGrid::kRounded, 1000, 0, 0),
                Error);
@@ -140,8 +142,8 @@ TEST(SchedulerConfig, UnsupportedValuesNameKeyAndValue) {
   });
   EXPECT_NE(e2.find("prediction_type"), std::string::npos) << e2;
   EXPECT_NE(e2.find("flow"), std::string::npos) << e2;
-  const std::string e3 = error_of(
-      [] { SchedulerConfig::from_json(R"({"_class_name": "FancyScheduler"})"); });
+  const std::string e3 =
+      error_of([] { SchedulerConfig::from_json(R"({"_class_name": "FancyScheduler"})"); });
   EXPECT_NE(e3.find("FancyScheduler"), std::string::npos) << e3;
   const std::string e4 = error_of([] {
     SchedulerConfig::from_json(R"({"_class_name": "DDIMScheduler", "steps_offset": "one"})");
@@ -177,7 +179,8 @@ TEST(SchedulerConfig, SamplerNamesMapOntoClassesAndOptions) {
 }
 
 TEST(Scheduler, MisuseGetsTeachingErrors) {
-  auto s = make_scheduler(SchedulerConfig::from_json(R"({"_class_name": "EulerDiscreteScheduler"})"));
+  auto s =
+      make_scheduler(SchedulerConfig::from_json(R"({"_class_name": "EulerDiscreteScheduler"})"));
   const Tensor x = Tensor::zeros({1, 2});
   EXPECT_NE(error_of([&] { s->step(x, 999, x); }).find("set_timesteps"), std::string::npos);
   s->set_timesteps(10);
@@ -198,15 +201,15 @@ TEST(Scheduler, AddNoiseIsTheForwardProcess) {
   const Tensor x0 = Tensor::full({4}, 2.0), n = Tensor::full({4}, -1.0);
   const double a = d->alphas_cumprod()[500];
   EXPECT_NEAR(d->add_noise(x0, n, 500).to_vector()[0], 2 * std::sqrt(a) - std::sqrt(1 - a), 1e-6);
-  auto e = make_scheduler(SchedulerConfig::from_json(R"({"_class_name": "EulerDiscreteScheduler"})"));
+  auto e =
+      make_scheduler(SchedulerConfig::from_json(R"({"_class_name": "EulerDiscreteScheduler"})"));
   e->set_timesteps(10);
   const double t = e->timesteps()[3], sigma = e->sigmas()[3];
   EXPECT_NEAR(e->add_noise(x0, n, t).to_vector()[0], 2 - sigma, 1e-5);
 }
 
 TEST(Training, VelocityConversionsAndMinSnr) {
-  const std::vector<float> acp =
-      alphas_cumprod_from_betas(make_betas("linear", 1000, 1e-4, 0.02));
+  const std::vector<float> acp = alphas_cumprod_from_betas(make_betas("linear", 1000, 1e-4, 0.02));
   const Tensor x0 = ::stipple::testing::random_tensor({3, 2, 2}, 1);
   const Tensor eps = ::stipple::testing::random_tensor({3, 2, 2}, 2);
   const Tensor t = Tensor::from_vector_i64({10, 500, 990}, {3});
@@ -218,8 +221,8 @@ TEST(Training, VelocityConversionsAndMinSnr) {
     const double a = acp[ts[i / 4]];
     EXPECT_NEAR(vv[i], std::sqrt(a) * ev[i] - std::sqrt(1 - a) * x0v[i], 1e-6);
   }
-  for (PredictionType p : {PredictionType::kEpsilon, PredictionType::kVPrediction,
-                           PredictionType::kSample}) {
+  for (PredictionType p :
+       {PredictionType::kEpsilon, PredictionType::kVPrediction, PredictionType::kSample}) {
     const Tensor target = prediction_target(p, acp, x0, eps, t);
     EXPECT_TENSORS_CLOSE(predicted_x0(p, acp, target, xt, t), x0, 2e-3, 0);
     EXPECT_TENSORS_CLOSE(predicted_eps(p, acp, target, xt, t), eps, 2e-3, 0);
@@ -384,10 +387,11 @@ TEST(GaussianMixture, DeterministicSamplersDrawTheMixture) {
       const std::array<double, 3> r = m.resp(x[2 * i], x[2 * i + 1], 0.0);
       weight[std::max_element(r.begin(), r.end()) - r.begin()] += 1.0 / n;
     }
-    std::printf("%-8s mean (%+.3f, %+.3f) vs (%+.3f, %+.3f); cov (%.3f, %.3f, %.3f) vs (%.3f, "
-                "%.3f, %.3f); weights (%.3f, %.3f, %.3f)\n",
-                smp.name, mu[0], mu[1], mean[0], mean[1], c[0], c[1], c[2], cov[0], cov[1],
-                cov[2], weight[0], weight[1], weight[2]);
+    std::printf(
+        "%-8s mean (%+.3f, %+.3f) vs (%+.3f, %+.3f); cov (%.3f, %.3f, %.3f) vs (%.3f, "
+        "%.3f, %.3f); weights (%.3f, %.3f, %.3f)\n",
+        smp.name, mu[0], mu[1], mean[0], mean[1], c[0], c[1], c[2], cov[0], cov[1], cov[2],
+        weight[0], weight[1], weight[2]);
     // Tolerances: about 3 standard errors for 2000 samples (mean: sqrt(var/n) ~ 0.04;
     // weights: sqrt(w(1-w)/n) ~ 0.011), plus a little for the 50-step discretisation.
     EXPECT_NEAR(mu[0], mean[0], 0.15);
@@ -414,9 +418,8 @@ TEST(GaussianMixture, ErrorShrinksAtEachSamplersOrder) {
     // VE (Euler-type, x = sigma_max z) or VP (x_vp = z, i.e. x_ve = sqrt(1 + sigma^2) z).
     const std::vector<float> train = sigmas_from_alphas_cumprod(sch->alphas_cumprod());
     const double sigma_start = interp_at(sch->timesteps()[0], train);
-    const double scale = sch->init_noise_sigma() == 1.0
-                             ? std::sqrt(1 + sigma_start * sigma_start)
-                             : sch->init_noise_sigma();
+    const double scale = sch->init_noise_sigma() == 1.0 ? std::sqrt(1 + sigma_start * sigma_start)
+                                                        : sch->init_noise_sigma();
     std::vector<double> start(z.begin(), z.end());
     for (double& v : start) v *= scale;
     const std::vector<double> ref = ode_reference(m, start, sigma_start);

@@ -83,10 +83,11 @@ CaseResult scheduler_case(const std::string& dir, const std::string& name, doubl
     r.max_error = INFINITY;
     return r;
   }
-  note("timesteps", rel_error(std::vector<float>(s->timesteps().begin(), s->timesteps().end()),
-                              ref_t));
+  note("timesteps",
+       rel_error(std::vector<float>(s->timesteps().begin(), s->timesteps().end()), ref_t));
   note("alphas_cumprod", rel_error(s->alphas_cumprod(), ref.tensor("alphas_cumprod").to_vector()));
-  if (ref.contains("sigmas")) note("sigmas", rel_error(s->sigmas(), ref.tensor("sigmas").to_vector()));
+  if (ref.contains("sigmas"))
+    note("sigmas", rel_error(s->sigmas(), ref.tensor("sigmas").to_vector()));
   const float ins = static_cast<float>(s->init_noise_sigma());
   note("init_noise_sigma", rel_error({ins}, ref.tensor("init_noise_sigma").to_vector()));
 
@@ -175,7 +176,8 @@ Shape to_shape(const json& j) {
 std::vector<CaseResult> rng_cases(const std::string& dir, const std::string& prefix) {
   const fs::path d(dir);
   const json cases = read_json(d / "cases.json").at("cases");
-  const io::SafetensorsFile ref = io::SafetensorsFile::open((d / "torch_cpu_rng.safetensors").string());
+  const io::SafetensorsFile ref =
+      io::SafetensorsFile::open((d / "torch_cpu_rng.safetensors").string());
   std::vector<CaseResult> out;
   for (const auto& c : cases) {
     const std::string name = c.at("name").get<std::string>();
@@ -192,7 +194,8 @@ std::vector<CaseResult> rng_cases(const std::string& dir, const std::string& pre
           const CaseResult one = compare_draw(key, g.randn(to_shape(dr[1])), ref.tensor(key));
           all.max_error = std::max(all.max_error, one.max_error);
           all.passed = all.passed && one.passed;
-          if (!one.detail.empty()) all.detail += str_cat(all.detail.empty() ? "" : "; ", key, ": ", one.detail);
+          if (!one.detail.empty())
+            all.detail += str_cat(all.detail.empty() ? "" : "; ", key, ": ", one.detail);
         }
         out.push_back(all);
       } else {
@@ -285,8 +288,8 @@ std::vector<CaseRef> find_cases(const std::string& root) {
     }
   };
   visit(fs::path(root));
-  for (auto it = fs::recursive_directory_iterator(root,
-                                                  fs::directory_options::skip_permission_denied);
+  for (auto it =
+           fs::recursive_directory_iterator(root, fs::directory_options::skip_permission_denied);
        it != fs::recursive_directory_iterator(); ++it) {
     if (it->is_directory()) visit(it->path());
   }

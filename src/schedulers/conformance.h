@@ -16,10 +16,10 @@
 namespace stipple::conformance {
 
 struct CaseResult {
-  std::string kind;  // "scheduler", "rng", ...
-  std::string name;  // e.g. "schedulers/euler_eps" or "rng/randn_seed0_16"
-  double max_error = 0;   // max over steps/tensors of max|ours - ref| / max(1, max|ref|)
-  double tolerance = 0;   // (rng: in ulps)
+  std::string kind;      // "scheduler", "rng", ...
+  std::string name;      // e.g. "schedulers/euler_eps" or "rng/randn_seed0_16"
+  double max_error = 0;  // max over steps/tensors of max|ours - ref| / max(1, max|ref|)
+  double tolerance = 0;  // (rng: in ulps)
   bool passed = false;
   std::vector<double> step_errors;  // scheduler cases: one per loop step
   std::string detail;               // what failed, or a note

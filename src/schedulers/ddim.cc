@@ -14,9 +14,9 @@ DDIMScheduler::DDIMScheduler(SchedulerConfig config) : Scheduler(std::move(confi
 }
 
 void DDIMScheduler::set_timesteps(int num_inference_steps) {
-  timesteps_ = make_timesteps(config_.timestep_spacing, TimestepGrid::kRounded,
-                              config_.num_train_timesteps, num_inference_steps,
-                              config_.steps_offset);
+  timesteps_ =
+      make_timesteps(config_.timestep_spacing, TimestepGrid::kRounded, config_.num_train_timesteps,
+                     num_inference_steps, config_.steps_offset);
   num_inference_steps_ = num_inference_steps;
 }
 
@@ -26,8 +26,8 @@ Scheduler::StepResult DDIMScheduler::step_impl(const std::vector<float>& model_o
   // diffusers steps back by T/N whatever the spacing.
   const double prev_t = t - config_.num_train_timesteps / num_inference_steps_;
   const float a_t = static_cast<float>(alpha_cumprod_at(t));
-  const float a_prev = static_cast<float>(prev_t >= 0 ? alpha_cumprod_at(prev_t)
-                                                      : final_alpha_cumprod_);
+  const float a_prev =
+      static_cast<float>(prev_t >= 0 ? alpha_cumprod_at(prev_t) : final_alpha_cumprod_);
   const float b_t = 1.0f - a_t, b_prev = 1.0f - a_prev;
   // sigma_t(eta) of eq. 16: eta * sqrt((1 - a_prev)/(1 - a_t)) * sqrt(1 - a_t / a_prev).
   const float variance = (b_prev / b_t) * (1.0f - a_t / a_prev);

@@ -9,9 +9,9 @@
 namespace stipple::schedulers {
 
 void DDPMScheduler::set_timesteps(int num_inference_steps) {
-  timesteps_ = make_timesteps(config_.timestep_spacing, TimestepGrid::kRounded,
-                              config_.num_train_timesteps, num_inference_steps,
-                              config_.steps_offset);
+  timesteps_ =
+      make_timesteps(config_.timestep_spacing, TimestepGrid::kRounded, config_.num_train_timesteps,
+                     num_inference_steps, config_.steps_offset);
   num_inference_steps_ = num_inference_steps;
 }
 

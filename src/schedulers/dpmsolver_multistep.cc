@@ -18,9 +18,10 @@ void DPMSolverMultistepScheduler::set_timesteps(int num_inference_steps) {
   lower_order_nums_ = 0;
 }
 
-Scheduler::StepResult DPMSolverMultistepScheduler::step_impl(
-    const std::vector<float>& model_output, double t, const std::vector<float>& sample,
-    const Noise&) {
+Scheduler::StepResult DPMSolverMultistepScheduler::step_impl(const std::vector<float>& model_output,
+                                                             double t,
+                                                             const std::vector<float>& sample,
+                                                             const Noise&) {
   init_step_index(t);
   const int steps = static_cast<int>(timesteps_.size());
   STIPPLE_CHECK(step_index_ < steps,
@@ -72,9 +73,8 @@ Scheduler::StepResult DPMSolverMultistepScheduler::step_impl(
                            : 0.5f * c_d;
     for (size_t i = 0; i < n; ++i) {
       const float d1 = inv_r0 * (m0[i] - m1[i]);
-      r.prev_sample[i] = config_.solver_type == "heun"
-                             ? c_x * sample[i] - c_d * m0[i] + c_d1 * d1
-                             : c_x * sample[i] - c_d * m0[i] - c_d1 * d1;
+      r.prev_sample[i] = config_.solver_type == "heun" ? c_x * sample[i] - c_d * m0[i] + c_d1 * d1
+                                                       : c_x * sample[i] - c_d * m0[i] - c_d1 * d1;
     }
   }
   if (lower_order_nums_ < config_.solver_order) ++lower_order_nums_;

@@ -38,10 +38,10 @@ double LMSDiscreteScheduler::lms_coefficient(int order, int t, int j) const {
     return prod;
   };
   // 4-point Gauss-Legendre integrates polynomials up to degree 7 exactly (ours: degree <= 3).
-  static constexpr double kNodes[4] = {-0.8611363115940526, -0.3399810435848563,
-                                       0.3399810435848563, 0.8611363115940526};
-  static constexpr double kWeights[4] = {0.3478548451374538, 0.6521451548625461,
-                                         0.6521451548625461, 0.3478548451374538};
+  static constexpr double kNodes[4] = {-0.8611363115940526, -0.3399810435848563, 0.3399810435848563,
+                                       0.8611363115940526};
+  static constexpr double kWeights[4] = {0.3478548451374538, 0.6521451548625461, 0.6521451548625461,
+                                         0.3478548451374538};
   const double a = sigmas_[t], b = sigmas_[t + 1];
   const double half = (b - a) / 2, mid = (a + b) / 2;
   double sum = 0;

@@ -14,9 +14,9 @@ PNDMScheduler::PNDMScheduler(SchedulerConfig config) : Scheduler(std::move(confi
 void PNDMScheduler::set_timesteps(int num_inference_steps) {
   // The base grid ascending, then [t_0 .. t_{N-2}, t_{N-2}, t_{N-1}] reversed: the second
   // timestep is repeated.
-  std::vector<double> base = make_timesteps(config_.timestep_spacing, TimestepGrid::kRounded,
-                                            config_.num_train_timesteps, num_inference_steps,
-                                            config_.steps_offset);
+  std::vector<double> base =
+      make_timesteps(config_.timestep_spacing, TimestepGrid::kRounded, config_.num_train_timesteps,
+                     num_inference_steps, config_.steps_offset);
   timesteps_.clear();
   for (size_t i = 0; i < base.size(); ++i) {
     timesteps_.push_back(base[i]);
@@ -30,8 +30,7 @@ void PNDMScheduler::set_timesteps(int num_inference_steps) {
 }
 
 Scheduler::StepResult PNDMScheduler::step_impl(const std::vector<float>& model_output, double t,
-                                               const std::vector<float>& sample_in,
-                                               const Noise&) {
+                                               const std::vector<float>& sample_in, const Noise&) {
   const int stride = config_.num_train_timesteps / num_inference_steps_;
   double timestep = t, prev_t = t - stride;
   if (counter_ != 1) {
@@ -58,8 +57,8 @@ Scheduler::StepResult PNDMScheduler::step_impl(const std::vector<float>& model_o
   } else {
     // Eq. 12: e' = (55 e_t - 59 e_{t-1} + 37 e_{t-2} - 9 e_{t-3}) / 24.
     for (size_t i = 0; i < n; ++i) {
-      e[i] = (1.0f / 24) * (55 * ets_[k - 1][i] - 59 * ets_[k - 2][i] + 37 * ets_[k - 3][i] -
-                            9 * ets_[k - 4][i]);
+      e[i] = (1.0f / 24) *
+             (55 * ets_[k - 1][i] - 59 * ets_[k - 2][i] + 37 * ets_[k - 3][i] - 9 * ets_[k - 4][i]);
     }
   }
   // Eq. 11, the transfer phi(x_t, e, t, t - delta):

@@ -17,13 +17,14 @@ struct X0Eps {
   float eps;
 };
 
-inline X0Eps to_x0_eps(PredictionType type, float out, float x, float sqrt_alpha,
-                       float sqrt_beta) {
+inline X0Eps to_x0_eps(PredictionType type, float out, float x, float sqrt_alpha, float sqrt_beta) {
   switch (type) {
-    case PredictionType::kEpsilon: return {(x - sqrt_beta * out) / sqrt_alpha, out};
+    case PredictionType::kEpsilon:
+      return {(x - sqrt_beta * out) / sqrt_alpha, out};
     case PredictionType::kVPrediction:
       return {sqrt_alpha * x - sqrt_beta * out, sqrt_alpha * out + sqrt_beta * x};
-    case PredictionType::kSample: return {out, (x - sqrt_alpha * out) / sqrt_beta};
+    case PredictionType::kSample:
+      return {out, (x - sqrt_alpha * out) / sqrt_beta};
   }
   return {0, 0};
 }
@@ -32,12 +33,14 @@ inline X0Eps to_x0_eps(PredictionType type, float out, float x, float sqrt_alpha
 // estimate, as diffusers' Euler/Heun/LMS compute it.
 inline float sigma_x0(PredictionType type, float out, float x, float sigma) {
   switch (type) {
-    case PredictionType::kEpsilon: return x - sigma * out;
+    case PredictionType::kEpsilon:
+      return x - sigma * out;
     case PredictionType::kVPrediction: {
       const float s2 = sigma * sigma + 1.0f;
       return out * (-sigma / std::sqrt(s2)) + x / s2;
     }
-    case PredictionType::kSample: return out;
+    case PredictionType::kSample:
+      return out;
   }
   return 0;
 }

@@ -122,15 +122,18 @@ TimestepSpacing parse_timestep_spacing(const std::string& value, const std::stri
   if (value == "leading") return TimestepSpacing::kLeading;
   if (value == "trailing") return TimestepSpacing::kTrailing;
   if (value == "linspace") return TimestepSpacing::kLinspace;
-  throw Error(str_cat("unsupported ", key, " \"", value,
-                      "\": expected leading, trailing or linspace"));
+  throw Error(
+      str_cat("unsupported ", key, " \"", value, "\": expected leading, trailing or linspace"));
 }
 
 std::string to_string(TimestepSpacing s) {
   switch (s) {
-    case TimestepSpacing::kLeading: return "leading";
-    case TimestepSpacing::kTrailing: return "trailing";
-    case TimestepSpacing::kLinspace: return "linspace";
+    case TimestepSpacing::kLeading:
+      return "leading";
+    case TimestepSpacing::kTrailing:
+      return "trailing";
+    case TimestepSpacing::kLinspace:
+      return "linspace";
   }
   return "?";
 }

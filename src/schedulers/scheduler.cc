@@ -32,9 +32,12 @@ PredictionType parse_prediction_type(const std::string& value) {
 
 std::string to_string(PredictionType p) {
   switch (p) {
-    case PredictionType::kEpsilon: return "epsilon";
-    case PredictionType::kVPrediction: return "v_prediction";
-    case PredictionType::kSample: return "sample";
+    case PredictionType::kEpsilon:
+      return "epsilon";
+    case PredictionType::kVPrediction:
+      return "v_prediction";
+    case PredictionType::kSample:
+      return "sample";
   }
   return "?";
 }
@@ -93,8 +96,8 @@ double get_number(const json& v, const std::string& key) {
 
 int get_int(const json& v, const std::string& key) {
   const double d = get_number(v, key);
-  STIPPLE_CHECK(std::isfinite(d) && d == std::floor(d) && std::abs(d) < 1e9,
-                "scheduler config: \"", key, "\" must be an integer, got ", v.dump());
+  STIPPLE_CHECK(std::isfinite(d) && d == std::floor(d) && std::abs(d) < 1e9, "scheduler config: \"",
+                key, "\" must be an integer, got ", v.dump());
   return static_cast<int>(d);
 }
 
@@ -180,7 +183,8 @@ SchedulerConfig SchedulerConfig::from_json(const std::string& path_or_json) {
     SchedulerConfig c = defaults_for(get_string(j["_class_name"], "_class_name"));
     c.source_json = strict;
     auto has = [&](const char* k) { return j.contains(k) && !j[k].is_null(); };
-    if (has("num_train_timesteps")) c.num_train_timesteps = get_int(j["num_train_timesteps"], "num_train_timesteps");
+    if (has("num_train_timesteps"))
+      c.num_train_timesteps = get_int(j["num_train_timesteps"], "num_train_timesteps");
     if (has("beta_start")) c.beta_start = get_number(j["beta_start"], "beta_start");
     if (has("beta_end")) c.beta_end = get_number(j["beta_end"], "beta_end");
     if (has("beta_schedule")) {
@@ -189,25 +193,32 @@ SchedulerConfig SchedulerConfig::from_json(const std::string& path_or_json) {
                    {"linear", "scaled_linear", "squaredcos_cap_v2"});
     }
     if (has("trained_betas")) {
-      STIPPLE_CHECK(j["trained_betas"].is_array(), "scheduler config: \"trained_betas\" must be a list");
+      STIPPLE_CHECK(j["trained_betas"].is_array(),
+                    "scheduler config: \"trained_betas\" must be a list");
       for (const auto& b : j["trained_betas"]) {
         c.trained_betas.push_back(static_cast<float>(get_number(b, "trained_betas")));
       }
     }
     if (has("prediction_type")) {
-      c.prediction_type = parse_prediction_type(get_string(j["prediction_type"], "prediction_type"));
+      c.prediction_type =
+          parse_prediction_type(get_string(j["prediction_type"], "prediction_type"));
     }
     if (has("timestep_spacing")) {
-      c.timestep_spacing = parse_timestep_spacing(get_string(j["timestep_spacing"], "timestep_spacing"));
+      c.timestep_spacing =
+          parse_timestep_spacing(get_string(j["timestep_spacing"], "timestep_spacing"));
     }
     if (has("steps_offset")) c.steps_offset = get_int(j["steps_offset"], "steps_offset");
-    if (has("rescale_betas_zero_snr")) c.rescale_betas_zero_snr = get_bool(j["rescale_betas_zero_snr"], "rescale_betas_zero_snr");
+    if (has("rescale_betas_zero_snr"))
+      c.rescale_betas_zero_snr = get_bool(j["rescale_betas_zero_snr"], "rescale_betas_zero_snr");
     if (has("clip_sample")) c.clip_sample = get_bool(j["clip_sample"], "clip_sample");
-    if (has("clip_sample_range")) c.clip_sample_range = get_number(j["clip_sample_range"], "clip_sample_range");
-    if (has("set_alpha_to_one")) c.set_alpha_to_one = get_bool(j["set_alpha_to_one"], "set_alpha_to_one");
+    if (has("clip_sample_range"))
+      c.clip_sample_range = get_number(j["clip_sample_range"], "clip_sample_range");
+    if (has("set_alpha_to_one"))
+      c.set_alpha_to_one = get_bool(j["set_alpha_to_one"], "set_alpha_to_one");
     if (has("variance_type")) c.variance_type = get_string(j["variance_type"], "variance_type");
     if (has("skip_prk_steps")) c.skip_prk_steps = get_bool(j["skip_prk_steps"], "skip_prk_steps");
-    if (has("use_karras_sigmas")) c.use_karras_sigmas = get_bool(j["use_karras_sigmas"], "use_karras_sigmas");
+    if (has("use_karras_sigmas"))
+      c.use_karras_sigmas = get_bool(j["use_karras_sigmas"], "use_karras_sigmas");
     if (has("final_sigmas_type")) {
       c.final_sigmas_type = get_string(j["final_sigmas_type"], "final_sigmas_type");
       check_one_of("final_sigmas_type", c.final_sigmas_type, {"zero", "sigma_min"});
@@ -217,40 +228,50 @@ SchedulerConfig SchedulerConfig::from_json(const std::string& path_or_json) {
     if (has("solver_order")) c.solver_order = get_int(j["solver_order"], "solver_order");
     if (has("algorithm_type")) c.algorithm_type = get_string(j["algorithm_type"], "algorithm_type");
     if (has("solver_type")) c.solver_type = get_string(j["solver_type"], "solver_type");
-    if (has("lower_order_final")) c.lower_order_final = get_bool(j["lower_order_final"], "lower_order_final");
+    if (has("lower_order_final"))
+      c.lower_order_final = get_bool(j["lower_order_final"], "lower_order_final");
     if (has("euler_at_final")) c.euler_at_final = get_bool(j["euler_at_final"], "euler_at_final");
-    if (has("lambda_min_clipped")) c.lambda_min_clipped = get_number(j["lambda_min_clipped"], "lambda_min_clipped");
+    if (has("lambda_min_clipped"))
+      c.lambda_min_clipped = get_number(j["lambda_min_clipped"], "lambda_min_clipped");
     if (has("predict_x0")) c.predict_x0 = get_bool(j["predict_x0"], "predict_x0");
     if (has("disable_corrector")) {
-      STIPPLE_CHECK(j["disable_corrector"].is_array(), "scheduler config: \"disable_corrector\" must be a list");
-      for (const auto& v : j["disable_corrector"]) c.disable_corrector.push_back(get_int(v, "disable_corrector"));
+      STIPPLE_CHECK(j["disable_corrector"].is_array(),
+                    "scheduler config: \"disable_corrector\" must be a list");
+      for (const auto& v : j["disable_corrector"])
+        c.disable_corrector.push_back(get_int(v, "disable_corrector"));
     }
     // Values this implementation does not do: refuse them by name rather than sample wrongly.
     if (has("thresholding") && get_bool(j["thresholding"], "thresholding")) {
-      throw Error("unsupported thresholding \"true\": dynamic thresholding (Imagen) is not implemented");
+      throw Error(
+          "unsupported thresholding \"true\": dynamic thresholding (Imagen) is not implemented");
     }
-    if (has("timestep_type")) check_one_of("timestep_type", get_string(j["timestep_type"], "timestep_type"), {"discrete"});
-    if (has("interpolation_type")) check_one_of("interpolation_type", get_string(j["interpolation_type"], "interpolation_type"), {"linear"});
+    if (has("timestep_type"))
+      check_one_of("timestep_type", get_string(j["timestep_type"], "timestep_type"), {"discrete"});
+    if (has("interpolation_type"))
+      check_one_of("interpolation_type", get_string(j["interpolation_type"], "interpolation_type"),
+                   {"linear"});
     if (has("use_lu_lambdas") && get_bool(j["use_lu_lambdas"], "use_lu_lambdas")) {
       throw Error("unsupported use_lu_lambdas \"true\"");
     }
     if (c.class_name == "DDPMScheduler") {
-      check_one_of("variance_type", c.variance_type, {"fixed_small", "fixed_small_log", "fixed_large"});
+      check_one_of("variance_type", c.variance_type,
+                   {"fixed_small", "fixed_small_log", "fixed_large"});
     }
     if (c.class_name == "PNDMScheduler" && !c.skip_prk_steps) {
-      throw Error("unsupported skip_prk_steps \"false\": stipple's PNDM is PLMS only (skip_prk_steps "
-                  "true, as Stable Diffusion ships it)");
+      throw Error(
+          "unsupported skip_prk_steps \"false\": stipple's PNDM is PLMS only (skip_prk_steps "
+          "true, as Stable Diffusion ships it)");
     }
     if (c.class_name == "DPMSolverMultistepScheduler") {
       check_one_of("algorithm_type", c.algorithm_type, {"dpmsolver++"});
       check_one_of("solver_type", c.solver_type, {"midpoint", "heun"});
-      STIPPLE_CHECK(c.solver_order == 1 || c.solver_order == 2,
-                    "unsupported solver_order \"", c.solver_order, "\": expected 1 or 2");
+      STIPPLE_CHECK(c.solver_order == 1 || c.solver_order == 2, "unsupported solver_order \"",
+                    c.solver_order, "\": expected 1 or 2");
     }
     if (c.class_name == "UniPCMultistepScheduler") {
       check_one_of("solver_type", c.solver_type, {"bh1", "bh2"});
-      STIPPLE_CHECK(c.solver_order >= 1 && c.solver_order <= 3,
-                    "unsupported solver_order \"", c.solver_order, "\": expected 1, 2 or 3");
+      STIPPLE_CHECK(c.solver_order >= 1 && c.solver_order <= 3, "unsupported solver_order \"",
+                    c.solver_order, "\": expected 1, 2 or 3");
     }
     return c;
   } catch (const Error& e) {
@@ -294,8 +315,9 @@ std::vector<float> Scheduler::Noise::draw() const {
                   " but the sample has ", shape_str(shape_));
     return noise_->to_vector();
   }
-  STIPPLE_CHECK(gen_ != nullptr,
-                "this scheduler step is stochastic: pass a Generator (or a noise tensor) to step()");
+  STIPPLE_CHECK(
+      gen_ != nullptr,
+      "this scheduler step is stochastic: pass a Generator (or a noise tensor) to step()");
   return gen_->randn(shape_).to_vector();
 }
 
@@ -414,8 +436,8 @@ SigmaScheduler::SigmaGrid SigmaScheduler::sigma_grid(int n, TimestepGrid grid) c
     last_timestep = T - clipped;
   }
   SigmaGrid g;
-  g.timesteps = make_timesteps(config_.timestep_spacing, grid, T, n, config_.steps_offset,
-                               last_timestep);
+  g.timesteps =
+      make_timesteps(config_.timestep_spacing, grid, T, n, config_.steps_offset, last_timestep);
   for (double t : g.timesteps) g.sigmas.push_back(interp_at(t, train));
   if (config_.use_karras_sigmas) {
     // Karras et al. 2022, eq. 5, over the range of the training sigmas (or of the grid above).

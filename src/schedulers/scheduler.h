@@ -49,7 +49,7 @@ struct SchedulerConfig {
   double clip_sample_range = 1.0;
   bool set_alpha_to_one = true;
   std::string variance_type = "fixed_small";  // DDPM: fixed_small, fixed_small_log, fixed_large
-  bool skip_prk_steps = false;                 // PNDM: only true (PLMS) is supported
+  bool skip_prk_steps = false;                // PNDM: only true (PLMS) is supported
   // Euler / Heun / LMS / DPM-Solver / UniPC
   bool use_karras_sigmas = false;
   std::string final_sigmas_type = "zero";  // "zero" or "sigma_min"

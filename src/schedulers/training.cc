@@ -72,9 +72,12 @@ Tensor get_velocity(const std::vector<float>& acp, const Tensor& x0, const Tenso
 Tensor prediction_target(PredictionType type, const std::vector<float>& acp, const Tensor& x0,
                          const Tensor& noise, const Tensor& timesteps) {
   switch (type) {
-    case PredictionType::kEpsilon: return noise;
-    case PredictionType::kVPrediction: return get_velocity(acp, x0, noise, timesteps);
-    case PredictionType::kSample: return x0;
+    case PredictionType::kEpsilon:
+      return noise;
+    case PredictionType::kVPrediction:
+      return get_velocity(acp, x0, noise, timesteps);
+    case PredictionType::kSample:
+      return x0;
   }
   return Tensor();
 }
@@ -85,9 +88,12 @@ Tensor predicted_x0(PredictionType type, const std::vector<float>& acp, const Te
   const Tensor sa = sqrt_alpha_cumprod(acp, timesteps, x_t.dim());
   const Tensor sb = sqrt_one_minus_alpha_cumprod(acp, timesteps, x_t.dim());
   switch (type) {
-    case PredictionType::kEpsilon: return ops::div(ops::sub(x_t, ops::mul(out, sb)), sa);
-    case PredictionType::kVPrediction: return ops::sub(ops::mul(x_t, sa), ops::mul(out, sb));
-    case PredictionType::kSample: return out;
+    case PredictionType::kEpsilon:
+      return ops::div(ops::sub(x_t, ops::mul(out, sb)), sa);
+    case PredictionType::kVPrediction:
+      return ops::sub(ops::mul(x_t, sa), ops::mul(out, sb));
+    case PredictionType::kSample:
+      return out;
   }
   return Tensor();
 }
@@ -98,9 +104,12 @@ Tensor predicted_eps(PredictionType type, const std::vector<float>& acp, const T
   const Tensor sa = sqrt_alpha_cumprod(acp, timesteps, x_t.dim());
   const Tensor sb = sqrt_one_minus_alpha_cumprod(acp, timesteps, x_t.dim());
   switch (type) {
-    case PredictionType::kEpsilon: return out;
-    case PredictionType::kVPrediction: return ops::add(ops::mul(out, sa), ops::mul(x_t, sb));
-    case PredictionType::kSample: return ops::div(ops::sub(x_t, ops::mul(out, sa)), sb);
+    case PredictionType::kEpsilon:
+      return out;
+    case PredictionType::kVPrediction:
+      return ops::add(ops::mul(out, sa), ops::mul(x_t, sb));
+    case PredictionType::kSample:
+      return ops::div(ops::sub(x_t, ops::mul(out, sa)), sb);
   }
   return Tensor();
 }
@@ -112,16 +121,22 @@ Tensor snr(const std::vector<float>& acp, const Tensor& timesteps) {
   return Tensor::from_vector(v, {static_cast<int64_t>(t.size())});
 }
 
-Tensor min_snr_weights(PredictionType type, const std::vector<float>& acp,
-                       const Tensor& timesteps, double gamma) {
+Tensor min_snr_weights(PredictionType type, const std::vector<float>& acp, const Tensor& timesteps,
+                       double gamma) {
   const std::vector<float> s = snr(acp, timesteps).to_vector();
   std::vector<float> w(s.size());
   for (size_t i = 0; i < s.size(); ++i) {
     const float m = std::min(s[i], static_cast<float>(gamma));
     switch (type) {
-      case PredictionType::kEpsilon: w[i] = m / s[i]; break;
-      case PredictionType::kVPrediction: w[i] = m / (s[i] + 1.0f); break;
-      case PredictionType::kSample: w[i] = m; break;
+      case PredictionType::kEpsilon:
+        w[i] = m / s[i];
+        break;
+      case PredictionType::kVPrediction:
+        w[i] = m / (s[i] + 1.0f);
+        break;
+      case PredictionType::kSample:
+        w[i] = m;
+        break;
     }
   }
   return Tensor::from_vector(w, {static_cast<int64_t>(s.size())});

@@ -23,8 +23,8 @@ Tensor sqrt_one_minus_alpha_cumprod(const std::vector<float>& alphas_cumprod,
 Tensor add_noise(const std::vector<float>& alphas_cumprod, const Tensor& x0, const Tensor& noise,
                  const Tensor& timesteps);
 // v = sqrt(acp) eps - sqrt(1 - acp) x0 (Salimans & Ho 2022, sec. 4): diffusers' get_velocity.
-Tensor get_velocity(const std::vector<float>& alphas_cumprod, const Tensor& x0,
-                    const Tensor& noise, const Tensor& timesteps);
+Tensor get_velocity(const std::vector<float>& alphas_cumprod, const Tensor& x0, const Tensor& noise,
+                    const Tensor& timesteps);
 
 // The target a model with `type` learns for (x0, eps): eps, v or x0.
 Tensor prediction_target(PredictionType type, const std::vector<float>& alphas_cumprod,

@@ -80,8 +80,7 @@ double UniPCMultistepScheduler::lambda_at(int index) const {
   return std::log(as.alpha) - std::log(as.sigma);
 }
 
-std::vector<float> UniPCMultistepScheduler::predict(const std::vector<float>& x,
-                                                    int order) const {
+std::vector<float> UniPCMultistepScheduler::predict(const std::vector<float>& x, int order) const {
   const AlphaSigma t = sigma_to_alpha_sigma(sigmas_[step_index_ + 1]);
   const AlphaSigma s0 = sigma_to_alpha_sigma(sigmas_[step_index_]);
   const double lambda_t = lambda_at(step_index_ + 1), lambda_s0 = lambda_at(step_index_);
