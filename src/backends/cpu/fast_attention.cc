@@ -3,10 +3,15 @@
 // recomputation from the saved log-sum-exp for backward). The full Lq x Lk score matrix is never
 // built: a tile of kTileQ queries meets kTileK keys at a time.
 //
-//   tile matmuls   cblas_sgemm (OpenBLAS, OpenMP build). They run inside our OpenMP parallel
-//                  regions, where OpenBLAS's OpenMP build sees omp_in_parallel() and stays on one
-//                  thread, so there is no nested oversubscription and no global
-//                  openblas_set_num_threads() call that would slow other callers' matmuls.
+//   scores         S = scale * Q K^T by a register-blocked Highway kernel (score_block) over K^T,
+//                  transposed once per call so key vectors stream without packing; it beat
+//                  cblas_sgemm here (D = 40 is too thin for packing to pay: 4096x4096x8x40, one
+//                  thread, 273 -> 230 ms; 4096x77 7.8 -> 5.2 ms).
+//   other matmuls  P V and the backward products: cblas_sgemm (OpenBLAS, OpenMP build; a Highway
+//                  P V kernel measured no faster). They run inside our OpenMP parallel regions,
+//                  where OpenBLAS's OpenMP build sees omp_in_parallel() and stays on one thread:
+//                  no nested oversubscription, and no global openblas_set_num_threads() call that
+//                  would slow other callers' matmuls.
 //   row softmax    Highway, run-time dispatch (SSE4 / AVX2 / AVX-512 chosen on the host).
 //   threads        forward and dQ: one task per (batch, head, query tile); dK/dV: one task per
 //                  (batch, head, key tile), so every task owns the rows it writes (no atomics).
@@ -16,9 +21,9 @@
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "backends/cpu/fast_attention.cc"
 // clang-format off: foreach_target.h must come first, then highway.h, then the contrib headers.
+#include <hwy/contrib/math/math-inl.h>
 #include <hwy/foreach_target.h>  // NOLINT: re-includes this file once per SIMD target
 #include <hwy/highway.h>
-#include <hwy/contrib/math/math-inl.h>
 // clang-format on
 
 #ifndef STIPPLE_FAST_ATTENTION_SHARED_
@@ -46,7 +51,13 @@ struct Problem {
   const float* v;
   const float* mask = nullptr;  // element (b, h, i, j) at mb*b + mh*h + mi*i + mj*j
   int64_t mb = 0, mh = 0, mi = 0, mj = 0;
+  // K transposed per head, [B*H][D][ldkt] with ldkt = Lk rounded up to kKeyPad, zero-padded, so
+  // the score kernel streams contiguous key vectors without packing (see score_block).
+  const float* kt = nullptr;
+  int64_t ldkt = 0;
 };
+
+constexpr int64_t kKeyPad = 64;  // a multiple of every target's lane count
 
 // Keys [j0, j0 + count) that query i may see under the causal rule (all of them otherwise).
 inline int64_t visible_keys(const Problem& p, int64_t i, int64_t j0, int64_t count) {
@@ -121,15 +132,71 @@ void scale_row(float* x, int64_t n, float a) {
   for (; j < n; ++j) x[j] *= a;
 }
 
+// Register-blocked S[R rows][C vectors] = scale * Q[R][D] . KT[D][C vectors]: per step of the
+// head dim, C key vectors are loaded once and meet R broadcast query values (R*C FMAs).
+template <int R, int C>
+HWY_INLINE void score_block(const float* q, int64_t ldq, const float* kt, int64_t ldk, int64_t dim,
+                            float scale, float* s, int64_t lds) {
+  const hn::ScalableTag<float> d;
+  const int64_t nl = hn::Lanes(d);
+  using V = hn::Vec<decltype(d)>;
+  V acc[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = hn::Zero(d);
+  for (int64_t e = 0; e < dim; ++e) {
+    V kv[C];
+    for (int c = 0; c < C; ++c) kv[c] = hn::LoadU(d, kt + e * ldk + c * nl);
+    for (int r = 0; r < R; ++r) {
+      const V qv = hn::Set(d, q[r * ldq + e]);
+      for (int c = 0; c < C; ++c) acc[r][c] = hn::MulAdd(qv, kv[c], acc[r][c]);
+    }
+  }
+  const V vs = hn::Set(d, scale);
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) hn::StoreU(hn::Mul(acc[r][c], vs), d, s + r * lds + c * nl);
+}
+
+// Scores for nq rows and keys [0, nk) of a tile (written up to nk rounded up to a vector).
+// Column blocks outside, rows inside: a block's slice of KT (D x C vectors) stays in L1 while
+// every query row of the tile meets it.
+void score_tile(const float* q, int64_t ldq, int64_t nq, const float* kt, int64_t ldk, int64_t dim,
+                int64_t nk, float scale, float* s, int64_t lds) {
+  const hn::ScalableTag<float> d;
+  const int64_t nl = hn::Lanes(d);
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+  constexpr int kC = 4;  // 32 vector registers: 16 accumulators + 4 key vectors
+#else
+  constexpr int kC = 2;  // 16 registers (AVX2 and below): 8 accumulators + 2 key vectors
+#endif
+  const int64_t padded = (nk + nl - 1) / nl * nl;
+  for (int64_t j = 0; j < padded;) {
+    const bool wide = j + kC * nl <= padded;
+    int64_t r = 0;
+    for (; r + 4 <= nq; r += 4) {
+      if (wide) {
+        score_block<4, kC>(q + r * ldq, ldq, kt + j, ldk, dim, scale, s + r * lds + j, lds);
+      } else {
+        score_block<4, 1>(q + r * ldq, ldq, kt + j, ldk, dim, scale, s + r * lds + j, lds);
+      }
+    }
+    for (; r < nq; ++r) {
+      if (wide) {
+        score_block<1, kC>(q + r * ldq, ldq, kt + j, ldk, dim, scale, s + r * lds + j, lds);
+      } else {
+        score_block<1, 1>(q + r * ldq, ldq, kt + j, ldk, dim, scale, s + r * lds + j, lds);
+      }
+    }
+    j += wide ? kC * nl : nl;
+  }
+}
+
 // s = scale * Q_tile K_tile^T + mask for rows [i0, i0 + nq) and keys [j0, j0 + nk); entries a
 // causal query may not see are left out of `visible` (callers treat them as -inf).
 void tile_scores(const Problem& p, int64_t b, int64_t h, int64_t i0, int64_t nq, int64_t j0,
                  int64_t nk, float* s, int64_t lds) {
   const int64_t bh = b * p.nh + h;
   const float* q = p.q + (bh * p.lq + i0) * p.d;
-  const float* k = p.k + (bh * p.lk + j0) * p.d;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, p.d, p.scale, q, p.d, k, p.d, 0.0f,
-              s, lds);
+  score_tile(q, p.d, nq, p.kt + bh * p.d * p.ldkt + j0, p.ldkt, p.d, nk, p.scale, s, lds);
   if (p.mask) {
     for (int64_t r = 0; r < nq; ++r) {
       add_mask_row(p, b, h, i0 + r, j0, s + r * lds, attn::visible_keys(p, i0 + r, j0, nk));
@@ -311,9 +378,31 @@ attn::Problem make_problem(const Tensor& q, const Tensor& k, const Tensor& v, co
   return p;
 }
 
+// K^T per head, zero-padded to attn::kKeyPad keys: [B*H][D][ldkt].
+std::vector<float> transpose_keys(const attn::Problem& p, int64_t* ldkt) {
+  // One extra cache line per row: a power-of-two row stride would put all D rows of a key block
+  // in the same L1 set.
+  const int64_t ld = (p.lk + attn::kKeyPad - 1) / attn::kKeyPad * attn::kKeyPad + 16;
+  const int64_t heads = p.nb * p.nh;
+  std::vector<float> kt(heads * p.d * ld);
+#pragma omp parallel for schedule(static)
+  for (int64_t bh = 0; bh < heads; ++bh) {
+    const float* k = p.k + bh * p.lk * p.d;
+    float* t = kt.data() + bh * p.d * ld;
+    for (int64_t e = 0; e < p.d; ++e) {
+      for (int64_t j = 0; j < p.lk; ++j) t[e * ld + j] = k[j * p.d + e];
+      std::fill(t + e * ld + p.lk, t + (e + 1) * ld, 0.0f);
+    }
+  }
+  *ldkt = ld;
+  return kt;
+}
+
 AttentionResult attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask,
                           float scale, bool causal) {
-  const attn::Problem p = make_problem(q, k, v, mask, scale, causal);
+  attn::Problem p = make_problem(q, k, v, mask, scale, causal);
+  const std::vector<float> kt = transpose_keys(p, &p.ldkt);
+  p.kt = kt.data();
   Tensor out = Tensor::empty({p.nb, p.nh, p.lq, p.dv});
   Tensor lse = Tensor::empty({p.nb, p.nh, p.lq});
   if (out.numel() == 0 && lse.numel() == 0) return {out, lse};
@@ -324,7 +413,9 @@ AttentionResult attention(const Tensor& q, const Tensor& k, const Tensor& v, con
 void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask,
                         float scale, bool causal, const Tensor& out, const Tensor& lse,
                         const Tensor& grad_out, Tensor* grad_q, Tensor* grad_k, Tensor* grad_v) {
-  const attn::Problem p = make_problem(q, k, v, mask, scale, causal);
+  attn::Problem p = make_problem(q, k, v, mask, scale, causal);
+  const std::vector<float> kt = transpose_keys(p, &p.ldkt);
+  p.kt = kt.data();
   *grad_q = Tensor::zeros(q.shape());
   *grad_k = Tensor::zeros(k.shape());
   *grad_v = Tensor::zeros(v.shape());
