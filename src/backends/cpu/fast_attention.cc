@@ -20,10 +20,11 @@
 // blocked, fully masked rows give zeros and lse = -inf). Leaves out dropout and half precision.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "backends/cpu/fast_attention.cc"
-// clang-format off: foreach_target.h must come first, then highway.h, then the contrib headers.
-#include <hwy/contrib/math/math-inl.h>
+// foreach_target.h must come first, then highway.h, then the contrib headers.
+// clang-format off
 #include <hwy/foreach_target.h>  // NOLINT: re-includes this file once per SIMD target
 #include <hwy/highway.h>
+#include <hwy/contrib/math/math-inl.h>
 // clang-format on
 
 #ifndef STIPPLE_FAST_ATTENTION_SHARED_

@@ -6,7 +6,8 @@
 // Leaves out half precision and blocked backward (training runs on plain tensors).
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "backends/cpu/fast_norm.cc"
-// clang-format off: foreach_target.h must come first, then highway.h, then the contrib headers.
+// foreach_target.h must come first, then highway.h, then the contrib headers.
+// clang-format off
 #include <hwy/foreach_target.h>  // NOLINT: re-includes this file once per SIMD target
 #include <hwy/highway.h>
 #include <hwy/contrib/math/math-inl.h>
