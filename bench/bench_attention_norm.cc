@@ -7,6 +7,7 @@
 //
 //   OMP_NUM_THREADS=2 ./build/stipple_bench_kernels --benchmark_filter='Attention|Norm|Softmax'
 #include <benchmark/benchmark.h>
+#include <hwy/targets.h>
 
 #include <cmath>
 #include <random>
@@ -49,7 +50,25 @@ BENCHMARK(BM_Attention)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 
-// Backward: 8 flop-units of Lq * Lk * D per head (recomputed scores, dP, dV, dK, dQ: 5 matmuls).
+// The same on the AVX2 code path (what CPUs without AVX-512 run): Highway forced to AVX2. Run
+// with OPENBLAS_CORETYPE=Haswell to put OpenBLAS's P V products on AVX2 as well.
+void BM_AttentionAvx2(benchmark::State& state) {
+  if (!(hwy::SupportedTargets() & HWY_AVX2)) {
+    state.SkipWithError("this CPU has no AVX2");
+    return;
+  }
+  hwy::SetSupportedTargetsForTest(HWY_AVX2);
+  BM_Attention(state);
+  hwy::SetSupportedTargetsForTest(0);
+}
+BENCHMARK(BM_AttentionAvx2)
+    ->Args({4096, 4096, 8, 40})
+    ->Args({4096, 77, 8, 40})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+// Backward: counts the five products a backward needs (S, dP, dV, dK, dQ: 10 * Lq * Lk * D per
+// head); the two-pass kernel does seven (S and dP once per pass).
 void BM_AttentionBackward(benchmark::State& state) {
   const int64_t lq = state.range(0), lk = state.range(1), h = state.range(2), d = state.range(3);
   const Tensor q = random_input({1, h, lq, d}, 1);
