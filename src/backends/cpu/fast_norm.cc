@@ -463,6 +463,7 @@ GroupNormResult group_norm(const Tensor& x, int64_t groups, const Tensor& weight
   Tensor mean = Tensor::empty({nb, groups}), rstd = Tensor::empty({nb, groups});
   if (x.is_blocked()) {
     const int bk = x.channel_block();
+    STIPPLE_ASSERT(bk <= 64);  // the per-period patterns in group_norm_blocked hold 64 floats
     Tensor out = Tensor::empty_blocked(x.shape(), bk);
     HWY_DYNAMIC_DISPATCH(group_norm_blocked)
     (x.data<float>(), nb, c, s, bk, groups, ptr_or_null(weight), ptr_or_null(bias), eps,
