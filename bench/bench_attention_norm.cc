@@ -7,6 +7,8 @@
 //
 //   OMP_NUM_THREADS=2 ./build/stipple_bench_kernels --benchmark_filter='Attention|Norm|Softmax'
 #include <benchmark/benchmark.h>
+
+#include "bench_util.h"
 #include <hwy/targets.h>
 
 #include <cmath>
@@ -18,19 +20,8 @@
 namespace stipple {
 namespace {
 
-Tensor random_input(const Shape& shape, uint32_t seed) {
-  Tensor t = Tensor::empty(shape);
-  std::mt19937 gen(seed);
-  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
-  float* p = t.data<float>();
-  for (int64_t i = 0; i < t.numel(); ++i) p[i] = dist(gen);
-  return t;
-}
-
-void set_rate(benchmark::State& state, const char* name, double units) {
-  state.counters[name] =
-      benchmark::Counter(units * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
-}
+using bench::random_input;
+using bench::set_rate;
 
 // Args: Lq, Lk, heads, head dim; batch 1.
 void BM_Attention(benchmark::State& state) {

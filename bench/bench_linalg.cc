@@ -11,6 +11,8 @@
 // 266-304, backward weight 272-304. The VM is shared: under load the same runs read 3-5x lower.
 #include <benchmark/benchmark.h>
 
+#include "bench_util.h"
+
 #include <random>
 
 #include "autograd/grad_mode.h"
@@ -20,18 +22,10 @@
 namespace stipple {
 namespace {
 
-Tensor random_input(const Shape& shape, uint32_t seed) {
-  Tensor t = Tensor::empty(shape);
-  std::mt19937 gen(seed);
-  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
-  float* p = t.data<float>();
-  for (int64_t i = 0; i < t.numel(); ++i) p[i] = dist(gen);
-  return t;
-}
+using bench::random_input;
 
 void set_gflops(benchmark::State& state, double flops) {
-  state.counters["GFLOP/s"] =
-      benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  bench::set_rate(state, "GFLOP/s", flops);
 }
 
 // x[M, K] @ W[N, K]^T, as in nn.Linear.
