@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "io/json.h"
 #include "schedulers/ddim.h"
 #include "schedulers/ddpm.h"
 #include "schedulers/dpmsolver_multistep.h"
@@ -45,43 +46,6 @@ std::string to_string(PredictionType p) {
 // ---- config ----
 
 namespace {
-
-// Rewrites the non-standard JSON numbers Infinity, -Infinity and NaN (outside strings) as the
-// strings "Infinity", "-Infinity", "NaN", which the number readers below accept.
-std::string make_strict_json(const std::string& text) {
-  std::string out;
-  out.reserve(text.size() + 16);
-  bool in_string = false;
-  for (size_t i = 0; i < text.size(); ++i) {
-    const char c = text[i];
-    if (in_string) {
-      out += c;
-      if (c == '\\' && i + 1 < text.size()) {
-        out += text[++i];
-      } else if (c == '"') {
-        in_string = false;
-      }
-      continue;
-    }
-    if (c == '"') {
-      in_string = true;
-      out += c;
-      continue;
-    }
-    bool replaced = false;
-    for (const char* word : {"-Infinity", "Infinity", "NaN"}) {
-      const size_t len = std::char_traits<char>::length(word);
-      if (text.compare(i, len, word) == 0) {
-        out += str_cat('"', word, '"');
-        i += len - 1;
-        replaced = true;
-        break;
-      }
-    }
-    if (!replaced) out += c;
-  }
-  return out;
-}
 
 double get_number(const json& v, const std::string& key) {
   if (v.is_number()) return v.get<double>();
@@ -169,7 +133,7 @@ SchedulerConfig SchedulerConfig::from_json(const std::string& path_or_json) {
     text = ss.str();
   }
   const std::string where = inline_json ? std::string("scheduler config") : path_or_json;
-  const std::string strict = make_strict_json(text);
+  const std::string strict = io::make_strict_json(text);
   json j;
   try {
     j = json::parse(strict);
