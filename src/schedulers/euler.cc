@@ -14,6 +14,16 @@ double euler_init_noise_sigma(const std::vector<float>& sigmas, TimestepSpacing 
   return std::sqrt(m * m + 1);
 }
 
+double KDiffusionScheduler::init_noise_sigma() const {
+  return sigmas_.empty() ? 1.0 : euler_init_noise_sigma(sigmas_, config_.timestep_spacing);
+}
+
+Tensor KDiffusionScheduler::scale_model_input(const Tensor& sample, double t) {
+  check_ready("scale_model_input");
+  init_step_index(t);
+  return scale_by_sigma(sample, sigmas_[step_index_]);
+}
+
 Tensor scale_by_sigma(const Tensor& sample, double sigma) {
   const float s = static_cast<float>(sigma);
   const float denom = std::sqrt(s * s + 1.0f);
@@ -29,16 +39,6 @@ void EulerDiscreteScheduler::set_timesteps(int num_inference_steps) {
   sigmas_.push_back(static_cast<float>(final_sigma()));
   num_inference_steps_ = num_inference_steps;
   step_index_ = -1;
-}
-
-double EulerDiscreteScheduler::init_noise_sigma() const {
-  return sigmas_.empty() ? 1.0 : euler_init_noise_sigma(sigmas_, config_.timestep_spacing);
-}
-
-Tensor EulerDiscreteScheduler::scale_model_input(const Tensor& sample, double t) {
-  check_ready("scale_model_input");
-  init_step_index(t);
-  return scale_by_sigma(sample, sigmas_[step_index_]);
 }
 
 Scheduler::StepResult EulerDiscreteScheduler::step_impl(const std::vector<float>& model_output,

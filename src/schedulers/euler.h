@@ -7,12 +7,11 @@
 
 namespace stipple::schedulers {
 
-class EulerDiscreteScheduler : public SigmaScheduler {
+class EulerDiscreteScheduler : public KDiffusionScheduler {
  public:
-  explicit EulerDiscreteScheduler(SchedulerConfig config) : SigmaScheduler(std::move(config)) {}
+  explicit EulerDiscreteScheduler(SchedulerConfig config)
+      : KDiffusionScheduler(std::move(config)) {}
   void set_timesteps(int num_inference_steps) override;
-  Tensor scale_model_input(const Tensor& sample, double t) override;
-  double init_noise_sigma() const override;
 
  protected:
   StepResult step_impl(const std::vector<float>& model_output, double t,

@@ -17,16 +17,6 @@ void EulerAncestralDiscreteScheduler::set_timesteps(int num_inference_steps) {
   step_index_ = -1;
 }
 
-double EulerAncestralDiscreteScheduler::init_noise_sigma() const {
-  return sigmas_.empty() ? 1.0 : euler_init_noise_sigma(sigmas_, config_.timestep_spacing);
-}
-
-Tensor EulerAncestralDiscreteScheduler::scale_model_input(const Tensor& sample, double t) {
-  check_ready("scale_model_input");
-  init_step_index(t);
-  return scale_by_sigma(sample, sigmas_[step_index_]);
-}
-
 Scheduler::StepResult EulerAncestralDiscreteScheduler::step_impl(
     const std::vector<float>& model_output, double t, const std::vector<float>& sample,
     const Noise& noise) {

@@ -8,13 +8,11 @@
 
 namespace stipple::schedulers {
 
-class EulerAncestralDiscreteScheduler : public SigmaScheduler {
+class EulerAncestralDiscreteScheduler : public KDiffusionScheduler {
  public:
   explicit EulerAncestralDiscreteScheduler(SchedulerConfig config)
-      : SigmaScheduler(std::move(config)) {}
+      : KDiffusionScheduler(std::move(config)) {}
   void set_timesteps(int num_inference_steps) override;
-  Tensor scale_model_input(const Tensor& sample, double t) override;
-  double init_noise_sigma() const override;
   bool is_stochastic() const override { return true; }
 
  protected:

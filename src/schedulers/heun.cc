@@ -24,16 +24,6 @@ void HeunDiscreteScheduler::set_timesteps(int num_inference_steps) {
   prev_sample_.clear();
 }
 
-double HeunDiscreteScheduler::init_noise_sigma() const {
-  return sigmas_.empty() ? 1.0 : euler_init_noise_sigma(sigmas_, config_.timestep_spacing);
-}
-
-Tensor HeunDiscreteScheduler::scale_model_input(const Tensor& sample, double t) {
-  check_ready("scale_model_input");
-  init_step_index(t);
-  return scale_by_sigma(sample, sigmas_[step_index_]);
-}
-
 Scheduler::StepResult HeunDiscreteScheduler::step_impl(const std::vector<float>& model_output,
                                                        double t, const std::vector<float>& sample,
                                                        const Noise&) {

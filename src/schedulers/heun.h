@@ -8,12 +8,10 @@
 
 namespace stipple::schedulers {
 
-class HeunDiscreteScheduler : public SigmaScheduler {
+class HeunDiscreteScheduler : public KDiffusionScheduler {
  public:
-  explicit HeunDiscreteScheduler(SchedulerConfig config) : SigmaScheduler(std::move(config)) {}
+  explicit HeunDiscreteScheduler(SchedulerConfig config) : KDiffusionScheduler(std::move(config)) {}
   void set_timesteps(int num_inference_steps) override;
-  Tensor scale_model_input(const Tensor& sample, double t) override;
-  double init_noise_sigma() const override;
   int order() const override { return 2; }
 
  protected:

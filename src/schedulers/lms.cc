@@ -18,16 +18,6 @@ void LMSDiscreteScheduler::set_timesteps(int num_inference_steps) {
   derivatives_.clear();
 }
 
-double LMSDiscreteScheduler::init_noise_sigma() const {
-  return sigmas_.empty() ? 1.0 : euler_init_noise_sigma(sigmas_, config_.timestep_spacing);
-}
-
-Tensor LMSDiscreteScheduler::scale_model_input(const Tensor& sample, double t) {
-  check_ready("scale_model_input");
-  init_step_index(t);
-  return scale_by_sigma(sample, sigmas_[step_index_]);
-}
-
 double LMSDiscreteScheduler::lms_coefficient(int order, int t, int j) const {
   auto basis = [&](double tau) {
     double prod = 1.0;

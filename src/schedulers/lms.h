@@ -9,13 +9,11 @@
 
 namespace stipple::schedulers {
 
-class LMSDiscreteScheduler : public SigmaScheduler {
+class LMSDiscreteScheduler : public KDiffusionScheduler {
  public:
   explicit LMSDiscreteScheduler(SchedulerConfig config, int lms_order = 4)
-      : SigmaScheduler(std::move(config)), lms_order_(lms_order) {}
+      : KDiffusionScheduler(std::move(config)), lms_order_(lms_order) {}
   void set_timesteps(int num_inference_steps) override;
-  Tensor scale_model_input(const Tensor& sample, double t) override;
-  double init_noise_sigma() const override;
 
   // integral over [sigma_t, sigma_{t+1}] of prod_{k != j} (tau - sigma_{t-k}) / (sigma_{t-j} -
   // sigma_{t-k}), k < order: exact (Gauss-Legendre with enough nodes for the polynomial degree).

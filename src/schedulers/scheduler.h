@@ -201,6 +201,16 @@ class SigmaScheduler : public Scheduler {
   int step_index_ = -1;
 };
 
+// The Euler-type schedulers (Euler, Euler ancestral, Heun, LMS) work in k-diffusion's variance
+// exploding form: x_T has std init_noise_sigma(), and the model sees x / sqrt(sigma^2 + 1)
+// (Karras et al. 2022, Table 1, c_in with sigma_data = 1). Defined in euler.cc.
+class KDiffusionScheduler : public SigmaScheduler {
+ public:
+  using SigmaScheduler::SigmaScheduler;
+  Tensor scale_model_input(const Tensor& sample, double t) override;
+  double init_noise_sigma() const override;
+};
+
 // The scheduler named by config.class_name (DDIMScheduler, DDPMScheduler, PNDMScheduler,
 // EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, HeunDiscreteScheduler,
 // LMSDiscreteScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler).
