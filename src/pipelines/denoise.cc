@@ -1,0 +1,42 @@
+#include "pipelines/denoise.h"
+
+#include "autograd/grad_mode.h"
+#include "ops/ops.h"
+
+namespace stipple::pipelines {
+
+Tensor denoise(schedulers::Scheduler& scheduler, Tensor latents, const DenoiseFn& model,
+               const DenoiseOptions& options) {
+  const std::vector<double> timesteps = scheduler.timesteps();
+  STIPPLE_CHECK(!timesteps.empty(), "denoise: call scheduler.set_timesteps(n) first");
+  STIPPLE_CHECK(options.begin_index >= 0 &&
+                    options.begin_index < static_cast<int>(timesteps.size()),
+                "denoise: begin index ", options.begin_index, " outside the ", timesteps.size(),
+                " timesteps");
+  STIPPLE_CHECK(latents.dim() >= 2, "denoise: latents must be batched, got ", latents.describe());
+  autograd::NoGradGuard no_grad;
+  const int total = static_cast<int>(timesteps.size()) - options.begin_index;
+  for (int i = options.begin_index; i < static_cast<int>(timesteps.size()); ++i) {
+    const double t = timesteps[i];
+    // 1. scale the input (Euler-type samplers) and, with guidance, double the batch
+    Tensor input = scheduler.scale_model_input(latents, t);  // [B, C, H, W]
+    if (options.cfg.enabled()) input = ops::concat({input, input}, 0);  // [2B, C, H, W]
+    // 2. the model's prediction, guided
+    Tensor out = model(input, t);
+    STIPPLE_CHECK(out.shape() == input.shape(), "denoise: the model returned ", out.describe(),
+                  " for an input of ", input.describe());
+    if (options.cfg.enabled())
+      out = guidance::classifier_free_batched(out, options.cfg.scale, options.cfg.order,
+                                              options.cfg.rescale);  // [B, C, H, W]
+    // 3. one reverse step
+    latents = scheduler.step(out, t, latents, options.generator).prev_sample;
+    if (options.after_step) {
+      Tensor replaced = options.after_step(i, t, latents);
+      if (replaced.defined()) latents = replaced;
+    }
+    if (options.progress) options.progress(i - options.begin_index + 1, total);
+  }
+  return latents;
+}
+
+}  // namespace stipple::pipelines

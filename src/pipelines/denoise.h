@@ -1,0 +1,48 @@
+// The denoise loop, written once and shared by every pipeline (text-to-image, img2img,
+// inpainting, class-to-image) and by the trainer's sample grids. It walks a scheduler's
+// timesteps, asks a model callable for its output, applies classifier-free guidance, and steps.
+// The loop never sees the model and the model never sees the scheduler: the callable owns the
+// conditioning (text embeddings, class labels) and returns the raw prediction (eps, v or x0, as
+// the scheduler's prediction_type says).
+#pragma once
+
+#include <functional>
+
+#include "core/rng.h"
+#include "core/tensor.h"
+#include "schedulers/guidance.h"
+#include "schedulers/scheduler.h"
+
+namespace stipple::pipelines {
+
+// model(input [N, C, H, W], t) -> prediction [N, C, H, W]. With guidance, N = 2B and the input's
+// halves are in the order of DenoiseOptions::guidance.order; the callable conditions each half.
+using DenoiseFn = std::function<Tensor(const Tensor& model_input, double t)>;
+
+struct CfgOptions {
+  float scale = 1.0f;    // classifier-free guidance scale; <= 1 means one unguided call per step
+  float rescale = 0.0f;  // guidance rescale phi (Lin et al. 2023), 0 = off
+  guidance::CfgOrder order = guidance::CfgOrder::kUncondFirst;
+  bool enabled() const { return scale > 1.0f; }
+};
+
+struct DenoiseOptions {
+  CfgOptions cfg;
+  // img2img and inpainting start part-way: the loop runs timesteps()[begin_index:].
+  int begin_index = 0;
+  // Noise for stochastic samplers (DDPM, Euler ancestral, DDIM with eta > 0).
+  Generator* generator = nullptr;
+  // After each step (step index i over the whole grid, its timestep t, the new latents): may
+  // return replaced latents (inpainting with a 4-channel model re-noises the known region here),
+  // or an undefined tensor to keep them.
+  std::function<Tensor(int i, double t, const Tensor& latents)> after_step;
+  // Progress: steps done and the total (for the progress bar).
+  std::function<void(int done, int total)> progress;
+};
+
+// Runs the reverse process from `latents` (x_T times init_noise_sigma, or the noised image for
+// img2img) and returns the final latents. scheduler.set_timesteps() must have been called.
+Tensor denoise(schedulers::Scheduler& scheduler, Tensor latents, const DenoiseFn& model,
+               const DenoiseOptions& options = {});
+
+}  // namespace stipple::pipelines
