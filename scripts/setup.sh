@@ -7,7 +7,8 @@ PACKAGES=(
   libdnnl-dev libopenblas-openmp-dev libhwy-dev
   libgtest-dev libbenchmark-dev
   nlohmann-json3-dev libcli11-dev libcpp-httplib-dev
-  libpng-dev libstb-dev libutf8proc-dev
+  libpng-dev libstb-dev libutf8proc-dev zlib1g-dev
+  dataset-fashion-mnist
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
