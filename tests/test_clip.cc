@@ -7,6 +7,7 @@
 // plus padding/truncation rules, the SD 2.x "!" padding override, and errors that name the
 // problem (missing vocab, bad merges line, missing tensor). Tests skip when ../shared is absent.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -42,7 +43,8 @@ std::string tokens_str(const std::vector<std::string>& toks) {
 // A fresh temporary folder holding copies of `files` from `src`.
 fs::path copy_folder(const std::string& src, const std::vector<std::string>& files,
                      const std::string& name) {
-  const fs::path dst = fs::temp_directory_path() / ("stipple_test_clip_" + name);
+  const fs::path dst =
+      fs::temp_directory_path() / ("stipple_test_clip_" + name + "_" + std::to_string(::getpid()));
   fs::remove_all(dst);
   fs::create_directories(dst);
   for (const std::string& f : files) fs::copy_file(fs::path(src) / f, dst / f);
