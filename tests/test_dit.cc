@@ -5,6 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <string>
 #include <vector>
@@ -13,7 +16,9 @@
 #include "core/rng.h"
 #include "core/tensor.h"
 #include "io/safetensors.h"
+#include "models/dit.h"
 #include "nn/embeddings.h"
+#include "nn/transformer_block.h"
 #include "ops/ops.h"
 #include "support/numerics.h"
 
@@ -37,7 +42,9 @@ std::string error_of(const std::function<void()>& fn) {
 ::testing::AssertionResult conformant(const Tensor& ours, const Tensor& ref) {
   double max_ref = 0;
   for (float v : ref.to_vector()) max_ref = std::max(max_ref, static_cast<double>(std::fabs(v)));
-  return testing::tensors_close(ours, ref, 1e-4 * std::max(1.0, max_ref));
+  ::testing::AssertionResult r = testing::tensors_close(ours, ref, 1e-4 * std::max(1.0, max_ref));
+  if (r) std::printf("  conformance %s\n", r.message());  // the measured error, for the record
+  return r;
 }
 
 // ---------------- timestep_embedding ----------------
@@ -49,8 +56,9 @@ TEST(TimestepEmbedding, HandComputedValues) {
   ASSERT_EQ(e.shape(), (Shape{3, 4}));
   std::vector<float> want;
   for (double tv : {0.0, 1.0, 500.0}) {
-    want.insert(want.end(), {static_cast<float>(std::sin(tv)), static_cast<float>(std::sin(tv * 1e-4)),
-                             static_cast<float>(std::cos(tv)), static_cast<float>(std::cos(tv * 1e-4))});
+    want.insert(want.end(),
+                {static_cast<float>(std::sin(tv)), static_cast<float>(std::sin(tv * 1e-4)),
+                 static_cast<float>(std::cos(tv)), static_cast<float>(std::cos(tv * 1e-4))});
   }
   EXPECT_TENSORS_CLOSE(e, Tensor::from_vector(want, {3, 4}), 2e-4, 0.0);
 
@@ -59,8 +67,10 @@ TEST(TimestepEmbedding, HandComputedValues) {
   const Tensor f = nn::timestep_embedding(ti, 8, /*flip_sin_to_cos=*/true, 0.0f);
   std::vector<float> want2;
   for (double tv : {3.0, 250.0}) {
-    for (double fr : {1.0, 0.1, 0.01, 0.001}) want2.push_back(static_cast<float>(std::cos(tv * fr)));
-    for (double fr : {1.0, 0.1, 0.01, 0.001}) want2.push_back(static_cast<float>(std::sin(tv * fr)));
+    for (double fr : {1.0, 0.1, 0.01, 0.001})
+      want2.push_back(static_cast<float>(std::cos(tv * fr)));
+    for (double fr : {1.0, 0.1, 0.01, 0.001})
+      want2.push_back(static_cast<float>(std::sin(tv * fr)));
   }
   EXPECT_TENSORS_CLOSE(f, Tensor::from_vector(want2, {2, 8}), 1e-4, 0.0);
 
@@ -164,7 +174,9 @@ TEST(PatchEmbed, ShapesCropAndOtherSizes) {
   const Tensor full = nn::get_2d_sincos_pos_embed(8, 6, 6, 4.0, 1.0).reshape({6, 6, 8});
   EXPECT_TENSORS_CLOSE(cropped.pos_embed_for(2, 4),
                        full.narrow(0, 2, 2).narrow(1, 1, 4).reshape({1, 8, 8}), 0, 0);
-  EXPECT_NE(error_of([&] { pe(random_tensor({1, 3, 7, 8}, 3)); }).find("multiples of the patch"),
+  EXPECT_NE(error_of([&] {
+              pe(random_tensor({1, 3, 7, 8}, 3));
+            }).find("multiples of the patch"),
             std::string::npos);
 }
 
@@ -182,10 +194,9 @@ TEST(LabelEmbedding, NullRowAndDrops) {
   with_null.eval();
   EXPECT_TENSORS_CLOSE(with_null(labels), ops::embedding(table, labels), 0, 0);
   // force_drop_ids replaces marked labels by the null class.
-  const Tensor dropped =
-      with_null.forward(labels, Tensor::from_vector_i64({0, 0, 1}, {3}));
-  EXPECT_TENSORS_CLOSE(dropped, ops::embedding(table, Tensor::from_vector_i64({1, 10, 10}, {3})),
-                       0, 0);
+  const Tensor dropped = with_null.forward(labels, Tensor::from_vector_i64({0, 0, 1}, {3}));
+  EXPECT_TENSORS_CLOSE(dropped, ops::embedding(table, Tensor::from_vector_i64({1, 10, 10}, {3})), 0,
+                       0);
   // Training with a generator drops about dropout_prob of the labels; without one, none.
   with_null.train();
   const Tensor many = Tensor::from_vector_i64(std::vector<int64_t>(2000, 2), {2000});
@@ -213,10 +224,347 @@ TEST(CombinedTimestepLabelEmbeddings, KeysAndSum) {
   emb.eval();
   const Tensor t = Tensor::from_vector({10.0f, 999.5f}, {2});
   const Tensor y = Tensor::from_vector_i64({0, 10}, {2});
-  const Tensor want = ops::add(
-      emb.timestep_embedder->forward(nn::timestep_embedding(t, 256, true, 1.0f)),
-      emb.class_embedder->forward(y));
+  const Tensor want =
+      ops::add(emb.timestep_embedder->forward(nn::timestep_embedding(t, 256, true, 1.0f)),
+               emb.class_embedder->forward(y));
   EXPECT_TENSORS_CLOSE(emb.forward(t, y), want, 0, 0);
+}
+
+// ---------------- transformer block ----------------
+
+nn::BasicTransformerBlockConfig tiny_block_config() {
+  nn::BasicTransformerBlockConfig c;
+  c.dim = 8;
+  c.num_attention_heads = 2;
+  c.attention_head_dim = 4;
+  c.activation_fn = "gelu-approximate";
+  c.num_embeds_ada_norm = 3;
+  c.attention_bias = true;
+  c.norm_type = "ada_norm_zero";
+  c.norm_elementwise_affine = false;
+  return c;
+}
+
+TEST(BasicTransformerBlock, KeyNames) {
+  nn::BasicTransformerBlock dit_block(tiny_block_config());
+  const auto sd = dit_block.state_dict();
+  for (const char* key :
+       {"norm1.emb.timestep_embedder.linear_1.weight",
+        "norm1.emb.class_embedder.embedding_table.weight", "norm1.linear.weight",
+        "norm1.linear.bias", "attn1.to_q.weight", "attn1.to_q.bias", "attn1.to_out.0.weight",
+        "ff.net.0.proj.weight", "ff.net.2.weight", "ff.net.2.bias"}) {
+    EXPECT_EQ(sd.count(key), 1u) << key;
+  }
+  EXPECT_EQ(sd.count("norm3.weight"), 0u);  // no affine
+  EXPECT_EQ(sd.count("attn2.to_q.weight"), 0u);
+  EXPECT_EQ(sd.at("norm1.linear.weight").shape(), (Shape{48, 8}));
+
+  // Stable Diffusion's block: LayerNorms with affine, cross-attention, GEGLU.
+  nn::BasicTransformerBlockConfig sd_cfg;
+  sd_cfg.dim = 8;
+  sd_cfg.num_attention_heads = 2;
+  sd_cfg.attention_head_dim = 4;
+  sd_cfg.cross_attention_dim = 6;
+  nn::BasicTransformerBlock sd_block(sd_cfg);
+  const auto s2 = sd_block.state_dict();
+  for (const char* key : {"norm1.weight", "norm2.bias", "norm3.weight", "attn2.to_k.weight",
+                          "ff.net.0.proj.weight", "ff.net.2.weight"}) {
+    EXPECT_EQ(s2.count(key), 1u) << key;
+  }
+  EXPECT_EQ(s2.count("attn1.to_q.bias"), 0u);
+  EXPECT_EQ(s2.at("attn2.to_k.weight").shape(), (Shape{8, 6}));
+  EXPECT_EQ(s2.at("ff.net.0.proj.weight").shape(), (Shape{64, 8}));  // GEGLU: 2 * 4 * dim
+  Generator gen(5);
+  sd_block.reset_parameters(gen);
+  const Tensor y = sd_block.forward(random_tensor({2, 5, 8}, 1), random_tensor({2, 3, 6}, 2));
+  EXPECT_EQ(y.shape(), (Shape{2, 5, 8}));
+  EXPECT_NE(error_of([&] {
+              sd_block.forward(random_tensor({2, 5, 8}, 1));
+            }).find("encoder_hidden_states"),
+            std::string::npos);
+  sd_cfg.norm_type = "ada_norm_single";
+  EXPECT_NE(error_of([&] { nn::BasicTransformerBlock bad(sd_cfg); }).find("ada_norm_single"),
+            std::string::npos);
+}
+
+TEST(BasicTransformerBlock, AdaLayerNormZeroMath) {
+  // With the modulation zeroed, the block is the identity (adaLN-Zero, DiT paper Sec. 3.2).
+  nn::BasicTransformerBlock block(tiny_block_config());
+  Generator gen(6);
+  block.reset_parameters(gen);
+  for (const Tensor& t :
+       {block.norm1_ada_zero->linear->weight(), block.norm1_ada_zero->linear->bias()}) {
+    float* d = t.data<float>();
+    for (int64_t i = 0; i < t.numel(); ++i) d[i] = 0.0f;
+  }
+  const Tensor x = random_tensor({2, 3, 8}, 7);
+  const Tensor t = Tensor::from_vector({5.0f, 700.0f}, {2});
+  const Tensor y = Tensor::from_vector_i64({0, 3}, {2});
+  EXPECT_TENSORS_CLOSE(block.forward(x, Tensor(), Tensor(), Tensor(), t, y), x, 0, 0);
+}
+
+TEST(BasicTransformerBlock, GradcheckEveryParameter) {
+  nn::BasicTransformerBlock block(tiny_block_config());
+  Generator gen(8);
+  block.reset_parameters(gen);  // PyTorch defaults: nothing zero, so every path carries gradient
+  const Tensor t = Tensor::from_vector({3.0f, 420.0f}, {2});
+  const Tensor labels = Tensor::from_vector_i64({1, 3}, {2});
+  std::vector<Tensor> inputs = {random_tensor({2, 3, 8}, 9).set_requires_grad(true)};
+  std::vector<std::string> names = {"x"};
+  for (const auto& [name, p] : block.named_parameters()) {
+    inputs.push_back(p);
+    names.push_back(name);
+  }
+  auto fn = [&](const std::vector<Tensor>& in) {
+    return block.forward(in[0], Tensor(), Tensor(), Tensor(), t, labels);
+  };
+  testing::GradcheckOptions opt;
+  opt.max_probes = 16;
+  EXPECT_GRADCHECK("BasicTransformerBlock(ada_norm_zero)", fn, inputs, opt);
+  // Every parameter got a gradient (the label rows not used get zeros).
+  for (size_t i = 1; i < inputs.size(); ++i) {
+    EXPECT_TRUE(inputs[i].grad().defined()) << names[i];
+  }
+}
+
+// ---------------- DiT ----------------
+
+models::DiTConfig tiny_dit_config() {
+  models::DiTConfig c;
+  c.num_attention_heads = 2;
+  c.attention_head_dim = 4;
+  c.in_channels = 2;
+  c.out_channels = 4;
+  c.num_layers = 2;
+  c.sample_size = 4;
+  c.patch_size = 2;
+  c.num_embeds_ada_norm = 3;
+  return c;
+}
+
+TEST(DiT, GradcheckWholeModel) {
+  models::DiTTransformer2DModel model(tiny_dit_config());
+  Generator gen(10);
+  model.nn::Module::reset_parameters(gen);  // PyTorch defaults (the DiT init zeroes paths)
+  const Tensor t = Tensor::from_vector_i64({17, 901}, {2});
+  const Tensor labels = Tensor::from_vector_i64({2, 3}, {2});
+  std::vector<Tensor> inputs = {random_tensor({2, 2, 4, 4}, 11).set_requires_grad(true)};
+  for (const Tensor& p : model.parameters()) inputs.push_back(p);
+  auto fn = [&](const std::vector<Tensor>& in) { return model.forward(in[0], t, labels); };
+  testing::GradcheckOptions opt;
+  opt.max_probes = 16;
+  EXPECT_GRADCHECK("DiTTransformer2DModel", fn, inputs, opt);
+}
+
+TEST(DiT, InitialisationIsAdaLNZero) {
+  models::DiTTransformer2DModel model(tiny_dit_config());
+  Generator gen(12);
+  model.reset_parameters(gen);
+  auto all_zero = [](const Tensor& t) {
+    for (float v : t.to_vector()) {
+      if (v != 0.0f) return false;
+    }
+    return true;
+  };
+  for (size_t i = 0; i < model.transformer_blocks->size(); ++i) {
+    EXPECT_TRUE(all_zero(model.block(i)->norm1_ada_zero->linear->weight()));
+    EXPECT_TRUE(all_zero(model.block(i)->norm1_ada_zero->linear->bias()));
+  }
+  EXPECT_TRUE(all_zero(model.proj_out_1->weight()));
+  EXPECT_TRUE(all_zero(model.proj_out_2->weight()));
+  EXPECT_TRUE(all_zero(model.proj_out_2->bias()));
+  // xavier_uniform bound sqrt(6 / (fan_in + fan_out)); q/k/v use the fused qkv fan-out 3D.
+  const auto within = [](const Tensor& t, double bound) {
+    double m = 0;
+    for (float v : t.to_vector()) m = std::max(m, static_cast<double>(std::fabs(v)));
+    return m <= bound && m > 0.5 * bound;
+  };
+  EXPECT_TRUE(within(model.block(0)->attn1->to_q()->weight(), std::sqrt(6.0 / (8 + 24))));
+  EXPECT_TRUE(within(model.block(0)->attn1->to_out()->weight(), std::sqrt(6.0 / 16)));
+  EXPECT_TRUE(within(model.block(1)->ff->out_proj()->weight(), std::sqrt(6.0 / (32 + 8))));
+  EXPECT_TRUE(within(model.pos_embed->proj->weight(), std::sqrt(6.0 / (8 + 8))));
+  EXPECT_TRUE(all_zero(model.block(0)->attn1->to_q()->bias()));
+  // The initial prediction is zero.
+  const Tensor out =
+      model.forward(random_tensor({1, 2, 4, 4}, 13), Tensor::from_vector_i64({10}, {1}),
+                    Tensor::from_vector_i64({1}, {1}));
+  EXPECT_EQ(out.shape(), (Shape{1, 4, 4, 4}));
+  EXPECT_TRUE(all_zero(out));
+}
+
+TEST(DiT, MatchesDiffusers) {
+  const std::string folder = shared_path("conformance/dit_transformer/transformer");
+  const std::string io_path =
+      shared_path("conformance/dit_transformer/reference/dit_io.safetensors");
+  if (folder.empty() || io_path.empty()) GTEST_SKIP() << "../shared is absent";
+  const auto model = models::DiTTransformer2DModel::from_pretrained(folder);
+  EXPECT_TRUE(model->config().learned_sigma());
+  const auto ref = io::load_safetensors(io_path);
+  const Tensor x = ref.at("hidden_states");
+  const Tensor ta = ref.at("timestep_a"), ya = ref.at("class_labels_a");
+
+  // Intermediates of case a, in the order of the figure.
+  Tensor tokens = model->pos_embed->forward(x);
+  EXPECT_TRUE(conformant(tokens, ref.at("inter_a.pos_embed"))) << "pos_embed";
+  const Tensor c = model->conditioning(ta, ya);
+  EXPECT_TRUE(conformant(c, ref.at("inter_a.transformer_blocks.0.norm1.emb"))) << "norm1.emb";
+  for (size_t i = 0; i < model->transformer_blocks->size(); ++i) {
+    tokens = model->block(i)->forward(tokens, Tensor(), Tensor(), Tensor(), ta, ya);
+    EXPECT_TRUE(conformant(tokens, ref.at("inter_a.transformer_blocks." + std::to_string(i))))
+        << "block " << i;
+  }
+  EXPECT_TRUE(conformant(model->proj_out_1->forward(ops::silu(c)), ref.at("inter_a.proj_out_1")));
+
+  // Outputs: integer timesteps with the null class (case a), fractional timesteps (case b).
+  EXPECT_TRUE(conformant(model->forward(x, ta, ya), ref.at("out_a"))) << "out_a";
+  EXPECT_TRUE(conformant(model->forward(x, ref.at("timestep_b"), ref.at("class_labels_b")),
+                         ref.at("out_b")))
+      << "out_b";
+}
+
+// The same weights under the legacy Transformer2DModel config compute the same function.
+TEST(DiT, LegacyTransformer2DModelConfig) {
+  const std::string folder = shared_path("conformance/dit_transformer/transformer");
+  const std::string io_path =
+      shared_path("conformance/dit_transformer/reference/dit_io.safetensors");
+  if (folder.empty() || io_path.empty()) GTEST_SKIP() << "../shared is absent";
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / "stipple_test_dit_legacy";
+  fs::create_directories(dir);
+  nlohmann::json cfg = io::read_json_file(folder + "/config.json");
+  cfg["_class_name"] = "Transformer2DModel";
+  cfg["cross_attention_dim"] = nullptr;
+  cfg["num_vector_embeds"] = nullptr;
+  std::ofstream(dir / "config.json") << cfg.dump(2);
+  fs::copy_file(fs::path(folder) / "diffusion_pytorch_model.safetensors",
+                dir / "diffusion_pytorch_model.safetensors", fs::copy_options::overwrite_existing);
+  const auto model = models::DiTTransformer2DModel::from_pretrained(dir.string());
+  EXPECT_EQ(model->type_name(), "Transformer2DModel");
+  const auto ref = io::load_safetensors(io_path);
+  EXPECT_TRUE(conformant(
+      model->forward(ref.at("hidden_states"), ref.at("timestep_a"), ref.at("class_labels_a")),
+      ref.at("out_a")));
+  fs::remove_all(dir);
+}
+
+// The DiT pipeline's checkpoint (1000 classes): every recorded denoiser call.
+TEST(DiT, MatchesPipelineDenoiserCalls) {
+  const std::string folder = shared_path("conformance/dit_tiny/transformer");
+  const std::string run = shared_path("conformance/dit_tiny/reference/dit_pipeline.safetensors");
+  if (folder.empty() || run.empty()) GTEST_SKIP() << "../shared is absent";
+  const auto model = models::DiTTransformer2DModel::from_pretrained(folder);
+  const auto ref = io::load_safetensors(run);
+  const Tensor samples = ref.at("denoiser.sample"), outs = ref.at("denoiser.out");
+  const Tensor ts = ref.at("denoiser.timestep_as_passed"), labels = ref.at("denoiser.class_labels");
+  for (int64_t step = 0; step < samples.size(0); ++step) {
+    const Tensor out = model->forward(samples.narrow(0, step, 1).squeeze(0),
+                                      ts.narrow(0, step, 1).squeeze(0), labels);
+    EXPECT_TRUE(conformant(out, outs.narrow(0, step, 1).squeeze(0))) << "step " << step;
+  }
+}
+
+// ---------------- errors ----------------
+
+class DiTErrors : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() / "stipple_test_dit_errors";
+    std::filesystem::create_directories(dir_);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  void write_config(const nlohmann::json& j) { std::ofstream(dir_ / "config.json") << j.dump(); }
+  nlohmann::json good_config() const {
+    return {{"_class_name", "DiTTransformer2DModel"},
+            {"num_attention_heads", 2},
+            {"attention_head_dim", 4},
+            {"in_channels", 2},
+            {"out_channels", 4},
+            {"num_layers", 1},
+            {"sample_size", 4},
+            {"patch_size", 2},
+            {"num_embeds_ada_norm", 3}};
+  }
+  std::filesystem::path dir_;
+};
+
+TEST_F(DiTErrors, BadConfigNamesTheKey) {
+  auto j = good_config();
+  j["norm_type"] = "layer_norm";
+  write_config(j);
+  std::string e = error_of([&] { models::DiTTransformer2DModel::from_pretrained(dir_.string()); });
+  EXPECT_NE(e.find("norm_type"), std::string::npos) << e;
+  EXPECT_NE(e.find("config.json"), std::string::npos) << e;
+
+  j = good_config();
+  j["attention_head_dim"] = "sixteen";
+  write_config(j);
+  e = error_of([&] { models::DiTTransformer2DModel::from_pretrained(dir_.string()); });
+  EXPECT_NE(e.find("attention_head_dim"), std::string::npos) << e;
+
+  j = good_config();
+  j["sample_size"] = 5;
+  write_config(j);
+  e = error_of([&] { models::DiTTransformer2DModel::from_pretrained(dir_.string()); });
+  EXPECT_NE(e.find("sample_size"), std::string::npos) << e;
+
+  j = good_config();
+  j["_class_name"] = "UNet2DConditionModel";
+  write_config(j);
+  e = error_of([&] { models::DiTTransformer2DModel::from_pretrained(dir_.string()); });
+  EXPECT_NE(e.find("UNet2DConditionModel"), std::string::npos) << e;
+
+  j = good_config();
+  j["num_embeds_ada_norm"] = nullptr;
+  j["_class_name"] = "Transformer2DModel";
+  j["norm_type"] = "ada_norm_zero";
+  write_config(j);
+  e = error_of([&] { models::DiTTransformer2DModel::from_pretrained(dir_.string()); });
+  EXPECT_NE(e.find("num_embeds_ada_norm"), std::string::npos) << e;
+}
+
+TEST_F(DiTErrors, MissingOrMisshapenTensorIsNamed) {
+  write_config(good_config());
+  std::string e = error_of([&] { models::DiTTransformer2DModel::from_pretrained(dir_.string()); });
+  EXPECT_NE(e.find("diffusion_pytorch_model.safetensors"), std::string::npos) << e;
+
+  models::DiTTransformer2DModel model(
+      models::DiTConfig::from_file((dir_ / "config.json").string()));
+  auto state = model.state_dict();
+  state.erase("transformer_blocks.0.attn1.to_k.bias");
+  state["proj_out_2.weight"] = Tensor::zeros({3, 8});
+  io::save_safetensors((dir_ / "diffusion_pytorch_model.safetensors").string(), state);
+  e = error_of([&] { models::DiTTransformer2DModel::from_pretrained(dir_.string()); });
+  EXPECT_NE(e.find("transformer_blocks.0.attn1.to_k.bias"), std::string::npos) << e;
+  EXPECT_NE(e.find("proj_out_2.weight"), std::string::npos) << e;
+
+  // Bad inputs are errors, not crashes.
+  e = error_of([&] {
+    model.forward(random_tensor({1, 2, 4, 4}, 1), Tensor::from_vector({1.0f}, {1}),
+                  Tensor::from_vector_i64({4}, {1}));
+  });
+  EXPECT_NE(e.find("out of range"), std::string::npos) << e;
+  e = error_of([&] {
+    model.forward(random_tensor({1, 3, 4, 4}, 1), Tensor::from_vector({1.0f}, {1}),
+                  Tensor::from_vector_i64({0}, {1}));
+  });
+  EXPECT_NE(e.find("[B, 2, H, W]"), std::string::npos) << e;
+}
+
+TEST(DiTLabels, Id2LabelAndLookup) {
+  const std::map<int64_t, std::string> id2label = {
+      {0, "tench, Tinca tinca"}, {1, "goldfish, Carassius auratus"}, {207, "golden retriever"}};
+  EXPECT_EQ(models::get_label_ids(id2label, {"golden retriever", "tench", " Carassius auratus"}),
+            (std::vector<int64_t>{207, 0, 1}));
+  EXPECT_EQ(models::get_label_ids(id2label, {"42"}), (std::vector<int64_t>{42}));
+  const std::string e = error_of([&] { models::get_label_ids(id2label, {"golden"}); });
+  EXPECT_NE(e.find("golden retriever"), std::string::npos) << e;
+  const auto path = std::filesystem::temp_directory_path() / "stipple_test_id2label.json";
+  std::ofstream(path)
+      << R"({"_class_name": "DiTPipeline", "id2label": {"0": "tench, Tinca tinca", "3": "tiger shark"}})";
+  const auto read = models::read_id2label(path.string());
+  ASSERT_EQ(read.size(), 2u);
+  EXPECT_EQ(read.at(3), "tiger shark");
+  std::filesystem::remove(path);
 }
 
 }  // namespace

@@ -24,7 +24,8 @@ Tensor apply_activation(const std::string& name, const Tensor& x) {
   if (name == "mish") {
     // mish(x) = x * tanh(softplus(x)); softplus(x) = log(1 + exp(x)), written stably as
     // relu(x) + log(1 + exp(-|x|)).
-    const Tensor softplus = ops::add(ops::relu(x), ops::log(ops::exp(ops::neg(ops::abs(x))) + 1.0f));
+    const Tensor softplus =
+        ops::add(ops::relu(x), ops::log(ops::exp(ops::neg(ops::abs(x))) + 1.0f));
     return ops::mul(x, ops::tanh(softplus));
   }
   check_activation(name, "apply_activation");

@@ -99,23 +99,23 @@ TimestepEmbedding::TimestepEmbedding(int64_t in_channels, int64_t time_embed_dim
 }
 
 Tensor TimestepEmbedding::forward(const Tensor& sample, const Tensor& condition) const {
-  Tensor x = sample;                                                   // [B, in]
+  Tensor x = sample;  // [B, in]
   if (condition.defined()) {
     STIPPLE_CHECK(cond_proj != nullptr,
                   "TimestepEmbedding: a condition was given but the module has no cond_proj "
                   "(set cond_proj_dim)");
-    x = ops::add(x, cond_proj->forward(condition));                    // [B, in]
+    x = ops::add(x, cond_proj->forward(condition));  // [B, in]
   }
-  x = apply_activation(options_.act_fn, linear_1->forward(x));         // [B, D]
-  x = linear_2->forward(x);                                            // [B, out]
+  x = apply_activation(options_.act_fn, linear_1->forward(x));  // [B, D]
+  x = linear_2->forward(x);                                     // [B, out]
   if (!options_.post_act_fn.empty()) x = apply_activation(options_.post_act_fn, x);
   return x;
 }
 
 // ---------------- 2-D sin-cos position table ----------------
 
-Tensor get_2d_sincos_pos_embed(int64_t embed_dim, int64_t grid_h, int64_t grid_w,
-                               double base_size, double interpolation_scale) {
+Tensor get_2d_sincos_pos_embed(int64_t embed_dim, int64_t grid_h, int64_t grid_w, double base_size,
+                               double interpolation_scale) {
   STIPPLE_CHECK(embed_dim > 0 && embed_dim % 4 == 0,
                 "get_2d_sincos_pos_embed: embed_dim must be a positive multiple of 4, got ",
                 embed_dim);
@@ -162,14 +162,13 @@ Tensor get_2d_sincos_pos_embed(int64_t embed_dim, int64_t grid_h, int64_t grid_w
 
 PatchEmbed::PatchEmbed(const PatchEmbedOptions& o) : options_(o) {
   STIPPLE_CHECK(o.patch_size > 0, "PatchEmbed: patch_size must be positive, got ", o.patch_size);
-  STIPPLE_CHECK(o.height >= o.patch_size && o.width >= o.patch_size,
-                "PatchEmbed: sample size ", o.height, "x", o.width, " is smaller than the patch ",
-                o.patch_size);
+  STIPPLE_CHECK(o.height >= o.patch_size && o.width >= o.patch_size, "PatchEmbed: sample size ",
+                o.height, "x", o.width, " is smaller than the patch ", o.patch_size);
   grid_h_ = o.height / o.patch_size;
   grid_w_ = o.width / o.patch_size;
   base_size_ = o.height / o.patch_size;
-  proj = register_module("proj", std::make_shared<Conv2d>(o.in_channels, o.embed_dim,
-                                                          o.patch_size, o.patch_size, 0, o.bias));
+  proj = register_module("proj", std::make_shared<Conv2d>(o.in_channels, o.embed_dim, o.patch_size,
+                                                          o.patch_size, 0, o.bias));
   if (o.layer_norm) {
     norm = register_module("norm", std::make_shared<LayerNorm>(o.embed_dim, 1e-6f, false));
   }
@@ -179,9 +178,8 @@ PatchEmbed::PatchEmbed(const PatchEmbedOptions& o) : options_(o) {
     if (grid <= 0) {
       grid = static_cast<int64_t>(std::sqrt(static_cast<double>(grid_h_ * grid_w_)));
     }
-    const Tensor table = get_2d_sincos_pos_embed(o.embed_dim, grid, grid,
-                                                 static_cast<double>(base_size_),
-                                                 o.interpolation_scale);
+    const Tensor table = get_2d_sincos_pos_embed(
+        o.embed_dim, grid, grid, static_cast<double>(base_size_), o.interpolation_scale);
     pos_embed_ = register_buffer("pos_embed", table.unsqueeze(0).contiguous(),
                                  /*persistent=*/o.pos_embed_max_size > 0);
   }
@@ -214,24 +212,23 @@ Tensor PatchEmbed::forward(const Tensor& latent) const {
   STIPPLE_CHECK(latent.size(2) % p == 0 && latent.size(3) % p == 0, "PatchEmbed: height and width ",
                 latent.size(2), "x", latent.size(3), " must be multiples of the patch size ", p);
   const int64_t h = latent.size(2) / p, w = latent.size(3) / p;
-  Tensor x = proj->forward(latent);                  // [B, D, h, w]
-  x = x.contiguous().flatten(2).transpose(1, 2);     // [B, h*w, D]
-  if (norm) x = norm->forward(x);                    // [B, h*w, D]
+  Tensor x = proj->forward(latent);               // [B, D, h, w]
+  x = x.contiguous().flatten(2).transpose(1, 2);  // [B, h*w, D]
+  if (norm) x = norm->forward(x);                 // [B, h*w, D]
   if (!pos_embed_.defined()) return x;
-  return ops::add(x, pos_embed_for(h, w));           // [B, h*w, D]
+  return ops::add(x, pos_embed_for(h, w));  // [B, h*w, D]
 }
 
 // ---------------- LabelEmbedding ----------------
 
 LabelEmbedding::LabelEmbedding(int64_t num_classes, int64_t hidden_size, float dropout_prob)
     : num_classes_(num_classes), dropout_prob_(dropout_prob) {
-  STIPPLE_CHECK(num_classes > 0, "LabelEmbedding: num_classes must be positive, got ",
-                num_classes);
+  STIPPLE_CHECK(num_classes > 0, "LabelEmbedding: num_classes must be positive, got ", num_classes);
   STIPPLE_CHECK(dropout_prob >= 0.0f && dropout_prob < 1.0f,
                 "LabelEmbedding: dropout_prob must be in [0, 1), got ", dropout_prob);
   const int64_t rows = num_classes + (dropout_prob > 0.0f ? 1 : 0);
-  embedding_table = register_module("embedding_table",
-                                    std::make_shared<Embedding>(rows, hidden_size));
+  embedding_table =
+      register_module("embedding_table", std::make_shared<Embedding>(rows, hidden_size));
 }
 
 Tensor LabelEmbedding::token_drop(const Tensor& labels, const Tensor& force_drop_ids,
@@ -266,9 +263,9 @@ Tensor LabelEmbedding::forward(const Tensor& labels, const Tensor& force_drop_id
   if (force_drop_ids.defined() || random_drop) ids = token_drop(labels, force_drop_ids, gen);
   const int64_t rows = embedding_table->num_embeddings();
   for (int64_t v : ids.to_vector_i64()) {
-    STIPPLE_CHECK(v >= 0 && v < rows, "LabelEmbedding: class label ", v, " is out of range [0, ",
-                  rows, ")", (rows > num_classes_ ? str_cat(" (", num_classes_, " is the null class)")
-                                                  : std::string()));
+    STIPPLE_CHECK(
+        v >= 0 && v < rows, "LabelEmbedding: class label ", v, " is out of range [0, ", rows, ")",
+        (rows > num_classes_ ? str_cat(" (", num_classes_, " is the null class)") : std::string()));
   }
   return embedding_table->forward(ids);  // [B, D]
 }
@@ -286,17 +283,16 @@ CombinedTimestepLabelEmbeddings::CombinedTimestepLabelEmbeddings(int64_t num_cla
       std::make_shared<LabelEmbedding>(num_classes, embedding_dim, class_dropout_prob));
 }
 
-Tensor CombinedTimestepLabelEmbeddings::forward(const Tensor& timestep,
-                                                const Tensor& class_labels,
+Tensor CombinedTimestepLabelEmbeddings::forward(const Tensor& timestep, const Tensor& class_labels,
                                                 const Tensor& force_drop_ids,
                                                 Generator* gen) const {
-  const Tensor t_freq = time_proj->forward(timestep);                         // [B, 256]
-  const Tensor t_emb = timestep_embedder->forward(t_freq);                    // [B, D]
+  const Tensor t_freq = time_proj->forward(timestep);                               // [B, 256]
+  const Tensor t_emb = timestep_embedder->forward(t_freq);                          // [B, D]
   const Tensor y_emb = class_embedder->forward(class_labels, force_drop_ids, gen);  // [B, D]
   STIPPLE_CHECK(t_emb.size(0) == y_emb.size(0) || t_emb.size(0) == 1,
-                "CombinedTimestepLabelEmbeddings: ",
-                t_emb.size(0), " timesteps but ", y_emb.size(0), " class labels");
-  return ops::add(t_emb, y_emb);                                              // [B, D]
+                "CombinedTimestepLabelEmbeddings: ", t_emb.size(0), " timesteps but ",
+                y_emb.size(0), " class labels");
+  return ops::add(t_emb, y_emb);  // [B, D]
 }
 
 }  // namespace stipple::nn

@@ -1,11 +1,12 @@
 // Embeddings shared by the denoisers, as diffusers.models.embeddings names them:
 //   timestep_embedding            sinusoidal timestep features (get_timestep_embedding)
 //   Timesteps                     the same as a parameter-free module (`time_proj`)
-//   TimestepEmbedding             linear_1 -> act -> linear_2 (`time_embedding`, `timestep_embedder`)
-//   get_2d_sincos_pos_embed       the fixed 2-D sin-cos position table of ViT/MAE/DiT
-//   PatchEmbed                    conv patchify + flatten (+ LayerNorm) + sin-cos positions
-//   LabelEmbedding                class table with a null row for classifier-free guidance
-//   CombinedTimestepLabelEmbeddings  DiT's conditioning c = t_emb + y_emb (DiT paper, Sec. 3.2)
+//   TimestepEmbedding             linear_1 -> act -> linear_2 (`time_embedding`,
+//   `timestep_embedder`) get_2d_sincos_pos_embed       the fixed 2-D sin-cos position table of
+//   ViT/MAE/DiT PatchEmbed                    conv patchify + flatten (+ LayerNorm) + sin-cos
+//   positions LabelEmbedding                class table with a null row for classifier-free
+//   guidance CombinedTimestepLabelEmbeddings  DiT's conditioning c = t_emb + y_emb (DiT paper,
+//   Sec. 3.2)
 //
 // The arithmetic follows diffusers 0.29 operation by operation (float32 where torch computes in
 // float32, float64 where numpy does), so outputs match the reference to rounding.
@@ -55,9 +56,9 @@ class Timesteps : public Module {
 
 struct TimestepEmbeddingOptions {
   std::string act_fn = "silu";
-  int64_t out_dim = -1;           // -1: time_embed_dim
-  std::string post_act_fn;        // empty: none
-  int64_t cond_proj_dim = -1;     // -1: no cond_proj
+  int64_t out_dim = -1;        // -1: time_embed_dim
+  std::string post_act_fn;     // empty: none
+  int64_t cond_proj_dim = -1;  // -1: no cond_proj
   bool sample_proj_bias = true;
 };
 
@@ -83,10 +84,10 @@ class TimestepEmbedding : public Module {
 // them); the sin/cos are in float64, then cast. The first embed_dim/2 channels encode the column
 // (w) coordinate, the second half the row (h); each half is [sin(pos*omega), cos(pos*omega)] with
 // omega_k = 1 / 10000^(k / (embed_dim/4)). embed_dim must be a multiple of 4.
-Tensor get_2d_sincos_pos_embed(int64_t embed_dim, int64_t grid_h, int64_t grid_w,
-                               double base_size, double interpolation_scale);
-inline Tensor get_2d_sincos_pos_embed(int64_t embed_dim, int64_t grid_size,
-                                      double base_size = 16.0, double interpolation_scale = 1.0) {
+Tensor get_2d_sincos_pos_embed(int64_t embed_dim, int64_t grid_h, int64_t grid_w, double base_size,
+                               double interpolation_scale);
+inline Tensor get_2d_sincos_pos_embed(int64_t embed_dim, int64_t grid_size, double base_size = 16.0,
+                                      double interpolation_scale = 1.0) {
   return get_2d_sincos_pos_embed(embed_dim, grid_size, grid_size, base_size, interpolation_scale);
 }
 
@@ -117,7 +118,7 @@ class PatchEmbed : public Module {
   Tensor pos_embed_for(int64_t h, int64_t w) const;
 
   std::shared_ptr<Conv2d> proj;
-  std::shared_ptr<LayerNorm> norm;  // null without layer_norm
+  std::shared_ptr<LayerNorm> norm;                        // null without layer_norm
   const Tensor& pos_embed() const { return pos_embed_; }  // [1, N, D], undefined without one
   const PatchEmbedOptions& options() const { return options_; }
 
