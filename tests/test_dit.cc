@@ -287,6 +287,37 @@ TEST(BasicTransformerBlock, KeyNames) {
             std::string::npos);
 }
 
+TEST(FeedForward, EachActivationAsOpComposition) {
+  Generator gen(14);
+  const Tensor x = random_tensor({2, 3, 8}, 15);
+  for (const char* act : {"gelu", "gelu-approximate", "geglu", "geglu-approximate"}) {
+    nn::FeedForwardOptions o;
+    o.activation_fn = act;
+    o.mult = 2;
+    o.dim_out = 5;
+    nn::FeedForward ff(8, o);
+    ff.reset_parameters(gen);
+    const Tensor h = ops::linear(x, ff.act_proj()->weight(), ff.act_proj()->bias());
+    Tensor a;
+    if (std::string(act) == "gelu") a = ops::gelu(h);
+    if (std::string(act) == "gelu-approximate") a = ops::gelu(h, true);
+    if (std::string(act) == "geglu") {
+      const auto hg = ops::chunk(h, 2, -1);  // hidden, gate
+      a = ops::mul(hg[0], ops::gelu(hg[1]));
+    }
+    if (std::string(act) == "geglu-approximate") a = ops::mul(h, ops::sigmoid(h * 1.702f));
+    const Tensor want = ops::linear(a, ff.out_proj()->weight(), ff.out_proj()->bias());
+    EXPECT_TENSORS_CLOSE(ff(x), want, 1e-6, 1e-5);
+    EXPECT_EQ(ff.state_dict().count("net.2.weight"), 1u) << act;
+    EXPECT_EQ(ff.state_dict().at("net.0.proj.weight").size(0),
+              std::string(act) == "geglu" ? 32 : 16)
+        << act;
+  }
+  nn::FeedForwardOptions bad;
+  bad.activation_fn = "swiglu";
+  EXPECT_NE(error_of([&] { nn::FeedForward ff(8, bad); }).find("swiglu"), std::string::npos);
+}
+
 TEST(BasicTransformerBlock, AdaLayerNormZeroMath) {
   // With the modulation zeroed, the block is the identity (adaLN-Zero, DiT paper Sec. 3.2).
   nn::BasicTransformerBlock block(tiny_block_config());

@@ -45,25 +45,27 @@ Tensor ApproximateGELU::forward(const Tensor& x) const {
 
 // ---------------- FeedForward ----------------
 
-FeedForward::FeedForward(int64_t dim, const FeedForwardOptions& o)
-    : activation_fn_(o.activation_fn) {
+FeedForward::FeedForward(int64_t dim, const FeedForwardOptions& o) {
   STIPPLE_CHECK(dim > 0, "FeedForward: dim must be positive, got ", dim);
   const int64_t inner = o.inner_dim > 0 ? o.inner_dim : dim * o.mult;
   const int64_t dim_out = o.dim_out > 0 ? o.dim_out : dim;
   STIPPLE_CHECK(inner > 0, "FeedForward: inner dim must be positive, got ", inner);
   net = register_module("net", std::make_shared<ModuleList>());
   if (o.activation_fn == "gelu" || o.activation_fn == "gelu-approximate") {
-    auto act = std::make_shared<GELU>(dim, inner, o.activation_fn == "gelu-approximate", o.bias);
+    kind_ = o.activation_fn == "gelu" ? Kind::kGelu : Kind::kGeluTanh;
+    auto act = std::make_shared<GELU>(dim, inner, kind_ == Kind::kGeluTanh, o.bias);
     act_proj_ = act->proj;
-    act_ = net->push_back(act);
+    net->push_back(act);
   } else if (o.activation_fn == "geglu") {
+    kind_ = Kind::kGeglu;
     auto act = std::make_shared<GEGLU>(dim, inner, o.bias);
     act_proj_ = act->proj;
-    act_ = net->push_back(act);
+    net->push_back(act);
   } else if (o.activation_fn == "geglu-approximate") {
+    kind_ = Kind::kApproximateGelu;
     auto act = std::make_shared<ApproximateGELU>(dim, inner, o.bias);
     act_proj_ = act->proj;
-    act_ = net->push_back(act);
+    net->push_back(act);
   } else {
     STIPPLE_CHECK(false, "FeedForward: unknown activation_fn '", o.activation_fn,
                   "' (known: geglu, gelu, gelu-approximate, geglu-approximate)");
@@ -74,15 +76,23 @@ FeedForward::FeedForward(int64_t dim, const FeedForwardOptions& o)
 }
 
 Tensor FeedForward::forward(const Tensor& x) const {
-  Tensor h;
-  if (auto g = std::dynamic_pointer_cast<GELU>(act_)) {
-    h = g->forward(x);  // [..., inner]
-  } else if (auto gg = std::dynamic_pointer_cast<GEGLU>(act_)) {
-    h = gg->forward(x);  // [..., inner]
-  } else {
-    h = std::static_pointer_cast<ApproximateGELU>(act_)->forward(x);  // [..., inner]
+  const Tensor h = act_proj_->forward(x);  // [..., inner] (GEGLU: [..., 2*inner])
+  Tensor a;
+  switch (kind_) {
+    case Kind::kGelu:
+      a = ops::gelu(h);  // [..., inner]
+      break;
+    case Kind::kGeluTanh:
+      a = ops::gelu(h, true);  // [..., inner]
+      break;
+    case Kind::kGeglu:
+      a = ops::geglu(h);  // [..., inner]
+      break;
+    case Kind::kApproximateGelu:
+      a = ops::quick_gelu(h);  // [..., inner]
+      break;
   }
-  return out_proj_->forward(h);  // [..., dim_out]
+  return out_proj_->forward(a);  // [..., dim_out]
 }
 
 // ---------------- AdaLayerNormZero ----------------

@@ -85,8 +85,9 @@ class FeedForward : public Module {
   const std::shared_ptr<Linear>& out_proj() const { return out_proj_; }
 
  private:
-  std::string activation_fn_;
-  std::shared_ptr<Module> act_;
+  // net.0's activation, decided once at construction (no lookups on the forward path).
+  enum class Kind { kGelu, kGeluTanh, kGeglu, kApproximateGelu };
+  Kind kind_ = Kind::kGeglu;
   std::shared_ptr<Linear> act_proj_, out_proj_;
 };
 
