@@ -10,18 +10,23 @@
 //   - errors naming the tensor or key: missing tensor, wrong shape, bad config.
 // Conformance tests skip when ../shared is absent.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "autograd/grad_mode.h"
 #include "core/error.h"
+#include "io/json.h"
 #include "io/safetensors.h"
+#include "models/vae.h"
 #include "nn/attention.h"
 #include "nn/resnet.h"
 #include "ops/ops.h"
@@ -36,8 +41,8 @@ using testing::random_tensor;
 void randomize(nn::Module& m, uint64_t seed) {
   std::map<std::string, Tensor> state;
   for (const auto& [name, p] : m.named_parameters()) {
-    const bool norm_weight = name.find("norm") != std::string::npos &&
-                             name.size() >= 6 && name.substr(name.size() - 6) == "weight";
+    const bool norm_weight = name.find("norm") != std::string::npos && name.size() >= 6 &&
+                             name.substr(name.size() - 6) == "weight";
     state[name] = norm_weight ? random_tensor(p.shape(), seed++, 0.5f, 1.5f)
                               : random_tensor(p.shape(), seed++, -0.4f, 0.4f);
   }
@@ -54,7 +59,8 @@ std::vector<double> naive_attention(const Tensor& x, const Tensor& ctx, nn::Modu
                                     int64_t heads, double scale, const Tensor& mask) {
   const int64_t b = x.size(0), l = x.size(1), c = x.size(2), lk = ctx.size(1), ck = ctx.size(2);
   const auto xv = x.contiguous().to_vector(), cv = ctx.contiguous().to_vector();
-  auto proj = [&](const std::vector<float>& in, int64_t rows, int64_t in_dim, const std::string& n) {
+  auto proj = [&](const std::vector<float>& in, int64_t rows, int64_t in_dim,
+                  const std::string& n) {
     const auto w = param(attn, n + ".weight").to_vector();
     const auto sd = attn.state_dict();
     const bool has_b = sd.count(n + ".bias") > 0;
@@ -109,8 +115,8 @@ TEST(Attention, ParameterNamesAreDiffusers) {
   std::vector<std::string> names;
   for (const auto& [n, p] : attn.named_parameters()) names.push_back(n);
   const std::vector<std::string> want = {
-      "group_norm.weight", "group_norm.bias", "to_q.weight", "to_q.bias", "to_k.weight",
-      "to_k.bias", "to_v.weight", "to_v.bias", "to_out.0.weight", "to_out.0.bias"};
+      "group_norm.weight", "group_norm.bias", "to_q.weight", "to_q.bias",       "to_k.weight",
+      "to_k.bias",         "to_v.weight",     "to_v.bias",   "to_out.0.weight", "to_out.0.bias"};
   EXPECT_EQ(names, want);
 
   nn::AttentionConfig cross;
@@ -180,8 +186,8 @@ TEST(Attention, CrossAttentionWithMaskMatchesNaive) {
   const Tensor out = attn(x, ctx, mask);
   ASSERT_EQ(out.shape(), x.shape());
   const auto ref = naive_attention(x, ctx, attn, 4, 1.0 / std::sqrt(8.0), mask);
-  EXPECT_TENSORS_CLOSE(out, Tensor::from_vector(std::vector<float>(ref.begin(), ref.end()),
-                                                x.shape()), 1e-5, 1e-5);
+  EXPECT_TENSORS_CLOSE(
+      out, Tensor::from_vector(std::vector<float>(ref.begin(), ref.end()), x.shape()), 1e-5, 1e-5);
   // The same mask given as [B, 1, Lk] and [B, 1, 1, Lk] broadcasts identically.
   EXPECT_TENSORS_CLOSE(attn(x, ctx, mask.reshape({2, 1, 5})), out, 1e-6, 0.0);
   EXPECT_TENSORS_CLOSE(attn(x, ctx, mask.reshape({2, 1, 1, 5})), out, 1e-6, 0.0);
@@ -200,11 +206,14 @@ TEST(Attention, Gradcheck) {
   randomize(attn, 30);
   Tensor x = random_tensor({1, 8, 2, 3}, 5);
   x.set_requires_grad(true);
-  std::vector<Tensor> inputs = {x, attn.to_q()->weight(), attn.to_k()->weight(),
-                                attn.to_v()->bias(), attn.to_out()->weight(),
+  std::vector<Tensor> inputs = {x,
+                                attn.to_q()->weight(),
+                                attn.to_k()->weight(),
+                                attn.to_v()->bias(),
+                                attn.to_out()->weight(),
                                 attn.group_norm()->weight()};
-  EXPECT_GRADCHECK("Attention", [&](const std::vector<Tensor>& in) { return attn(in[0]); },
-                   inputs);
+  EXPECT_GRADCHECK(
+      "Attention", [&](const std::vector<Tensor>& in) { return attn(in[0]); }, inputs);
 }
 
 // ---------------- ResnetBlock2D, Downsample2D, Upsample2D ----------------
@@ -220,11 +229,11 @@ Tensor resnet_reference(nn::Module& m, const nn::ResnetBlock2DConfig& c, const T
                         const Tensor& temb) {
   const auto sd = m.state_dict();
   const int64_t g_out = c.groups_out > 0 ? c.groups_out : c.groups;
-  Tensor h = ops::silu(ops::group_norm(x, c.groups, sd.at("norm1.weight"), sd.at("norm1.bias"),
-                                       c.eps));
+  Tensor h =
+      ops::silu(ops::group_norm(x, c.groups, sd.at("norm1.weight"), sd.at("norm1.bias"), c.eps));
   h = ops::conv2d(h, sd.at("conv1.weight"), sd.at("conv1.bias"), pad1());
-  Tensor t = ops::linear(ops::silu(temb), sd.at("time_emb_proj.weight"),
-                         sd.at("time_emb_proj.bias"));
+  Tensor t =
+      ops::linear(ops::silu(temb), sd.at("time_emb_proj.weight"), sd.at("time_emb_proj.bias"));
   t = t.reshape({t.size(0), t.size(1), 1, 1});
   if (c.time_embedding_norm == "default") {
     h = ops::group_norm(h + t, g_out, sd.at("norm2.weight"), sd.at("norm2.bias"), c.eps);
@@ -291,7 +300,6 @@ TEST(ResnetBlock2D, NoTembUpDownAndBadActivation) {
   c.down = false;
   c.non_linearity = "tanhshrink";
   EXPECT_THROW(nn::ResnetBlock2D{c}, Error);
-
 }
 
 TEST(ResnetBlock2D, Gradcheck) {
@@ -307,11 +315,14 @@ TEST(ResnetBlock2D, Gradcheck) {
   x.set_requires_grad(true);
   temb.set_requires_grad(true);
   const auto sd = block.state_dict();
-  std::vector<Tensor> inputs = {x, temb, sd.at("conv1.weight"), sd.at("time_emb_proj.weight"),
-                                sd.at("norm2.weight"), sd.at("conv_shortcut.weight")};
-  EXPECT_GRADCHECK("ResnetBlock2D", [&](const std::vector<Tensor>& in) {
-    return block(in[0], in[1]);
-  }, inputs);
+  std::vector<Tensor> inputs = {x,
+                                temb,
+                                sd.at("conv1.weight"),
+                                sd.at("time_emb_proj.weight"),
+                                sd.at("norm2.weight"),
+                                sd.at("conv_shortcut.weight")};
+  EXPECT_GRADCHECK(
+      "ResnetBlock2D", [&](const std::vector<Tensor>& in) { return block(in[0], in[1]); }, inputs);
 }
 
 TEST(Resample2D, DownsampleAndUpsample) {
@@ -338,9 +349,251 @@ TEST(Resample2D, DownsampleAndUpsample) {
 
   nn::Upsample2D up(4, true);
   randomize(up, 70);
-  EXPECT_TENSORS_CLOSE(up(x), ops::conv2d(ops::upsample_nearest2x(x), param(up, "conv.weight"),
-                                          param(up, "conv.bias"), pad1()), 1e-6, 0.0);
+  EXPECT_TENSORS_CLOSE(up(x),
+                       ops::conv2d(ops::upsample_nearest2x(x), param(up, "conv.weight"),
+                                   param(up, "conv.bias"), pad1()),
+                       1e-6, 0.0);
   EXPECT_THROW(up.forward(x, 13, 13), Error);
+}
+
+// ---------------- AutoencoderKL against diffusers ----------------
+
+// max|ours - ref| / max(1, max|ref|), the README's measure.
+double rel_error(const Tensor& ours, const Tensor& ref) {
+  const auto a = ours.to_vector(), r = ref.to_vector();
+  double err = 0, scale = 1;
+  for (size_t i = 0; i < r.size(); ++i) {
+    err = std::max(err, double(std::fabs(a[i] - r[i])));
+    scale = std::max(scale, double(std::fabs(r[i])));
+  }
+  return err / scale;
+}
+
+// README tolerance for single-model forwards: max|ours - ref| <= 1e-4 * max(1, max|ref|).
+void expect_conformant(const std::string& name, const Tensor& ours, const Tensor& ref) {
+  ASSERT_TRUE(ours.defined()) << name << ": not computed";
+  ASSERT_EQ(ours.shape(), ref.shape()) << name;
+  const double rel = rel_error(ours, ref);
+  std::printf("  %-40s max rel error %.3g\n", name.c_str(), rel);
+  EXPECT_LE(rel, 1e-4) << name << " " << testing::tensors_close(ours, ref, 0.0).message();
+}
+
+class VaeConformance : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(VaeConformance, MatchesDiffusers) {
+  const std::string dir = testing::shared_path("conformance/" + GetParam());
+  if (dir.empty()) GTEST_SKIP() << "../shared/conformance is absent";
+  auto vae = models::AutoencoderKL::from_pretrained(dir + "/vae");
+  const auto ref = io::load_safetensors(dir + "/reference/vae_io.safetensors");
+  EXPECT_EQ(vae->config().scaling_factor, 0.18215);
+  autograd::NoGradGuard ng;  // inference: convs keep the blocked layout
+
+  std::map<std::string, Tensor> inter;
+  auto hook = [&](const std::string& path, const Tensor& t) { inter[path] = t.contiguous(); };
+  const models::DiagonalGaussian post = vae->encode(ref.at("image"), hook);
+  expect_conformant("latent_mean", post.mean, ref.at("latent_mean"));
+  expect_conformant("latent_logvar", post.logvar, ref.at("latent_logvar"));
+  expect_conformant("latent_std", post.std, ref.at("latent_std"));
+  for (const auto& [key, t] : ref) {
+    if (key.rfind("inter_enc.", 0) == 0) expect_conformant(key, inter[key.substr(10)], t);
+  }
+  inter.clear();
+  expect_conformant("decoded", vae->decode(ref.at("z"), hook), ref.at("decoded"));
+  for (const auto& [key, t] : ref) {
+    if (key.rfind("inter_dec.", 0) == 0) expect_conformant(key, inter[key.substr(10)], t);
+  }
+  expect_conformant("roundtrip_decoded", vae->decode(ref.at("latent_mean")),
+                    ref.at("roundtrip_decoded"));
+}
+
+INSTANTIATE_TEST_SUITE_P(Shared, VaeConformance, ::testing::Values("sd_tiny", "sd_tiny_inpaint"));
+
+// dit_tiny's VAE is stored with the old attention names (query/key/value/proj_attn); its
+// decode calls in the DiT pipeline reference (batch 2) must match.
+TEST(VaeLegacyKeys, DitTinyVaeDecodes) {
+  const std::string dir = testing::shared_path("conformance/dit_tiny");
+  if (dir.empty()) GTEST_SKIP() << "../shared/conformance is absent";
+  auto vae = models::AutoencoderKL::from_pretrained(dir);  // pipeline folder: finds vae/
+  const auto ref = io::load_safetensors(dir + "/reference/dit_pipeline.safetensors");
+  autograd::NoGradGuard ng;
+  expect_conformant("dit_tiny vae_decode.0", vae->decode(ref.at("vae_decode.0.input")),
+                    ref.at("vae_decode.0.output"));
+}
+
+// A temporary folder holding a VAE config and weights, removed at the end of the test.
+class TempVaeFolder {
+ public:
+  TempVaeFolder() {
+    path_ = std::filesystem::temp_directory_path() /
+            ("stipple_test_vae_" + std::to_string(::getpid()) + "_" + std::to_string(counter_++));
+    std::filesystem::create_directories(path_);
+  }
+  ~TempVaeFolder() { std::filesystem::remove_all(path_); }
+  std::string str() const { return path_.string(); }
+  void write_config(const std::string& text) const { std::ofstream(path_ / "config.json") << text; }
+  void write_weights(const std::map<std::string, Tensor>& t) const {
+    io::save_safetensors((path_ / "diffusion_pytorch_model.safetensors").string(), t);
+  }
+
+ private:
+  static inline int counter_ = 0;
+  std::filesystem::path path_;
+};
+
+std::string read_text(const std::string& path) {
+  std::ifstream f(path);
+  return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+}
+
+// The sd_tiny VAE rewritten with old key names (the encoder's as 1x1-conv 4-D weights, the
+// decoder's as 2-D) loads and gives bit-identical outputs.
+TEST(VaeLegacyKeys, OldNamesAndConvWeightsLoad) {
+  const std::string dir = testing::shared_path("conformance/sd_tiny/vae");
+  if (dir.empty()) GTEST_SKIP() << "../shared/conformance is absent";
+  auto vae = models::AutoencoderKL::from_pretrained(dir);
+  const auto src = io::load_safetensors(dir + "/diffusion_pytorch_model.safetensors");
+  const std::pair<std::string, std::string> renames[] = {{".to_q.", ".query."},
+                                                         {".to_k.", ".key."},
+                                                         {".to_v.", ".value."},
+                                                         {".to_out.0.", ".proj_attn."}};
+  std::map<std::string, Tensor> old;
+  int renamed = 0;
+  for (const auto& [key, t] : src) {
+    std::string k = key;
+    Tensor v = t;
+    for (const auto& [from, to] : renames) {
+      const size_t at = k.find(from);
+      if (at == std::string::npos) continue;
+      k.replace(at, from.size(), to);
+      ++renamed;
+      if (k.rfind("encoder.", 0) == 0 && v.dim() == 2) v = v.reshape({v.size(0), v.size(1), 1, 1});
+    }
+    old[k] = v.contiguous();
+  }
+  ASSERT_EQ(renamed, 16);  // 2 attentions x 4 projections x (weight, bias)
+  TempVaeFolder tmp;
+  tmp.write_config(read_text(dir + "/config.json"));
+  tmp.write_weights(old);
+  auto legacy = models::AutoencoderKL::from_pretrained(tmp.str());
+
+  autograd::NoGradGuard ng;
+  const Tensor z = random_tensor({1, 4, 4, 4}, 99);
+  EXPECT_TENSORS_CLOSE(legacy->decode(z), vae->decode(z), 0.0, 0.0);
+  const Tensor img = random_tensor({1, 3, 8, 8}, 98);
+  EXPECT_TENSORS_CLOSE(legacy->encode(img).mean, vae->encode(img).mean, 0.0, 0.0);
+}
+
+// ---------------- errors ----------------
+
+// Runs fn, expecting a stipple::Error whose message contains every part of `needles`.
+template <typename Fn>
+void expect_error_naming(Fn&& fn, const std::vector<std::string>& needles) {
+  try {
+    fn();
+    ADD_FAILURE() << "no error thrown";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    for (const auto& n : needles) EXPECT_NE(msg.find(n), std::string::npos) << msg;
+  }
+}
+
+TEST(VaeErrors, MissingTensorAndWrongShape) {
+  const std::string dir = testing::shared_path("conformance/sd_tiny/vae");
+  if (dir.empty()) GTEST_SKIP() << "../shared/conformance is absent";
+  const std::string config = read_text(dir + "/config.json");
+  auto weights = io::load_safetensors(dir + "/diffusion_pytorch_model.safetensors");
+  {
+    auto w = weights;
+    w.erase("decoder.up_blocks.1.resnets.0.conv_shortcut.weight");
+    TempVaeFolder tmp;
+    tmp.write_config(config);
+    tmp.write_weights(w);
+    expect_error_naming([&] { models::AutoencoderKL::from_pretrained(tmp.str()); },
+                        {"decoder.up_blocks.1.resnets.0.conv_shortcut.weight", "missing",
+                         "diffusion_pytorch_model.safetensors"});
+  }
+  {
+    auto w = weights;
+    w["encoder.mid_block.attentions.0.to_q.weight"] = Tensor::zeros({64, 32});
+    TempVaeFolder tmp;
+    tmp.write_config(config);
+    tmp.write_weights(w);
+    expect_error_naming([&] { models::AutoencoderKL::from_pretrained(tmp.str()); },
+                        {"encoder.mid_block.attentions.0.to_q.weight", "[64, 32]", "[64, 64]"});
+  }
+  {
+    TempVaeFolder tmp;  // no weights at all
+    tmp.write_config(config);
+    expect_error_naming([&] { models::AutoencoderKL::from_pretrained(tmp.str()); },
+                        {"diffusion_pytorch_model.safetensors"});
+  }
+}
+
+TEST(VaeErrors, BadConfig) {
+  auto cfg = [](const std::string& extra) {
+    return io::JsonConfig(io::parse_json(R"({"block_out_channels": [32, 64], "norm_num_groups": 8,
+            "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+            "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"])" +
+                                             extra + "}",
+                                         "vae/config.json"),
+                          "vae/config.json");
+  };
+  EXPECT_EQ(models::AutoencoderKLConfig::from_json(cfg("")).downscale_factor(), 2);
+  expect_error_naming(
+      [&] { models::AutoencoderKLConfig::from_json(cfg(R"(, "layers_per_block": "two")")); },
+      {"vae/config.json", "layers_per_block"});
+  expect_error_naming(
+      [&] { models::AutoencoderKLConfig::from_json(cfg(R"(, "norm_num_groups": 5)")); },
+      {"vae/config.json", "norm_num_groups"});
+  expect_error_naming(
+      [&] { models::AutoencoderKLConfig::from_json(cfg(R"(, "act_fn": "tanhshrink")")); },
+      {"vae/config.json", "act_fn", "tanhshrink"});
+  expect_error_naming(
+      [&] {
+        models::AutoencoderKLConfig::from_json(cfg(R"(, "block_out_channels": [32, 64, 64])"));
+      },
+      {"vae/config.json", "down_block_types"});
+  expect_error_naming(
+      [&] {
+        models::AutoencoderKLConfig::from_json(
+            cfg(R"(, "up_block_types": ["UpDecoderBlock2D", "SpatialUpBlock"])"));
+      },
+      {"vae/config.json", "up_block_types", "SpatialUpBlock"});
+
+  // A config that diffusers reads with its defaults: shift_factor, latents_mean, no attention.
+  const auto c = models::AutoencoderKLConfig::from_json(
+      cfg(R"(, "shift_factor": 0.0609, "scaling_factor": 1.5305, "mid_block_add_attention": false,
+             "latents_mean": [0.1, 0.2, 0.3, 0.4], "use_quant_conv": false)"));
+  EXPECT_TRUE(c.shift_factor.has_value());
+  EXPECT_EQ(c.latents_mean.size(), 4u);
+  models::AutoencoderKL vae(c);
+  const auto sd = vae.state_dict();
+  EXPECT_EQ(sd.count("quant_conv.weight"), 0u);
+  EXPECT_EQ(sd.count("post_quant_conv.weight"), 1u);
+  EXPECT_EQ(sd.count("encoder.mid_block.attentions.0.to_q.weight"), 0u);
+  EXPECT_EQ(sd.count("encoder.mid_block.resnets.1.conv1.weight"), 1u);
+  // Decoder blocks have layers_per_block + 1 resnets (diffusers' default layers_per_block is 1).
+  EXPECT_EQ(sd.count("decoder.up_blocks.0.resnets.1.conv1.weight"), 1u);
+  EXPECT_EQ(sd.count("decoder.up_blocks.0.resnets.2.conv1.weight"), 0u);
+  EXPECT_EQ(sd.count("encoder.down_blocks.0.resnets.1.conv1.weight"), 0u);
+}
+
+// Attn*Block2D variants build the attentions diffusers names and run end to end.
+TEST(Vae, AttentionBlockVariantsRun) {
+  models::AutoencoderKLConfig c;
+  c.block_out_channels = {8, 16};
+  c.norm_num_groups = 4;
+  c.down_block_types = {"AttnDownEncoderBlock2D", "DownEncoderBlock2D"};
+  c.up_block_types = {"UpDecoderBlock2D", "AttnUpDecoderBlock2D"};
+  models::AutoencoderKL vae(c);
+  randomize(vae, 80);
+  const auto sd = vae.state_dict();
+  EXPECT_EQ(sd.count("encoder.down_blocks.0.attentions.0.to_q.weight"), 1u);
+  EXPECT_EQ(sd.count("decoder.up_blocks.1.attentions.1.group_norm.weight"), 1u);
+  autograd::NoGradGuard ng;
+  const auto post = vae.encode(random_tensor({2, 3, 8, 8}, 81));
+  EXPECT_EQ(post.mean.shape(), (Shape{2, 4, 4, 4}));
+  EXPECT_EQ(vae.decode(post.mean).shape(), (Shape{2, 3, 8, 8}));
 }
 
 }  // namespace

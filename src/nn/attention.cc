@@ -18,8 +18,8 @@ Attention::Attention(const AttentionConfig& config) : config_(config) {
                 "Attention: out_dim and cross_attention_dim must be non-negative");
   if (config_.out_dim > 0) {
     // diffusers: heads = out_dim // dim_head, inner_dim = out_dim.
-    STIPPLE_CHECK(config_.out_dim % config_.dim_head == 0, "Attention: out_dim ",
-                  config_.out_dim, " is not a multiple of dim_head ", config_.dim_head);
+    STIPPLE_CHECK(config_.out_dim % config_.dim_head == 0, "Attention: out_dim ", config_.out_dim,
+                  " is not a multiple of dim_head ", config_.dim_head);
     heads_ = config_.out_dim / config_.dim_head;
     inner_dim_ = config_.out_dim;
     out_dim_ = config_.out_dim;
@@ -41,12 +41,12 @@ Attention::Attention(const AttentionConfig& config) : config_(config) {
 
   // Registration order follows diffusers' __init__: group_norm, to_q, to_k, to_v, to_out.
   if (config_.norm_num_groups > 0) {
-    group_norm_ = register_module("group_norm",
-                                  std::make_shared<GroupNorm>(config_.norm_num_groups,
-                                                              config_.query_dim, config_.eps));
+    group_norm_ = register_module(
+        "group_norm",
+        std::make_shared<GroupNorm>(config_.norm_num_groups, config_.query_dim, config_.eps));
   }
-  to_q_ = register_module("to_q", std::make_shared<Linear>(config_.query_dim, inner_dim_,
-                                                            config_.bias));
+  to_q_ = register_module("to_q",
+                          std::make_shared<Linear>(config_.query_dim, inner_dim_, config_.bias));
   to_k_ = register_module("to_k", std::make_shared<Linear>(kv_dim, inner_dim_, config_.bias));
   to_v_ = register_module("to_v", std::make_shared<Linear>(kv_dim, inner_dim_, config_.bias));
   auto to_out = register_module("to_out", std::make_shared<ModuleList>());
@@ -55,8 +55,8 @@ Attention::Attention(const AttentionConfig& config) : config_(config) {
 
 Tensor Attention::forward(const Tensor& x, const Tensor& encoder_hidden_states,
                           const Tensor& attention_mask) const {
-  STIPPLE_CHECK(x.dim() == 3 || x.dim() == 4, "Attention: input must be [B, C, H, W] or [B, L, C],"
-                " got ", x.describe());
+  STIPPLE_CHECK(x.dim() == 3 || x.dim() == 4,
+                "Attention: input must be [B, C, H, W] or [B, L, C], got ", x.describe());
   const bool spatial = x.dim() == 4;
   const int64_t b = x.size(0);
   const int64_t c = spatial ? x.size(1) : x.size(2);
@@ -70,12 +70,12 @@ Tensor Attention::forward(const Tensor& x, const Tensor& encoder_hidden_states,
   if (spatial) {
     height = x.size(2);
     width = x.size(3);
-    Tensor xn = group_norm_ ? group_norm_->forward(x) : x;            // [B, C, H, W]
-    h = xn.reshape({b, c, height * width}).transpose(1, 2);             // [B, HW, C]
+    Tensor xn = group_norm_ ? group_norm_->forward(x) : x;   // [B, C, H, W]
+    h = xn.reshape({b, c, height * width}).transpose(1, 2);  // [B, HW, C]
   } else if (group_norm_) {
-    h = group_norm_->forward(x.transpose(1, 2)).transpose(1, 2);       // [B, L, C]
+    h = group_norm_->forward(x.transpose(1, 2)).transpose(1, 2);  // [B, L, C]
   } else {
-    h = x;                                                              // [B, L, C]
+    h = x;  // [B, L, C]
   }
   const int64_t lq = h.size(1);
 
@@ -86,22 +86,24 @@ Tensor Attention::forward(const Tensor& x, const Tensor& encoder_hidden_states,
   const int64_t lk = ctx.size(1);
   const int64_t d = config_.dim_head;
 
-  const Tensor q = to_q_->forward(h).reshape({b, lq, heads_, d}).transpose(1, 2);    // [B, h, Lq, d]
-  const Tensor k = to_k_->forward(ctx).reshape({b, lk, heads_, d}).transpose(1, 2);  // [B, h, Lk, d]
-  const Tensor v = to_v_->forward(ctx).reshape({b, lk, heads_, d}).transpose(1, 2);  // [B, h, Lk, d]
+  // Heads split from the inner dim: [B, L, h*d] -> [B, h, L, d].
+  const Tensor q = to_q_->forward(h).reshape({b, lq, heads_, d}).transpose(1, 2);    // [B,h,Lq,d]
+  const Tensor k = to_k_->forward(ctx).reshape({b, lk, heads_, d}).transpose(1, 2);  // [B,h,Lk,d]
+  const Tensor v = to_v_->forward(ctx).reshape({b, lk, heads_, d}).transpose(1, 2);  // [B,h,Lk,d]
 
   Tensor mask;
   if (attention_mask.defined()) {
     const Tensor& m = attention_mask;
     STIPPLE_CHECK(m.dim() >= 2 && m.dim() <= 4 && m.size(-1) == lk && m.size(0) == b,
-                  "Attention: attention_mask ", m.describe(), " must be [B, Lk], [B, Lq, Lk] or"
-                  " [B, heads, Lq, Lk] with B = ", b, ", Lk = ", lk);
+                  "Attention: attention_mask ", m.describe(),
+                  " must be [B, Lk], [B, Lq, Lk] or [B, heads, Lq, Lk] with B = ", b,
+                  ", Lk = ", lk);
     if (m.dim() == 2) {
       mask = m.reshape({b, 1, 1, lk});  // [B, 1, 1, Lk]
     } else if (m.dim() == 3) {
-      mask = m.unsqueeze(1);            // [B, 1, Lq|1, Lk]
+      mask = m.unsqueeze(1);  // [B, 1, Lq|1, Lk]
     } else {
-      mask = m;                         // [B, heads|1, Lq|1, Lk]
+      mask = m;  // [B, heads|1, Lq|1, Lk]
     }
   }
 
@@ -109,9 +111,9 @@ Tensor Attention::forward(const Tensor& x, const Tensor& encoder_hidden_states,
   o = o.transpose(1, 2).reshape({b, lq, inner_dim_});                   // [B, Lq, h*d]
   o = to_out_->forward(o);                                              // [B, Lq, out_dim]
   if (spatial) {
-    o = o.transpose(1, 2).reshape({b, out_dim_, height, width});        // [B, out, H, W]
+    o = o.transpose(1, 2).reshape({b, out_dim_, height, width});  // [B, out, H, W]
   }
-  if (config_.residual_connection) o = o + residual;                    // [B, out, H, W] | [B, L, out]
+  if (config_.residual_connection) o = o + residual;  // [B, out, H, W] | [B, L, out]
   if (config_.rescale_output_factor != 1.0f) o = o / config_.rescale_output_factor;
   return o;
 }

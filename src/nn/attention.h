@@ -37,8 +37,8 @@ struct AttentionConfig {
   int64_t cross_attention_dim = 0;  // channels of encoder_hidden_states; 0: query_dim
   int64_t heads = 8;
   int64_t dim_head = 64;
-  int64_t out_dim = 0;  // 0: query_dim. When set, heads = out_dim / dim_head (as diffusers)
-  bool bias = false;    // to_q, to_k, to_v
+  int64_t out_dim = 0;   // 0: query_dim. When set, heads = out_dim / dim_head (as diffusers)
+  bool bias = false;     // to_q, to_k, to_v
   bool out_bias = true;  // to_out.0
   bool upcast_attention = false;  // accepted; computed in f32 regardless
   bool upcast_softmax = false;    // accepted; computed in f32 regardless

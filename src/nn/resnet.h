@@ -12,9 +12,9 @@
 // everything here either accepts that layout (conv, group_norm, activations, add) or reorders.
 //
 // Leaves out: FIR/Kaiming up/down kernels (`kernel="fir"|"sde_vp"`, score-SDE models),
-// ConvTranspose upsampling, Upsample2D's explicit output_size other than 2x (diffusers uses it
-// when a UNet input is not a multiple of the total downscale), norm_type ln_norm/rms_norm in the
-// resamplers, the "ada_group"/"spatial" time-embedding norms (ResnetBlockCondNorm2D), and
+// ConvTranspose upsampling, Upsample2D's explicit output_size other than 2x or 2x - 1 (the sizes
+// a UNet input that is not a multiple of the total downscale gives), norm_type ln_norm/rms_norm
+// in the resamplers, the "ada_group"/"spatial" time-embedding norms (ResnetBlockCondNorm2D), and
 // dropout (inference has none; the blocks are trained here with dropout 0).
 #pragma once
 
@@ -30,21 +30,21 @@ namespace stipple::nn {
 
 // Constructor arguments of diffusers' ResnetBlock2D (same names and defaults).
 struct ResnetBlock2DConfig {
-  int64_t in_channels = 0;       // required
-  int64_t out_channels = 0;      // 0: in_channels
-  int64_t temb_channels = 512;   // 0: no time_emb_proj (the VAE passes None)
+  int64_t in_channels = 0;      // required
+  int64_t out_channels = 0;     // 0: in_channels
+  int64_t temb_channels = 512;  // 0: no time_emb_proj (the VAE passes None)
   int64_t groups = 32;
-  int64_t groups_out = 0;        // 0: groups
+  int64_t groups_out = 0;  // 0: groups
   float eps = 1e-6f;
   std::string non_linearity = "swish";  // a name nn/activations.h knows
-  bool skip_time_act = false;    // true: temb enters time_emb_proj without the activation
+  bool skip_time_act = false;           // true: temb enters time_emb_proj without the activation
   std::string time_embedding_norm = "default";  // "default" (add) or "scale_shift"
   float output_scale_factor = 1.0f;
-  int use_in_shortcut = -1;      // -1: in_channels != conv2 output channels; 0/1 forces it
+  int use_in_shortcut = -1;  // -1: in_channels != conv2 output channels; 0/1 forces it
   bool conv_shortcut_bias = true;
   int64_t conv_2d_out_channels = 0;  // 0: out_channels
-  bool up = false;    // nearest 2x of both branches after norm1/act (no kernel)
-  bool down = false;  // 2x2 average pooling of both branches after norm1/act
+  bool up = false;                   // nearest 2x of both branches after norm1/act (no kernel)
+  bool down = false;                 // 2x2 average pooling of both branches after norm1/act
 };
 
 class ResnetBlock2D : public Module {
@@ -100,8 +100,8 @@ class Upsample2D : public Module {
              bool bias = true);
   std::string type_name() const override { return "Upsample2D"; }
 
-  // x [B, C, H, W] -> [B, out, 2H, 2W]. `output_h`/`output_w` (diffusers' output_size) are
-  // accepted only when they equal 2H and 2W; other sizes are refused with an error.
+  // x [B, C, H, W] -> [B, out, 2H, 2W]. `output_h`/`output_w` (diffusers' output_size; 0: 2x)
+  // may be 2H - 1 / 2W - 1 (nearest to that size = 2x then crop); other sizes are refused.
   Tensor forward(const Tensor& x, int64_t output_h = 0, int64_t output_w = 0) const;
   Tensor operator()(const Tensor& x) const { return forward(x); }
 
