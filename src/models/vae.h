@@ -157,7 +157,8 @@ class AutoencoderKL : public nn::Module {
   // names them in errors.
   void load_checkpoint(std::map<std::string, Tensor> state, const std::string& source = "");
 
-  // image [B, in_channels, H, W] (in [-1, 1]; H and W multiples of downscale_factor()).
+  // image [B, in_channels, H, W] in [-1, 1] -> posterior [B, latent, h, w]; H and W that are
+  // multiples of downscale_factor() give h = H / f (other sizes round as diffusers does).
   DiagonalGaussian encode(const Tensor& image, const IntermediateHook& hook = nullptr) const;
   // z [B, latent_channels, h, w] (already divided by scaling_factor) -> [B, out, h*f, w*f],
   // plain layout.
