@@ -21,6 +21,7 @@
 #include "ops/ops.h"
 #include "schedulers/scheduler.h"
 #include "train/plot.h"
+#include "train/train_dit.h"
 #include "train/trainer.h"
 
 namespace stipple::train {
@@ -370,6 +371,74 @@ TEST(Plot, LossCurveDrawsAxesAndLines) {
   EXPECT_GT(axis, 1000);      // axes, ticks and labels
   const io::Image empty = plot_loss_curve({}, {});
   EXPECT_EQ(empty.width, 720);
+}
+
+// The same resume check on a tiny DiT (the real model of `stipple train`), and its checkpoint and
+// export loading through DiTTransformer2DModel::from_pretrained.
+TEST(TrainDiT, ResumeIsBitExactAndCheckpointsLoad) {
+  TrainConfig c = tiny_config(temp_dir("dit_a"));
+  c.depth = 1;
+  c.width = 16;
+  c.heads = 2;
+  c.patch = 4;
+  c.learned_sigma = true;
+  c.steps = 4;
+  c.checkpoint_every = 2;
+  c.sample_every = 0;
+  const Data d = make_data();
+  const std::vector<std::string> names = {"left", "top"};
+  auto make = [&](const TrainConfig& cfg) {
+    return std::make_unique<Trainer>(cfg,
+                                     std::make_unique<DiTDenoiser>(dit_config_for(cfg, 1, 8, 2)),
+                                     d.images, d.labels, names);
+  };
+  auto a = make(c);
+  a->run();
+  TrainConfig cb = c;
+  cb.out_dir = temp_dir("dit_b");
+  cb.steps = 4;
+  {
+    auto b1 = make(cb);
+    TrainCallbacks stop;
+    stop.should_stop = [&] { return b1->step() == 1; };
+    b1->run(stop);
+    ASSERT_EQ(b1->step(), 1);
+  }
+  auto b = make(cb);
+  b->resume(cb.out_dir + "/latest");
+  b->run();
+  for (size_t i = 0; i < a->params().size(); ++i) {
+    EXPECT_TRUE(bits_equal(a->params()[i], b->params()[i])) << "parameter " << i;
+    EXPECT_TRUE(bits_equal(a->ema().shadow_params()[i], b->ema().shadow_params()[i]))
+        << "EMA of parameter " << i;
+  }
+  // The checkpoint and the f16 export load as diffusers folders.
+  auto loaded = models::DiTTransformer2DModel::from_pretrained(c.out_dir + "/latest/transformer");
+  EXPECT_EQ(loaded->config().output_channels(), 2);
+  EXPECT_EQ(loaded->config().num_embeds_ada_norm, 2);
+  const auto named = loaded->named_parameters();
+  for (size_t i = 0; i < named.size(); ++i)
+    EXPECT_TRUE(bits_equal(named[i].second, a->ema().shadow_params()[i])) << named[i].first;
+  auto half = models::DiTTransformer2DModel::from_pretrained(c.out_dir + "/export/transformer");
+  EXPECT_EQ(half->config().sample_size, 8);
+  const Tensor x = Tensor::zeros({2, 1, 8, 8});
+  const Tensor t = Tensor::from_vector_i64({10, 500}, {2});
+  const Tensor y = Tensor::from_vector_i64({0, 2}, {2});
+  EXPECT_EQ(half->forward(x, t, y).shape(), (Shape{2, 2, 8, 8}));
+}
+
+TEST(TrainDiT, ConfigErrors) {
+  TrainConfig c;
+  c.patch = 3;
+  const std::string msg = error_of([&] { dit_config_for(c, 1, 32, 10); });
+  EXPECT_NE(msg.find("patch size 3"), std::string::npos) << msg;
+  c = TrainConfig();
+  c.data_dir = "/nonexistent/fashion";
+  const std::string data = error_of([&] { load_training_data(c); });
+  EXPECT_NE(data.find("/nonexistent/fashion"), std::string::npos) << data;
+  c.data = "cifar";
+  EXPECT_NE(error_of([&] { load_training_data(c); }).find("unknown data set 'cifar'"),
+            std::string::npos);
 }
 
 // Removes this process's temporary folders at the end.
