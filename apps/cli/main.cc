@@ -12,6 +12,7 @@
 #include "progress.h"
 #include "schedulers/conformance.h"
 #include "train/demo.h"
+#include "train_command.h"
 
 namespace {
 
@@ -128,6 +129,8 @@ int main(int argc, char** argv) {
       "error relative to max(1, max|ref|) with PASS/FAIL; exits 1 if any case fails.");
   conformance_cmd->add_option("dir", conformance_dir, "conformance folder")->required();
 
+  stipple::cli::TrainCommand train_cmd(app);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -137,6 +140,7 @@ int main(int argc, char** argv) {
     if (*demo_cmd) return run_demo_command(demo, demo_out, quiet);
     if (*info_cmd) return run_info_command(info_path);
     if (*conformance_cmd) return run_conformance_command(conformance_dir);
+    if (train_cmd.selected()) return train_cmd.run();
   } catch (const stipple::Error& e) {
     std::fprintf(stderr, "stipple: error: %s\n", e.what());
     return 1;

@@ -20,7 +20,7 @@ nlohmann::json DiTDenoiser::config_json() const {
           {"in_channels", c.in_channels},
           {"out_channels", c.output_channels()},
           {"num_layers", c.num_layers},
-          {"dropout", c.dropout},
+          {"dropout", json_float(c.dropout)},
           {"norm_num_groups", 32},
           {"attention_bias", c.attention_bias},
           {"sample_size", c.sample_size},
@@ -30,7 +30,7 @@ nlohmann::json DiTDenoiser::config_json() const {
           {"upcast_attention", c.upcast_attention},
           {"norm_type", c.norm_type},
           {"norm_elementwise_affine", c.norm_elementwise_affine},
-          {"norm_eps", c.norm_eps}};
+          {"norm_eps", json_float(c.norm_eps)}};
 }
 
 models::DiTConfig dit_config_for(const TrainConfig& t, int64_t channels, int64_t image_size,

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -60,6 +61,15 @@ std::string bucket_name(int b, int T) {
 
 // ---------------- TrainConfig ----------------
 
+double json_float(float f) {
+  char buf[32];
+  for (int precision = 6; precision <= 9; ++precision) {
+    std::snprintf(buf, sizeof buf, "%.*g", precision, static_cast<double>(f));
+    if (static_cast<float>(std::strtod(buf, nullptr)) == f) break;
+  }
+  return std::strtod(buf, nullptr);
+}
+
 json TrainConfig::to_json() const {
   return json{{"data", data},
               {"data_dir", data_dir},
@@ -72,15 +82,15 @@ json TrainConfig::to_json() const {
               {"learned_sigma", learned_sigma},
               {"steps", steps},
               {"batch_size", batch_size},
-              {"lr", lr},
+              {"lr", json_float(lr)},
               {"warmup", warmup},
               {"lr_schedule", lr_schedule},
-              {"min_lr_ratio", min_lr_ratio},
-              {"weight_decay", weight_decay},
-              {"grad_clip", grad_clip},
-              {"ema_decay", ema_decay},
-              {"label_drop_prob", label_drop_prob},
-              {"snr_gamma", snr_gamma},
+              {"min_lr_ratio", json_float(min_lr_ratio)},
+              {"weight_decay", json_float(weight_decay)},
+              {"grad_clip", json_float(grad_clip)},
+              {"ema_decay", json_float(ema_decay)},
+              {"label_drop_prob", json_float(label_drop_prob)},
+              {"snr_gamma", json_float(snr_gamma)},
               {"prediction_type", prediction_type},
               {"num_train_timesteps", num_train_timesteps},
               {"beta_schedule", beta_schedule},
@@ -90,7 +100,7 @@ json TrainConfig::to_json() const {
               {"keep_checkpoints", keep_checkpoints},
               {"sample_steps", sample_steps},
               {"samples_per_class", samples_per_class},
-              {"sample_cfg", sample_cfg},
+              {"sample_cfg", json_float(sample_cfg)},
               {"export_f16", export_f16},
               {"seed", seed},
               {"out_dir", out_dir}};

@@ -110,6 +110,10 @@ struct TrainConfig {
   void validate() const;
 };
 
+// A float as the shortest decimal that reads back as the same float (for JSON: 3e-4f is written
+// 0.0003, not 0.0003000000142492354).
+double json_float(float f);
+
 // Learning rate at optimizer step `step` (0-based): linear warm-up over `warmup` steps, then
 // cosine decay to min_lr_ratio * lr at `steps`, or constant.
 float learning_rate(const TrainConfig& config, int64_t step);

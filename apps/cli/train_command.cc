@@ -1,0 +1,238 @@
+#include "train_command.h"
+
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+
+#include "core/error.h"
+#include "progress.h"
+#include "train/train_dit.h"
+
+namespace stipple::cli {
+namespace {
+
+std::atomic<bool> g_stop{false};
+
+extern "C" void on_sigint(int) {
+  // The first Ctrl-C stops after the current step with a checkpoint; a second one kills.
+  g_stop = true;
+  std::signal(SIGINT, SIG_DFL);
+}
+
+// How each flag that maps to a TrainConfig key behaves on --resume.
+enum class OnResume {
+  kFixed,         // fixes the model, the data or their order: must equal the checkpoint's
+  kOptimisation,  // taken, but the run then differs from an uninterrupted one
+  kRun            // taken (cadence, outputs)
+};
+struct FlagKey {
+  const char* flag;
+  const char* key;
+  OnResume kind;
+};
+constexpr FlagKey kFlags[] = {
+    {"--depth", "depth", OnResume::kFixed},
+    {"--width", "width", OnResume::kFixed},
+    {"--heads", "heads", OnResume::kFixed},
+    {"--patch", "patch", OnResume::kFixed},
+    {"--learned-sigma", "learned_sigma", OnResume::kFixed},
+    {"--batch-size", "batch_size", OnResume::kFixed},
+    {"--seed", "seed", OnResume::kFixed},
+    {"--no-pad", "pad_to_32", OnResume::kFixed},
+    {"--hflip", "hflip", OnResume::kFixed},
+    {"--prediction", "prediction_type", OnResume::kFixed},
+    {"--beta-schedule", "beta_schedule", OnResume::kFixed},
+    {"--timesteps", "num_train_timesteps", OnResume::kFixed},
+    {"--data", "data", OnResume::kFixed},
+    {"--steps", "steps", OnResume::kOptimisation},
+    {"--lr", "lr", OnResume::kOptimisation},
+    {"--warmup", "warmup", OnResume::kOptimisation},
+    {"--lr-schedule", "lr_schedule", OnResume::kOptimisation},
+    {"--min-lr-ratio", "min_lr_ratio", OnResume::kOptimisation},
+    {"--weight-decay", "weight_decay", OnResume::kOptimisation},
+    {"--grad-clip", "grad_clip", OnResume::kOptimisation},
+    {"--ema-decay", "ema_decay", OnResume::kOptimisation},
+    {"--label-drop", "label_drop_prob", OnResume::kOptimisation},
+    {"--snr-gamma", "snr_gamma", OnResume::kOptimisation},
+    {"--data-dir", "data_dir", OnResume::kRun},
+    {"--checkpoint-every", "checkpoint_every", OnResume::kRun},
+    {"--sample-every", "sample_every", OnResume::kRun},
+    {"--log-every", "log_every", OnResume::kRun},
+    {"--keep-checkpoints", "keep_checkpoints", OnResume::kRun},
+    {"--sample-steps", "sample_steps", OnResume::kRun},
+    {"--samples-per-class", "samples_per_class", OnResume::kRun},
+    {"--cfg", "sample_cfg", OnResume::kRun},
+};
+
+}  // namespace
+
+TrainCommand::TrainCommand(CLI::App& app) {
+  train::TrainConfig& c = config_;
+  cmd_ = app.add_subcommand(
+      "train",
+      "Train a class-conditional DiT from scratch on Fashion-MNIST (28x28 framed to 32x32). "
+      "Writes OUT/checkpoint-<step>/ (diffusers layout: EMA weights, scheduler, plus "
+      "training_state.safetensors), OUT/latest, OUT/log.csv, OUT/loss.png, OUT/samples/ (a row "
+      "per class) and, at the end, OUT/export/ (f16 weights). --resume continues a run exactly; "
+      "Ctrl-C stops with a checkpoint.");
+  cmd_->add_option("--data", c.data, "data set")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"fashion-mnist"}));
+  cmd_->add_option("--data-dir", c.data_dir, "folder with the *-idx?-ubyte.gz files")
+      ->capture_default_str();
+  cmd_->add_option("--out", c.out_dir, "output folder (default on --resume: the run's folder)")
+      ->capture_default_str();
+  cmd_->add_option("--resume", resume_,
+                   "continue from a checkpoint folder (OUT/latest or OUT/checkpoint-<step>)");
+  // model
+  cmd_->add_option("--depth", c.depth, "DiT blocks")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
+  cmd_->add_option("--width", c.width, "hidden size (a multiple of --heads)")
+      ->capture_default_str()
+      ->check(CLI::Range(8, 4096));
+  cmd_->add_option("--heads", c.heads, "attention heads")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
+  cmd_->add_option("--patch", c.patch, "patch size (divides 32: 2, 4 or 8)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 32));
+  cmd_->add_flag("--learned-sigma", c.learned_sigma,
+                 "2x output channels as the released DiTs (the extra ones are not trained)");
+  cmd_->add_flag("--no-pad", no_pad_, "train on 28x28 (patch must divide 28)");
+  cmd_->add_flag("--hflip", c.hflip, "random horizontal flips");
+  // optimisation
+  cmd_->add_option("--steps", c.steps, "optimizer steps")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{0}, int64_t{100000000}));
+  cmd_->add_option("--batch-size", c.batch_size, "images per step")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 65536));
+  cmd_->add_option("--lr", c.lr, "peak learning rate (AdamW)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd_->add_option("--warmup", c.warmup, "linear warm-up steps")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd_->add_option("--lr-schedule", c.lr_schedule, "after warm-up")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"cosine", "constant"}));
+  cmd_->add_option("--min-lr-ratio", c.min_lr_ratio, "cosine ends at this fraction of --lr")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
+  cmd_->add_option("--weight-decay", c.weight_decay, "AdamW's decoupled weight decay")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd_->add_option("--grad-clip", c.grad_clip, "max global gradient norm (0: off)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd_->add_option("--ema-decay", c.ema_decay, "EMA of the weights (warmed up as diffusers)")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 0.999999));
+  cmd_->add_option("--label-drop", c.label_drop_prob,
+                   "probability of the null class, for classifier-free guidance")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 0.99));
+  cmd_->add_option("--snr-gamma", c.snr_gamma, "min-SNR-gamma loss weights (0: off; 5 usual)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd_->add_option("--prediction", c.prediction_type, "what the model predicts")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"epsilon", "v_prediction"}));
+  cmd_->add_option("--beta-schedule", c.beta_schedule, "noise schedule")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"linear", "squaredcos_cap_v2"}));
+  cmd_->add_option("--timesteps", c.num_train_timesteps, "T, training noise levels")
+      ->capture_default_str()
+      ->check(CLI::Range(10, 100000));
+  // cadence and outputs
+  cmd_->add_option("--checkpoint-every", c.checkpoint_every, "steps between checkpoints")
+      ->capture_default_str();
+  cmd_->add_option("--sample-every", c.sample_every, "steps between sample grids (0: at the end)")
+      ->capture_default_str();
+  cmd_->add_option("--log-every", c.log_every, "steps per log.csv row and loss.png update")
+      ->capture_default_str();
+  cmd_->add_option("--keep-checkpoints", c.keep_checkpoints, "newest kept (0: all)")
+      ->capture_default_str();
+  cmd_->add_option("--sample-steps", c.sample_steps, "DDIM steps for the grids")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
+  cmd_->add_option("--samples-per-class", c.samples_per_class, "grid columns")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
+  cmd_->add_option("--cfg", c.sample_cfg, "classifier-free guidance scale for the grids")
+      ->capture_default_str();
+  cmd_->add_option("--seed", c.seed, "weights, data order, noise")->capture_default_str();
+  cmd_->add_flag("--quiet,-q", quiet_, "no progress bar or messages");
+}
+
+train::TrainConfig TrainCommand::resume_config() const {
+  const train::TrainConfig saved = train::Trainer::read_checkpoint_config(resume_);
+  const nlohmann::json given = config_.to_json(), kept = saved.to_json();
+  nlohmann::json merged = kept;
+  bool changes_optimisation = false;
+  for (const FlagKey& f : kFlags) {
+    if (cmd_->count(f.flag) == 0 || given[f.key] == kept[f.key]) continue;
+    STIPPLE_CHECK(f.kind != OnResume::kFixed, "cannot change ", f.flag,
+                  " when resuming: the checkpoint was trained with ", f.key, " = ",
+                  kept[f.key].dump(), " (start a new run with another --out instead)");
+    if (f.kind == OnResume::kOptimisation) changes_optimisation = true;
+    merged[f.key] = given[f.key];
+  }
+  // The run's folder: --out, else the folder that holds the checkpoint.
+  merged["out_dir"] = cmd_->count("--out")
+                          ? config_.out_dir
+                          : std::filesystem::canonical(resume_).parent_path().string();
+  if (changes_optimisation && !quiet_)
+    std::fprintf(stderr,
+                 "note: optimisation flags differ from the checkpoint's; the resumed run will "
+                 "not match an uninterrupted one\n");
+  return train::TrainConfig::from_json(merged, "resumed training config");
+}
+
+int TrainCommand::run() {
+  config_.pad_to_32 = !no_pad_;
+  const train::TrainConfig config = resume_.empty() ? config_ : resume_config();
+
+  std::unique_ptr<ProgressBar> bar;
+  int64_t first_step = -1;
+  train::TrainCallbacks cb;
+  cb.progress = [&](const train::TrainProgress& p) {
+    if (!bar) {
+      first_step = p.step - 1;
+      const std::string label =
+          first_step > 0 ? str_cat("training (from step ", first_step, ")") : "training";
+      bar = std::make_unique<ProgressBar>(label, static_cast<int>(p.total - first_step), !quiet_);
+    }
+    char note[64];
+    std::snprintf(note, sizeof note, "loss %.4f, lr %.2e", p.loss, p.lr);
+    bar->update(static_cast<int>(p.step - first_step), note);
+  };
+  cb.message = [&](const std::string& m) {
+    if (!quiet_) std::fprintf(stderr, "\r\033[K%s\n", m.c_str());
+  };
+  cb.should_stop = [] { return g_stop.load(); };
+  g_stop = false;
+  std::signal(SIGINT, on_sigint);
+  const std::unique_ptr<train::Trainer> trainer = train::train_dit(config, resume_, cb);
+  std::signal(SIGINT, SIG_DFL);
+  if (bar) bar->finish();
+
+  const train::TrainConfig& c = trainer->config();
+  const int64_t params = trainer->model().module().num_parameters();
+  std::printf(
+      "%s at step %lld of %lld: DiT depth %d, width %d, heads %d, patch %d (%.2fM "
+      "parameters)\n",
+      g_stop ? "stopped" : "finished", static_cast<long long>(trainer->step()),
+      static_cast<long long>(c.steps), c.depth, c.width, c.heads, c.patch, params / 1e6);
+  std::printf("checkpoint: %s/latest (resume with --resume %s/latest)\n", c.out_dir.c_str(),
+              c.out_dir.c_str());
+  std::printf("logs: %s/log.csv, %s/loss.png; samples: %s/samples/\n", c.out_dir.c_str(),
+              c.out_dir.c_str(), c.out_dir.c_str());
+  if (!g_stop && c.export_f16) std::printf("export (f16): %s/export\n", c.out_dir.c_str());
+  return 0;
+}
+
+}  // namespace stipple::cli
