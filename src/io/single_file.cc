@@ -1,0 +1,732 @@
+// Single-file (CompVis-named) Stable Diffusion checkpoints: detection, the key table, loading.
+// See single_file.h.
+#include "io/single_file.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <set>
+#include <utility>
+
+#include "core/error.h"
+#include "io/json.h"
+
+namespace stipple::io {
+
+namespace {
+
+using models::AutoencoderKLConfig;
+using models::UNet2DConditionConfig;
+
+const std::string kUNetPrefix = "model.diffusion_model.";
+const std::string kVAEPrefix = "first_stage_model.";
+const std::string kClipPrefix = "cond_stage_model.transformer.text_model.";
+const std::string kOpenClipPrefix = "cond_stage_model.model.";
+
+bool starts_with(const std::string& s, const std::string& p) { return s.rfind(p, 0) == 0; }
+
+// Leaf renames (CompVis, diffusers) applied to the rest of a key after its rule's prefix.
+const std::vector<std::pair<std::string, std::string>>& leaf_table(KeyKind kind) {
+  static const std::vector<std::pair<std::string, std::string>> kNone;
+  static const std::vector<std::pair<std::string, std::string>> kUNetResnet = {
+      {"in_layers.0", "norm1"},          {"in_layers.2", "conv1"},
+      {"emb_layers.1", "time_emb_proj"}, {"out_layers.0", "norm2"},
+      {"out_layers.3", "conv2"},         {"skip_connection", "conv_shortcut"}};
+  static const std::vector<std::pair<std::string, std::string>> kVAEResnet = {
+      {"norm1", "norm1"}, {"conv1", "conv1"}, {"norm2", "norm2"},
+      {"conv2", "conv2"}, {"nin_shortcut", "conv_shortcut"}};
+  static const std::vector<std::pair<std::string, std::string>> kVAEAttention = {
+      {"norm", "group_norm"}, {"q", "to_q"}, {"k", "to_k"}, {"v", "to_v"},
+      {"proj_out", "to_out.0"}};
+  switch (kind) {
+    case KeyKind::kUNetResnet: return kUNetResnet;
+    case KeyKind::kVAEResnet: return kVAEResnet;
+    case KeyKind::kVAEAttention: return kVAEAttention;
+    case KeyKind::kSame: break;
+  }
+  return kNone;
+}
+
+// Renames `rest` (the key after the rule prefix and its '.') by the kind's leaf table; false when
+// the leaf is not in it. `to_diffusers` picks the direction.
+bool rename_leaf(KeyKind kind, const std::string& rest, bool to_diffusers, std::string* out) {
+  if (kind == KeyKind::kSame) {
+    *out = rest;
+    return true;
+  }
+  for (const auto& [cv, df] : leaf_table(kind)) {
+    const std::string& from = to_diffusers ? cv : df;
+    const std::string& to = to_diffusers ? df : cv;
+    if (starts_with(rest, from + ".")) {
+      *out = to + rest.substr(from.size());
+      return true;
+    }
+  }
+  return false;
+}
+
+// The rule whose prefix is the longest dotted prefix of `key`, from an index prefix -> rule.
+const KeyRule* find_rule(const std::map<std::string, const KeyRule*>& index, const std::string& key,
+                         std::string* rest) {
+  for (size_t pos = key.rfind('.'); pos != std::string::npos && pos > 0;
+       pos = key.rfind('.', pos - 1)) {
+    auto it = index.find(key.substr(0, pos));
+    if (it != index.end()) {
+      *rest = key.substr(pos + 1);
+      return it->second;
+    }
+  }
+  return nullptr;
+}
+
+// "found 1131 tensors: model.diffusion_model.* (686), first_stage_model.* (248), ..."
+std::string describe_found(const SafetensorsFile& file) {
+  std::map<std::string, int64_t> groups;
+  for (const auto& [name, e] : file.entries()) {
+    size_t dot = name.find('.');
+    if (starts_with(name, "cond_stage_model.") || starts_with(name, "conditioner.")) {
+      const size_t second = name.find('.', dot + 1);
+      if (second != std::string::npos) dot = second;
+    }
+    groups[dot == std::string::npos ? name : name.substr(0, dot) + ".*"]++;
+  }
+  std::string s = str_cat("found ", file.size(), " tensors");
+  int shown = 0;
+  for (const auto& [g, n] : groups) {
+    s += str_cat(shown == 0 ? ": " : ", ", g, " (", n, ")");
+    if (++shown == 10) {
+      s += ", ...";
+      break;
+    }
+  }
+  return s;
+}
+
+// Keys inside a component's prefix that no model holds (ignored on load, counted as "other").
+bool is_ignored_key(const std::string& name) {
+  return starts_with(name, kVAEPrefix + "loss.") ||
+         name == "cond_stage_model.transformer.text_model.embeddings.position_ids" ||
+         name == "cond_stage_model.transformer.embeddings.position_ids" ||
+         name == kOpenClipPrefix + "logit_scale" || name == kOpenClipPrefix + "text_projection" ||
+         name == kOpenClipPrefix + "attn_mask";
+}
+
+// Older SD 1.x files name the CLIP tower without "text_model." (transformers < 4.17).
+std::string canonical_name(const std::string& name) {
+  static const std::string kOld = "cond_stage_model.transformer.";
+  if (starts_with(name, kOld) && !starts_with(name, kClipPrefix)) {
+    return kClipPrefix + name.substr(kOld.size());
+  }
+  return name;
+}
+
+std::string component_of(const std::string& canonical) {
+  if (is_ignored_key(canonical)) return "other";
+  if (starts_with(canonical, kUNetPrefix)) return "unet";
+  if (starts_with(canonical, kVAEPrefix)) return "vae";
+  if (starts_with(canonical, kClipPrefix) || starts_with(canonical, kOpenClipPrefix)) {
+    return "text_encoder";
+  }
+  return "other";
+}
+
+// Canonical name -> entry, over the whole file.
+class Header {
+ public:
+  explicit Header(const SafetensorsFile& file) : file_(file) {
+    for (const auto& [name, e] : file.entries()) canon_[canonical_name(name)] = name;
+  }
+  bool has(const std::string& n) const { return canon_.count(n) > 0; }
+  const Shape& shape(const std::string& n) const {
+    auto it = canon_.find(n);
+    STIPPLE_CHECK(it != canon_.end(), file_.path(), ": no tensor ", n);
+    return file_.shape(it->second);
+  }
+  int64_t dim(const std::string& n, size_t d) const {
+    const Shape& s = shape(n);
+    STIPPLE_CHECK(d < s.size(), file_.path(), ": tensor ", n, " has shape ", shape_str(s),
+                  ", expected at least ", d + 1, " dimensions");
+    return s[d];
+  }
+  // Counts i = 0, 1, ... while has(prefix + i + suffix).
+  int64_t count(const std::string& prefix, const std::string& suffix) const {
+    int64_t n = 0;
+    while (has(str_cat(prefix, n, suffix))) ++n;
+    return n;
+  }
+  const std::map<std::string, std::string>& canon() const { return canon_; }
+  const SafetensorsFile& file() const { return file_; }
+
+ private:
+  const SafetensorsFile& file_;
+  std::map<std::string, std::string> canon_;
+};
+
+// ---- detection: each part as the diffusers config.json it would have ----
+
+// SD 2.x UNets project with Linear layers and cross-attend to OpenCLIP's 1024-wide context.
+bool sd2_like(bool linear_proj, int64_t cross_dim) { return linear_proj || cross_dim == 1024; }
+
+nlohmann::json detect_unet(const Header& h, const SingleFileOptions& opt, std::string* family) {
+  const std::string& P = kUNetPrefix;
+  const std::string where = h.file().path();
+  STIPPLE_CHECK(!h.has(P + "label_emb.0.0.weight"),
+                where, ": the UNet has a class embedding (label_emb: the SD x4 upscaler or a "
+                "class-conditioned model), which single-file loading does not support");
+  STIPPLE_CHECK(h.has(P + "input_blocks.0.0.weight") && h.has(P + "out.2.weight") &&
+                    h.has(P + "time_embed.0.weight"),
+                where, ": the UNet (model.diffusion_model.*) lacks input_blocks.0.0 / out.2 / "
+                "time_embed.0; ", describe_found(h.file()));
+  const int64_t c0 = h.dim(P + "input_blocks.0.0.weight", 0);
+  const int64_t in_channels = h.dim(P + "input_blocks.0.0.weight", 1);
+
+  // Walk input_blocks: resnets (in_layers) grouped into levels closed by downsamplers (op).
+  std::vector<int64_t> channels, layers, depth;
+  std::vector<bool> attn;
+  std::vector<int64_t> heads_linear;
+  bool linear_proj = false;
+  int64_t cross_dim = 0;
+  int64_t level_resnets = 0;
+  for (int64_t i = 1;; ++i) {
+    const std::string b = str_cat(P, "input_blocks.", i, ".");
+    if (h.has(b + "0.in_layers.0.weight")) {
+      if (level_resnets == 0) {  // first resnet of a level
+        channels.push_back(h.dim(b + "0.out_layers.3.weight", 0));
+        const bool a = h.has(b + "1.proj_in.weight");
+        attn.push_back(a);
+        depth.push_back(a ? h.count(b + "1.transformer_blocks.", ".norm1.weight") : 0);
+        if (a) {
+          linear_proj = h.shape(b + "1.proj_in.weight").size() == 2;
+          cross_dim = h.dim(b + "1.transformer_blocks.0.attn2.to_k.weight", 1);
+        }
+      }
+      ++level_resnets;
+    } else if (h.has(b + "0.op.weight")) {
+      STIPPLE_CHECK(level_resnets > 0, where, ": input_blocks.", i, " downsamples a level with "
+                    "no resnets");
+      layers.push_back(level_resnets);
+      level_resnets = 0;
+    } else {
+      break;
+    }
+  }
+  STIPPLE_CHECK(level_resnets > 0, where, ": the UNet's input_blocks end with a downsampler");
+  layers.push_back(level_resnets);
+  const size_t n = channels.size();
+  STIPPLE_CHECK(std::find(attn.begin(), attn.end(), true) != attn.end(),
+                where, ": the UNet has no cross-attention blocks (input_blocks.*.1.proj_in); not "
+                "a text-conditioned Stable Diffusion UNet");
+  STIPPLE_CHECK(h.has(P + "middle_block.1.proj_in.weight") &&
+                    h.has(P + "middle_block.2.in_layers.0.weight"),
+                where, ": the UNet's middle_block is not resnet -> transformer -> resnet");
+
+  nlohmann::json down = nlohmann::json::array(), up = nlohmann::json::array();
+  nlohmann::json heads = nlohmann::json::array(), tl = nlohmann::json::array();
+  bool heads_all_8 = true;
+  for (size_t b = 0; b < n; ++b) {
+    down.push_back(attn[b] ? "CrossAttnDownBlock2D" : "DownBlock2D");
+    // Heads are not in the weights: SD 1.x uses 8 per block, SD 2.x 64-wide heads.
+    int64_t hd = 8;
+    if (linear_proj && channels[b] % 64 == 0) {
+      hd = channels[b] / 64;
+      heads_all_8 = false;
+    }
+    heads.push_back(hd);
+    tl.push_back(std::max<int64_t>(depth[b], 1));
+  }
+  // The up blocks mirror the down ones; read their attention from output_blocks.
+  int64_t ob = 0;
+  for (size_t u = 0; u < n; ++u) {
+    const bool a = h.has(str_cat(P, "output_blocks.", ob, ".1.proj_in.weight"));
+    up.push_back(a ? "CrossAttnUpBlock2D" : "UpBlock2D");
+    ob += layers[n - 1 - u] + 1;
+  }
+  const bool same_layers = std::all_of(layers.begin(), layers.end(),
+                                       [&](int64_t v) { return v == layers[0]; });
+  const bool same_depth =
+      std::all_of(tl.begin(), tl.end(), [&](const nlohmann::json& v) { return v == tl[0]; });
+
+  nlohmann::json j;
+  j["_class_name"] = "UNet2DConditionModel";
+  j["in_channels"] = in_channels;
+  j["out_channels"] = h.dim(P + "out.2.weight", 0);
+  j["block_out_channels"] = channels;
+  j["down_block_types"] = down;
+  j["up_block_types"] = up;
+  j["mid_block_type"] = "UNetMidBlock2DCrossAttn";
+  j["layers_per_block"] = same_layers ? nlohmann::json(layers[0]) : nlohmann::json(layers);
+  j["attention_head_dim"] = heads_all_8 ? nlohmann::json(8) : heads;
+  j["cross_attention_dim"] = cross_dim;
+  j["use_linear_projection"] = linear_proj;
+  j["upcast_attention"] = opt.upcast_attention;
+  j["transformer_layers_per_block"] = same_depth ? tl[0] : tl;
+  j["norm_num_groups"] = opt.norm_num_groups;
+  // Informational: 768-pixel SD 2.x-v files use 96x96 latents, the others 64x64.
+  j["sample_size"] = (sd2_like(linear_proj, cross_dim) && opt.prediction_type == "v_prediction")
+                         ? 96 : 64;
+  const int64_t temb = h.dim(P + "time_embed.0.weight", 0);
+  if (temb != 4 * c0) j["time_embedding_dim"] = temb;
+
+  const bool sd2 = sd2_like(linear_proj, cross_dim);
+  *family = sd2 ? "SD 2.x" : "SD 1.x";
+  if (in_channels == 9) *family += " inpainting";
+  else if (in_channels != 4) *family += str_cat(" (", in_channels, "-channel input)");
+  return j;
+}
+
+nlohmann::json detect_vae(const Header& h, const SingleFileOptions& opt) {
+  const std::string& V = kVAEPrefix;
+  const std::string where = h.file().path();
+  STIPPLE_CHECK(h.has(V + "encoder.conv_in.weight") && h.has(V + "decoder.conv_in.weight") &&
+                    h.has(V + "decoder.conv_out.weight"),
+                where, ": the VAE (first_stage_model.*) lacks encoder.conv_in / decoder.conv_in / "
+                "decoder.conv_out; ", describe_found(h.file()));
+  const int64_t levels = h.count(V + "encoder.down.", ".block.0.conv1.weight");
+  STIPPLE_CHECK(levels > 0, where, ": the VAE has no encoder.down.0.block.0");
+  const int64_t lpb = h.count(V + "encoder.down.0.block.", ".conv1.weight");
+  std::vector<int64_t> channels;
+  nlohmann::json down = nlohmann::json::array(), up = nlohmann::json::array();
+  for (int64_t i = 0; i < levels; ++i) {
+    channels.push_back(h.dim(str_cat(V, "encoder.down.", i, ".block.0.conv1.weight"), 0));
+    down.push_back(h.has(str_cat(V, "encoder.down.", i, ".attn.0.q.weight"))
+                       ? "AttnDownEncoderBlock2D" : "DownEncoderBlock2D");
+  }
+  for (int64_t u = 0; u < levels; ++u) {
+    up.push_back(h.has(str_cat(V, "decoder.up.", levels - 1 - u, ".attn.0.q.weight"))
+                     ? "AttnUpDecoderBlock2D" : "UpDecoderBlock2D");
+  }
+  nlohmann::json j;
+  j["_class_name"] = "AutoencoderKL";
+  j["in_channels"] = h.dim(V + "encoder.conv_in.weight", 1);
+  j["out_channels"] = h.dim(V + "decoder.conv_out.weight", 0);
+  j["block_out_channels"] = channels;
+  j["down_block_types"] = down;
+  j["up_block_types"] = up;
+  j["layers_per_block"] = lpb;
+  j["latent_channels"] = h.dim(V + "decoder.conv_in.weight", 1);
+  j["norm_num_groups"] = opt.norm_num_groups;
+  j["sample_size"] = 512;
+  j["scaling_factor"] = 0.18215;
+  j["use_quant_conv"] = h.has(V + "quant_conv.weight");
+  j["use_post_quant_conv"] = h.has(V + "post_quant_conv.weight");
+  j["mid_block_add_attention"] = h.has(V + "encoder.mid.attn_1.q.weight");
+  return j;
+}
+
+nlohmann::json detect_text(const Header& h, const SingleFileOptions& opt, std::string* kind) {
+  const std::string where = h.file().path();
+  nlohmann::json j;
+  j["architectures"] = {"CLIPTextModel"};
+  j["model_type"] = "clip_text_model";
+  int64_t hidden = 0;
+  if (h.has(kClipPrefix + "embeddings.token_embedding.weight")) {
+    const std::string& T = kClipPrefix;
+    *kind = "CLIP";
+    const Shape& tok = h.shape(T + "embeddings.token_embedding.weight");
+    hidden = tok.at(1);
+    j["vocab_size"] = tok.at(0);
+    j["max_position_embeddings"] = h.dim(T + "embeddings.position_embedding.weight", 0);
+    const int64_t layers = h.count(T + "encoder.layers.", ".layer_norm1.weight");
+    STIPPLE_CHECK(layers > 0, where, ": the CLIP text encoder has no encoder.layers.0");
+    j["num_hidden_layers"] = layers;
+    j["intermediate_size"] = h.dim(T + "encoder.layers.0.mlp.fc1.weight", 0);
+    j["hidden_act"] = "quick_gelu";
+    j["projection_dim"] = 768;
+  } else if (h.has(kOpenClipPrefix + "token_embedding.weight")) {
+    const std::string& O = kOpenClipPrefix;
+    *kind = "OpenCLIP";
+    const Shape& tok = h.shape(O + "token_embedding.weight");
+    hidden = tok.at(1);
+    j["vocab_size"] = tok.at(0);
+    j["max_position_embeddings"] = h.dim(O + "positional_embedding", 0);
+    const int64_t layers = h.count(O + "transformer.resblocks.", ".ln_1.weight");
+    STIPPLE_CHECK(layers > 1, where, ": the OpenCLIP text encoder has ", layers,
+                  " resblocks; SD 2.x uses the penultimate one, so at least 2 are needed");
+    j["num_hidden_layers"] = layers - 1;  // SD 2.x: penultimate layer, then ln_final
+    j["intermediate_size"] = h.dim(O + "transformer.resblocks.0.mlp.c_fc.weight", 0);
+    j["hidden_act"] = "gelu";
+    j["projection_dim"] = 512;
+  } else {
+    throw Error(str_cat(where, ": cond_stage_model.* holds neither a CLIP text model "
+                        "(cond_stage_model.transformer.text_model.*) nor an OpenCLIP one "
+                        "(cond_stage_model.model.token_embedding); ", describe_found(h.file())));
+  }
+  const int64_t heads = opt.text_num_heads > 0 ? opt.text_num_heads : std::max<int64_t>(hidden / 64, 1);
+  STIPPLE_CHECK(hidden % heads == 0, where, ": text encoder width ", hidden,
+                " is not a multiple of ", heads, " heads (set text_num_heads)");
+  j["hidden_size"] = hidden;
+  j["num_attention_heads"] = heads;
+  j["layer_norm_eps"] = 1e-5;
+  // The original openai/clip-vit-large-patch14 and SD 2.x text_encoder configs.
+  j["bos_token_id"] = 0;
+  j["eos_token_id"] = 2;
+  j["pad_token_id"] = 1;
+  return j;
+}
+
+nlohmann::json sd_scheduler_json(const std::string& prediction_type) {
+  nlohmann::json j;
+  j["_class_name"] = "DDIMScheduler";
+  j["num_train_timesteps"] = 1000;
+  j["beta_start"] = 0.00085;
+  j["beta_end"] = 0.012;
+  j["beta_schedule"] = "scaled_linear";
+  j["clip_sample"] = false;
+  j["set_alpha_to_one"] = false;
+  j["steps_offset"] = 1;
+  j["timestep_spacing"] = "leading";
+  j["prediction_type"] = prediction_type;
+  return j;
+}
+
+// OpenCLIP (SD 2.x) -> transformers CLIP names; in_proj is split into q, k, v.
+std::map<std::string, Tensor> convert_open_clip(const SafetensorsFile& file,
+                                                const SingleFileInfo& info) {
+  const std::string& O = kOpenClipPrefix;
+  const int64_t layers = info.text_config.num_hidden_layers;
+  const int64_t d = info.text_config.hidden_size;
+  std::map<std::string, Tensor> out;
+  std::vector<std::string> unmapped;
+  static const std::vector<std::pair<std::string, std::string>> kLayer = {
+      {"ln_1.", "layer_norm1."},          {"ln_2.", "layer_norm2."},
+      {"attn.out_proj.", "self_attn.out_proj."}, {"mlp.c_fc.", "mlp.fc1."},
+      {"mlp.c_proj.", "mlp.fc2."}};
+  for (const auto& [name, e] : file.entries()) {
+    if (!starts_with(name, O) || is_ignored_key(name)) continue;
+    const std::string rest = name.substr(O.size());
+    if (rest == "token_embedding.weight") {
+      out["text_model.embeddings.token_embedding.weight"] = file.tensor(name);
+    } else if (rest == "positional_embedding") {
+      out["text_model.embeddings.position_embedding.weight"] = file.tensor(name);
+    } else if (starts_with(rest, "ln_final.")) {
+      out["text_model.final_layer_norm." + rest.substr(9)] = file.tensor(name);
+    } else if (starts_with(rest, "transformer.resblocks.")) {
+      const std::string r = rest.substr(22);
+      const size_t dot = r.find('.');
+      const int64_t l = std::stoll(r.substr(0, dot));
+      if (l >= layers) continue;  // the last layer: SD 2.x stops at the penultimate one
+      const std::string leaf = r.substr(dot + 1);
+      const std::string dst = str_cat("text_model.encoder.layers.", l, ".");
+      if (leaf == "attn.in_proj_weight" || leaf == "attn.in_proj_bias") {
+        const Tensor t = file.tensor(name);  // [3D, D] or [3D]
+        STIPPLE_CHECK(t.size(0) == 3 * d, file.path(), ": ", name, " has shape ",
+                      shape_str(t.shape()), ", expected 3 * ", d, " rows");
+        const std::string suffix = leaf == "attn.in_proj_weight" ? ".weight" : ".bias";
+        const char* proj[3] = {"q_proj", "k_proj", "v_proj"};
+        for (int k = 0; k < 3; ++k) {
+          out[dst + "self_attn." + proj[k] + suffix] = t.narrow(0, k * d, d);
+        }
+      } else {
+        bool done = false;
+        for (const auto& [from, to] : kLayer) {
+          if (starts_with(leaf, from)) {
+            out[dst + to + leaf.substr(from.size())] = file.tensor(name);
+            done = true;
+            break;
+          }
+        }
+        if (!done) unmapped.push_back(name);
+      }
+    } else {
+      unmapped.push_back(name);
+    }
+  }
+  STIPPLE_CHECK(unmapped.empty(), file.path(), ": ", unmapped.size(),
+                " OpenCLIP tensors have no CLIPTextModel counterpart, e.g. ", unmapped[0]);
+  return out;
+}
+
+std::string component_prefix(SingleFileComponent c) {
+  switch (c) {
+    case SingleFileComponent::kUNet: return kUNetPrefix;
+    case SingleFileComponent::kVAE: return kVAEPrefix;
+    case SingleFileComponent::kTextEncoder: return "cond_stage_model.";
+  }
+  return "";
+}
+
+}  // namespace
+
+const char* component_name(SingleFileComponent c) {
+  switch (c) {
+    case SingleFileComponent::kUNet: return "unet";
+    case SingleFileComponent::kVAE: return "vae";
+    case SingleFileComponent::kTextEncoder: return "text_encoder";
+  }
+  return "?";
+}
+
+// ---- the key table ----
+
+std::vector<KeyRule> single_file_key_table(const UNet2DConditionConfig* unet,
+                                           const AutoencoderKLConfig* vae, bool clip_text) {
+  std::vector<KeyRule> t;
+  if (unet != nullptr) {
+    const auto U = SingleFileComponent::kUNet;
+    auto add = [&](const std::string& cv, const std::string& df, KeyKind k = KeyKind::kSame) {
+      t.push_back({U, kUNetPrefix + cv, df, k});
+    };
+    const size_t n = unet->block_out_channels.size();
+    add("time_embed.0", "time_embedding.linear_1");
+    add("time_embed.2", "time_embedding.linear_2");
+    add("input_blocks.0.0", "conv_in");
+    int64_t i = 1;
+    for (size_t b = 0; b < n; ++b) {
+      const bool cross = starts_with(unet->down_block_types[b], "CrossAttn");
+      for (int64_t j = 0; j < unet->layers_per_block[b]; ++j, ++i) {
+        add(str_cat("input_blocks.", i, ".0"), str_cat("down_blocks.", b, ".resnets.", j),
+            KeyKind::kUNetResnet);
+        if (cross) add(str_cat("input_blocks.", i, ".1"), str_cat("down_blocks.", b, ".attentions.", j));
+      }
+      if (b + 1 < n) {
+        add(str_cat("input_blocks.", i, ".0.op"), str_cat("down_blocks.", b, ".downsamplers.0.conv"));
+        ++i;
+      }
+    }
+    add("middle_block.0", "mid_block.resnets.0", KeyKind::kUNetResnet);
+    add("middle_block.1", "mid_block.attentions.0");
+    add("middle_block.2", "mid_block.resnets.1", KeyKind::kUNetResnet);
+    int64_t o = 0;
+    for (size_t u = 0; u < n; ++u) {
+      const bool cross = starts_with(unet->up_block_types[u], "CrossAttn");
+      const int64_t resnets = unet->layers_per_block[n - 1 - u] + 1;
+      for (int64_t j = 0; j < resnets; ++j, ++o) {
+        add(str_cat("output_blocks.", o, ".0"), str_cat("up_blocks.", u, ".resnets.", j),
+            KeyKind::kUNetResnet);
+        if (cross) add(str_cat("output_blocks.", o, ".1"), str_cat("up_blocks.", u, ".attentions.", j));
+        if (j + 1 == resnets && u + 1 < n) {
+          add(str_cat("output_blocks.", o, ".", cross ? 2 : 1, ".conv"),
+              str_cat("up_blocks.", u, ".upsamplers.0.conv"));
+        }
+      }
+    }
+    add("out.0", "conv_norm_out");
+    add("out.2", "conv_out");
+  }
+  if (vae != nullptr) {
+    const auto V = SingleFileComponent::kVAE;
+    auto add = [&](const std::string& cv, const std::string& df, KeyKind k = KeyKind::kSame) {
+      t.push_back({V, kVAEPrefix + cv, df, k});
+    };
+    const int64_t n = static_cast<int64_t>(vae->block_out_channels.size());
+    for (const char* part : {"encoder", "decoder"}) {
+      const std::string p = part;
+      add(p + ".conv_in", p + ".conv_in");
+      add(p + ".conv_out", p + ".conv_out");
+      add(p + ".norm_out", p + ".conv_norm_out");
+      add(p + ".mid.block_1", p + ".mid_block.resnets.0", KeyKind::kVAEResnet);
+      add(p + ".mid.attn_1", p + ".mid_block.attentions.0", KeyKind::kVAEAttention);
+      add(p + ".mid.block_2", p + ".mid_block.resnets.1", KeyKind::kVAEResnet);
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      const bool a = starts_with(vae->down_block_types[i], "Attn");
+      for (int64_t j = 0; j < vae->layers_per_block; ++j) {
+        add(str_cat("encoder.down.", i, ".block.", j), str_cat("encoder.down_blocks.", i, ".resnets.", j),
+            KeyKind::kVAEResnet);
+        if (a) {
+          add(str_cat("encoder.down.", i, ".attn.", j),
+              str_cat("encoder.down_blocks.", i, ".attentions.", j), KeyKind::kVAEAttention);
+        }
+      }
+      if (i + 1 < n) {
+        add(str_cat("encoder.down.", i, ".downsample.conv"),
+            str_cat("encoder.down_blocks.", i, ".downsamplers.0.conv"));
+      }
+    }
+    for (int64_t u = 0; u < n; ++u) {  // CompVis numbers the decoder levels from the top
+      const int64_t l = n - 1 - u;
+      const bool a = starts_with(vae->up_block_types[u], "Attn");
+      for (int64_t j = 0; j <= vae->layers_per_block; ++j) {
+        add(str_cat("decoder.up.", l, ".block.", j), str_cat("decoder.up_blocks.", u, ".resnets.", j),
+            KeyKind::kVAEResnet);
+        if (a) {
+          add(str_cat("decoder.up.", l, ".attn.", j),
+              str_cat("decoder.up_blocks.", u, ".attentions.", j), KeyKind::kVAEAttention);
+        }
+      }
+      if (u + 1 < n) {
+        add(str_cat("decoder.up.", l, ".upsample.conv"),
+            str_cat("decoder.up_blocks.", u, ".upsamplers.0.conv"));
+      }
+    }
+    add("quant_conv", "quant_conv");
+    add("post_quant_conv", "post_quant_conv");
+  }
+  if (clip_text) {
+    t.push_back({SingleFileComponent::kTextEncoder, kClipPrefix.substr(0, kClipPrefix.size() - 1),
+                 "text_model", KeyKind::kSame});
+  }
+  return t;
+}
+
+// ---- detection ----
+
+bool looks_like_single_file(const SafetensorsFile& file) {
+  for (const auto& [name, e] : file.entries()) {
+    if (starts_with(name, kUNetPrefix) || starts_with(name, kVAEPrefix) ||
+        starts_with(name, "cond_stage_model.") || starts_with(name, "conditioner.")) {
+      return true;
+    }
+  }
+  return false;
+}
+
+SingleFileInfo inspect_single_file(const SafetensorsFile& file, const SingleFileOptions& opt) {
+  const Header h(file);
+  SingleFileInfo info;
+  info.path = file.path();
+  STIPPLE_CHECK(!h.has("conditioner.embedders.0.transformer.text_model.embeddings."
+                       "token_embedding.weight") &&
+                    std::none_of(h.canon().begin(), h.canon().end(),
+                                 [](const auto& kv) { return starts_with(kv.first, "conditioner."); }),
+                file.path(), ": an SDXL checkpoint (conditioner.embedders.*), which stipple does not "
+                "load yet; ", describe_found(file));
+  for (const auto& [canon, name] : h.canon()) {
+    const std::string c = component_of(canon);
+    const SafetensorsEntry& e = file.entry(name);
+    info.num_tensors[c] += 1;
+    info.num_params[c] += shape_numel(e.shape);
+    info.dtypes[c][e.dtype] += 1;
+  }
+  info.has_unet = info.num_tensors.count("unet") > 0;
+  info.has_vae = info.num_tensors.count("vae") > 0;
+  info.has_text_encoder = info.num_tensors.count("text_encoder") > 0;
+  STIPPLE_CHECK(info.has_unet, file.path(),
+                ": not a Stable Diffusion single-file checkpoint (no UNet under "
+                "model.diffusion_model.*); ", describe_found(file),
+                ". stipple reads SD 1.x/2.x single files and diffusers folders.");
+  STIPPLE_CHECK(opt.prediction_type == "epsilon" || opt.prediction_type == "v_prediction" ||
+                    opt.prediction_type == "sample",
+                "prediction type must be epsilon, v_prediction or sample, got \"",
+                opt.prediction_type, "\"");
+  info.prediction_type = opt.prediction_type;
+  info.unet_json = detect_unet(h, opt, &info.family);
+  info.unet_config = UNet2DConditionConfig::from_json(
+      JsonConfig(info.unet_json, file.path() + " (detected UNet config)"));
+  if (info.has_vae) {
+    info.vae_json = detect_vae(h, opt);
+    info.vae_config = AutoencoderKLConfig::from_json(
+        JsonConfig(info.vae_json, file.path() + " (detected VAE config)"));
+  }
+  if (info.has_text_encoder) {
+    info.text_encoder_json = detect_text(h, opt, &info.text_encoder_kind);
+    info.text_config = models::CLIPTextConfig::from_json(
+        JsonConfig(info.text_encoder_json, file.path() + " (detected text encoder config)"));
+    const int64_t cross = info.unet_config.cross_attention_dim.at(0);
+    STIPPLE_CHECK(info.text_config.hidden_size == cross, file.path(), ": the text encoder is ",
+                  info.text_config.hidden_size, " wide but the UNet cross-attends to ", cross,
+                  "-wide context; the parts do not belong together");
+  }
+  info.scheduler_json = sd_scheduler_json(opt.prediction_type);
+  return info;
+}
+
+// ---- conversion ----
+
+std::map<std::string, Tensor> convert_single_file_component(const SafetensorsFile& file,
+                                                            const SingleFileInfo& info,
+                                                            SingleFileComponent component) {
+  const std::string prefix = component_prefix(component);
+  if (component == SingleFileComponent::kTextEncoder && info.text_encoder_kind == "OpenCLIP") {
+    return convert_open_clip(file, info);
+  }
+  const std::vector<KeyRule> table = single_file_key_table(
+      component == SingleFileComponent::kUNet ? &info.unet_config : nullptr,
+      component == SingleFileComponent::kVAE ? &info.vae_config : nullptr,
+      component == SingleFileComponent::kTextEncoder);
+  std::map<std::string, const KeyRule*> index;
+  for (const KeyRule& r : table) index[r.compvis] = &r;
+  std::map<std::string, Tensor> out;
+  std::vector<std::string> unmapped;
+  for (const auto& [name, e] : file.entries()) {
+    const std::string canon = canonical_name(name);
+    if (!starts_with(canon, prefix) || is_ignored_key(canon)) continue;
+    std::string rest, leaf;
+    const KeyRule* rule = find_rule(index, canon, &rest);
+    if (rule == nullptr || !rename_leaf(rule->kind, rest, /*to_diffusers=*/true, &leaf)) {
+      unmapped.push_back(name);
+      continue;
+    }
+    Tensor t = file.tensor(name);
+    // CompVis VAE attention projections are 1x1 convolutions; diffusers' are Linear layers.
+    if (rule->kind == KeyKind::kVAEAttention && t.dim() == 4) {
+      STIPPLE_CHECK(t.size(2) == 1 && t.size(3) == 1, file.path(), ": ", name, " has shape ",
+                    shape_str(t.shape()), ", expected a 1x1 convolution");
+      t = t.reshape({t.size(0), t.size(1)});
+    }
+    out[rule->diffusers + "." + leaf] = t;
+  }
+  if (!unmapped.empty()) {
+    std::string list;
+    for (size_t i = 0; i < unmapped.size() && i < 8; ++i) list += (i ? ", " : "") + unmapped[i];
+    throw Error(str_cat(file.path(), ": ", unmapped.size(), " ", component_name(component),
+                        " tensors do not fit the detected ", info.family, " layout: ", list,
+                        unmapped.size() > 8 ? ", ..." : ""));
+  }
+  return out;
+}
+
+std::map<std::string, Tensor> to_single_file_names(SingleFileComponent component,
+                                                   const std::map<std::string, Tensor>& state,
+                                                   const UNet2DConditionConfig* unet,
+                                                   const AutoencoderKLConfig* vae) {
+  const std::vector<KeyRule> table = single_file_key_table(
+      component == SingleFileComponent::kUNet ? unet : nullptr,
+      component == SingleFileComponent::kVAE ? vae : nullptr,
+      component == SingleFileComponent::kTextEncoder);
+  std::map<std::string, const KeyRule*> index;
+  for (const KeyRule& r : table) index[r.diffusers] = &r;
+  std::map<std::string, Tensor> out;
+  for (const auto& [name, t0] : state) {
+    if (name == "text_model.embeddings.position_ids") continue;
+    std::string rest, leaf;
+    const KeyRule* rule = find_rule(index, name, &rest);
+    STIPPLE_CHECK(rule != nullptr && rename_leaf(rule->kind, rest, /*to_diffusers=*/false, &leaf),
+                  "to_single_file_names: ", component_name(component), " tensor ", name,
+                  " has no CompVis name in the key table");
+    Tensor t = t0;
+    if (rule->kind == KeyKind::kVAEAttention && t.dim() == 2) t = t.reshape({t.size(0), t.size(1), 1, 1});
+    out[rule->compvis + "." + leaf] = t;
+  }
+  return out;
+}
+
+// ---- loading ----
+
+SingleFileModels load_single_file(const std::string& path, const SingleFileOptions& options,
+                                  bool unet, bool vae, bool text_encoder) {
+  STIPPLE_CHECK(std::filesystem::exists(path), "no such file: ", path);
+  const SafetensorsFile file = SafetensorsFile::open(path);
+  SingleFileModels m;
+  m.info = inspect_single_file(file, options);
+  auto missing = [&](const char* what, const char* prefix) {
+    return str_cat(path, ": no ", what, " (", prefix, "*) in this ", m.info.family,
+                   " file; ", describe_found(file));
+  };
+  STIPPLE_CHECK(!vae || m.info.has_vae, missing("VAE", "first_stage_model."),
+                ". Use a file that includes the VAE, or a diffusers folder.");
+  STIPPLE_CHECK(!text_encoder || m.info.has_text_encoder,
+                missing("text encoder", "cond_stage_model."),
+                ". Use a file that includes the text encoder, or a diffusers folder.");
+  if (unet) {
+    m.unet = std::make_shared<models::UNet2DConditionModel>(m.info.unet_config);
+    m.unet->load_state_dict(convert_single_file_component(file, m.info, SingleFileComponent::kUNet),
+                            /*strict=*/true, path + " (UNet)");
+    m.unet->eval();
+  }
+  if (vae) {
+    m.vae = std::make_shared<models::AutoencoderKL>(m.info.vae_config);
+    m.vae->load_checkpoint(convert_single_file_component(file, m.info, SingleFileComponent::kVAE),
+                           path + " (VAE)");
+    m.vae->eval();
+  }
+  if (text_encoder) {
+    m.text_encoder = std::make_shared<models::CLIPTextModel>(m.info.text_config);
+    m.text_encoder->load_state_dict(
+        convert_single_file_component(file, m.info, SingleFileComponent::kTextEncoder),
+        /*strict=*/true, path + " (text encoder)");
+    m.text_encoder->eval();
+  }
+  return m;
+}
+
+}  // namespace stipple::io
