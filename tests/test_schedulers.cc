@@ -13,7 +13,7 @@
 
 #include "core/error.h"
 #include "core/rng.h"
-#include "schedulers/conformance.h"
+#include "pipelines/conformance.h"
 #include "schedulers/schedule.h"
 #include "schedulers/scheduler.h"
 #include "schedulers/training.h"

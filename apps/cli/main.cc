@@ -10,7 +10,7 @@
 #include "io/png.h"
 #include "ops/ops.h"
 #include "progress.h"
-#include "schedulers/conformance.h"
+#include "pipelines/conformance.h"
 #include "train/demo.h"
 #include "train_command.h"
 
@@ -78,7 +78,7 @@ int run_conformance_command(const std::string& dir) {
     for (const auto& r : stipple::conformance::run_case(c)) {
       ++total;
       if (!r.passed) ++failed;
-      std::printf("%-40s %-9s max rel error %-10.3g %s%s%s\n", r.name.c_str(), r.kind.c_str(),
+      std::printf("%-40s %-15s max rel error %-10.3g %s%s%s\n", r.name.c_str(), r.kind.c_str(),
                   r.max_error, r.passed ? "PASS" : "FAIL", r.detail.empty() ? "" : "  ",
                   r.detail.c_str());
     }

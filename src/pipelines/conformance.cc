@@ -1,5 +1,5 @@
 // Conformance runner; see conformance.h.
-#include "schedulers/conformance.h"
+#include "pipelines/conformance.h"
 
 #include <algorithm>
 #include <bit>
@@ -12,7 +12,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "io/safetensors.h"
-#include "schedulers/ddim.h"
+#include "pipelines/conformance_util.h"
 #include "schedulers/scheduler.h"
 
 namespace stipple::conformance {
@@ -22,36 +22,14 @@ using nlohmann::json;
 
 namespace {
 
-bool is_file(const fs::path& p) {
-  std::error_code ec;
-  return fs::is_regular_file(p, ec);
-}
-
-// max|a - ref| / max(1, max|ref|) over two equal-size buffers.
-double rel_error(const std::vector<float>& a, const std::vector<float>& ref) {
-  if (a.size() != ref.size()) return INFINITY;
-  double max_ref = 1.0, max_diff = 0.0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    max_ref = std::max(max_ref, std::abs(static_cast<double>(ref[i])));
-    const double d = std::abs(static_cast<double>(a[i]) - ref[i]);
-    if (!(d <= max_diff)) max_diff = std::isnan(d) ? INFINITY : d;
-  }
-  return max_diff / max_ref;
-}
+bool is_file(const fs::path& p) { return detail::is_file(p.string()); }
+using detail::rel_error;
 
 std::vector<float> slice(const Tensor& stacked, int64_t i) {
   return stacked.narrow(0, i, 1).contiguous().to_vector();
 }
 
-json read_json(const fs::path& p) {
-  std::ifstream f(p);
-  STIPPLE_CHECK(f, "cannot open ", p.string());
-  try {
-    return json::parse(f);
-  } catch (const json::parse_error& e) {
-    throw Error(str_cat(p.string(), ": not valid JSON (", e.what(), ")"));
-  }
-}
+json read_json(const fs::path& p) { return detail::read_json(p.string()); }
 
 CaseResult scheduler_case(const std::string& dir, const std::string& name, double tolerance) {
   CaseResult r;
@@ -247,8 +225,69 @@ std::vector<CaseResult> run_rng_cases(const std::string& dir) {
   }
 }
 
+namespace {
+
+// A kind recognised by `dir`/reference/<reference> and `dir`/<need> for each need.
+CaseKind reference_kind(const std::string& kind, const std::string& reference,
+                        const std::vector<std::string>& needs,
+                        std::function<CaseResult(const std::string&, const std::string&)> run) {
+  return {kind,
+          [reference, needs](const std::string& dir) {
+            const fs::path d(dir);
+            if (!is_file(d / "reference" / reference)) return false;
+            for (const std::string& n : needs)
+              if (!fs::exists(d / n)) return false;
+            return true;
+          },
+          [kind, run](const std::string& dir, const std::string& name) {
+            return std::vector<CaseResult>{run(dir, name + "/" + kind)};
+          }};
+}
+
+CaseKind model_kind(const std::string& kind, const std::string& folder) {
+  return reference_kind(kind, kind + ".safetensors", {folder + "/config.json"},
+                        [kind](const std::string& dir, const std::string& name) {
+                          return run_model_io_case(kind, dir, name);
+                        });
+}
+
+CaseKind pipeline_kind(const std::string& kind) {
+  return reference_kind(kind, kind + ".safetensors", {"model_index.json"},
+                        [kind](const std::string& dir, const std::string& name) {
+                          return run_pipeline_case(kind, dir, name);
+                        });
+}
+
+}  // namespace
+
 const std::vector<CaseKind>& case_kinds() {
   static const std::vector<CaseKind> kKinds = {
+      model_kind("unet_io", "unet"),
+      model_kind("vae_io", "vae"),
+      model_kind("text_encoder_io", "text_encoder"),
+      model_kind("dit_io", "transformer"),
+      reference_kind("tokenization", "tokenization.json", {"tokenizer/vocab.json"},
+                     [](const std::string& dir, const std::string& name) {
+                       const fs::path d(dir);
+                       return run_tokenization_case((d / "tokenizer").string(),
+                                                    (d / "reference" / "tokenization.json").string(),
+                                                    name);
+                     }),
+      {"tokenizer",
+       [](const std::string& dir) {
+         const fs::path d(dir);
+         return is_file(d / "vocab.json") && is_file(d / "merges.txt") &&
+                is_file(d / "cases.json");
+       },
+       [](const std::string& dir, const std::string& name) {
+         return std::vector<CaseResult>{run_tokenization_case(
+             dir, (fs::path(dir) / "cases.json").string(), name + "/tokenization")};
+       }},
+      pipeline_kind("txt2img"),
+      pipeline_kind("img2img"),
+      pipeline_kind("inpaint_legacy"),
+      pipeline_kind("inpaint"),
+      pipeline_kind("dit_pipeline"),
       {"scheduler",
        [](const std::string& dir) {
          const fs::path d(dir);
@@ -274,6 +313,86 @@ const std::vector<CaseKind>& case_kinds() {
   };
   return kKinds;
 }
+
+namespace detail {
+
+bool is_file(const std::string& path) {
+  std::error_code ec;
+  return fs::is_regular_file(path, ec);
+}
+
+double rel_error(const std::vector<float>& a, const std::vector<float>& ref) {
+  if (a.size() != ref.size()) return INFINITY;
+  double max_ref = 1.0, max_diff = 0.0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    max_ref = std::max(max_ref, std::abs(static_cast<double>(ref[i])));
+    const double d = std::abs(static_cast<double>(a[i]) - ref[i]);
+    if (!(d <= max_diff)) max_diff = std::isnan(d) ? INFINITY : d;
+  }
+  return max_diff / max_ref;
+}
+
+json read_json(const std::string& path) {
+  std::ifstream f(path);
+  STIPPLE_CHECK(f, "cannot open ", path);
+  try {
+    return json::parse(f);
+  } catch (const json::parse_error& e) {
+    throw Error(str_cat(path, ": not valid JSON (", e.what(), ")"));
+  }
+}
+
+Checker::Checker(std::string kind, std::string name, double tolerance) {
+  r_.kind = std::move(kind);
+  r_.name = std::move(name);
+  r_.tolerance = tolerance;
+}
+
+double Checker::check(const std::string& what, const Tensor& got, const Tensor& ref) {
+  return check(what, got, ref, r_.tolerance);
+}
+
+double Checker::check(const std::string& what, const Tensor& got, const Tensor& ref,
+                      double tolerance) {
+  double e = INFINITY;
+  if (!got.defined()) {
+    fail(what + " was not produced");
+    return e;
+  }
+  if (got.numel() != ref.numel()) {
+    fail(str_cat(what, " is ", got.describe(), ", reference ", ref.describe()));
+    return e;
+  }
+  e = rel_error(got.contiguous().to_vector(), ref.contiguous().to_vector());
+  r_.max_error = std::max(r_.max_error, e);
+  if (!(e <= tolerance)) notes_ += str_cat(notes_.empty() ? "" : "; ", what, " off by ", e);
+  return e;
+}
+
+void Checker::fail(const std::string& why) {
+  r_.max_error = INFINITY;
+  notes_ += str_cat(notes_.empty() ? "" : "; ", why);
+}
+
+CaseResult Checker::result() const {
+  CaseResult r = r_;
+  r.passed = notes_.empty();
+  r.detail = notes_;
+  return r;
+}
+
+CaseResult error_result(const std::string& kind, const std::string& name, double tolerance,
+                        const std::string& what) {
+  CaseResult r;
+  r.kind = kind;
+  r.name = name;
+  r.tolerance = tolerance;
+  r.max_error = INFINITY;
+  r.detail = what;
+  return r;
+}
+
+}  // namespace detail
 
 std::vector<CaseRef> find_cases(const std::string& root) {
   STIPPLE_CHECK(fs::is_directory(root), "no such folder: ", root);

@@ -3,10 +3,19 @@
 // error relative to max(1, max|ref|) and pass/fail at the stated tolerance.
 //
 // Case kinds are one table (case_kinds()): each kind says how to recognise its folder and how to
-// run it. Today: "scheduler" (a dir with scheduler/scheduler_config.json, reference/meta.json and
-// reference/trajectory.safetensors; tolerance 1e-4 per step) and "rng" (cases.json +
-// torch_cpu_rng.safetensors: torch's CPU generator, exact for f64, within 1 ulp for f32). Model
-// and pipeline kinds are added as new rows.
+// run it:
+//   scheduler        scheduler/scheduler_config.json + reference/{meta.json,trajectory.safetensors};
+//                    1e-4 per step
+//   rng              cases.json + torch_cpu_rng.safetensors: exact for f64, 1 ulp for f32
+//   unet_io, vae_io, text_encoder_io, dit_io
+//                    reference/<kind>.safetensors next to the model's folder (unet/, vae/,
+//                    text_encoder/, transformer/); 1e-4, intermediates included
+//   tokenization     reference/tokenization.json next to tokenizer/; a tokenizer folder
+//                    (vocab.json, merges.txt, cases.json) is the same kind; exact ids
+//   txt2img, img2img, inpaint_legacy, inpaint, dit_pipeline
+//                    reference/<kind>.{json,safetensors} in a pipeline folder (model_index.json);
+//                    1e-3 on latents and intermediates, 2e-3 absolute on the [0, 1] image
+// A folder can hold cases of several kinds; each result is named <folder>/<kind>.
 #pragma once
 
 #include <functional>
@@ -51,5 +60,17 @@ std::vector<CaseResult> run_case(const CaseRef& c);
 CaseResult run_scheduler_case(const std::string& dir, double tolerance = 1e-4);
 // Checks stipple::Generator against torch's draws: one result per entry of cases.json.
 std::vector<CaseResult> run_rng_cases(const std::string& dir);
+
+// Model forwards: `kind` is unet_io, vae_io, text_encoder_io or dit_io; `dir` holds the model
+// folder and reference/<kind>.safetensors.
+CaseResult run_model_io_case(const std::string& kind, const std::string& dir,
+                             const std::string& name);
+// Tokenizer in `tokenizer_dir` against the cases of `cases_json` (bpe_tokens, input_ids,
+// input_ids_padded_77), exact; max_error is the fraction of cases that differ.
+CaseResult run_tokenization_case(const std::string& tokenizer_dir, const std::string& cases_json,
+                                 const std::string& name);
+// Whole pipelines: `kind` is txt2img, img2img, inpaint_legacy, inpaint or dit_pipeline.
+CaseResult run_pipeline_case(const std::string& kind, const std::string& dir,
+                             const std::string& name);
 
 }  // namespace stipple::conformance

@@ -1,0 +1,239 @@
+#include "pipelines/stable_diffusion.h"
+
+#include <cmath>
+#include <filesystem>
+
+#include "autograd/grad_mode.h"
+#include "core/error.h"
+#include "ops/ops.h"
+#include "pipelines/denoise.h"
+#include "pipelines/dit_pipeline.h"
+
+namespace stipple::pipelines {
+
+namespace fs = std::filesystem;
+
+StableDiffusion StableDiffusion::from_pretrained(const std::string& folder) {
+  if (fs::is_directory(fs::path(folder) / "transformer") &&
+      !fs::is_directory(fs::path(folder) / "unet")) {
+    throw Error(str_cat(folder, " holds a transformer/ (a DiT class-to-image model), not a Stable "
+                        "Diffusion unet/; generate from it with --class-label"));
+  }
+  check_pipeline_layout(folder, "Stable Diffusion",
+                        {"unet", "vae", "text_encoder", "tokenizer", "scheduler"});
+  const fs::path d(folder);
+  StableDiffusion sd;
+  sd.unet_ = models::UNet2DConditionModel::from_pretrained((d / "unet").string());
+  sd.vae_ = models::AutoencoderKL::from_pretrained((d / "vae").string());
+  sd.text_encoder_ = models::CLIPTextModel::from_pretrained((d / "text_encoder").string());
+  sd.tokenizer_ = std::make_shared<text::ClipTokenizer>(
+      text::ClipTokenizer::from_folder((d / "tokenizer").string()));
+  sd.scheduler_config_ =
+      schedulers::SchedulerConfig::from_json((d / "scheduler" / "scheduler_config.json").string());
+  const int64_t ctx = sd.text_encoder_->config().hidden_size;
+  const std::vector<int64_t>& want = sd.unet_->config().cross_attention_dim;
+  STIPPLE_CHECK(want.empty() || want.front() == ctx, folder, ": the text encoder gives ", ctx,
+                "-wide embeddings but the UNet's cross_attention_dim is ", want.front());
+  STIPPLE_CHECK(sd.unet_->config().in_channels == 4 || sd.unet_->config().in_channels == 9,
+                folder, ": UNet in_channels ", sd.unet_->config().in_channels,
+                " (expected 4, or 9 for an inpainting UNet)");
+  return sd;
+}
+
+int64_t StableDiffusion::default_size() const {
+  const int64_t s = unet_->config().sample_size > 0 ? unet_->config().sample_size : 64;
+  return s * vae_scale_factor();
+}
+
+Tensor StableDiffusion::encode_prompt(const std::string& prompt, const std::string& negative_prompt,
+                                      int num_images, bool guidance, int clip_skip,
+                                      const Observer& observe) const {
+  STIPPLE_CHECK(num_images >= 1, "num_images must be at least 1, got ", num_images);
+  STIPPLE_CHECK(clip_skip >= 1 && clip_skip <= text_encoder_->config().num_hidden_layers,
+                "clip_skip ", clip_skip, " is outside [1, ",
+                text_encoder_->config().num_hidden_layers, "]");
+  const int64_t length =
+      std::min(tokenizer_->model_max_length(), text_encoder_->config().max_position_embeddings);
+  int call = 0;
+  auto embed = [&](const std::string& text) {
+    const Tensor ids = tokenizer_->encode_batch({text}, length);                  // [1, 77]
+    const Tensor h = text_encoder_->forward(ids, clip_skip).last_hidden_state;    // [1, 77, D]
+    if (observe) {
+      observe(str_cat("text_encoder.", call, ".input_ids"), ids);
+      observe(str_cat("text_encoder.", call, ".last_hidden_state"), h);
+    }
+    ++call;
+    return repeat_batch(h, num_images);  // [B, 77, D]
+  };
+  const Tensor cond = embed(prompt);
+  if (!guidance) return cond;
+  const Tensor uncond = embed(negative_prompt);
+  return ops::concat({uncond, cond}, 0);  // [2B, 77, D], uncond first
+}
+
+StableDiffusion::Run StableDiffusion::prepare(const GenerationParams& p, bool needs_image) const {
+  STIPPLE_CHECK(p.steps >= 1 && p.steps <= 10000, "steps must be in [1, 10000], got ", p.steps);
+  STIPPLE_CHECK(p.num_images >= 1 && p.num_images <= 256, "num_images must be in [1, 256], got ",
+                p.num_images);
+  STIPPLE_CHECK(std::isfinite(p.cfg), "the guidance scale must be a number");
+  STIPPLE_CHECK(p.strength >= 0.0 && p.strength <= 1.0, "strength must be in [0, 1], got ",
+                p.strength);
+  Run r;
+  r.batch = p.num_images;
+  r.width = p.width;
+  r.height = p.height;
+  if (needs_image) {
+    STIPPLE_CHECK(p.init_image.defined(), "this pipeline needs an init image");
+    const Tensor& im = p.init_image;
+    STIPPLE_CHECK(im.dim() == 4 && im.size(0) == 1 && im.size(1) == 3,
+                  "the init image must be [1, 3, H, W], got ", im.describe());
+    const int64_t h = im.size(2), w = im.size(3);
+    if (r.width == 0) r.width = w;
+    if (r.height == 0) r.height = h;
+    STIPPLE_CHECK(r.width == w && r.height == h, "the init image is ", w, "x", h,
+                  " but the requested size is ", r.width, "x", r.height,
+                  "; resize the image or leave out width and height");
+    if (p.mask.defined()) {
+      STIPPLE_CHECK(p.mask.dim() == 4 && p.mask.size(0) == 1 && p.mask.size(1) == 1,
+                    "the mask must be [1, 1, H, W], got ", p.mask.describe());
+      STIPPLE_CHECK(p.mask.size(2) == h && p.mask.size(3) == w, "the mask is ", p.mask.size(3),
+                    "x", p.mask.size(2), " but the init image is ", w, "x", h,
+                    "; they must have the same size");
+    }
+    r.init_image = ops::affine(im.contiguous(), 2.0f, -1.0f);  // [1, 3, H, W] in [-1, 1]
+  }
+  if (r.width == 0) r.width = default_size();
+  if (r.height == 0) r.height = default_size();
+  const int64_t f = vae_scale_factor();
+  STIPPLE_CHECK(r.width > 0 && r.height > 0 && r.width % 8 == 0 && r.height % 8 == 0 &&
+                    r.width % f == 0 && r.height % f == 0,
+                "width and height must be positive multiples of ", std::max<int64_t>(8, f),
+                ", got ", r.width, "x", r.height);
+
+  schedulers::SchedulerConfig sc =
+      p.sampler.empty() ? scheduler_config_
+                        : schedulers::config_for_sampler(p.sampler, scheduler_config_);
+  sc.eta = p.eta;
+  r.scheduler = schedulers::make_scheduler(sc);
+  r.scheduler->set_timesteps(p.steps);
+  if (needs_image) {
+    // diffusers' get_timesteps: skip the first N - int(N * strength) steps
+    const int init_timestep = std::min(static_cast<int>(p.steps * p.strength), p.steps);
+    const int t_start = std::max(p.steps - init_timestep, 0);
+    r.begin_index = t_start * r.scheduler->order();
+    STIPPLE_CHECK(r.begin_index < static_cast<int>(r.scheduler->timesteps().size()),
+                  "strength ", p.strength, " with ", p.steps,
+                  " steps leaves no denoising step; raise the strength or the steps");
+    r.scheduler->set_begin_index(r.begin_index);
+  }
+  r.noise = std::make_unique<NoiseSource>(p.seed, p.noise);
+  r.guided = p.cfg > 1.0f;
+  r.prompt_embeds =
+      encode_prompt(p.prompt, p.negative_prompt, p.num_images, r.guided, p.clip_skip, p.observe);
+  if (p.observe) p.observe("denoiser.encoder_hidden_states", r.prompt_embeds);
+  return r;
+}
+
+Tensor StableDiffusion::encode_image(const Tensor& image, NoiseSource& noise, int index,
+                                     const Observer& observe) const {
+  const models::DiagonalGaussian post = vae_->encode(image);  // [1, 4, h, w]
+  if (observe) {
+    observe(str_cat("vae_encode.", index, ".input"), image);
+    observe(str_cat("vae_encode.", index, ".mean"), post.mean);
+    observe(str_cat("vae_encode.", index, ".std"), post.std);
+  }
+  const Tensor eps = noise.randn(post.mean.shape(), "the VAE posterior sample");
+  return post.sample(eps) * static_cast<float>(vae_->config().scaling_factor);
+}
+
+Tensor StableDiffusion::decode(const Tensor& latents, const Observer& observe) const {
+  const Tensor z = latents / static_cast<float>(vae_->config().scaling_factor);
+  const Tensor decoded = vae_->decode(z).contiguous();  // [B, 3, H, W] in [-1, 1]
+  const Tensor images = vae_to_unit(decoded);           // [B, 3, H, W] in [0, 1]
+  if (observe) {
+    observe("vae_decode.0.input", z);
+    observe("vae_decode.0.output", decoded);
+    observe("image", to_nhwc(images));
+  }
+  return images;
+}
+
+Tensor StableDiffusion::denoise_and_decode(
+    Run& r, Tensor latents, const GenerationParams& p,
+    const std::function<Tensor(const Tensor&)>& extra_channels,
+    const std::function<Tensor(int, double, const Tensor&)>& after_step) const {
+  const Observer& observe = p.observe;
+  const DenoiseFn model = [&](const Tensor& input, double t) {
+    // [N, 4, h, w], plus the inpainting channels of a 9-channel UNet
+    const Tensor x = extra_channels ? ops::concat({input, extra_channels(input)}, 1) : input;
+    const Tensor ts = Tensor::from_vector({static_cast<float>(t)}, {1});
+    const Tensor out = unet_->forward(x, ts, r.prompt_embeds);  // [N, 4, h, w]
+    if (observe) {
+      observe("denoiser.sample", x);
+      observe("denoiser.timestep", Tensor::from_vector({static_cast<float>(t)}, {1}));
+      observe("denoiser.timestep_as_passed", ts);
+      observe("denoiser.out", out);
+    }
+    return out;
+  };
+  DenoiseOptions opt;
+  opt.cfg.scale = p.cfg;
+  opt.cfg.order = guidance::CfgOrder::kUncondFirst;
+  opt.begin_index = r.begin_index;
+  opt.generator = r.noise->generator();
+  opt.progress = p.progress;
+  opt.after_step = [&](int i, double t, const Tensor& x) {
+    Tensor out = after_step ? after_step(i, t, x) : Tensor();
+    if (observe) observe("latents_after_step", out.defined() ? out : x);
+    return out;
+  };
+  // 5. denoise
+  latents = denoise(*r.scheduler, latents, model, opt);  // [B, 4, h, w]
+  // 6. decode
+  return decode(latents, observe);
+}
+
+Tensor StableDiffusion::run(const GenerationParams& params) const {
+  if (params.mask.defined()) return run_inpaint(params);
+  if (params.init_image.defined()) return run_img2img(params);
+  return run_txt2img(params);
+}
+
+Tensor StableDiffusion::run_txt2img(const GenerationParams& p) const {
+  autograd::NoGradGuard no_grad;
+  // 1.-2. encode prompt, timesteps
+  Run r = prepare(p, /*needs_image=*/false);
+  // 4. latents: x_T ~ N(0, I) [B, 4, H/f, W/f], scaled by init_noise_sigma
+  const int64_t f = vae_scale_factor();
+  const Shape shape = {r.batch, unet_->config().out_channels, r.height / f, r.width / f};
+  Tensor latents;
+  if (p.latents.defined()) {
+    STIPPLE_CHECK(p.latents.shape() == shape, "latents must be ", shape_str(shape), ", got ",
+                  p.latents.describe());
+    latents = p.latents.contiguous();
+  } else {
+    latents = r.noise->randn(shape, "the initial latents");
+  }
+  latents = latents * static_cast<float>(r.scheduler->init_noise_sigma());
+  // 5.-6. denoise, decode
+  return denoise_and_decode(r, latents, p, nullptr, nullptr);
+}
+
+Tensor StableDiffusion::run_img2img(const GenerationParams& p) const {
+  autograd::NoGradGuard no_grad;
+  STIPPLE_CHECK(!is_inpainting_model(),
+                "this is a 9-channel inpainting model: give it a mask (inpaint)");
+  // 1.-2. encode prompt, timesteps from strength
+  Run r = prepare(p, /*needs_image=*/true);
+  // 3. encode the image: posterior sample * scaling_factor, one per image
+  const Tensor init =
+      repeat_batch(encode_image(r.init_image, *r.noise, 0, p.observe), r.batch);  // [B, 4, h, w]
+  // 4. latents: the image noised to the first remaining timestep (DDPM eq. 4)
+  const Tensor noise = r.noise->randn(init.shape(), "the img2img noise");
+  const Tensor latents =
+      r.scheduler->add_noise(init, noise, r.scheduler->timesteps()[r.begin_index]);
+  // 5.-6. denoise over timesteps()[begin:], decode
+  return denoise_and_decode(r, latents, p, nullptr, nullptr);
+}
+
+}  // namespace stipple::pipelines

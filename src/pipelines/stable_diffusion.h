@@ -1,0 +1,123 @@
+// Stable Diffusion 1.x/2.x pipelines, as diffusers 0.29's StableDiffusionPipeline,
+// StableDiffusionImg2ImgPipeline and StableDiffusionInpaintPipeline: one class holds the
+// components of a diffusers folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/), and
+// run(params) picks text-to-image, image-to-image or inpainting from what the params hold.
+//
+// Text-to-image (run_txt2img):
+//   1. encode prompt: tokenize to 77 (padded), CLIP last_hidden_state; with guidance the
+//      negative prompt ("" when none) too, as [uncond, cond]
+//   2. timesteps: the sampler's grid for `steps`
+//   3. (img2img/inpaint only) encode the image with the VAE
+//   4. latents: randn [B, 4, H/f, W/f] from the seeded Generator (torch-exact) * init_noise_sigma
+//   5. denoise: pipelines::denoise with classifier-free guidance (uncond first)
+//   6. decode: latents / scaling_factor -> VAE -> clamp(x / 2 + 0.5, 0, 1)
+// Image-to-image (run_img2img; SDEdit, Meng et al. 2022): the image's posterior sample *
+// scaling_factor, noised to timesteps()[begin] with begin = N - int(N * strength), then steps 5-6
+// over the remaining timesteps. Inpainting (run_inpaint, stable_diffusion_inpaint.cc): 9-channel
+// UNets see [latents, mask, masked-image latents]; 4-channel UNets get diffusers' latent blending
+// (after each step the known region is replaced by the image latents noised to the next timestep).
+//
+// Random draws happen in diffusers' order (see NoiseSource), so a seed gives diffusers' CPU
+// result for the same seed, and the conformance references inject theirs.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "models/clip_text.h"
+#include "models/unet2d_condition.h"
+#include "models/vae.h"
+#include "pipelines/pipeline_util.h"
+#include "schedulers/scheduler.h"
+#include "text/clip_tokenizer.h"
+
+namespace stipple::pipelines {
+
+struct GenerationParams {
+  std::string prompt;
+  std::string negative_prompt;  // "" = the empty string as unconditional prompt (diffusers' None)
+  int steps = 30;
+  float cfg = 7.5f;     // guidance scale; <= 1 runs without the unconditional branch
+  std::string sampler;  // a name from schedulers::sampler_names(); "" = the checkpoint's own
+  double eta = 0.0;     // DDIM's eta
+  uint64_t seed = 42;
+  int width = 0, height = 0;  // multiples of 8; 0 = the image's size, else the UNet's default
+  int num_images = 1;         // images per prompt
+  int clip_skip = 1;          // A1111 convention: 1 = the last CLIP layer
+  // img2img and inpainting
+  Tensor init_image;      // [1, 3, H, W] in [0, 1]
+  Tensor mask;            // [1, 1, H, W] in [0, 1]; >= 0.5 is repainted
+  double strength = 1.0;  // in [0, 1]; img2img: how much noise is added (1 = ignore the image)
+  // Reproducing a diffusers run: initial latents as diffusers' `latents=` argument ([B, 4, h, w],
+  // before init_noise_sigma), and noise injected in draw order (see NoiseSource).
+  Tensor latents;
+  std::vector<Tensor> noise;
+  std::function<void(int done, int total)> progress;
+  Observer observe;  // intermediates under diffusers reference names
+};
+
+class StableDiffusion {
+ public:
+  // Reads a diffusers StableDiffusionPipeline / StableDiffusionInpaintPipeline folder. Throws
+  // naming the missing part for any other layout.
+  static StableDiffusion from_pretrained(const std::string& folder);
+
+  // Prompt embeddings: [2B, 77, D] = [negative x B, prompt x B] with guidance, else [B, 77, D].
+  Tensor encode_prompt(const std::string& prompt, const std::string& negative_prompt,
+                       int num_images, bool guidance, int clip_skip = 1,
+                       const Observer& observe = nullptr) const;
+
+  // Text-to-image, image-to-image or inpainting, by what `params` holds (a mask means
+  // inpainting, an init image alone img2img). Returns [B, 3, H, W] in [0, 1].
+  Tensor run(const GenerationParams& params) const;
+  Tensor run_txt2img(const GenerationParams& params) const;
+  Tensor run_img2img(const GenerationParams& params) const;
+  Tensor run_inpaint(const GenerationParams& params) const;
+
+  // The VAE's downscale factor (8 for SD) and the default image size (UNet sample_size * f).
+  int64_t vae_scale_factor() const { return vae_->config().downscale_factor(); }
+  int64_t default_size() const;
+  bool is_inpainting_model() const { return unet_->config().in_channels == 9; }
+
+  const models::UNet2DConditionModel& unet() const { return *unet_; }
+  const models::AutoencoderKL& vae() const { return *vae_; }
+  const models::CLIPTextModel& text_encoder() const { return *text_encoder_; }
+  const text::ClipTokenizer& tokenizer() const { return *tokenizer_; }
+  const schedulers::SchedulerConfig& scheduler_config() const { return scheduler_config_; }
+
+ private:
+  struct Run;  // one run's checked sizes, scheduler, noise and embeddings
+  Run prepare(const GenerationParams& params, bool needs_image) const;
+  // The posterior sample of `image` ([1, 3, H, W] in [-1, 1]) * scaling_factor; `index` numbers
+  // the VAE call for the observer.
+  Tensor encode_image(const Tensor& image, NoiseSource& noise, int index,
+                      const Observer& observe) const;
+  Tensor decode(const Tensor& latents, const Observer& observe) const;
+  Tensor denoise_and_decode(Run& run, Tensor latents, const GenerationParams& params,
+                            const std::function<Tensor(const Tensor&)>& extra_channels,
+                            const std::function<Tensor(int, double, const Tensor&)>& after_step)
+      const;
+
+  std::shared_ptr<models::UNet2DConditionModel> unet_;
+  std::shared_ptr<models::AutoencoderKL> vae_;
+  std::shared_ptr<models::CLIPTextModel> text_encoder_;
+  std::shared_ptr<text::ClipTokenizer> tokenizer_;
+  schedulers::SchedulerConfig scheduler_config_;
+};
+
+// One run's checked sizes, scheduler, random draws and prompt embeddings.
+struct StableDiffusion::Run {
+  int64_t width = 0, height = 0, batch = 1;  // image size; batch = num_images
+  std::unique_ptr<schedulers::Scheduler> scheduler;
+  std::unique_ptr<NoiseSource> noise;
+  Tensor prompt_embeds;  // [2B, 77, D] with guidance, else [B, 77, D]
+  bool guided = false;
+  Tensor init_image;    // [1, 3, H, W] in [-1, 1] (img2img, inpaint)
+  int begin_index = 0;  // first step of timesteps() (strength < 1)
+};
+
+}  // namespace stipple::pipelines
