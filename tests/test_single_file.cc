@@ -25,6 +25,7 @@
 #include "models/unet2d_condition.h"
 #include "models/vae.h"
 #include "ops/ops.h"
+#include "pipelines/model_info.h"
 #include "support/numerics.h"
 
 namespace stipple {
@@ -101,6 +102,13 @@ TEST_F(SingleFileTest, RoundTripLoadsIdenticalModels) {
   EXPECT_EQ(m.info.text_encoder_kind, "CLIP");
   EXPECT_EQ(m.info.prediction_type, "epsilon");
   EXPECT_EQ(m.info.num_tensors.at("other"), 3);  // alphas_cumprod, model_ema.decay, position_ids
+  // `stipple info` reads the same detection from the header alone.
+  const pipelines::ModelInfo mi = pipelines::inspect_model(path, tiny_options());
+  EXPECT_EQ(mi.family, "SD 1.x");
+  ASSERT_EQ(mi.components.size(), 3u);
+  EXPECT_EQ(mi.components[0].name, "unet");
+  EXPECT_EQ(mi.components[0].num_params, m.unet->num_parameters());
+  EXPECT_EQ(mi.components[2].num_params, m.text_encoder->num_parameters());
 
   // Detected configs equal the folder's.
   const auto unet_ref = models::UNet2DConditionModel::from_pretrained(sd_tiny_ + "/unet");

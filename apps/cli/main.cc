@@ -12,6 +12,8 @@
 #include "progress.h"
 #include "pipelines/conformance.h"
 #include "train/demo.h"
+#include "bench_command.h"
+#include "info_command.h"
 #include "train_command.h"
 
 namespace {
@@ -49,23 +51,6 @@ int run_demo_command(const stipple::train::DemoOptions& opt, const std::string& 
   std::printf("training: %d steps in %.1f s (final loss %.4f); sampling: %d steps in %.1f s\n",
               opt.train_steps, r.train_seconds, r.final_loss, opt.diffusion_steps,
               r.sample_seconds);
-  return 0;
-}
-
-int run_info_command(const std::string& path) {
-  STIPPLE_CHECK(std::filesystem::exists(path), "no such file: ", path);
-  std::map<std::string, std::string> text;
-  const stipple::io::Image img = stipple::io::read_png(path, &text);
-  std::printf("%s: PNG %dx%d, %d channel%s\n", path.c_str(), img.width, img.height, img.channels,
-              img.channels == 1 ? "" : "s");
-  auto it = text.find("parameters");
-  if (it == text.end()) {
-    std::printf("no generation parameters in this file\n");
-  } else {
-    std::printf("%s\n", it->second.c_str());
-  }
-  for (const auto& [k, v] : text)
-    if (k != "parameters") std::printf("%s: %s\n", k.c_str(), v.c_str());
   return 0;
 }
 
@@ -116,10 +101,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   demo_cmd->add_flag("--quiet,-q", quiet, "no progress bar");
 
-  std::string info_path;
-  CLI::App* info_cmd = app.add_subcommand(
-      "info", "Print what a file holds: for a PNG, its size and generation parameters.");
-  info_cmd->add_option("file", info_path, "PNG file")->required();
+  stipple::cli::InfoCommand info_cmd(app);
+  stipple::cli::BenchCommand bench_cmd(app);
 
   std::string conformance_dir;
   CLI::App* conformance_cmd = app.add_subcommand(
@@ -138,7 +121,8 @@ int main(int argc, char** argv) {
   }
   try {
     if (*demo_cmd) return run_demo_command(demo, demo_out, quiet);
-    if (*info_cmd) return run_info_command(info_path);
+    if (info_cmd.selected()) return info_cmd.run();
+    if (bench_cmd.selected()) return bench_cmd.run();
     if (*conformance_cmd) return run_conformance_command(conformance_dir);
     if (train_cmd.selected()) return train_cmd.run();
   } catch (const stipple::Error& e) {
