@@ -15,6 +15,7 @@
 #include "bench_command.h"
 #include "info_command.h"
 #include "train_command.h"
+#include "generate_command.h"
 
 namespace {
 
@@ -113,6 +114,10 @@ int main(int argc, char** argv) {
   conformance_cmd->add_option("dir", conformance_dir, "conformance folder")->required();
 
   stipple::cli::TrainCommand train_cmd(app);
+  using stipple::cli::GenerateCommand;
+  GenerateCommand generate_cmd(app, GenerateCommand::Mode::kGenerate);
+  GenerateCommand img2img_cmd(app, GenerateCommand::Mode::kImg2Img);
+  GenerateCommand inpaint_cmd(app, GenerateCommand::Mode::kInpaint);
 
   try {
     app.parse(argc, argv);
@@ -125,6 +130,9 @@ int main(int argc, char** argv) {
     if (bench_cmd.selected()) return bench_cmd.run();
     if (*conformance_cmd) return run_conformance_command(conformance_dir);
     if (train_cmd.selected()) return train_cmd.run();
+    if (generate_cmd.selected()) return generate_cmd.run();
+    if (img2img_cmd.selected()) return img2img_cmd.run();
+    if (inpaint_cmd.selected()) return inpaint_cmd.run();
   } catch (const stipple::Error& e) {
     std::fprintf(stderr, "stipple: error: %s\n", e.what());
     return 1;

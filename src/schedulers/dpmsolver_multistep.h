@@ -14,7 +14,9 @@ class DPMSolverMultistepScheduler : public SigmaScheduler {
   explicit DPMSolverMultistepScheduler(SchedulerConfig config)
       : SigmaScheduler(std::move(config)) {}
   void set_timesteps(int num_inference_steps) override;
-  int order() const override { return config_.solver_order; }
+  // One model call per timestep, as diffusers' DPMSolverMultistepScheduler.order = 1 (the
+  // solver order is how many past outputs a step uses, not calls per step).
+  int order() const override { return 1; }
 
  protected:
   StepResult step_impl(const std::vector<float>& model_output, double t,

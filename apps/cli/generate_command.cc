@@ -1,0 +1,265 @@
+#include "generate_command.h"
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <regex>
+
+#include "core/error.h"
+#include "io/json.h"
+#include "io/png.h"
+#include "ops/ops.h"
+#include "pipelines/dit_pipeline.h"
+#include "pipelines/stable_diffusion.h"
+#include "progress.h"
+#include "schedulers/scheduler.h"
+
+namespace stipple::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string sampler_list() {
+  std::string s;
+  for (const auto& n : schedulers::sampler_names()) s += str_cat(s.empty() ? "" : ", ", n.name);
+  return s;
+}
+
+std::string format_number(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
+
+// A PNG as [1, 3, H, W] in [0, 1] (grey is repeated, alpha dropped).
+Tensor read_rgb(const std::string& path, const char* what) {
+  STIPPLE_CHECK(fs::exists(path), "no such ", what, ": ", path);
+  const io::Image img = io::read_png(path);
+  const Tensor t = io::image_to_tensor(img, 0.0f, 1.0f);  // [1, C, H, W]
+  if (img.channels >= 3) return t.narrow(1, 0, 3).contiguous();
+  return ops::concat({t, t, t}, 1);
+}
+
+// A mask PNG as [1, 1, H, W] in [0, 1]: grey as it is, colour as PIL's convert("L").
+Tensor read_mask(const std::string& path) {
+  STIPPLE_CHECK(fs::exists(path), "no such mask: ", path);
+  const io::Image img = io::read_png(path);
+  std::vector<float> v(static_cast<size_t>(img.width) * img.height);
+  for (size_t i = 0; i < v.size(); ++i) {
+    const uint8_t* px = &img.pixels[i * img.channels];
+    const uint32_t l = img.channels >= 3
+                           ? (px[0] * 19595u + px[1] * 38470u + px[2] * 7471u + 0x8000u) >> 16
+                           : px[0];
+    v[i] = static_cast<float>(l) / 255.0f;
+  }
+  return Tensor::from_vector(v, {1, 1, img.height, img.width});
+}
+
+// The folder's name for the PNG text ("sd_tiny" for "models/sd_tiny/").
+std::string model_name(const std::string& folder) {
+  fs::path p = fs::path(folder).lexically_normal();
+  if (p.filename().empty()) p = p.parent_path();
+  return p.filename().string();
+}
+
+bool is_dit_folder(const std::string& folder) {
+  const fs::path d(folder);
+  if (fs::is_directory(d / "transformer") && !fs::is_directory(d / "unet")) return true;
+  if (!fs::exists(d / "model_index.json")) return false;
+  const nlohmann::json j = io::read_json_file((d / "model_index.json").string());
+  return j.is_object() && j.value("_class_name", "") == "DiTPipeline";
+}
+
+// Writes one PNG per image when `out` holds a printf %d (img_%03d.png), else one PNG (a grid
+// when there are several images). Returns the paths written.
+std::vector<std::string> write_images(const Tensor& images, const std::string& out,
+                                      const std::string& parameters) {
+  const std::map<std::string, std::string> text = {{"parameters", parameters}};
+  auto write = [&](const std::string& path, const Tensor& chw) {
+    const fs::path parent = fs::path(path).parent_path();
+    if (!parent.empty()) fs::create_directories(parent);
+    io::write_png(path, io::tensor_to_image(chw, 0.0f, 1.0f), text);
+  };
+  const int64_t n = images.size(0);
+  std::vector<std::string> paths;
+  if (std::regex_search(out, std::regex("%0?[0-9]*d"))) {
+    for (int64_t i = 0; i < n; ++i) {
+      char buf[4096];
+      std::snprintf(buf, sizeof buf, out.c_str(), static_cast<int>(i));
+      write(buf, images.narrow(0, i, 1).contiguous());
+      paths.push_back(buf);
+    }
+  } else {
+    const int cols = static_cast<int>(std::ceil(std::sqrt(static_cast<double>(n))));
+    write(out, n == 1 ? images : io::make_grid(images, cols, 0));
+    paths.push_back(out);
+  }
+  return paths;
+}
+
+void report(const std::vector<std::string>& paths, const Tensor& images) {
+  const long long n = images.size(0), w = images.size(3), h = images.size(2);
+  if (paths.size() == 1 && n > 1) {
+    std::printf("wrote %s: a grid of %lld images of %lldx%lld\n", paths[0].c_str(), n, w, h);
+    return;
+  }
+  for (const std::string& p : paths) std::printf("wrote %s (%lldx%lld)\n", p.c_str(), w, h);
+}
+
+}  // namespace
+
+GenerateCommand::GenerateCommand(CLI::App& app, Mode mode) : mode_(mode) {
+  const char* name = mode == Mode::kGenerate  ? "generate"
+                     : mode == Mode::kImg2Img ? "img2img"
+                                              : "inpaint";
+  const char* what =
+      mode == Mode::kGenerate
+          ? "Text-to-image with a Stable Diffusion 1.x/2.x diffusers folder (--prompt), or "
+            "class-to-image with a DiT folder (--class-label 207 or a class name)."
+      : mode == Mode::kImg2Img
+          ? "Image-to-image (SDEdit): noise --init-image by --strength, then denoise it toward "
+            "--prompt."
+          : "Inpainting: repaint the white (>= 50% grey) part of --mask in --init-image toward "
+            "--prompt (9-channel inpainting UNets, or latent blending with ordinary ones).";
+  cmd_ = app.add_subcommand(
+      name, str_cat(what,
+                    " Several images (--num-images) go to numbered files when --out holds a printf "
+                    "%d (e.g. 'out/img_%03d.png'), else into one grid PNG. Each PNG carries the "
+                    "generation parameters (A1111's `parameters` text; see `stipple info`)."));
+  cmd_->add_option("--model", model_, "diffusers model folder (model_index.json, unet/, ...)")
+      ->required();
+  cmd_->add_option("--prompt,-p", prompt_, "what to draw");
+  cmd_->add_option("--negative-prompt,-n", negative_prompt_, "what to steer away from");
+  cmd_->add_option("--steps", steps_, "denoising steps")->capture_default_str();
+  cmd_->add_option("--cfg", cfg_, "classifier-free guidance scale (DiT's default: 4)")
+      ->capture_default_str();
+  cmd_->add_option("--sampler", sampler_, "sampler: " + sampler_list())->capture_default_str();
+  cmd_->add_option("--seed", seed_, "seed; the same seed gives diffusers' CPU noise")
+      ->capture_default_str();
+  cmd_->add_option("--width", width_, "image width, a multiple of 8 (default: the model's, or "
+                                      "the init image's)");
+  cmd_->add_option("--height", height_, "image height, a multiple of 8");
+  cmd_->add_option("--num-images", num_images_, "images to generate")->capture_default_str();
+  cmd_->add_option("--clip-skip", clip_skip_, "CLIP layers to skip from the end (1 = none)")
+      ->capture_default_str();
+  cmd_->add_option("--out,-o", out_, "PNG to write, or a pattern like 'dir/img_%03d.png'")
+      ->capture_default_str();
+  if (mode == Mode::kGenerate) {
+    cmd_->add_option("--class-label", class_labels_,
+                     "DiT models: class id or name (repeat for several images)");
+  } else {
+    cmd_->add_option("--init-image", init_image_, "PNG to start from")->required();
+    if (mode == Mode::kInpaint) {
+      cmd_->add_option("--mask", mask_, "PNG of the same size; white = repaint")->required();
+      strength_ = 1.0;
+    }
+    cmd_->add_option("--strength", strength_,
+                     "in [0, 1]: how much of the image is re-noised (1 = all)")
+        ->capture_default_str();
+  }
+  cmd_->add_flag("--quiet,-q", quiet_, "no progress bar");
+}
+
+int GenerateCommand::run() {
+  // Cheap checks first, so a bad flag fails before a model loads.
+  STIPPLE_CHECK(fs::exists(model_), "no such model folder: ", model_);
+  STIPPLE_CHECK(steps_ >= 1 && steps_ <= 10000, "--steps must be in [1, 10000], got ", steps_);
+  STIPPLE_CHECK(num_images_ >= 1 && num_images_ <= 256, "--num-images must be in [1, 256], got ",
+                num_images_);
+  STIPPLE_CHECK(width_ >= 0 && width_ % 8 == 0, "--width must be a multiple of 8, got ", width_);
+  STIPPLE_CHECK(height_ >= 0 && height_ % 8 == 0, "--height must be a multiple of 8, got ",
+                height_);
+  STIPPLE_CHECK(strength_ >= 0.0 && strength_ <= 1.0, "--strength must be in [0, 1], got ",
+                format_number(strength_));
+  bool known = false;
+  for (const auto& n : schedulers::sampler_names()) known = known || sampler_ == n.name;
+  STIPPLE_CHECK(known, "unknown sampler '", sampler_, "'; known samplers: ", sampler_list());
+  if (is_dit_folder(model_)) return run_dit();
+  STIPPLE_CHECK(class_labels_.empty(), model_,
+                " is a Stable Diffusion model: give --prompt instead of --class-label");
+
+  pipelines::GenerationParams p;
+  p.prompt = prompt_;
+  p.negative_prompt = negative_prompt_;
+  p.steps = steps_;
+  p.cfg = cfg_;
+  p.sampler = sampler_;
+  p.seed = seed_;
+  p.width = width_;
+  p.height = height_;
+  p.num_images = num_images_;
+  p.clip_skip = clip_skip_;
+  if (mode_ != Mode::kGenerate) {
+    p.init_image = read_rgb(init_image_, "init image");
+    p.strength = strength_;
+  }
+  if (mode_ == Mode::kInpaint) {
+    p.mask = read_mask(mask_);
+    STIPPLE_CHECK(p.mask.size(2) == p.init_image.size(2) && p.mask.size(3) == p.init_image.size(3),
+                  "the mask ", mask_, " is ", p.mask.size(3), "x", p.mask.size(2),
+                  " but the init image is ", p.init_image.size(3), "x", p.init_image.size(2),
+                  "; they must have the same size");
+  }
+  const pipelines::StableDiffusion sd = pipelines::StableDiffusion::from_pretrained(model_);
+  std::unique_ptr<ProgressBar> bar;
+  p.progress = [&](int done, int total) {
+    if (!bar) bar = std::make_unique<ProgressBar>("sampling", total, !quiet_);
+    bar->update(done);
+  };
+  Tensor images;
+  if (mode_ == Mode::kGenerate) images = sd.run_txt2img(p);
+  if (mode_ == Mode::kImg2Img) images = sd.run_img2img(p);
+  if (mode_ == Mode::kInpaint) images = sd.run_inpaint(p);
+  if (bar) bar->finish();
+
+  std::string params = prompt_;
+  if (!negative_prompt_.empty()) params += "\nNegative prompt: " + negative_prompt_;
+  params += str_cat("\nSteps: ", steps_, ", Sampler: ", sampler_, ", CFG scale: ",
+                    format_number(cfg_), ", Seed: ", seed_, ", Size: ", images.size(3), "x",
+                    images.size(2), ", Model: ", model_name(model_));
+  if (mode_ != Mode::kGenerate) params += ", Denoising strength: " + format_number(strength_);
+  report(write_images(images, out_, params), images);
+  return 0;
+}
+
+int GenerateCommand::run_dit() {
+  STIPPLE_CHECK(mode_ == Mode::kGenerate, model_,
+                " is a DiT class-to-image model: use `stipple generate --class-label`");
+  STIPPLE_CHECK(!class_labels_.empty(), model_,
+                " is a DiT class-to-image model: give --class-label (an id such as 207, or a "
+                "class name)");
+  STIPPLE_CHECK(width_ == 0 && height_ == 0, "a DiT model draws at its own size; leave out "
+                                             "--width and --height");
+  const pipelines::DiTPipeline dit = pipelines::DiTPipeline::from_pretrained(model_);
+  pipelines::DiTParams p;
+  const std::vector<int64_t> ids = dit.label_ids(class_labels_);
+  for (int i = 0; i < num_images_; ++i)
+    p.class_labels.insert(p.class_labels.end(), ids.begin(), ids.end());
+  p.steps = steps_;
+  p.cfg = cmd_->count("--cfg") ? cfg_ : 4.0f;
+  p.sampler = sampler_;
+  p.seed = seed_;
+  std::unique_ptr<ProgressBar> bar;
+  p.progress = [&](int done, int total) {
+    if (!bar) bar = std::make_unique<ProgressBar>("sampling", total, !quiet_);
+    bar->update(done);
+  };
+  const Tensor images = dit.run(p);
+  if (bar) bar->finish();
+  std::string labels;
+  for (int64_t id : ids) {
+    auto it = dit.id2label().find(id);
+    labels += str_cat(labels.empty() ? "" : ", ", id,
+                      it == dit.id2label().end() ? "" : " (" + it->second + ")");
+  }
+  const std::string params =
+      str_cat("class ", labels, "\nSteps: ", steps_, ", Sampler: ", sampler_, ", CFG scale: ",
+              format_number(p.cfg), ", Seed: ", seed_, ", Size: ", images.size(3), "x",
+              images.size(2), ", Model: ", model_name(model_));
+  report(write_images(images, out_, params), images);
+  return 0;
+}
+
+}  // namespace stipple::cli
