@@ -144,10 +144,10 @@ TEST_F(SingleFileTest, RoundTripLoadsIdenticalModels) {
   // Identical outputs, and within the README tolerance of diffusers.
   autograd::NoGradGuard no_grad;
   const auto u = io::load_safetensors(sd_tiny_ + "/reference/unet_io.safetensors");
-  const Tensor out = m.unet->forward(u.at("sample"), u.at("timestep_a"),
-                                     u.at("encoder_hidden_states"));
-  const Tensor out_ref = unet_ref->forward(u.at("sample"), u.at("timestep_a"),
-                                           u.at("encoder_hidden_states"));
+  const Tensor out =
+      m.unet->forward(u.at("sample"), u.at("timestep_a"), u.at("encoder_hidden_states"));
+  const Tensor out_ref =
+      unet_ref->forward(u.at("sample"), u.at("timestep_a"), u.at("encoder_hidden_states"));
   EXPECT_EQ(out.to_vector(), out_ref.to_vector());
   EXPECT_TENSORS_CLOSE(out, u.at("out_a"), 1e-4, 0.0);
 
@@ -217,7 +217,8 @@ TEST_F(SingleFileTest, OpenClipTextEncoderSplitsInProj) {
       all[d + "mlp.c_proj." + w] = clip.at(s + "mlp.fc2." + w);
       all[d + "attn.in_proj_" + w] =
           ops::concat({clip.at(s + "self_attn.q_proj." + w), clip.at(s + "self_attn.k_proj." + w),
-                       clip.at(s + "self_attn.v_proj." + w)}, 0);
+                       clip.at(s + "self_attn.v_proj." + w)},
+                      0);
     }
   }
   const std::string path = write("openclip.safetensors", all);

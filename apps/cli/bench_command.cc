@@ -6,7 +6,6 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
-
 #include <nlohmann/json.hpp>
 
 #include "autograd/grad_mode.h"
@@ -22,8 +21,7 @@ namespace stipple::cli {
 namespace {
 
 double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 double peak_rss_mb() {
@@ -36,8 +34,8 @@ double peak_rss_mb() {
 models::UNet2DConditionConfig sd15_unet_config() {
   nlohmann::json j;
   j["block_out_channels"] = {320, 640, 1280, 1280};
-  j["down_block_types"] = {"CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
-                           "CrossAttnDownBlock2D", "DownBlock2D"};
+  j["down_block_types"] = {"CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                           "DownBlock2D"};
   j["up_block_types"] = {"UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D",
                          "CrossAttnUpBlock2D"};
   j["layers_per_block"] = 2;
@@ -75,8 +73,8 @@ void round_to_f16(nn::Module& m) {
 }  // namespace
 
 BenchCommand::BenchCommand(CLI::App& app) {
-  cmd_ = app.add_subcommand(
-      "bench", "Time whole models on this machine (see `stipple bench unet --help`).");
+  cmd_ = app.add_subcommand("bench",
+                            "Time whole models on this machine (see `stipple bench unet --help`).");
   cmd_->require_subcommand(1);
   unet_cmd_ = cmd_->add_subcommand(
       "unet",
@@ -84,14 +82,16 @@ BenchCommand::BenchCommand(CLI::App& app) {
       "768, 8 heads) with classifier-free guidance (batch 2, 77 context tokens), the SD VAE's "
       "decode time (128/256/512/512) and the peak resident memory. Weights are random (seeded) "
       "unless --weights names a single-file checkpoint. Takes minutes on two cores.");
-  unet_cmd_->add_option("--dtype", dtype_,
-                        "weight precision: f32, or f16 (weights rounded to half precision as "
-                        "an f16 checkpoint gives them; still held and computed in f32)")
+  unet_cmd_
+      ->add_option("--dtype", dtype_,
+                   "weight precision: f32, or f16 (weights rounded to half precision as "
+                   "an f16 checkpoint gives them; still held and computed in f32)")
       ->capture_default_str()
       ->check(CLI::IsMember({"f32", "f16"}));
-  unet_cmd_->add_option("--weights", weights_,
-                        "single-file .safetensors checkpoint (SD 1.x/2.x) whose UNet and VAE to "
-                        "time instead of random weights")
+  unet_cmd_
+      ->add_option("--weights", weights_,
+                   "single-file .safetensors checkpoint (SD 1.x/2.x) whose UNet and VAE to "
+                   "time instead of random weights")
       ->check(CLI::ExistingFile);
   unet_cmd_->add_option("--steps", steps_, "denoising steps to time")
       ->capture_default_str()
@@ -109,8 +109,10 @@ BenchCommand::BenchCommand(CLI::App& app) {
 }
 
 int BenchCommand::run() {
-  STIPPLE_CHECK(width_ % 8 == 0 && height_ % 8 == 0, "--width and --height must be multiples of "
-                "8, got ", width_, "x", height_);
+  STIPPLE_CHECK(width_ % 8 == 0 && height_ % 8 == 0,
+                "--width and --height must be multiples of "
+                "8, got ",
+                width_, "x", height_);
   autograd::NoGradGuard no_grad;  // inference: convolutions keep the blocked layout
   Generator gen(seed_);
 
@@ -142,19 +144,20 @@ int BenchCommand::run() {
   }
   const double build_s = now_s() - t0;
   const auto& cfg = unet->config();
-  std::printf("UNet: %s, %.1f M parameters, block_out_channels %lld/%lld/..., cross-attention "
-              "%lld, weights %s%s\n",
-              source.c_str(), unet->num_parameters() / 1e6,
-              static_cast<long long>(cfg.block_out_channels.at(0)),
-              static_cast<long long>(cfg.block_out_channels.at(1)),
-              static_cast<long long>(cfg.cross_attention_dim.at(0)), dtype_.c_str(),
-              dtype_ == "f16" ? " (rounded to f16, held and computed in f32)" : "");
+  std::printf(
+      "UNet: %s, %.1f M parameters, block_out_channels %lld/%lld/..., cross-attention "
+      "%lld, weights %s%s\n",
+      source.c_str(), unet->num_parameters() / 1e6,
+      static_cast<long long>(cfg.block_out_channels.at(0)),
+      static_cast<long long>(cfg.block_out_channels.at(1)),
+      static_cast<long long>(cfg.cross_attention_dim.at(0)), dtype_.c_str(),
+      dtype_ == "f16" ? " (rounded to f16, held and computed in f32)" : "");
   std::printf("built in %.1f s; peak RSS so far %.0f MB\n", build_s, peak_rss_mb());
 
   // 2. Denoising steps: one batched call with the unconditional and conditional halves (CFG).
   const int64_t h = height_ / 8, w = width_ / 8;
-  const Tensor latents = gen.randn({2, cfg.in_channels, h, w});                 // [2, 4, h, w]
-  const Tensor context = gen.randn({2, 77, cfg.cross_attention_dim.at(0)});     // [2, 77, D]
+  const Tensor latents = gen.randn({2, cfg.in_channels, h, w});              // [2, 4, h, w]
+  const Tensor context = gen.randn({2, 77, cfg.cross_attention_dim.at(0)});  // [2, 77, D]
   const Tensor timestep = Tensor::scalar(500, DType::kI64);
   std::vector<double> step_s;
   {

@@ -28,20 +28,29 @@ bool starts_with(const std::string& s, const std::string& p) { return s.rfind(p,
 const std::vector<std::pair<std::string, std::string>>& leaf_table(KeyKind kind) {
   static const std::vector<std::pair<std::string, std::string>> kNone;
   static const std::vector<std::pair<std::string, std::string>> kUNetResnet = {
-      {"in_layers.0", "norm1"},          {"in_layers.2", "conv1"},
-      {"emb_layers.1", "time_emb_proj"}, {"out_layers.0", "norm2"},
-      {"out_layers.3", "conv2"},         {"skip_connection", "conv_shortcut"}};
+      {"in_layers.0", "norm1"},  {"in_layers.2", "conv1"},  {"emb_layers.1", "time_emb_proj"},
+      {"out_layers.0", "norm2"}, {"out_layers.3", "conv2"}, {"skip_connection", "conv_shortcut"}};
   static const std::vector<std::pair<std::string, std::string>> kVAEResnet = {
-      {"norm1", "norm1"}, {"conv1", "conv1"}, {"norm2", "norm2"},
-      {"conv2", "conv2"}, {"nin_shortcut", "conv_shortcut"}};
+      {"norm1", "norm1"},
+      {"conv1", "conv1"},
+      {"norm2", "norm2"},
+      {"conv2", "conv2"},
+      {"nin_shortcut", "conv_shortcut"}};
   static const std::vector<std::pair<std::string, std::string>> kVAEAttention = {
-      {"norm", "group_norm"}, {"q", "to_q"}, {"k", "to_k"}, {"v", "to_v"},
+      {"norm", "group_norm"},
+      {"q", "to_q"},
+      {"k", "to_k"},
+      {"v", "to_v"},
       {"proj_out", "to_out.0"}};
   switch (kind) {
-    case KeyKind::kUNetResnet: return kUNetResnet;
-    case KeyKind::kVAEResnet: return kVAEResnet;
-    case KeyKind::kVAEAttention: return kVAEAttention;
-    case KeyKind::kSame: break;
+    case KeyKind::kUNetResnet:
+      return kUNetResnet;
+    case KeyKind::kVAEResnet:
+      return kVAEResnet;
+    case KeyKind::kVAEAttention:
+      return kVAEAttention;
+    case KeyKind::kSame:
+      break;
   }
   return kNone;
 }
@@ -169,13 +178,15 @@ bool sd2_like(bool linear_proj, int64_t cross_dim) { return linear_proj || cross
 nlohmann::json detect_unet(const Header& h, const SingleFileOptions& opt, std::string* family) {
   const std::string& P = kUNetPrefix;
   const std::string where = h.file().path();
-  STIPPLE_CHECK(!h.has(P + "label_emb.0.0.weight"),
-                where, ": the UNet has a class embedding (label_emb: the SD x4 upscaler or a "
+  STIPPLE_CHECK(!h.has(P + "label_emb.0.0.weight"), where,
+                ": the UNet has a class embedding (label_emb: the SD x4 upscaler or a "
                 "class-conditioned model), which single-file loading does not support");
   STIPPLE_CHECK(h.has(P + "input_blocks.0.0.weight") && h.has(P + "out.2.weight") &&
                     h.has(P + "time_embed.0.weight"),
-                where, ": the UNet (model.diffusion_model.*) lacks input_blocks.0.0 / out.2 / "
-                "time_embed.0; ", describe_found(h.file()));
+                where,
+                ": the UNet (model.diffusion_model.*) lacks input_blocks.0.0 / out.2 / "
+                "time_embed.0; ",
+                describe_found(h.file()));
   const int64_t c0 = h.dim(P + "input_blocks.0.0.weight", 0);
   const int64_t in_channels = h.dim(P + "input_blocks.0.0.weight", 1);
 
@@ -201,7 +212,8 @@ nlohmann::json detect_unet(const Header& h, const SingleFileOptions& opt, std::s
       }
       ++level_resnets;
     } else if (h.has(b + "0.op.weight")) {
-      STIPPLE_CHECK(level_resnets > 0, where, ": input_blocks.", i, " downsamples a level with "
+      STIPPLE_CHECK(level_resnets > 0, where, ": input_blocks.", i,
+                    " downsamples a level with "
                     "no resnets");
       layers.push_back(level_resnets);
       level_resnets = 0;
@@ -212,12 +224,12 @@ nlohmann::json detect_unet(const Header& h, const SingleFileOptions& opt, std::s
   STIPPLE_CHECK(level_resnets > 0, where, ": the UNet's input_blocks end with a downsampler");
   layers.push_back(level_resnets);
   const size_t n = channels.size();
-  STIPPLE_CHECK(std::find(attn.begin(), attn.end(), true) != attn.end(),
-                where, ": the UNet has no cross-attention blocks (input_blocks.*.1.proj_in); not "
+  STIPPLE_CHECK(std::find(attn.begin(), attn.end(), true) != attn.end(), where,
+                ": the UNet has no cross-attention blocks (input_blocks.*.1.proj_in); not "
                 "a text-conditioned Stable Diffusion UNet");
-  STIPPLE_CHECK(h.has(P + "middle_block.1.proj_in.weight") &&
-                    h.has(P + "middle_block.2.in_layers.0.weight"),
-                where, ": the UNet's middle_block is not resnet -> transformer -> resnet");
+  STIPPLE_CHECK(
+      h.has(P + "middle_block.1.proj_in.weight") && h.has(P + "middle_block.2.in_layers.0.weight"),
+      where, ": the UNet's middle_block is not resnet -> transformer -> resnet");
 
   nlohmann::json down = nlohmann::json::array(), up = nlohmann::json::array();
   nlohmann::json heads = nlohmann::json::array(), tl = nlohmann::json::array();
@@ -240,8 +252,8 @@ nlohmann::json detect_unet(const Header& h, const SingleFileOptions& opt, std::s
     up.push_back(a ? "CrossAttnUpBlock2D" : "UpBlock2D");
     ob += layers[n - 1 - u] + 1;
   }
-  const bool same_layers = std::all_of(layers.begin(), layers.end(),
-                                       [&](int64_t v) { return v == layers[0]; });
+  const bool same_layers =
+      std::all_of(layers.begin(), layers.end(), [&](int64_t v) { return v == layers[0]; });
   const bool same_depth =
       std::all_of(tl.begin(), tl.end(), [&](const nlohmann::json& v) { return v == tl[0]; });
 
@@ -261,15 +273,17 @@ nlohmann::json detect_unet(const Header& h, const SingleFileOptions& opt, std::s
   j["transformer_layers_per_block"] = same_depth ? tl[0] : tl;
   j["norm_num_groups"] = opt.norm_num_groups;
   // Informational: 768-pixel SD 2.x-v files use 96x96 latents, the others 64x64.
-  j["sample_size"] = (sd2_like(linear_proj, cross_dim) && opt.prediction_type == "v_prediction")
-                         ? 96 : 64;
+  j["sample_size"] =
+      (sd2_like(linear_proj, cross_dim) && opt.prediction_type == "v_prediction") ? 96 : 64;
   const int64_t temb = h.dim(P + "time_embed.0.weight", 0);
   if (temb != 4 * c0) j["time_embedding_dim"] = temb;
 
   const bool sd2 = sd2_like(linear_proj, cross_dim);
   *family = sd2 ? "SD 2.x" : "SD 1.x";
-  if (in_channels == 9) *family += " inpainting";
-  else if (in_channels != 4) *family += str_cat(" (", in_channels, "-channel input)");
+  if (in_channels == 9)
+    *family += " inpainting";
+  else if (in_channels != 4)
+    *family += str_cat(" (", in_channels, "-channel input)");
   return j;
 }
 
@@ -278,8 +292,10 @@ nlohmann::json detect_vae(const Header& h, const SingleFileOptions& opt) {
   const std::string where = h.file().path();
   STIPPLE_CHECK(h.has(V + "encoder.conv_in.weight") && h.has(V + "decoder.conv_in.weight") &&
                     h.has(V + "decoder.conv_out.weight"),
-                where, ": the VAE (first_stage_model.*) lacks encoder.conv_in / decoder.conv_in / "
-                "decoder.conv_out; ", describe_found(h.file()));
+                where,
+                ": the VAE (first_stage_model.*) lacks encoder.conv_in / decoder.conv_in / "
+                "decoder.conv_out; ",
+                describe_found(h.file()));
   const int64_t levels = h.count(V + "encoder.down.", ".block.0.conv1.weight");
   STIPPLE_CHECK(levels > 0, where, ": the VAE has no encoder.down.0.block.0");
   const int64_t lpb = h.count(V + "encoder.down.0.block.", ".conv1.weight");
@@ -288,11 +304,13 @@ nlohmann::json detect_vae(const Header& h, const SingleFileOptions& opt) {
   for (int64_t i = 0; i < levels; ++i) {
     channels.push_back(h.dim(str_cat(V, "encoder.down.", i, ".block.0.conv1.weight"), 0));
     down.push_back(h.has(str_cat(V, "encoder.down.", i, ".attn.0.q.weight"))
-                       ? "AttnDownEncoderBlock2D" : "DownEncoderBlock2D");
+                       ? "AttnDownEncoderBlock2D"
+                       : "DownEncoderBlock2D");
   }
   for (int64_t u = 0; u < levels; ++u) {
     up.push_back(h.has(str_cat(V, "decoder.up.", levels - 1 - u, ".attn.0.q.weight"))
-                     ? "AttnUpDecoderBlock2D" : "UpDecoderBlock2D");
+                     ? "AttnUpDecoderBlock2D"
+                     : "UpDecoderBlock2D");
   }
   nlohmann::json j;
   j["_class_name"] = "AutoencoderKL";
@@ -346,11 +364,14 @@ nlohmann::json detect_text(const Header& h, const SingleFileOptions& opt, std::s
     j["hidden_act"] = "gelu";
     j["projection_dim"] = 512;
   } else {
-    throw Error(str_cat(where, ": cond_stage_model.* holds neither a CLIP text model "
+    throw Error(str_cat(where,
+                        ": cond_stage_model.* holds neither a CLIP text model "
                         "(cond_stage_model.transformer.text_model.*) nor an OpenCLIP one "
-                        "(cond_stage_model.model.token_embedding); ", describe_found(h.file())));
+                        "(cond_stage_model.model.token_embedding); ",
+                        describe_found(h.file())));
   }
-  const int64_t heads = opt.text_num_heads > 0 ? opt.text_num_heads : std::max<int64_t>(hidden / 64, 1);
+  const int64_t heads =
+      opt.text_num_heads > 0 ? opt.text_num_heads : std::max<int64_t>(hidden / 64, 1);
   STIPPLE_CHECK(hidden % heads == 0, where, ": text encoder width ", hidden,
                 " is not a multiple of ", heads, " heads (set text_num_heads)");
   j["hidden_size"] = hidden;
@@ -387,8 +408,10 @@ std::map<std::string, Tensor> convert_open_clip(const SafetensorsFile& file,
   std::map<std::string, Tensor> out;
   std::vector<std::string> unmapped;
   static const std::vector<std::pair<std::string, std::string>> kLayer = {
-      {"ln_1.", "layer_norm1."},          {"ln_2.", "layer_norm2."},
-      {"attn.out_proj.", "self_attn.out_proj."}, {"mlp.c_fc.", "mlp.fc1."},
+      {"ln_1.", "layer_norm1."},
+      {"ln_2.", "layer_norm2."},
+      {"attn.out_proj.", "self_attn.out_proj."},
+      {"mlp.c_fc.", "mlp.fc1."},
       {"mlp.c_proj.", "mlp.fc2."}};
   for (const auto& [name, e] : file.entries()) {
     if (!starts_with(name, O) || is_ignored_key(name)) continue;
@@ -437,9 +460,12 @@ std::map<std::string, Tensor> convert_open_clip(const SafetensorsFile& file,
 
 std::string component_prefix(SingleFileComponent c) {
   switch (c) {
-    case SingleFileComponent::kUNet: return kUNetPrefix;
-    case SingleFileComponent::kVAE: return kVAEPrefix;
-    case SingleFileComponent::kTextEncoder: return "cond_stage_model.";
+    case SingleFileComponent::kUNet:
+      return kUNetPrefix;
+    case SingleFileComponent::kVAE:
+      return kVAEPrefix;
+    case SingleFileComponent::kTextEncoder:
+      return "cond_stage_model.";
   }
   return "";
 }
@@ -448,9 +474,12 @@ std::string component_prefix(SingleFileComponent c) {
 
 const char* component_name(SingleFileComponent c) {
   switch (c) {
-    case SingleFileComponent::kUNet: return "unet";
-    case SingleFileComponent::kVAE: return "vae";
-    case SingleFileComponent::kTextEncoder: return "text_encoder";
+    case SingleFileComponent::kUNet:
+      return "unet";
+    case SingleFileComponent::kVAE:
+      return "vae";
+    case SingleFileComponent::kTextEncoder:
+      return "text_encoder";
   }
   return "?";
 }
@@ -475,10 +504,12 @@ std::vector<KeyRule> single_file_key_table(const UNet2DConditionConfig* unet,
       for (int64_t j = 0; j < unet->layers_per_block[b]; ++j, ++i) {
         add(str_cat("input_blocks.", i, ".0"), str_cat("down_blocks.", b, ".resnets.", j),
             KeyKind::kUNetResnet);
-        if (cross) add(str_cat("input_blocks.", i, ".1"), str_cat("down_blocks.", b, ".attentions.", j));
+        if (cross)
+          add(str_cat("input_blocks.", i, ".1"), str_cat("down_blocks.", b, ".attentions.", j));
       }
       if (b + 1 < n) {
-        add(str_cat("input_blocks.", i, ".0.op"), str_cat("down_blocks.", b, ".downsamplers.0.conv"));
+        add(str_cat("input_blocks.", i, ".0.op"),
+            str_cat("down_blocks.", b, ".downsamplers.0.conv"));
         ++i;
       }
     }
@@ -492,7 +523,8 @@ std::vector<KeyRule> single_file_key_table(const UNet2DConditionConfig* unet,
       for (int64_t j = 0; j < resnets; ++j, ++o) {
         add(str_cat("output_blocks.", o, ".0"), str_cat("up_blocks.", u, ".resnets.", j),
             KeyKind::kUNetResnet);
-        if (cross) add(str_cat("output_blocks.", o, ".1"), str_cat("up_blocks.", u, ".attentions.", j));
+        if (cross)
+          add(str_cat("output_blocks.", o, ".1"), str_cat("up_blocks.", u, ".attentions.", j));
         if (j + 1 == resnets && u + 1 < n) {
           add(str_cat("output_blocks.", o, ".", cross ? 2 : 1, ".conv"),
               str_cat("up_blocks.", u, ".upsamplers.0.conv"));
@@ -520,8 +552,8 @@ std::vector<KeyRule> single_file_key_table(const UNet2DConditionConfig* unet,
     for (int64_t i = 0; i < n; ++i) {
       const bool a = starts_with(vae->down_block_types[i], "Attn");
       for (int64_t j = 0; j < vae->layers_per_block; ++j) {
-        add(str_cat("encoder.down.", i, ".block.", j), str_cat("encoder.down_blocks.", i, ".resnets.", j),
-            KeyKind::kVAEResnet);
+        add(str_cat("encoder.down.", i, ".block.", j),
+            str_cat("encoder.down_blocks.", i, ".resnets.", j), KeyKind::kVAEResnet);
         if (a) {
           add(str_cat("encoder.down.", i, ".attn.", j),
               str_cat("encoder.down_blocks.", i, ".attentions.", j), KeyKind::kVAEAttention);
@@ -536,8 +568,8 @@ std::vector<KeyRule> single_file_key_table(const UNet2DConditionConfig* unet,
       const int64_t l = n - 1 - u;
       const bool a = starts_with(vae->up_block_types[u], "Attn");
       for (int64_t j = 0; j <= vae->layers_per_block; ++j) {
-        add(str_cat("decoder.up.", l, ".block.", j), str_cat("decoder.up_blocks.", u, ".resnets.", j),
-            KeyKind::kVAEResnet);
+        add(str_cat("decoder.up.", l, ".block.", j),
+            str_cat("decoder.up_blocks.", u, ".resnets.", j), KeyKind::kVAEResnet);
         if (a) {
           add(str_cat("decoder.up.", l, ".attn.", j),
               str_cat("decoder.up_blocks.", u, ".attentions.", j), KeyKind::kVAEAttention);
@@ -574,12 +606,15 @@ SingleFileInfo inspect_single_file(const SafetensorsFile& file, const SingleFile
   const Header h(file);
   SingleFileInfo info;
   info.path = file.path();
-  STIPPLE_CHECK(!h.has("conditioner.embedders.0.transformer.text_model.embeddings."
-                       "token_embedding.weight") &&
-                    std::none_of(h.canon().begin(), h.canon().end(),
-                                 [](const auto& kv) { return starts_with(kv.first, "conditioner."); }),
-                file.path(), ": an SDXL checkpoint (conditioner.embedders.*), which stipple does not "
-                "load yet; ", describe_found(file));
+  STIPPLE_CHECK(
+      !h.has("conditioner.embedders.0.transformer.text_model.embeddings."
+             "token_embedding.weight") &&
+          std::none_of(h.canon().begin(), h.canon().end(),
+                       [](const auto& kv) { return starts_with(kv.first, "conditioner."); }),
+      file.path(),
+      ": an SDXL checkpoint (conditioner.embedders.*), which stipple does not "
+      "load yet; ",
+      describe_found(file));
   for (const auto& [canon, name] : h.canon()) {
     const std::string c = component_of(canon);
     const SafetensorsEntry& e = file.entry(name);
@@ -592,7 +627,8 @@ SingleFileInfo inspect_single_file(const SafetensorsFile& file, const SingleFile
   info.has_text_encoder = info.num_tensors.count("text_encoder") > 0;
   STIPPLE_CHECK(info.has_unet, file.path(),
                 ": not a Stable Diffusion single-file checkpoint (no UNet under "
-                "model.diffusion_model.*); ", describe_found(file),
+                "model.diffusion_model.*); ",
+                describe_found(file),
                 ". stipple reads SD 1.x/2.x single files and diffusers folders.");
   STIPPLE_CHECK(opt.prediction_type == "epsilon" || opt.prediction_type == "v_prediction" ||
                     opt.prediction_type == "sample",
@@ -629,10 +665,10 @@ std::map<std::string, Tensor> convert_single_file_component(const SafetensorsFil
   if (component == SingleFileComponent::kTextEncoder && info.text_encoder_kind == "OpenCLIP") {
     return convert_open_clip(file, info);
   }
-  const std::vector<KeyRule> table = single_file_key_table(
-      component == SingleFileComponent::kUNet ? &info.unet_config : nullptr,
-      component == SingleFileComponent::kVAE ? &info.vae_config : nullptr,
-      component == SingleFileComponent::kTextEncoder);
+  const std::vector<KeyRule> table =
+      single_file_key_table(component == SingleFileComponent::kUNet ? &info.unet_config : nullptr,
+                            component == SingleFileComponent::kVAE ? &info.vae_config : nullptr,
+                            component == SingleFileComponent::kTextEncoder);
   std::map<std::string, const KeyRule*> index;
   for (const KeyRule& r : table) index[r.compvis] = &r;
   std::map<std::string, Tensor> out;
@@ -669,10 +705,10 @@ std::map<std::string, Tensor> to_single_file_names(SingleFileComponent component
                                                    const std::map<std::string, Tensor>& state,
                                                    const UNet2DConditionConfig* unet,
                                                    const AutoencoderKLConfig* vae) {
-  const std::vector<KeyRule> table = single_file_key_table(
-      component == SingleFileComponent::kUNet ? unet : nullptr,
-      component == SingleFileComponent::kVAE ? vae : nullptr,
-      component == SingleFileComponent::kTextEncoder);
+  const std::vector<KeyRule> table =
+      single_file_key_table(component == SingleFileComponent::kUNet ? unet : nullptr,
+                            component == SingleFileComponent::kVAE ? vae : nullptr,
+                            component == SingleFileComponent::kTextEncoder);
   std::map<std::string, const KeyRule*> index;
   for (const KeyRule& r : table) index[r.diffusers] = &r;
   std::map<std::string, Tensor> out;
@@ -684,7 +720,8 @@ std::map<std::string, Tensor> to_single_file_names(SingleFileComponent component
                   "to_single_file_names: ", component_name(component), " tensor ", name,
                   " has no CompVis name in the key table");
     Tensor t = t0;
-    if (rule->kind == KeyKind::kVAEAttention && t.dim() == 2) t = t.reshape({t.size(0), t.size(1), 1, 1});
+    if (rule->kind == KeyKind::kVAEAttention && t.dim() == 2)
+      t = t.reshape({t.size(0), t.size(1), 1, 1});
     out[rule->compvis + "." + leaf] = t;
   }
   return out;
@@ -699,8 +736,8 @@ SingleFileModels load_single_file(const std::string& path, const SingleFileOptio
   SingleFileModels m;
   m.info = inspect_single_file(file, options);
   auto missing = [&](const char* what, const char* prefix) {
-    return str_cat(path, ": no ", what, " (", prefix, "*) in this ", m.info.family,
-                   " file; ", describe_found(file));
+    return str_cat(path, ": no ", what, " (", prefix, "*) in this ", m.info.family, " file; ",
+                   describe_found(file));
   };
   STIPPLE_CHECK(!vae || m.info.has_vae, missing("VAE", "first_stage_model."),
                 ". Use a file that includes the VAE, or a diffusers folder.");

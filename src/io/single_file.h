@@ -28,10 +28,9 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "core/tensor.h"
 #include "io/safetensors.h"
@@ -55,10 +54,10 @@ const char* component_name(SingleFileComponent c);  // "unet", "vae", "text_enco
 // One entry of the key table. `compvis` and `diffusers` are dotted module prefixes (a key maps
 // when it starts with the prefix and a '.'); `kind` says how the rest of the key is renamed.
 enum class KeyKind {
-  kSame,          // the rest is kept (transformer blocks, CLIP subtrees, plain convs)
-  kUNetResnet,    // in_layers.0 <-> norm1, in_layers.2 <-> conv1, emb_layers.1 <-> time_emb_proj,
-                  // out_layers.0 <-> norm2, out_layers.3 <-> conv2, skip_connection <-> conv_shortcut
-  kVAEResnet,     // nin_shortcut <-> conv_shortcut, the rest kept
+  kSame,        // the rest is kept (transformer blocks, CLIP subtrees, plain convs)
+  kUNetResnet,  // in_layers.0 <-> norm1, in_layers.2 <-> conv1, emb_layers.1 <-> time_emb_proj,
+                // out_layers.0 <-> norm2, out_layers.3 <-> conv2, skip_connection <-> conv_shortcut
+  kVAEResnet,   // nin_shortcut <-> conv_shortcut, the rest kept
   kVAEAttention,  // norm <-> group_norm, q/k/v <-> to_q/to_k/to_v, proj_out <-> to_out.0;
                   // CompVis weights are 1x1 convs [C, C, 1, 1], diffusers' are Linear [C, C]
 };
@@ -72,8 +71,7 @@ struct KeyRule {
 // The table for a UNet / VAE of the given configs (null: that part is left out) and a SD 1.x CLIP
 // text encoder when `clip_text` (OpenCLIP's fused weights are converted by code, not by rules).
 std::vector<KeyRule> single_file_key_table(const models::UNet2DConditionConfig* unet,
-                                           const models::AutoencoderKLConfig* vae,
-                                           bool clip_text);
+                                           const models::AutoencoderKLConfig* vae, bool clip_text);
 
 // What detection found in a file's header (no tensor data is read).
 struct SingleFileInfo {
@@ -110,9 +108,10 @@ std::map<std::string, Tensor> convert_single_file_component(const SafetensorsFil
 // The inverse: diffusers-named tensors of a component -> CompVis names (for writing single
 // files and for tests). `unet`/`vae`/`text` configs select the table; text encoders are written
 // as SD 1.x CLIP (cond_stage_model.transformer.text_model.*).
-std::map<std::string, Tensor> to_single_file_names(
-    SingleFileComponent component, const std::map<std::string, Tensor>& state,
-    const models::UNet2DConditionConfig* unet, const models::AutoencoderKLConfig* vae);
+std::map<std::string, Tensor> to_single_file_names(SingleFileComponent component,
+                                                   const std::map<std::string, Tensor>& state,
+                                                   const models::UNet2DConditionConfig* unet,
+                                                   const models::AutoencoderKLConfig* vae);
 
 // The models of a single-file checkpoint, loaded strictly (every name and shape checked).
 struct SingleFileModels {

@@ -49,8 +49,8 @@ const std::vector<std::string>& highlight_keys(const std::string& component) {
   static const std::map<std::string, std::vector<std::string>> kKeys = {
       {"unet",
        {"in_channels", "out_channels", "block_out_channels", "layers_per_block",
-        "attention_head_dim", "num_attention_heads", "cross_attention_dim",
-        "use_linear_projection", "upcast_attention", "sample_size"}},
+        "attention_head_dim", "num_attention_heads", "cross_attention_dim", "use_linear_projection",
+        "upcast_attention", "sample_size"}},
       {"vae", {"latent_channels", "block_out_channels", "layers_per_block", "scaling_factor"}},
       {"text_encoder",
        {"hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
@@ -79,9 +79,8 @@ void read_weights(ComponentInfo* c, const io::SafetensorsFile& f) {
 
 // The weights file of a diffusers/transformers component folder, or "".
 std::string weights_file(const fs::path& dir) {
-  for (const char* name :
-       {"diffusion_pytorch_model.safetensors", "model.safetensors",
-        "diffusion_pytorch_model.fp16.safetensors", "model.fp16.safetensors"}) {
+  for (const char* name : {"diffusion_pytorch_model.safetensors", "model.safetensors",
+                           "diffusion_pytorch_model.fp16.safetensors", "model.fp16.safetensors"}) {
     if (fs::exists(dir / name)) return (dir / name).string();
   }
   return "";
@@ -107,11 +106,13 @@ void detect_family(const std::string& component, const io::SafetensorsFile& f, M
       return;
     }
     info->family = (linear || cross_dim == 1024) ? "SD 2.x" : "SD 1.x";
-    if (in_channels == 9) info->family += " inpainting";
-    else if (in_channels != 4) info->family += str_cat(" (", in_channels, "-channel input)");
-    info->evidence = str_cat("unet weights: ", in_channels, " input channels, ",
-                             linear ? "Linear" : "1x1-conv", " proj_in, ", cross_dim,
-                             "-wide cross-attention");
+    if (in_channels == 9)
+      info->family += " inpainting";
+    else if (in_channels != 4)
+      info->family += str_cat(" (", in_channels, "-channel input)");
+    info->evidence =
+        str_cat("unet weights: ", in_channels, " input channels, ", linear ? "Linear" : "1x1-conv",
+                " proj_in, ", cross_dim, "-wide cross-attention");
   } else if (component == "transformer") {
     const bool patch = f.contains("pos_embed.proj.weight");
     const bool adaln = f.contains("transformer_blocks.0.norm1.linear.weight");
@@ -132,10 +133,11 @@ ModelInfo inspect_folder(const fs::path& dir) {
   std::vector<std::pair<std::string, std::string>> parts;  // component -> class name
   if (fs::exists(dir / "model_index.json")) {
     const nlohmann::json index = io::read_json_file((dir / "model_index.json").string());
-    info.format = str_cat("diffusers pipeline folder (",
-                          value_text(index, "_class_name").empty()
-                              ? "no _class_name" : value_text(index, "_class_name"),
-                          ")");
+    info.format =
+        str_cat("diffusers pipeline folder (",
+                value_text(index, "_class_name").empty() ? "no _class_name"
+                                                         : value_text(index, "_class_name"),
+                ")");
     for (const auto& [key, v] : index.items()) {
       if (key.empty() || key[0] == '_' || !v.is_array() || v.size() != 2 || v[1].is_null()) {
         continue;
@@ -152,7 +154,8 @@ ModelInfo inspect_folder(const fs::path& dir) {
     info.format = "diffusers component folder";
     parts.emplace_back("", cls);
   } else {
-    throw Error(str_cat(dir.string(), ": neither model_index.json (a diffusers pipeline) nor "
+    throw Error(str_cat(dir.string(),
+                        ": neither model_index.json (a diffusers pipeline) nor "
                         "config.json (one component) is in this folder"));
   }
 
@@ -163,11 +166,16 @@ ModelInfo inspect_folder(const fs::path& dir) {
     // One component folder: name it by its class.
     c.name = name;
     if (c.name.empty()) {
-      if (cls == "UNet2DConditionModel") c.name = "unet";
-      else if (cls == "AutoencoderKL") c.name = "vae";
-      else if (cls.find("CLIPText") != std::string::npos) c.name = "text_encoder";
-      else if (cls.find("Transformer") != std::string::npos) c.name = "transformer";
-      else c.name = cls;
+      if (cls == "UNet2DConditionModel")
+        c.name = "unet";
+      else if (cls == "AutoencoderKL")
+        c.name = "vae";
+      else if (cls.find("CLIPText") != std::string::npos)
+        c.name = "text_encoder";
+      else if (cls.find("Transformer") != std::string::npos)
+        c.name = "transformer";
+      else
+        c.name = cls;
     }
     if (!fs::exists(sub)) {
       info.notes.push_back(str_cat(name, ": listed in model_index.json but the folder is missing"));
@@ -186,9 +194,8 @@ ModelInfo inspect_folder(const fs::path& dir) {
     } else if (c.name == "tokenizer") {
       c.source = sub.string();
       if (fs::exists(sub / "vocab.json")) {
-        c.highlights.emplace_back("vocab", std::to_string(
-                                               io::read_json_file((sub / "vocab.json").string())
-                                                   .size()));
+        c.highlights.emplace_back(
+            "vocab", std::to_string(io::read_json_file((sub / "vocab.json").string()).size()));
       }
     } else {
       const std::string w = weights_file(sub);
@@ -214,8 +221,9 @@ ModelInfo inspect_file(const std::string& path, const io::SingleFileOptions& opt
     info.format = "safetensors file (no CompVis component prefixes)";
     info.family = "unknown";
     ComponentInfo c;
-    c.name = f.contains("conv_in.weight") ? "unet"
-             : f.contains("pos_embed.proj.weight") ? "transformer" : "weights";
+    c.name = f.contains("conv_in.weight")          ? "unet"
+             : f.contains("pos_embed.proj.weight") ? "transformer"
+                                                   : "weights";
     read_weights(&c, f);
     detect_family(c.name, f, &info);
     info.components.push_back(std::move(c));
@@ -225,12 +233,11 @@ ModelInfo inspect_file(const std::string& path, const io::SingleFileOptions& opt
   const io::SingleFileInfo sf = io::inspect_single_file(f, options);
   info.format = "single-file checkpoint (CompVis names)";
   info.family = sf.family;
-  info.evidence = str_cat("tensor names and shapes: ", sf.unet_config.in_channels,
-                          " input channels, ",
-                          sf.unet_config.use_linear_projection ? "Linear" : "1x1-conv",
-                          " proj_in, ", sf.unet_config.cross_attention_dim.at(0),
-                          "-wide cross-attention",
-                          sf.has_text_encoder ? ", " + sf.text_encoder_kind + " text encoder" : "");
+  info.evidence =
+      str_cat("tensor names and shapes: ", sf.unet_config.in_channels, " input channels, ",
+              sf.unet_config.use_linear_projection ? "Linear" : "1x1-conv", " proj_in, ",
+              sf.unet_config.cross_attention_dim.at(0), "-wide cross-attention",
+              sf.has_text_encoder ? ", " + sf.text_encoder_kind + " text encoder" : "");
   info.prediction_type = sf.prediction_type;
   info.scheduler_class = "DDIMScheduler";
   auto add = [&](const std::string& name, const std::string& cls, const nlohmann::json& j) {
@@ -245,27 +252,35 @@ ModelInfo inspect_file(const std::string& path, const io::SingleFileOptions& opt
     info.components.push_back(std::move(c));
   };
   add("unet", "UNet2DConditionModel", sf.unet_json);
-  if (sf.has_vae) add("vae", "AutoencoderKL", sf.vae_json);
-  else info.notes.push_back("no VAE in the file (first_stage_model.*): supply one to decode");
-  if (sf.has_text_encoder) add("text_encoder", "CLIPTextModel (" + sf.text_encoder_kind + ")",
-                               sf.text_encoder_json);
-  else info.notes.push_back("no text encoder in the file (cond_stage_model.*)");
+  if (sf.has_vae)
+    add("vae", "AutoencoderKL", sf.vae_json);
+  else
+    info.notes.push_back("no VAE in the file (first_stage_model.*): supply one to decode");
+  if (sf.has_text_encoder)
+    add("text_encoder", "CLIPTextModel (" + sf.text_encoder_kind + ")", sf.text_encoder_json);
+  else
+    info.notes.push_back("no text encoder in the file (cond_stage_model.*)");
   if (sf.num_tensors.count("other")) {
     info.notes.push_back(str_cat(sf.num_tensors.at("other"), " tensors outside the three models ",
                                  "(EMA copies, schedule buffers, ...) are ignored"));
   }
-  info.notes.push_back("the scheduler is not stored in single files: SD's DDIM schedule "
-                       "(scaled_linear 0.00085..0.012) is assumed; prediction type " +
-                       sf.prediction_type + " unless --prediction-type says otherwise");
+  info.notes.push_back(
+      "the scheduler is not stored in single files: SD's DDIM schedule "
+      "(scaled_linear 0.00085..0.012) is assumed; prediction type " +
+      sf.prediction_type + " unless --prediction-type says otherwise");
   return info;
 }
 
 std::string human_count(int64_t n) {
   char buf[32];
-  if (n >= 1000000000) std::snprintf(buf, sizeof buf, "%.2f B", n / 1e9);
-  else if (n >= 1000000) std::snprintf(buf, sizeof buf, "%.1f M", n / 1e6);
-  else if (n >= 1000) std::snprintf(buf, sizeof buf, "%.1f K", n / 1e3);
-  else std::snprintf(buf, sizeof buf, "%lld", static_cast<long long>(n));
+  if (n >= 1000000000)
+    std::snprintf(buf, sizeof buf, "%.2f B", n / 1e9);
+  else if (n >= 1000000)
+    std::snprintf(buf, sizeof buf, "%.1f M", n / 1e6);
+  else if (n >= 1000)
+    std::snprintf(buf, sizeof buf, "%.1f K", n / 1e3);
+  else
+    std::snprintf(buf, sizeof buf, "%lld", static_cast<long long>(n));
   return buf;
 }
 
@@ -289,8 +304,8 @@ std::string format_model_info(const ModelInfo& info) {
                "\n");
   if (!info.scheduler_class.empty() || !info.prediction_type.empty()) {
     s += str_cat("scheduler: ", info.scheduler_class.empty() ? "-" : info.scheduler_class,
-                 ", prediction type: ",
-                 info.prediction_type.empty() ? "-" : info.prediction_type, "\n");
+                 ", prediction type: ", info.prediction_type.empty() ? "-" : info.prediction_type,
+                 "\n");
   }
   int64_t total = 0;
   for (const ComponentInfo& c : info.components) {

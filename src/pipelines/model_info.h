@@ -32,10 +32,10 @@ struct ComponentInfo {
 
 struct ModelInfo {
   std::string path;
-  std::string format;  // "diffusers pipeline folder", "diffusers component folder",
-                       // "single-file checkpoint (CompVis names)"
-  std::string family;  // "SD 1.x", "SD 2.x", "SD 1.x inpainting", "DiT", "unknown"
-  std::string evidence;  // what the family was read from
+  std::string format;           // "diffusers pipeline folder", "diffusers component folder",
+                                // "single-file checkpoint (CompVis names)"
+  std::string family;           // "SD 1.x", "SD 2.x", "SD 1.x inpainting", "DiT", "unknown"
+  std::string evidence;         // what the family was read from
   std::string prediction_type;  // "" when unknown
   std::string scheduler_class;  // "" when none
   std::vector<ComponentInfo> components;
