@@ -26,6 +26,7 @@
 #include "models/vae.h"
 #include "ops/ops.h"
 #include "pipelines/model_info.h"
+#include "pipelines/stable_diffusion.h"
 #include "support/numerics.h"
 
 namespace stipple {
@@ -297,6 +298,32 @@ TEST_F(SingleFileTest, MissingPartsAndUnknownFilesAreNamed) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("SDXL"), std::string::npos) << e.what();
   }
+}
+
+TEST_F(SingleFileTest, PipelineRunsFromASingleFileAsFromTheFolder) {
+  const std::string path = write("sd_tiny.safetensors", compvis_tensors());
+  const auto folder = pipelines::StableDiffusion::from_pretrained(sd_tiny_);
+  const auto single =
+      pipelines::StableDiffusion::from_single_file(path, sd_tiny_ + "/tokenizer", tiny_options());
+  pipelines::GenerationParams p;
+  p.prompt = "a red circle";
+  p.negative_prompt = "blurry";
+  p.steps = 3;
+  p.sampler = "euler";
+  p.seed = 7;
+  p.width = p.height = 32;
+  // The same weights and SD's scheduler: the same image (f32, same kernels).
+  EXPECT_TRUE(testing::tensors_close(single.run_txt2img(p), folder.run_txt2img(p), 1e-6, 0));
+  // load() picks the single-file path for a file
+  EXPECT_NO_THROW(pipelines::StableDiffusion::load(path, sd_tiny_ + "/tokenizer", tiny_options()));
+  // Without a tokenizer folder, the error says what to give.
+  try {
+    pipelines::StableDiffusion::from_single_file(path, "", tiny_options());
+    FAIL() << "a single file without a tokenizer must be refused";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--tokenizer"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(pipelines::StableDiffusion::load((dir_ / "missing.safetensors").string()), Error);
 }
 
 }  // namespace

@@ -128,8 +128,13 @@ GenerateCommand::GenerateCommand(CLI::App& app, Mode mode) : mode_(mode) {
                     " Several images (--num-images) go to numbered files when --out holds a printf "
                     "%d (e.g. 'out/img_%03d.png'), else into one grid PNG. Each PNG carries the "
                     "generation parameters (A1111's `parameters` text; see `stipple info`)."));
-  cmd_->add_option("--model", model_, "diffusers model folder (model_index.json, unet/, ...)")
+  cmd_->add_option("--model", model_,
+                   "a diffusers model folder (model_index.json, unet/, ...) or a single-file SD "
+                   "checkpoint (.safetensors with A1111/CompVis names)")
       ->required();
+  cmd_->add_option("--tokenizer", tokenizer_,
+                   "for a single-file checkpoint: a tokenizer folder (vocab.json, merges.txt; "
+                   "default: tokenizer/ beside the file)");
   cmd_->add_option("--prompt,-p", prompt_, "what to draw");
   cmd_->add_option("--negative-prompt,-n", negative_prompt_, "what to steer away from");
   cmd_->add_option("--steps", steps_, "denoising steps")->capture_default_str();
@@ -138,8 +143,9 @@ GenerateCommand::GenerateCommand(CLI::App& app, Mode mode) : mode_(mode) {
   cmd_->add_option("--sampler", sampler_, "sampler: " + sampler_list())->capture_default_str();
   cmd_->add_option("--seed", seed_, "seed; the same seed gives diffusers' CPU noise")
       ->capture_default_str();
-  cmd_->add_option("--width", width_, "image width, a multiple of 8 (default: the model's, or "
-                                      "the init image's)");
+  cmd_->add_option("--width", width_,
+                   "image width, a multiple of 8 (default: the model's, or "
+                   "the init image's)");
   cmd_->add_option("--height", height_, "image height, a multiple of 8");
   cmd_->add_option("--num-images", num_images_, "images to generate")->capture_default_str();
   cmd_->add_option("--clip-skip", clip_skip_, "CLIP layers to skip from the end (1 = none)")
@@ -164,7 +170,7 @@ GenerateCommand::GenerateCommand(CLI::App& app, Mode mode) : mode_(mode) {
 
 int GenerateCommand::run() {
   // Cheap checks first, so a bad flag fails before a model loads.
-  STIPPLE_CHECK(fs::exists(model_), "no such model folder: ", model_);
+  STIPPLE_CHECK(fs::exists(model_), "no such model folder or file: ", model_);
   STIPPLE_CHECK(steps_ >= 1 && steps_ <= 10000, "--steps must be in [1, 10000], got ", steps_);
   STIPPLE_CHECK(num_images_ >= 1 && num_images_ <= 256, "--num-images must be in [1, 256], got ",
                 num_images_);
@@ -202,7 +208,7 @@ int GenerateCommand::run() {
                   " but the init image is ", p.init_image.size(3), "x", p.init_image.size(2),
                   "; they must have the same size");
   }
-  const pipelines::StableDiffusion sd = pipelines::StableDiffusion::from_pretrained(model_);
+  const pipelines::StableDiffusion sd = pipelines::StableDiffusion::load(model_, tokenizer_);
   std::unique_ptr<ProgressBar> bar;
   p.progress = [&](int done, int total) {
     if (!bar) bar = std::make_unique<ProgressBar>("sampling", total, !quiet_);
@@ -216,9 +222,10 @@ int GenerateCommand::run() {
 
   std::string params = prompt_;
   if (!negative_prompt_.empty()) params += "\nNegative prompt: " + negative_prompt_;
-  params += str_cat("\nSteps: ", steps_, ", Sampler: ", sampler_, ", CFG scale: ",
-                    format_number(cfg_), ", Seed: ", seed_, ", Size: ", images.size(3), "x",
-                    images.size(2), ", Model: ", model_name(model_));
+  params +=
+      str_cat("\nSteps: ", steps_, ", Sampler: ", sampler_, ", CFG scale: ", format_number(cfg_),
+              ", Seed: ", seed_, ", Size: ", images.size(3), "x", images.size(2),
+              ", Model: ", model_name(model_));
   if (mode_ != Mode::kGenerate) params += ", Denoising strength: " + format_number(strength_);
   report(write_images(images, out_, params), images);
   return 0;
@@ -230,8 +237,9 @@ int GenerateCommand::run_dit() {
   STIPPLE_CHECK(!class_labels_.empty(), model_,
                 " is a DiT class-to-image model: give --class-label (an id such as 207, or a "
                 "class name)");
-  STIPPLE_CHECK(width_ == 0 && height_ == 0, "a DiT model draws at its own size; leave out "
-                                             "--width and --height");
+  STIPPLE_CHECK(width_ == 0 && height_ == 0,
+                "a DiT model draws at its own size; leave out "
+                "--width and --height");
   const pipelines::DiTPipeline dit = pipelines::DiTPipeline::from_pretrained(model_);
   pipelines::DiTParams p;
   const std::vector<int64_t> ids = dit.label_ids(class_labels_);
@@ -255,9 +263,9 @@ int GenerateCommand::run_dit() {
                       it == dit.id2label().end() ? "" : " (" + it->second + ")");
   }
   const std::string params =
-      str_cat("class ", labels, "\nSteps: ", steps_, ", Sampler: ", sampler_, ", CFG scale: ",
-              format_number(p.cfg), ", Seed: ", seed_, ", Size: ", images.size(3), "x",
-              images.size(2), ", Model: ", model_name(model_));
+      str_cat("class ", labels, "\nSteps: ", steps_, ", Sampler: ", sampler_,
+              ", CFG scale: ", format_number(p.cfg), ", Seed: ", seed_, ", Size: ", images.size(3),
+              "x", images.size(2), ", Model: ", model_name(model_));
   report(write_images(images, out_, params), images);
   return 0;
 }

@@ -24,6 +24,7 @@ class GenerateCommand {
   CLI::App* cmd_;
   std::string model_, prompt_, negative_prompt_, sampler_ = "dpm++2m_karras", out_ = "out.png";
   std::string init_image_, mask_;
+  std::string tokenizer_;  // for single-file checkpoints
   std::vector<std::string> class_labels_;
   int steps_ = 30, width_ = 0, height_ = 0, num_images_ = 1, clip_skip_ = 1;
   float cfg_ = 7.5f;

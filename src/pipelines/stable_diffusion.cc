@@ -16,7 +16,8 @@ namespace fs = std::filesystem;
 StableDiffusion StableDiffusion::from_pretrained(const std::string& folder) {
   if (fs::is_directory(fs::path(folder) / "transformer") &&
       !fs::is_directory(fs::path(folder) / "unet")) {
-    throw Error(str_cat(folder, " holds a transformer/ (a DiT class-to-image model), not a Stable "
+    throw Error(str_cat(folder,
+                        " holds a transformer/ (a DiT class-to-image model), not a Stable "
                         "Diffusion unet/; generate from it with --class-label"));
   }
   check_pipeline_layout(folder, "Stable Diffusion",
@@ -30,14 +31,47 @@ StableDiffusion StableDiffusion::from_pretrained(const std::string& folder) {
       text::ClipTokenizer::from_folder((d / "tokenizer").string()));
   sd.scheduler_config_ =
       schedulers::SchedulerConfig::from_json((d / "scheduler" / "scheduler_config.json").string());
-  const int64_t ctx = sd.text_encoder_->config().hidden_size;
-  const std::vector<int64_t>& want = sd.unet_->config().cross_attention_dim;
-  STIPPLE_CHECK(want.empty() || want.front() == ctx, folder, ": the text encoder gives ", ctx,
-                "-wide embeddings but the UNet's cross_attention_dim is ", want.front());
-  STIPPLE_CHECK(sd.unet_->config().in_channels == 4 || sd.unet_->config().in_channels == 9,
-                folder, ": UNet in_channels ", sd.unet_->config().in_channels,
-                " (expected 4, or 9 for an inpainting UNet)");
+  sd.check_components(folder);
   return sd;
+}
+
+StableDiffusion StableDiffusion::from_single_file(const std::string& path,
+                                                  const std::string& tokenizer_dir,
+                                                  const io::SingleFileOptions& options) {
+  const fs::path beside = fs::path(path).parent_path() / "tokenizer";
+  const std::string tok = !tokenizer_dir.empty()     ? tokenizer_dir
+                          : fs::is_directory(beside) ? beside.string()
+                                                     : std::string();
+  STIPPLE_CHECK(!tok.empty(), path,
+                " is a single-file checkpoint, which holds no tokenizer: give a tokenizer folder "
+                "(vocab.json and merges.txt, such as a diffusers model's tokenizer/) with "
+                "--tokenizer, or put one beside the file as tokenizer/");
+  io::SingleFileModels m = io::load_single_file(path, options);
+  StableDiffusion sd;
+  sd.unet_ = m.unet;
+  sd.vae_ = m.vae;
+  sd.text_encoder_ = m.text_encoder;
+  sd.tokenizer_ = std::make_shared<text::ClipTokenizer>(text::ClipTokenizer::from_folder(tok));
+  sd.scheduler_config_ = schedulers::SchedulerConfig::from_json(m.info.scheduler_json.dump());
+  sd.check_components(path);
+  return sd;
+}
+
+StableDiffusion StableDiffusion::load(const std::string& path, const std::string& tokenizer_dir,
+                                      const io::SingleFileOptions& options) {
+  STIPPLE_CHECK(fs::exists(path), "no such model folder or file: ", path);
+  if (fs::is_directory(path)) return from_pretrained(path);
+  return from_single_file(path, tokenizer_dir, options);
+}
+
+void StableDiffusion::check_components(const std::string& where) const {
+  const int64_t ctx = text_encoder_->config().hidden_size;
+  const std::vector<int64_t>& want = unet_->config().cross_attention_dim;
+  STIPPLE_CHECK(want.empty() || want.front() == ctx, where, ": the text encoder gives ", ctx,
+                "-wide embeddings but the UNet's cross_attention_dim is ", want.front());
+  STIPPLE_CHECK(unet_->config().in_channels == 4 || unet_->config().in_channels == 9, where,
+                ": UNet in_channels ", unet_->config().in_channels,
+                " (expected 4, or 9 for an inpainting UNet)");
 }
 
 int64_t StableDiffusion::default_size() const {
@@ -56,8 +90,8 @@ Tensor StableDiffusion::encode_prompt(const std::string& prompt, const std::stri
       std::min(tokenizer_->model_max_length(), text_encoder_->config().max_position_embeddings);
   int call = 0;
   auto embed = [&](const std::string& text) {
-    const Tensor ids = tokenizer_->encode_batch({text}, length);                  // [1, 77]
-    const Tensor h = text_encoder_->forward(ids, clip_skip).last_hidden_state;    // [1, 77, D]
+    const Tensor ids = tokenizer_->encode_batch({text}, length);                // [1, 77]
+    const Tensor h = text_encoder_->forward(ids, clip_skip).last_hidden_state;  // [1, 77, D]
     if (observe) {
       observe(str_cat("text_encoder.", call, ".input_ids"), ids);
       observe(str_cat("text_encoder.", call, ".last_hidden_state"), h);
@@ -96,8 +130,8 @@ StableDiffusion::Run StableDiffusion::prepare(const GenerationParams& p, bool ne
     if (p.mask.defined()) {
       STIPPLE_CHECK(p.mask.dim() == 4 && p.mask.size(0) == 1 && p.mask.size(1) == 1,
                     "the mask must be [1, 1, H, W], got ", p.mask.describe());
-      STIPPLE_CHECK(p.mask.size(2) == h && p.mask.size(3) == w, "the mask is ", p.mask.size(3),
-                    "x", p.mask.size(2), " but the init image is ", w, "x", h,
+      STIPPLE_CHECK(p.mask.size(2) == h && p.mask.size(3) == w, "the mask is ", p.mask.size(3), "x",
+                    p.mask.size(2), " but the init image is ", w, "x", h,
                     "; they must have the same size");
     }
     r.init_image = ops::affine(im.contiguous(), 2.0f, -1.0f);  // [1, 3, H, W] in [-1, 1]
@@ -121,8 +155,8 @@ StableDiffusion::Run StableDiffusion::prepare(const GenerationParams& p, bool ne
     const int init_timestep = std::min(static_cast<int>(p.steps * p.strength), p.steps);
     const int t_start = std::max(p.steps - init_timestep, 0);
     r.begin_index = t_start * r.scheduler->order();
-    STIPPLE_CHECK(r.begin_index < static_cast<int>(r.scheduler->timesteps().size()),
-                  "strength ", p.strength, " with ", p.steps,
+    STIPPLE_CHECK(r.begin_index < static_cast<int>(r.scheduler->timesteps().size()), "strength ",
+                  p.strength, " with ", p.steps,
                   " steps leaves no denoising step; raise the strength or the steps");
     r.scheduler->set_begin_index(r.begin_index);
   }

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "io/single_file.h"
 #include "models/clip_text.h"
 #include "models/unet2d_condition.h"
 #include "models/vae.h"
@@ -65,6 +66,15 @@ class StableDiffusion {
   // Reads a diffusers StableDiffusionPipeline / StableDiffusionInpaintPipeline folder. Throws
   // naming the missing part for any other layout.
   static StableDiffusion from_pretrained(const std::string& folder);
+  // Reads a single-file SD 1.x/2.x checkpoint (A1111/CompVis names; io/single_file.h). The file
+  // holds no tokenizer: `tokenizer_dir` (vocab.json + merges.txt, e.g. a diffusers model's
+  // tokenizer/ folder) is used, else a tokenizer/ folder beside the file; the scheduler is SD's.
+  static StableDiffusion from_single_file(const std::string& path,
+                                          const std::string& tokenizer_dir = "",
+                                          const io::SingleFileOptions& options = {});
+  // A diffusers folder or a single .safetensors file, whichever `path` is.
+  static StableDiffusion load(const std::string& path, const std::string& tokenizer_dir = "",
+                              const io::SingleFileOptions& options = {});
 
   // Prompt embeddings: [2B, 77, D] = [negative x B, prompt x B] with guidance, else [B, 77, D].
   Tensor encode_prompt(const std::string& prompt, const std::string& negative_prompt,
@@ -91,16 +101,18 @@ class StableDiffusion {
 
  private:
   struct Run;  // one run's checked sizes, scheduler, noise and embeddings
+  // Checks that the loaded components fit together; `where` names the source in errors.
+  void check_components(const std::string& where) const;
   Run prepare(const GenerationParams& params, bool needs_image) const;
   // The posterior sample of `image` ([1, 3, H, W] in [-1, 1]) * scaling_factor; `index` numbers
   // the VAE call for the observer.
   Tensor encode_image(const Tensor& image, NoiseSource& noise, int index,
                       const Observer& observe) const;
   Tensor decode(const Tensor& latents, const Observer& observe) const;
-  Tensor denoise_and_decode(Run& run, Tensor latents, const GenerationParams& params,
-                            const std::function<Tensor(const Tensor&)>& extra_channels,
-                            const std::function<Tensor(int, double, const Tensor&)>& after_step)
-      const;
+  Tensor denoise_and_decode(
+      Run& run, Tensor latents, const GenerationParams& params,
+      const std::function<Tensor(const Tensor&)>& extra_channels,
+      const std::function<Tensor(int, double, const Tensor&)>& after_step) const;
 
   std::shared_ptr<models::UNet2DConditionModel> unet_;
   std::shared_ptr<models::AutoencoderKL> vae_;
