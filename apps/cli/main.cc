@@ -16,6 +16,8 @@
 #include "info_command.h"
 #include "train_command.h"
 #include "generate_command.h"
+#include "classifier_command.h"
+#include "eval_command.h"
 
 namespace {
 
@@ -118,6 +120,8 @@ int main(int argc, char** argv) {
   GenerateCommand generate_cmd(app, GenerateCommand::Mode::kGenerate);
   GenerateCommand img2img_cmd(app, GenerateCommand::Mode::kImg2Img);
   GenerateCommand inpaint_cmd(app, GenerateCommand::Mode::kInpaint);
+  stipple::cli::ClassifierCommand classifier_cmd(app);
+  stipple::cli::EvalCommand eval_cmd(app);
 
   try {
     app.parse(argc, argv);
@@ -133,6 +137,8 @@ int main(int argc, char** argv) {
     if (generate_cmd.selected()) return generate_cmd.run();
     if (img2img_cmd.selected()) return img2img_cmd.run();
     if (inpaint_cmd.selected()) return inpaint_cmd.run();
+    if (classifier_cmd.selected()) return classifier_cmd.run();
+    if (eval_cmd.selected()) return eval_cmd.run();
   } catch (const stipple::Error& e) {
     std::fprintf(stderr, "stipple: error: %s\n", e.what());
     return 1;

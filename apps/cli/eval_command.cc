@@ -1,0 +1,91 @@
+#include "eval_command.h"
+
+#include <cstdio>
+#include <memory>
+
+#include "core/error.h"
+#include "models/fashion_classifier.h"
+#include "progress.h"
+#include "schedulers/scheduler.h"
+
+namespace stipple::cli {
+
+EvalCommand::EvalCommand(CLI::App& app) {
+  train::EvalConfig& c = config_;
+  cmd_ = app.add_subcommand(
+      "eval",
+      "Score a class-conditional generator trained by `stipple train`: generate N images per "
+      "class, then report CAS (the accuracy of the Fashion-MNIST classifier on them) and FID_feat "
+      "(a Fréchet distance in the classifier's feature space against the 10,000 test images), "
+      "each next to its real-data floor (real images through the same path). Prints a table; "
+      "--json and --grid write the numbers and the samples.");
+  cmd_->add_option("--model", model_,
+                   "generator folder: a run's checkpoint-<step>/, latest/, export/ or the run "
+                   "folder")
+      ->required();
+  cmd_->add_option("--classifier", classifier_,
+                   "classifier folder (stipple train-classifier's output)")
+      ->capture_default_str();
+  cmd_->add_option("--data-dir", data_dir_, "Fashion-MNIST folder (the real images)")
+      ->capture_default_str();
+  cmd_->add_option("--samples-per-class", c.samples_per_class, "generated images per class")
+      ->capture_default_str()
+      ->check(CLI::Range(2, 100000));
+  cmd_->add_option("--steps", c.steps, "sampler steps")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
+  std::string names;
+  for (const auto& s : schedulers::sampler_names())
+    names += (names.empty() ? "" : ", ") + std::string(s.name);
+  cmd_->add_option("--sampler", c.sampler, "one of: " + names)->capture_default_str();
+  cmd_->add_option("--cfg", c.cfg, "classifier-free guidance scale (1: none)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd_->add_option("--seed", c.seed, "noise seed")->capture_default_str();
+  cmd_->add_option("--batch-size", c.batch_size, "images per denoiser batch")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 4096));
+  cmd_->add_option("--json", json_, "write the results as JSON to this file");
+  cmd_->add_option("--grid", grid_, "write a PNG grid of the samples (a row per class)");
+  cmd_->add_flag("--quiet,-q", quiet_, "no progress bar");
+}
+
+int EvalCommand::run() {
+  // Load everything first, so a wrong path fails before minutes of sampling.
+  const train::ClassGenerator generator = train::ClassGenerator::load(model_);
+  const auto classifier = models::FashionClassifier::from_pretrained(classifier_);
+  const train::RealData real =
+      train::load_real_data(data_dir_, classifier->config().image_size == 32);
+  if (!quiet_)
+    std::fprintf(stderr, "evaluating %s: %d images per class, %s, %d steps, CFG %g\n",
+                 generator.folder().c_str(), config_.samples_per_class, config_.sampler.c_str(),
+                 config_.steps, config_.cfg);
+
+  std::unique_ptr<ProgressBar> bar;
+  std::string current;
+  auto progress = [&](const std::string& phase, int done, int total) {
+    if (phase != current) {
+      if (bar) bar->finish();
+      current = phase;
+      bar = std::make_unique<ProgressBar>(phase, total, !quiet_);
+    }
+    bar->update(done);
+  };
+  train::EvalResult r = train::evaluate(generator, *classifier, real, config_, progress);
+  if (bar) bar->finish();
+  r.classifier = classifier_;
+  std::printf("%s", r.table().c_str());
+  std::printf("sampling took %.1f s, the whole evaluation %.1f s\n", r.sample_seconds,
+              r.total_seconds);
+  if (!json_.empty()) {
+    train::write_eval_json(r, json_);
+    std::printf("wrote %s\n", json_.c_str());
+  }
+  if (!grid_.empty()) {
+    train::write_eval_grid(r, grid_);
+    std::printf("wrote %s\n", grid_.c_str());
+  }
+  return 0;
+}
+
+}  // namespace stipple::cli

@@ -1,0 +1,28 @@
+// `stipple eval`: score a class-conditional generator with the Fashion-MNIST classifier: CAS and
+// FID_feat next to their real-data floors, as a table, a JSON file and a sample grid. Parsing and
+// formatting only; the work is train::evaluate.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <string>
+
+#include "train/evaluate.h"
+
+namespace stipple::cli {
+
+class EvalCommand {
+ public:
+  explicit EvalCommand(CLI::App& app);  // registers the subcommand and its options
+  bool selected() const { return cmd_->parsed(); }
+  int run();
+
+ private:
+  CLI::App* cmd_;
+  train::EvalConfig config_;
+  std::string model_, classifier_ = "models/fashion-mnist-classifier";
+  std::string data_dir_ = "/usr/share/datasets/fashion-mnist";
+  std::string json_, grid_;
+  bool quiet_ = false;
+};
+
+}  // namespace stipple::cli

@@ -1,0 +1,366 @@
+// Evaluating a class-conditional generator: sampling, CAS, FID_feat and their real floors.
+#include "train/evaluate.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <sstream>
+
+#include "autograd/grad_mode.h"
+#include "core/error.h"
+#include "core/rng.h"
+#include "io/atomic_file.h"
+#include "io/json.h"
+#include "io/png.h"
+#include "ops/ops.h"
+#include "pipelines/denoise.h"
+#include "train/datasets.h"
+#include "train/frechet.h"
+#include "train/train_classifier.h"
+
+namespace stipple::train {
+
+namespace fs = std::filesystem;
+
+void EvalConfig::validate() const {
+  STIPPLE_CHECK(samples_per_class >= 1, "eval: --samples-per-class must be >= 1, got ",
+                samples_per_class);
+  STIPPLE_CHECK(steps >= 1 && steps <= 1000, "eval: --steps must be in [1, 1000], got ", steps);
+  STIPPLE_CHECK(batch_size >= 1, "eval: --batch-size must be >= 1, got ", batch_size);
+  STIPPLE_CHECK(std::isfinite(cfg) && cfg >= 0, "eval: --cfg must be >= 0, got ", cfg);
+}
+
+// ---------------- the generator ----------------
+
+ClassGenerator ClassGenerator::load(const std::string& folder) {
+  const char* kHint =
+      " (give a folder written by `stipple train`: a run's checkpoint-<step>/, latest/ or "
+      "export/, or the run folder itself)";
+  fs::path dir(folder);
+  STIPPLE_CHECK(fs::is_directory(dir), "eval: no such model folder: ", folder, kHint);
+  // A run folder: its final export, else its latest checkpoint.
+  if (!fs::exists(dir / "model_index.json")) {
+    if (fs::exists(dir / "export" / "model_index.json")) {
+      dir /= "export";
+    } else if (fs::exists(dir / "latest" / "model_index.json")) {
+      dir /= "latest";
+    }
+  }
+  STIPPLE_CHECK(fs::exists(dir / "model_index.json"), "eval: ", folder,
+                " is not a generator folder: missing model_index.json", kHint);
+  STIPPLE_CHECK(!fs::exists(dir / "vae"), "eval: ", dir.string(),
+                " has a VAE (a latent DiT); stipple eval scores pixel-space Fashion-MNIST "
+                "generators as `stipple train` writes them");
+  for (const char* part : {"transformer/config.json", "scheduler/scheduler_config.json"})
+    STIPPLE_CHECK(fs::exists(dir / part), "eval: ", dir.string(), " is missing ", part, kHint);
+  ClassGenerator g;
+  g.folder_ = dir.string();
+  g.transformer_ = models::DiTTransformer2DModel::from_pretrained((dir / "transformer").string());
+  g.scheduler_ = schedulers::SchedulerConfig::from_json(
+      (dir / "scheduler" / "scheduler_config.json").string());
+  const std::map<int64_t, std::string> id2label =
+      models::read_id2label((dir / "model_index.json").string());
+  for (int64_t c = 0; c < g.num_classes(); ++c) {
+    const auto it = id2label.find(c);
+    g.class_names_.push_back(it != id2label.end() ? it->second : std::to_string(c));
+  }
+  return g;
+}
+
+Tensor ClassGenerator::sample(const std::vector<int64_t>& labels, const EvalConfig& config,
+                              const std::function<void(int, int)>& progress) const {
+  config.validate();
+  STIPPLE_CHECK(!labels.empty(), "sample: no labels");
+  const int64_t K = num_classes();
+  for (int64_t l : labels)
+    STIPPLE_CHECK(l >= 0 && l < K, "sample: class ", l, " outside [0, ", K, ")");
+  autograd::NoGradGuard no_grad;
+  const int64_t N = static_cast<int64_t>(labels.size());
+  const int64_t C = channels(), S = image_size();
+  const schedulers::SchedulerConfig sc = schedulers::config_for_sampler(config.sampler, scheduler_);
+  Generator noise_gen(config.seed);
+  const Tensor noise = noise_gen.randn({N, C, S, S});  // x_T of every image
+  const int64_t B = config.batch_size;
+  const int batches = static_cast<int>((N + B - 1) / B);
+  std::vector<Tensor> out;
+  for (int b = 0; b < batches; ++b) {
+    const int64_t start = b * B, m = std::min(B, N - start);
+    // 1. a fresh scheduler per batch (multistep solvers keep state)
+    auto scheduler = schedulers::make_scheduler(sc);
+    scheduler->set_timesteps(config.steps);
+    // 2. labels: [y] unguided, [y, null] with guidance (DiT's cond-first order)
+    const std::vector<int64_t> ys(labels.begin() + start, labels.begin() + start + m);
+    std::vector<int64_t> both = ys;
+    both.insert(both.end(), ys.size(), K);  // the null class
+    const Tensor y = Tensor::from_vector_i64(ys, {m});
+    const Tensor y2 = Tensor::from_vector_i64(both, {2 * m});
+    // 3. x_T, scaled for the sampler
+    Tensor x = noise.narrow(0, start, m).contiguous() *
+               static_cast<float>(scheduler->init_noise_sigma());  // [m, C, S, S]
+    Generator step_gen(config.seed + 1 + static_cast<uint64_t>(b));
+    pipelines::DenoiseOptions opt;
+    opt.cfg.scale = config.cfg;
+    opt.cfg.order = guidance::CfgOrder::kCondFirst;
+    opt.generator = &step_gen;
+    if (progress)
+      opt.progress = [&](int done, int total) { progress(b * total + done, batches * total); };
+    auto fn = [&](const Tensor& input, double t) {
+      const int64_t n = input.size(0);
+      const Tensor tt = Tensor::full({n}, t);                              // [n] f32
+      const Tensor o = transformer_->forward(input, tt, n == m ? y : y2);  // [n, C_out, S, S]
+      return o.size(1) == C ? o : o.narrow(1, 0, C).contiguous();  // learned sigma: eps only
+    };
+    // 4. denoise, then the valid range
+    out.push_back(ops::clamp(pipelines::denoise(*scheduler, x, fn, opt), -1.0f, 1.0f));
+  }
+  return out.size() == 1 ? out[0] : ops::concat(out, 0);  // [N, C, S, S]
+}
+
+// ---------------- real data ----------------
+
+RealData load_real_data(const std::string& data_dir, bool pad_to_32) {
+  const FashionMnist test = FashionMnist::load(data_dir, Split::kTest, pad_to_32);
+  const FashionMnist train = FashionMnist::load(data_dir, Split::kTrain, pad_to_32);
+  return {test.images(), test.labels(), train.images(), train.labels()};
+}
+
+// ---------------- metrics ----------------
+
+namespace {
+
+// The classifier's features [N, D] and predicted classes, in batches, without gradients.
+struct FeaturePass {
+  Tensor features;
+  std::vector<int64_t> predictions;
+};
+FeaturePass feature_pass(const models::FashionClassifier& classifier, const Tensor& images,
+                         const std::function<void(int, int)>& progress, int64_t batch = 500) {
+  autograd::NoGradGuard no_grad;
+  const int64_t n = images.size(0);
+  FeaturePass r;
+  std::vector<Tensor> feats;
+  for (int64_t b = 0; b < n; b += batch) {
+    const int64_t m = std::min(batch, n - b);
+    const Tensor f = classifier.features(images.narrow(0, b, m));             // [m, D]
+    const std::vector<float> logits = classifier.head_logits(f).to_vector();  // [m, K]
+    const int64_t k = static_cast<int64_t>(logits.size()) / m;
+    for (int64_t i = 0; i < m; ++i) {
+      const float* row = logits.data() + i * k;
+      r.predictions.push_back(std::max_element(row, row + k) - row);
+    }
+    feats.push_back(f.contiguous());
+    if (progress) progress(static_cast<int>(b + m), static_cast<int>(n));
+  }
+  r.features = feats.size() == 1 ? feats[0] : ops::concat(feats, 0);
+  return r;
+}
+
+// `per_class` indices of each class from a seeded shuffle of `labels` (class order, then the
+// shuffle's order). Throws when a class has too few images.
+std::vector<int64_t> balanced_subset(const std::vector<int64_t>& labels, int64_t num_classes,
+                                     int64_t per_class, uint64_t seed) {
+  std::vector<int64_t> order(labels.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
+  Generator g(seed);
+  for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[g.next_u64() % i]);
+  std::vector<std::vector<int64_t>> by_class(num_classes);
+  for (int64_t i : order) {
+    const int64_t y = labels[i];
+    if (y >= 0 && y < num_classes && static_cast<int64_t>(by_class[y].size()) < per_class)
+      by_class[y].push_back(i);
+  }
+  std::vector<int64_t> out;
+  for (int64_t c = 0; c < num_classes; ++c) {
+    STIPPLE_CHECK(static_cast<int64_t>(by_class[c].size()) == per_class, "eval: the real pool has ",
+                  by_class[c].size(), " images of class ", c, ", fewer than the ", per_class,
+                  " the matched-N floor needs (lower --samples-per-class)");
+    out.insert(out.end(), by_class[c].begin(), by_class[c].end());
+  }
+  return out;
+}
+
+Tensor gather_rows(const Tensor& images, const std::vector<int64_t>& rows) {
+  std::vector<Tensor> parts;
+  parts.reserve(rows.size());
+  for (int64_t r : rows) parts.push_back(images.narrow(0, r, 1));
+  return ops::concat(parts, 0);
+}
+
+std::string percent(float v) {
+  if (std::isnan(v)) return "-";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f%%", 100.0 * v);
+  return buf;
+}
+
+std::string number(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.4g", v);
+  return buf;
+}
+
+nlohmann::json per_class_json(const std::vector<std::string>& names, const std::vector<float>& v) {
+  nlohmann::json j = nlohmann::json::object();
+  for (size_t c = 0; c < v.size(); ++c)
+    j[c < names.size() ? names[c] : std::to_string(c)] =
+        std::isnan(v[c]) ? nlohmann::json(nullptr) : nlohmann::json(v[c]);
+  return j;
+}
+
+}  // namespace
+
+EvalResult evaluate(const ClassGenerator& generator, const models::FashionClassifier& classifier,
+                    const RealData& real, const EvalConfig& config, const EvalProgress& progress) {
+  const auto t0 = std::chrono::steady_clock::now();
+  config.validate();
+  const models::FashionClassifierConfig& cc = classifier.config();
+  const int64_t K = generator.num_classes();
+  STIPPLE_CHECK(cc.num_classes == K, "eval: the classifier knows ", cc.num_classes,
+                " classes but the generator ", K, " (use a classifier trained on the same data)");
+  STIPPLE_CHECK(cc.in_channels == generator.channels(), "eval: the classifier takes ",
+                cc.in_channels, "-channel images but the generator makes ", generator.channels());
+  const int64_t S = generator.image_size();
+  STIPPLE_CHECK(S <= cc.image_size && (cc.image_size - S) % 2 == 0, "eval: the generator makes ", S,
+                "x", S, " images; the classifier takes ", cc.image_size, "x", cc.image_size,
+                " (or smaller ones it can frame)");
+  STIPPLE_CHECK(real.test_images.defined() && real.test_images.size(0) >= 2,
+                "eval: no real test images");
+  auto phase = [&](const char* name) {
+    return [&progress, name](int done, int total) {
+      if (progress) progress(name, done, total);
+    };
+  };
+
+  EvalResult r;
+  r.config = config;
+  r.class_names = generator.class_names();
+  r.model = generator.folder();
+  const int64_t per = config.samples_per_class;
+  for (int64_t c = 0; c < K; ++c)
+    for (int64_t i = 0; i < per; ++i) r.labels.push_back(c);
+  r.num_generated = static_cast<int64_t>(r.labels.size());
+
+  // 1. generate
+  const auto s0 = std::chrono::steady_clock::now();
+  r.samples = generator.sample(r.labels, config, phase("sampling"));
+  r.sample_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - s0).count();
+
+  // 2. CAS: the classifier on the generated images
+  const FeaturePass gen = feature_pass(classifier, r.samples, phase("features (generated)"));
+  const Accuracy cas = accuracy(gen.predictions, r.labels, K);
+  r.cas = cas.overall;
+  r.cas_per_class = cas.per_class;
+
+  // 3. the real floor of CAS: the classifier on the test images
+  const FeaturePass test = feature_pass(classifier, real.test_images, phase("features (test)"));
+  const Accuracy ra = accuracy(test.predictions, real.test_labels.to_vector_i64(), K);
+  r.real_accuracy = ra.overall;
+  r.real_accuracy_per_class = ra.per_class;
+  r.num_test = real.test_images.size(0);
+
+  // 4. FID_feat, and its floor: N real training images (matched per class) against the same test
+  //    statistics
+  const GaussianStats test_stats = gaussian_stats(test.features);
+  r.fid_feat = frechet_distance(gaussian_stats(gen.features), test_stats);
+  STIPPLE_CHECK(real.train_images.defined(), "eval: no real training images for the floor");
+  const std::vector<int64_t> rows =
+      balanced_subset(real.train_labels.to_vector_i64(), K, per, config.seed + 7919);
+  const FeaturePass ref =
+      feature_pass(classifier, gather_rows(real.train_images, rows), phase("features (real N)"));
+  r.fid_floor = frechet_distance(gaussian_stats(ref.features), test_stats);
+  r.floor_method = str_cat("train-vs-test at matched N: ", r.num_generated, " training images (",
+                           per, " per class, seeded) against the ", r.num_test, " test images");
+  r.total_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return r;
+}
+
+// ---------------- reporting ----------------
+
+nlohmann::json EvalResult::to_json() const {
+  return {{"model", model},
+          {"classifier", classifier},
+          {"sampler", config.sampler},
+          {"steps", config.steps},
+          {"cfg", config.cfg},
+          {"seed", config.seed},
+          {"samples_per_class", config.samples_per_class},
+          {"num_generated", num_generated},
+          {"num_test", num_test},
+          {"cas", cas},
+          {"cas_per_class", per_class_json(class_names, cas_per_class)},
+          {"real_accuracy", real_accuracy},
+          {"real_accuracy_per_class", per_class_json(class_names, real_accuracy_per_class)},
+          {"fid_feat", fid_feat},
+          {"fid_feat_floor", fid_floor},
+          {"fid_feat_floor_method", floor_method},
+          {"goals",
+           {{"cas", {{"rule", "cas >= real_accuracy - 0.03"}, {"met", cas_goal_met()}}},
+            {"fid_feat", {{"rule", "fid_feat <= 2 * fid_feat_floor"}, {"met", fid_goal_met()}}}}},
+          {"sample_seconds", sample_seconds},
+          {"total_seconds", total_seconds}};
+}
+
+std::string EvalResult::table() const {
+  std::ostringstream os;
+  char line[160];
+  std::snprintf(line, sizeof line, "%-16s %12s %12s %14s %5s\n", "metric", "generated",
+                "real floor", "goal", "met");
+  os << line;
+  std::snprintf(line, sizeof line, "%-16s %12s %12s %14s %5s\n", "CAS", percent(cas).c_str(),
+                percent(real_accuracy).c_str(), (">= " + percent(real_accuracy - 0.03f)).c_str(),
+                cas_goal_met() ? "yes" : "no");
+  os << line;
+  std::snprintf(line, sizeof line, "%-16s %12s %12s %14s %5s\n", "FID_feat",
+                number(fid_feat).c_str(), number(fid_floor).c_str(),
+                ("<= " + number(2.0 * fid_floor)).c_str(), fid_goal_met() ? "yes" : "no");
+  os << line;
+  os << "(" << num_generated << " generated: " << config.samples_per_class << " per class, "
+     << config.sampler << ", " << config.steps << " steps, CFG " << config.cfg << ", seed "
+     << config.seed << "; CAS floor: the classifier on " << num_test
+     << " test images; FID floor: " << floor_method << ")\n\n";
+  std::snprintf(line, sizeof line, "%-16s %12s %12s\n", "class", "CAS", "real acc");
+  os << line;
+  for (size_t c = 0; c < cas_per_class.size(); ++c) {
+    std::snprintf(
+        line, sizeof line, "%-16s %12s %12s\n",
+        (c < class_names.size() ? class_names[c] : std::to_string(c)).c_str(),
+        percent(cas_per_class[c]).c_str(),
+        c < real_accuracy_per_class.size() ? percent(real_accuracy_per_class[c]).c_str() : "-");
+    os << line;
+  }
+  return os.str();
+}
+
+void write_eval_json(const EvalResult& result, const std::string& path) {
+  const fs::path parent = fs::path(path).parent_path();
+  if (!parent.empty()) fs::create_directories(parent);
+  io::write_file_atomic(path, result.to_json().dump(2) + "\n");
+}
+
+void write_eval_grid(const EvalResult& result, const std::string& path, int columns) {
+  STIPPLE_CHECK(result.samples.defined(), "write_eval_grid: the result holds no samples");
+  const int64_t per = result.config.samples_per_class;
+  const int64_t cols = std::min<int64_t>(per, std::max(1, columns));
+  const int64_t classes = result.num_generated / per;
+  std::vector<Tensor> picks;
+  for (int64_t c = 0; c < classes; ++c) picks.push_back(result.samples.narrow(0, c * per, cols));
+  Tensor x = ops::concat(picks, 0);  // [classes * cols, C, S, S]
+  if (x.size(-1) <= 64) x = ops::upsample_nearest2x(x);
+  x = ops::pad(x, {1, 1, 1, 1}, 0.0f);  // a grey frame around each image
+  const Tensor grid = io::make_grid(x, static_cast<int>(cols), 0);
+  std::string rows;
+  for (const auto& n : result.class_names) rows += (rows.empty() ? "" : ", ") + n;
+  const int64_t s = result.samples.size(-1);
+  const std::string params =
+      str_cat("stipple eval samples, one row per class: ", rows, "\nSteps: ", result.config.steps,
+              ", Sampler: ", result.config.sampler, ", CFG scale: ", result.config.cfg,
+              ", Seed: ", result.config.seed, ", Size: ", s, "x", s, ", Model: ", result.model,
+              ", CAS: ", percent(result.cas), ", FID_feat: ", number(result.fid_feat));
+  const fs::path parent = fs::path(path).parent_path();
+  if (!parent.empty()) fs::create_directories(parent);
+  io::write_png(path, io::tensor_to_image(grid), {{"parameters", params}});
+}
+
+}  // namespace stipple::train

@@ -1,0 +1,124 @@
+// Evaluating a class-conditional generator against the Fashion-MNIST classifier (`stipple eval`):
+//
+//   1. load the generator (a pixel-space DiT folder written by the trainer: a checkpoint or the
+//      export) and the classifier (models/fashion_classifier.h)
+//   2. generate N = samples_per_class images of each class through the shared denoise loop
+//      (seeded x_T, the named sampler, classifier-free guidance with DiT's cond-first batch)
+//   3. CAS, the Classification Accuracy Score (Ravuri & Vinyals 2019, here in its "does the
+//      classifier see the asked class" form): the classifier's accuracy on the generated images,
+//      overall and per class
+//   4. FID_feat: the Fréchet distance (train/frechet.h) between Gaussians fitted to the
+//      classifier's penultimate features of the generated images and of the 10,000 test images
+//   5. real floors through the same path: the classifier's accuracy on the test images, and the
+//      Fréchet distance between N real *training* images (samples_per_class of each class, drawn
+//      with the seed) and the same test images, i.e. the distance a perfect generator would get
+//      at the same N (FID is biased upwards at small N, so the floor must match N)
+//
+// The goals (issue 5): CAS within 3 points of the real accuracy; FID_feat at most twice the
+// real floor.
+//
+// Leaves out: Inception-based FID (no Inception weights ship here), precision/recall.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "models/dit.h"
+#include "models/fashion_classifier.h"
+#include "schedulers/scheduler.h"
+
+namespace stipple::train {
+
+struct EvalConfig {
+  int samples_per_class = 100;
+  int steps = 20;
+  std::string sampler = "dpm++2m";  // a name from schedulers::sampler_names()
+  float cfg = 3.0f;                 // classifier-free guidance scale; <= 1: none
+  uint64_t seed = 0;
+  int batch_size = 100;  // images per denoiser batch (twice that many rows with guidance)
+
+  void validate() const;
+};
+
+// A class-conditional pixel-space DiT as the trainer writes it: model_index.json, transformer/
+// and scheduler/. A training run's folder (with export/ or latest) is accepted too.
+class ClassGenerator {
+ public:
+  // Throws naming the folder and the missing part (and what to give instead).
+  static ClassGenerator load(const std::string& folder);
+
+  // Images [labels.size(), C, S, S] in [-1, 1]. x_T for all images is drawn at once from
+  // Generator(seed), so image i does not depend on the batch size; stochastic samplers draw
+  // their step noise from Generator(seed + 1 + batch index). progress(done, total) counts
+  // denoiser steps over all batches.
+  Tensor sample(const std::vector<int64_t>& labels, const EvalConfig& config,
+                const std::function<void(int, int)>& progress = {}) const;
+
+  const std::string& folder() const { return folder_; }  // the resolved model folder
+  int64_t num_classes() const { return transformer_->config().num_embeds_ada_norm; }
+  int64_t channels() const { return transformer_->config().in_channels; }
+  int64_t image_size() const { return transformer_->config().sample_size; }
+  const std::vector<std::string>& class_names() const { return class_names_; }
+  const models::DiTTransformer2DModel& transformer() const { return *transformer_; }
+  const schedulers::SchedulerConfig& scheduler_config() const { return scheduler_; }
+
+ private:
+  std::string folder_;
+  std::shared_ptr<models::DiTTransformer2DModel> transformer_;
+  schedulers::SchedulerConfig scheduler_;
+  std::vector<std::string> class_names_;
+};
+
+// The real images the floors and FID_feat compare against, all [N, C, S, S] in [-1, 1].
+struct RealData {
+  Tensor test_images, test_labels;    // the reference set (Fashion-MNIST: the test split)
+  Tensor train_images, train_labels;  // the pool the matched-N floor draws from
+};
+// Both Fashion-MNIST splits, framed to 32x32 when `pad_to_32`.
+RealData load_real_data(const std::string& data_dir, bool pad_to_32 = true);
+
+struct EvalResult {
+  EvalConfig config;
+  std::string model, classifier;
+  std::vector<std::string> class_names;
+  int64_t num_generated = 0, num_test = 0;
+  float cas = 0;  // accuracy on generated images
+  std::vector<float> cas_per_class;
+  float real_accuracy = 0;  // accuracy on the test images
+  std::vector<float> real_accuracy_per_class;
+  double fid_feat = 0;       // generated vs test
+  double fid_floor = 0;      // N real training images vs test
+  std::string floor_method;  // says how the floor was computed
+  double sample_seconds = 0, total_seconds = 0;
+  Tensor samples;               // the generated images [N, C, S, S]
+  std::vector<int64_t> labels;  // their classes
+
+  bool cas_goal_met() const { return cas >= real_accuracy - 0.03f; }
+  bool fid_goal_met() const { return fid_feat <= 2.0 * fid_floor; }
+  nlohmann::json to_json() const;
+  // The table: metric, generated, real floor, goal, met; then CAS per class.
+  std::string table() const;
+};
+
+// Progress of an evaluation: phase ("sampling", "features"), done, total.
+using EvalProgress = std::function<void(const std::string&, int, int)>;
+
+// Steps 2-5 of the header comment. The classifier and generator must agree on the class count,
+// and the classifier must take the generator's images (same channels; same size, or 28 -> 32).
+EvalResult evaluate(const ClassGenerator& generator, const models::FashionClassifier& classifier,
+                    const RealData& real, const EvalConfig& config,
+                    const EvalProgress& progress = {});
+
+// A grid of the evaluated samples: one row per class, up to `columns` images each, 2x enlarged,
+// written as a PNG (atomically) with the evaluation's parameters in its text chunk.
+void write_eval_grid(const EvalResult& result, const std::string& path, int columns = 10);
+
+// Writes result.to_json() atomically.
+void write_eval_json(const EvalResult& result, const std::string& path);
+
+}  // namespace stipple::train

@@ -1,0 +1,165 @@
+// Training the Fashion-MNIST classifier: AdamW on cross-entropy, warm-up + cosine learning rate.
+#include "train/train_classifier.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <limits>
+
+#include "autograd/grad_mode.h"
+#include "core/error.h"
+#include "core/rng.h"
+#include "ops/ops.h"
+#include "train/datasets.h"
+#include "train/optim.h"
+
+namespace stipple::train {
+
+void ClassifierTrainConfig::validate() const {
+  STIPPLE_CHECK(epochs >= 1, "train-classifier: --epochs must be >= 1, got ", epochs);
+  STIPPLE_CHECK(batch_size >= 1 && batch_size <= 60000,
+                "train-classifier: --batch-size must be in [1, 60000], got ", batch_size);
+  STIPPLE_CHECK(lr > 0 && std::isfinite(lr), "train-classifier: --lr must be positive, got ", lr);
+  STIPPLE_CHECK(weight_decay >= 0, "train-classifier: weight decay must be >= 0");
+  model.validate("train-classifier model");
+}
+
+std::vector<int64_t> classify(const models::FashionClassifier& model, const Tensor& images,
+                              int64_t batch_size) {
+  autograd::NoGradGuard no_grad;
+  const int64_t n = images.size(0);
+  std::vector<int64_t> out;
+  out.reserve(n);
+  for (int64_t b = 0; b < n; b += batch_size) {
+    const int64_t m = std::min(batch_size, n - b);
+    const std::vector<float> logits = model.logits(images.narrow(0, b, m)).to_vector();  // [m, K]
+    const int64_t k = static_cast<int64_t>(logits.size()) / m;
+    for (int64_t i = 0; i < m; ++i) {
+      const float* row = logits.data() + i * k;
+      out.push_back(std::max_element(row, row + k) - row);
+    }
+  }
+  return out;
+}
+
+Accuracy accuracy(const std::vector<int64_t>& predictions, const std::vector<int64_t>& labels,
+                  int64_t num_classes) {
+  STIPPLE_CHECK(predictions.size() == labels.size(), "accuracy: ", predictions.size(),
+                " predictions for ", labels.size(), " labels");
+  std::vector<int64_t> right(num_classes, 0), count(num_classes, 0);
+  int64_t total_right = 0;
+  for (size_t i = 0; i < labels.size(); ++i) {
+    const int64_t y = labels[i];
+    STIPPLE_CHECK(y >= 0 && y < num_classes, "accuracy: label ", y, " outside [0, ", num_classes,
+                  ")");
+    ++count[y];
+    if (predictions[i] == y) ++right[y], ++total_right;
+  }
+  Accuracy a;
+  a.overall = labels.empty() ? std::numeric_limits<float>::quiet_NaN()
+                             : static_cast<float>(total_right) / labels.size();
+  for (int64_t c = 0; c < num_classes; ++c)
+    a.per_class.push_back(count[c] ? static_cast<float>(right[c]) / count[c]
+                                   : std::numeric_limits<float>::quiet_NaN());
+  return a;
+}
+
+ClassifierTrainResult train_classifier(
+    const ClassifierTrainConfig& config,
+    const std::function<void(const ClassifierProgress&)>& progress,
+    const std::function<void(const std::string&)>& message) {
+  config.validate();
+  auto say = [&](const std::string& s) {
+    if (message) message(s);
+  };
+  // 1. data: both splits framed to 32x32 in [-1, 1]
+  const FashionMnist train_set = FashionMnist::load(config.data_dir, Split::kTrain, true);
+  const FashionMnist test_set = FashionMnist::load(config.data_dir, Split::kTest, true);
+  STIPPLE_CHECK(train_set.images().size(-1) == config.model.image_size,
+                "train-classifier: the model's image_size ", config.model.image_size,
+                " does not match the framed data (", train_set.images().size(-1), ")");
+
+  // 2. model, optimiser, data order
+  models::FashionClassifierConfig mc = config.model;
+  if (mc.class_names.empty()) mc.class_names = FashionMnist::class_names();
+  auto model = std::make_shared<models::FashionClassifier>(mc);
+  Generator init(config.seed);
+  model->reset_parameters(init);
+  model->train();
+  const std::vector<Tensor> params = model->parameters();
+  AdamWConfig ac;
+  ac.lr = config.lr;
+  ac.weight_decay = config.weight_decay;
+  AdamW opt(params, ac);
+  DataLoader loader(train_set.images(), train_set.labels(), config.batch_size, config.seed + 1,
+                    config.hflip);
+  const int64_t per_epoch = loader.batches_per_epoch();
+  const int64_t total = per_epoch * config.epochs;
+  say(str_cat("training a ", model->num_parameters(), "-parameter classifier for ", config.epochs,
+              " epochs (", total, " steps of ", config.batch_size, " images)"));
+
+  // 3. train
+  const auto start = std::chrono::steady_clock::now();
+  ClassifierTrainResult r;
+  double window_loss = 0, epoch_loss = 0;
+  int64_t window_right = 0, window_seen = 0, window_steps = 0, epoch_right = 0, epoch_seen = 0;
+  for (int64_t step = 0; step < total; ++step) {
+    const int epoch = static_cast<int>(step / per_epoch);
+    if (step % per_epoch == 0) epoch_loss = 0, epoch_right = 0, epoch_seen = 0;
+    // Linear warm-up, then cosine to zero.
+    const int64_t w = std::min<int64_t>(config.warmup, total / 2);
+    const double lr =
+        step < w
+            ? config.lr * (step + 1.0) / w
+            : config.lr * 0.5 * (1 + std::cos(M_PI * (step - w) / std::max<int64_t>(1, total - w)));
+    opt.set_lr(static_cast<float>(lr));
+    const DataLoader::Batch batch = loader.next();
+    const Tensor logits = model->logits(batch.images);             // [B, 10]
+    const Tensor loss = ops::cross_entropy(logits, batch.labels);  // []
+    opt.zero_grad();
+    loss.backward();
+    opt.step();
+
+    const float l = loss.item();
+    const std::vector<float> lv = logits.detach().to_vector();
+    const std::vector<int64_t> y = batch.labels.to_vector_i64();
+    const int64_t b = static_cast<int64_t>(y.size()), k = logits.size(1);
+    int64_t right = 0;
+    for (int64_t i = 0; i < b; ++i) {
+      const float* row = lv.data() + i * k;
+      if (std::max_element(row, row + k) - row == y[i]) ++right;
+    }
+    window_loss += l, window_right += right, window_seen += b, ++window_steps;
+    epoch_loss += l, epoch_right += right, epoch_seen += b;
+    if (progress) {
+      ClassifierProgress p;
+      p.step = step + 1, p.total = total, p.epoch = epoch + 1;
+      p.loss = static_cast<float>(window_loss / window_steps);
+      p.accuracy = static_cast<float>(window_right) / window_seen;
+      progress(p);
+    }
+    if (window_steps == 50) window_loss = 0, window_right = 0, window_seen = 0, window_steps = 0;
+  }
+  r.train_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  r.steps = total;
+  r.train_loss = static_cast<float>(epoch_loss / per_epoch);
+  r.train_accuracy = static_cast<float>(epoch_right) / std::max<int64_t>(1, epoch_seen);
+
+  // 4. test
+  model->eval();
+  const Accuracy a = accuracy(classify(*model, test_set.images()),
+                              test_set.labels().to_vector_i64(), mc.num_classes);
+  r.test_accuracy = a.overall;
+  r.test_accuracy_per_class = a.per_class;
+  r.model = model;
+
+  // 5. save
+  if (!config.out_dir.empty()) {
+    model->save_pretrained(config.out_dir, config.half);
+    say(str_cat("wrote ", config.out_dir, "/", models::FashionClassifier::kConfigFile, " and ",
+                models::FashionClassifier::kWeightsFile, config.half ? " (f16)" : " (f32)"));
+  }
+  return r;
+}
+
+}  // namespace stipple::train
