@@ -19,6 +19,7 @@
 #include "train/datasets.h"
 #include "train/frechet.h"
 #include "train/train_classifier.h"
+#include "train/trainer.h"
 
 namespace stipple::train {
 
@@ -205,7 +206,7 @@ nlohmann::json per_class_json(const std::vector<std::string>& names, const std::
   nlohmann::json j = nlohmann::json::object();
   for (size_t c = 0; c < v.size(); ++c)
     j[c < names.size() ? names[c] : std::to_string(c)] =
-        std::isnan(v[c]) ? nlohmann::json(nullptr) : nlohmann::json(v[c]);
+        std::isnan(v[c]) ? nlohmann::json(nullptr) : nlohmann::json(json_float(v[c]));
   return j;
 }
 
@@ -283,14 +284,14 @@ nlohmann::json EvalResult::to_json() const {
           {"classifier", classifier},
           {"sampler", config.sampler},
           {"steps", config.steps},
-          {"cfg", config.cfg},
+          {"cfg", json_float(config.cfg)},
           {"seed", config.seed},
           {"samples_per_class", config.samples_per_class},
           {"num_generated", num_generated},
           {"num_test", num_test},
-          {"cas", cas},
+          {"cas", json_float(cas)},
           {"cas_per_class", per_class_json(class_names, cas_per_class)},
-          {"real_accuracy", real_accuracy},
+          {"real_accuracy", json_float(real_accuracy)},
           {"real_accuracy_per_class", per_class_json(class_names, real_accuracy_per_class)},
           {"fid_feat", fid_feat},
           {"fid_feat_floor", fid_floor},
