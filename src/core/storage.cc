@@ -10,6 +10,11 @@ namespace stipple {
 
 const char* device_name(Device d) { return d == Device::kCPU ? "cpu" : "cuda"; }
 
+Storage::Storage() {
+  static std::atomic<uint64_t> next_id{1};
+  id_ = next_id.fetch_add(1, std::memory_order_relaxed);
+}
+
 std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device, bool zero) {
   STIPPLE_CHECK(device == Device::kCPU, "device ", device_name(device), " is not built in");
   auto s = std::shared_ptr<Storage>(new Storage());

@@ -749,12 +749,14 @@ SingleFileModels load_single_file(const std::string& path, const SingleFileOptio
     m.unet->load_state_dict(convert_single_file_component(file, m.info, SingleFileComponent::kUNet),
                             /*strict=*/true, path + " (UNet)");
     m.unet->eval();
+    m.unet->freeze_for_inference();  // convolutions keep reordered weights
   }
   if (vae) {
     m.vae = std::make_shared<models::AutoencoderKL>(m.info.vae_config);
     m.vae->load_checkpoint(convert_single_file_component(file, m.info, SingleFileComponent::kVAE),
                            path + " (VAE)");
     m.vae->eval();
+    m.vae->freeze_for_inference();  // convolutions keep reordered weights
   }
   if (text_encoder) {
     m.text_encoder = std::make_shared<models::CLIPTextModel>(m.info.text_config);

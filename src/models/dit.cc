@@ -19,6 +19,7 @@ namespace {
 void fill_(const Tensor& t, float v) {
   float* d = t.data<float>();
   for (int64_t i = 0; i < t.numel(); ++i) d[i] = v;
+  t.storage()->bump_version();  // in place: see core/storage.h
 }
 
 // torch.nn.init.xavier_uniform_: U(-a, a), a = sqrt(6 / (fan_in + fan_out)).
@@ -28,12 +29,14 @@ void xavier_uniform_(const Tensor& t, int64_t fan_in, int64_t fan_out, Generator
   const float lo = static_cast<float>(-a), range = static_cast<float>(2 * a);
   float* d = t.data<float>();
   for (int64_t i = 0; i < t.numel(); ++i) d[i] = u[i] * range + lo;
+  t.storage()->bump_version();
 }
 
 void normal_(const Tensor& t, float std, Generator& gen) {
   const std::vector<float> n = gen.randn(t.shape()).to_vector();
   float* d = t.data<float>();
   for (int64_t i = 0; i < t.numel(); ++i) d[i] = n[i] * std;
+  t.storage()->bump_version();
 }
 
 // DiT's _basic_init for one Linear: xavier_uniform weight (with the given fan-out), zero bias.

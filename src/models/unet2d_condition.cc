@@ -504,6 +504,7 @@ std::shared_ptr<UNet2DConditionModel> UNet2DConditionModel::from_pretrained(
   const io::SafetensorsFile file = io::SafetensorsFile::open(weights.string());
   model->load_state_dict(file.tensors(), /*strict=*/true, weights.string());
   model->eval();
+  model->freeze_for_inference();  // convolutions keep reordered weights
   return model;
 }
 

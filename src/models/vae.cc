@@ -334,6 +334,7 @@ std::shared_ptr<AutoencoderKL> AutoencoderKL::from_pretrained(const std::string&
   const io::SafetensorsFile file = io::SafetensorsFile::open(weights.string());
   model->load_checkpoint(file.tensors(), weights.string());
   model->eval();
+  model->freeze_for_inference();  // convolutions keep reordered weights
   return model;
 }
 

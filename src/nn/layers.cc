@@ -20,11 +20,13 @@ void uniform_(const Tensor& t, double lo, double hi, Generator& gen) {
   const float* src = u.data<float>();
   float* dst = t.data<float>();
   for (int64_t i = 0; i < t.numel(); ++i) dst[i] = src[i] * range + from;
+  t.storage()->bump_version();
 }
 
 void fill_(const Tensor& t, float value) {
   float* dst = t.data<float>();
   for (int64_t i = 0; i < t.numel(); ++i) dst[i] = value;
+  t.storage()->bump_version();
 }
 
 // kaiming_uniform_(w, a=sqrt(5)) as torch.nn.init computes the bound (in double).
@@ -167,6 +169,7 @@ Embedding::Embedding(int64_t num_embeddings, int64_t embedding_dim, Generator& g
 void Embedding::reset_parameters(Generator& gen) {
   const Tensor n = gen.randn({num_, dim_});
   std::memcpy(weight_.data<float>(), n.data<float>(), n.numel() * sizeof(float));
+  weight_.storage()->bump_version();
 }
 
 Tensor Embedding::forward(const Tensor& ids) const { return ops::embedding(weight_, ids); }

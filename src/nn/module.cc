@@ -23,6 +23,7 @@ void copy_into(const Tensor& dst, const Tensor& src) {
   const size_t nbytes = static_cast<size_t>(dst.numel()) * dtype_size(dst.dtype());
   if (nbytes > 0 && c.raw_data() != dst.raw_data())
     std::memcpy(dst.raw_data(), c.raw_data(), nbytes);
+  dst.storage()->bump_version();
 }
 
 }  // namespace
@@ -199,6 +200,15 @@ LoadResult Module::load_state_dict(const std::map<std::string, Tensor>& state, b
 void Module::train(bool on) {
   training_ = on;
   for (auto& [name, child] : children_) child->train(on);
+  if (on) unfreeze();
+}
+
+void Module::freeze_for_inference() {
+  for (const auto& [name, t] : state_dict()) t.storage()->set_frozen(true);
+}
+
+void Module::unfreeze() {
+  for (const auto& [name, t] : state_dict()) t.storage()->set_frozen(false);
 }
 
 void Module::zero_grad() {

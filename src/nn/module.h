@@ -85,8 +85,15 @@ class Module {
                              const std::string& source = "");
 
   // ---- modes and training helpers ----
-  void train(bool on = true);  // this module and every descendant
+  // This module and every descendant. train(true) also undoes freeze_for_inference().
+  void train(bool on = true);
   void eval() { train(false); }
+  // Marks the storage of every parameter and buffer constant (Storage::frozen), which lets the
+  // CPU convolutions keep their weights in oneDNN's layout between calls instead of reordering
+  // them on every call. In-place writers bump the storage version (see core/storage.h), so a
+  // later optimiser step or load_state_dict is seen; train(true) or unfreeze() turn it off.
+  void freeze_for_inference();
+  void unfreeze();
   bool is_training() const { return training_; }
   void zero_grad();                 // drops every parameter's gradient
   Module& requires_grad_(bool on);  // false freezes every parameter (and true unfreezes)

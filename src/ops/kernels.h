@@ -69,8 +69,9 @@ struct KernelTable {
   // a [Ba, M, K] (or [Ba, K, M] if trans_a), b [Bb, K, N] (or [Bb, N, K] if trans_b), Ba and Bb
   // equal or 1 (broadcast). Returns [max(Ba, Bb), M, N] = op(a) @ op(b).
   Tensor (*matmul)(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b);
-  // x [N, C, H, W] plain or blocked, w [O, C, kh, kw], bias [O] or undefined. The result may be
-  // channel-blocked when `allow_blocked` (inference chains); otherwise plain NCHW.
+  // x [N, C, H, W] plain or blocked, w [O, C, kh, kw] f32 or f16 (contiguous), bias [O] or
+  // undefined. The result may be channel-blocked when `allow_blocked` (inference chains);
+  // otherwise plain NCHW.
   Tensor (*conv2d)(const Tensor& x, const Tensor& w, const Tensor& bias,
                    const ops::Conv2dParams& p, bool allow_blocked);
   // grad_x [N, C, H, W] from grad_y [N, O, Ho, Wo] and w; x_shape gives H, W.

@@ -202,7 +202,10 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
   {
     autograd::NoGradGuard no_grad;
     xk = x.is_blocked() ? x : as_f32_contiguous(x);  // blocked tensors are always f32
-    wk = as_f32_contiguous(weight);
+    // f16 weights (half-precision checkpoints) go to the kernel as they are on inference paths:
+    // the fast kernel converts them while reordering to its layout.
+    const bool f16_weight = !record && weight.dtype() == DType::kF16 && weight.is_contiguous();
+    wk = f16_weight ? weight : as_f32_contiguous(weight);
     if (bias.defined()) bk = as_f32_contiguous(bias);
     out = active_kernels().conv2d(xk, wk, bk, p, allow_blocked);
   }

@@ -45,6 +45,7 @@ void copy_values(const Tensor& dst, const Tensor& src, const std::string& what) 
   check_like(dst, src, what);
   const Tensor s = ops::as_f32_contiguous(src);
   if (dst.numel() > 0) std::memcpy(dst.raw_data(), s.raw_data(), dst.numel() * sizeof(float));
+  dst.storage()->bump_version();  // in place: drops caches of the old values (core/storage.h)
 }
 
 const Tensor& find(const std::map<std::string, Tensor>& state, const std::string& key) {
@@ -91,6 +92,7 @@ void AdamW::step() {
     const Tensor g = grad_of(params_[i], i, "AdamW");
     if (!g.defined()) continue;
     k.adamw_step(params_[i], g, exp_avg_[i], exp_avg_sq_[i], hp);
+    params_[i].storage()->bump_version();  // in place: see core/storage.h
   }
 }
 
@@ -164,6 +166,7 @@ void SGD::step() {
       }
       p[j] = p[j] - lr * d;
     }
+    params_[i].storage()->bump_version();  // in place: see core/storage.h
   }
 }
 
@@ -276,6 +279,7 @@ void Ema::step(const std::vector<Tensor>& params) {
     } else {
       std::memcpy(s, p, n * sizeof(float));
     }
+    shadow_[i].storage()->bump_version();
   }
 }
 

@@ -78,9 +78,11 @@ void for_each_tap(const ConvGeom& g, const ops::Conv2dParams& p, F&& f) {
             }
 }
 
-Tensor ref_conv2d(const Tensor& x_in, const Tensor& w, const Tensor& bias,
+Tensor ref_conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias,
                   const ops::Conv2dParams& p, bool /*allow_blocked*/) {
   const Tensor x = x_in.contiguous();  // reorders a channel-blocked input to plain NCHW
+  const Tensor w =
+      w_in.dtype() == DType::kF32 ? w_in : reference_kernels().copy(w_in, DType::kF32);  // f16
   const ConvGeom g = make_geom(x.shape(), w.shape(), p);
   std::vector<double> acc(g.n * g.o * g.ho * g.wo, 0.0);
   const float* px = x.data<float>();
