@@ -192,6 +192,7 @@ int BenchCommand::run() {
   }
   unet->freeze_for_inference();  // weights are constant: convolutions keep them reordered
   if (vae) vae->freeze_for_inference();
+  Storage::trim_cache();  // the blocks freed while building are not activation-sized
   const double build_s = now_s() - t0;
   const auto& cfg = unet->config();
   std::printf(

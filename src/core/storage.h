@@ -23,9 +23,14 @@ const char* device_name(Device d);
 
 class Storage {
  public:
-  // Allocates nbytes on `device` (only kCPU today), 64-byte aligned.
+  // Allocates nbytes on `device` (only kCPU today), 64-byte aligned. Blocks of 1 MiB or more
+  // come from a bounded cache of freed blocks when one fits (see storage.cc).
   static std::shared_ptr<Storage> allocate(size_t nbytes, Device device = Device::kCPU,
                                            bool zero = false);
+  // Returns every cached free block to the system (also done when an allocation fails).
+  static void trim_cache();
+  // Bytes held by the cache of freed blocks now.
+  static size_t cached_bytes();
   // Views memory owned elsewhere; `keepalive` is held as long as this storage lives.
   static std::shared_ptr<Storage> wrap(void* data, size_t nbytes, std::shared_ptr<void> keepalive,
                                        Device device = Device::kCPU);
@@ -53,6 +58,7 @@ class Storage {
   size_t nbytes_ = 0;
   Device device_ = Device::kCPU;
   bool owned_ = false;
+  size_t capacity_ = 0;  // bytes allocated (>= nbytes_) when owned
   std::shared_ptr<void> keepalive_;
   uint64_t id_;
   std::atomic<uint64_t> version_{0};
