@@ -15,6 +15,8 @@
 #include "pipelines/stable_diffusion.h"
 #include "progress.h"
 #include "schedulers/scheduler.h"
+#include "train/datasets.h"
+#include "train/evaluate.h"
 
 namespace stipple::cli {
 namespace {
@@ -240,6 +242,7 @@ int GenerateCommand::run_dit() {
   STIPPLE_CHECK(width_ == 0 && height_ == 0,
                 "a DiT model draws at its own size; leave out "
                 "--width and --height");
+  if (!fs::exists(fs::path(model_) / "vae")) return run_pixel_dit();
   const pipelines::DiTPipeline dit = pipelines::DiTPipeline::from_pretrained(model_);
   pipelines::DiTParams p;
   const std::vector<int64_t> ids = dit.label_ids(class_labels_);
@@ -265,6 +268,55 @@ int GenerateCommand::run_dit() {
   const std::string params =
       str_cat("class ", labels, "\nSteps: ", steps_, ", Sampler: ", sampler_,
               ", CFG scale: ", format_number(p.cfg), ", Seed: ", seed_, ", Size: ", images.size(3),
+              "x", images.size(2), ", Model: ", model_name(model_));
+  report(write_images(images, out_, params), images);
+  return 0;
+}
+
+// A pixel-space DiT as `stipple train` writes it (model_index.json with no VAE, transformer/,
+// scheduler/): sampled with the same code as `stipple eval`. Fashion-MNIST models were trained on
+// the 28x28 images framed to 32x32, so the frame is cropped back off.
+int GenerateCommand::run_pixel_dit() {
+  const train::ClassGenerator gen = train::ClassGenerator::load(model_);
+  const std::vector<std::string>& names = gen.class_names();
+  const bool fashion = names == train::FashionMnist::class_names();
+  std::vector<int64_t> ids;
+  for (const std::string& l : class_labels_) {
+    int64_t id = -1;
+    if (fashion) {
+      id = train::FashionMnist::class_index(l);
+    } else if (!l.empty() && l.find_first_not_of("0123456789") == std::string::npos) {
+      id = std::stoll(l);
+    } else {
+      for (size_t c = 0; c < names.size(); ++c)
+        if (names[c] == l) id = static_cast<int64_t>(c);
+    }
+    STIPPLE_CHECK(id >= 0 && id < gen.num_classes(), "unknown class label '", l, "' for ", model_,
+                  " (", gen.num_classes(), " classes)");
+    ids.push_back(id);
+  }
+  std::vector<int64_t> labels;
+  for (int i = 0; i < num_images_; ++i) labels.insert(labels.end(), ids.begin(), ids.end());
+  train::EvalConfig c;
+  c.steps = steps_;
+  c.sampler = sampler_;
+  c.cfg = cmd_->count("--cfg") ? cfg_ : 3.0f;
+  c.seed = seed_;
+  c.validate();
+  std::unique_ptr<ProgressBar> bar;
+  Tensor images = gen.sample(labels, c, [&](int done, int total) {
+    if (!bar) bar = std::make_unique<ProgressBar>("sampling", total, !quiet_);
+    bar->update(done);
+  });  // [N, C, S, S] in [-1, 1]
+  if (bar) bar->finish();
+  if (fashion && gen.image_size() == 32) images = images.narrow(2, 2, 28).narrow(3, 2, 28);
+  images = ops::clamp(ops::affine(images, 0.5f, 0.5f), 0.0f, 1.0f);  // [N, C, 28, 28] in [0, 1]
+  std::string label_text;
+  for (int64_t id : ids)
+    label_text += str_cat(label_text.empty() ? "" : ", ", id, " (", names[id], ")");
+  const std::string params =
+      str_cat("class ", label_text, "\nSteps: ", steps_, ", Sampler: ", sampler_,
+              ", CFG scale: ", format_number(c.cfg), ", Seed: ", seed_, ", Size: ", images.size(3),
               "x", images.size(2), ", Model: ", model_name(model_));
   report(write_images(images, out_, params), images);
   return 0;

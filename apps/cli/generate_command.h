@@ -20,6 +20,7 @@ class GenerateCommand {
 
  private:
   int run_dit();
+  int run_pixel_dit();
   Mode mode_;
   CLI::App* cmd_;
   std::string model_, prompt_, negative_prompt_, sampler_ = "dpm++2m_karras", out_ = "out.png";
