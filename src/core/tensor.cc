@@ -29,24 +29,27 @@ Shape contiguous_strides(const Shape& s) {
   return st;
 }
 
-Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
+namespace {
+
+// A plain contiguous tensor over fresh storage, zero-filled when asked.
+Tensor allocate_plain(const Shape& shape, DType dtype, Device device, bool zero) {
   for (int64_t d : shape) STIPPLE_CHECK(d >= 0, "negative dimension in shape ", shape_str(shape));
   auto impl = std::make_shared<TensorImpl>();
-  impl->storage = Storage::allocate(shape_numel(shape) * dtype_size(dtype), device);
+  impl->storage = Storage::allocate(shape_numel(shape) * dtype_size(dtype), device, zero);
   impl->shape = shape;
   impl->strides = contiguous_strides(shape);
   impl->dtype = dtype;
   return Tensor(std::move(impl));
 }
 
+}  // namespace
+
+Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
+  return allocate_plain(shape, dtype, device, false);
+}
+
 Tensor Tensor::zeros(const Shape& shape, DType dtype) {
-  for (int64_t d : shape) STIPPLE_CHECK(d >= 0, "negative dimension in shape ", shape_str(shape));
-  auto impl = std::make_shared<TensorImpl>();
-  impl->storage = Storage::allocate(shape_numel(shape) * dtype_size(dtype), Device::kCPU, true);
-  impl->shape = shape;
-  impl->strides = contiguous_strides(shape);
-  impl->dtype = dtype;
-  return Tensor(std::move(impl));
+  return allocate_plain(shape, dtype, Device::kCPU, true);
 }
 
 Tensor Tensor::ones(const Shape& shape, DType dtype) { return full(shape, 1.0, dtype); }
