@@ -21,5 +21,6 @@ void fill_fast_linalg(KernelTable& t);       // fast_linalg.cc (oneDNN)
 void fill_fast_norm(KernelTable& t);         // fast_norm.cc (Highway)
 void fill_fast_attention(KernelTable& t);    // fast_attention.cc (OpenBLAS + Highway)
 void fill_fast_optim(KernelTable& t);        // fast_optim.cc (Highway)
+void fill_fast_layout(KernelTable& t);       // fast_layout.cc (after elementwise: wraps its copy)
 
 }  // namespace stipple::cpu

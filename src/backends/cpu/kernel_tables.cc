@@ -30,6 +30,7 @@ const KernelTable& fast_kernels() {
     cpu::fill_fast_norm(t);
     cpu::fill_fast_attention(t);
     cpu::fill_fast_optim(t);
+    cpu::fill_fast_layout(t);
     return t;
   }();
   return table;
