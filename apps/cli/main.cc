@@ -18,6 +18,7 @@
 #include "generate_command.h"
 #include "classifier_command.h"
 #include "eval_command.h"
+#include "export_command.h"
 
 namespace {
 
@@ -105,6 +106,7 @@ int main(int argc, char** argv) {
   demo_cmd->add_flag("--quiet,-q", quiet, "no progress bar");
 
   stipple::cli::InfoCommand info_cmd(app);
+  stipple::cli::ExportCommand export_cmd(app);
   stipple::cli::BenchCommand bench_cmd(app);
 
   std::string conformance_dir;
@@ -131,6 +133,7 @@ int main(int argc, char** argv) {
   try {
     if (*demo_cmd) return run_demo_command(demo, demo_out, quiet);
     if (info_cmd.selected()) return info_cmd.run();
+    if (export_cmd.selected()) return export_cmd.run();
     if (bench_cmd.selected()) return bench_cmd.run();
     if (*conformance_cmd) return run_conformance_command(conformance_dir);
     if (train_cmd.selected()) return train_cmd.run();
