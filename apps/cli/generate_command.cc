@@ -139,10 +139,13 @@ GenerateCommand::GenerateCommand(CLI::App& app, Mode mode) : mode_(mode) {
                    "default: tokenizer/ beside the file)");
   cmd_->add_option("--prompt,-p", prompt_, "what to draw");
   cmd_->add_option("--negative-prompt,-n", negative_prompt_, "what to steer away from");
-  cmd_->add_option("--steps", steps_, "denoising steps")->capture_default_str();
-  cmd_->add_option("--cfg", cfg_, "classifier-free guidance scale (DiT's default: 4)")
+  cmd_->add_option("--steps", steps_, "denoising steps (pixel-space DiTs: 20)")
       ->capture_default_str();
-  cmd_->add_option("--sampler", sampler_, "sampler: " + sampler_list())->capture_default_str();
+  cmd_->add_option("--cfg", cfg_,
+                   "classifier-free guidance scale (DiT's default: 4; pixel-space DiTs: 3)")
+      ->capture_default_str();
+  cmd_->add_option("--sampler", sampler_, "sampler (pixel-space DiTs: dpm++2m): " + sampler_list())
+      ->capture_default_str();
   cmd_->add_option("--seed", seed_, "seed; the same seed gives diffusers' CPU noise")
       ->capture_default_str();
   cmd_->add_option("--width", width_,
@@ -297,6 +300,9 @@ int GenerateCommand::run_pixel_dit() {
   }
   std::vector<int64_t> labels;
   for (int i = 0; i < num_images_; ++i) labels.insert(labels.end(), ids.begin(), ids.end());
+  // Defaults for these small models: what `stipple eval` scores them with.
+  if (!cmd_->count("--steps")) steps_ = 20;
+  if (!cmd_->count("--sampler")) sampler_ = "dpm++2m";
   train::EvalConfig c;
   c.steps = steps_;
   c.sampler = sampler_;
