@@ -202,12 +202,16 @@ io::Image plot_loss_curve(const std::vector<int64_t>& steps, const std::vector<f
   if (pts.size() == 1)
     cv.line(xpix(pts[0].first), ypix(pts[0].second), xpix(pts[0].first), ypix(pts[0].second),
             kSmooth, 3);
-  const double alpha = pts.size() > 20 ? 0.9 : 0.5;
-  double ema = pts.empty() ? 0 : pts[0].second;
+  // Averaged in log space (as drawn) over a window of about 4% of the points, so the early fast
+  // drop fades out of it as quickly as it happened.
+  const double window = std::clamp(static_cast<double>(pts.size()) / 25.0, 1.0, 50.0);
+  const double alpha = 1.0 - 1.0 / window;
+  double ema = pts.empty() ? 0 : std::log(pts[0].second);
   for (size_t i = 1; i < pts.size(); ++i) {
     const double prev = ema;
-    ema = alpha * ema + (1 - alpha) * pts[i].second;
-    cv.line(xpix(pts[i - 1].first), ypix(prev), xpix(pts[i].first), ypix(ema), kSmooth, 2);
+    ema = alpha * ema + (1 - alpha) * std::log(pts[i].second);
+    cv.line(xpix(pts[i - 1].first), ypix(std::exp(prev)), xpix(pts[i].first), ypix(std::exp(ema)),
+            kSmooth, 2);
   }
   return cv.take();
 }
