@@ -142,9 +142,9 @@ GenerateCommand::GenerateCommand(CLI::App& app, Mode mode) : mode_(mode) {
   cmd_->add_option("--steps", steps_, "denoising steps (pixel-space DiTs: 20)")
       ->capture_default_str();
   cmd_->add_option("--cfg", cfg_,
-                   "classifier-free guidance scale (DiT's default: 4; pixel-space DiTs: 3)")
+                   "classifier-free guidance scale (DiT's default: 4; pixel-space DiTs: 2)")
       ->capture_default_str();
-  cmd_->add_option("--sampler", sampler_, "sampler (pixel-space DiTs: dpm++2m): " + sampler_list())
+  cmd_->add_option("--sampler", sampler_, "sampler (pixel-space DiTs: dpm++2m_karras): " + sampler_list())
       ->capture_default_str();
   cmd_->add_option("--seed", seed_, "seed; the same seed gives diffusers' CPU noise")
       ->capture_default_str();
@@ -301,12 +301,10 @@ int GenerateCommand::run_pixel_dit() {
   std::vector<int64_t> labels;
   for (int i = 0; i < num_images_; ++i) labels.insert(labels.end(), ids.begin(), ids.end());
   // Defaults for these small models: what `stipple eval` scores them with.
-  if (!cmd_->count("--steps")) steps_ = 20;
-  if (!cmd_->count("--sampler")) sampler_ = "dpm++2m";
   train::EvalConfig c;
-  c.steps = steps_;
-  c.sampler = sampler_;
-  c.cfg = cmd_->count("--cfg") ? cfg_ : 3.0f;
+  if (cmd_->count("--steps")) c.steps = steps_;
+  if (cmd_->count("--sampler")) c.sampler = sampler_;
+  if (cmd_->count("--cfg")) c.cfg = cfg_;
   c.seed = seed_;
   c.validate();
   std::unique_ptr<ProgressBar> bar;
@@ -321,7 +319,7 @@ int GenerateCommand::run_pixel_dit() {
   for (int64_t id : ids)
     label_text += str_cat(label_text.empty() ? "" : ", ", id, " (", names[id], ")");
   const std::string params =
-      str_cat("class ", label_text, "\nSteps: ", steps_, ", Sampler: ", sampler_,
+      str_cat("class ", label_text, "\nSteps: ", c.steps, ", Sampler: ", c.sampler,
               ", CFG scale: ", format_number(c.cfg), ", Seed: ", seed_, ", Size: ", images.size(3),
               "x", images.size(2), ", Model: ", model_name(model_));
   report(write_images(images, out_, params), images);
