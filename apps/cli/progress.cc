@@ -1,5 +1,7 @@
 #include "progress.h"
 
+#include <unistd.h>
+
 #include <cstdio>
 
 namespace stipple::cli {
@@ -19,8 +21,11 @@ std::string format_duration(double seconds) {
 }  // namespace
 
 ProgressBar::ProgressBar(std::string label, int total, bool enabled)
-    : label_(std::move(label)), total_(total), enabled_(enabled) {
-  start_ = last_draw_ = std::chrono::steady_clock::now();
+    : label_(std::move(label)),
+      total_(total),
+      enabled_(enabled),
+      terminal_(isatty(fileno(stderr)) != 0) {
+  start_ = last_draw_ = older_time_ = newer_time_ = Clock::now();
 }
 
 ProgressBar::~ProgressBar() {
@@ -32,18 +37,41 @@ void ProgressBar::update(int done, const std::string& note) { draw(done, note, f
 void ProgressBar::finish(const std::string& note) {
   if (finished_) return;
   draw(total_, note, true);
-  if (enabled_) std::fputc('\n', stderr);
+  if (enabled_ && terminal_) std::fputc('\n', stderr);
   finished_ = true;
+}
+
+double ProgressBar::recent_rate(int done, Clock::time_point now) {
+  using std::chrono::duration;
+  if (now - newer_time_ >= std::chrono::seconds(10)) {
+    older_time_ = newer_time_, older_done_ = newer_done_;
+    newer_time_ = now, newer_done_ = done;
+  }
+  const double span = duration<double>(now - older_time_).count();
+  if (span > 0 && done > older_done_) return (done - older_done_) / span;
+  const double elapsed = duration<double>(now - start_).count();
+  return elapsed > 0 ? done / elapsed : 0.0;
 }
 
 void ProgressBar::draw(int done, const std::string& note, bool force) {
   if (!enabled_) return;
-  const auto now = std::chrono::steady_clock::now();
-  if (!force && done < total_ && now - last_draw_ < std::chrono::milliseconds(100)) return;
+  const auto now = Clock::now();
+  const double rate = recent_rate(done, now);
+  const auto every = terminal_ ? std::chrono::milliseconds(100) : std::chrono::milliseconds(30000);
+  if (!force && done < total_ && now - last_draw_ < every) return;
+  if (!terminal_ && !force && done == total_) return;  // the log's last line comes from finish()
   last_draw_ = now;
   const double elapsed = std::chrono::duration<double>(now - start_).count();
-  const double rate = elapsed > 0 ? done / elapsed : 0.0;
   const double eta = rate > 0 ? (total_ - done) / rate : -1;
+  const std::string tail = note.empty() ? "" : ", " + note;
+  if (!terminal_) {
+    const int percent = total_ > 0 ? static_cast<int>(100.0 * done / total_) : 100;
+    std::fprintf(stderr, "%s %d/%d (%d%%), %.3g it/s, %s elapsed, ETA %s%s\n", label_.c_str(),
+                 done, total_, percent, rate, format_duration(elapsed).c_str(),
+                 format_duration(eta).c_str(), tail.c_str());
+    std::fflush(stderr);
+    return;
+  }
   constexpr int kWidth = 24;
   const int filled = total_ > 0 ? kWidth * done / total_ : kWidth;
   std::string bar(filled, '=');
@@ -53,9 +81,9 @@ void ProgressBar::draw(int done, const std::string& note, bool force) {
     std::snprintf(rate_text, sizeof rate_text, "%.2f it/s", rate);
   else
     std::snprintf(rate_text, sizeof rate_text, "%.2f s/it", 1.0 / rate);
-  std::fprintf(stderr, "\r%s %d/%d [%s] %s, %s elapsed, ETA %s%s%s\033[K", label_.c_str(), done,
+  std::fprintf(stderr, "\r%s %d/%d [%s] %s, %s elapsed, ETA %s%s\033[K", label_.c_str(), done,
                total_, bar.c_str(), rate_text, format_duration(elapsed).c_str(),
-               format_duration(eta).c_str(), note.empty() ? "" : ", ", note.c_str());
+               format_duration(eta).c_str(), tail.c_str());
   std::fflush(stderr);
 }
 

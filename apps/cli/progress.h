@@ -1,5 +1,8 @@
 // A progress bar on stderr for long jobs: step i/n, a bar, it/s, elapsed and ETA, and an optional
-// trailing note (the loss, say). Redraws at most ~10 times a second; silent when disabled.
+// trailing note (the loss, say). On a terminal it redraws one line at most ~10 times a second;
+// when stderr is a file or a pipe (a log) it writes plain lines instead, one every 30 seconds and
+// the last. The rate and ETA follow the last 10-20 seconds, so they recover when the machine
+// gets busy or quiet. Silent when disabled.
 #pragma once
 
 #include <chrono>
@@ -15,12 +18,18 @@ class ProgressBar {
   void finish(const std::string& note = "");
 
  private:
+  using Clock = std::chrono::steady_clock;
   void draw(int done, const std::string& note, bool force);
+  double recent_rate(int done, Clock::time_point now);
   std::string label_;
   int total_;
   bool enabled_;
+  bool terminal_;
   bool finished_ = false;
-  std::chrono::steady_clock::time_point start_, last_draw_;
+  Clock::time_point start_, last_draw_;
+  // Two anchors (time, steps done) for the recent rate: `older_` is 10-20 s old once running.
+  Clock::time_point older_time_, newer_time_;
+  int older_done_ = 0, newer_done_ = 0;
 };
 
 }  // namespace stipple::cli
