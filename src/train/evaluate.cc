@@ -26,11 +26,11 @@ namespace stipple::train {
 namespace fs = std::filesystem;
 
 void EvalConfig::validate() const {
-  STIPPLE_CHECK(samples_per_class >= 1, "eval: --samples-per-class must be >= 1, got ",
+  STIPPLE_CHECK(samples_per_class >= 1, "--samples-per-class must be >= 1, got ",
                 samples_per_class);
-  STIPPLE_CHECK(steps >= 1 && steps <= 1000, "eval: --steps must be in [1, 1000], got ", steps);
-  STIPPLE_CHECK(batch_size >= 1, "eval: --batch-size must be >= 1, got ", batch_size);
-  STIPPLE_CHECK(std::isfinite(cfg) && cfg >= 0, "eval: --cfg must be >= 0, got ", cfg);
+  STIPPLE_CHECK(steps >= 1 && steps <= 1000, "--steps must be in [1, 1000], got ", steps);
+  STIPPLE_CHECK(batch_size >= 1, "--batch-size must be >= 1, got ", batch_size);
+  STIPPLE_CHECK(std::isfinite(cfg) && cfg >= 0, "--cfg must be >= 0, got ", cfg);
 }
 
 // ---------------- the generator ----------------
@@ -40,7 +40,7 @@ ClassGenerator ClassGenerator::load(const std::string& folder) {
       " (give a folder written by `stipple train`: a run's checkpoint-<step>/, latest/ or "
       "export/, or the run folder itself)";
   fs::path dir(folder);
-  STIPPLE_CHECK(fs::is_directory(dir), "eval: no such model folder: ", folder, kHint);
+  STIPPLE_CHECK(fs::is_directory(dir), "no such model folder: ", folder, kHint);
   // A run folder: its final export, else its latest checkpoint.
   if (!fs::exists(dir / "model_index.json")) {
     if (fs::exists(dir / "export" / "model_index.json")) {
@@ -49,13 +49,13 @@ ClassGenerator ClassGenerator::load(const std::string& folder) {
       dir /= "latest";
     }
   }
-  STIPPLE_CHECK(fs::exists(dir / "model_index.json"), "eval: ", folder,
+  STIPPLE_CHECK(fs::exists(dir / "model_index.json"), folder,
                 " is not a generator folder: missing model_index.json", kHint);
-  STIPPLE_CHECK(!fs::exists(dir / "vae"), "eval: ", dir.string(),
+  STIPPLE_CHECK(!fs::exists(dir / "vae"), dir.string(),
                 " has a VAE (a latent DiT); stipple eval scores pixel-space Fashion-MNIST "
                 "generators as `stipple train` writes them");
   for (const char* part : {"transformer/config.json", "scheduler/scheduler_config.json"})
-    STIPPLE_CHECK(fs::exists(dir / part), "eval: ", dir.string(), " is missing ", part, kHint);
+    STIPPLE_CHECK(fs::exists(dir / part), dir.string(), " is missing ", part, kHint);
   ClassGenerator g;
   g.folder_ = dir.string();
   g.transformer_ = models::DiTTransformer2DModel::from_pretrained((dir / "transformer").string());
