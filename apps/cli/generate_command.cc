@@ -139,12 +139,16 @@ GenerateCommand::GenerateCommand(CLI::App& app, Mode mode) : mode_(mode) {
                    "default: tokenizer/ beside the file)");
   cmd_->add_option("--prompt,-p", prompt_, "what to draw");
   cmd_->add_option("--negative-prompt,-n", negative_prompt_, "what to steer away from");
-  cmd_->add_option("--steps", steps_, "denoising steps (pixel-space DiTs: 20)")
+  const train::EvalConfig pixel_dit;  // the pixel-space DiTs' defaults, shared with eval
+  cmd_->add_option("--steps", steps_,
+                   str_cat("denoising steps (pixel-space DiTs: ", pixel_dit.steps, ")"))
       ->capture_default_str();
   cmd_->add_option("--cfg", cfg_,
-                   "classifier-free guidance scale (DiT's default: 4; pixel-space DiTs: 2)")
+                   str_cat("classifier-free guidance scale (DiT's default: 4; pixel-space DiTs: ",
+                           format_number(pixel_dit.cfg), ")"))
       ->capture_default_str();
-  cmd_->add_option("--sampler", sampler_, "sampler (pixel-space DiTs: dpm++2m_karras): " + sampler_list())
+  cmd_->add_option("--sampler", sampler_,
+                   str_cat("sampler (pixel-space DiTs: ", pixel_dit.sampler, "): ", sampler_list()))
       ->capture_default_str();
   cmd_->add_option("--seed", seed_, "seed; the same seed gives diffusers' CPU noise")
       ->capture_default_str();
