@@ -19,6 +19,7 @@
 #include "classifier_command.h"
 #include "eval_command.h"
 #include "export_command.h"
+#include "vae_command.h"
 
 namespace {
 
@@ -124,6 +125,7 @@ int main(int argc, char** argv) {
   GenerateCommand inpaint_cmd(app, GenerateCommand::Mode::kInpaint);
   stipple::cli::ClassifierCommand classifier_cmd(app);
   stipple::cli::EvalCommand eval_cmd(app);
+  stipple::cli::VaeCommand vae_cmd(app);
 
   try {
     app.parse(argc, argv);
@@ -142,6 +144,7 @@ int main(int argc, char** argv) {
     if (inpaint_cmd.selected()) return inpaint_cmd.run();
     if (classifier_cmd.selected()) return classifier_cmd.run();
     if (eval_cmd.selected()) return eval_cmd.run();
+    if (vae_cmd.selected()) return vae_cmd.run();
   } catch (const stipple::Error& e) {
     std::fprintf(stderr, "stipple: error: %s\n", e.what());
     return 1;

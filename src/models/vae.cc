@@ -90,6 +90,33 @@ AutoencoderKLConfig AutoencoderKLConfig::from_json(const io::JsonConfig& j) {
   return c;
 }
 
+nlohmann::json AutoencoderKLConfig::to_json() const {
+  nlohmann::json j = {{"_class_name", "AutoencoderKL"},
+                      {"_diffusers_version", "0.29.0"},
+                      {"in_channels", in_channels},
+                      {"out_channels", out_channels},
+                      {"down_block_types", down_block_types},
+                      {"up_block_types", up_block_types},
+                      {"block_out_channels", block_out_channels},
+                      {"layers_per_block", layers_per_block},
+                      {"act_fn", act_fn},
+                      {"latent_channels", latent_channels},
+                      {"norm_num_groups", norm_num_groups},
+                      {"sample_size", sample_size},
+                      {"scaling_factor", scaling_factor},
+                      {"shift_factor", nullptr},
+                      {"latents_mean", nullptr},
+                      {"latents_std", nullptr},
+                      {"force_upcast", force_upcast},
+                      {"use_quant_conv", use_quant_conv},
+                      {"use_post_quant_conv", use_post_quant_conv},
+                      {"mid_block_add_attention", mid_block_add_attention}};
+  if (shift_factor) j["shift_factor"] = *shift_factor;
+  if (!latents_mean.empty()) j["latents_mean"] = latents_mean;
+  if (!latents_std.empty()) j["latents_std"] = latents_std;
+  return j;
+}
+
 AutoencoderKLConfig AutoencoderKLConfig::from_file(const std::string& path) {
   return from_json(io::JsonConfig::from_file(path));
 }

@@ -64,6 +64,8 @@ struct AutoencoderKLConfig {
   // the file and the key.
   static AutoencoderKLConfig from_json(const io::JsonConfig& j);
   static AutoencoderKLConfig from_file(const std::string& path);
+  // The diffusers config.json (every key from_json reads, with "_class_name").
+  nlohmann::json to_json() const;
   // Consistency (list lengths, block types, group divisibility); from_json calls it.
   void validate(const std::string& where = "AutoencoderKLConfig") const;
 

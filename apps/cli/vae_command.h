@@ -1,0 +1,25 @@
+// `stipple train-vae`: train the emoji AutoencoderKL (train/train_vae.h), resumable, and report
+// PSNR/SSIM on the held-out images. Parsing and formatting only.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <string>
+
+#include "train/train_vae.h"
+
+namespace stipple::cli {
+
+class VaeCommand {
+ public:
+  explicit VaeCommand(CLI::App& app);
+  bool selected() const { return cmd_->parsed(); }
+  int run();
+
+ private:
+  CLI::App* cmd_;
+  train::VaeTrainConfig config_;
+  bool resume_ = false;
+  bool quiet_ = false;
+};
+
+}  // namespace stipple::cli
