@@ -20,6 +20,7 @@
 #include "eval_command.h"
 #include "export_command.h"
 #include "vae_command.h"
+#include "clip_command.h"
 
 namespace {
 
@@ -126,6 +127,7 @@ int main(int argc, char** argv) {
   stipple::cli::ClassifierCommand classifier_cmd(app);
   stipple::cli::EvalCommand eval_cmd(app);
   stipple::cli::VaeCommand vae_cmd(app);
+  stipple::cli::ClipCommand clip_cmd(app);
 
   try {
     app.parse(argc, argv);
@@ -145,6 +147,7 @@ int main(int argc, char** argv) {
     if (classifier_cmd.selected()) return classifier_cmd.run();
     if (eval_cmd.selected()) return eval_cmd.run();
     if (vae_cmd.selected()) return vae_cmd.run();
+    if (clip_cmd.selected()) return clip_cmd.run();
   } catch (const stipple::Error& e) {
     std::fprintf(stderr, "stipple: error: %s\n", e.what());
     return 1;

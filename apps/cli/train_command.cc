@@ -46,6 +46,8 @@ constexpr FlagKey kFlags[] = {
     {"--beta-schedule", "beta_schedule", OnResume::kFixed},
     {"--timesteps", "num_train_timesteps", OnResume::kFixed},
     {"--data", "data", OnResume::kFixed},
+    {"--vae", "vae_dir", OnResume::kFixed},
+    {"--clip", "clip_dir", OnResume::kFixed},
     {"--steps", "steps", OnResume::kOptimisation},
     {"--lr", "lr", OnResume::kOptimisation},
     {"--warmup", "warmup", OnResume::kOptimisation},
@@ -79,9 +81,15 @@ TrainCommand::TrainCommand(CLI::App& app) {
       "Ctrl-C stops with a checkpoint.");
   cmd_->add_option("--data", c.data, "data set")
       ->capture_default_str()
-      ->check(CLI::IsMember({"fashion-mnist"}));
-  cmd_->add_option("--data-dir", c.data_dir, "folder with the *-idx?-ubyte.gz files")
+      ->check(CLI::IsMember({"fashion-mnist", "emoji"}));
+  cmd_->add_option("--data-dir", c.data_dir,
+                   "folder with the *-idx?-ubyte.gz files (emoji: the folder holding "
+                   "node_modules/, default /opt/stipple-data/emoji)")
       ->capture_default_str();
+  cmd_->add_option("--vae", c.vae_dir,
+                   "emoji: the AutoencoderKL folder whose latents the DiT learns (train-vae)");
+  cmd_->add_option("--clip", c.clip_dir,
+                   "emoji: the CLIP folder whose text encoder conditions the DiT (train-clip)");
   cmd_->add_option("--out", c.out_dir, "output folder (default on --resume: the run's folder)")
       ->capture_default_str();
   cmd_->add_option("--resume", resume_,

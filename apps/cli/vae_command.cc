@@ -6,16 +6,10 @@
 #include <memory>
 
 #include "progress.h"
+#include "stop_signal.h"
 #include "train/emoji_data.h"
 
 namespace stipple::cli {
-namespace {
-
-std::atomic<bool> g_stop{false};
-extern "C" void on_stop_signal(int) { g_stop = true; }
-
-}  // namespace
-
 VaeCommand::VaeCommand(CLI::App& app) {
   train::VaeTrainConfig& c = config_;
   cmd_ = app.add_subcommand(
@@ -82,15 +76,12 @@ int VaeCommand::run() {
     bar.reset();
     if (!quiet_) std::fprintf(stderr, "%s\n", s.c_str());
   };
-  g_stop = false;
-  std::signal(SIGINT, on_stop_signal);
-  std::signal(SIGTERM, on_stop_signal);
+  install_stop_handlers();
   const train::VaeMetrics m =
-      train::train_vae(config_, resume_, progress, message, [] { return g_stop.load(); });
-  std::signal(SIGINT, SIG_DFL);
-  std::signal(SIGTERM, SIG_DFL);
+      train::train_vae(config_, resume_, progress, message, stop_requested);
+  remove_stop_handlers();
   if (bar) bar->finish();
-  if (g_stop) {
+  if (stop_requested()) {
     std::printf("stopped; continue with: stipple train-vae --out %s --resume\n",
                 config_.out_dir.c_str());
     return 0;

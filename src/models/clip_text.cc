@@ -54,10 +54,28 @@ CLIPTextConfig CLIPTextConfig::from_file(const std::string& path) {
   return from_json(io::JsonConfig::from_file(path));
 }
 
+nlohmann::json CLIPTextConfig::to_json(bool with_projection) const {
+  return {{"architectures",
+           {with_projection ? "CLIPTextModelWithProjection" : "CLIPTextModel"}},
+          {"model_type", "clip_text_model"},
+          {"vocab_size", vocab_size},
+          {"hidden_size", hidden_size},
+          {"intermediate_size", intermediate_size},
+          {"num_hidden_layers", num_hidden_layers},
+          {"num_attention_heads", num_attention_heads},
+          {"max_position_embeddings", max_position_embeddings},
+          {"hidden_act", hidden_act},
+          {"layer_norm_eps", layer_norm_eps},
+          {"projection_dim", projection_dim},
+          {"bos_token_id", bos_token_id},
+          {"eos_token_id", eos_token_id},
+          {"pad_token_id", pad_token_id}};
+}
+
 // ---------------- blocks ----------------
 
-CLIPAttention::CLIPAttention(const CLIPTextConfig& cfg)
-    : heads_(cfg.num_attention_heads), head_dim_(cfg.head_dim()) {
+CLIPAttention::CLIPAttention(const CLIPTextConfig& cfg, bool causal)
+    : heads_(cfg.num_attention_heads), head_dim_(cfg.head_dim()), causal_(causal) {
   const int64_t d = cfg.hidden_size;
   k_proj_ = register_module("k_proj", std::make_shared<nn::Linear>(d, d));
   v_proj_ = register_module("v_proj", std::make_shared<nn::Linear>(d, d));
@@ -77,8 +95,7 @@ Tensor CLIPAttention::forward(const Tensor& x) const {
   const Tensor v = heads(v_proj_->forward(x));  // [B, H, T, Dh]
   // softmax(q k^T * Dh^-0.5 + causal mask) v; transformers scales q before the product.
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim_));
-  Tensor o = ops::scaled_dot_product_attention(q, k, v, Tensor(), scale,
-                                               /*causal=*/true);  // [B, H, T, Dh]
+  Tensor o = ops::scaled_dot_product_attention(q, k, v, Tensor(), scale, causal_);  // [B, H, T, Dh]
   o = o.transpose(1, 2).contiguous().reshape({b, t, d});          // [B, T, D]
   return out_proj_->forward(o);                                   // [B, T, D]
 }
@@ -100,8 +117,8 @@ Tensor CLIPMLP::forward(const Tensor& x) const {
   return fc2_->forward(h);  // [B, T, D]
 }
 
-CLIPEncoderLayer::CLIPEncoderLayer(const CLIPTextConfig& cfg) {
-  self_attn_ = register_module("self_attn", std::make_shared<CLIPAttention>(cfg));
+CLIPEncoderLayer::CLIPEncoderLayer(const CLIPTextConfig& cfg, bool causal) {
+  self_attn_ = register_module("self_attn", std::make_shared<CLIPAttention>(cfg, causal));
   layer_norm1_ = register_module(
       "layer_norm1", std::make_shared<nn::LayerNorm>(cfg.hidden_size, cfg.layer_norm_eps));
   mlp_ = register_module("mlp", std::make_shared<CLIPMLP>(cfg));

@@ -57,6 +57,8 @@ struct CLIPTextConfig {
   // are ignored, and bad values throw naming the file and the key.
   static CLIPTextConfig from_json(const io::JsonConfig& cfg);
   static CLIPTextConfig from_file(const std::string& path);
+  // transformers' config.json; `with_projection` names CLIPTextModelWithProjection.
+  nlohmann::json to_json(bool with_projection) const;
   int64_t head_dim() const { return hidden_size / num_attention_heads; }
 };
 
@@ -69,12 +71,14 @@ struct CLIPTextOutput {
 
 class CLIPAttention : public nn::Module {
  public:
-  explicit CLIPAttention(const CLIPTextConfig& cfg);
+  // causal: the text tower's mask; the vision tower (clip_vision.h) attends both ways.
+  explicit CLIPAttention(const CLIPTextConfig& cfg, bool causal = true);
   std::string type_name() const override { return "CLIPAttention"; }
-  Tensor forward(const Tensor& x) const;  // [B, T, D] -> [B, T, D], causal
+  Tensor forward(const Tensor& x) const;  // [B, T, D] -> [B, T, D]
 
  private:
   int64_t heads_, head_dim_;
+  bool causal_;
   std::shared_ptr<nn::Linear> q_proj_, k_proj_, v_proj_, out_proj_;
 };
 
@@ -91,7 +95,7 @@ class CLIPMLP : public nn::Module {
 
 class CLIPEncoderLayer : public nn::Module {
  public:
-  explicit CLIPEncoderLayer(const CLIPTextConfig& cfg);
+  explicit CLIPEncoderLayer(const CLIPTextConfig& cfg, bool causal = true);
   std::string type_name() const override { return "CLIPEncoderLayer"; }
   Tensor forward(const Tensor& x) const;  // [B, T, D] -> [B, T, D]
 

@@ -9,46 +9,17 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "io/safetensors.h"
+#include "nn/init.h"
 #include "ops/ops.h"
 
 namespace stipple::models {
 namespace {
 
-// ---- initialisers (in place, outside autograd: parameters are f32 leaves) ----
-
-void fill_(const Tensor& t, float v) {
-  float* d = t.data<float>();
-  for (int64_t i = 0; i < t.numel(); ++i) d[i] = v;
-  t.storage()->bump_version();  // in place: see core/storage.h
-}
-
-// torch.nn.init.xavier_uniform_: U(-a, a), a = sqrt(6 / (fan_in + fan_out)).
-void xavier_uniform_(const Tensor& t, int64_t fan_in, int64_t fan_out, Generator& gen) {
-  const double a = std::sqrt(6.0 / static_cast<double>(fan_in + fan_out));
-  const std::vector<float> u = gen.rand(t.shape()).to_vector();
-  const float lo = static_cast<float>(-a), range = static_cast<float>(2 * a);
-  float* d = t.data<float>();
-  for (int64_t i = 0; i < t.numel(); ++i) d[i] = u[i] * range + lo;
-  t.storage()->bump_version();
-}
-
-void normal_(const Tensor& t, float std, Generator& gen) {
-  const std::vector<float> n = gen.randn(t.shape()).to_vector();
-  float* d = t.data<float>();
-  for (int64_t i = 0; i < t.numel(); ++i) d[i] = n[i] * std;
-  t.storage()->bump_version();
-}
-
-// DiT's _basic_init for one Linear: xavier_uniform weight (with the given fan-out), zero bias.
-void basic_init(const nn::Linear& l, Generator& gen, int64_t fan_out = 0) {
-  xavier_uniform_(l.weight(), l.in_features(), fan_out > 0 ? fan_out : l.out_features(), gen);
-  if (l.bias().defined()) fill_(l.bias(), 0.0f);
-}
-
-void zero_linear(const nn::Linear& l) {
-  fill_(l.weight(), 0.0f);
-  if (l.bias().defined()) fill_(l.bias(), 0.0f);
-}
+using nn::init::basic_init;
+using nn::init::fill_;
+using nn::init::normal_;
+using nn::init::xavier_uniform_;
+using nn::init::zero_linear;
 
 std::string trim(const std::string& s) {
   const auto b = s.find_first_not_of(" \t\n\r");

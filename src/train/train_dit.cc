@@ -1,6 +1,7 @@
 #include "train/train_dit.h"
 
 #include "core/error.h"
+#include "train/train_t2i.h"
 
 namespace stipple::train {
 
@@ -62,6 +63,7 @@ TrainingData load_training_data(const TrainConfig& config) {
 
 std::unique_ptr<Trainer> train_dit(const TrainConfig& config, const std::string& resume_dir,
                                    const TrainCallbacks& callbacks) {
+  if (config.data == "emoji") return train_text_to_image(config, resume_dir, callbacks);
   // Check the resume folder before the slower data loading, so a typo fails at once.
   if (!resume_dir.empty()) Trainer::read_checkpoint_config(resume_dir);
   TrainingData data = load_training_data(config);

@@ -73,6 +73,8 @@ double json_float(float f) {
 json TrainConfig::to_json() const {
   return json{{"data", data},
               {"data_dir", data_dir},
+              {"vae_dir", vae_dir},
+              {"clip_dir", clip_dir},
               {"pad_to_32", pad_to_32},
               {"hflip", hflip},
               {"depth", depth},
@@ -112,6 +114,8 @@ TrainConfig TrainConfig::from_json(const json& j, const std::string& where) {
   TrainConfig t;
   t.data = c.string("data", t.data);
   t.data_dir = c.string("data_dir", t.data_dir);
+  t.vae_dir = c.string("vae_dir", t.vae_dir);
+  t.clip_dir = c.string("clip_dir", t.clip_dir);
   t.pad_to_32 = c.boolean("pad_to_32", t.pad_to_32);
   t.hflip = c.boolean("hflip", t.hflip);
   t.depth = static_cast<int>(c.integer("depth", t.depth));
@@ -298,7 +302,7 @@ json Trainer::scheduler_json() const {
               {"beta_schedule", config_.beta_schedule},
               {"trained_betas", nullptr},
               {"prediction_type", config_.prediction_type},
-              {"clip_sample", true},
+              {"clip_sample", model_->pixel_space()},
               {"clip_sample_range", 1.0},
               {"set_alpha_to_one", true},
               {"steps_offset", 0},
@@ -349,21 +353,35 @@ Tensor Trainer::sample(const std::vector<int64_t>& labels, uint64_t seed, int st
   }
   m.train();
   ema_->restore(params_);
-  return ops::clamp(x, -1.0f, 1.0f);
+  return model_->pixel_space() ? ops::clamp(x, -1.0f, 1.0f) : x;
+}
+
+void Trainer::set_sample_labels(std::vector<int64_t> labels) {
+  for (int64_t l : labels)
+    STIPPLE_CHECK(l >= 0 && l < num_classes_, "sample grid: label ", l, " outside [0, ",
+                  num_classes_, ")");
+  sample_labels_ = std::move(labels);
 }
 
 void Trainer::write_sample_grid(const std::string& path) {
   const int per = config_.samples_per_class;
+  std::vector<int64_t> rows_labels = sample_labels_;
+  if (rows_labels.empty())
+    for (int64_t c = 0; c < num_classes_; ++c) rows_labels.push_back(c);
   std::vector<int64_t> labels;
-  for (int64_t c = 0; c < num_classes_; ++c)
+  for (int64_t c : rows_labels)
     for (int i = 0; i < per; ++i) labels.push_back(c);
   const uint64_t seed = config_.seed + 1000;
   Tensor x = sample(labels, seed, config_.sample_steps, config_.sample_cfg);  // [N, C, H, W]
-  if (image_h_ <= 64) x = ops::upsample_nearest2x(x);
+  {
+    autograd::NoGradGuard no_grad;
+    x = ops::clamp(model_->to_images(x), -1.0f, 1.0f);  // [N, 3|1, H', W']
+  }
+  if (x.size(2) <= 64) x = ops::upsample_nearest2x(x);
   x = ops::pad(x, {1, 1, 1, 1}, 0.0f);  // a grey frame around each image
   const Tensor grid = io::make_grid(x, per, 0);
   std::string rows;
-  for (const auto& n : class_names_) rows += (rows.empty() ? "" : ", ") + n;
+  for (int64_t c : rows_labels) rows += (rows.empty() ? "" : " | ") + class_names_[c];
   const std::string params = str_cat(
       "class grid, one row per class: ", rows, "\nSteps: ", config_.sample_steps,
       ", Sampler: DDIM, CFG scale: ", config_.sample_cfg, ", Seed: ", seed, ", Size: ", image_w_,
@@ -381,14 +399,20 @@ void Trainer::write_model_files(const std::string& dir, bool half) const {
   const json transformer = model_->config_json();
   json id2label = json::object();
   for (size_t i = 0; i < class_names_.size(); ++i) id2label[std::to_string(i)] = class_names_[i];
-  write_json(dir + "/model_index.json",
-             json{{"_class_name", "DiTPipeline"},
-                  {"_diffusers_version", kDiffusersVersion},
-                  {"transformer",
-                   {"diffusers", transformer.value("_class_name", "DiTTransformer2DModel")}},
-                  {"scheduler", {"diffusers", "DDIMScheduler"}},
-                  {"vae", {nullptr, nullptr}},
-                  {"id2label", id2label}});
+  const json own_index = model_->model_index();
+  if (!own_index.is_null()) {
+    write_json(dir + "/model_index.json", own_index);
+    model_->write_components(dir);
+  } else {
+    write_json(dir + "/model_index.json",
+               json{{"_class_name", "DiTPipeline"},
+                    {"_diffusers_version", kDiffusersVersion},
+                    {"transformer",
+                     {"diffusers", transformer.value("_class_name", "DiTTransformer2DModel")}},
+                    {"scheduler", {"diffusers", "DDIMScheduler"}},
+                    {"vae", {nullptr, nullptr}},
+                    {"id2label", id2label}});
+  }
   write_json(dir + "/transformer/config.json", transformer);
   write_json(dir + "/scheduler/scheduler_config.json", scheduler_json());
   // The EMA weights under the model's names (persistent buffers as they are).

@@ -62,12 +62,23 @@ class Denoiser {
   virtual Tensor forward(const Tensor& x, const Tensor& t, const Tensor& labels) = 0;
   // transformer/config.json (diffusers keys, with "_class_name").
   virtual nlohmann::json config_json() const = 0;
+  // Latent models: whether samples are images in [-1, 1] (clipped by the sampler) or latents.
+  virtual bool pixel_space() const { return true; }
+  // Samples -> images in [-1, 1] (latent models decode them with their VAE).
+  virtual Tensor to_images(const Tensor& samples) const { return samples; }
+  // A pipeline's own model_index.json (null: the trainer writes a DiTPipeline's), and the other
+  // components it copies into every checkpoint and export folder (vae/, text_encoder/, ...).
+  virtual nlohmann::json model_index() const { return nullptr; }
+  virtual void write_components(const std::string& /*dir*/) const {}
 };
 
 struct TrainConfig {
   // ---- data ----
   std::string data = "fashion-mnist";
-  std::string data_dir = FashionMnist::kDefaultDir;
+  std::string data_dir = FashionMnist::kDefaultDir;  // emoji: this default means EmojiData's
+  // ---- text-to-image (data "emoji"): the frozen components the denoiser works with ----
+  std::string vae_dir;   // an AutoencoderKL folder (stipple train-vae's OUT/vae)
+  std::string clip_dir;  // a CLIP folder (stipple train-clip's OUT: tokenizer/, text_encoder/, ...)
   bool pad_to_32 = true;  // 28x28 framed to 32x32
   bool hflip = false;
   // ---- model (DiT size) ----
@@ -173,6 +184,8 @@ class Trainer {
   Tensor sample(const std::vector<int64_t>& labels, uint64_t seed, int steps, float cfg);
   // A grid with a row per class (samples_per_class each), written as a PNG with its parameters.
   void write_sample_grid(const std::string& path);
+  // Rows of the sample grids: these labels instead of every class (text-to-image: fixed prompts).
+  void set_sample_labels(std::vector<int64_t> labels);
 
   int64_t step() const { return step_; }
   const TrainConfig& config() const { return config_; }
@@ -200,6 +213,7 @@ class Trainer {
   TrainConfig config_;
   std::unique_ptr<Denoiser> model_;
   std::vector<std::string> class_names_;
+  std::vector<int64_t> sample_labels_;  // empty: every class
   int64_t num_classes_;
   int64_t channels_ = 0, image_h_ = 0, image_w_ = 0;
   std::vector<Tensor> params_;

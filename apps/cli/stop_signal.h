@@ -1,0 +1,11 @@
+// Graceful stop for long jobs: SIGINT (Ctrl-C) and SIGTERM set a flag the trainers poll after each
+// step, so they save a checkpoint and return instead of dying mid-write.
+#pragma once
+
+namespace stipple::cli {
+
+void install_stop_handlers();  // clears the flag and installs the handlers
+void remove_stop_handlers();   // back to the default actions
+bool stop_requested();
+
+}  // namespace stipple::cli
