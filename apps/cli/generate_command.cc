@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <fstream>
 #include <regex>
 
 #include "core/error.h"
@@ -13,6 +14,7 @@
 #include "ops/ops.h"
 #include "pipelines/dit_pipeline.h"
 #include "pipelines/stable_diffusion.h"
+#include "pipelines/text_dit_pipeline.h"
 #include "progress.h"
 #include "schedulers/scheduler.h"
 #include "train/datasets.h"
@@ -162,6 +164,9 @@ GenerateCommand::GenerateCommand(CLI::App& app, Mode mode) : mode_(mode) {
   cmd_->add_option("--out,-o", out_, "PNG to write, or a pattern like 'dir/img_%03d.png'")
       ->capture_default_str();
   if (mode == Mode::kGenerate) {
+    cmd_->add_option("--prompt-file", prompt_file_,
+                     "text-to-image DiTs: a file with one prompt per line (empty lines skipped); "
+                     "one image each, numbered when --out holds %d");
     cmd_->add_option("--class-label", class_labels_,
                      "DiT models: class id or name (repeat for several images)");
   } else {
@@ -191,6 +196,9 @@ int GenerateCommand::run() {
   bool known = false;
   for (const auto& n : schedulers::sampler_names()) known = known || sampler_ == n.name;
   STIPPLE_CHECK(known, "unknown sampler '", sampler_, "'; known samplers: ", sampler_list());
+  if (pipelines::TextDiTPipeline::is_folder(model_)) return run_text_dit();
+  STIPPLE_CHECK(prompt_file_.empty(), "--prompt-file works with text-to-image DiT models; ",
+                model_, " is not one");
   if (is_dit_folder(model_)) return run_dit();
   STIPPLE_CHECK(class_labels_.empty(), model_,
                 " is a Stable Diffusion model: give --prompt instead of --class-label");
@@ -277,6 +285,68 @@ int GenerateCommand::run_dit() {
               ", CFG scale: ", format_number(p.cfg), ", Seed: ", seed_, ", Size: ", images.size(3),
               "x", images.size(2), ", Model: ", model_name(model_));
   report(write_images(images, out_, params), images);
+  return 0;
+}
+
+// A text-to-image DiT as `stipple train --data emoji` writes it. Defaults: 20 DPM-Solver++ (2M)
+// steps, CFG 4.
+int GenerateCommand::run_text_dit() {
+  STIPPLE_CHECK(mode_ == Mode::kGenerate, model_,
+                " is a text-to-image DiT: img2img and inpainting are not available for it yet");
+  STIPPLE_CHECK(class_labels_.empty(), model_,
+                " is a text-to-image model: give --prompt (or --prompt-file), not --class-label");
+  STIPPLE_CHECK(width_ == 0 && height_ == 0,
+                "a text-to-image DiT draws at its own size; leave out --width and --height");
+  std::vector<std::string> prompts;
+  if (!prompt_file_.empty()) {
+    STIPPLE_CHECK(prompt_.empty(), "give --prompt or --prompt-file, not both");
+    STIPPLE_CHECK(fs::is_regular_file(prompt_file_), "no such prompt file: ", prompt_file_);
+    STIPPLE_CHECK(fs::file_size(prompt_file_) <= (1u << 20), "prompt file ", prompt_file_,
+                  " is over 1 MiB");
+    std::ifstream in(prompt_file_);
+    std::string line;
+    while (std::getline(in, line)) {
+      while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
+      if (!line.empty()) prompts.push_back(line);
+    }
+    STIPPLE_CHECK(!prompts.empty(), "prompt file ", prompt_file_, " holds no prompt");
+    STIPPLE_CHECK(prompts.size() <= 4096, "prompt file ", prompt_file_, " holds ",
+                  prompts.size(), " prompts; at most 4096");
+  } else {
+    STIPPLE_CHECK(!prompt_.empty(), model_, " is a text-to-image model: give --prompt");
+    prompts.push_back(prompt_);
+  }
+  std::vector<std::string> all;
+  for (int i = 0; i < num_images_; ++i) all.insert(all.end(), prompts.begin(), prompts.end());
+  const pipelines::TextDiTPipeline pipe = pipelines::TextDiTPipeline::from_pretrained(model_);
+  pipelines::TextDiTParams p;
+  p.negative_prompt = negative_prompt_;
+  p.steps = cmd_->count("--steps") ? steps_ : 20;
+  p.cfg = cmd_->count("--cfg") ? static_cast<float>(cfg_) : 4.0f;
+  p.sampler = cmd_->count("--sampler") ? sampler_ : "dpm++2m";
+  p.seed = seed_;
+  std::unique_ptr<ProgressBar> bar;
+  p.progress = [&](int done, int total) {
+    if (!bar) bar = std::make_unique<ProgressBar>("sampling", total, !quiet_);
+    bar->update(done);
+  };
+  // Batches of up to 16 images, image i with seed + i (as A1111), so an image is the same
+  // whether drawn alone or in a batch.
+  std::vector<Tensor> images;
+  for (size_t b = 0; b < all.size(); b += 16) {
+    p.prompts.assign(all.begin() + b, all.begin() + std::min(all.size(), b + 16));
+    p.seeds.clear();
+    for (size_t i = 0; i < p.prompts.size(); ++i) p.seeds.push_back(seed_ + b + i);
+    images.push_back(pipe.run(p));
+  }
+  if (bar) bar->finish();
+  const Tensor out = ops::concat(images, 0);
+  std::string params = all.size() == 1 ? all[0] : str_cat(all.size(), " prompts: ", all[0], " | ...");
+  if (!negative_prompt_.empty()) params += "\nNegative prompt: " + negative_prompt_;
+  params += str_cat("\nSteps: ", p.steps, ", Sampler: ", p.sampler, ", CFG scale: ",
+                    format_number(p.cfg), ", Seed: ", seed_, ", Size: ", out.size(3), "x",
+                    out.size(2), ", Model: ", model_name(model_));
+  report(write_images(out, out_, params), out);
   return 0;
 }
 

@@ -21,12 +21,14 @@ class GenerateCommand {
  private:
   int run_dit();
   int run_pixel_dit();
+  int run_text_dit();
   Mode mode_;
   CLI::App* cmd_;
   std::string model_, prompt_, negative_prompt_, sampler_ = "dpm++2m_karras", out_ = "out.png";
   std::string init_image_, mask_;
   std::string tokenizer_;  // for single-file checkpoints
   std::vector<std::string> class_labels_;
+  std::string prompt_file_;
   int steps_ = 30, width_ = 0, height_ = 0, num_images_ = 1, clip_skip_ = 1;
   float cfg_ = 7.5f;
   double strength_ = 0.75;

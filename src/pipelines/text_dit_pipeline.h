@@ -1,0 +1,61 @@
+// Text-to-image with a PixArt-style DiT over a VAE's latents, conditioned on a CLIP text encoder:
+// the pipeline of the models `stipple train --data emoji` writes (model_index.json
+// "StippleTextToImagePipeline": transformer/, vae/, text_encoder/, tokenizer/, scheduler/, and
+// image_encoder/ for evaluation and image variations).
+//
+//   1. prompt and negative prompt ("" when none) -> tokenizer (padded to the encoder's length)
+//      -> text encoder: per-token states [B, T, C] and the pooled projection, normalised and
+//      scaled by sqrt(P) as in training [B, P]
+//   2. x_T = randn [B, 4, s, s] * init_noise_sigma
+//   3. denoise: [cond, uncond] through the transformer, classifier-free guidance (cond first)
+//   4. decode: x_0 / scaling_factor -> VAE -> clamp(x / 2 + 0.5, 0, 1)
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "models/clip_text.h"
+#include "models/pixart.h"
+#include "models/vae.h"
+#include "schedulers/scheduler.h"
+#include "text/clip_tokenizer.h"
+
+namespace stipple::pipelines {
+
+struct TextDiTParams {
+  std::vector<std::string> prompts;  // one image per prompt
+  std::string negative_prompt;       // the unconditional text ("" as in training)
+  int steps = 20;
+  float cfg = 4.0f;       // <= 1: no guidance
+  std::string sampler;    // schedulers::sampler_names(); "" = the folder's scheduler
+  uint64_t seed = 0;      // images draw x_T in order from one generator seeded with this...
+  std::vector<uint64_t> seeds;  // ...unless given here, one per prompt (A1111's seed + i)
+  std::function<void(int done, int total)> progress;
+};
+
+class TextDiTPipeline {
+ public:
+  static constexpr const char* kClassName = "StippleTextToImagePipeline";
+  static TextDiTPipeline from_pretrained(const std::string& folder);
+  // Whether `folder`'s model_index.json names this pipeline.
+  static bool is_folder(const std::string& folder);
+
+  // Images [B, 3, H, W] in [0, 1].
+  Tensor run(const TextDiTParams& params) const;
+  // The text conditioning of `prompts`: states [B, T, C] and pooled [B, P].
+  std::pair<Tensor, Tensor> encode(const std::vector<std::string>& prompts) const;
+  int64_t image_size() const;
+
+ private:
+  std::shared_ptr<models::PixArtTransformer2DModel> transformer_;
+  std::shared_ptr<models::AutoencoderKL> vae_;
+  std::shared_ptr<models::CLIPTextModel> text_encoder_;
+  std::shared_ptr<text::ClipTokenizer> tokenizer_;
+  schedulers::SchedulerConfig scheduler_config_;
+};
+
+}  // namespace stipple::pipelines
