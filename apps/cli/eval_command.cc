@@ -5,6 +5,8 @@
 
 #include "core/error.h"
 #include "models/fashion_classifier.h"
+#include "io/atomic_file.h"
+#include "pipelines/text_dit_pipeline.h"
 #include "progress.h"
 #include "schedulers/scheduler.h"
 
@@ -14,7 +16,10 @@ EvalCommand::EvalCommand(CLI::App& app) {
   train::EvalConfig& c = config_;
   cmd_ = app.add_subcommand(
       "eval",
-      "Score a class-conditional generator trained by `stipple train`: generate N images per "
+      "Score a generator trained by `stipple train`. Text-to-image models (the emoji): N prompts, "
+      "one image each, judged by the CLIP trained here (caption retrieval among the 1,911 base "
+      "labels, the held-out skin-tone pairs, FD_clip), next to real images. Class-conditional "
+      "ones: generate N images per "
       "class, then report CAS (the accuracy of the Fashion-MNIST classifier on them) and FID_feat "
       "(a Fréchet distance in the classifier's feature space against the 10,000 test images), "
       "each next to its real-data floor (real images through the same path). Prints a table; "
@@ -45,12 +50,47 @@ EvalCommand::EvalCommand(CLI::App& app) {
   cmd_->add_option("--batch-size", c.batch_size, "images per denoiser batch")
       ->capture_default_str()
       ->check(CLI::Range(1, 4096));
+  cmd_->add_option("--prompts", t2i_.prompts, "text-to-image: base emoji prompted (one image each)")
+      ->capture_default_str()
+      ->check(CLI::Range(2, 1911));
+  cmd_->add_option("--clip", t2i_.clip_dir,
+                   "text-to-image: the judging CLIP folder (default: the model's own towers)");
+  cmd_->add_option("--data", t2i_.data_dir, "text-to-image: the emoji data folder");
   cmd_->add_option("--json", json_, "write the results as JSON to this file");
   cmd_->add_option("--grid", grid_, "write a PNG grid of the samples (a row per class)");
   cmd_->add_flag("--quiet,-q", quiet_, "no progress bar");
 }
 
+int EvalCommand::run_text_to_image() {
+  if (cmd_->count("--steps")) t2i_.steps = config_.steps;
+  if (cmd_->count("--sampler")) t2i_.sampler = config_.sampler;
+  if (cmd_->count("--cfg")) t2i_.cfg = config_.cfg;
+  t2i_.seed = config_.seed;
+  t2i_.grid = grid_;
+  std::unique_ptr<ProgressBar> bar;
+  std::string current;
+  auto progress = [&](const std::string& phase, int done, int total) {
+    if (phase != current) {
+      if (bar) bar->finish();
+      current = phase;
+      bar = std::make_unique<ProgressBar>(phase, total, !quiet_);
+    }
+    bar->update(done);
+  };
+  const train::T2IEvalResult r = train::evaluate_text_to_image(model_, t2i_, progress);
+  if (bar) bar->finish();
+  std::printf("%s", r.table().c_str());
+  std::printf("sampling took %.1f s\n", r.sample_seconds);
+  if (!json_.empty()) {
+    io::write_file_atomic(json_, r.to_json().dump(2) + "\n");
+    std::printf("wrote %s\n", json_.c_str());
+  }
+  if (!grid_.empty()) std::printf("wrote %s\n", grid_.c_str());
+  return 0;
+}
+
 int EvalCommand::run() {
+  if (pipelines::TextDiTPipeline::is_folder(model_)) return run_text_to_image();
   // Load everything first, so a wrong path fails before minutes of sampling.
   const train::ClassGenerator generator = train::ClassGenerator::load(model_);
   const auto classifier = models::FashionClassifier::from_pretrained(classifier_);

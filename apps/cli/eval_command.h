@@ -7,6 +7,7 @@
 #include <string>
 
 #include "train/evaluate.h"
+#include "train/evaluate_t2i.h"
 
 namespace stipple::cli {
 
@@ -19,6 +20,8 @@ class EvalCommand {
  private:
   CLI::App* cmd_;
   train::EvalConfig config_;
+  train::T2IEvalConfig t2i_;
+  int run_text_to_image();
   std::string model_, classifier_ = "models/fashion-mnist-classifier";
   std::string data_dir_ = "/usr/share/datasets/fashion-mnist";
   std::string json_, grid_;

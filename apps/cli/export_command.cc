@@ -36,7 +36,8 @@ ExportCommand::ExportCommand(CLI::App& app) {
       "export",
       "Write a model folder to ship from a diffusers folder (for example a training run's "
       "checkpoint-<step>/ or latest/, which hold the EMA weights): model_index.json and the "
-      "components' configs copied, their weights converted to --dtype, training state left out. "
+      "components' configs and other files (tokenizer) copied, their weights converted to "
+      "--dtype, training state left out. "
       "Each file is written atomically; other files in --out (a README) are kept.");
   cmd_->add_option("model", model_, "diffusers folder with a model_index.json")->required();
   cmd_->add_option("--out", out_, "folder to write (created if missing)")->required();
@@ -82,6 +83,9 @@ int ExportCommand::run() {
         }
         io::save_safetensors(target.string(), weights, in.metadata());
         bytes += static_cast<int64_t>(fs::file_size(target));
+        ++files;
+      } else {  // tokenizer files (merges.txt) and the like, as they are
+        io::write_file_atomic(target.string(), read_bytes(f.path()));
         ++files;
       }
     }

@@ -48,6 +48,7 @@ constexpr FlagKey kFlags[] = {
     {"--data", "data", OnResume::kFixed},
     {"--vae", "vae_dir", OnResume::kFixed},
     {"--clip", "clip_dir", OnResume::kFixed},
+    {"--limit-images", "limit_images", OnResume::kFixed},
     {"--steps", "steps", OnResume::kOptimisation},
     {"--lr", "lr", OnResume::kOptimisation},
     {"--warmup", "warmup", OnResume::kOptimisation},
@@ -90,6 +91,9 @@ TrainCommand::TrainCommand(CLI::App& app) {
                    "emoji: the AutoencoderKL folder whose latents the DiT learns (train-vae)");
   cmd_->add_option("--clip", c.clip_dir,
                    "emoji: the CLIP folder whose text encoder conditions the DiT (train-clip)");
+  cmd_->add_option("--limit-images", c.limit_images,
+                   "emoji: train on the first N images only (tests)")
+      ->check(CLI::NonNegativeNumber);
   cmd_->add_option("--out", c.out_dir, "output folder (default on --resume: the run's folder)")
       ->capture_default_str();
   cmd_->add_option("--resume", resume_,

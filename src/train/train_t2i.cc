@@ -105,7 +105,9 @@ std::unique_ptr<Trainer> train_text_to_image(const TrainConfig& config,
   auto no_grad = std::make_unique<autograd::NoGradGuard>();  // until the run starts
   // 1. the training images as latents: posterior means times the VAE's scaling factor
   const EmojiData data = EmojiData::load(data_dir);
-  const std::vector<int64_t> idx = data.train_indices();
+  std::vector<int64_t> idx = data.train_indices();
+  if (config.limit_images > 0 && config.limit_images < static_cast<int64_t>(idx.size()))
+    idx.resize(config.limit_images);
   auto vae = models::AutoencoderKL::from_pretrained(config.vae_dir);
   const float scale = static_cast<float>(vae->config().scaling_factor);
   std::vector<Tensor> parts;

@@ -75,6 +75,7 @@ json TrainConfig::to_json() const {
               {"data_dir", data_dir},
               {"vae_dir", vae_dir},
               {"clip_dir", clip_dir},
+              {"limit_images", limit_images},
               {"pad_to_32", pad_to_32},
               {"hflip", hflip},
               {"depth", depth},
@@ -116,6 +117,7 @@ TrainConfig TrainConfig::from_json(const json& j, const std::string& where) {
   t.data_dir = c.string("data_dir", t.data_dir);
   t.vae_dir = c.string("vae_dir", t.vae_dir);
   t.clip_dir = c.string("clip_dir", t.clip_dir);
+  t.limit_images = c.integer("limit_images", t.limit_images);
   t.pad_to_32 = c.boolean("pad_to_32", t.pad_to_32);
   t.hflip = c.boolean("hflip", t.hflip);
   t.depth = static_cast<int>(c.integer("depth", t.depth));

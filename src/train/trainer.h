@@ -79,6 +79,7 @@ struct TrainConfig {
   // ---- text-to-image (data "emoji"): the frozen components the denoiser works with ----
   std::string vae_dir;   // an AutoencoderKL folder (stipple train-vae's OUT/vae)
   std::string clip_dir;  // a CLIP folder (stipple train-clip's OUT: tokenizer/, text_encoder/, ...)
+  int64_t limit_images = 0;  // > 0: the first N training images only (tests)
   bool pad_to_32 = true;  // 28x28 framed to 32x32
   bool hflip = false;
   // ---- model (DiT size) ----
