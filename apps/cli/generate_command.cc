@@ -4,12 +4,14 @@
 #include <cstdio>
 #include <filesystem>
 #include <map>
+#include <limits>
 #include <memory>
+#include <random>
 #include <fstream>
-#include <regex>
 
 #include "core/error.h"
 #include "io/json.h"
+#include "io/output_path.h"
 #include "io/png.h"
 #include "ops/ops.h"
 #include "pipelines/dit_pipeline.h"
@@ -88,17 +90,17 @@ std::vector<std::string> write_images(const Tensor& images, const std::string& o
   };
   const int64_t n = images.size(0);
   std::vector<std::string> paths;
-  if (std::regex_search(out, std::regex("%0?[0-9]*d"))) {
+  if (io::has_number_conversion(out)) {
     for (int64_t i = 0; i < n; ++i) {
-      char buf[4096];
-      std::snprintf(buf, sizeof buf, out.c_str(), static_cast<int>(i));
-      write(buf, images.narrow(0, i, 1).contiguous());
-      paths.push_back(buf);
+      const std::string path = io::numbered_path(out, i);
+      write(path, images.narrow(0, i, 1).contiguous());
+      paths.push_back(path);
     }
   } else {
+    const std::string path = io::numbered_path(out, 0);  // %% -> %
     const int cols = static_cast<int>(std::ceil(std::sqrt(static_cast<double>(n))));
-    write(out, n == 1 ? images : io::make_grid(images, cols, 0));
-    paths.push_back(out);
+    write(path, n == 1 ? images : io::make_grid(images, cols, 0));
+    paths.push_back(path);
   }
   return paths;
 }
@@ -152,7 +154,10 @@ GenerateCommand::GenerateCommand(CLI::App& app, Mode mode) : mode_(mode) {
   cmd_->add_option("--sampler", sampler_,
                    str_cat("sampler (pixel-space DiTs: ", pixel_dit.sampler, "): ", sampler_list()))
       ->capture_default_str();
-  cmd_->add_option("--seed", seed_, "seed; the same seed gives diffusers' CPU noise")
+  cmd_->add_option("--seed", seed_arg_,
+                   "seed; the same seed gives diffusers' CPU noise; -1 draws a random one (as "
+                   "A1111), which the PNG records")
+      ->check(CLI::Range(int64_t{-1}, std::numeric_limits<int64_t>::max()))
       ->capture_default_str();
   cmd_->add_option("--width", width_,
                    "image width, a multiple of 8 (default: the model's, or "
@@ -183,6 +188,7 @@ GenerateCommand::GenerateCommand(CLI::App& app, Mode mode) : mode_(mode) {
 }
 
 int GenerateCommand::run() {
+  seed_ = seed_arg_ >= 0 ? static_cast<uint64_t>(seed_arg_) : std::random_device{}();
   // Cheap checks first, so a bad flag fails before a model loads.
   STIPPLE_CHECK(fs::exists(model_), "no such model folder or file: ", model_);
   STIPPLE_CHECK(steps_ >= 1 && steps_ <= 10000, "--steps must be in [1, 10000], got ", steps_);

@@ -32,7 +32,8 @@ class GenerateCommand {
   int steps_ = 30, width_ = 0, height_ = 0, num_images_ = 1, clip_skip_ = 1;
   float cfg_ = 7.5f;
   double strength_ = 0.75;
-  uint64_t seed_ = 42;
+  uint64_t seed_ = 42;     // the seed used (drawn when --seed is -1)
+  int64_t seed_arg_ = 42;  // --seed as given
   bool quiet_ = false;
 };
 

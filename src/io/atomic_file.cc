@@ -2,6 +2,7 @@
 #include "io/atomic_file.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -35,8 +36,21 @@ std::atomic<uint64_t> g_write_counter{0};
 
 AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
   STIPPLE_CHECK(!path_.empty(), "cannot write a file with an empty path");
+  // Only regular files are replaced: renaming over a device, FIFO or socket (/dev/null as root)
+  // would destroy it; a folder cannot be replaced by a file.
+  struct stat st {};
+  if (::stat(path_.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+    const char* kind = S_ISDIR(st.st_mode)    ? "a folder"
+                       : S_ISFIFO(st.st_mode) ? "a FIFO"
+                       : S_ISCHR(st.st_mode)  ? "a character device"
+                       : S_ISBLK(st.st_mode)  ? "a block device"
+                       : S_ISSOCK(st.st_mode) ? "a socket"
+                                              : "not a regular file";
+    throw Error(str_cat("refusing to write ", path_, ": it is ", kind,
+                        "; give a new path or a regular file"));
+  }
   temp_path_ = str_cat(path_, ".tmp.", ::getpid(), ".", g_write_counter.fetch_add(1));
-  fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+  fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
   STIPPLE_CHECK(fd_ >= 0, "cannot write ", path_, ": creating the temporary file ", temp_path_,
                 " failed: ", errno_text(errno), " (check that the folder exists and is writable)");
 }
@@ -105,6 +119,33 @@ void write_file_atomic(const std::string& path, const std::function<void(AtomicF
   AtomicFile f(path);
   fill(f);
   f.commit();
+}
+
+int remove_stale_temporaries(const std::string& dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return 0;
+  int removed = 0;
+  for (auto it = fs::recursive_directory_iterator(dir, fs::directory_options::skip_permission_denied, ec);
+       !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+    if (!it->is_regular_file(ec) || it->is_symlink(ec)) continue;
+    const std::string name = it->path().filename().string();
+    // <name>.tmp.<pid>.<n>
+    const size_t last = name.rfind('.');
+    if (last == std::string::npos || last == 0) continue;
+    const size_t mid = name.rfind('.', last - 1);
+    if (mid == std::string::npos || mid < 4 || name.compare(mid - 4, 4, ".tmp") != 0) continue;
+    const std::string pid_text = name.substr(mid + 1, last - mid - 1);
+    const std::string n_text = name.substr(last + 1);
+    auto digits = [](const std::string& t) {
+      return !t.empty() && t.size() < 12 && t.find_first_not_of("0123456789") == std::string::npos;
+    };
+    if (!digits(pid_text) || !digits(n_text)) continue;
+    const long pid = std::stol(pid_text);
+    if (pid == ::getpid() || (::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM)) continue;
+    if (fs::remove(it->path(), ec)) ++removed;
+  }
+  return removed;
 }
 
 }  // namespace stipple::io

@@ -5,8 +5,8 @@
 // The temporary name is `<path>.tmp.<pid>.<n>`, where n counts writes in this process, so two
 // threads writing the same path never share a temporary file (the last rename wins). On any
 // failure, or when an AtomicFile is destroyed before commit(), the temporary file is removed.
-// Leaves out: locking against other processes writing the same path (the last rename wins), and
-// cleaning up temporaries left by a process that was killed mid-write.
+// Leaves out: locking against other processes writing the same path (the last rename wins).
+// Temporaries left by a process killed mid-write are removed by remove_stale_temporaries().
 #pragma once
 
 #include <cstddef>
@@ -45,6 +45,11 @@ class AtomicFile {
   size_t written_ = 0;
   bool committed_ = false;
 };
+
+// Removes the temporary files (`<name>.tmp.<pid>.<n>`) that processes killed mid-write left under
+// `dir` (recursively; a missing folder is fine). Temporaries of live processes are kept. Returns
+// how many were removed. Resuming trainers call it on their run folder.
+int remove_stale_temporaries(const std::string& dir);
 
 // Writes `bytes` to `path` atomically.
 void write_file_atomic(const std::string& path, std::string_view bytes);

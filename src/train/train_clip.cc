@@ -355,6 +355,8 @@ ClipMetrics train_clip(const ClipTrainConfig& config_in, bool resume,
     say(str_cat("train-clip: text tower ", text_model->num_parameters(), " parameters, image tower ",
                 vision_model->num_parameters()));
   }
+  if (const int k = io::remove_stale_temporaries(config.out_dir))
+    say(str_cat("removed ", k, " temporary file(s) left by an interrupted write in ", config.out_dir));
   fs::create_directories(config.out_dir);
   io::write_file_atomic(config.out_dir + "/train_config.json", config.to_json().dump(2) + "\n");
   const auto start = std::chrono::steady_clock::now();

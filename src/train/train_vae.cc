@@ -21,6 +21,7 @@
 #include "train/datasets.h"
 #include "train/emoji_data.h"
 #include "train/optim.h"
+#include "train/run_state.h"
 #include "train/trainer.h"
 
 namespace stipple::train {
@@ -30,14 +31,6 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 constexpr const char* kStateFile = "training_state.safetensors";
-
-std::map<std::string, Tensor> with_prefix(const std::map<std::string, Tensor>& state,
-                                          const std::string& prefix) {
-  std::map<std::string, Tensor> out;
-  for (const auto& [k, v] : state)
-    if (k.rfind(prefix, 0) == 0) out.emplace(k.substr(prefix.size()), v);
-  return out;
-}
 
 // |a - b| averaged, with the differences along `dim` (3: horizontal, 2: vertical).
 Tensor diff(const Tensor& x, int64_t dim) {
@@ -262,19 +255,15 @@ VaeMetrics train_vae(const VaeTrainConfig& config_in, bool resume,
   };
   VaeTrainConfig config = config_in;
   const std::string state_path = config.out_dir + "/" + kStateFile;
-  std::map<std::string, Tensor> state;
+  RunState state;
   if (resume) {
     STIPPLE_CHECK(fs::exists(state_path), "cannot resume: ", state_path,
                   " does not exist (start without --resume)");
-    const io::SafetensorsFile f = io::SafetensorsFile::open(state_path);
-    const auto it = f.metadata().find("train_config");
-    STIPPLE_CHECK(it != f.metadata().end(), state_path, ": no train_config in its metadata");
-    VaeTrainConfig saved = VaeTrainConfig::from_json(
-        io::parse_json(it->second, state_path), state_path + " (train_config)");
+    state = load_run_state(state_path);
+    VaeTrainConfig saved = VaeTrainConfig::from_json(state.config, state_path + " (train_config)");
     saved.steps = config.steps;  // the only setting a resume may change
     saved.out_dir = config.out_dir;
     config = saved;
-    state = io::load_safetensors(state_path);
   }
   config.validate();
   const std::string data_dir = config.data_dir.empty() ? EmojiData::default_dir() : config.data_dir;
@@ -304,20 +293,20 @@ VaeMetrics train_vae(const VaeTrainConfig& config_in, bool resume,
   int64_t step = 0;
   double elapsed_before = 0;
   if (resume) {
-    for (const char* key : {"step", "rng", "elapsed_seconds"})
-      STIPPLE_CHECK(state.count(key), state_path, ": missing '", key, "'");
-    vae->load_state_dict(with_prefix(state, "model."), true, state_path);
-    opt.load_state_dict(with_prefix(state, "optimizer."));
-    loader.load_state_dict(with_prefix(state, "data."));
-    gen.set_state(tensor_to_bytes(state.at("rng")));
-    step = state.at("step").to_vector_i64().at(0);
-    elapsed_before = state.at("elapsed_seconds").to_vector_f64().at(0);
+    vae->load_state_dict(with_prefix(state.tensors, "model."), true, state_path);
+    opt.load_state_dict(with_prefix(state.tensors, "optimizer."));
+    loader.load_state_dict(with_prefix(state.tensors, "data."));
+    gen.set_state(state.rng);
+    step = state.step;
+    elapsed_before = state.elapsed_seconds;
     say(str_cat("train-vae: resumed at step ", step, " of ", config.steps));
   } else {
     say(str_cat("train-vae: AutoencoderKL with ", vae->num_parameters(), " parameters, latents ",
                 config.latent_channels, "x", 64 / vae->config().downscale_factor(), "x",
                 64 / vae->config().downscale_factor()));
   }
+  if (const int k = io::remove_stale_temporaries(config.out_dir))
+    say(str_cat("removed ", k, " temporary file(s) left by an interrupted write in ", config.out_dir));
   fs::create_directories(config.out_dir);
   io::write_file_atomic(config.out_dir + "/train_config.json", config.to_json().dump(2) + "\n");
 
@@ -328,32 +317,19 @@ VaeMetrics train_vae(const VaeTrainConfig& config_in, bool resume,
   };
   auto checkpoint = [&] {
     write_vae_folder(config.out_dir + "/vae", *vae, false);
-    std::map<std::string, Tensor> s;
-    for (auto& [k, v] : vae->state_dict()) s["model." + k] = v;
-    for (auto& [k, v] : opt.state_dict()) s["optimizer." + k] = v;
-    for (auto& [k, v] : loader.state_dict()) s["data." + k] = v;
-    s["rng"] = bytes_to_tensor(gen.state());
-    s["step"] = Tensor::scalar(static_cast<double>(step), DType::kI64);
-    s["elapsed_seconds"] = Tensor::scalar(seconds(), DType::kF64);
-    io::save_safetensors(state_path, s,
-                         {{"format", "stipple-vae-training-state"},
-                          {"step", std::to_string(step)},
-                          {"train_config", config.to_json().dump()}});
+    RunState s;
+    add_prefixed(s.tensors, "model.", vae->state_dict());
+    add_prefixed(s.tensors, "optimizer.", opt.state_dict());
+    add_prefixed(s.tensors, "data.", loader.state_dict());
+    s.rng = gen.state();
+    s.step = step;
+    s.elapsed_seconds = seconds();
+    s.config = config.to_json();
+    save_run_state(state_path, s, "stipple-vae-training-state");
   };
-
   // The log keeps the rows of earlier runs up to the resumed step.
-  std::string log_text = "step,loss,rec_l1,edge_l1,kl,lr,grad_norm,seconds\n";
-  if (resume) {
-    std::ifstream in(config.out_dir + "/log.csv");
-    std::string line;
-    std::getline(in, line);
-    while (std::getline(in, line)) {
-      try {
-        if (std::stoll(line.substr(0, line.find(','))) <= step) log_text += line + "\n";
-      } catch (const std::exception&) {
-      }
-    }
-  }
+  CsvLog log(config.out_dir + "/log.csv", "step,loss,rec_l1,edge_l1,kl,lr,grad_norm,seconds");
+  if (resume) log.resume(step);
 
   // 3. train
   double w_loss = 0, w_rec = 0, w_edge = 0, w_kl = 0, w_grad = 0;
@@ -392,11 +368,10 @@ VaeMetrics train_vae(const VaeTrainConfig& config_in, bool resume,
     const bool stop = should_stop && should_stop();
     if (step % config.log_every == 0 || step == config.steps || stop) {
       char buf[192];
-      std::snprintf(buf, sizeof buf, "%lld,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.2f\n",
+      std::snprintf(buf, sizeof buf, "%lld,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.2f",
                     static_cast<long long>(step), w_loss / w_n, w_rec / w_n, w_edge / w_n,
                     w_kl / w_n, lr, w_grad / w_n, seconds());
-      log_text += buf;
-      io::write_file_atomic(config.out_dir + "/log.csv", log_text);
+      log.append(buf);
       w_loss = w_rec = w_edge = w_kl = w_grad = 0, w_n = 0;
     }
     if (step % config.checkpoint_every == 0 || step == config.steps || stop) checkpoint();

@@ -480,7 +480,12 @@ void Trainer::resume(const std::string& checkpoint_dir) {
   }
   gen_.set_state(tensor_to_bytes(state.at("rng.train")));
   step_ = state.at("step").to_vector_i64().at(0);
+  STIPPLE_CHECK(step_ >= 0 && step_ <= 100000000, path, ": step ", step_,
+                " is outside [0, 1e8] (a damaged or edited training state)");
   elapsed_before_ = state.at("elapsed_seconds").to_vector_f64().at(0);
+  if (const int n = io::remove_stale_temporaries(config_.out_dir))
+    std::fprintf(stderr, "removed %d temporary file%s left by an interrupted write in %s\n", n,
+                 n == 1 ? "" : "s", config_.out_dir.c_str());
   // Keep the log rows up to the resumed step (a run cut off after its last checkpoint logged
   // steps that will now be trained again).
   log_.clear();
