@@ -80,26 +80,29 @@ bool is_dit_folder(const std::string& folder) {
 
 // Writes one PNG per image when `out` holds a printf %d (img_%03d.png), else one PNG (a grid
 // when there are several images). Returns the paths written.
+// `each` (optional) holds each image's own parameters text for numbered files.
 std::vector<std::string> write_images(const Tensor& images, const std::string& out,
-                                      const std::string& parameters) {
-  const std::map<std::string, std::string> text = {{"parameters", parameters}};
-  auto write = [&](const std::string& path, const Tensor& chw) {
+                                      const std::string& parameters,
+                                      const std::vector<std::string>& each = {}) {
+  auto write = [&](const std::string& path, const Tensor& chw, const std::string& params) {
     const fs::path parent = fs::path(path).parent_path();
     if (!parent.empty()) fs::create_directories(parent);
-    io::write_png(path, io::tensor_to_image(chw, 0.0f, 1.0f), text);
+    io::write_png(path, io::tensor_to_image(chw, 0.0f, 1.0f), {{"parameters", params}});
   };
   const int64_t n = images.size(0);
   std::vector<std::string> paths;
   if (io::has_number_conversion(out)) {
     for (int64_t i = 0; i < n; ++i) {
       const std::string path = io::numbered_path(out, i);
-      write(path, images.narrow(0, i, 1).contiguous());
+      write(path, images.narrow(0, i, 1).contiguous(),
+            static_cast<size_t>(i) < each.size() ? each[i] : parameters);
       paths.push_back(path);
     }
   } else {
     const std::string path = io::numbered_path(out, 0);  // %% -> %
     const int cols = static_cast<int>(std::ceil(std::sqrt(static_cast<double>(n))));
-    write(path, n == 1 ? images : io::make_grid(images, cols, 0));
+    write(path, n == 1 ? images : io::make_grid(images, cols, 0),
+          n == 1 && !each.empty() ? each[0] : parameters);
     paths.push_back(path);
   }
   return paths;
@@ -347,12 +350,21 @@ int GenerateCommand::run_text_dit() {
   }
   if (bar) bar->finish();
   const Tensor out = ops::concat(images, 0);
-  std::string params = all.size() == 1 ? all[0] : str_cat(all.size(), " prompts: ", all[0], " | ...");
-  if (!negative_prompt_.empty()) params += "\nNegative prompt: " + negative_prompt_;
-  params += str_cat("\nSteps: ", p.steps, ", Sampler: ", p.sampler, ", CFG scale: ",
-                    format_number(p.cfg), ", Seed: ", seed_, ", Size: ", out.size(3), "x",
-                    out.size(2), ", Model: ", model_name(model_));
-  report(write_images(out, out_, params), out);
+  // A1111's text for each image (its prompt and seed); a grid's lists every prompt, in order.
+  auto text = [&](const std::string& prompt, uint64_t seed) {
+    std::string t = prompt;
+    if (!negative_prompt_.empty()) t += "\nNegative prompt: " + negative_prompt_;
+    return t + str_cat("\nSteps: ", p.steps, ", Sampler: ", p.sampler, ", CFG scale: ",
+                       format_number(p.cfg), ", Seed: ", seed, ", Size: ", out.size(3), "x",
+                       out.size(2), ", Model: ", model_name(model_));
+  };
+  std::vector<std::string> each;
+  std::string joined;
+  for (size_t i = 0; i < all.size(); ++i) {
+    each.push_back(text(all[i], seed_ + i));
+    joined += (joined.empty() ? "" : " | ") + all[i];
+  }
+  report(write_images(out, out_, text(joined, seed_), each), out);
   return 0;
 }
 

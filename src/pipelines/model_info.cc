@@ -122,6 +122,15 @@ void detect_family(const std::string& component, const io::SafetensorsFile& f, M
           f.contains("transformer_blocks.0.norm1.emb.class_embedder.embedding_table.weight");
       info->evidence = str_cat("transformer weights: patch embedding, adaLN-Zero blocks",
                                classes ? ", class-label table" : "");
+    } else if (patch && f.contains("adaln_single.linear.weight") &&
+               f.contains("caption_projection.linear_1.weight")) {
+      info->family = "PixArt (text-to-image DiT)";
+      const int64_t caption = f.shape("caption_projection.linear_1.weight").at(1);
+      info->evidence = str_cat("transformer weights: patch embedding, adaLN-single, ", caption,
+                               "-channel caption projection",
+                               f.contains("pooled_text_embedder.linear_1.weight")
+                                   ? ", pooled text embedding (stipple)"
+                                   : "");
     }
   }
 }
