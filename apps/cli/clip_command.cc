@@ -66,27 +66,18 @@ ClipCommand::ClipCommand(CLI::App& app) {
 
 int ClipCommand::run() {
   if (config_.base_tokenizer.empty() && resume_) config_.base_tokenizer = "(from the run)";
-  std::unique_ptr<ProgressBar> bar;
-  int64_t first = -1;
+  TrainingProgress shown(quiet_);
   auto progress = [&](const train::ClipProgress& p) {
-    if (!bar) {
-      first = p.step - 1;
-      bar = std::make_unique<ProgressBar>("training", static_cast<int>(p.total - first), !quiet_);
-    }
     char note[64];
     std::snprintf(note, sizeof note, "loss %.4f, batch top-1 %.3f", p.loss, p.accuracy);
-    bar->update(static_cast<int>(p.step - first), note);
+    shown.update(p.step, p.total, note);
   };
-  auto message = [&](const std::string& s) {
-    if (bar) bar->finish();
-    bar.reset();
-    if (!quiet_) std::fprintf(stderr, "%s\n", s.c_str());
-  };
+  auto message = [&](const std::string& s) { shown.message(s); };
   install_stop_handlers();
   const train::ClipMetrics m =
       train::train_clip(config_, resume_, progress, message, stop_requested);
   remove_stop_handlers();
-  if (bar) bar->finish();
+  shown.finish();
   if (stop_requested()) {
     std::printf("stopped; continue with: stipple train-clip --out %s --resume\n",
                 config_.out_dir.c_str());

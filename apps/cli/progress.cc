@@ -4,6 +4,8 @@
 
 #include <cstdio>
 
+#include "core/error.h"
+
 namespace stipple::cli {
 namespace {
 
@@ -85,6 +87,26 @@ void ProgressBar::draw(int done, const std::string& note, bool force) {
                total_, bar.c_str(), rate_text, format_duration(elapsed).c_str(),
                format_duration(eta).c_str(), tail.c_str());
   std::fflush(stderr);
+}
+
+void TrainingProgress::update(int64_t step, int64_t total, const std::string& note) {
+  if (!bar_) {
+    first_ = step - 1;
+    bar_ = std::make_unique<ProgressBar>(
+        first_ > 0 ? str_cat("training (from step ", first_, ")") : std::string("training"),
+        static_cast<int>(total - first_), !quiet_);
+  }
+  bar_->update(static_cast<int>(step - first_), note);
+}
+
+void TrainingProgress::message(const std::string& text) {
+  finish();
+  if (!quiet_) std::fprintf(stderr, "%s\n", text.c_str());
+}
+
+void TrainingProgress::finish() {
+  if (bar_) bar_->finish();
+  bar_.reset();
 }
 
 }  // namespace stipple::cli

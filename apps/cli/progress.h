@@ -6,6 +6,8 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
+#include <memory>
 #include <string>
 
 namespace stipple::cli {
@@ -30,6 +32,21 @@ class ProgressBar {
   // Two anchors (time, steps done) for the recent rate: `older_` is 10-20 s old once running.
   Clock::time_point older_time_, newer_time_;
   int older_done_ = 0, newer_done_ = 0;
+};
+
+// The progress of a resumable training job: the bar starts at the first step reported (a resumed
+// run counts from there), and messages end the bar's line before they print.
+class TrainingProgress {
+ public:
+  explicit TrainingProgress(bool quiet) : quiet_(quiet) {}
+  void update(int64_t step, int64_t total, const std::string& note);
+  void message(const std::string& text);
+  void finish();
+
+ private:
+  bool quiet_;
+  int64_t first_ = -1;
+  std::unique_ptr<ProgressBar> bar_;
 };
 
 }  // namespace stipple::cli

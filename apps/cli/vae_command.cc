@@ -60,27 +60,18 @@ VaeCommand::VaeCommand(CLI::App& app) {
 }
 
 int VaeCommand::run() {
-  std::unique_ptr<ProgressBar> bar;
-  int64_t first = -1;
+  TrainingProgress shown(quiet_);
   auto progress = [&](const train::VaeProgress& p) {
-    if (!bar) {
-      first = p.step - 1;
-      bar = std::make_unique<ProgressBar>("training", static_cast<int>(p.total - first), !quiet_);
-    }
     char note[64];
     std::snprintf(note, sizeof note, "loss %.4f, L1 %.4f", p.loss, p.rec);
-    bar->update(static_cast<int>(p.step - first), note);
+    shown.update(p.step, p.total, note);
   };
-  auto message = [&](const std::string& s) {
-    if (bar) bar->finish();
-    bar.reset();
-    if (!quiet_) std::fprintf(stderr, "%s\n", s.c_str());
-  };
+  auto message = [&](const std::string& s) { shown.message(s); };
   install_stop_handlers();
   const train::VaeMetrics m =
       train::train_vae(config_, resume_, progress, message, stop_requested);
   remove_stop_handlers();
-  if (bar) bar->finish();
+  shown.finish();
   if (stop_requested()) {
     std::printf("stopped; continue with: stipple train-vae --out %s --resume\n",
                 config_.out_dir.c_str());

@@ -23,6 +23,7 @@
 #include "schedulers/schedule.h"
 #include "schedulers/training.h"
 #include "train/plot.h"
+#include "train/run_state.h"
 
 namespace stipple::train {
 namespace {
@@ -36,20 +37,6 @@ constexpr const char* kDiffusersVersion = "0.29.0";
 
 void write_json(const std::string& path, const json& j) {
   io::write_file_atomic(path, j.dump(2) + "\n");
-}
-
-// The entries of `state` whose names start with `prefix`, with the prefix removed.
-std::map<std::string, Tensor> with_prefix(const std::map<std::string, Tensor>& state,
-                                          const std::string& prefix) {
-  std::map<std::string, Tensor> out;
-  for (const auto& [k, v] : state)
-    if (k.rfind(prefix, 0) == 0) out.emplace(k.substr(prefix.size()), v);
-  return out;
-}
-
-void add_prefixed(std::map<std::string, Tensor>& out, const std::string& prefix,
-                  const std::map<std::string, Tensor>& state) {
-  for (const auto& [k, v] : state) out.emplace(prefix + k, v);
 }
 
 std::string bucket_name(int b, int T) {
