@@ -12,6 +12,7 @@
 #include "io/safetensors.h"
 #include "models/clip_vision.h"
 #include "models/pixart.h"
+#include "models/vae.h"
 #include "ops/ops.h"
 #include "support/numerics.h"
 #include "text/clip_tokenizer.h"
@@ -248,6 +249,39 @@ TEST(ImageMetrics, PsnrAndSsimOfKnownPairs) {
   EXPECT_NEAR(train::psnr(grey, off), 10 * std::log10(255.0 * 255.0 / 4.0), 0.3);
   EXPECT_LT(train::ssim(a, random_tensor({2, 3, 16, 16}, 6)), 0.2);
   EXPECT_THROW(train::psnr(a, grey), Error);
+}
+
+}  // namespace
+}  // namespace stipple
+
+namespace stipple {
+namespace {
+
+// Configs with absurd sizes fail at validation, naming the key, before anything is allocated.
+TEST(ConfigBounds, AbsurdSizesAreRefusedBeforeAllocation) {
+  auto vae = nlohmann::json{{"block_out_channels", {64, 1000000000}},
+                            {"down_block_types", {"DownEncoderBlock2D", "DownEncoderBlock2D"}},
+                            {"up_block_types", {"UpDecoderBlock2D", "UpDecoderBlock2D"}}};
+  EXPECT_THROW(models::AutoencoderKLConfig::from_json(io::JsonConfig(vae, "vae/config.json")),
+               Error);
+  vae["block_out_channels"] = {64, 64};
+  vae["layers_per_block"] = 1000000000;
+  EXPECT_THROW(models::AutoencoderKLConfig::from_json(io::JsonConfig(vae, "vae/config.json")),
+               Error);
+  vae["layers_per_block"] = 1;
+  vae["sample_size"] = 1000000000000LL;
+  EXPECT_THROW(models::AutoencoderKLConfig::from_json(io::JsonConfig(vae, "vae/config.json")),
+               Error);
+  const nlohmann::json clip = {{"num_hidden_layers", 1000000000}};
+  try {
+    models::CLIPTextConfig::from_json(io::JsonConfig(clip, "text_encoder/config.json"));
+    FAIL() << "accepted 1e9 layers";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("text_encoder/config.json"), std::string::npos);
+  }
+  EXPECT_THROW(models::CLIPVisionConfig::from_json(
+                   io::JsonConfig(nlohmann::json{{"hidden_size", 1000000000}}, "c.json")),
+               Error);
 }
 
 }  // namespace

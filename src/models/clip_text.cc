@@ -40,6 +40,14 @@ CLIPTextConfig CLIPTextConfig::from_json(const io::JsonConfig& j) {
                                {"projection_dim", c.projection_dim}}) {
     STIPPLE_CHECK(v > 0, w, ": '", key, "' must be positive, got ", v);
   }
+  // Upper bounds far above any released text encoder: a corrupt config fails here.
+  STIPPLE_CHECK(c.vocab_size <= 1000000 && c.hidden_size <= 16384 &&
+                    c.intermediate_size <= 65536 && c.num_hidden_layers <= 256 &&
+                    c.num_attention_heads <= 1024 && c.max_position_embeddings <= 65536 &&
+                    c.projection_dim <= 16384,
+                w, ": a size is out of range (vocab_size <= 1e6, hidden_size <= 16384, "
+                "intermediate_size <= 65536, num_hidden_layers <= 256, num_attention_heads <= "
+                "1024, max_position_embeddings <= 65536, projection_dim <= 16384)");
   STIPPLE_CHECK(c.hidden_size % c.num_attention_heads == 0, w, ": hidden_size ", c.hidden_size,
                 " is not divisible by num_attention_heads ", c.num_attention_heads);
   STIPPLE_CHECK(c.hidden_act == "quick_gelu" || c.hidden_act == "gelu" ||

@@ -121,6 +121,17 @@ void DiTConfig::validate(const std::string& where) const {
   STIPPLE_CHECK(norm_eps > 0, where, ": norm_eps must be positive, got ", norm_eps);
   STIPPLE_CHECK(interpolation_scale > 0, where, ": interpolation_scale must be positive, got ",
                 interpolation_scale);
+  // Upper bounds far above any released DiT: a corrupt config fails here, naming its key.
+  STIPPLE_CHECK(num_attention_heads <= 1024 && attention_head_dim <= 1024 && inner_dim() <= 16384,
+                where, ": num_attention_heads x attention_head_dim = ", inner_dim(),
+                " must be at most 16384 (each at most 1024)");
+  STIPPLE_CHECK(num_layers <= 256, where, ": num_layers ", num_layers, " is over 256");
+  STIPPLE_CHECK(in_channels <= 1024 && out_channels <= 2048, where,
+                ": in_channels (at most 1024) or out_channels (at most 2048) too large");
+  STIPPLE_CHECK(patch_size <= 64 && sample_size <= 16384, where,
+                ": patch_size must be at most 64 and sample_size at most 16384");
+  STIPPLE_CHECK(num_embeds_ada_norm <= 1000000, where, ": num_embeds_ada_norm ",
+                num_embeds_ada_norm, " is over 1000000");
 }
 
 // ---------------- model ----------------

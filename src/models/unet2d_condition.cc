@@ -271,6 +271,24 @@ void UNet2DConditionConfig::validate(const std::string& where) const {
   STIPPLE_CHECK(block_out_channels[0] % 2 == 0, where,
                 ": block_out_channels[0] = ", block_out_channels[0],
                 " must be even (the sinusoidal timestep features)");
+  // Upper bounds far above any released model, so a corrupt config fails here with its key
+  // named instead of in an allocation of gigabytes.
+  STIPPLE_CHECK(n <= 8, where, ": ", n, " down blocks; at most 8 are supported");
+  STIPPLE_CHECK(in_channels <= 1024 && out_channels <= 1024, where,
+                ": in_channels and out_channels must be at most 1024");
+  for (size_t i = 0; i < n; ++i) {
+    STIPPLE_CHECK(block_out_channels[i] <= 16384, where, ": block_out_channels[", i, "] = ",
+                  block_out_channels[i], " is over 16384");
+    STIPPLE_CHECK(layers_per_block[i] <= 64, where, ": layers_per_block[", i, "] = ",
+                  layers_per_block[i], " is over 64");
+    STIPPLE_CHECK(cross_attention_dim[i] <= 65536, where, ": cross_attention_dim[", i, "] = ",
+                  cross_attention_dim[i], " is over 65536");
+    for (int64_t t : transformer_layers_per_block[i])
+      STIPPLE_CHECK(t >= 0 && t <= 64, where, ": transformer_layers_per_block[", i,
+                    "] holds ", t, "; each entry must be in [0, 64]");
+  }
+  STIPPLE_CHECK(sample_size >= 0 && sample_size <= 16384, where, ": sample_size ", sample_size,
+                " must be in [0, 16384]");
 }
 
 // ---------------- UNet2DConditionModel ----------------

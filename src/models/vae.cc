@@ -124,6 +124,19 @@ AutoencoderKLConfig AutoencoderKLConfig::from_file(const std::string& path) {
 void AutoencoderKLConfig::validate(const std::string& where) const {
   const size_t n = block_out_channels.size();
   STIPPLE_CHECK(n > 0, where, ": \"block_out_channels\" is empty");
+  // Upper bounds far above any released VAE: a corrupt config fails here, naming its key.
+  STIPPLE_CHECK(n <= 8, where, ": ", n, " levels in \"block_out_channels\"; at most 8");
+  for (int64_t c : block_out_channels)
+    STIPPLE_CHECK(c >= 1 && c <= 8192, where, ": \"block_out_channels\" entry ", c,
+                  " must be in [1, 8192]");
+  STIPPLE_CHECK(layers_per_block >= 1 && layers_per_block <= 64, where,
+                ": \"layers_per_block\" ", layers_per_block, " must be in [1, 64]");
+  STIPPLE_CHECK(in_channels <= 1024 && out_channels <= 1024 && latent_channels <= 1024, where,
+                ": in_channels, out_channels and latent_channels must be at most 1024");
+  STIPPLE_CHECK(norm_num_groups >= 1, where, ": \"norm_num_groups\" must be positive, got ",
+                norm_num_groups);
+  STIPPLE_CHECK(sample_size >= 1 && sample_size <= 65536, where, ": \"sample_size\" ",
+                sample_size, " must be in [1, 65536]");
   STIPPLE_CHECK(down_block_types.size() == n, where, ": \"down_block_types\" has ",
                 down_block_types.size(), " entries but \"block_out_channels\" has ", n);
   STIPPLE_CHECK(up_block_types.size() == n, where, ": \"up_block_types\" has ",
