@@ -63,6 +63,8 @@ constexpr FlagKey kFlags[] = {
     {"--checkpoint-every", "checkpoint_every", OnResume::kRun},
     {"--sample-every", "sample_every", OnResume::kRun},
     {"--log-every", "log_every", OnResume::kRun},
+    {"--eval-every", "eval_every", OnResume::kRun},
+    {"--eval-prompts", "eval_prompts", OnResume::kRun},
     {"--keep-checkpoints", "keep_checkpoints", OnResume::kRun},
     {"--sample-steps", "sample_steps", OnResume::kRun},
     {"--samples-per-class", "samples_per_class", OnResume::kRun},
@@ -168,6 +170,14 @@ TrainCommand::TrainCommand(CLI::App& app) {
       ->capture_default_str();
   cmd_->add_option("--keep-checkpoints", c.keep_checkpoints, "newest kept (0: all)")
       ->capture_default_str();
+  cmd_->add_option("--eval-every", c.eval_every,
+                   "emoji: score a checkpoint every N steps into OUT/eval.csv, as stipple eval "
+                   "does (0: never)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd_->add_option("--eval-prompts", c.eval_prompts, "emoji: prompts per evaluation")
+      ->capture_default_str()
+      ->check(CLI::Range(2, 1911));
   cmd_->add_option("--sample-steps", c.sample_steps, "DDIM steps for the grids")
       ->capture_default_str()
       ->check(CLI::Range(1, 1000));

@@ -1,7 +1,9 @@
 // The emoji text-to-image job (see train_t2i.h).
 #include "train/train_t2i.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -12,6 +14,8 @@
 #include "io/atomic_file.h"
 #include "ops/ops.h"
 #include "train/emoji_data.h"
+#include "train/evaluate_t2i.h"
+#include "train/run_state.h"
 #include "train/train_clip.h"
 
 namespace stipple::train {
@@ -174,7 +178,32 @@ std::unique_ptr<Trainer> train_text_to_image(const TrainConfig& config,
   trainer->set_sample_labels(sample_labels);
   no_grad.reset();
   if (!resume_dir.empty()) trainer->resume(resume_dir);
-  trainer->run(callbacks);
+  // Scores during training (eval.csv): the same evaluation as `stipple eval`, on fewer prompts.
+  TrainCallbacks cb = callbacks;
+  if (!cb.evaluate) {
+    const std::string csv_path = config.out_dir + "/eval.csv";
+    const int64_t resumed_at = trainer->step();
+    auto log = std::make_shared<CsvLog>(
+        csv_path, "step,retrieval_top1,retrieval_top5,heldout_emoji,heldout_tone,heldout_both,"
+                  "fd_clip,fd_clip_floor,real_top1,sample_seconds");
+    log->resume(resumed_at);
+    cb.evaluate = [config, data_dir, log](const std::string& dir, int64_t step) {
+      T2IEvalConfig ec;
+      ec.prompts = std::min(config.eval_prompts, 1911);
+      ec.data_dir = data_dir;
+      const T2IEvalResult r = evaluate_text_to_image(dir, ec);
+      char row[256];
+      std::snprintf(row, sizeof row, "%lld,%.4f,%.4f,%.4f,%.4f,%.4f,%.5f,%.5f,%.4f,%.1f",
+                    static_cast<long long>(step), r.top1, r.top5, r.heldout_emoji,
+                    r.heldout_tone, r.heldout_both, r.fd, r.fd_floor, r.real_top1,
+                    r.sample_seconds);
+      log->append(row);
+      return str_cat("eval at step ", step, ": retrieval top-1 ", r.top1, " (real ", r.real_top1,
+                     "), held-out emoji ", r.heldout_emoji, ", tone ", r.heldout_tone,
+                     ", FD_clip ", r.fd, " (floor ", r.fd_floor, ")");
+    };
+  }
+  trainer->run(cb);
   return trainer;
 }
 

@@ -87,6 +87,8 @@ json TrainConfig::to_json() const {
               {"checkpoint_every", checkpoint_every},
               {"sample_every", sample_every},
               {"log_every", log_every},
+              {"eval_every", eval_every},
+              {"eval_prompts", eval_prompts},
               {"keep_checkpoints", keep_checkpoints},
               {"sample_steps", sample_steps},
               {"samples_per_class", samples_per_class},
@@ -129,6 +131,8 @@ TrainConfig TrainConfig::from_json(const json& j, const std::string& where) {
   t.checkpoint_every = c.integer("checkpoint_every", t.checkpoint_every);
   t.sample_every = c.integer("sample_every", t.sample_every);
   t.log_every = c.integer("log_every", t.log_every);
+  t.eval_every = c.integer("eval_every", t.eval_every);
+  t.eval_prompts = static_cast<int>(c.integer("eval_prompts", t.eval_prompts));
   t.keep_checkpoints = static_cast<int>(c.integer("keep_checkpoints", t.keep_checkpoints));
   t.sample_steps = static_cast<int>(c.integer("sample_steps", t.sample_steps));
   t.samples_per_class = static_cast<int>(c.integer("samples_per_class", t.samples_per_class));
@@ -164,6 +168,10 @@ void TrainConfig::validate() const {
   STIPPLE_CHECK(sample_steps >= 1 && samples_per_class >= 1,
                 "training config: sample_steps and samples_per_class must be >= 1");
   STIPPLE_CHECK(!out_dir.empty(), "training config: an output folder is needed");
+  STIPPLE_CHECK(eval_every >= 0, "training config: eval_every must be >= 0");
+  STIPPLE_CHECK(eval_prompts >= 2 && eval_prompts <= 1911,
+                "training config: eval_prompts must be in [2, 1911], got ", eval_prompts);
+  STIPPLE_CHECK(limit_images >= 0, "training config: limit_images must be >= 0");
 }
 
 float learning_rate(const TrainConfig& c, int64_t step) {
@@ -627,6 +635,10 @@ void Trainer::run(const TrainCallbacks& cb) {
     }
     if (config_.sample_every > 0 && step_ % config_.sample_every == 0) grid();
     if (config_.checkpoint_every > 0 && step_ % config_.checkpoint_every == 0) checkpoint();
+    if (config_.eval_every > 0 && step_ % config_.eval_every == 0 && cb.evaluate) {
+      if (last_checkpoint != step_) checkpoint();
+      say(cb.evaluate(str_cat(config_.out_dir, "/checkpoint-", step_), step_));
+    }
     if (cb.should_stop && cb.should_stop() && step_ < config_.steps) {
       append_log();
       write_logs();

@@ -108,6 +108,8 @@ struct TrainConfig {
   int64_t checkpoint_every = 1000;
   int64_t sample_every = 1000;  // <= 0: only at the end
   int64_t log_every = 50;
+  int64_t eval_every = 0;  // > 0: TrainCallbacks::evaluate on a checkpoint every N steps
+  int eval_prompts = 100;  // text-to-image: prompts per evaluation
   int keep_checkpoints = 3;  // newest checkpoint-* folders kept; <= 0 keeps all
   int sample_steps = 50;     // DDIM steps for the sample grids
   int samples_per_class = 8;
@@ -144,6 +146,9 @@ struct TrainCallbacks {
   std::function<void(const std::string&)> message;     // "saved checkpoint ...", lines of text
   // Asked after every step; true ends run() early with a checkpoint (Ctrl-C in the CLI).
   std::function<bool()> should_stop;
+  // Every config.eval_every steps, with the checkpoint folder of that step (written first):
+  // scores it and returns a line for the log (the text-to-image job fills it in).
+  std::function<std::string(const std::string& checkpoint_dir, int64_t step)> evaluate;
 };
 
 // The statistics of one step (the trainer also keeps them for logs).
