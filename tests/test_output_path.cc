@@ -10,7 +10,11 @@
 
 #include "core/error.h"
 #include "io/atomic_file.h"
+#include "io/json.h"
 #include "io/output_path.h"
+#include "io/png.h"
+#include "io/read_file.h"
+#include "io/safetensors.h"
 
 namespace stipple {
 namespace {
@@ -68,6 +72,32 @@ TEST(AtomicFile, ReplacesOnlyRegularFiles) {
   int entries = 0;
   for (const auto& e : fs::directory_iterator(dir)) entries += e.path().filename() != "" ? 1 : 0;
   EXPECT_EQ(entries, 2);  // fifo and file.txt
+}
+
+// Reading a FIFO (or a folder) named as a config, image, weights or tokenizer file is an error
+// at once, never a read that blocks forever.
+TEST(ReadFile, NonRegularFilesAreRefusedWithoutBlocking) {
+  const fs::path dir = fs::path(::testing::TempDir()) / "read_fifo";
+  fs::create_directories(dir);
+  const std::string fifo = (dir / "weights.safetensors").string();
+  fs::remove(fifo);
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  EXPECT_THROW(io::read_json_file(fifo), Error);
+  EXPECT_THROW(io::read_png(fifo), Error);
+  EXPECT_THROW(io::SafetensorsFile::open(fifo), Error);
+  EXPECT_THROW(io::read_file_bounded(fifo), Error);
+  try {
+    io::read_file_bounded(dir.string(), "config file");
+    ADD_FAILURE() << "read a folder";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("a folder, not a regular config file"),
+              std::string::npos)
+        << e.what();
+  }
+  const std::string big = (dir / "big.json").string();
+  std::ofstream(big) << std::string(2048, ' ');
+  EXPECT_THROW(io::read_file_bounded(big, "JSON file", 1024), Error);
+  EXPECT_EQ(io::read_file_bounded(big, "JSON file", 4096).size(), 2048u);
 }
 
 // Temporaries of a process killed mid-write go; a live process's stay; other names stay.

@@ -1,5 +1,7 @@
 #include "io/json.h"
 
+#include "io/read_file.h"
+
 #include <cmath>
 #include <fstream>
 #include <limits>
@@ -55,11 +57,7 @@ json parse_json(const std::string& text, const std::string& where) {
 }
 
 json read_json_file(const std::string& path) {
-  std::ifstream f(path);
-  STIPPLE_CHECK(f, "cannot open ", path);
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return parse_json(ss.str(), path);
+  return parse_json(read_file_bounded(path, "JSON file"), path);
 }
 
 JsonConfig::JsonConfig(json j, std::string where) : j_(std::move(j)), where_(std::move(where)) {

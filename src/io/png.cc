@@ -1,5 +1,7 @@
 #include "io/png.h"
 
+#include "io/read_file.h"
+
 #include <png.h>
 
 #include <algorithm>
@@ -77,6 +79,7 @@ void write_png(const std::string& path, const Image& image,
 }
 
 Image read_png(const std::string& path, std::map<std::string, std::string>* text) {
+  require_regular_file(path, "image");
   std::unique_ptr<FILE, int (*)(FILE*)> f(std::fopen(path.c_str(), "rb"), &std::fclose);
   STIPPLE_CHECK(f != nullptr, "cannot open image ", path, ": ", std::strerror(errno));
   unsigned char sig[8];

@@ -117,7 +117,8 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
   auto fail = [&](const auto&... parts) -> Error { return Error(str_cat(path, ": ", parts...)); };
 
   // 1. Open and map the whole file.
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO must not wait for a writer (fstat then refuses it).
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     const int err = errno;
     throw fail("cannot open the safetensors file: ", std::strerror(err));

@@ -3,6 +3,8 @@
 // See clip_tokenizer.h for the algorithm and what is left out.
 #include "text/clip_tokenizer.h"
 
+#include "io/read_file.h"
+
 #include <utf8proc.h>
 
 #include <algorithm>
@@ -307,11 +309,7 @@ std::vector<std::u32string> clip_pattern_findall(const std::u32string& w) {
 // ---------------- loading helpers ----------------
 
 std::string read_text_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  STIPPLE_CHECK(in.good(), "cannot read ", path.string());
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  return io::read_file_bounded(path.string(), "tokenizer file");
 }
 
 // A special-token entry: a string, or an AddedToken object {"content": ..., ...}.
