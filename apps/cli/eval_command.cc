@@ -67,18 +67,12 @@ int EvalCommand::run_text_to_image() {
   if (cmd_->count("--cfg")) t2i_.cfg = config_.cfg;
   t2i_.seed = config_.seed;
   t2i_.grid = grid_;
-  std::unique_ptr<ProgressBar> bar;
-  std::string current;
+  PhasedProgress phases(quiet_);
   auto progress = [&](const std::string& phase, int done, int total) {
-    if (phase != current) {
-      if (bar) bar->finish();
-      current = phase;
-      bar = std::make_unique<ProgressBar>(phase, total, !quiet_);
-    }
-    bar->update(done);
+    phases.update(phase, done, total);
   };
   const train::T2IEvalResult r = train::evaluate_text_to_image(model_, t2i_, progress);
-  if (bar) bar->finish();
+  phases.finish();
   std::printf("%s", r.table().c_str());
   std::printf("sampling took %.1f s\n", r.sample_seconds);
   if (!json_.empty()) {
@@ -101,18 +95,12 @@ int EvalCommand::run() {
                  generator.folder().c_str(), config_.samples_per_class, config_.sampler.c_str(),
                  config_.steps, config_.cfg);
 
-  std::unique_ptr<ProgressBar> bar;
-  std::string current;
+  PhasedProgress phases(quiet_);
   auto progress = [&](const std::string& phase, int done, int total) {
-    if (phase != current) {
-      if (bar) bar->finish();
-      current = phase;
-      bar = std::make_unique<ProgressBar>(phase, total, !quiet_);
-    }
-    bar->update(done);
+    phases.update(phase, done, total);
   };
   train::EvalResult r = train::evaluate(generator, *classifier, real, config_, progress);
-  if (bar) bar->finish();
+  phases.finish();
   r.classifier = classifier_;
   std::printf("%s", r.table().c_str());
   std::printf("sampling took %.1f s, the whole evaluation %.1f s\n", r.sample_seconds,

@@ -109,4 +109,18 @@ void TrainingProgress::finish() {
   bar_.reset();
 }
 
+void PhasedProgress::update(const std::string& phase, int done, int total) {
+  if (!bar_ || phase != current_) {
+    finish();
+    current_ = phase;
+    bar_ = std::make_unique<ProgressBar>(phase, total, !quiet_);
+  }
+  bar_->update(done);
+}
+
+void PhasedProgress::finish() {
+  if (bar_) bar_->finish();
+  bar_.reset();
+}
+
 }  // namespace stipple::cli

@@ -49,4 +49,17 @@ class TrainingProgress {
   std::unique_ptr<ProgressBar> bar_;
 };
 
+// One bar per phase of a job ("sampling", "scoring"): a new phase ends the previous bar.
+class PhasedProgress {
+ public:
+  explicit PhasedProgress(bool quiet) : quiet_(quiet) {}
+  void update(const std::string& phase, int done, int total);
+  void finish();
+
+ private:
+  bool quiet_;
+  std::string current_;
+  std::unique_ptr<ProgressBar> bar_;
+};
+
 }  // namespace stipple::cli
