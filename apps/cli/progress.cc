@@ -34,11 +34,18 @@ ProgressBar::~ProgressBar() {
   if (!finished_) finish();
 }
 
-void ProgressBar::update(int done, const std::string& note) { draw(done, note, false); }
+void ProgressBar::update(int done, const std::string& note) {
+  last_done_ = done;
+  draw(done, note, false);
+}
 
-void ProgressBar::finish(const std::string& note) {
+void ProgressBar::finish(const std::string& note) { end(total_, note); }
+
+void ProgressBar::stop(const std::string& note) { end(last_done_, note); }
+
+void ProgressBar::end(int done, const std::string& note) {
   if (finished_) return;
-  draw(total_, note, true);
+  draw(done, note, true);
   if (enabled_ && terminal_) std::fputc('\n', stderr);
   finished_ = true;
 }

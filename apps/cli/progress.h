@@ -17,11 +17,14 @@ class ProgressBar {
   ProgressBar(std::string label, int total, bool enabled);
   ~ProgressBar();
   void update(int done, const std::string& note = "");
-  void finish(const std::string& note = "");
+  void finish(const std::string& note = "");  // the last line, at 100%
+  void stop(const std::string& note = "");    // the last line, where the job stopped early
 
  private:
   using Clock = std::chrono::steady_clock;
   void draw(int done, const std::string& note, bool force);
+  void end(int done, const std::string& note);
+  int last_done_ = 0;
   double recent_rate(int done, Clock::time_point now);
   std::string label_;
   int total_;

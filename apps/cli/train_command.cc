@@ -240,7 +240,10 @@ int TrainCommand::run() {
   std::signal(SIGINT, on_sigint);
   const std::unique_ptr<train::Trainer> trainer = train::train_dit(config, resume_, cb);
   std::signal(SIGINT, SIG_DFL);
-  if (bar) bar->finish();
+  if (bar && g_stop)
+    bar->stop();  // the step it stopped at, not 100%
+  else if (bar)
+    bar->finish();
 
   const train::TrainConfig& c = trainer->config();
   const int64_t params = trainer->model().module().num_parameters();
