@@ -65,7 +65,6 @@ ClipCommand::ClipCommand(CLI::App& app) {
 }
 
 int ClipCommand::run() {
-  if (config_.base_tokenizer.empty() && resume_) config_.base_tokenizer = "(from the run)";
   TrainingProgress shown(quiet_);
   auto progress = [&](const train::ClipProgress& p) {
     char note[64];

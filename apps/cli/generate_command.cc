@@ -7,11 +7,12 @@
 #include <limits>
 #include <memory>
 #include <random>
-#include <fstream>
+#include <sstream>
 
 #include "core/error.h"
 #include "io/json.h"
 #include "io/output_path.h"
+#include "io/read_file.h"
 #include "io/png.h"
 #include "ops/ops.h"
 #include "pipelines/dit_pipeline.h"
@@ -309,10 +310,7 @@ int GenerateCommand::run_text_dit() {
   std::vector<std::string> prompts;
   if (!prompt_file_.empty()) {
     STIPPLE_CHECK(prompt_.empty(), "give --prompt or --prompt-file, not both");
-    STIPPLE_CHECK(fs::is_regular_file(prompt_file_), "no such prompt file: ", prompt_file_);
-    STIPPLE_CHECK(fs::file_size(prompt_file_) <= (1u << 20), "prompt file ", prompt_file_,
-                  " is over 1 MiB");
-    std::ifstream in(prompt_file_);
+    std::istringstream in(io::read_file_bounded(prompt_file_, "prompt file", size_t{1} << 20));
     std::string line;
     while (std::getline(in, line)) {
       while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
@@ -339,17 +337,11 @@ int GenerateCommand::run_text_dit() {
     if (!bar) bar = std::make_unique<ProgressBar>("sampling", total, !quiet_);
     bar->update(done);
   };
-  // Batches of up to 16 images, image i with seed + i (as A1111), so an image is the same
-  // whether drawn alone or in a batch.
-  std::vector<Tensor> images;
-  for (size_t b = 0; b < all.size(); b += 16) {
-    p.prompts.assign(all.begin() + b, all.begin() + std::min(all.size(), b + 16));
-    p.seeds.clear();
-    for (size_t i = 0; i < p.prompts.size(); ++i) p.seeds.push_back(seed_ + b + i);
-    images.push_back(pipe.run(p));
-  }
+  // Image i with seed + i (as A1111), so an image is the same whether drawn alone or in a batch.
+  p.prompts = all;
+  for (size_t i = 0; i < all.size(); ++i) p.seeds.push_back(seed_ + i);
+  const Tensor out = pipe.run(p);
   if (bar) bar->finish();
-  const Tensor out = ops::concat(images, 0);
   // A1111's text for each image (its prompt and seed); a grid's lists every prompt, in order.
   auto text = [&](const std::string& prompt, uint64_t seed) {
     std::string t = prompt;

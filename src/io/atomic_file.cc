@@ -13,6 +13,7 @@
 #include <filesystem>
 
 #include "core/error.h"
+#include "io/read_file.h"
 
 namespace stipple::io {
 namespace {
@@ -39,16 +40,9 @@ AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
   // Only regular files are replaced: renaming over a device, FIFO or socket (/dev/null as root)
   // would destroy it; a folder cannot be replaced by a file.
   struct stat st {};
-  if (::stat(path_.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
-    const char* kind = S_ISDIR(st.st_mode)    ? "a folder"
-                       : S_ISFIFO(st.st_mode) ? "a FIFO"
-                       : S_ISCHR(st.st_mode)  ? "a character device"
-                       : S_ISBLK(st.st_mode)  ? "a block device"
-                       : S_ISSOCK(st.st_mode) ? "a socket"
-                                              : "not a regular file";
-    throw Error(str_cat("refusing to write ", path_, ": it is ", kind,
+  if (::stat(path_.c_str(), &st) == 0 && !S_ISREG(st.st_mode))
+    throw Error(str_cat("refusing to write ", path_, ": it is ", file_kind_name(st.st_mode),
                         "; give a new path or a regular file"));
-  }
   temp_path_ = str_cat(path_, ".tmp.", ::getpid(), ".", g_write_counter.fetch_add(1));
   fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
   STIPPLE_CHECK(fd_ >= 0, "cannot write ", path_, ": creating the temporary file ", temp_path_,

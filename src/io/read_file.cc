@@ -11,9 +11,8 @@
 #include "core/error.h"
 
 namespace stipple::io {
-namespace {
 
-const char* kind_of(mode_t m) {
+const char* file_kind_name(mode_t m) {
   return S_ISDIR(m)    ? "a folder"
          : S_ISFIFO(m) ? "a FIFO"
          : S_ISCHR(m)  ? "a character device"
@@ -22,12 +21,10 @@ const char* kind_of(mode_t m) {
                        : "not a regular file";
 }
 
-}  // namespace
-
 void require_regular_file(const std::string& path, const std::string& what) {
   struct stat st {};
   STIPPLE_CHECK(::stat(path.c_str(), &st) == 0, "no such ", what, ": ", path);
-  STIPPLE_CHECK(S_ISREG(st.st_mode), "cannot read ", path, ": it is ", kind_of(st.st_mode),
+  STIPPLE_CHECK(S_ISREG(st.st_mode), "cannot read ", path, ": it is ", file_kind_name(st.st_mode),
                 ", not a regular ", what);
 }
 
@@ -43,7 +40,7 @@ std::string read_file_bounded(const std::string& path, const std::string& what,
   struct stat st {};
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     ::close(fd);
-    throw Error(str_cat("cannot read ", path, ": it is ", kind_of(st.st_mode),
+    throw Error(str_cat("cannot read ", path, ": it is ", file_kind_name(st.st_mode),
                         ", not a regular ", what));
   }
   if (static_cast<size_t>(st.st_size) > max_bytes) {

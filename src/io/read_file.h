@@ -2,10 +2,15 @@
 // never ends), and never more than a stated size, with errors that name the file.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstddef>
 #include <string>
 
 namespace stipple::io {
+
+// What a stat() mode is, for errors: "a folder", "a FIFO", "a character device", ...
+const char* file_kind_name(mode_t mode);
 
 // Throws stipple::Error naming `path` (and `what` it should be, e.g. "config file") when it does
 // not exist or is not a regular file (after following links).

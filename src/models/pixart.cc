@@ -179,7 +179,7 @@ Tensor PixArtTransformer2DModel::forward(const Tensor& x, const Tensor& timestep
                     x.size(2) % c.patch_size == 0 && x.size(3) % c.patch_size == 0,
                 "PixArt: expected latents [B, ", c.in_channels, ", H, W] with H and W multiples of ",
                 c.patch_size, ", got ", x.defined() ? x.describe() : std::string("nothing"));
-  const int64_t b = x.size(0), d = c.inner_dim(), p = c.patch_size;
+  const int64_t b = x.size(0), p = c.patch_size;
   const int64_t gh = x.size(2) / p, gw = x.size(3) / p;
   STIPPLE_CHECK(text.defined() && text.dim() == 3 && text.size(0) == b &&
                     text.size(2) == c.caption_channels,
@@ -211,7 +211,6 @@ Tensor PixArtTransformer2DModel::forward(const Tensor& x, const Tensor& timestep
           .permute({0, 5, 1, 3, 2, 4})                                    // [B, C, h, p, w, p]
           .contiguous()
           .reshape({b, co, gh * p, gw * p});                              // [B, C, H, W]
-  (void)d;
   return h;
 }
 

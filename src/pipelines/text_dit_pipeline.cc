@@ -55,17 +55,22 @@ int64_t TextDiTPipeline::image_size() const {
   return transformer_->config().sample_size * vae_->config().downscale_factor();
 }
 
-std::pair<Tensor, Tensor> TextDiTPipeline::encode(const std::vector<std::string>& prompts) const {
+std::pair<Tensor, Tensor> encode_text_condition(const models::CLIPTextModel& encoder,
+                                                const text::ClipTokenizer& tokenizer,
+                                                const std::vector<std::string>& texts,
+                                                bool pooled) {
   autograd::NoGradGuard no_grad;
-  const int64_t len = text_encoder_->config().max_position_embeddings;
-  const models::CLIPTextOutput o = text_encoder_->forward(tokenizer_->encode_batch(prompts, len));
-  Tensor pooled;
-  if (transformer_->config().pooled_projection_dim > 0) {
-    const Tensor& e = o.text_embeds;  // [B, P]
-    const float root = std::sqrt(static_cast<float>(e.size(1)));
-    pooled = e * ops::rsqrt(ops::sum(ops::square(e), {1}, true) + 1e-12f) * root;
-  }
-  return {o.last_hidden_state, pooled};
+  const int64_t len = encoder.config().max_position_embeddings;
+  const models::CLIPTextOutput o = encoder.forward(tokenizer.encode_batch(texts, len));
+  if (!pooled) return {o.last_hidden_state, Tensor()};
+  const Tensor& e = o.text_embeds;  // [B, P]
+  const float root = std::sqrt(static_cast<float>(e.size(1)));
+  return {o.last_hidden_state, e * ops::rsqrt(ops::sum(ops::square(e), {1}, true) + 1e-12f) * root};
+}
+
+std::pair<Tensor, Tensor> TextDiTPipeline::encode(const std::vector<std::string>& prompts) const {
+  return encode_text_condition(*text_encoder_, *tokenizer_, prompts,
+                               transformer_->config().pooled_projection_dim > 0);
 }
 
 Tensor TextDiTPipeline::run(const TextDiTParams& params) const {
@@ -73,21 +78,11 @@ Tensor TextDiTPipeline::run(const TextDiTParams& params) const {
   const int64_t b = static_cast<int64_t>(params.prompts.size());
   STIPPLE_CHECK(b > 0, "text-to-image: give at least one prompt");
   STIPPLE_CHECK(params.steps >= 1, "text-to-image: steps must be at least 1, got ", params.steps);
-  const models::PixArtConfig& cfg = transformer_->config();
-  std::unique_ptr<schedulers::Scheduler> scheduler = schedulers::make_scheduler(
-      params.sampler.empty() ? scheduler_config_
-                             : schedulers::config_for_sampler(params.sampler, scheduler_config_));
-
-  // 1. text: [cond..., uncond...] (cond first, as in training's sample grids)
-  const bool guided = params.cfg > 1.0f;
-  std::vector<std::string> texts = params.prompts;
-  if (guided) texts.insert(texts.end(), static_cast<size_t>(b), params.negative_prompt);
-  const auto [states, pooled] = encode(texts);  // [B or 2B, T, C], [B or 2B, P]
-
-  // 2. x_T
-  scheduler->set_timesteps(params.steps);
   STIPPLE_CHECK(params.seeds.empty() || static_cast<int64_t>(params.seeds.size()) == b,
                 "text-to-image: ", params.seeds.size(), " seeds for ", b, " prompts");
+  const models::PixArtConfig& cfg = transformer_->config();
+
+  // x_T for every image: in order from one generator, or each from its own seed
   NoiseSource noise(params.seeds.empty() ? params.seed : params.seeds[0], {});
   const int64_t c = cfg.in_channels, s = cfg.sample_size;
   Tensor latents;  // [B, C, s, s]
@@ -98,6 +93,43 @@ Tensor TextDiTPipeline::run(const TextDiTParams& params) const {
     for (uint64_t seed : params.seeds) each.push_back(Generator(seed).randn({1, c, s, s}));
     latents = ops::concat(each, 0);
   }
+
+  // batches of kMaxBatch, progress over all of them
+  const int batches = static_cast<int>((b + kMaxBatch - 1) / kMaxBatch);
+  std::vector<Tensor> images;
+  for (int k = 0; k < batches; ++k) {
+    const int64_t first = k * kMaxBatch, n = std::min(kMaxBatch, b - first);
+    const std::vector<std::string> prompts(params.prompts.begin() + first,
+                                           params.prompts.begin() + first + n);
+    std::function<void(int, int)> progress;
+    if (params.progress)
+      progress = [&](int done, int total) {
+        params.progress(k * total + done, batches * total);
+      };
+    images.push_back(
+        run_batch(params, prompts, latents.narrow(0, first, n), noise.generator(), progress));
+  }
+  return ops::concat(images, 0);  // [B, 3, H, W] in [0, 1]
+}
+
+Tensor TextDiTPipeline::run_batch(const TextDiTParams& params,
+                                  const std::vector<std::string>& prompts, Tensor latents,
+                                  Generator* noise,
+                                  const std::function<void(int, int)>& progress) const {
+  const int64_t b = static_cast<int64_t>(prompts.size());
+  const int64_t c = transformer_->config().in_channels;
+  std::unique_ptr<schedulers::Scheduler> scheduler = schedulers::make_scheduler(
+      params.sampler.empty() ? scheduler_config_
+                             : schedulers::config_for_sampler(params.sampler, scheduler_config_));
+
+  // 1. text: [cond..., uncond...] (cond first, as in training's sample grids)
+  const bool guided = params.cfg > 1.0f;
+  std::vector<std::string> texts = prompts;
+  if (guided) texts.insert(texts.end(), static_cast<size_t>(b), params.negative_prompt);
+  const auto [states, pooled] = encode(texts);  // [B or 2B, T, C], [B or 2B, P]
+
+  // 2. x_T scaled for the sampler
+  scheduler->set_timesteps(params.steps);
   latents = latents * static_cast<float>(scheduler->init_noise_sigma());
 
   // 3. denoise
@@ -112,8 +144,8 @@ Tensor TextDiTPipeline::run(const TextDiTParams& params) const {
   DenoiseOptions opt;
   opt.cfg.scale = params.cfg;
   opt.cfg.order = guidance::CfgOrder::kCondFirst;
-  opt.generator = noise.generator();
-  opt.progress = params.progress;
+  opt.generator = noise;
+  opt.progress = progress;
   latents = denoise(*scheduler, latents, model, opt);  // [B, C, s, s]
 
   // 4. decode

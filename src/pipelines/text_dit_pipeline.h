@@ -24,10 +24,22 @@
 #include "schedulers/scheduler.h"
 #include "text/clip_tokenizer.h"
 
+namespace stipple {
+class Generator;
+}
+
 namespace stipple::pipelines {
 
+// The text conditioning of a text-to-image DiT, the same in training and sampling: the encoder's
+// per-token states [B, T, C] (padded to its max_position_embeddings) and, with `pooled`, its
+// projected pooled embedding scaled to length sqrt(P) [B, P] (undefined without). No gradients.
+std::pair<Tensor, Tensor> encode_text_condition(const models::CLIPTextModel& encoder,
+                                                const text::ClipTokenizer& tokenizer,
+                                                const std::vector<std::string>& texts,
+                                                bool pooled);
+
 struct TextDiTParams {
-  std::vector<std::string> prompts;  // one image per prompt
+  std::vector<std::string> prompts;  // one image per prompt, drawn kMaxBatch at a time
   std::string negative_prompt;       // the unconditional text ("" as in training)
   int steps = 20;
   float cfg = 4.0f;       // <= 1: no guidance
@@ -40,17 +52,22 @@ struct TextDiTParams {
 class TextDiTPipeline {
  public:
   static constexpr const char* kClassName = "StippleTextToImagePipeline";
+  static constexpr int64_t kMaxBatch = 16;  // images denoised together
   static TextDiTPipeline from_pretrained(const std::string& folder);
   // Whether `folder`'s model_index.json names this pipeline.
   static bool is_folder(const std::string& folder);
 
-  // Images [B, 3, H, W] in [0, 1].
+  // Images [B, 3, H, W] in [0, 1]. Progress counts the steps of every batch.
   Tensor run(const TextDiTParams& params) const;
   // The text conditioning of `prompts`: states [B, T, C] and pooled [B, P].
   std::pair<Tensor, Tensor> encode(const std::vector<std::string>& prompts) const;
   int64_t image_size() const;
 
  private:
+  // One batch: x_T [B, C, s, s] -> images; `noise` for ancestral samplers.
+  Tensor run_batch(const TextDiTParams& params, const std::vector<std::string>& prompts,
+                   Tensor latents, Generator* noise,
+                   const std::function<void(int, int)>& progress) const;
   std::shared_ptr<models::PixArtTransformer2DModel> transformer_;
   std::shared_ptr<models::AutoencoderKL> vae_;
   std::shared_ptr<models::CLIPTextModel> text_encoder_;

@@ -190,6 +190,16 @@ std::vector<std::string> EmojiData::base_labels() const {
   return out;
 }
 
+EmojiLabels EmojiData::distinct_labels() const {
+  EmojiLabels l;
+  for (const auto& e : entries_)
+    if (l.index.emplace(e.label, static_cast<int64_t>(l.labels.size())).second) {
+      l.labels.push_back(e.label);
+      l.entries.push_back(&e);
+    }
+  return l;
+}
+
 std::string EmojiData::image_path(const EmojiEntry& e) const {
   return str_cat(dir_, "/node_modules/emoji-datasource-", e.vendor, "/img/", e.vendor, "/64/",
                  e.image);

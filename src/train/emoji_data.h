@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,14 @@ struct EmojiEntry {
   bool heldout = false;           // in the held-out list: never trained on
 };
 
+// Every distinct CLDR label once, in entry order, with the first entry that carries it (base emoji
+// and tones are the same for every entry of a label).
+struct EmojiLabels {
+  std::vector<std::string> labels;
+  std::vector<const EmojiEntry*> entries;  // parallel to labels; point into the EmojiData
+  std::map<std::string, int64_t> index;    // label -> position
+};
+
 class EmojiData {
  public:
   static constexpr int kImageSize = 64;
@@ -53,6 +62,8 @@ class EmojiData {
   std::vector<int64_t> heldout_indices() const;
   // The distinct labels of base emoji (no skin tone), in emoji.json order: 1,911 of them.
   std::vector<std::string> base_labels() const;
+  // All 3,786 distinct labels (base emoji and skin-tone variants); valid while this object lives.
+  EmojiLabels distinct_labels() const;
   // The image file of an entry.
   std::string image_path(const EmojiEntry& e) const;
   // Decodes the entries' images, composited on white: [N, 3, 64, 64] f32 in [-1, 1].

@@ -24,38 +24,10 @@ void T2IEvalConfig::validate() const {
   STIPPLE_CHECK(cfg >= 0 && cfg <= 100, "eval: cfg must be in [0, 100]");
 }
 
-namespace {
-
-// For each row of `images` embeddings [N, P] against `texts` [L, P]: the rank of `truth[i]`
-// (0 = nearest) and the index of the nearest text.
-void rank_rows(const Tensor& images, const Tensor& texts, const std::vector<int64_t>& truth,
-               std::vector<int64_t>& rank, std::vector<int64_t>& best) {
-  const std::vector<float> s = ops::matmul(images, texts.transpose(0, 1)).to_vector();
-  const int64_t n = images.size(0), l = texts.size(0);
-  rank.assign(n, 0);
-  best.assign(n, 0);
-  for (int64_t i = 0; i < n; ++i) {
-    const float* row = s.data() + i * l;
-    for (int64_t j = 0; j < l; ++j) {
-      if (row[j] > row[truth[i]]) ++rank[i];
-      if (row[j] > row[best[i]]) best[i] = j;
-    }
-  }
-}
-
-double frac(const std::vector<int64_t>& v, int64_t below) {
-  int64_t k = 0;
-  for (int64_t x : v) k += x < below;
-  return v.empty() ? 0 : static_cast<double>(k) / v.size();
-}
-
-}  // namespace
-
 T2IEvalResult evaluate_text_to_image(
     const std::string& model_dir, const T2IEvalConfig& config,
     const std::function<void(const std::string&, int, int)>& progress) {
   config.validate();
-  const auto start = std::chrono::steady_clock::now();
   const pipelines::TextDiTPipeline pipe = pipelines::TextDiTPipeline::from_pretrained(model_dir);
   const Clip clip = Clip::from_pretrained(config.clip_dir.empty() ? model_dir : config.clip_dir);
   const EmojiData data =
@@ -69,17 +41,10 @@ T2IEvalResult evaluate_text_to_image(
   const std::vector<std::string> base = data.base_labels();
   std::map<std::string, int64_t> base_id;
   for (size_t i = 0; i < base.size(); ++i) base_id[base[i]] = static_cast<int64_t>(i);
-  std::vector<std::string> labels;
-  std::vector<const EmojiEntry*> label_entry;
-  std::map<std::string, int64_t> label_id;
-  for (const auto& e : entries)
-    if (label_id.emplace(e.label, static_cast<int64_t>(labels.size())).second) {
-      labels.push_back(e.label);
-      label_entry.push_back(&e);
-    }
-  const Tensor base_emb = clip.encode_text(base), label_emb = clip.encode_text(labels);
+  const EmojiLabels labels = data.distinct_labels();
+  const Tensor base_emb = clip.encode_text(base), label_emb = clip.encode_text(labels.labels);
   r.candidates = static_cast<int64_t>(base.size());
-  r.heldout_candidates = static_cast<int64_t>(labels.size());
+  r.heldout_candidates = static_cast<int64_t>(labels.labels.size());
 
   // 2. the prompts: N base labels spread evenly, and the held-out pairs' labels
   std::vector<std::string> prompts;
@@ -101,21 +66,16 @@ T2IEvalResult evaluate_text_to_image(
   r.prompts = static_cast<int64_t>(prompts.size());
   r.heldout = static_cast<int64_t>(held_prompts.size());
 
-  // 3. generate (image i with seed + i, batches of 16)
+  // 3. generate (image i with seed + i)
   auto generate = [&](const std::vector<std::string>& ps, uint64_t seed0, const char* phase) {
-    std::vector<Tensor> out;
     pipelines::TextDiTParams p;
+    p.prompts = ps;
+    for (size_t i = 0; i < ps.size(); ++i) p.seeds.push_back(seed0 + i);
     p.steps = config.steps;
     p.cfg = config.cfg;
     p.sampler = config.sampler;
-    for (size_t b = 0; b < ps.size(); b += 16) {
-      p.prompts.assign(ps.begin() + b, ps.begin() + std::min(ps.size(), b + 16));
-      p.seeds.clear();
-      for (size_t i = 0; i < p.prompts.size(); ++i) p.seeds.push_back(seed0 + b + i);
-      out.push_back(pipe.run(p));
-      if (progress) progress(phase, static_cast<int>(b + p.prompts.size()), static_cast<int>(ps.size()));
-    }
-    return ops::affine(ops::concat(out, 0), 2.0f, -1.0f);  // [N, 3, 64, 64] in [-1, 1]
+    if (progress) p.progress = [&](int done, int total) { progress(phase, done, total); };
+    return ops::affine(pipe.run(p), 2.0f, -1.0f);  // [N, 3, 64, 64] in [-1, 1]
   };
   const auto t0 = std::chrono::steady_clock::now();
   const Tensor gen = generate(prompts, config.seed, "sampling prompts");
@@ -123,10 +83,9 @@ T2IEvalResult evaluate_text_to_image(
   r.sample_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
   // 4. retrieval: generated and real
-  std::vector<int64_t> rank, best;
   const Tensor gen_emb = clip.encode_images(gen);
-  rank_rows(gen_emb, base_emb, truth, rank, best);
-  r.top1 = frac(rank, 1), r.top5 = frac(rank, 5);
+  const Retrieval gen_r = retrieve(gen_emb, base_emb, truth);
+  r.top1 = gen_r.top(1), r.top5 = gen_r.top(5);
   // The real images of the prompts' emoji: Twemoji first, then Noto.
   const std::set<std::string> prompt_set(prompts.begin(), prompts.end());
   std::vector<int64_t> real_idx[2], real_truth;
@@ -137,31 +96,23 @@ T2IEvalResult evaluate_text_to_image(
   all_real.insert(all_real.end(), real_idx[1].begin(), real_idx[1].end());
   for (int64_t i : all_real) real_truth.push_back(base_id.at(entries[i].label));
   const Tensor real_emb = clip.encode_images(data.load_images(all_real));
-  rank_rows(real_emb, base_emb, real_truth, rank, best);
-  r.real_top1 = frac(rank, 1), r.real_top5 = frac(rank, 5);
+  const Retrieval real_r = retrieve(real_emb, base_emb, real_truth);
+  r.real_top1 = real_r.top(1), r.real_top5 = real_r.top(5);
 
   // 5. held-out pairs: emoji and tone of the nearest label
-  auto judge = [&](const Tensor& emb, const std::vector<const EmojiEntry*>& truth_entries,
-                   double& emoji, double& tone, double& both) {
+  auto judge = [&](const Tensor& images, const std::vector<const EmojiEntry*>& truth_entries) {
     std::vector<int64_t> t;
-    for (const EmojiEntry* e : truth_entries) t.push_back(label_id.at(e->label));
-    rank_rows(emb, label_emb, t, rank, best);
-    int64_t ke = 0, kt = 0, kb = 0;
-    for (size_t i = 0; i < truth_entries.size(); ++i) {
-      const EmojiEntry& p = *label_entry[best[i]];
-      const bool e = p.base_unified == truth_entries[i]->base_unified;
-      const bool tn = p.tones == truth_entries[i]->tones;
-      ke += e, kt += tn, kb += e && tn;
-    }
-    const double n = static_cast<double>(truth_entries.size());
-    emoji = ke / n, tone = kt / n, both = kb / n;
+    for (const EmojiEntry* e : truth_entries) t.push_back(labels.index.at(e->label));
+    return match_emoji(retrieve(clip.encode_images(images), label_emb, t).best, labels,
+                       truth_entries);
   };
-  judge(clip.encode_images(gen_held), held_entries, r.heldout_emoji, r.heldout_tone,
-        r.heldout_both);
+  const EmojiMatch gen_m = judge(gen_held, held_entries);
+  r.heldout_emoji = gen_m.emoji, r.heldout_tone = gen_m.tone, r.heldout_both = gen_m.both;
   std::vector<const EmojiEntry*> held_real;
   for (int64_t i : held) held_real.push_back(&entries[i]);
-  judge(clip.encode_images(data.load_images(held)), held_real, r.real_heldout_emoji,
-        r.real_heldout_tone, r.real_heldout_both);
+  const EmojiMatch real_m = judge(data.load_images(held), held_real);
+  r.real_heldout_emoji = real_m.emoji, r.real_heldout_tone = real_m.tone;
+  r.real_heldout_both = real_m.both;
 
   // 6. Fréchet distance in CLIP image embeddings, at matched N
   const int64_t nt = static_cast<int64_t>(real_idx[0].size());
@@ -178,7 +129,6 @@ T2IEvalResult evaluate_text_to_image(
                                           ", Sampler: ", config.sampler, ", CFG scale: ", config.cfg,
                                           ", Seed: ", config.seed)}});
   }
-  (void)start;
   return r;
 }
 

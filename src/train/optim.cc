@@ -2,6 +2,7 @@
 // table's adamw_step; SGD and EMA are short loops here.
 #include "train/optim.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -197,6 +198,15 @@ void SGD::load_state_dict(const std::map<std::string, Tensor>& state) {
 }
 
 // ---------------- gradient clipping ----------------
+
+float warmup_cosine_lr(float lr, int64_t warmup, int64_t steps, float min_lr_ratio, int64_t step) {
+  if (warmup > 0 && step < warmup)
+    return lr * static_cast<float>(step + 1) / static_cast<float>(warmup);
+  const int64_t span = std::max<int64_t>(1, steps - warmup);
+  const double progress = std::min(1.0, static_cast<double>(step - warmup) / span);
+  const double min_lr = static_cast<double>(lr) * min_lr_ratio;
+  return static_cast<float>(min_lr + (lr - min_lr) * 0.5 * (1.0 + std::cos(M_PI * progress)));
+}
 
 float clip_grad_norm(const std::vector<Tensor>& params, float max_norm) {
   STIPPLE_CHECK(max_norm > 0, "clip_grad_norm: max_norm must be positive, got ", max_norm);

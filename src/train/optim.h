@@ -90,6 +90,10 @@ class SGD {
   int64_t step_ = 0;
 };
 
+// The learning rate at optimizer step `step` (0-based): linear warm-up over `warmup` steps to
+// `lr`, then cosine decay to min_lr_ratio * lr at `steps` (and that value after).
+float warmup_cosine_lr(float lr, int64_t warmup, int64_t steps, float min_lr_ratio, int64_t step);
+
 // torch.nn.utils.clip_grad_norm_: the L2 norm of all gradients together; when it exceeds
 // max_norm, every gradient is scaled by max_norm / (norm + 1e-6). Returns the norm before
 // clipping. Parameters without a gradient are ignored.

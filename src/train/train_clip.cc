@@ -37,12 +37,6 @@ Tensor normalize_rows(const Tensor& x) {  // [N, P] -> unit rows
   return x * ops::rsqrt(ops::sum(ops::square(x), {1}, true) + 1e-12f);
 }
 
-float lr_at(const ClipTrainConfig& c, int64_t step) {
-  if (c.warmup > 0 && step < c.warmup) return c.lr * (step + 1.0f) / c.warmup;
-  const double p =
-      std::min(1.0, static_cast<double>(step - c.warmup) / std::max<int64_t>(1, c.steps - c.warmup));
-  return static_cast<float>(c.lr * 0.5 * (1 + std::cos(M_PI * p)));
-}
 
 // Shifts the batch by (dy, dx) pixels, filling with white (1).
 Tensor shift(const Tensor& x, int dy, int dx) {
@@ -211,51 +205,67 @@ Tensor Clip::encode_images(const Tensor& images, int64_t batch) const {
 
 // ---------------- evaluation ----------------
 
+Retrieval retrieve(const Tensor& images, const Tensor& texts, const std::vector<int64_t>& truth) {
+  const std::vector<float> s = ops::matmul(images, texts.transpose(0, 1)).to_vector();  // [N, L]
+  const int64_t n = images.size(0), l = texts.size(0);
+  STIPPLE_CHECK(static_cast<int64_t>(truth.size()) == n, "retrieve: ", truth.size(),
+                " truths for ", n, " images");
+  Retrieval r;
+  r.rank.assign(n, 0);
+  r.best.assign(n, 0);
+  for (int64_t i = 0; i < n; ++i) {
+    const float* row = s.data() + i * l;
+    for (int64_t j = 0; j < l; ++j) {
+      if (row[j] > row[truth[i]]) ++r.rank[i];
+      if (row[j] > row[r.best[i]]) r.best[i] = j;
+    }
+  }
+  return r;
+}
+
+double Retrieval::top(int64_t k) const {
+  int64_t hits = 0;
+  for (int64_t x : rank) hits += x < k;
+  return rank.empty() ? 0 : static_cast<double>(hits) / rank.size();
+}
+
+EmojiMatch match_emoji(const std::vector<int64_t>& best, const EmojiLabels& labels,
+                       const std::vector<const EmojiEntry*>& truth) {
+  int64_t ke = 0, kt = 0, kb = 0;
+  for (size_t i = 0; i < truth.size(); ++i) {
+    const EmojiEntry& p = *labels.entries[best[i]];
+    const bool e = p.base_unified == truth[i]->base_unified, t = p.tones == truth[i]->tones;
+    ke += e, kt += t, kb += e && t;
+  }
+  const double n = truth.empty() ? 1.0 : static_cast<double>(truth.size());
+  return {ke / n, kt / n, kb / n};
+}
+
 ClipMetrics evaluate_clip(const Clip& clip, const std::string& data_dir) {
   const EmojiData data = EmojiData::load(data_dir.empty() ? EmojiData::default_dir() : data_dir);
-  const auto& entries = data.entries();
-  // Candidates: every distinct label; their base emoji and tones.
-  std::vector<std::string> labels;
-  std::map<std::string, int64_t> label_id;
-  std::vector<const EmojiEntry*> label_entry;
-  for (const auto& e : entries)
-    if (label_id.emplace(e.label, static_cast<int64_t>(labels.size())).second) {
-      labels.push_back(e.label);
-      label_entry.push_back(&e);
+  const EmojiLabels labels = data.distinct_labels();  // the candidates
+  const Tensor t = clip.encode_text(labels.labels);   // [L, P]
+  auto rank = [&](const std::vector<int64_t>& idx) {
+    std::vector<int64_t> truth;
+    std::vector<const EmojiEntry*> entries;
+    for (int64_t i : idx) {
+      entries.push_back(&data.entries()[i]);
+      truth.push_back(labels.index.at(entries.back()->label));
     }
-  const Tensor t = clip.encode_text(labels);  // [L, P]
-  auto rank = [&](const std::vector<int64_t>& idx, double& top1, double& top5, double* emoji,
-                  double* tone) {
-    const Tensor v = clip.encode_images(data.load_images(idx));   // [N, P]
-    const std::vector<float> s = ops::matmul(v, t.transpose(0, 1)).to_vector();  // [N, L]
-    const int64_t L = static_cast<int64_t>(labels.size());
-    int64_t h1 = 0, h5 = 0, he = 0, ht = 0;
-    for (size_t i = 0; i < idx.size(); ++i) {
-      const EmojiEntry& e = entries[idx[i]];
-      const float* row = s.data() + i * L;
-      const int64_t truth = label_id.at(e.label);
-      int64_t better = 0, best = 0;
-      for (int64_t j = 0; j < L; ++j) {
-        if (row[j] > row[truth]) ++better;
-        if (row[j] > row[best]) best = j;
-      }
-      h1 += better == 0, h5 += better < 5;
-      he += label_entry[best]->base_unified == e.base_unified;
-      ht += label_entry[best]->tones == e.tones;
-    }
-    const double n = static_cast<double>(idx.size());
-    top1 = h1 / n, top5 = h5 / n;
-    if (emoji) *emoji = he / n;
-    if (tone) *tone = ht / n;
+    const Retrieval r = retrieve(clip.encode_images(data.load_images(idx)), t, truth);
+    return std::make_pair(r, match_emoji(r.best, labels, entries));
   };
   ClipMetrics m;
-  m.candidates = static_cast<int64_t>(labels.size());
+  m.candidates = static_cast<int64_t>(labels.labels.size());
   std::vector<int64_t> train = data.train_indices();
   // Every 7th training image: a spread over emoji, vendors and tones.
   std::vector<int64_t> sample;
   for (size_t i = 0; i < train.size() && sample.size() < 1000; i += 7) sample.push_back(train[i]);
-  rank(sample, m.train_top1, m.train_top5, nullptr, nullptr);
-  rank(data.heldout_indices(), m.heldout_top1, m.heldout_top5, &m.heldout_emoji, &m.heldout_tone);
+  const auto [tr, tm] = rank(sample);
+  m.train_top1 = tr.top(1), m.train_top5 = tr.top(5);
+  const auto [hr, hm] = rank(data.heldout_indices());
+  m.heldout_top1 = hr.top(1), m.heldout_top5 = hr.top(5);
+  m.heldout_emoji = hm.emoji, m.heldout_tone = hm.tone;
   return m;
 }
 
@@ -329,7 +339,7 @@ ClipMetrics train_clip(const ClipTrainConfig& config_in, bool resume,
   vision_model->train();
   Tensor logit_scale = Tensor::scalar(std::log(1.0 / 0.07));
   logit_scale.set_requires_grad(true);
-  std::vector<Tensor> params, decayed, not_decayed;
+  std::vector<Tensor> params;
   for (auto* m : {static_cast<nn::Module*>(text_model.get()),
                   static_cast<nn::Module*>(vision_model.get())})
     for (const auto& [name, p] : m->named_parameters()) params.push_back(p);
@@ -432,7 +442,7 @@ ClipMetrics train_clip(const ClipTrainConfig& config_in, bool resume,
     opt.zero_grad();
     loss.backward();
     const float gn = clip_grad_norm(params, 1.0f);
-    const float lr = lr_at(config, step);
+    const float lr = warmup_cosine_lr(config.lr, config.warmup, config.steps, 0.0f, step);
     opt.set_lr(lr);
     opt.step();
     {  // CLIP clamps the temperature at 100

@@ -30,6 +30,7 @@
 #include "models/clip_text.h"
 #include "models/clip_vision.h"
 #include "text/clip_tokenizer.h"
+#include "train/emoji_data.h"
 
 namespace stipple::train {
 
@@ -92,6 +93,23 @@ ClipMetrics train_clip(const ClipTrainConfig& config, bool resume,
                        const std::function<void(const ClipProgress&)>& progress = {},
                        const std::function<void(const std::string&)>& message = {},
                        const std::function<bool()>& should_stop = {});
+
+// Image -> text retrieval of unit image embeddings [N, P] among unit text embeddings [L, P]: for
+// each image, how many texts score above its own (truth[i]; 0 = its own is the nearest), and the
+// nearest text.
+struct Retrieval {
+  std::vector<int64_t> rank, best;
+  double top(int64_t k) const;  // the share of images whose own text is among the k nearest
+};
+Retrieval retrieve(const Tensor& images, const Tensor& texts, const std::vector<int64_t>& truth);
+
+// Of the nearest labels (`best`, positions in `labels`), the share with the right base emoji, the
+// right skin tones, and both, against each image's own entry.
+struct EmojiMatch {
+  double emoji = 0, tone = 0, both = 0;
+};
+EmojiMatch match_emoji(const std::vector<int64_t>& best, const EmojiLabels& labels,
+                       const std::vector<const EmojiEntry*>& truth);
 
 // Retrieval of the emoji images by a CLIP folder (see ClipMetrics).
 ClipMetrics evaluate_clip(const Clip& clip, const std::string& data_dir);

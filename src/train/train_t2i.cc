@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "io/atomic_file.h"
 #include "ops/ops.h"
+#include "pipelines/text_dit_pipeline.h"
 #include "train/emoji_data.h"
 #include "train/evaluate_t2i.h"
 #include "train/run_state.h"
@@ -145,12 +146,10 @@ std::unique_ptr<Trainer> train_text_to_image(const TrainConfig& config,
   std::vector<Tensor> ctx, pooled;
   for (size_t b = 0; b < all.size(); b += 256) {
     const std::vector<std::string> part(all.begin() + b, all.begin() + std::min(all.size(), b + 256));
-    const models::CLIPTextOutput o =
-        clip.text->forward(clip.tokenizer->encode_batch(part, clip.max_length));
-    ctx.push_back(o.last_hidden_state);  // [n, T, C]
-    const Tensor e = o.text_embeds;      // [n, P]: unit rows times sqrt(P)
-    const float root = std::sqrt(static_cast<float>(e.size(1)));
-    pooled.push_back(e * ops::rsqrt(ops::sum(ops::square(e), {1}, true) + 1e-12f) * root);
+    auto [states, pooled_part] =  // [n, T, C], [n, P]: what the pipeline computes when sampling
+        pipelines::encode_text_condition(*clip.text, *clip.tokenizer, part, /*pooled=*/true);
+    ctx.push_back(states);
+    pooled.push_back(pooled_part);
   }
   const Tensor contexts = ops::concat(ctx, 0), pooled_all = ops::concat(pooled, 0);
   say(str_cat("text-to-image: ", latents.size(0), " images as ", latents.size(1), "x",

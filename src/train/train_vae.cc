@@ -47,13 +47,6 @@ std::vector<double> to_u8(const Tensor& x) {
   return out;
 }
 
-float lr_at(const VaeTrainConfig& c, int64_t step) {
-  if (c.warmup > 0 && step < c.warmup) return c.lr * (step + 1.0f) / c.warmup;
-  const double p =
-      std::min(1.0, static_cast<double>(step - c.warmup) / std::max<int64_t>(1, c.steps - c.warmup));
-  const double lo = c.lr * c.min_lr_ratio;
-  return static_cast<float>(lo + (c.lr - lo) * 0.5 * (1 + std::cos(M_PI * p)));
-}
 
 void write_vae_folder(const std::string& dir, const models::AutoencoderKL& vae, bool half) {
   fs::create_directories(dir);
@@ -354,7 +347,8 @@ VaeMetrics train_vae(const VaeTrainConfig& config_in, bool resume,
     const float gn = clip_grad_norm(params, config.grad_clip > 0
                                                 ? config.grad_clip
                                                 : std::numeric_limits<float>::infinity());
-    const float lr = lr_at(config, step);
+    const float lr =
+        warmup_cosine_lr(config.lr, config.warmup, config.steps, config.min_lr_ratio, step);
     opt.set_lr(lr);
     opt.step();
     ++step;

@@ -175,13 +175,8 @@ void TrainConfig::validate() const {
 }
 
 float learning_rate(const TrainConfig& c, int64_t step) {
-  if (c.warmup > 0 && step < c.warmup)
-    return c.lr * static_cast<float>(step + 1) / static_cast<float>(c.warmup);
-  if (c.lr_schedule == "constant") return c.lr;
-  const int64_t span = std::max<int64_t>(1, c.steps - c.warmup);
-  const double progress = std::min(1.0, static_cast<double>(step - c.warmup) / span);
-  const double min_lr = static_cast<double>(c.lr) * c.min_lr_ratio;
-  return static_cast<float>(min_lr + (c.lr - min_lr) * 0.5 * (1.0 + std::cos(M_PI * progress)));
+  if (c.lr_schedule == "constant" && !(c.warmup > 0 && step < c.warmup)) return c.lr;
+  return warmup_cosine_lr(c.lr, c.warmup, c.steps, c.min_lr_ratio, step);
 }
 
 // ---------------- Trainer ----------------
@@ -394,13 +389,13 @@ void Trainer::write_model_files(const std::string& dir, bool half) const {
   fs::create_directories(fs::path(dir) / "transformer");
   fs::create_directories(fs::path(dir) / "scheduler");
   const json transformer = model_->config_json();
-  json id2label = json::object();
-  for (size_t i = 0; i < class_names_.size(); ++i) id2label[std::to_string(i)] = class_names_[i];
   const json own_index = model_->model_index();
   if (!own_index.is_null()) {
     write_json(dir + "/model_index.json", own_index);
     model_->write_components(dir);
   } else {
+    json id2label = json::object();
+    for (size_t i = 0; i < class_names_.size(); ++i) id2label[std::to_string(i)] = class_names_[i];
     write_json(dir + "/model_index.json",
                json{{"_class_name", "DiTPipeline"},
                     {"_diffusers_version", kDiffusersVersion},
