@@ -17,6 +17,8 @@ PACKAGES=(
   libpng-dev libstb-dev libutf8proc-dev zlib1g-dev
   dataset-fashion-mnist
   ca-certificates
+  # scripts/fuzz.sh: clang with libFuzzer and the sanitizer runtimes, its OpenMP, llvm-symbolizer
+  clang libclang-rt-dev libomp-dev llvm
 )
 # npm (for the emoji data): Debian's, unless the machine already has one (e.g. from NodeSource).
 command -v npm >/dev/null 2>&1 || PACKAGES+=(npm)

@@ -1,11 +1,22 @@
 #!/usr/bin/env bash
-# Sets up (Debian packages), builds, and runs every test through ctest. What CI runs.
+# Sets up (Debian packages), builds, runs every test through ctest, then installs the library
+# and builds and runs examples/embed against the installed package. What CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j2
-cd build
-# Passive waiting: two test binaries share the two cores, and spinning OpenMP threads would
-# starve each other. Benchmarks (not run here) keep the default active waiting.
-OMP_NUM_THREADS=2 OMP_WAIT_POLICY=passive ctest --output-on-failure --timeout 900 -j2
+(
+  cd build
+  # Passive waiting: two test binaries share the two cores, and spinning OpenMP threads would
+  # starve each other. Benchmarks (not run here) keep the default active waiting.
+  OMP_NUM_THREADS=2 OMP_WAIT_POLICY=passive ctest --output-on-failure --timeout 900 -j2
+)
+# The public API as an application sees it: installed headers, library and CMake package only.
+rm -rf build/install build/embed
+cmake --install build --prefix build/install >/dev/null
+cmake -S examples/embed -B build/embed -DCMAKE_PREFIX_PATH="$PWD/build/install" >/dev/null
+cmake --build build/embed -j2 >/dev/null
+build/embed/embed models/fashion-mnist-dit build/embed/sneaker.png sneaker
+test -s build/embed/sneaker.png
+echo "examples/embed: built against the installed package, wrote build/embed/sneaker.png"

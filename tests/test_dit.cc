@@ -553,6 +553,19 @@ TEST_F(DiTErrors, BadConfigNamesTheKey) {
   EXPECT_NE(e.find("num_embeds_ada_norm"), std::string::npos) << e;
 }
 
+// Found by fuzz/fuzz_json_config.cc (crash-4_dit_inner_dim_overflow): validate() multiplied
+// num_attention_heads by attention_head_dim before bounding them, a signed overflow (UB).
+TEST(DiTConfigBounds, HugeHeadSizesAreRefusedBeforeTheirProduct) {
+  const std::string e = error_of([] {
+    models::DiTConfig::from_json(io::JsonConfig(
+        nlohmann::json{{"num_attention_heads", 4000000000000LL},
+                       {"attention_head_dim", 4000000000000LL}},
+        "transformer/config.json"));
+  });
+  EXPECT_NE(e.find("transformer/config.json"), std::string::npos) << e;
+  EXPECT_NE(e.find("num_attention_heads"), std::string::npos) << e;
+}
+
 TEST_F(DiTErrors, MissingOrMisshapenTensorIsNamed) {
   write_config(good_config());
   std::string e = error_of([&] { models::DiTTransformer2DModel::from_pretrained(dir_.string()); });

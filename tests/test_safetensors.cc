@@ -405,6 +405,23 @@ TEST_F(SafetensorsMalformed, BadShapes) {
                              R"("data_offsets":[0,4]}})",
                              "1234"),
                     {"'w'", "overflows"});
+  // An empty tensor whose other sizes overflow the strides (a signed overflow in
+  // Tensor::from_storage that UBSan reports under fuzz/fuzz_safetensors.cc; the input is
+  // fuzz/corpus/safetensors/crash-empty_tensor_stride_overflow) is refused at open().
+  for (const char* shape : {"[0,4611686018427387904,4611686018427387904]",
+                            "[4611686018427387904,0,4]", "[3,0,3074457345618258603]"}) {
+    SCOPED_TRACE(shape);
+    expect_open_error(
+        write_st("empty_ovf",
+                 str_cat(R"({"w":{"dtype":"F32","shape":)", shape, R"(,"data_offsets":[0,0]}})"),
+                 ""),
+        {"'w'", "overflows", "non-zero sizes"});
+  }
+  // Empty tensors whose strides fit still open.
+  const std::string ok = write_st(
+      "empty_ok", R"({"w":{"dtype":"F32","shape":[0,1073741824,1073741824],"data_offsets":[0,0]}})",
+      "");
+  EXPECT_EQ(SafetensorsFile::open(ok).tensor("w").shape(), (Shape{0, 1073741824, 1073741824}));
 }
 
 TEST_F(SafetensorsMalformed, BadOffsets) {
@@ -467,6 +484,30 @@ TEST_F(SafetensorsMalformed, TruncatedRealFileFailsAtOpen) {
     SCOPED_TRACE(cut);
     const std::string q = write_raw("cut", full.substr(0, cut));
     EXPECT_THROW(SafetensorsFile::open(q), Error);
+  }
+}
+
+// ---------------- safetensors: bytes in memory (from_bytes, the parser the fuzzer drives) ------
+
+TEST_F(SafetensorsMalformed, FromBytesParsesAsOpenDoesAndNamesTheSource) {
+  const std::string p = path("m.safetensors");
+  io::save_safetensors(p, {{"a", Tensor::from_vector({1, 2, 3}, {3})}}, {{"k", "v"}});
+  const std::string bytes = read_all(p);
+  const SafetensorsFile f = SafetensorsFile::from_bytes(bytes, "upload #3");
+  EXPECT_EQ(f.path(), "upload #3");
+  EXPECT_EQ(f.names(), std::vector<std::string>{"a"});
+  EXPECT_EQ(f.metadata().at("k"), "v");
+  Tensor a = f.tensor("a");
+  EXPECT_EQ(a.to_vector(), (std::vector<float>{1, 2, 3}));
+  // Every truncation fails with the same kind of error as open(), naming the source.
+  for (size_t cut = 0; cut < bytes.size(); cut += 5) {
+    SCOPED_TRACE(cut);
+    try {
+      SafetensorsFile::from_bytes(bytes.substr(0, cut), "upload #3");
+      ADD_FAILURE() << "no error";
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string(e.what()).rfind("upload #3: ", 0), 0u) << e.what();
+    }
   }
 }
 

@@ -159,6 +159,14 @@ TEST(SchedulerConfig, UnsupportedValuesNameKeyAndValue) {
   EXPECT_NE(e7.find("timestep_spacing"), std::string::npos) << e7;
 }
 
+// Found by fuzz/fuzz_json_config.cc (crash-6_scheduler_number_overflow): a number beyond a
+// double made nlohmann throw out_of_range past the parse_error handler.
+TEST(SchedulerConfig, NumberBeyondADoubleIsAJsonError) {
+  const std::string e = error_of(
+      [] { SchedulerConfig::from_json(R"({"_class_name": "DDIMScheduler", "beta_end": 1e999})"); });
+  EXPECT_NE(e.find("not valid JSON"), std::string::npos) << e;
+}
+
 TEST(SchedulerConfig, SamplerNamesMapOntoClassesAndOptions) {
   const SchedulerConfig base = SchedulerConfig::from_json(R"({"_class_name": "PNDMScheduler",
       "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,

@@ -184,6 +184,32 @@ TEST(UNetConfig, UnsupportedValuesNameKeyAndValue) {
   EXPECT_NE(e.find("reverse_transformer_layers_per_block"), std::string::npos) << e;
 }
 
+// Found by fuzz/fuzz_json_config.cc (inputs in fuzz/corpus/json_config/crash-0_*): a huge or
+// negative layers_per_block sized the per-layer transformer lists before validate() bounded it
+// (an allocation of hundreds of gigabytes, or std::length_error).
+TEST(UNetConfig, LayersPerBlockIsBoundedBeforeUse) {
+  for (const json& v : {json(100000000000LL), json(-1), json(0), json({2, 65})}) {
+    SCOPED_TRACE(v.dump());
+    json j = tiny_config();
+    j["layers_per_block"] = v;
+    const std::string e = error_of([&] { config_from(j); });
+    EXPECT_NE(e.find("layers_per_block"), std::string::npos) << e;
+    EXPECT_NE(e.find("test config.json"), std::string::npos) << e;
+  }
+  json j = tiny_config();
+  j["layers_per_block"] = 64;
+  EXPECT_EQ(config_from(j).transformer_layers_per_block[0].size(), 64u);
+}
+
+// Found by fuzz/fuzz_json_config.cc (crash-7_number_overflow): a number beyond a double
+// ("1e999") made nlohmann throw out_of_range, which io::parse_json let escape.
+TEST(UNetConfig, NumberBeyondADoubleIsAJsonError) {
+  const std::string e =
+      error_of([] { io::parse_json(R"({"sample_size": 1e999})", "unet/config.json"); });
+  EXPECT_NE(e.find("unet/config.json"), std::string::npos) << e;
+  EXPECT_NE(e.find("not valid JSON"), std::string::npos) << e;
+}
+
 // ---------------- conformance ----------------
 
 // Runs `model` under NoGradGuard (the blocked-layout fast path).

@@ -578,6 +578,21 @@ TEST(VaeErrors, BadConfig) {
   EXPECT_EQ(sd.count("encoder.down_blocks.0.resnets.1.conv1.weight"), 0u);
 }
 
+// Found by fuzz/fuzz_json_config.cc (crash-1_vae_sample_size_empty): "sample_size": [] threw
+// std::out_of_range from vector::at instead of an error naming the key.
+TEST(VaeErrors, EmptySampleSizeListIsNamed) {
+  expect_error_naming(
+      [] {
+        models::AutoencoderKLConfig::from_json(
+            io::JsonConfig(io::parse_json(R"({"sample_size": []})", "vae/config.json"),
+                           "vae/config.json"));
+      },
+      {"vae/config.json", "sample_size", "empty"});
+  const auto c = models::AutoencoderKLConfig::from_json(
+      io::JsonConfig(io::parse_json(R"({"sample_size": [64, 32]})", "v.json"), "v.json"));
+  EXPECT_EQ(c.sample_size, 64);
+}
+
 // Attn*Block2D variants build the attentions diffusers names and run end to end.
 TEST(Vae, AttentionBlockVariantsRun) {
   models::AutoencoderKLConfig c;

@@ -1,7 +1,7 @@
-// `stipple generate`, `stipple img2img` and `stipple inpaint`: Stable Diffusion text-to-image,
-// image-to-image and inpainting from a diffusers folder, and DiT class-to-image
-// (`generate --class-label`). Parsing, checking and writing PNGs only; the work is
-// pipelines::StableDiffusion / pipelines::DiTPipeline.
+// `stipple generate`, `stipple img2img` and `stipple inpaint`: text-to-image, image-to-image,
+// inpainting and class-to-image with any model the public API opens. A thin shell over
+// stipple::Engine (include/stipple/stipple.h): parse flags, build a GenerateRequest, call,
+// write PNGs.
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -19,12 +19,9 @@ class GenerateCommand {
   int run();
 
  private:
-  int run_dit();
-  int run_pixel_dit();
-  int run_text_dit();
   Mode mode_;
   CLI::App* cmd_;
-  std::string model_, prompt_, negative_prompt_, sampler_ = "dpm++2m_karras", out_ = "out.png";
+  std::string model_, prompt_, negative_prompt_, sampler_ = "ddim", out_ = "out.png";
   std::string init_image_, mask_;
   std::string tokenizer_;  // for single-file checkpoints
   std::vector<std::string> class_labels_;
@@ -32,8 +29,8 @@ class GenerateCommand {
   int steps_ = 30, width_ = 0, height_ = 0, num_images_ = 1, clip_skip_ = 1;
   float cfg_ = 7.5f;
   double strength_ = 0.75;
-  uint64_t seed_ = 42;     // the seed used (drawn when --seed is -1)
   int64_t seed_arg_ = 42;  // --seed as given
+  uint64_t memory_limit_mb_ = 0;
   bool quiet_ = false;
 };
 

@@ -4,6 +4,8 @@
 #include <filesystem>
 #include <map>
 
+#include <stipple/stipple.h>
+
 #include "core/error.h"
 #include "io/png.h"
 #include "pipelines/model_info.h"
@@ -31,6 +33,21 @@ int InfoCommand::run() {
     io::SingleFileOptions opt;
     opt.prediction_type = prediction_type_;
     std::fputs(pipelines::format_model_info(pipelines::inspect_model(path_, opt)).c_str(), stdout);
+    // What `stipple generate` does with it: the registry's family, tasks and defaults.
+    try {
+      OpenOptions open;
+      open.prediction_type = prediction_type_;
+      const Engine engine = Engine::open(path_, open);
+      const ModelDescription& d = engine.description();
+      std::string tasks;
+      for (Task t : d.tasks) tasks += str_cat(tasks.empty() ? "" : ", ", to_string(t));
+      std::printf("generates as: %s (%s): %s; defaults: %d steps, %s, CFG scale %g, %dx%d\n",
+                  d.family.c_str(), d.pipeline.c_str(), tasks.c_str(), d.default_steps,
+                  d.default_sampler.c_str(), d.default_cfg_scale, d.default_width,
+                  d.default_height);
+    } catch (const Error& e) {
+      std::printf("generates as: nothing yet: %s\n", e.what());
+    }
     return 0;
   }
   std::map<std::string, std::string> text;

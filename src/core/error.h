@@ -8,12 +8,9 @@
 #include <stdexcept>
 #include <string>
 
-namespace stipple {
+#include "stipple/error.h"  // stipple::Error, ErrorKind (public)
 
-class Error : public std::runtime_error {
- public:
-  explicit Error(const std::string& what) : std::runtime_error(what) {}
-};
+namespace stipple {
 
 // Concatenates any streamable values: str_cat("shape ", 3, "x", 4) -> "shape 3x4".
 template <typename... Args>
@@ -30,6 +27,12 @@ std::string str_cat(const Args&... args) {
 #define STIPPLE_CHECK(cond, ...)                                  \
   do {                                                            \
     if (!(cond)) throw ::stipple::Error(::stipple::str_cat(__VA_ARGS__)); \
+  } while (0)
+
+// STIPPLE_CHECK with an ErrorKind other than kInvalidArgument.
+#define STIPPLE_CHECK_KIND(cond, kind, ...)                                          \
+  do {                                                                               \
+    if (!(cond)) throw ::stipple::Error(::stipple::str_cat(__VA_ARGS__), ::stipple::ErrorKind::kind); \
   } while (0)
 
 #define STIPPLE_ASSERT(cond)                                              \

@@ -51,7 +51,8 @@ std::string make_strict_json(const std::string& text) {
 json parse_json(const std::string& text, const std::string& where) {
   try {
     return json::parse(make_strict_json(text));
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
+    // parse_error, and out_of_range for a number beyond a double ("1e999").
     throw Error(str_cat(where, ": not valid JSON (", e.what(), ")"));
   }
 }

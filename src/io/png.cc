@@ -5,6 +5,7 @@
 #include <png.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <csetjmp>
 #include <cstdio>
@@ -31,24 +32,25 @@ void flush_nothing(png_structp) {}
 
 }  // namespace
 
-void write_png(const std::string& path, const Image& image,
-               const std::map<std::string, std::string>& text) {
-  STIPPLE_CHECK(image.width > 0 && image.height > 0, "write_png: empty image for ", path);
-  STIPPLE_CHECK(image.channels == 1 || image.channels == 3 || image.channels == 4,
-                "write_png: ", image.channels, " channels is not grey, RGB or RGBA");
+std::string encode_png(const Image& image, const std::map<std::string, std::string>& text) {
+  STIPPLE_CHECK(image.width > 0 && image.height > 0, "PNG: cannot encode an empty image (",
+                image.width, "x", image.height, ")");
+  STIPPLE_CHECK(image.channels == 1 || image.channels == 3 || image.channels == 4, "PNG: ",
+                image.channels, " channels is not grey, RGB or RGBA");
   STIPPLE_CHECK(image.pixels.size() ==
                     static_cast<size_t>(image.width) * image.height * image.channels,
-                "write_png: pixel buffer size does not match ", image.width, "x", image.height);
+                "PNG: the pixel buffer holds ", image.pixels.size(), " bytes, not ", image.width,
+                "x", image.height, "x", image.channels);
   std::string encoded, err;
   png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &err, on_png_error,
                                             on_png_warning);
-  STIPPLE_CHECK(png != nullptr, "write_png: libpng could not start");
+  STIPPLE_CHECK(png != nullptr, "PNG: libpng could not start");
   png_infop info = png_create_info_struct(png);
   std::vector<png_text> chunks;
   std::vector<std::string> keys, values;
   if (setjmp(png_jmpbuf(png))) {
     png_destroy_write_struct(&png, &info);
-    throw Error(str_cat("write_png ", path, ": ", err));
+    throw Error(str_cat("PNG: cannot encode: ", err));
   }
   png_set_write_fn(png, &encoded, append_bytes, flush_nothing);
   const int color = image.channels == 1   ? PNG_COLOR_TYPE_GRAY
@@ -75,40 +77,114 @@ void write_png(const std::string& path, const Image& image,
     png_write_row(png, const_cast<png_bytep>(image.pixels.data() + y * stride));
   png_write_end(png, info);
   png_destroy_write_struct(&png, &info);
-  write_file_atomic(path, encoded);
+  return encoded;
 }
 
-Image read_png(const std::string& path, std::map<std::string, std::string>* text) {
-  require_regular_file(path, "image");
-  std::unique_ptr<FILE, int (*)(FILE*)> f(std::fopen(path.c_str(), "rb"), &std::fclose);
-  STIPPLE_CHECK(f != nullptr, "cannot open image ", path, ": ", std::strerror(errno));
-  unsigned char sig[8];
-  STIPPLE_CHECK(std::fread(sig, 1, 8, f.get()) == 8 && png_sig_cmp(sig, 0, 8) == 0, path,
-                " is not a PNG file");
+void write_png(const std::string& path, const Image& image,
+               const std::map<std::string, std::string>& text) {
+  try {
+    write_file_atomic(path, encode_png(image, text));
+  } catch (const Error& e) {
+    if (std::string(e.what()).find(path) != std::string::npos) throw;
+    throw Error(str_cat("cannot write ", path, ": ", e.what()), e.kind());
+  }
+}
+
+namespace {
+
+struct ByteReader {
+  const std::string* bytes;
+  size_t pos;
+};
+
+void read_bytes(png_structp png, png_bytep data, png_size_t n) {
+  auto* r = static_cast<ByteReader*>(png_get_io_ptr(png));
+  if (n > r->bytes->size() - r->pos) png_error(png, "the file ends early (truncated PNG)");
+  std::memcpy(data, r->bytes->data() + r->pos, n);
+  r->pos += n;
+}
+
+// Checks that every chunk up to IEND fits in the bytes after its header. libpng allocates a text
+// chunk's declared length (up to 2 GiB) before reading it, so one forged length in a 200-byte
+// file would cost gigabytes; with this check no chunk buffer is larger than the file. A header
+// cut short is left to libpng, which reports the truncation.
+void check_chunk_lengths(const std::string& bytes, const std::string& name) {
+  const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
+  size_t pos = 8;  // after the signature
+  while (bytes.size() - pos >= 8) {
+    const uint64_t length = (uint64_t{p[pos]} << 24) | (uint64_t{p[pos + 1]} << 16) |
+                            (uint64_t{p[pos + 2]} << 8) | p[pos + 3];
+    const std::string type = bytes.substr(pos + 4, 4);
+    const uint64_t left = bytes.size() - pos - 8;  // the chunk's data and CRC must fit here
+    if (length + 4 > left) {
+      const bool letters = std::all_of(type.begin(), type.end(), [](char c) {
+        return std::isalpha(static_cast<unsigned char>(c)) != 0;
+      });
+      throw Error(str_cat("cannot read PNG ", name, ": the ", letters ? type : "unnamed",
+                          " chunk at byte ", pos, " declares ", length, " data bytes but only ",
+                          left >= 4 ? left - 4 : 0, " follow (truncated or corrupt PNG)"));
+    }
+    pos += 12 + length;
+    if (type == "IEND") break;
+  }
+}
+
+}  // namespace
+
+Image decode_png(const std::string& bytes, const std::string& name,
+                 std::map<std::string, std::string>* text) {
+  STIPPLE_CHECK(bytes.size() >= 8 &&
+                    png_sig_cmp(reinterpret_cast<png_const_bytep>(bytes.data()), 0, 8) == 0,
+                name, " is not a PNG file");
+  check_chunk_lengths(bytes, name);
   std::string err;
   png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &err, on_png_error,
                                            on_png_warning);
-  STIPPLE_CHECK(png != nullptr, "read_png: libpng could not start");
+  STIPPLE_CHECK(png != nullptr, "PNG: libpng could not start");
   png_infop info = png_create_info_struct(png);
   Image img;
+  std::vector<png_bytep> rows;
+  ByteReader reader{&bytes, 8};
   if (setjmp(png_jmpbuf(png))) {
     png_destroy_read_struct(&png, &info, nullptr);
-    throw Error(str_cat("cannot read PNG ", path, ": ", err.empty() ? "corrupt data" : err));
+    throw Error(str_cat("cannot read PNG ", name, ": ", err.empty() ? "corrupt data" : err));
   }
-  png_init_io(png, f.get());
+  png_set_read_fn(png, &reader, read_bytes);
   png_set_sig_bytes(png, 8);
+  // Bounds before anything is allocated: the header's size, each chunk (text, ICC profiles:
+  // decompression bombs stop here) and the number of ancillary chunks.
+  png_set_user_limits(png, kMaxPngSide, kMaxPngSide);
+  png_set_chunk_malloc_max(png, kMaxPngChunkBytes);
+  png_set_chunk_cache_max(png, 1000);
   png_read_info(png, info);
+  const uint64_t w = png_get_image_width(png, info), h = png_get_image_height(png, info);
+  if (w * h > kMaxPngPixels) {
+    err = str_cat("the image is ", w, "x", h, " = ", (w * h + 500000) / 1000000,
+                  " megapixels; at most ", kMaxPngPixels / 1000000, " are read");
+    png_error(png, err.c_str());
+  }
   png_set_strip_16(png);
   png_set_packing(png);
   png_set_expand(png);  // palette -> RGB, low-bit grey -> 8 bit, tRNS -> alpha
-  if (png_get_color_type(png, info) == PNG_COLOR_TYPE_GRAY_ALPHA) png_set_gray_to_rgb(png);
+  // Grey with alpha becomes RGBA (an Image has 1, 3 or 4 channels): the alpha of a grey+alpha
+  // colour type, and the one expand makes from a grey image's tRNS chunk.
+  const int color = png_get_color_type(png, info);
+  if ((color & PNG_COLOR_MASK_COLOR) == 0 &&
+      ((color & PNG_COLOR_MASK_ALPHA) != 0 || png_get_valid(png, info, PNG_INFO_tRNS) != 0)) {
+    png_set_gray_to_rgb(png);
+  }
   png_read_update_info(png, info);
-  img.width = static_cast<int>(png_get_image_width(png, info));
-  img.height = static_cast<int>(png_get_image_height(png, info));
+  img.width = static_cast<int>(w);
+  img.height = static_cast<int>(h);
   img.channels = png_get_channels(png, info);
+  if (img.channels != 1 && img.channels != 3 && img.channels != 4) {
+    err = str_cat("the image decodes to ", img.channels, " channels (colour type ", color,
+                  "); only grey, RGB and RGBA are read");
+    png_error(png, err.c_str());
+  }
   const size_t stride = png_get_rowbytes(png, info);
   img.pixels.resize(stride * img.height);
-  std::vector<png_bytep> rows(img.height);
+  rows.resize(img.height);
   for (int y = 0; y < img.height; ++y) rows[y] = img.pixels.data() + y * stride;
   png_read_image(png, rows.data());
   png_read_end(png, info);
@@ -116,10 +192,20 @@ Image read_png(const std::string& path, std::map<std::string, std::string>* text
     png_textp chunks = nullptr;
     int n = 0;
     png_get_text(png, info, &chunks, &n);
-    for (int i = 0; i < n; ++i) (*text)[chunks[i].key] = std::string(chunks[i].text, chunks[i].text_length);
+    for (int i = 0; i < n; ++i) {
+      // iTXt (UTF-8; A1111 writes its parameters so when the prompt is not Latin-1) keeps its
+      // length in itxt_length; tEXt and zTXt in text_length.
+      const bool itxt = chunks[i].compression >= PNG_ITXT_COMPRESSION_NONE;
+      (*text)[chunks[i].key] =
+          std::string(chunks[i].text, itxt ? chunks[i].itxt_length : chunks[i].text_length);
+    }
   }
   png_destroy_read_struct(&png, &info, nullptr);
   return img;
+}
+
+Image read_png(const std::string& path, std::map<std::string, std::string>* text) {
+  return decode_png(read_file_bounded(path, "image", kMaxPngFileBytes), path, text);
 }
 
 std::map<std::string, std::string> read_png_text(const std::string& path) {

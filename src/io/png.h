@@ -9,14 +9,24 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "stipple/stipple.h"
 
 namespace stipple::io {
 
-struct Image {
-  int width = 0, height = 0, channels = 0;  // channels: 1 grey, 3 RGB, 4 RGBA
-  std::vector<uint8_t> pixels;              // row-major, interleaved
-};
+// 8-bit, row-major, interleaved; channels 1 grey, 3 RGB, 4 RGBA (the public stipple::Image).
+using Image = ::stipple::Image;
 
+// What a PNG read accepts: a bomb or a forged header is refused before anything is allocated.
+constexpr uint32_t kMaxPngSide = 65536;
+constexpr uint64_t kMaxPngPixels = uint64_t{64} * 1000 * 1000;  // 64 megapixels
+constexpr uint64_t kMaxPngChunkBytes = uint64_t{8} << 20;       // a text or ICC chunk, inflated
+constexpr size_t kMaxPngFileBytes = size_t{512} << 20;
+
+// The PNG file's bytes; `text` becomes tEXt chunks.
+std::string encode_png(const Image& image, const std::map<std::string, std::string>& text = {});
+// Reads PNG bytes (`name` says where they came from in errors); see read_png.
+Image decode_png(const std::string& bytes, const std::string& name,
+                 std::map<std::string, std::string>* text = nullptr);
 // Writes `image` to `path`; `text` becomes tEXt chunks (key -> value, Latin-1 keys).
 void write_png(const std::string& path, const Image& image,
                const std::map<std::string, std::string>& text = {});

@@ -98,6 +98,13 @@ bool read_index(const json& v, uint64_t* out) {
   return false;
 }
 
+// The one check that needs no bytes: a file shorter than the length field.
+Error too_short(const std::string& path, uint64_t size) {
+  return Error(str_cat(path, ": not a safetensors file: it is ", size,
+                       " bytes long, shorter than the 8-byte header length that starts every "
+                       "safetensors file (truncated or empty download?)"));
+}
+
 }  // namespace
 
 struct SafetensorsFile::Mapping {
@@ -116,7 +123,7 @@ bool safetensors_dtype_supported(const std::string& dtype) {
 SafetensorsFile SafetensorsFile::open(const std::string& path) {
   auto fail = [&](const auto&... parts) -> Error { return Error(str_cat(path, ": ", parts...)); };
 
-  // 1. Open and map the whole file.
+  // Open and map the whole file, then parse the mapping.
   // O_NONBLOCK: opening a FIFO must not wait for a writer (fstat then refuses it).
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
@@ -131,9 +138,7 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
   const uint64_t file_size = static_cast<uint64_t>(st.st_size);
   if (file_size < 8) {
     ::close(fd);
-    throw fail("not a safetensors file: it is ", file_size,
-               " bytes long, shorter than the 8-byte header length that starts every "
-               "safetensors file (truncated or empty download?)");
+    throw too_short(path, file_size);
   }
   auto mapping = std::make_shared<Mapping>();
   void* addr = ::mmap(nullptr, file_size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
@@ -142,7 +147,21 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
   if (addr == MAP_FAILED) throw fail("cannot map the file: ", std::strerror(map_err));
   mapping->addr = addr;
   mapping->length = file_size;
-  const uint8_t* bytes = static_cast<const uint8_t*>(addr);
+  return parse(std::move(mapping), static_cast<const uint8_t*>(addr), file_size, path);
+}
+
+SafetensorsFile SafetensorsFile::from_bytes(std::string bytes, const std::string& name) {
+  auto owned = std::make_shared<std::string>(std::move(bytes));
+  const auto* data = reinterpret_cast<const uint8_t*>(owned->data());
+  const uint64_t size = owned->size();
+  return parse(std::move(owned), data, size, name);
+}
+
+SafetensorsFile SafetensorsFile::parse(std::shared_ptr<void> keepalive, const uint8_t* bytes,
+                                       uint64_t file_size, const std::string& path) {
+  auto fail = [&](const auto&... parts) -> Error { return Error(str_cat(path, ": ", parts...)); };
+  // 1. The length field.
+  if (file_size < 8) throw too_short(path, file_size);
 
   // 2. Header length.
   uint64_t header_len;
@@ -220,6 +239,9 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
     if (sh == v.end()) throw bad("missing \"shape\"");
     if (!sh->is_array()) throw bad("\"shape\" is not an array");
     uint64_t numel = 1;
+    // The product of the non-zero sizes: the largest stride, which must fit in an int64 even when
+    // a zero size makes the tensor empty ([0, 2^62, 2^62] would overflow the strides).
+    uint64_t extent = 1;
     for (const json& d : *sh) {
       uint64_t n;
       if (!read_index(d, &n) || n > static_cast<uint64_t>(INT64_MAX)) {
@@ -227,6 +249,11 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
       }
       e.shape.push_back(static_cast<int64_t>(n));
       if (__builtin_mul_overflow(numel, n, &numel)) throw bad("shape ", sh->dump(), " overflows");
+      if (n != 0 && (__builtin_mul_overflow(extent, n, &extent) ||
+                     extent > static_cast<uint64_t>(INT64_MAX))) {
+        throw bad("shape ", sh->dump(), " overflows (the product of its non-zero sizes is over ",
+                  "2^63)");
+      }
     }
     uint64_t nbits;
     if (__builtin_mul_overflow(numel, static_cast<uint64_t>(bits), &nbits)) {
@@ -278,7 +305,7 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
                " of the data region but the file holds ", file.data_size_,
                " data bytes; the trailing bytes belong to no tensor (corrupt file?)");
   }
-  file.mapping_ = std::move(mapping);
+  file.keepalive_ = std::move(keepalive);
   return file;
 }
 
@@ -313,7 +340,7 @@ Tensor SafetensorsFile::tensor(const std::string& name) const {
   DType direct;
   if (direct_dtype(e.dtype, &direct)) {
     if (reinterpret_cast<uintptr_t>(src) % dtype_size(t) == 0) {
-      auto storage = Storage::wrap(const_cast<uint8_t*>(src), nbytes, mapping_);
+      auto storage = Storage::wrap(const_cast<uint8_t*>(src), nbytes, keepalive_);
       return Tensor::from_storage(std::move(storage), 0, e.shape, t);
     }
     auto storage = Storage::allocate(nbytes);

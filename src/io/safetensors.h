@@ -6,11 +6,14 @@
 // into the data region) plus an optional "__metadata__" object of string -> string.
 //
 // Reading. SafetensorsFile::open maps the file (MAP_PRIVATE; the file is opened read-only and
-// never modified: a write into a returned tensor makes a private copy of that page) and checks
-// the whole header up front, so a corrupt or truncated file fails at open() with a stipple::Error
+// never modified: a write into a returned tensor makes a private copy of that page) and
+// SafetensorsFile::from_bytes takes a file's bytes held in memory; both run the one parser, which
+// checks the whole header up front, so a corrupt or truncated file fails at open() with a stipple::Error
 // that names the file and the problem, never later with a crash. The checks follow the reference
 // implementation: header length within the file and at most 100 MB, a JSON object, every entry
-// with a known dtype, a shape of non-negative integers, data_offsets [begin, end] with
+// with a known dtype, a shape of non-negative integers (whose non-zero sizes multiply to under
+// 2^63, so strides fit even in an empty tensor; the one check stricter than the reference, which
+// accepts [0, 2^62, 2^62]), data_offsets [begin, end] with
 // begin <= end, end - begin == numel * dtype size, and no duplicate names. The tensors must cover
 // the data region exactly: no overlaps, no gaps and no trailing bytes. That is what the
 // safetensors library itself requires, so every file it accepts is accepted here, and a file with
@@ -58,6 +61,9 @@ class SafetensorsFile {
  public:
   // Maps and validates `path`; throws stipple::Error naming the file and the problem.
   static SafetensorsFile open(const std::string& path);
+  // Validates a whole safetensors file held in memory, exactly as open() validates a file; `name`
+  // stands for the path in errors and path(). The result keeps `bytes` alive and views it.
+  static SafetensorsFile from_bytes(std::string bytes, const std::string& name);
 
   const std::string& path() const { return path_; }
   // Tensor names, sorted.
@@ -83,9 +89,13 @@ class SafetensorsFile {
  private:
   struct Mapping;
   SafetensorsFile() = default;
+  // The parser of open() and from_bytes(): checks `size` bytes at `bytes` (which `keepalive`
+  // keeps alive) and indexes them; `path` names them in errors.
+  static SafetensorsFile parse(std::shared_ptr<void> keepalive, const uint8_t* bytes,
+                               uint64_t size, const std::string& path);
 
   std::string path_;
-  std::shared_ptr<Mapping> mapping_;
+  std::shared_ptr<void> keepalive_;  // the mapping or the in-memory bytes
   const uint8_t* data_ = nullptr;  // start of the data region inside the mapping
   uint64_t data_size_ = 0;
   std::map<std::string, SafetensorsEntry> entries_;

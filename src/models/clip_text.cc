@@ -1,6 +1,7 @@
 // CLIPTextModel: config parsing, the blocks (attention, MLP, encoder layer, embeddings) and the
 // model, top to bottom. See clip_text.h for the architecture and what is left out.
 #include "models/clip_text.h"
+#include "models/component.h"
 
 #include <cmath>
 #include <filesystem>
@@ -179,16 +180,9 @@ CLIPTextModel::CLIPTextModel(const CLIPTextConfig& cfg, bool with_projection) : 
 }
 
 std::shared_ptr<CLIPTextModel> CLIPTextModel::from_pretrained(const std::string& folder) {
-  const fs::path root(folder);
-  const fs::path config_path = root / "config.json";
-  const fs::path weights_path = root / "model.safetensors";
-  STIPPLE_CHECK(fs::exists(config_path), "missing config.json in text encoder folder ", folder);
-  STIPPLE_CHECK(fs::exists(weights_path), "missing model.safetensors in text encoder folder ",
-                folder,
-                (fs::exists(root / "pytorch_model.bin")
-                     ? " (it has pytorch_model.bin: convert it to safetensors first)"
-                     : ""));
-  const CLIPTextConfig cfg = CLIPTextConfig::from_file(config_path.string());
+  const ComponentFiles files = find_component(folder, "CLIPTextModel", "model", "text_encoder");
+  const CLIPTextConfig cfg = CLIPTextConfig::from_file(files.config);
+  const fs::path weights_path(files.weights_file());
   const io::SafetensorsFile file = io::SafetensorsFile::open(weights_path.string());
   std::map<std::string, Tensor> state = file.tensors();
   // The position_ids buffer is non-persistent: accept it when stored, but do not load it.

@@ -1,5 +1,6 @@
 // CLIPVisionModelWithProjection: config, model, loading. See clip_vision.h.
 #include "models/clip_vision.h"
+#include "models/component.h"
 
 #include <filesystem>
 
@@ -105,17 +106,13 @@ CLIPVisionModelWithProjection::CLIPVisionModelWithProjection(const CLIPVisionCon
 std::shared_ptr<CLIPVisionModelWithProjection> CLIPVisionModelWithProjection::from_pretrained(
     const std::string& folder) {
   namespace fs = std::filesystem;
-  const fs::path root(folder);
-  STIPPLE_CHECK(fs::is_regular_file(root / "config.json"),
-                "missing config.json in image encoder folder ", folder);
-  STIPPLE_CHECK(fs::is_regular_file(root / "model.safetensors"),
-                "missing model.safetensors in image encoder folder ", folder);
-  const CLIPVisionConfig cfg = CLIPVisionConfig::from_file((root / "config.json").string());
-  std::map<std::string, Tensor> state =
-      io::SafetensorsFile::open((root / "model.safetensors").string()).tensors();
+  const ComponentFiles files =
+      find_component(folder, "CLIPVisionModelWithProjection", "model", "image_encoder");
+  const CLIPVisionConfig cfg = CLIPVisionConfig::from_file(files.config);
+  std::map<std::string, Tensor> state = io::SafetensorsFile::open(files.weights_file()).tensors();
   state.erase("vision_model.embeddings.position_ids");  // non-persistent in transformers
   auto model = std::make_shared<CLIPVisionModelWithProjection>(cfg);
-  model->load_state_dict(state, /*strict=*/true, (root / "model.safetensors").string());
+  model->load_state_dict(state, /*strict=*/true, files.weights_file());
   model->eval();
   return model;
 }

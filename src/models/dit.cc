@@ -1,6 +1,7 @@
 // DiT (Peebles & Xie 2023) as diffusers' DiTTransformer2DModel: config, model, initialisation,
 // loading, and ImageNet class names.
 #include "models/dit.h"
+#include "models/component.h"
 
 #include <algorithm>
 #include <cmath>
@@ -103,6 +104,10 @@ void DiTConfig::validate(const std::string& where) const {
                 num_attention_heads);
   STIPPLE_CHECK(attention_head_dim > 0, where, ": attention_head_dim must be positive, got ",
                 attention_head_dim);
+  // Before inner_dim(): the product of two unbounded sizes overflows.
+  STIPPLE_CHECK(num_attention_heads <= 1024 && attention_head_dim <= 1024, where,
+                ": num_attention_heads (", num_attention_heads, ") and attention_head_dim (",
+                attention_head_dim, ") must each be at most 1024");
   STIPPLE_CHECK(inner_dim() % 4 == 0, where,
                 ": num_attention_heads * attention_head_dim must be a multiple of 4 for the "
                 "2-D sin-cos position table, got ",
@@ -255,20 +260,9 @@ void DiTTransformer2DModel::reset_parameters(Generator& gen) {
 std::shared_ptr<DiTTransformer2DModel> DiTTransformer2DModel::from_pretrained(
     const std::string& folder) {
   namespace fs = std::filesystem;
-  const fs::path dir(folder);
-  STIPPLE_CHECK(fs::is_directory(dir), "DiT: no such model folder: ", folder,
-                " (expected a diffusers 'transformer' folder with config.json)");
-  const fs::path config_path = dir / "config.json";
-  STIPPLE_CHECK(fs::exists(config_path), "DiT: missing ", config_path.string());
-  const DiTConfig config = DiTConfig::from_file(config_path.string());
-  fs::path weights = dir / "diffusion_pytorch_model.safetensors";
-  if (!fs::exists(weights) && fs::exists(dir / "diffusion_pytorch_model.fp16.safetensors")) {
-    weights = dir / "diffusion_pytorch_model.fp16.safetensors";
-  }
-  STIPPLE_CHECK(fs::exists(weights), "DiT: missing ", weights.string(),
-                (fs::exists(dir / "diffusion_pytorch_model.bin")
-                     ? " (only a PyTorch .bin is there; convert it to safetensors)"
-                     : ""));
+  const ComponentFiles files = find_component(folder, "DiT", "diffusion_pytorch_model");
+  const DiTConfig config = DiTConfig::from_file(files.config);
+  const fs::path weights(files.weights_file());
   std::shared_ptr<DiTTransformer2DModel> model;
   if (config.class_name == "Transformer2DModel") {
     model = std::make_shared<Transformer2DModel>(config);
@@ -330,6 +324,7 @@ std::vector<int64_t> get_label_ids(const std::map<int64_t, std::string>& id2labe
       return ch >= '0' && ch <= '9';
     });
     if (numeric) {
+      STIPPLE_CHECK(name.size() <= 18, "class label ", name, " is out of range");
       ids.push_back(std::stoll(name));
       continue;
     }

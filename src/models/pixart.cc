@@ -1,5 +1,6 @@
 // PixArtTransformer2DModel: config, block, model, initialisation, loading. See pixart.h.
 #include "models/pixart.h"
+#include "models/component.h"
 
 #include <algorithm>
 #include <cmath>
@@ -244,14 +245,9 @@ void PixArtTransformer2DModel::reset_parameters(Generator& gen) {
 std::shared_ptr<PixArtTransformer2DModel> PixArtTransformer2DModel::from_pretrained(
     const std::string& folder) {
   namespace fs = std::filesystem;
-  const fs::path dir(folder);
-  STIPPLE_CHECK(fs::is_regular_file(dir / "config.json"), "PixArt: missing ",
-                (dir / "config.json").string());
-  const PixArtConfig config = PixArtConfig::from_file((dir / "config.json").string());
-  fs::path weights = dir / "diffusion_pytorch_model.safetensors";
-  if (!fs::exists(weights) && fs::exists(dir / "diffusion_pytorch_model.fp16.safetensors"))
-    weights = dir / "diffusion_pytorch_model.fp16.safetensors";
-  STIPPLE_CHECK(fs::is_regular_file(weights), "PixArt: missing ", weights.string());
+  const ComponentFiles files = find_component(folder, "PixArt", "diffusion_pytorch_model");
+  const PixArtConfig config = PixArtConfig::from_file(files.config);
+  const fs::path weights(files.weights_file());
   auto model = std::make_shared<PixArtTransformer2DModel>(config);
   model->load_state_dict(io::SafetensorsFile::open(weights.string()).tensors(), /*strict=*/true,
                          weights.string());

@@ -1,5 +1,6 @@
 // UNet2DConditionModel: config parsing, construction (diffusers' __init__), forward, loading.
 #include "models/unet2d_condition.h"
+#include "models/component.h"
 
 #include <algorithm>
 #include <filesystem>
@@ -133,6 +134,11 @@ UNet2DConditionConfig UNet2DConditionConfig::from_json(const io::JsonConfig& j) 
                 c.block_out_channels.size(), " entries but \"down_block_types\" has ", n);
   c.layers_per_block =
       j.has("layers_per_block") ? j.int_or_list("layers_per_block", n) : std::vector<int64_t>(n, 2);
+  // Bounded here, before the per-layer lists below are sized by it (validate() repeats it).
+  for (size_t i = 0; i < n; ++i) {
+    STIPPLE_CHECK(c.layers_per_block[i] >= 1 && c.layers_per_block[i] <= 64, where,
+                  ": layers_per_block[", i, "] = ", c.layers_per_block[i], " must be in [1, 64]");
+  }
 
   // The naming quirk (diffusers issue #2011): without num_attention_heads, attention_head_dim
   // holds the number of heads.
@@ -498,26 +504,16 @@ Tensor UNet2DConditionModel::forward(const Tensor& sample, const Tensor& timeste
 std::shared_ptr<UNet2DConditionModel> UNet2DConditionModel::from_pretrained(
     const std::string& folder) {
   namespace fs = std::filesystem;
-  fs::path dir(folder);
   // A pipeline folder (model_index.json + unet/) is accepted too.
-  if (!fs::exists(dir / "config.json") && fs::exists(dir / "unet" / "config.json")) dir /= "unet";
-  const fs::path config_path = dir / "config.json";
-  STIPPLE_CHECK(fs::exists(config_path), "UNet2DConditionModel: no config.json in ", folder);
+  const ComponentFiles files =
+      find_component(folder, "UNet2DConditionModel", "diffusion_pytorch_model", "unet");
+  const fs::path config_path(files.config);
   const io::JsonConfig j = io::JsonConfig::from_file(config_path.string());
   const std::string cls = j.string("_class_name", "UNet2DConditionModel");
   STIPPLE_CHECK(cls == "UNet2DConditionModel", config_path.string(), ": \"_class_name\" is \"", cls,
                 "\", not UNet2DConditionModel");
   const UNet2DConditionConfig config = UNet2DConditionConfig::from_json(j);
-
-  const fs::path weights = dir / "diffusion_pytorch_model.safetensors";
-  if (!fs::exists(weights)) {
-    const bool bin = fs::exists(dir / "diffusion_pytorch_model.bin");
-    throw Error(str_cat("UNet2DConditionModel: no diffusion_pytorch_model.safetensors in ",
-                        dir.string(),
-                        bin ? " (only a PyTorch .bin, which stipple does not read; convert it "
-                              "to safetensors)"
-                            : ""));
-  }
+  const fs::path weights(files.weights_file());
   auto model = std::make_shared<UNet2DConditionModel>(config);
   const io::SafetensorsFile file = io::SafetensorsFile::open(weights.string());
   model->load_state_dict(file.tensors(), /*strict=*/true, weights.string());

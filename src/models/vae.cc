@@ -2,6 +2,8 @@
 // DownEncoderBlock2D / UpDecoderBlock2D families (diffusers vae.py, unet_2d_blocks.py).
 #include "models/vae.h"
 
+#include "models/component.h"
+
 #include <filesystem>
 #include <utility>
 
@@ -66,9 +68,13 @@ AutoencoderKLConfig AutoencoderKLConfig::from_json(const io::JsonConfig& j) {
   c.act_fn = j.string("act_fn", c.act_fn);
   c.latent_channels = j.integer("latent_channels", c.latent_channels);
   c.norm_num_groups = j.integer("norm_num_groups", c.norm_num_groups);
-  c.sample_size = j.has("sample_size") && j.raw().at("sample_size").is_array()
-                      ? j.int_list("sample_size").at(0)
-                      : j.integer("sample_size", c.sample_size);
+  if (j.has("sample_size") && j.raw().at("sample_size").is_array()) {  // [height, width]
+    const std::vector<int64_t> size = j.int_list("sample_size");
+    STIPPLE_CHECK(!size.empty(), j.where(), ": \"sample_size\" is an empty list");
+    c.sample_size = size[0];
+  } else {
+    c.sample_size = j.integer("sample_size", c.sample_size);
+  }
   c.scaling_factor = j.number("scaling_factor", c.scaling_factor);
   if (j.has("shift_factor")) c.shift_factor = j.number("shift_factor");
   for (const char* key : {"latents_mean", "latents_std"}) {
@@ -348,28 +354,16 @@ AutoencoderKL::AutoencoderKL(const AutoencoderKLConfig& config) : config_(config
 
 std::shared_ptr<AutoencoderKL> AutoencoderKL::from_pretrained(const std::string& folder) {
   namespace fs = std::filesystem;
-  fs::path dir(folder);
   // A pipeline folder (model_index.json + vae/) is accepted too.
-  if (!fs::exists(dir / "config.json") && fs::exists(dir / "vae" / "config.json")) dir /= "vae";
-  const fs::path config_path = dir / "config.json";
-  STIPPLE_CHECK(fs::exists(config_path), "AutoencoderKL: no config.json in ", folder);
+  const ComponentFiles files = find_component(folder, "AutoencoderKL", "diffusion_pytorch_model", "vae");
+  const fs::path dir(files.dir), config_path(files.config);
   const io::JsonConfig j = io::JsonConfig::from_file(config_path.string());
   const std::string cls = j.string("_class_name", "AutoencoderKL");
   STIPPLE_CHECK(cls == "AutoencoderKL", config_path.string(), ": \"_class_name\" is \"", cls,
                 "\", not AutoencoderKL");
   const AutoencoderKLConfig config = AutoencoderKLConfig::from_json(j);
 
-  fs::path weights = dir / "diffusion_pytorch_model.safetensors";
-  if (!fs::exists(weights) && fs::exists(dir / "diffusion_pytorch_model.fp16.safetensors")) {
-    weights = dir / "diffusion_pytorch_model.fp16.safetensors";  // diffusers' fp16 variant
-  }
-  if (!fs::exists(weights)) {
-    const bool bin = fs::exists(dir / "diffusion_pytorch_model.bin");
-    throw Error(str_cat("AutoencoderKL: no diffusion_pytorch_model.safetensors in ", dir.string(),
-                        bin ? " (only a PyTorch .bin, which stipple does not read; convert it "
-                              "to safetensors)"
-                            : ""));
-  }
+  const fs::path weights(files.weights_file());
   auto model = std::make_shared<AutoencoderKL>(config);
   const io::SafetensorsFile file = io::SafetensorsFile::open(weights.string());
   model->load_checkpoint(file.tensors(), weights.string());

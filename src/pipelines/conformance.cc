@@ -337,7 +337,7 @@ json read_json(const std::string& path) {
   STIPPLE_CHECK(f, "cannot open ", path);
   try {
     return json::parse(f);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error; out_of_range for "1e999"
     throw Error(str_cat(path, ": not valid JSON (", e.what(), ")"));
   }
 }

@@ -137,7 +137,7 @@ SchedulerConfig SchedulerConfig::from_json(const std::string& path_or_json) {
   json j;
   try {
     j = json::parse(strict);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error; out_of_range for "1e999"
     throw Error(str_cat(where, ": not valid JSON (", e.what(), ")"));
   }
   STIPPLE_CHECK(j.is_object(), where, ": a scheduler config must be a JSON object");
@@ -446,31 +446,31 @@ std::unique_ptr<Scheduler> make_scheduler(const SchedulerConfig& config) {
 
 const std::vector<SamplerName>& sampler_names() {
   static const std::vector<SamplerName> kNames = {
-      {"ddim", "DDIMScheduler", "{}", "DDIM, deterministic (eta 0)"},
-      {"ddpm", "DDPMScheduler", "{}", "DDPM ancestral sampling (stochastic)"},
-      {"pndm", "PNDMScheduler", R"({"skip_prk_steps": true})", "PNDM / PLMS (SD 1.x default)"},
-      {"plms", "PNDMScheduler", R"({"skip_prk_steps": true})", "same as pndm"},
-      {"euler", "EulerDiscreteScheduler", "{}", "Euler (Karras et al. 2022, Alg. 1)"},
-      {"euler_karras", "EulerDiscreteScheduler", R"({"use_karras_sigmas": true})",
+      {"ddim", "DDIM", "DDIMScheduler", "{}", "DDIM, deterministic (eta 0)"},
+      {"ddpm", "DDPM", "DDPMScheduler", "{}", "DDPM ancestral sampling (stochastic)"},
+      {"pndm", "PLMS", "PNDMScheduler", R"({"skip_prk_steps": true})", "PNDM / PLMS (SD 1.x default)"},
+      {"plms", "PLMS", "PNDMScheduler", R"({"skip_prk_steps": true})", "same as pndm"},
+      {"euler", "Euler", "EulerDiscreteScheduler", "{}", "Euler (Karras et al. 2022, Alg. 1)"},
+      {"euler_karras", "Euler Karras", "EulerDiscreteScheduler", R"({"use_karras_sigmas": true})",
        "Euler on the Karras sigma grid"},
-      {"euler_a", "EulerAncestralDiscreteScheduler", "{}", "Euler ancestral (stochastic)"},
-      {"heun", "HeunDiscreteScheduler", "{}", "Heun, 2 model calls per step (Karras Alg. 1)"},
-      {"lms", "LMSDiscreteScheduler", "{}", "linear multistep, order 4"},
-      {"lms_karras", "LMSDiscreteScheduler", R"({"use_karras_sigmas": true})",
+      {"euler_a", "Euler a", "EulerAncestralDiscreteScheduler", "{}", "Euler ancestral (stochastic)"},
+      {"heun", "Heun", "HeunDiscreteScheduler", "{}", "Heun, 2 model calls per step (Karras Alg. 1)"},
+      {"lms", "LMS", "LMSDiscreteScheduler", "{}", "linear multistep, order 4"},
+      {"lms_karras", "LMS Karras", "LMSDiscreteScheduler", R"({"use_karras_sigmas": true})",
        "LMS on the Karras sigma grid"},
-      {"dpm++2m", "DPMSolverMultistepScheduler",
+      {"dpm++2m", "DPM++ 2M", "DPMSolverMultistepScheduler",
        R"({"algorithm_type": "dpmsolver++", "solver_order": 2})", "DPM-Solver++(2M)"},
-      {"dpm++2m_karras", "DPMSolverMultistepScheduler",
+      {"dpm++2m_karras", "DPM++ 2M Karras", "DPMSolverMultistepScheduler",
        R"({"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": true})",
        "DPM-Solver++(2M) on the Karras sigma grid"},
-      {"unipc", "UniPCMultistepScheduler", R"({"solver_type": "bh2", "predict_x0": true})",
+      {"unipc", "UniPC", "UniPCMultistepScheduler", R"({"solver_type": "bh2", "predict_x0": true})",
        "UniPC (bh2, data prediction)"},
   };
   return kNames;
 }
 
-SchedulerConfig config_for_sampler(const std::string& sampler, const SchedulerConfig& base) {
-  // Accept A1111 spellings too: "DPM++ 2M Karras" -> "dpm++2m_karras", "Euler a" -> "euler_a".
+const SamplerName* find_sampler(const std::string& sampler) {
+  // A1111 spellings too: "DPM++ 2M Karras" -> "dpm++2m_karras", "Euler a" -> "euler_a".
   std::string key;
   for (char ch : sampler) {
     if (ch == ' ' || ch == '-') {
@@ -480,8 +480,29 @@ SchedulerConfig config_for_sampler(const std::string& sampler, const SchedulerCo
     }
   }
   if (key.rfind("dpm++_", 0) == 0) key = "dpm++" + key.substr(6);
+  for (const SamplerName& s : sampler_names())
+    if (key == s.name) return &s;
+  return nullptr;
+}
+
+std::string sampler_list() {
+  std::string list;
+  for (const SamplerName& s : sampler_names()) list += str_cat(list.empty() ? "" : ", ", s.name);
+  return list;
+}
+
+const SamplerName* sampler_for_config(const SchedulerConfig& config) {
   for (const SamplerName& s : sampler_names()) {
-    if (key != s.name) continue;
+    if (config.class_name != s.class_name) continue;
+    const bool karras = std::string(s.overrides).find("use_karras_sigmas") != std::string::npos;
+    if (karras == config.use_karras_sigmas) return &s;
+  }
+  return nullptr;
+}
+
+SchedulerConfig config_for_sampler(const std::string& sampler, const SchedulerConfig& base) {
+  if (const SamplerName* found = find_sampler(sampler)) {
+    const SamplerName& s = *found;
     json j = base.source_json.empty() ? json::object() : json::parse(base.source_json);
     if (base.source_json.empty()) {  // carry the model-defining fields of a programmatic config
       j["num_train_timesteps"] = base.num_train_timesteps;
@@ -499,9 +520,7 @@ SchedulerConfig config_for_sampler(const std::string& sampler, const SchedulerCo
     c.eta = base.eta;
     return c;
   }
-  std::string list;
-  for (const SamplerName& s : sampler_names()) list += str_cat(list.empty() ? "" : ", ", s.name);
-  throw Error(str_cat("unknown sampler \"", sampler, "\": expected one of ", list));
+  throw Error(str_cat("unknown sampler \"", sampler, "\": expected one of ", sampler_list()));
 }
 
 }  // namespace stipple::schedulers

@@ -219,11 +219,19 @@ std::unique_ptr<Scheduler> make_scheduler(const SchedulerConfig& config);
 // The sampler names users know, as one table: name -> class + option overrides.
 struct SamplerName {
   const char* name;        // "euler_a", "dpm++2m_karras", ...
+  const char* a1111;       // A1111's name: "Euler a", "DPM++ 2M Karras", ...
   const char* class_name;  // diffusers class
   const char* overrides;   // JSON object applied over the model's scheduler config
   const char* description;
 };
 const std::vector<SamplerName>& sampler_names();
+// The entry for a name in either spelling ("dpm++2m_karras", "DPM++ 2M Karras", "Euler a");
+// nullptr when unknown.
+const SamplerName* find_sampler(const std::string& sampler);
+// The entry a scheduler config is (its class and Karras grid); nullptr when none matches.
+const SamplerName* sampler_for_config(const SchedulerConfig& config);
+// "ddim, ddpm, ..." for error messages.
+std::string sampler_list();
 // The model's scheduler config (e.g. from its scheduler/scheduler_config.json, which supplies
 // betas, prediction type and offsets) switched to the named sampler, the way diffusers users do
 // `NewScheduler.from_config(pipe.scheduler.config, **overrides)`. Throws listing the known names.

@@ -1,0 +1,181 @@
+// stipple's public C++ API: open a model, generate images.
+//
+//   #include <stipple/stipple.h>
+//
+//   stipple::Engine engine = stipple::Engine::open("models/fashion-mnist-dit");
+//   stipple::GenerateRequest request;
+//   request.class_labels = {"sneaker"};       // or request.prompt = "red apple" for text models
+//   request.seed = 1;
+//   stipple::GenerateResult result = engine.generate(request, [](const stipple::Progress& p) {
+//     std::printf("step %d of %d\n", p.step, p.total);
+//   });
+//   stipple::save_png("sneaker.png", result.images[0].image, result.images[0].parameters);
+//
+// One registry maps every supported model to its pipeline and defaults: Stable Diffusion 1.x/2.x
+// (diffusers folders, inpainting folders and single-file checkpoints), DiT (latent, diffusers'
+// DiTPipeline), stipple's pixel-space class-conditional DiTs and its text-to-image DiTs. The
+// request says what to do: a mask means inpainting, an init image alone image-to-image, class
+// labels class-to-image, else text-to-image; Engine::description() says which of these a model
+// can do, and with which defaults.
+//
+// Errors are stipple::Error (stipple/error.h) with a kind and a message that names the problem.
+//
+// Threads: every Engine call that computes (open, generate) holds one process-wide lock, so any
+// number of threads may share Engines safely; generations run one at a time, each on all cores
+// (OpenMP; OMP_NUM_THREADS). Cancel tokens and progress callbacks may be used across threads.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "stipple/error.h"
+
+namespace stipple {
+
+// An 8-bit image: row-major, interleaved channels (1 grey, 3 RGB, 4 RGBA).
+struct Image {
+  int width = 0, height = 0, channels = 0;
+  std::vector<uint8_t> pixels;  // width * height * channels bytes
+};
+
+enum class Task { kTextToImage, kImageToImage, kInpaint, kClassToImage };
+const char* to_string(Task task);  // "txt2img", "img2img", "inpaint", "class2img"
+
+// What one generation asks for. Fields left at their defaults take the model's defaults.
+struct GenerateRequest {
+  // Text models: the prompt, or several prompts (one image each, in order; `prompt` is then
+  // ignored). Class models: class_labels, each a class name or an id ("207").
+  std::string prompt;
+  std::vector<std::string> prompts;
+  std::string negative_prompt;
+  std::vector<std::string> class_labels;
+  int steps = 0;                        // 0: the model's default
+  std::optional<double> cfg_scale;      // classifier-free guidance; <= 1 turns it off
+  std::string sampler;                  // "" = default; "dpm++2m_karras" or A1111's "DPM++ 2M Karras"
+  int64_t seed = -1;                    // -1: a random seed (reported in the result)
+  int width = 0, height = 0;            // 0: the model's (or the init image's) size
+  int batch_size = 1;                   // images per prompt (or per class label)
+  int clip_skip = 1;                    // text encoder layers skipped from the end (1 = none)
+  std::optional<Image> init_image;      // image-to-image and inpainting
+  std::optional<Image> mask;            // inpainting: white (>= 50% grey) is repainted
+  std::optional<double> strength;       // in [0, 1]: how much of init_image is re-noised
+};
+
+// Called after every denoising step (and from the generating thread).
+struct Progress {
+  int step = 0, total = 0;  // steps done and planned, over all images of the request
+  double elapsed_seconds = 0;
+};
+using ProgressCallback = std::function<void(const Progress&)>;
+
+// Cancels a generation from any thread; generate() checks it after every step and then throws
+// stipple::Error of kind kCancelled. Copies share one flag.
+class CancelToken {
+ public:
+  CancelToken() : flag_(std::make_shared<std::atomic<bool>>(false)) {}
+  void cancel() const { flag_->store(true); }
+  void reset() const { flag_->store(false); }
+  bool cancelled() const { return flag_->load(); }
+
+ private:
+  std::shared_ptr<std::atomic<bool>> flag_;
+};
+
+struct GeneratedImage {
+  Image image;
+  uint64_t seed = 0;       // the seed this image was drawn with (A1111's seed + i)
+  std::string prompt;      // its prompt, or its class ("207 (goldfish)")
+  std::string parameters;  // A1111's `parameters` text, as PNGs carry it
+};
+
+struct GenerateResult {
+  Task task = Task::kTextToImage;
+  std::vector<GeneratedImage> images;
+  std::string parameters;  // one text for all images together (what a grid PNG carries)
+  // Request fields the model did not use, each said once (e.g. "negative_prompt: class models
+  // have no text"). Empty when everything was honoured.
+  std::vector<std::string> notes;
+};
+
+// What a model is and what it does by default.
+struct ModelDescription {
+  std::string path;         // as given to open()
+  std::string name;         // the folder's or file's name ("sd_tiny"), as PNG parameters name it
+  std::string family;       // "SD 1.x", "SD 2.x", "SD 1.x inpainting", "DiT", "text-to-image DiT",
+                            // "pixel-space DiT"
+  std::string pipeline;     // diffusers' pipeline class it loads as
+  std::vector<Task> tasks;  // what generate() can do with it
+  int default_steps = 0;
+  double default_cfg_scale = 0;
+  std::string default_sampler;
+  int default_width = 0, default_height = 0;
+  int size_multiple = 0;  // width and height must be multiples of this; 0: only its own size
+  int channels = 3;                      // of the images it draws (1: grey)
+  std::vector<std::string> class_names;  // class models: the name of each id ("" when none)
+};
+
+struct OpenOptions {
+  // Single-file checkpoints carry no tokenizer: a folder with vocab.json and merges.txt (default:
+  // tokenizer/ beside the file).
+  std::string tokenizer_dir;
+  // Single-file checkpoints do not store their objective: "epsilon" (default) or "v_prediction"
+  // (SD 2.x 768-v).
+  std::string prediction_type = "epsilon";
+  // generate() refuses, before allocating, a request whose estimated working memory exceeds this
+  // many MiB (0: the memory the system has available at that moment).
+  uint64_t memory_limit_mb = 0;
+};
+
+class Engine {
+ public:
+  // Opens a diffusers folder, a training run's checkpoint folder or a single .safetensors file.
+  // Throws kNotFound for a missing path or component, kUnsupported for a model no family claims.
+  static Engine open(const std::string& path, const OpenOptions& options = {});
+  ~Engine();
+  Engine(Engine&&) noexcept;
+  Engine& operator=(Engine&&) noexcept;
+
+  const ModelDescription& description() const;
+
+  // Runs `request`; throws stipple::Error (kInvalidArgument naming the field, kCancelled, ...).
+  GenerateResult generate(const GenerateRequest& request, const ProgressCallback& progress = {},
+                          const CancelToken* cancel = nullptr) const;
+
+  struct Family;  // one registry entry (src/engine/registry.h)
+  class Model;    // the loaded pipeline behind the engine
+
+ private:
+  explicit Engine(std::unique_ptr<Model> model);
+  std::unique_ptr<Model> model_;
+};
+
+// The model families the registry knows, in the order it tries them: name and what it opens.
+struct FamilyInfo {
+  std::string name, opens;
+};
+std::vector<FamilyInfo> model_families();
+
+// Sampler names generate() accepts (A1111's spellings are accepted too), with one line each.
+struct SamplerInfo {
+  std::string name, a1111_name, description;
+};
+std::vector<SamplerInfo> samplers();
+
+// PNG in and out. Writing is atomic (a temporary file, then rename) and refuses to replace
+// anything but a regular file; `parameters` becomes the tEXt chunk A1111 reads.
+std::vector<uint8_t> encode_png(const Image& image, const std::string& parameters = "");
+void save_png(const std::string& path, const Image& image, const std::string& parameters = "");
+// Reads a PNG (8/16-bit, grey, RGB, RGBA, palette) as 8-bit; `parameters` receives its text.
+Image load_png(const std::string& path, std::string* parameters = nullptr);
+Image decode_png(const std::vector<uint8_t>& bytes, std::string* parameters = nullptr);
+// Tiles images of one size and channel count into a grid with `columns` columns (0: square-ish).
+Image make_grid(const std::vector<Image>& images, int columns = 0);
+
+const char* version();  // "0.1.0"
+
+}  // namespace stipple

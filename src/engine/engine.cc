@@ -1,0 +1,410 @@
+// stipple::Engine (include/stipple/stipple.h): routing through the registry, checking a request
+// against the model's description and filling in its defaults, progress and cancel, and the
+// A1111 parameters text of each image.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <mutex>
+#include <new>
+#include <random>
+
+#include "core/error.h"
+#include "engine/model.h"
+#include "engine/registry.h"
+#include "io/png.h"
+#include "ops/ops.h"
+#include "schedulers/scheduler.h"
+
+namespace stipple {
+namespace {
+
+namespace fs = std::filesystem;
+
+// The lock every computing Engine call holds (see the header's note on threads).
+std::mutex& engine_mutex() {
+  static std::mutex m;
+  return m;
+}
+
+std::string format_number(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
+
+// The name PNG parameters give a model: the folder's or file's name; a training run's
+// checkpoint folders are named with their run ("emoji-t2i/checkpoint-5750").
+std::string model_name(const std::string& path) {
+  fs::path p = fs::path(path).lexically_normal();
+  if (p.filename().empty()) p = p.parent_path();
+  std::string name = fs::is_regular_file(p) ? p.stem().string() : p.filename().string();
+  const bool run_part =
+      name == "latest" || name == "export" || name.rfind("checkpoint-", 0) == 0;
+  if (run_part && !p.parent_path().filename().empty())
+    name = p.parent_path().filename().string() + "/" + name;
+  return name;
+}
+
+// A training run's folder opens as its export, else its latest checkpoint.
+std::string resolve_run_folder(const std::string& path) {
+  const fs::path dir(path);
+  if (!fs::is_directory(dir) || fs::exists(dir / "model_index.json")) return path;
+  for (const char* sub : {"export", "latest"})
+    if (fs::is_regular_file(dir / sub / "model_index.json")) return (dir / sub).string();
+  return path;
+}
+
+bool has_task(const ModelDescription& d, Task t) {
+  for (Task x : d.tasks)
+    if (x == t) return true;
+  return false;
+}
+
+std::string task_list(const ModelDescription& d) {
+  std::string s;
+  for (Task t : d.tasks) s += str_cat(s.empty() ? "" : ", ", to_string(t));
+  return s;
+}
+
+// An 8-bit image as [1, 3, H, W] in [0, 1] (grey repeated, alpha dropped).
+Tensor rgb_tensor(const Image& img, const char* field) {
+  STIPPLE_CHECK(img.width > 0 && img.height > 0 && img.channels >= 1 && img.channels <= 4 &&
+                    img.pixels.size() ==
+                        static_cast<size_t>(img.width) * img.height * img.channels,
+                field, ": not a valid image (", img.width, "x", img.height, "x", img.channels,
+                " with ", img.pixels.size(), " bytes)");
+  STIPPLE_CHECK(static_cast<uint64_t>(img.width) * img.height <= io::kMaxPngPixels, field,
+                " is ", img.width, "x", img.height, "; at most ", io::kMaxPngPixels / 1000000,
+                " megapixels are accepted");
+  const Tensor t = io::image_to_tensor(img, 0.0f, 1.0f);
+  if (img.channels >= 3) return t.narrow(1, 0, 3).contiguous();
+  const Tensor grey = t.narrow(1, 0, 1).contiguous();
+  return ops::concat({grey, grey, grey}, 1);
+}
+
+// A mask as [1, 1, H, W] in [0, 1]: grey as it is, colour as PIL's convert("L").
+Tensor mask_tensor(const Image& img) {
+  rgb_tensor(img, "mask");  // the same checks
+  std::vector<float> v(static_cast<size_t>(img.width) * img.height);
+  for (size_t i = 0; i < v.size(); ++i) {
+    const uint8_t* px = &img.pixels[i * img.channels];
+    const uint32_t l = img.channels >= 3
+                           ? (px[0] * 19595u + px[1] * 38470u + px[2] * 7471u + 0x8000u) >> 16
+                           : px[0];
+    v[i] = static_cast<float>(l) / 255.0f;
+  }
+  return Tensor::from_vector(v, {1, 1, img.height, img.width});
+}
+
+Task decide_task(const GenerateRequest& r) {
+  if (r.mask) return Task::kInpaint;
+  if (r.init_image) return Task::kImageToImage;
+  if (!r.class_labels.empty()) return Task::kClassToImage;
+  return Task::kTextToImage;
+}
+
+// The request checked against the model and filled with its defaults.
+Job resolve(const GenerateRequest& r, const ModelDescription& d, std::vector<std::string>& notes) {
+  Job job;
+  job.task = decide_task(r);
+  const std::string who = str_cat(d.name, " (", d.family, ")");
+  const bool class_model = has_task(d, Task::kClassToImage);
+  if (!has_task(d, job.task)) {
+    STIPPLE_CHECK(!(class_model && job.task == Task::kTextToImage), who,
+                  " is a class-to-image model: give class labels (a class name or id), not a "
+                  "prompt");
+    STIPPLE_CHECK(!(!class_model && job.task == Task::kClassToImage), who,
+                  " is a text-to-image model: give a prompt, not class labels");
+    throw Error(str_cat(who, " cannot do ", to_string(job.task), "; it does ", task_list(d)),
+                ErrorKind::kUnsupported);
+  }
+  STIPPLE_CHECK(!r.mask || r.init_image, "a mask needs an init_image to repaint");
+  STIPPLE_CHECK(r.batch_size >= 1 && r.batch_size <= 256, "batch_size must be in [1, 256], got ",
+                r.batch_size);
+  STIPPLE_CHECK(r.prompts.size() <= 4096, "at most 4096 prompts per request, got ",
+                r.prompts.size());
+  STIPPLE_CHECK(r.class_labels.size() <= 4096, "at most 4096 class labels per request, got ",
+                r.class_labels.size());
+  if (job.task == Task::kClassToImage) {
+    for (int i = 0; i < r.batch_size; ++i)
+      job.class_labels.insert(job.class_labels.end(), r.class_labels.begin(),
+                              r.class_labels.end());
+    if (!r.prompt.empty() || !r.prompts.empty())
+      notes.push_back("prompt: a class-to-image model draws class_labels; the prompt was not used");
+    if (!r.negative_prompt.empty())
+      notes.push_back("negative_prompt: a class-to-image model has no text; it was not used");
+  } else {
+    const std::vector<std::string> prompts =
+        r.prompts.empty() ? std::vector<std::string>{r.prompt} : r.prompts;
+    for (int i = 0; i < r.batch_size; ++i)
+      job.prompts.insert(job.prompts.end(), prompts.begin(), prompts.end());
+    job.negative_prompt = r.negative_prompt;
+  }
+  const size_t count = job.prompts.size() + job.class_labels.size();
+  STIPPLE_CHECK(count <= 4096, "a request draws at most 4096 images; this one asks for ", count,
+                " (prompts or class labels x batch_size)");
+
+  job.steps = r.steps == 0 ? d.default_steps : r.steps;
+  STIPPLE_CHECK(job.steps >= 1 && job.steps <= 10000, "steps must be in [1, 10000], got ",
+                r.steps);
+  job.cfg_scale = r.cfg_scale.value_or(d.default_cfg_scale);
+  STIPPLE_CHECK(std::isfinite(job.cfg_scale) && job.cfg_scale >= 0 && job.cfg_scale <= 100,
+                "cfg_scale must be in [0, 100] (<= 1 turns guidance off), got ",
+                format_number(job.cfg_scale));
+  const std::string sampler = r.sampler.empty() ? d.default_sampler : r.sampler;
+  const schedulers::SamplerName* s = schedulers::find_sampler(sampler);
+  STIPPLE_CHECK(s != nullptr, "unknown sampler \"", sampler, "\"; known: ",
+                schedulers::sampler_list(), " (A1111's names, e.g. \"DPM++ 2M Karras\", work too)");
+  job.sampler = s->name;
+  job.a1111_sampler = s->a1111;
+
+  STIPPLE_CHECK(r.seed >= -1, "seed must be -1 (random) or a non-negative integer, got ", r.seed);
+  job.seed = r.seed >= 0 ? static_cast<uint64_t>(r.seed) : std::random_device{}();
+
+  STIPPLE_CHECK(r.width >= 0 && r.height >= 0 && r.width <= 4096 && r.height <= 4096,
+                "width and height must be in [0, 4096] (0: the model's), got ", r.width, "x",
+                r.height);
+  if (d.size_multiple == 0) {
+    STIPPLE_CHECK((r.width == 0 || r.width == d.default_width) &&
+                      (r.height == 0 || r.height == d.default_height),
+                  who, " draws only ", d.default_width, "x", d.default_height,
+                  " images; leave width and height at 0");
+  } else {
+    STIPPLE_CHECK(r.width % d.size_multiple == 0 && r.height % d.size_multiple == 0,
+                  "width and height must be multiples of ", d.size_multiple, " for ", who,
+                  ", got ", r.width, "x", r.height);
+    job.width = r.width;
+    job.height = r.height;
+  }
+  STIPPLE_CHECK(r.clip_skip >= 1 && r.clip_skip <= 24, "clip_skip must be in [1, 24], got ",
+                r.clip_skip);
+  job.clip_skip = r.clip_skip;
+  if (r.clip_skip != 1 && d.family.rfind("SD", 0) != 0)
+    notes.push_back("clip_skip: only Stable Diffusion models use it; it was not used");
+
+  const double default_strength = job.task == Task::kInpaint ? 1.0 : 0.75;
+  job.strength = r.strength.value_or(default_strength);
+  STIPPLE_CHECK(std::isfinite(job.strength) && job.strength >= 0 && job.strength <= 1,
+                "strength must be in [0, 1], got ", format_number(job.strength));
+  if (r.strength && job.task == Task::kTextToImage)
+    notes.push_back("strength: it applies to init images; it was not used");
+  if (r.init_image) job.init_image = rgb_tensor(*r.init_image, "init_image");
+  if (r.mask) {
+    job.mask = mask_tensor(*r.mask);
+    STIPPLE_CHECK(r.mask->width == r.init_image->width && r.mask->height == r.init_image->height,
+                  "the mask is ", r.mask->width, "x", r.mask->height, " but the init image is ",
+                  r.init_image->width, "x", r.init_image->height, "; they must be the same size");
+  }
+  return job;
+}
+
+// MemAvailable from /proc/meminfo, in bytes (0 when unknown).
+uint64_t available_memory() {
+  std::FILE* f = std::fopen("/proc/meminfo", "r");
+  if (f == nullptr) return 0;
+  char line[256];
+  unsigned long long kb = 0;
+  while (std::fgets(line, sizeof line, f) != nullptr)
+    if (std::sscanf(line, "MemAvailable: %llu kB", &kb) == 1) break;
+  std::fclose(f);
+  return static_cast<uint64_t>(kb) * 1024;
+}
+
+// Refuses a job whose working memory would not fit, before anything is allocated.
+void check_memory(const Engine::Model& model, const Job& job) {
+  const uint64_t need = model.estimate_bytes(job);
+  if (need == 0) return;
+  const bool set = model.memory_limit_mb > 0;
+  const uint64_t limit = set ? model.memory_limit_mb << 20 : available_memory();
+  if (limit == 0 || need <= limit) return;
+  const int64_t w = job.width > 0 ? job.width
+                    : job.init_image.defined() ? job.init_image.size(3)
+                                               : model.description.default_width;
+  const int64_t h = job.height > 0 ? job.height
+                    : job.init_image.defined() ? job.init_image.size(2)
+                                               : model.description.default_height;
+  throw Error(str_cat("generating ", w, "x", h, " with ",
+                      model.description.name, " needs about ", (need >> 20) + 1, " MiB, more than ",
+                      set ? "the memory limit of " : "the ", limit >> 20,
+                      set ? " MiB" : " MiB the system has available",
+                      "; ask for a smaller image",
+                      set ? " or raise the limit" : " or free memory"),
+              ErrorKind::kResourceExhausted);
+}
+
+// A1111's parameters text: the prompt, the negative prompt, then "Steps: ..., Seed: ...".
+std::string parameters_text(const Job& job, const ModelDescription& d, const std::string& what,
+                            uint64_t seed, int64_t width, int64_t height) {
+  std::string t = job.task == Task::kClassToImage ? "class " + what : what;
+  if (!job.negative_prompt.empty()) t += "\nNegative prompt: " + job.negative_prompt;
+  t += str_cat("\nSteps: ", job.steps, ", Sampler: ", job.a1111_sampler,
+               ", CFG scale: ", format_number(job.cfg_scale), ", Seed: ", seed, ", Size: ", width,
+               "x", height, ", Model: ", d.name);
+  if (job.task == Task::kImageToImage || job.task == Task::kInpaint)
+    t += ", Denoising strength: " + format_number(job.strength);
+  if (job.clip_skip > 1) t += str_cat(", Clip skip: ", job.clip_skip);
+  return t;
+}
+
+}  // namespace
+
+const char* to_string(Task task) {
+  switch (task) {
+    case Task::kTextToImage: return "txt2img";
+    case Task::kImageToImage: return "img2img";
+    case Task::kInpaint: return "inpaint";
+    case Task::kClassToImage: return "class2img";
+  }
+  return "?";
+}
+
+Engine::Engine(std::unique_ptr<Model> model) : model_(std::move(model)) {}
+Engine::~Engine() = default;
+Engine::Engine(Engine&&) noexcept = default;
+Engine& Engine::operator=(Engine&&) noexcept = default;
+
+Engine Engine::open(const std::string& given, const OpenOptions& options) {
+  STIPPLE_CHECK(!given.empty(), "no model path given");
+  STIPPLE_CHECK_KIND(fs::exists(given), kNotFound, "no such model folder or file: ", given);
+  const std::string path = resolve_run_folder(given);
+  std::lock_guard<std::mutex> lock(engine_mutex());
+  for (const Family& family : engine::registry()) {
+    if (!family.detect(path)) continue;
+    std::unique_ptr<Model> model;
+    try {
+      model = family.open(path, options);
+    } catch (const std::bad_alloc&) {
+      throw Error(str_cat("not enough memory to load ", given, " (", family.name, ")"),
+                  ErrorKind::kResourceExhausted);
+    }
+    model->memory_limit_mb = options.memory_limit_mb;
+    model->description.path = given;
+    model->description.name = model_name(path);
+    return Engine(std::move(model));
+  }
+  std::string known;
+  for (const Family& f : engine::registry()) known += str_cat("\n  ", f.name, ": ", f.opens);
+  const bool component = fs::is_directory(path) && !fs::exists(fs::path(path) / "model_index.json");
+  throw Error(str_cat(given, " is not a model stipple can open",
+                      component ? " (the folder has no model_index.json: give the pipeline "
+                                  "folder, not one of its components)"
+                                : "",
+                      "; it opens:", known),
+              ErrorKind::kUnsupported);
+}
+
+const ModelDescription& Engine::description() const { return model_->description; }
+
+GenerateResult Engine::generate(const GenerateRequest& request, const ProgressCallback& progress,
+                                const CancelToken* cancel) const {
+  const ModelDescription& d = model_->description;
+  GenerateResult result;
+  Job job = resolve(request, d, result.notes);
+  result.task = job.task;
+  const auto start = std::chrono::steady_clock::now();
+  job.step = [&](int done, int total) {
+    if (progress) {
+      const double s =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      progress(Progress{done, total, s});
+    }
+    if (cancel != nullptr && cancel->cancelled())
+      throw Error(str_cat("generation cancelled after step ", done, " of ", total),
+                  ErrorKind::kCancelled);
+  };
+  STIPPLE_CHECK_KIND(cancel == nullptr || !cancel->cancelled(), kCancelled,
+                     "generation cancelled before it started");
+  check_memory(*model_, job);
+  std::lock_guard<std::mutex> lock(engine_mutex());
+  Model::Output out;
+  try {
+    out = model_->run(job);
+  } catch (const std::bad_alloc&) {
+    throw Error(str_cat("not enough memory to generate ", job.prompts.size() +
+                        job.class_labels.size(), " image(s) with ", d.name),
+                ErrorKind::kResourceExhausted);
+  }
+  const int64_t n = out.images.size(0), h = out.images.size(2), w = out.images.size(3);
+  STIPPLE_ASSERT(static_cast<size_t>(n) == out.what.size() &&
+                 out.what.size() == out.seeds.size());
+  for (int64_t i = 0; i < n; ++i) {
+    GeneratedImage g;
+    g.image = io::tensor_to_image(out.images.narrow(0, i, 1).contiguous(), 0.0f, 1.0f);
+    g.seed = out.seeds[i];
+    g.prompt = out.what[i];
+    g.parameters = parameters_text(job, d, out.what[i], g.seed, w, h);
+    result.images.push_back(std::move(g));
+  }
+  // One text for all the images together (a grid): each distinct prompt or class once.
+  std::vector<std::string> distinct;
+  for (const std::string& what : out.what)
+    if (std::find(distinct.begin(), distinct.end(), what) == distinct.end())
+      distinct.push_back(what);
+  std::string joined;
+  for (const std::string& what : distinct)
+    joined += str_cat(joined.empty() ? "" : (job.task == Task::kClassToImage ? ", " : " | "), what);
+  result.parameters = parameters_text(job, d, joined, job.seed, w, h);
+  return result;
+}
+
+std::vector<FamilyInfo> model_families() {
+  std::vector<FamilyInfo> out;
+  for (const Engine::Family& f : engine::registry()) out.push_back({f.name, f.opens});
+  return out;
+}
+
+std::vector<SamplerInfo> samplers() {
+  std::vector<SamplerInfo> out;
+  for (const schedulers::SamplerName& s : schedulers::sampler_names())
+    out.push_back({s.name, s.a1111, s.description});
+  return out;
+}
+
+std::vector<uint8_t> encode_png(const Image& image, const std::string& parameters) {
+  const std::string bytes =
+      io::encode_png(image, parameters.empty() ? std::map<std::string, std::string>{}
+                                               : std::map<std::string, std::string>{
+                                                     {"parameters", parameters}});
+  return std::vector<uint8_t>(bytes.begin(), bytes.end());
+}
+
+void save_png(const std::string& path, const Image& image, const std::string& parameters) {
+  io::write_png(path, image,
+                parameters.empty() ? std::map<std::string, std::string>{}
+                                   : std::map<std::string, std::string>{{"parameters", parameters}});
+}
+
+Image load_png(const std::string& path, std::string* parameters) {
+  std::map<std::string, std::string> text;
+  Image img = io::read_png(path, &text);
+  if (parameters) *parameters = text.count("parameters") ? text["parameters"] : "";
+  return img;
+}
+
+Image decode_png(const std::vector<uint8_t>& bytes, std::string* parameters) {
+  std::map<std::string, std::string> text;
+  Image img = io::decode_png(std::string(bytes.begin(), bytes.end()), "PNG data", &text);
+  if (parameters) *parameters = text.count("parameters") ? text["parameters"] : "";
+  return img;
+}
+
+Image make_grid(const std::vector<Image>& images, int columns) {
+  STIPPLE_CHECK(!images.empty(), "make_grid: no images");
+  for (const Image& img : images)
+    STIPPLE_CHECK(img.width == images[0].width && img.height == images[0].height &&
+                      img.channels == images[0].channels,
+                  "make_grid: images differ in size (", img.width, "x", img.height, "x",
+                  img.channels, " vs ", images[0].width, "x", images[0].height, "x",
+                  images[0].channels, ")");
+  std::vector<Tensor> t;
+  for (const Image& img : images) t.push_back(io::image_to_tensor(img, 0.0f, 1.0f));
+  const int n = static_cast<int>(images.size());
+  const int cols =
+      columns > 0 ? columns : static_cast<int>(std::ceil(std::sqrt(static_cast<double>(n))));
+  return io::tensor_to_image(io::make_grid(ops::concat(t, 0), cols, 0), 0.0f, 1.0f);
+}
+
+const char* version() { return "0.1.0"; }
+
+}  // namespace stipple

@@ -1,0 +1,71 @@
+// The inside of stipple::Engine (include/stipple/stipple.h): what every model family implements,
+// and the request as the engine hands it over, already checked and filled with the family's
+// defaults.
+//
+//   Engine::open(path) -> registry (registry.h) -> the first Family whose detect() claims the
+//   path -> its open() -> an Engine::Model with its ModelDescription.
+//   Engine::generate(request) -> resolve(): task, defaults, seed, sampler, bounds -> Job ->
+//   Model::run(job) -> images + A1111 parameters text.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "stipple/stipple.h"
+
+namespace stipple {
+
+// A request after checks and defaults: every field set, the task decided.
+struct Job {
+  Task task = Task::kTextToImage;
+  std::vector<std::string> prompts;  // text models: one image per prompt (batch repeats folded in)
+  std::string negative_prompt;
+  std::vector<std::string> class_labels;  // class models: one image per label, repeats folded in
+  int steps = 0;
+  double cfg_scale = 0;
+  std::string sampler;     // canonical name ("dpm++2m_karras"), or "" for the checkpoint's own
+  std::string a1111_sampler;  // as A1111 writes it ("DPM++ 2M Karras")
+  uint64_t seed = 0;
+  int width = 0, height = 0;  // 0: the model's own
+  int batch_size = 1;
+  int clip_skip = 1;
+  Tensor init_image;  // [1, 3, H, W] in [0, 1] (img2img, inpaint)
+  Tensor mask;        // [1, 1, H, W] in [0, 1] (inpaint)
+  double strength = 1.0;
+  // Called after each step with (done, total); throws kCancelled when the token is set.
+  std::function<void(int, int)> step;
+};
+
+class Engine::Model {
+ public:
+  virtual ~Model() = default;
+  // Images [N, C, H, W] in [0, 1] and what each one is (its prompt or class, its seed).
+  struct Output {
+    Tensor images;
+    std::vector<std::string> what;  // per image: the prompt, or "207 (goldfish)"
+    std::vector<uint64_t> seeds;    // per image
+    std::vector<std::pair<std::string, std::string>> extra;  // more A1111 fields, in order
+  };
+  virtual Output run(const Job& job) const = 0;
+  // The working memory run(job) needs beyond the loaded weights, in bytes (an upper-side
+  // estimate); 0 when it is small whatever the request (fixed-size models).
+  virtual uint64_t estimate_bytes(const Job&) const { return 0; }
+  ModelDescription description;
+  uint64_t memory_limit_mb = 0;  // OpenOptions::memory_limit_mb
+};
+
+// One registry entry: a family of models, how to recognise them and how to load them.
+struct Engine::Family {
+  std::string name;   // "Stable Diffusion"
+  std::string opens;  // what it reads, for errors and `model_families()`
+  // Whether `path` is this family's; reads only small files (JSON, safetensors headers).
+  std::function<bool(const std::string& path)> detect;
+  std::function<std::unique_ptr<Engine::Model>(const std::string& path, const OpenOptions&)>
+      open;
+};
+
+}  // namespace stipple
