@@ -19,4 +19,10 @@ cmake -S examples/embed -B build/embed -DCMAKE_PREFIX_PATH="$PWD/build/install" 
 cmake --build build/embed -j2 >/dev/null
 build/embed/embed models/fashion-mnist-dit build/embed/sneaker.png sneaker
 test -s build/embed/sneaker.png
-echo "examples/embed: built against the installed package, wrote build/embed/sneaker.png"
+# The same program through pkg-config instead of CMake.
+PKG_CONFIG_PATH="$PWD/build/install/lib/pkgconfig" g++ -std=c++20 -O1 examples/embed/main.cc \
+  $(PKG_CONFIG_PATH="$PWD/build/install/lib/pkgconfig" pkg-config --cflags --libs stipple) \
+  -o build/embed/embed-pkgconfig
+build/embed/embed-pkgconfig models/fashion-mnist-dit build/embed/bag.png bag >/dev/null
+test -s build/embed/bag.png
+echo "examples/embed: built against the installed package (CMake and pkg-config); wrote images"
