@@ -276,6 +276,25 @@ TEST(Engine, RefusesAGenerationThatWouldNotFitBeforeAllocating) {
   EXPECT_EQ(e.generate(r).images.size(), 1u);
 }
 
+TEST(Engine, AConfigThatDoesNotDescribeItsWeightsFailsBeforeBuilding) {
+  const std::string sd = shared_path("conformance/sd_tiny");
+  if (sd.empty()) GTEST_SKIP() << "../shared/conformance is absent";
+  const fs::path tmp = temp_dir("emptyconfig");
+  fs::copy(sd, tmp / "sd", fs::copy_options::recursive);
+  fs::remove_all(tmp / "sd" / "reference");
+  // `{}` means diffusers' defaults: a full SD 1.5 UNet (3.4 GB) that these weights do not fit.
+  for (const char* part : {"unet", "vae"}) {
+    const fs::path config = tmp / "sd" / part / "config.json";
+    const fs::path kept = tmp / "kept.json";
+    fs::copy_file(config, kept, fs::copy_options::overwrite_existing);
+    std::ofstream(config) << "{}";
+    expect_error([&] { Engine::open((tmp / "sd").string()); }, ErrorKind::kInvalidArgument,
+                 "[block_out_channels[0], in_channels] = [");
+    fs::copy_file(kept, config, fs::copy_options::overwrite_existing);
+  }
+  fs::remove_all(tmp);
+}
+
 TEST(Engine, ComponentFolderSaysWhatItLacks) {
   const std::string sd = shared_path("conformance/sd_tiny");
   if (sd.empty()) GTEST_SKIP() << "../shared/conformance is absent";

@@ -184,6 +184,8 @@ std::shared_ptr<CLIPTextModel> CLIPTextModel::from_pretrained(const std::string&
   const CLIPTextConfig cfg = CLIPTextConfig::from_file(files.config);
   const fs::path weights_path(files.weights_file());
   const io::SafetensorsFile file = io::SafetensorsFile::open(weights_path.string());
+  check_config_matches(file, files.config, "text_model.embeddings.token_embedding.weight",
+                       {cfg.vocab_size, cfg.hidden_size}, "[vocab_size, hidden_size]");
   std::map<std::string, Tensor> state = file.tensors();
   // The position_ids buffer is non-persistent: accept it when stored, but do not load it.
   state.erase("text_model.embeddings.position_ids");

@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "core/error.h"
+#include "io/safetensors.h"
 
 namespace stipple::models {
 
@@ -41,6 +42,24 @@ ComponentFiles find_component(const std::string& folder, const std::string& what
 const std::string& ComponentFiles::weights_file() const {
   if (weights.empty()) throw Error(missing, ErrorKind::kNotFound);
   return weights;
+}
+
+void check_config_matches(const io::SafetensorsFile& weights, const std::string& config_path,
+                          const std::string& name, const std::vector<int64_t>& expected,
+                          const std::string& fields) {
+  if (!weights.contains(name)) return;
+  const std::vector<int64_t>& shape = weights.shape(name);
+  bool ok = shape.size() >= expected.size();
+  for (size_t i = 0; ok && i < expected.size(); ++i) ok = shape[i] == expected[i];
+  if (ok) return;
+  auto dims = [](const std::vector<int64_t>& v) {
+    std::string s = "[";
+    for (size_t i = 0; i < v.size(); ++i) s += str_cat(i ? ", " : "", v[i]);
+    return s + "]";
+  };
+  throw Error(str_cat(config_path, " does not describe the weights in ", weights.path(), ": its ",
+                      fields, " = ", dims(expected), " but ", name, " is ", dims(shape),
+                      "; give the config.json that came with these weights"));
 }
 
 }  // namespace stipple::models

@@ -5,7 +5,13 @@
 // checkpoint is named as such).
 #pragma once
 
+#include <cstdint>
 #include <string>
+#include <vector>
+
+namespace stipple::io {
+class SafetensorsFile;
+}
 
 namespace stipple::models {
 
@@ -25,5 +31,14 @@ struct ComponentFiles {
 // the folder or its config.json is missing.
 ComponentFiles find_component(const std::string& folder, const std::string& what,
                               const std::string& stem, const std::string& subfolder = "");
+
+// Before a model is built from a config, checks that the weights' tensor `name` starts with the
+// dims `expected` (e.g. conv_in.weight: [block_out_channels[0], in_channels]) that the config
+// implies; `fields` names those config fields. So a config.json that does not describe its
+// weights (`{}` would build a full SD 1.5 UNet) fails at once, naming the fields, instead of after
+// allocating the whole model. Absent tensors are left to the loader's key check.
+void check_config_matches(const io::SafetensorsFile& weights, const std::string& config_path,
+                          const std::string& name, const std::vector<int64_t>& expected,
+                          const std::string& fields);
 
 }  // namespace stipple::models

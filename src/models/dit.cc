@@ -263,13 +263,17 @@ std::shared_ptr<DiTTransformer2DModel> DiTTransformer2DModel::from_pretrained(
   const ComponentFiles files = find_component(folder, "DiT", "diffusion_pytorch_model");
   const DiTConfig config = DiTConfig::from_file(files.config);
   const fs::path weights(files.weights_file());
+  const io::SafetensorsFile file = io::SafetensorsFile::open(weights.string());
+  check_config_matches(file, files.config, "pos_embed.proj.weight",
+                       {config.inner_dim(), config.in_channels},
+                       "[num_attention_heads * attention_head_dim, in_channels]");
   std::shared_ptr<DiTTransformer2DModel> model;
   if (config.class_name == "Transformer2DModel") {
     model = std::make_shared<Transformer2DModel>(config);
   } else {
     model = std::make_shared<DiTTransformer2DModel>(config);
   }
-  model->load_state_dict(io::load_safetensors(weights.string()), /*strict=*/true, weights.string());
+  model->load_state_dict(file.tensors(), /*strict=*/true, weights.string());
   model->eval();
   return model;
 }

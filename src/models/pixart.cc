@@ -248,9 +248,12 @@ std::shared_ptr<PixArtTransformer2DModel> PixArtTransformer2DModel::from_pretrai
   const ComponentFiles files = find_component(folder, "PixArt", "diffusion_pytorch_model");
   const PixArtConfig config = PixArtConfig::from_file(files.config);
   const fs::path weights(files.weights_file());
+  const io::SafetensorsFile file = io::SafetensorsFile::open(weights.string());
+  check_config_matches(file, files.config, "pos_embed.proj.weight",
+                       {config.inner_dim(), config.in_channels},
+                       "[num_attention_heads * attention_head_dim, in_channels]");
   auto model = std::make_shared<PixArtTransformer2DModel>(config);
-  model->load_state_dict(io::SafetensorsFile::open(weights.string()).tensors(), /*strict=*/true,
-                         weights.string());
+  model->load_state_dict(file.tensors(), /*strict=*/true, weights.string());
   model->eval();
   return model;
 }

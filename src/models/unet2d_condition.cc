@@ -514,8 +514,11 @@ std::shared_ptr<UNet2DConditionModel> UNet2DConditionModel::from_pretrained(
                 "\", not UNet2DConditionModel");
   const UNet2DConditionConfig config = UNet2DConditionConfig::from_json(j);
   const fs::path weights(files.weights_file());
-  auto model = std::make_shared<UNet2DConditionModel>(config);
   const io::SafetensorsFile file = io::SafetensorsFile::open(weights.string());
+  check_config_matches(file, files.config, "conv_in.weight",
+                       {config.block_out_channels.at(0), config.in_channels},
+                       "[block_out_channels[0], in_channels]");
+  auto model = std::make_shared<UNet2DConditionModel>(config);
   model->load_state_dict(file.tensors(), /*strict=*/true, weights.string());
   model->eval();
   model->freeze_for_inference();  // convolutions keep reordered weights

@@ -364,8 +364,11 @@ std::shared_ptr<AutoencoderKL> AutoencoderKL::from_pretrained(const std::string&
   const AutoencoderKLConfig config = AutoencoderKLConfig::from_json(j);
 
   const fs::path weights(files.weights_file());
-  auto model = std::make_shared<AutoencoderKL>(config);
   const io::SafetensorsFile file = io::SafetensorsFile::open(weights.string());
+  check_config_matches(file, files.config, "encoder.conv_in.weight",
+                       {config.block_out_channels.at(0), config.in_channels},
+                       "[block_out_channels[0], in_channels]");
+  auto model = std::make_shared<AutoencoderKL>(config);
   model->load_checkpoint(file.tensors(), weights.string());
   model->eval();
   model->freeze_for_inference();  // convolutions keep reordered weights
