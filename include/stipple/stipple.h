@@ -97,6 +97,14 @@ struct GenerateResult {
   Task task = Task::kTextToImage;
   std::vector<GeneratedImage> images;
   std::string parameters;  // one text for all images together (what a grid PNG carries)
+  // The settings used, after the model's defaults filled the request in.
+  int steps = 0;
+  double cfg_scale = 0;
+  std::string sampler;        // "dpm++2m_karras"
+  std::string a1111_sampler;  // "DPM++ 2M Karras"
+  int width = 0, height = 0;  // of every image
+  double strength = 0;        // img2img and inpaint; 0 otherwise
+  uint64_t seed = 0;          // of the first image
   // Request fields the model did not use, each said once (e.g. "negative_prompt: class models
   // have no text"). Empty when everything was honoured.
   std::vector<std::string> notes;

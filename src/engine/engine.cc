@@ -345,6 +345,15 @@ GenerateResult Engine::generate(const GenerateRequest& request, const ProgressCa
   for (const std::string& what : distinct)
     joined += str_cat(joined.empty() ? "" : (job.task == Task::kClassToImage ? ", " : " | "), what);
   result.parameters = parameters_text(job, d, joined, job.seed, w, h);
+  result.steps = job.steps;
+  result.cfg_scale = job.cfg_scale;
+  result.sampler = job.sampler;
+  result.a1111_sampler = job.a1111_sampler;
+  result.width = static_cast<int>(w);
+  result.height = static_cast<int>(h);
+  result.strength =
+      job.task == Task::kImageToImage || job.task == Task::kInpaint ? job.strength : 0.0;
+  result.seed = job.seed;
   return result;
 }
 
