@@ -155,7 +155,7 @@ Image decode_png(const std::string& bytes, const std::string& name,
   // decompression bombs stop here) and the number of ancillary chunks.
   png_set_user_limits(png, kMaxPngSide, kMaxPngSide);
   png_set_chunk_malloc_max(png, kMaxPngChunkBytes);
-  png_set_chunk_cache_max(png, 1000);
+  png_set_chunk_cache_max(png, kMaxPngAncillaryChunks);
   png_read_info(png, info);
   const uint64_t w = png_get_image_width(png, info), h = png_get_image_height(png, info);
   if (w * h > kMaxPngPixels) {

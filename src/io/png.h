@@ -19,7 +19,9 @@ using Image = ::stipple::Image;
 // What a PNG read accepts: a bomb or a forged header is refused before anything is allocated.
 constexpr uint32_t kMaxPngSide = 65536;
 constexpr uint64_t kMaxPngPixels = uint64_t{64} * 1000 * 1000;  // 64 megapixels
-constexpr uint64_t kMaxPngChunkBytes = uint64_t{8} << 20;       // a text or ICC chunk, inflated
+constexpr uint64_t kMaxPngChunkBytes = uint64_t{4} << 20;       // a text or ICC chunk, inflated
+// Ancillary chunks kept; with kMaxPngChunkBytes this bounds all text and profiles to 256 MiB.
+constexpr uint32_t kMaxPngAncillaryChunks = 64;
 constexpr size_t kMaxPngFileBytes = size_t{512} << 20;
 
 // The PNG file's bytes; `text` becomes tEXt chunks.
