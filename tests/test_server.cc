@@ -194,7 +194,17 @@ TEST(Server, ListsProgressOptionsAndMemory) {
   bool euler_a = false;
   for (const json& x : samplers) euler_a = euler_a || x["name"] == "Euler a";
   EXPECT_TRUE(euler_a);
-  EXPECT_EQ(s.get("/sdapi/v1/sd-models").second[0]["model_name"], "fashion-mnist-dit");
+  const json model = s.get("/sdapi/v1/sd-models").second[0];
+  EXPECT_EQ(model["model_name"], "fashion-mnist-dit");
+  EXPECT_EQ(model["stipple"]["class_names"][7], "sneaker");
+  EXPECT_EQ(model["stipple"]["default_steps"], 20);
+  // The web page: served whole, and it talks only to this server's routes.
+  auto page = s.client().Get("/");
+  ASSERT_TRUE(page);
+  EXPECT_EQ(page->status, 200);
+  EXPECT_NE(page->body.find("/sdapi/v1/txt2img"), std::string::npos);
+  EXPECT_EQ(page->body.find("http://"), std::string::npos);
+  EXPECT_EQ(page->body.find("https://"), std::string::npos);
   EXPECT_EQ(s.get("/sdapi/v1/options").second["sd_model_checkpoint"], "fashion-mnist-dit");
   const json progress = s.get("/sdapi/v1/progress").second;
   EXPECT_EQ(progress["progress"], 0.0);

@@ -2,6 +2,8 @@
 // models only as stipple::Engine.
 #include "server.h"
 
+#include "web_page.h"
+
 #include <httplib.h>
 
 #include <atomic>
@@ -499,9 +501,24 @@ struct Server::Impl {
     }));
     http.Get(a + "sd-models", guard(false, [this](const auto&) {
       json list = json::array();
-      for (const Model& m : models)
+      for (const Model& m : models) {
+        const ModelDescription& d = m.engine->description();
+        json tasks = json::array();
+        for (Task t : d.tasks) tasks.push_back(to_string(t));
+        // A1111's fields, then stipple's description (what the web page builds its form from).
         list.push_back({{"title", m.name}, {"model_name", m.name}, {"hash", nullptr},
-                        {"sha256", nullptr}, {"filename", m.path}, {"config", nullptr}});
+                        {"sha256", nullptr}, {"filename", m.path}, {"config", nullptr},
+                        {"stipple",
+                         {{"family", d.family},
+                          {"tasks", tasks},
+                          {"default_steps", d.default_steps},
+                          {"default_cfg_scale", d.default_cfg_scale},
+                          {"default_sampler", d.default_sampler},
+                          {"default_width", d.default_width},
+                          {"default_height", d.default_height},
+                          {"size_multiple", d.size_multiple},
+                          {"class_names", d.class_names}}}});
+      }
       return list;
     }));
     http.Get(a + "options", guard(false, [this](const auto&) {
@@ -596,6 +613,9 @@ struct Server::Impl {
       return json{{"object", "list"}, {"data", data}};
     }));
 
+    // ---- the web page ----
+    http.Get("/", [](const auto&, auto& res) { res.set_content(web_page(), "text/html"); });
+
     // ---- operations ----
     http.Get("/healthz", [reply](const auto&, auto& res) { reply(res, {{"status", "ok"}}); });
     http.Get("/readyz", [this, reply](const auto&, auto& res) {
@@ -605,7 +625,7 @@ struct Server::Impl {
 
   bool authorized(const httplib::Request& req) const {
     if (opt.api_key.empty() && opt.api_auth.empty()) return true;
-    if (req.path == "/healthz" || req.path == "/readyz") return true;
+    if (req.path == "/healthz" || req.path == "/readyz" || req.path == "/") return true;
     const std::string auth = req.get_header_value("Authorization");
     if (!opt.api_key.empty() && auth == "Bearer " + opt.api_key) return true;
     if (!opt.api_auth.empty()) {
