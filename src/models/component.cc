@@ -21,7 +21,7 @@ ComponentFiles find_component(const std::string& folder, const std::string& what
   f.config = (dir / "config.json").string();
   STIPPLE_CHECK_KIND(fs::is_regular_file(f.config), kNotFound, what, ": no config.json in ",
                      dir.string());
-  for (const std::string name : {stem + ".safetensors", stem + ".fp16.safetensors"}) {
+  for (const std::string& name : {stem + ".safetensors", stem + ".fp16.safetensors"}) {
     if (fs::is_regular_file(dir / name)) {
       f.weights = (dir / name).string();
       return f;
