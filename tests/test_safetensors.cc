@@ -511,6 +511,34 @@ TEST_F(SafetensorsMalformed, FromBytesParsesAsOpenDoesAndNamesTheSource) {
   }
 }
 
+// A header with 100,000 entries (a real SDXL file has ~2,500): parsed in one linear pass, with a
+// duplicate among them still found. The quadratic parse this replaces took minutes at this size.
+TEST_F(SafetensorsMalformed, ManyEntriesParseAndADuplicateAmongThemIsFound) {
+  const int n = 100000;
+  std::string header = "{";
+  for (int i = 0; i < n; ++i)
+    header += str_cat(i ? "," : "", "\"t", i, "\":{\"dtype\":\"F32\",\"shape\":[1],"
+                      "\"data_offsets\":[", 4 * i, ",", 4 * i + 4, "]}");
+  auto file = [&](const std::string& h) {
+    std::string bytes(8, '\0');
+    const uint64_t len = h.size();
+    std::memcpy(bytes.data(), &len, 8);
+    return bytes + h + std::string(4 * static_cast<size_t>(n), '\0');
+  };
+  const SafetensorsFile f = SafetensorsFile::from_bytes(file(header + "}"), "many");
+  EXPECT_EQ(f.size(), static_cast<size_t>(n));
+  try {
+    SafetensorsFile::from_bytes(
+        file(header + ",\"t7\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}"),
+        "many");
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("the name 't7' appears more than once"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 // ---------------- the real files in ../shared/conformance ----------------
 
 // Checks `path` against an independent reading of its raw bytes: every name, dtype, shape and the

@@ -125,8 +125,9 @@ std::unique_ptr<Engine::Model> open_stable_diffusion(const std::string& path,
   io::SingleFileOptions single;
   single.prediction_type = options.prediction_type;
   const pipelines::ModelInfo info = pipelines::inspect_model(path, single);
-  STIPPLE_CHECK_KIND(info.family.rfind("SD ", 0) == 0, kUnsupported, path, " is a ", info.family,
-                     " model, not Stable Diffusion 1.x/2.x (", info.evidence, ")");
+  STIPPLE_CHECK_KIND(info.family.rfind("SD ", 0) == 0, kUnsupported, path,
+                     " is not a Stable Diffusion 1.x/2.x model (detected: ", info.family,
+                     info.evidence.empty() ? "" : "; " + info.evidence, ")");
   auto m = std::make_unique<StableDiffusionModel>(
       pipelines::StableDiffusion::load(path, options.tokenizer_dir, single));
   const pipelines::StableDiffusion& sd = m->pipeline();

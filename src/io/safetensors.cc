@@ -179,18 +179,36 @@ SafetensorsFile SafetensorsFile::parse(std::shared_ptr<void> keepalive, const ui
   // 3. Parse the JSON, noting duplicate top-level keys (nlohmann keeps only the last one).
   std::string_view text(reinterpret_cast<const char*>(bytes + 8), header_len);
   while (!text.empty() && (text.back() == ' ' || text.back() == '\0')) text.remove_suffix(1);
-  std::set<std::string> seen;
-  std::vector<std::string> duplicates;
-  json::parser_callback_t note_keys = [&](int depth, json::parse_event_t event, json& parsed) {
-    if (depth == 1 && event == json::parse_event_t::key && parsed.is_string()) {
-      const std::string& key = parsed.get_ref<const std::string&>();
-      if (!seen.insert(key).second) duplicates.push_back(key);
+  // Two linear passes: nlohmann's callback parser rescans the enclosing object at the end of
+  // every nested one (quadratic: a 200,000-entry header took minutes), so duplicates are found
+  // by a SAX pass that only records top-level keys.
+  struct TopLevelKeys : json::json_sax_t {
+    int depth = 0;
+    std::set<std::string> seen;
+    std::vector<std::string> duplicates;
+    bool null() override { return true; }
+    bool boolean(bool) override { return true; }
+    bool number_integer(number_integer_t) override { return true; }
+    bool number_unsigned(number_unsigned_t) override { return true; }
+    bool number_float(number_float_t, const string_t&) override { return true; }
+    bool string(string_t&) override { return true; }
+    bool binary(binary_t&) override { return true; }
+    bool start_object(std::size_t) override { return ++depth, true; }
+    bool key(string_t& k) override {
+      if (depth == 1 && !seen.insert(k).second) duplicates.push_back(k);
+      return true;
     }
-    return true;
-  };
+    bool end_object() override { return --depth, true; }
+    bool start_array(std::size_t) override { return ++depth, true; }
+    bool end_array() override { return --depth, true; }
+    bool parse_error(std::size_t, const std::string&, const json::exception&) override {
+      return false;  // json::parse below reports it
+    }
+  } keys;
   json header;
   try {
-    header = json::parse(text.begin(), text.end(), note_keys);
+    header = json::parse(text.begin(), text.end());
+    json::sax_parse(text.begin(), text.end(), &keys);
   } catch (const json::exception& e) {
     throw fail("invalid safetensors header: the header is not valid JSON (", e.what(), ")");
   }
@@ -198,8 +216,8 @@ SafetensorsFile SafetensorsFile::parse(std::shared_ptr<void> keepalive, const ui
     throw fail("invalid safetensors header: the header is a JSON ", header.type_name(),
                ", not an object");
   }
-  if (!duplicates.empty()) {
-    throw fail("invalid safetensors header: the name '", duplicates.front(),
+  if (!keys.duplicates.empty()) {
+    throw fail("invalid safetensors header: the name '", keys.duplicates.front(),
                "' appears more than once");
   }
 
