@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sets up (Debian packages), builds, runs every test through ctest, then installs the library
-# and builds and runs examples/embed against the installed package. What CI runs.
+# Sets up (Debian packages), builds, runs every test through ctest, installs the library and
+# builds and runs examples/embed against the installed package, then runs each parser fuzzer
+# (fuzz/, clang with ASan + UBSan) for 30 seconds. What CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -26,3 +27,5 @@ PKG_CONFIG_PATH="$PWD/build/install/lib/pkgconfig" g++ -std=c++20 -O1 examples/e
 build/embed/embed-pkgconfig models/fashion-mnist-dit build/embed/bag.png bag >/dev/null
 test -s build/embed/bag.png
 echo "examples/embed: built against the installed package (CMake and pkg-config); wrote images"
+# The parsers under libFuzzer, 30 s each from the seed corpus (scripts/fuzz.sh; docs/fuzzing.md).
+bash scripts/fuzz.sh 30
