@@ -178,27 +178,6 @@ Image decode_image(const std::string& b64, const std::string& what) {
   }
 }
 
-uint64_t resident_bytes() {
-  std::FILE* f = std::fopen("/proc/self/statm", "r");
-  if (f == nullptr) return 0;
-  unsigned long long pages = 0, rss = 0;
-  const int n = std::fscanf(f, "%llu %llu", &pages, &rss);
-  std::fclose(f);
-  return n == 2 ? rss * 4096ull : 0;
-}
-
-uint64_t meminfo(const char* key) {
-  std::FILE* f = std::fopen("/proc/meminfo", "r");
-  if (f == nullptr) return 0;
-  char line[256];
-  unsigned long long kb = 0;
-  const std::string prefix = std::string(key) + ": %llu kB";
-  while (std::fgets(line, sizeof line, f) != nullptr)
-    if (std::sscanf(line, prefix.c_str(), &kb) == 1) break;
-  std::fclose(f);
-  return kb * 1024ull;
-}
-
 }  // namespace
 
 struct Server::Impl {
@@ -277,6 +256,14 @@ struct Server::Impl {
         &token);
   }
 
+  // The body's "steps" within the server's bound (0 when absent: the model's default).
+  int steps(const json& body) const {
+    const int n = field<int>(body, "steps", 0);
+    if (n < 0 || n > opt.max_steps)
+      throw Error(str_cat("steps must be in [1, ", opt.max_steps, "], got ", n));
+    return n;
+  }
+
   // ---- A1111 ----
 
   // A1111's txt2img / img2img body as a GenerateRequest for `m`; fields stipple cannot honour
@@ -309,9 +296,7 @@ struct Server::Impl {
       notes.push_back(str_cat("scheduler \"", scheduler, "\" is not available; the sampler's "
                               "own was used"));
     r.sampler = sampler;
-    r.steps = field<int>(body, "steps", 0);
-    if (r.steps < 0 || r.steps > opt.max_steps)
-      throw Error(str_cat("steps must be in [1, ", opt.max_steps, "], got ", r.steps));
+    r.steps = steps(body);
     if (body.contains("cfg_scale") && !body["cfg_scale"].is_null())
       r.cfg_scale = field<double>(body, "cfg_scale", 0.0);
     const int width = field<int>(body, "width", 0), height = field<int>(body, "height", 0);
@@ -543,10 +528,10 @@ struct Server::Impl {
       return json{{"info", params}, {"items", items}};
     }));
     http.Get(a + "memory", guard(false, [](const auto&) {
-      const double total = static_cast<double>(meminfo("MemTotal"));
-      const double free = static_cast<double>(meminfo("MemAvailable"));
+      const SystemMemory m = system_memory();
+      const double total = static_cast<double>(m.total), free = static_cast<double>(m.available);
       return json{{"ram", {{"free", free}, {"used", total - free}, {"total", total},
-                           {"process_resident", static_cast<double>(resident_bytes())}}},
+                           {"process_resident", static_cast<double>(m.process_resident)}}},
                   {"cuda", {{"error", "stipple serves from the CPU"}}}};
     }));
 
@@ -589,9 +574,7 @@ struct Server::Impl {
       if (output != "png")
         throw Error(str_cat("output_format \"", output, "\" is not available; use png"));
       r.seed = field<int64_t>(body, "seed", -1);
-      r.steps = field<int>(body, "steps", 0);
-      if (r.steps < 0 || r.steps > opt.max_steps)
-        throw Error(str_cat("steps must be in [1, ", opt.max_steps, "], got ", r.steps));
+      r.steps = steps(body);
       if (body.contains("guidance_scale") && !body["guidance_scale"].is_null())
         r.cfg_scale = field<double>(body, "guidance_scale", 0.0);
       r.sampler = field<std::string>(body, "sampler", "");

@@ -184,6 +184,13 @@ Image decode_png(const std::vector<uint8_t>& bytes, std::string* parameters = nu
 // Tiles images of one size and channel count into a grid with `columns` columns (0: square-ish).
 Image make_grid(const std::vector<Image>& images, int columns = 0);
 
+// The machine's memory as /proc/meminfo and /proc/self/statm report it, in bytes (0 when
+// unknown): what generate() checks its estimates against, and what a server reports.
+struct SystemMemory {
+  uint64_t total = 0, available = 0, process_resident = 0;
+};
+SystemMemory system_memory();
+
 const char* version();  // "0.1.0"
 
 }  // namespace stipple

@@ -9,6 +9,8 @@
 #include <new>
 #include <random>
 
+#include <unistd.h>
+
 #include "core/error.h"
 #include "engine/model.h"
 #include "engine/registry.h"
@@ -199,31 +201,14 @@ Job resolve(const GenerateRequest& r, const ModelDescription& d, std::vector<std
   return job;
 }
 
-// MemAvailable from /proc/meminfo, in bytes (0 when unknown).
-uint64_t available_memory() {
-  std::FILE* f = std::fopen("/proc/meminfo", "r");
-  if (f == nullptr) return 0;
-  char line[256];
-  unsigned long long kb = 0;
-  while (std::fgets(line, sizeof line, f) != nullptr)
-    if (std::sscanf(line, "MemAvailable: %llu kB", &kb) == 1) break;
-  std::fclose(f);
-  return static_cast<uint64_t>(kb) * 1024;
-}
-
 // Refuses a job whose working memory would not fit, before anything is allocated.
 void check_memory(const Engine::Model& model, const Job& job) {
   const uint64_t need = model.estimate_bytes(job);
   if (need == 0) return;
   const bool set = model.memory_limit_mb > 0;
-  const uint64_t limit = set ? model.memory_limit_mb << 20 : available_memory();
+  const uint64_t limit = set ? model.memory_limit_mb << 20 : system_memory().available;
   if (limit == 0 || need <= limit) return;
-  const int64_t w = job.width > 0 ? job.width
-                    : job.init_image.defined() ? job.init_image.size(3)
-                                               : model.description.default_width;
-  const int64_t h = job.height > 0 ? job.height
-                    : job.init_image.defined() ? job.init_image.size(2)
-                                               : model.description.default_height;
+  const auto [w, h] = drawn_size(job, model.description);
   throw Error(str_cat("generating ", w, "x", h, " with ",
                       model.description.name, " needs about ", (need >> 20) + 1, " MiB, more than ",
                       set ? "the memory limit of " : "the ", limit >> 20,
@@ -412,6 +397,26 @@ Image make_grid(const std::vector<Image>& images, int columns) {
   const int cols =
       columns > 0 ? columns : static_cast<int>(std::ceil(std::sqrt(static_cast<double>(n))));
   return io::tensor_to_image(io::make_grid(ops::concat(t, 0), cols, 0), 0.0f, 1.0f);
+}
+
+SystemMemory system_memory() {
+  SystemMemory m;
+  if (std::FILE* f = std::fopen("/proc/meminfo", "r")) {
+    char line[256];
+    unsigned long long kb = 0;
+    while (std::fgets(line, sizeof line, f) != nullptr) {
+      if (std::sscanf(line, "MemTotal: %llu kB", &kb) == 1) m.total = kb * 1024;
+      if (std::sscanf(line, "MemAvailable: %llu kB", &kb) == 1) m.available = kb * 1024;
+    }
+    std::fclose(f);
+  }
+  if (std::FILE* f = std::fopen("/proc/self/statm", "r")) {
+    unsigned long long pages = 0, resident = 0;
+    if (std::fscanf(f, "%llu %llu", &pages, &resident) == 2)
+      m.process_resident = resident * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+    std::fclose(f);
+  }
+  return m;
 }
 
 const char* version() { return "0.1.0"; }

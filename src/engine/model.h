@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/tensor.h"
@@ -39,6 +40,15 @@ struct Job {
   // Called after each step with (done, total); throws kCancelled when the token is set.
   std::function<void(int, int)> step;
 };
+
+// The size run(job) draws: the request's, else the init image's, else the model's default.
+inline std::pair<int64_t, int64_t> drawn_size(const Job& job, const ModelDescription& d) {
+  const int64_t w = job.width > 0 ? job.width
+                    : job.init_image.defined() ? job.init_image.size(3) : d.default_width;
+  const int64_t h = job.height > 0 ? job.height
+                    : job.init_image.defined() ? job.init_image.size(2) : d.default_height;
+  return {w, h};
+}
 
 class Engine::Model {
  public:

@@ -97,10 +97,8 @@ class StableDiffusionModel : public Engine::Model {
   // of its first block's width) or the UNet on latents (about 12 of its first width, twice the
   // rows with guidance), whichever is larger.
   uint64_t estimate_bytes(const Job& job) const override {
-    const uint64_t w = job.width > 0 ? job.width
-                       : job.init_image.defined() ? job.init_image.size(3) : sd_.default_size();
-    const uint64_t h = job.height > 0 ? job.height
-                       : job.init_image.defined() ? job.init_image.size(2) : sd_.default_size();
+    const auto [width, height] = drawn_size(job, description);
+    const uint64_t w = static_cast<uint64_t>(width), h = static_cast<uint64_t>(height);
     const uint64_t f = sd_.vae_scale_factor();
     const uint64_t vae = 8 * sd_.vae().config().block_out_channels.at(0) * w * h * 4;
     const uint64_t unet = 12 * 2 * sd_.unet().config().block_out_channels.at(0) * (w / f) *
