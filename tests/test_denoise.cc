@@ -32,6 +32,12 @@ Tensor exact_eps(const Tensor& x, double t, const std::vector<float>& acp, float
   return ops::affine(x, static_cast<float>(sig / v), static_cast<float>(-sig * a * mu / v));
 }
 
+pipelines::DenoiseOptions guided_options(float scale, guidance::CfgOrder order) {
+  pipelines::DenoiseOptions o;
+  o.cfg = {scale, 0.0f, order};
+  return o;
+}
+
 TEST(Denoise, ReachesTheDataDistributionWithAnExactModel) {
   auto sched = schedulers::make_scheduler(sd_config("DDIMScheduler"));
   sched->set_timesteps(50);
@@ -76,7 +82,7 @@ TEST(Denoise, GuidanceBatchesOnceAndMatchesTheGuidedModel) {
                      ? ops::concat({uncond(h[0]), cond(h[1])}, 0)
                      : ops::concat({cond(h[0]), uncond(h[1])}, 0);
         },
-        pipelines::DenoiseOptions{{scale, 0.0f, order}});
+        guided_options(scale, order));
     EXPECT_EQ(calls, 8);
     Tensor direct = pipelines::denoise(*s2, x, [&](const Tensor& in, double) {
       return guidance::classifier_free(uncond(in), cond(in), scale);

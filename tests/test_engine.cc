@@ -260,6 +260,51 @@ TEST(Engine, StableDiffusionTasksAndFp16Variants) {
   fs::remove_all(tmp);
 }
 
+// Live previews: every `preview_every` steps (not after the last), the image being drawn at the
+// request's size, converging to the final image; none unless asked for.
+TEST(Engine, PreviewsShowTheImageAsItForms) {
+  auto previews_of = [](const Engine& e, GenerateRequest r) {
+    std::vector<std::pair<int, Image>> seen;
+    const GenerateResult out = e.generate(r, [&](const Progress& p) {
+      if (p.preview) seen.emplace_back(p.step, *p.preview);
+    });
+    return std::make_pair(seen, out.images[0].image);
+  };
+  auto mean_abs_diff = [](const Image& a, const Image& b) {
+    double sum = 0;
+    for (size_t i = 0; i < a.pixels.size(); ++i) sum += std::abs(a.pixels[i] - b.pixels[i]);
+    return sum / static_cast<double>(a.pixels.size());
+  };
+  const Engine fashion = Engine::open(kFashion);
+  GenerateRequest r;
+  r.class_labels = {"trouser"};
+  r.seed = 3;
+  r.steps = 12;
+  r.sampler = "ddim";  // forms an x0 estimate at every step
+  EXPECT_TRUE(previews_of(fashion, r).first.empty());
+  r.preview_every = 4;
+  const auto [seen, final_image] = previews_of(fashion, r);
+  ASSERT_EQ(seen.size(), 2u);  // after steps 4 and 8
+  EXPECT_EQ(seen[0].first, 4);
+  EXPECT_EQ(seen[1].first, 8);
+  EXPECT_EQ(seen[1].second.width, final_image.width);
+  EXPECT_EQ(seen[1].second.channels, final_image.channels);
+  EXPECT_LT(mean_abs_diff(seen[1].second, final_image), mean_abs_diff(seen[0].second, final_image));
+  EXPECT_LT(mean_abs_diff(seen[1].second, final_image), 40.0);
+  // A latent model's previews are decoded by its VAE.
+  const std::string sd = shared_path("conformance/sd_tiny");
+  if (sd.empty()) return;
+  GenerateRequest t;
+  t.prompt = "a red circle";
+  t.steps = 4;
+  t.width = t.height = 16;
+  t.preview_every = 2;
+  const auto [latent_seen, latent_final] = previews_of(Engine::open(sd), t);
+  ASSERT_EQ(latent_seen.size(), 1u);
+  EXPECT_EQ(latent_seen[0].second.width, 16);
+  EXPECT_EQ(latent_seen[0].second.channels, 3);
+}
+
 TEST(Engine, RefusesAGenerationThatWouldNotFitBeforeAllocating) {
   const std::string sd = shared_path("conformance/sd_tiny");
   if (sd.empty()) GTEST_SKIP() << "../shared/conformance is absent";

@@ -8,6 +8,15 @@
 
 #include <nlohmann/json.hpp>
 #include <stipple/stipple.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
 #include <thread>
 
 #include "../apps/server/server.h"
@@ -18,6 +27,8 @@ namespace {
 using nlohmann::json;
 
 const std::string kFashion = std::string(STIPPLE_SOURCE_DIR) + "/models/fashion-mnist-dit";
+const std::string kSdTiny = std::string(STIPPLE_SHARED_DIR) + "/conformance/sd_tiny";
+const std::string kSdTinyInpaint = std::string(STIPPLE_SHARED_DIR) + "/conformance/sd_tiny_inpaint";
 
 class Serving {
  public:
@@ -28,9 +39,15 @@ class Serving {
     thread_ = std::thread([this] { server_->run(); });
     client_ = std::make_unique<httplib::Client>("127.0.0.1", server_->port());
     client_->set_read_timeout(120, 0);
-    for (int i = 0; i < 100 && !client_->Get("/healthz"); ++i)
+    // Models load in the background: ready when /readyz says so.
+    for (int i = 0; i < 3000; ++i) {
+      auto res = client_->Get("/readyz");
+      if (res && res->status == 200) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
   }
+  int port() const { return server_->port(); }
+  Server& server() { return *server_; }
   ~Serving() {
     server_->stop();
     thread_.join();
@@ -50,6 +67,23 @@ class Serving {
     auto res = c.Get(path.c_str());
     if (!res) return {0, json()};
     return {res->status, json::parse(res->body, nullptr, false)};
+  }
+  std::pair<int, json> del(const std::string& path) {
+    httplib::Client c("127.0.0.1", server_->port());
+    auto res = c.Delete(path.c_str());
+    if (!res) return {0, json()};
+    return {res->status, json::parse(res->body, nullptr, false)};
+  }
+  // Polls GET /v1/jobs/{id} until the job has finished.
+  json wait_job(const std::string& id) {
+    for (int i = 0; i < 6000; ++i) {
+      const auto [status, job] = get("/v1/jobs/" + id);
+      if (status != 200) return job;
+      const std::string state = job["state"];
+      if (state != "queued" && state != "running") return job;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return json();
   }
 
  private:
@@ -202,9 +236,9 @@ TEST(Server, ListsProgressOptionsAndMemory) {
   auto page = s.client().Get("/");
   ASSERT_TRUE(page);
   EXPECT_EQ(page->status, 200);
-  EXPECT_NE(page->body.find("/sdapi/v1/txt2img"), std::string::npos);
   EXPECT_EQ(page->body.find("http://"), std::string::npos);
   EXPECT_EQ(page->body.find("https://"), std::string::npos);
+  EXPECT_NE(page->body.find("/v1/jobs"), std::string::npos);
   EXPECT_EQ(s.get("/sdapi/v1/options").second["sd_model_checkpoint"], "fashion-mnist-dit");
   const json progress = s.get("/sdapi/v1/progress").second;
   EXPECT_EQ(progress["progress"], 0.0);
@@ -242,6 +276,485 @@ TEST(Server, ApiKeyIsRequiredWhenSet) {
   auto res = s.client().Get("/v1/models", auth);
   ASSERT_TRUE(res);
   EXPECT_EQ(res->status, 200);
+}
+
+// The pixels of class `label` drawn by the API with `seed`, `steps` steps.
+std::vector<uint8_t> api_pixels(const std::string& label, int64_t seed, int steps) {
+  const Engine engine = Engine::open(kFashion);
+  GenerateRequest r;
+  r.class_labels = {label};
+  r.seed = seed;
+  r.steps = steps;
+  return engine.generate(r).images[0].image.pixels;
+}
+
+TEST(Server, JobsRunQueueCancelAndAreForgottenOnlyWhenOld) {
+  Serving s(fashion());
+  // A long job runs; a second waits behind it with its queue position.
+  const auto [s1, long_job] =
+      s.post("/v1/jobs", R"({"class_label": "coat", "steps": 150, "batch_size": 16})");
+  ASSERT_EQ(s1, 202) << long_job.dump();
+  const std::string long_id = long_job["id"];
+  const auto [s2, quick] = s.post("/v1/jobs", R"({"class_label": 8, "seed": 5, "steps": 2})");
+  ASSERT_EQ(s2, 202) << quick.dump();
+  const std::string quick_id = quick["id"];
+  for (int i = 0; i < 500 && s.get("/v1/jobs/" + long_id).second["state"] != "running"; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  const json queued = s.get("/v1/jobs/" + quick_id).second;
+  EXPECT_EQ(queued["state"], "queued");
+  EXPECT_EQ(queued["queue_position"], 1);
+  // DELETE cancels the running job within a step; the queued one then runs.
+  const auto [s3, deleted] = s.del("/v1/jobs/" + long_id);
+  EXPECT_EQ(s3, 200) << deleted.dump();
+  EXPECT_EQ(s.wait_job(long_id)["state"], "cancelled");
+  const json done = s.wait_job(quick_id);
+  ASSERT_EQ(done["state"], "succeeded") << done.dump();
+  ASSERT_EQ(done["result"]["images"].size(), 1u);
+  EXPECT_EQ(done["result"]["images"][0]["seed"], 5);
+  const Image img = decode_png(base64_decode(done["result"]["images"][0]["b64_json"], "png"));
+  EXPECT_EQ(img.pixels, api_pixels("bag", 5, 2));  // class 8 is "bag"
+  // Listed, unknown ids are 404, and a job that fails says why.
+  EXPECT_GE(s.get("/v1/jobs").second["data"].size(), 2u);
+  EXPECT_EQ(s.get("/v1/jobs/job-0123456789abcdef").first, 404);
+  EXPECT_EQ(s.del("/v1/jobs/job-0123456789abcdef").first, 404);
+  const auto [s4, bad] = s.post("/v1/jobs", R"({"class_label": "bag", "sampler_name": "nope"})");
+  ASSERT_EQ(s4, 202);
+  const json failed = s.wait_job(bad["id"]);
+  EXPECT_EQ(failed["state"], "failed");
+  EXPECT_EQ(failed["error"]["status"], 400);
+  EXPECT_NE(failed["error"]["message"].get<std::string>().find("unknown sampler"),
+            std::string::npos);
+  // A field the server checks itself is refused before anything is queued.
+  EXPECT_EQ(s.post("/v1/jobs", R"({"class_label": "bag", "steps": -3})").first, 400);
+  EXPECT_EQ(s.post("/v1/jobs", R"({"class_label": "bag", "n_iter": 0})").first, 400);
+}
+
+TEST(Server, JobEventsStreamProgressWithPreviewsUntilDone) {
+  ServerOptions o = fashion();
+  o.preview_every = 2;
+  Serving s(o);
+  const auto [status, job] = s.post("/v1/jobs", R"({"prompt": "dress", "seed": 1, "steps": 60})");
+  ASSERT_EQ(status, 202) << job.dump();
+  httplib::Client c("127.0.0.1", s.port());
+  c.set_read_timeout(60, 0);
+  std::string stream;
+  auto res = c.Get(("/v1/jobs/" + job["id"].get<std::string>() + "/events").c_str(),
+                   [&](const char* data, size_t n) {
+                     stream.append(data, n);
+                     return true;
+                   });
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+  EXPECT_EQ(res->get_header_value("Content-Type"), "text/event-stream");
+  // Events in order; the steps never go back; previews decode to the drawn size; the last is done.
+  int last_step = -1, previews = 0;
+  std::string last_event;
+  for (size_t at = 0; (at = stream.find("event: ", at)) != std::string::npos;) {
+    const size_t eol = stream.find('\n', at);
+    last_event = stream.substr(at + 7, eol - at - 7);
+    const size_t data = stream.find("data: ", eol);
+    const size_t end = stream.find("\n\n", data);
+    const json e = json::parse(stream.substr(data + 6, end - data - 6));
+    EXPECT_GE(e["step"].get<int>(), last_step);
+    last_step = e["step"];
+    if (e.contains("preview")) {
+      const Image p = decode_png(base64_decode(e["preview"], "preview"));
+      EXPECT_EQ(p.width, 28);
+      ++previews;
+    }
+    at = end;
+  }
+  EXPECT_EQ(last_event, "done");
+  EXPECT_EQ(last_step, 60);
+  EXPECT_GE(previews, 1);
+}
+
+TEST(Server, A1111PreviewSkipAndIterations) {
+  ServerOptions o = fashion();
+  o.preview_every = 1;
+  Serving s(o);
+  // n_iter 2 of a long generation; skip the first iteration once a preview shows.
+  std::pair<int, json> result;
+  std::thread job([&] {
+    result = s.post("/sdapi/v1/txt2img",
+                    R"({"prompt": "shirt", "seed": 10, "steps": 150, "n_iter": 2})");
+  });
+  json image = nullptr;
+  for (int i = 0; i < 1000 && image.is_null(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    image = s.get("/sdapi/v1/progress").second["current_image"];
+  }
+  ASSERT_TRUE(image.is_string());
+  EXPECT_EQ(decode_png(base64_decode(image, "current_image")).width, 28);
+  EXPECT_TRUE(s.get("/sdapi/v1/progress?skip_current_image=true").second["current_image"].is_null());
+  EXPECT_EQ(s.post("/sdapi/v1/skip", "").first, 200);
+  job.join();
+  ASSERT_EQ(result.first, 200) << result.second.dump();
+  const json info = json::parse(result.second["info"].get<std::string>());
+  EXPECT_EQ(info["skipped"], true);
+  ASSERT_EQ(info["all_seeds"].size(), 1u);  // the second iteration's image only
+  EXPECT_EQ(info["all_seeds"][0], 11);
+  // Without a skip, n_iter x batch_size images with consecutive seeds, as A1111 draws them.
+  const auto [status, two] = s.post(
+      "/sdapi/v1/txt2img", R"({"prompt": "shirt", "seed": 10, "steps": 2, "n_iter": 2, "batch_size": 2})");
+  ASSERT_EQ(status, 200) << two.dump();
+  EXPECT_EQ(json::parse(two["info"].get<std::string>())["all_seeds"], json({10, 11, 12, 13}));
+  const Image third = decode_png(base64_decode(two["images"][2].get<std::string>(), "png"));
+  EXPECT_EQ(third.pixels, api_pixels("shirt", 12, 2));
+}
+
+TEST(Server, MetricsCorsAndOutputFiles) {
+  const std::string dir = testing::TempDir() + "stipple-server-outputs";
+  std::filesystem::remove_all(dir);
+  ServerOptions o = fashion();
+  o.output_dir = dir;
+  o.cors_origin = "http://localhost:8080";
+  Serving s(o);
+  // response_format "url": the image is saved and served from /outputs/.
+  const auto [status, reply] = s.post(
+      "/v1/images/generations", R"({"prompt": "boot", "seed": 2, "steps": 2, "response_format": "url"})");
+  ASSERT_EQ(status, 200) << reply.dump();
+  const std::string url = reply["data"][0]["url"];
+  const std::string prefix = "http://127.0.0.1:" + std::to_string(s.port()) + "/outputs/";
+  ASSERT_EQ(url.rfind(prefix, 0), 0u) << url;
+  auto file = s.client().Get(url.substr(url.find("/outputs/")).c_str());
+  ASSERT_TRUE(file);
+  EXPECT_EQ(file->status, 200);
+  EXPECT_EQ(file->get_header_value("Content-Type"), "image/png");
+  const Image img = decode_png(std::vector<uint8_t>(file->body.begin(), file->body.end()));
+  EXPECT_EQ(img.pixels, api_pixels("ankle boot", 2, 2));
+  EXPECT_TRUE(std::filesystem::is_regular_file(dir + "/" + url.substr(prefix.size())));
+  // Nothing outside the folder is served.
+  EXPECT_EQ(s.client().Get("/outputs/../CMakeLists.txt")->status, 404);
+  EXPECT_EQ(s.client().Get("/outputs/.hidden.png")->status, 404);
+  EXPECT_EQ(s.client().Get("/outputs/missing.png")->status, 404);
+  // CORS: the origin is allowed, and a preflight needs no credentials.
+  auto pre = s.client().Options("/v1/images/generations");
+  ASSERT_TRUE(pre);
+  EXPECT_EQ(pre->status, 204);
+  EXPECT_EQ(pre->get_header_value("Access-Control-Allow-Origin"), "http://localhost:8080");
+  EXPECT_EQ(s.client().Get("/healthz")->get_header_value("Access-Control-Allow-Origin"),
+            "http://localhost:8080");
+  // Metrics: Prometheus text with the counts of what happened.
+  EXPECT_EQ(s.post("/sdapi/v1/txt2img", R"({"prompt": "bag", "steps": "x"})").first, 400);
+  auto m = s.client().Get("/metrics");
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->status, 200);
+  for (const char* line :
+       {"stipple_http_requests_total{route=\"POST /v1/images/generations\",status=\"200\"} 1",
+        "stipple_http_requests_total{route=\"POST /sdapi/v1/txt2img\",status=\"400\"} 1",
+        "stipple_http_requests_total{route=\"GET /outputs/{name}\",status=\"404\"} 3",
+        "stipple_queue_length 0", "stipple_jobs_finished_total{state=\"succeeded\"} 1",
+        "stipple_model_loaded{model=\"fashion-mnist-dit\"} 1", "stipple_models_loaded 1",
+        "# TYPE process_resident_memory_bytes gauge", "stipple_step_seconds_count 2"})
+    EXPECT_NE(m->body.find(line), std::string::npos) << line << "\n" << m->body;
+  // Without --output-dir, "url" is refused with the reason; without --cors, no CORS headers.
+  Serving plain(fashion());
+  const auto [s2, refused] = plain.post(
+      "/v1/images/generations", R"({"prompt": "boot", "response_format": "url"})");
+  EXPECT_EQ(s2, 400);
+  EXPECT_NE(refused["error"]["message"].get<std::string>().find("--output-dir"), std::string::npos);
+  EXPECT_EQ(plain.client().Get("/healthz")->get_header_value("Access-Control-Allow-Origin"), "");
+  std::filesystem::remove_all(dir);
+}
+
+// A PNG as multipart form data for /v1/images/edits.
+httplib::MultipartFormData png_part(const std::string& name, const Image& img) {
+  const std::vector<uint8_t> bytes = encode_png(img);
+  return {name, std::string(bytes.begin(), bytes.end()), name + ".png", "image/png"};
+}
+
+TEST(Server, OpenAIEditsInpaintTheTransparentPixels) {
+  if (!std::filesystem::exists(kSdTinyInpaint)) GTEST_SKIP() << "no " << kSdTinyInpaint;
+  ServerOptions o;
+  o.models = {kSdTinyInpaint};
+  Serving s(o);
+  Image rgba;
+  rgba.width = rgba.height = 64;
+  rgba.channels = 4;
+  rgba.pixels.assign(64 * 64 * 4, 200);
+  for (size_t i = 0; i < 64 * 64; ++i) rgba.pixels[i * 4 + 3] = 255;
+  for (int y = 16; y < 48; ++y)
+    for (int x = 16; x < 48; ++x) rgba.pixels[(y * 64 + x) * 4 + 3] = 0;  // a hole to paint
+  httplib::MultipartFormDataItems form = {png_part("image", rgba),
+                                          {"prompt", "a red square", "", ""},
+                                          {"n", "1", "", ""},
+                                          {"seed", "3", "", ""},
+                                          {"steps", "2", "", ""}};
+  auto res = s.client().Post("/v1/images/edits", form);
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  const json reply = json::parse(res->body);
+  const Image out = decode_png(base64_decode(reply["data"][0]["b64_json"], "png"));
+  EXPECT_EQ(out.width, 64);
+  // The same edit through the API: the transparent pixels are the mask.
+  const Engine engine = Engine::open(kSdTinyInpaint);
+  GenerateRequest r;
+  r.prompt = "a red square";
+  r.seed = 3;
+  r.steps = 2;
+  Image init = rgba, mask;
+  init.channels = 3;
+  init.pixels.assign(64 * 64 * 3, 0);
+  mask.width = mask.height = 64;
+  mask.channels = 1;
+  mask.pixels.assign(64 * 64, 0);
+  for (size_t i = 0; i < 64 * 64; ++i) {
+    const bool hole = rgba.pixels[i * 4 + 3] == 0;
+    for (int c = 0; c < 3; ++c) init.pixels[i * 3 + c] = hole ? 255 : 200;
+    mask.pixels[i] = hole ? 255 : 0;
+  }
+  r.init_image = init;
+  r.mask = mask;
+  EXPECT_EQ(engine.generate(r).images[0].image.pixels, out.pixels);
+  // Bad edits: no transparency and no mask; a mask of another size; not multipart.
+  Image opaque = rgba;
+  opaque.channels = 3;
+  opaque.pixels.assign(64 * 64 * 3, 10);
+  auto no_mask = s.client().Post("/v1/images/edits",
+                                 httplib::MultipartFormDataItems{png_part("image", opaque),
+                                                                 {"prompt", "x", "", ""}});
+  ASSERT_TRUE(no_mask);
+  EXPECT_EQ(no_mask->status, 400);
+  EXPECT_NE(no_mask->body.find("no transparent areas"), std::string::npos) << no_mask->body;
+  Image small = rgba;
+  small.width = small.height = 32;
+  small.pixels.resize(32 * 32 * 4);
+  auto sizes = s.client().Post(
+      "/v1/images/edits", httplib::MultipartFormDataItems{png_part("image", rgba),
+                                                          png_part("mask", small),
+                                                          {"prompt", "x", "", ""}});
+  ASSERT_TRUE(sizes);
+  EXPECT_EQ(sizes->status, 400);
+  EXPECT_NE(sizes->body.find("the same size"), std::string::npos) << sizes->body;
+  EXPECT_EQ(s.post("/v1/images/edits", R"({"prompt": "x"})").first, 400);
+}
+
+TEST(Server, ModelsLoadLazilyAndTheLeastRecentlyUsedIsUnloaded) {
+  if (!std::filesystem::exists(kSdTiny)) GTEST_SKIP() << "no " << kSdTiny;
+  ServerOptions o;
+  o.models = {kFashion, kSdTiny};
+  // Room for one of them: the fashion DiT's weights are 23 MB as f32, the tiny SD's fewer.
+  o.memory_budget_mb = 28;
+  Serving s(o);
+  auto state = [&](int i) { return s.get("/readyz").second["models"][i]["state"]; };
+  EXPECT_EQ(state(0), "loaded");
+  EXPECT_EQ(state(1), "unloaded");
+  const auto [s1, sd] = s.post(
+      "/sdapi/v1/txt2img",
+      R"({"prompt": "a cat", "steps": 2, "override_settings": {"sd_model_checkpoint": "sd_tiny"}})");
+  ASSERT_EQ(s1, 200) << sd.dump();
+  EXPECT_EQ(state(1), "loaded");
+  EXPECT_EQ(state(0), "unloaded");
+  // Back to the first: it loads again and still draws the same image.
+  const auto [s2, bag] =
+      s.post("/v1/images/generations", R"({"prompt": "bag", "seed": 4, "steps": 2})");
+  ASSERT_EQ(s2, 200) << bag.dump();
+  EXPECT_EQ(decode_png(base64_decode(bag["data"][0]["b64_json"], "png")).pixels,
+            api_pixels("bag", 4, 2));
+  EXPECT_EQ(state(0), "loaded");
+  EXPECT_EQ(state(1), "unloaded");
+  // sd-models describes both, loaded or not.
+  const json models = s.get("/sdapi/v1/sd-models").second;
+  EXPECT_EQ(models[1]["stipple"]["family"], "SD 1.x");
+  EXPECT_EQ(models[1]["stipple"]["loaded"], false);
+}
+
+TEST(Server, ShutdownLetsTheRunningJobFinishWithinTheGrace) {
+  std::pair<int, json> result;
+  auto s = std::make_unique<Serving>(fashion());
+  std::thread job([&] {
+    result = s->post("/sdapi/v1/txt2img", R"({"prompt": "coat", "seed": 1, "steps": 60})");
+  });
+  for (int i = 0; i < 500 && s->get("/sdapi/v1/progress").second["state"]["sampling_step"] == 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  s->server().shutdown(60);  // returns once the job is done
+  job.join();
+  ASSERT_EQ(result.first, 200) << result.second.dump();
+  EXPECT_EQ(json::parse(result.second["info"].get<std::string>())["interrupted"], false);
+  EXPECT_EQ(result.second["images"].size(), 1u);
+  // With no grace the running job is cancelled.
+  s = std::make_unique<Serving>(fashion());
+  std::thread job2([&] {
+    result = s->post("/sdapi/v1/txt2img", R"({"prompt": "coat", "steps": 150, "batch_size": 16})");
+  });
+  for (int i = 0; i < 500 && s->get("/sdapi/v1/progress").second["state"]["sampling_step"] == 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  s->server().shutdown(0);
+  job2.join();
+  ASSERT_EQ(result.first, 200) << result.second.dump();
+  EXPECT_EQ(json::parse(result.second["info"].get<std::string>())["interrupted"], true);
+  s.reset();
+}
+
+TEST(Server, AClientThatDisconnectsMidGenerationLeavesNothingBehind) {
+  Serving s(fashion());
+  {
+    httplib::Client c("127.0.0.1", s.port());
+    c.set_read_timeout(0, 200000);  // gives up (and closes) 0.2 s into a ~2 s generation
+    EXPECT_FALSE(c.Post("/sdapi/v1/txt2img", R"({"prompt": "coat", "steps": 120})",
+                        "application/json"));
+  }
+  // The job runs to its end; the server answers meanwhile, and holds nothing afterwards.
+  EXPECT_EQ(s.get("/healthz").first, 200);
+  json jobs;
+  for (int i = 0; i < 1000; ++i) {
+    jobs = s.get("/v1/jobs").second["data"];
+    if (jobs.size() == 1 && jobs[0]["state"] == "succeeded") break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_EQ(jobs.size(), 1u);
+  EXPECT_EQ(jobs[0]["state"], "succeeded");
+  EXPECT_EQ(s.get("/sdapi/v1/progress").second["state"]["job_count"], 0);
+  EXPECT_EQ(s.post("/sdapi/v1/txt2img", R"({"prompt": "bag", "steps": 1})").first, 200);
+}
+
+TEST(Server, ASlowClientIsCutOffWhileOthersAreServed) {
+  ServerOptions o = fashion();
+  o.read_timeout_seconds = 1;
+  Serving s(o);
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(s.port()));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  const std::string head =
+      "POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+      "Content-Length: 1000\r\n\r\n{\"prompt\": ";
+  ASSERT_EQ(::send(fd, head.data(), head.size(), 0), static_cast<ssize_t>(head.size()));
+  EXPECT_EQ(s.get("/sdapi/v1/samplers").first, 200);  // served while that body never comes
+  timeval tv{10, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  // Cut off after the read timeout: an error answer (then the connection closes, at the latest
+  // when the keep-alive wait ends).
+  const auto start = std::chrono::steady_clock::now();
+  char buf[4096];
+  std::string got;
+  double first_byte = -1;
+  ssize_t n;
+  while ((n = ::recv(fd, buf, sizeof buf, 0)) > 0) {
+    if (first_byte < 0)
+      first_byte = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    got.append(buf, static_cast<size_t>(n));
+  }
+  EXPECT_EQ(n, 0) << "the server should close the connection";
+  EXPECT_EQ(got.rfind("HTTP/1.1 4", 0), 0u) << got;
+  EXPECT_GE(first_byte, 0.5);
+  EXPECT_LT(first_byte, 3.0);
+  ::close(fd);
+  EXPECT_EQ(s.get("/healthz").first, 200);
+}
+
+TEST(Server, AFloodGetsOnly200Or429AndMetricsCountIt) {
+  ServerOptions o = fashion();
+  o.queue = 16;
+  Serving s(o);
+  auto resident = [&] { return s.get("/sdapi/v1/memory").second["ram"]["process_resident"].get<double>(); };
+  // Warm up (first-use allocations), then measure.
+  ASSERT_EQ(s.post("/sdapi/v1/txt2img", R"({"prompt": "bag", "steps": 20})").first, 200);
+  const double before = resident();
+  constexpr int kRequests = 200;
+  std::vector<int> status(kRequests, 0);
+  std::vector<std::string> retry_after(kRequests);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kRequests; ++i)
+    clients.emplace_back([&, i] {
+      httplib::Client c("127.0.0.1", s.port());
+      c.set_read_timeout(120, 0);
+      auto res = c.Post("/sdapi/v1/txt2img", R"({"prompt": "bag", "steps": 20, "seed": 1})",
+                        "application/json");
+      if (!res) {  // a connection error
+        retry_after[i] = httplib::to_string(res.error());
+        return;
+      }
+      status[i] = res->status;
+      retry_after[i] = res->get_header_value("Retry-After");
+    });
+  for (std::thread& t : clients) t.join();
+  int ok = 0, busy = 0;
+  for (int i = 0; i < kRequests; ++i) {
+    EXPECT_TRUE(status[i] == 200 || status[i] == 429)
+        << "request " << i << ": " << status[i] << " " << retry_after[i];
+    ok += status[i] == 200;
+    if (status[i] == 429) {
+      ++busy;
+      EXPECT_FALSE(retry_after[i].empty());
+    }
+  }
+  EXPECT_GE(ok, 17);  // the queue and the running one, at least
+  EXPECT_GT(busy, 0);
+  const double after = resident();
+  EXPECT_LT(after, before * 1.10) << "resident memory " << before << " -> " << after;
+  auto m = s.client().Get("/metrics");
+  ASSERT_TRUE(m);
+  EXPECT_NE(m->body.find("stipple_http_requests_total{route=\"POST /sdapi/v1/txt2img\",status=\"200\"} " +
+                         std::to_string(ok + 1)),
+            std::string::npos) << m->body;
+  EXPECT_NE(m->body.find("stipple_http_requests_total{route=\"POST /sdapi/v1/txt2img\",status=\"429\"} " +
+                         std::to_string(busy)),
+            std::string::npos) << m->body;
+  EXPECT_NE(m->body.find("stipple_queue_length 0"), std::string::npos);
+  std::printf("flood: %d requests, %d answered 200, %d answered 429; resident %.1f -> %.1f MB\n",
+              kRequests, ok, busy, before / 1e6, after / 1e6);
+}
+
+TEST(Server, SigtermStopsTheCommandAfterItsJobWithExitZero) {
+  int out[2];
+  ASSERT_EQ(::pipe(out), 0);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, out[1], 1);
+  posix_spawn_file_actions_addclose(&actions, out[0]);
+  const std::string cli = STIPPLE_CLI;
+  std::vector<std::string> args = {cli, "serve", "--model", kFashion, "--port", "0", "--quiet",
+                                   "--grace", "60"};
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = 0;
+  ASSERT_EQ(posix_spawn(&pid, cli.c_str(), &actions, nullptr, argv.data(), environ), 0);
+  posix_spawn_file_actions_destroy(&actions);
+  ::close(out[1]);
+  // "stipple serve: http://127.0.0.1:PORT ..."
+  std::string line;
+  char c;
+  while (line.find('\n') == std::string::npos && ::read(out[0], &c, 1) == 1) line += c;
+  const size_t colon = line.find("127.0.0.1:");
+  ASSERT_NE(colon, std::string::npos) << line;
+  const int port = std::stoi(line.substr(colon + 10));
+  httplib::Client client("127.0.0.1", port);
+  client.set_read_timeout(120, 0);
+  for (int i = 0; i < 3000; ++i) {
+    auto res = client.Get("/readyz");
+    if (res && res->status == 200) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  int status = 0;
+  size_t images = 0;
+  std::thread job([&] {
+    httplib::Client c("127.0.0.1", port);
+    c.set_read_timeout(120, 0);
+    auto res = c.Post("/sdapi/v1/txt2img", R"({"prompt": "coat", "steps": 80})", "application/json");
+    if (!res) return;
+    status = res->status;
+    images = json::parse(res->body)["images"].size();
+  });
+  for (int i = 0; i < 1000; ++i) {
+    auto res = client.Get("/sdapi/v1/progress");
+    if (res && json::parse(res->body)["state"]["sampling_step"].get<int>() > 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_EQ(::kill(pid, SIGTERM), 0);
+  job.join();
+  int wstatus = 0;
+  ASSERT_EQ(::waitpid(pid, &wstatus, 0), pid);
+  ::close(out[0]);
+  EXPECT_TRUE(WIFEXITED(wstatus));
+  EXPECT_EQ(WEXITSTATUS(wstatus), 0);
+  EXPECT_EQ(status, 200);  // the running job finished within the grace
+  EXPECT_EQ(images, 1u);
 }
 
 }  // namespace

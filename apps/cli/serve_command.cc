@@ -13,9 +13,10 @@ ServeCommand::ServeCommand(CLI::App& app) {
   cmd_ = app.add_subcommand(
       "serve",
       "Serve models over HTTP: the A1111 API (/sdapi/v1/txt2img, img2img, progress, interrupt, "
-      "samplers, sd-models, options, png-info, memory) and the OpenAI Images API "
-      "(/v1/images/generations, /v1/models). Models load once; one generation runs at a time "
-      "behind a bounded queue (429 when full). Ctrl-C or SIGTERM stops it.");
+      "skip, samplers, sd-models, options, png-info, memory), the OpenAI Images API "
+      "(/v1/images/generations, /v1/images/edits, /v1/models), async jobs (/v1/jobs, with "
+      "server-sent events), /metrics and a web page at /. One generation runs at a time behind "
+      "a bounded queue (429 when full). SIGTERM or Ctrl-C stops it gracefully.");
   cmd_->add_option("--model", options_.models,
                    "a model folder or file to serve (repeat for several; the first is the "
                    "default)")
@@ -41,19 +42,41 @@ ServeCommand::ServeCommand(CLI::App& app) {
   cmd_->add_option("--max-images", options_.max_images, "most images per request")
       ->check(CLI::Range(1, 256))
       ->capture_default_str();
+  cmd_->add_option("--output-dir", options_.output_dir,
+                   "save images here (A1111 save_images, OpenAI response_format \"url\"), served "
+                   "at /outputs/");
+  cmd_->add_option("--cors", options_.cors_origin,
+                   "allow browser pages from this origin (or \"*\") to call the API");
+  cmd_->add_option("--memory-budget", options_.memory_budget_mb,
+                   "MB the loaded models may take; more unloads the least recently used "
+                   "(default: 3/4 of the memory available at start)");
+  cmd_->add_option("--preview-every", options_.preview_every,
+                   "live preview (A1111 current_image, job events) every N steps; 0: none")
+      ->check(CLI::Range(0, 10000))
+      ->capture_default_str();
+  cmd_->add_option("--keep-jobs", options_.keep_jobs, "finished jobs kept for GET /v1/jobs/{id}")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
+  cmd_->add_option("--grace", grace_,
+                   "seconds the running generation may finish after SIGTERM before it is "
+                   "cancelled")
+      ->check(CLI::Range(0.0, 86400.0))
+      ->capture_default_str();
   cmd_->add_flag("--quiet,-q", quiet_, "no line per request");
 }
 
 int ServeCommand::run() {
   options_.log_requests = !quiet_;
   server::Server server(options_);
-  std::printf("stipple serve: http://%s:%d (A1111 /sdapi/v1, OpenAI /v1); Ctrl-C stops\n",
+  std::printf("stipple serve: http://%s:%d (A1111 /sdapi/v1, OpenAI /v1, jobs /v1/jobs); "
+              "Ctrl-C stops\n",
               options_.host.c_str(), server.port());
   std::fflush(stdout);
   install_stop_handlers();
-  std::thread watcher([&server] {
+  std::thread watcher([this, &server] {
     while (!stop_requested()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    server.stop();
+    std::fprintf(stderr, "stipple serve: stopping (the running generation has %.0f s)\n", grace_);
+    server.shutdown(grace_);
   });
   server.run();
   if (!stop_requested()) {  // stopped some other way: let the watcher end

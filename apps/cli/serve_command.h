@@ -1,5 +1,5 @@
 // `stipple serve`: parses flags into server::ServerOptions and runs the HTTP server
-// (apps/server/server.h) until SIGINT or SIGTERM.
+// (apps/server/server.h) until SIGINT or SIGTERM, which stop it gracefully (--grace).
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -18,6 +18,7 @@ class ServeCommand {
   CLI::App* cmd_;
   server::ServerOptions options_;
   bool quiet_ = false;
+  double grace_ = 30;
 };
 
 }  // namespace stipple::cli

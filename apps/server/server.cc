@@ -5,6 +5,7 @@
 #include "web_page.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <atomic>
 #include <chrono>
@@ -12,8 +13,16 @@
 #include <condition_variable>
 #include <cstdio>
 #include <ctime>
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
 #include <mutex>
+#include <optional>
+#include <random>
 #include <sstream>
+#include <thread>
 #include <nlohmann/json.hpp>
 #include <stipple/stipple.h>
 
@@ -178,109 +187,517 @@ Image decode_image(const std::string& b64, const std::string& what) {
   }
 }
 
+// An RGBA image over white as RGB (init images may come with transparency); others unchanged.
+Image without_alpha(const Image& img) {
+  if (img.channels != 4) return img;
+  Image out;
+  out.width = img.width;
+  out.height = img.height;
+  out.channels = 3;
+  out.pixels.resize(static_cast<size_t>(img.width) * img.height * 3);
+  for (size_t i = 0, n = static_cast<size_t>(img.width) * img.height; i < n; ++i) {
+    const int a = img.pixels[4 * i + 3];
+    for (int c = 0; c < 3; ++c)
+      out.pixels[3 * i + c] =
+          static_cast<uint8_t>((img.pixels[4 * i + c] * a + 255 * (255 - a) + 127) / 255);
+  }
+  return out;
+}
+
+// OpenAI's edit mask: fully transparent pixels are repainted -> a grey mask, white = repaint.
+Image mask_from_alpha(const Image& img) {
+  Image out;
+  out.width = img.width;
+  out.height = img.height;
+  out.channels = 1;
+  out.pixels.resize(static_cast<size_t>(img.width) * img.height);
+  for (size_t i = 0; i < out.pixels.size(); ++i)
+    out.pixels[i] = img.pixels[4 * i + 3] == 0 ? 255 : 0;
+  return out;
+}
+
+enum class State { kQueued, kRunning, kSucceeded, kFailed, kCancelled };
+
+const char* to_string(State s) {
+  switch (s) {
+    case State::kQueued: return "queued";
+    case State::kRunning: return "running";
+    case State::kSucceeded: return "succeeded";
+    case State::kFailed: return "failed";
+    case State::kCancelled: return "cancelled";
+  }
+  return "?";
+}
+bool is_final(State s) { return s == State::kSucceeded || s == State::kFailed || s == State::kCancelled; }
+
+using Clock = std::chrono::steady_clock;
+
+// A random seed as A1111 draws one for seed -1: in [0, 2^32).
+int64_t random_seed() {
+  static std::mutex mu;
+  static std::mt19937_64 rng{std::random_device{}()};
+  std::lock_guard<std::mutex> lock(mu);
+  return static_cast<int64_t>(rng() & 0xffffffffu);
+}
+
+double since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+std::string random_hex(int bytes) {
+  static std::mutex mu;
+  static std::mt19937_64 rng{std::random_device{}()};
+  std::lock_guard<std::mutex> lock(mu);
+  std::string out;
+  for (int i = 0; i < bytes; ++i) {
+    char b[3];
+    std::snprintf(b, sizeof b, "%02x", static_cast<unsigned>(rng() & 0xff));
+    out += b;
+  }
+  return out;
+}
+
+// The route a request counts under in /metrics: its pattern, so ids and file names do not grow
+// the label set; anything unrouted is "other".
+std::string route_label(const std::string& method, const std::string& path) {
+  static const char* kRoutes[] = {
+      "/", "/healthz", "/readyz", "/metrics", "/v1/models", "/v1/images/generations",
+      "/v1/images/edits", "/v1/jobs", "/sdapi/v1/txt2img", "/sdapi/v1/img2img",
+      "/sdapi/v1/progress", "/sdapi/v1/interrupt", "/sdapi/v1/skip", "/sdapi/v1/samplers",
+      "/sdapi/v1/schedulers", "/sdapi/v1/sd-models", "/sdapi/v1/options",
+      "/sdapi/v1/png-info", "/sdapi/v1/memory"};
+  std::string route = "other";
+  for (const char* r : kRoutes)
+    if (path == r) route = r;
+  if (path.rfind("/v1/jobs/", 0) == 0)
+    route = path.size() > 7 && path.compare(path.size() - 7, 7, "/events") == 0
+                ? "/v1/jobs/{id}/events"
+                : "/v1/jobs/{id}";
+  if (path.rfind("/outputs/", 0) == 0) route = "/outputs/{name}";
+  return method + " " + route;
+}
+
+// A Prometheus label value.
+std::string label_value(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '\\' || c == '"') out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
+// One generation request: a job on the worker's queue.
+struct Job {
+  std::string id, kind;  // kind: "txt2img", "img2img", "generations", "edits", "job"
+  size_t model = 0;      // index into Impl::models
+  // Builds the engine request once the model's description is known (at submission when it is
+  // loaded, else on the worker); throws naming a bad field.
+  std::function<GenerateRequest(const ModelDescription&, std::vector<std::string>& notes)> build;
+  bool built = false;
+  GenerateRequest request;
+  int iterations = 1;  // A1111's n_iter: one engine call each, seeds continuing
+  bool save = false;   // write the images to --output-dir
+  std::vector<std::string> notes;
+  State state = State::kQueued;
+  int step = 0, total = 0, iteration = 0;
+  Clock::time_point created = Clock::now(), started, finished;
+  int64_t created_unix = static_cast<int64_t>(std::time(nullptr));
+  std::vector<GeneratedImage> images;
+  std::vector<std::string> files;  // per image, under --output-dir (when saved)
+  GenerateResult result;           // the resolved fields (steps, sampler, ...)
+  int64_t seed = -1;               // of the first image (a random one chosen for -1)
+  std::string error;
+  int error_status = 0;
+  bool cancel_requested = false, interrupted = false, skipped = false;
+  CancelToken current;  // of the running iteration
+  std::string preview_b64;  // the latest live preview (PNG)
+  int64_t preview_no = 0;
+  uint64_t version = 0;  // bumps at every change: event streams wait on it
+};
+
 }  // namespace
 
 struct Server::Impl {
-  struct Model {
-    std::string name, path;
-    std::unique_ptr<Engine> engine;
+  struct Slot {
+    std::string name, path, family;
+    uint64_t weights_bytes = 0;
+    enum class Load { kUnloaded, kLoading, kLoaded, kFailed } load = Load::kUnloaded;
+    std::unique_ptr<Engine> engine;  // touched by the worker only
+    std::optional<ModelDescription> description;  // once loaded (kept after eviction)
+    std::string error;                             // of the last failed load
+    Clock::time_point last_used;
   };
 
   ServerOptions opt;
   httplib::Server http;
-  std::vector<Model> models;
+  std::vector<Slot> models;
   int bound_port = 0;
+  uint64_t budget_bytes = 0;
 
-  std::mutex mu;  // guards everything below
+  std::mutex mu;  // guards everything below (and the Slots' fields but `engine`)
+  std::condition_variable cv;
   std::string current;  // A1111's sd_model_checkpoint
-  int waiting = 0;      // generations queued behind the running one
-  bool running = false;
-  int step = 0, total = 0, job_count = 0;
-  double elapsed = 0;
-  bool interrupted = false;
+  std::deque<std::shared_ptr<Job>> queue;
+  std::shared_ptr<Job> running;
+  std::map<std::string, std::shared_ptr<Job>> jobs;  // every job not yet forgotten
+  std::deque<std::string> finished_order;
+  bool accepting = true, stopping = false;
+  int streams = 0;
+  int64_t job_count = 0;
   std::string job_timestamp;
-  CancelToken cancel;  // of the running generation
-  std::mutex generation;  // held while a generation runs: one at a time
+  std::map<std::string, std::map<int, uint64_t>> requests;  // route -> status -> count
+  std::map<State, uint64_t> finished_total;
+  double step_seconds = 0;
+  uint64_t step_count = 0;
+  std::thread worker;
 
-  const Model& model(const std::string& name) {
-    const std::string want = name.empty() ? current_model() : name;
-    for (const Model& m : models)
-      if (m.name == want || m.path == want) return m;
+  // ---- models ----
+
+  size_t model_index(const std::string& name) {
+    const std::string want = name.empty() ? current : name;
+    for (size_t i = 0; i < models.size(); ++i)
+      if (models[i].name == want || models[i].path == want) return i;
     std::string known;
-    for (const Model& m : models) known += str_cat(known.empty() ? "" : ", ", m.name);
+    for (const Slot& m : models) known += str_cat(known.empty() ? "" : ", ", m.name);
     throw Error(str_cat("unknown model \"", want, "\"; this server has: ", known),
                 ErrorKind::kNotFound);
   }
-  std::string current_model() {
-    std::lock_guard<std::mutex> lock(mu);
-    return current;
-  }
 
-  // Runs one generation after those queued before it; 429 when the queue is full.
-  GenerateResult generate(const Model& m, const GenerateRequest& r) {
+  // Loads slot i on the worker, first evicting the least recently used models until it fits.
+  void ensure_loaded(size_t i) {
+    Slot& m = models[i];
     {
       std::lock_guard<std::mutex> lock(mu);
-      if (waiting >= opt.queue)
-        throw HttpError(429, str_cat("the queue is full (", opt.queue,
-                                     " generations waiting); retry later"));
-      ++waiting;
-    }
-    std::unique_lock<std::mutex> slot(generation);
-    CancelToken token;
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      --waiting;
-      running = true;
-      interrupted = false;
-      step = total = 0;
-      elapsed = 0;
-      ++job_count;
-      job_timestamp = timestamp();
-      cancel = token;
-    }
-    struct Done {
-      Impl* self;
-      ~Done() {
-        std::lock_guard<std::mutex> lock(self->mu);
-        self->running = false;
+      if (m.load == Slot::Load::kLoaded) {
+        m.last_used = Clock::now();
+        return;
       }
-    } done{this};
-    return m.engine->generate(
-        r,
-        [this](const Progress& p) {
-          std::lock_guard<std::mutex> lock(mu);
-          step = p.step;
-          total = p.total;
-          elapsed = p.elapsed_seconds;
-        },
-        &token);
+    }
+    const uint64_t need = m.weights_bytes;  // its weights in memory (Engine::probe)
+    if (need > budget_bytes)
+      throw HttpError(507, str_cat("model ", m.name, " needs about ", need >> 20,
+                                   " MB, more than the server's memory budget of ",
+                                   budget_bytes >> 20, " MB (--memory-budget)"));
+    for (;;) {
+      uint64_t used = 0;
+      size_t lru = models.size();
+      for (size_t j = 0; j < models.size(); ++j) {
+        if (models[j].load != Slot::Load::kLoaded) continue;
+        used += models[j].weights_bytes;
+        if (lru == models.size() || models[j].last_used < models[lru].last_used) lru = j;
+      }
+      if (used + need <= budget_bytes || lru == models.size()) break;
+      std::fprintf(stderr, "stipple serve: unloading %s to make room for %s\n",
+                   models[lru].name.c_str(), m.name.c_str());
+      models[lru].engine.reset();
+      std::lock_guard<std::mutex> lock(mu);
+      models[lru].load = Slot::Load::kUnloaded;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      m.load = Slot::Load::kLoading;
+    }
+    const auto start = Clock::now();
+    try {
+      auto engine = std::make_unique<Engine>(Engine::open(m.path));
+      std::lock_guard<std::mutex> lock(mu);
+      m.description = engine->description();
+      m.engine = std::move(engine);
+      m.load = Slot::Load::kLoaded;
+      m.last_used = Clock::now();
+      m.error.clear();
+    } catch (const Error& e) {
+      std::lock_guard<std::mutex> lock(mu);
+      m.load = Slot::Load::kFailed;
+      m.error = e.what();
+      throw;
+    }
+    if (opt.log_requests)
+      std::fprintf(stderr, "stipple serve: loaded %s in %.1f s\n", m.name.c_str(), since(start));
   }
 
-  // The body's "steps" within the server's bound (0 when absent: the model's default).
-  int steps(const json& body) const {
-    const int n = field<int>(body, "steps", 0);
-    if (n < 0 || n > opt.max_steps)
-      throw Error(str_cat("steps must be in [1, ", opt.max_steps, "], got ", n));
-    return n;
+  // ---- jobs ----
+
+  // Queues `job` (building its request now when the model is loaded, so a bad field is a 400
+  // before anything waits); 429 when the queue is full, 503 while its model loads or the
+  // server stops.
+  std::shared_ptr<Job> submit(std::shared_ptr<Job> job) {
+    std::unique_lock<std::mutex> lock(mu);
+    if (!accepting) throw HttpError(503, "the server is shutting down");
+    Slot& m = models[job->model];
+    if (m.load == Slot::Load::kLoading)
+      throw HttpError(503, str_cat("model ", m.name, " is loading; retry in a few seconds"));
+    const size_t waiting = queue.size() + (running ? 1 : 0);
+    if (waiting > static_cast<size_t>(opt.queue))
+      throw HttpError(429, str_cat("the queue is full (", opt.queue,
+                                   " generations waiting); retry later"));
+    if (m.description) {
+      const ModelDescription d = *m.description;
+      lock.unlock();  // building decodes images: not under the lock
+      job->request = job->build(d, job->notes);
+      job->built = true;
+      lock.lock();
+      if (!accepting) throw HttpError(503, "the server is shutting down");
+    }
+    job->id = "job-" + random_hex(8);
+    jobs[job->id] = job;
+    queue.push_back(job);
+    cv.notify_all();
+    return job;
+  }
+
+  // Blocks until `job` has finished.
+  void wait(const std::shared_ptr<Job>& job) {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return is_final(job->state); });
+  }
+
+  void work() {
+    try {
+      ensure_loaded(0);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "stipple serve: cannot load %s: %s\n", models[0].name.c_str(),
+                   e.what());
+    }
+    for (;;) {
+      std::shared_ptr<Job> job;
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        cv.wait(lock, [&] { return stopping || !queue.empty(); });
+        if (stopping) return;
+        job = queue.front();
+        queue.pop_front();
+        job->state = State::kRunning;
+        job->started = Clock::now();
+        ++job->version;
+        running = job;
+        ++job_count;
+        job_timestamp = timestamp();
+        cv.notify_all();
+      }
+      execute(*job);
+      std::lock_guard<std::mutex> lock(mu);
+      running.reset();
+      job->finished = Clock::now();
+      ++job->version;
+      ++finished_total[job->state];
+      finished_order.push_back(job->id);
+      forget_old_jobs();
+      cv.notify_all();
+    }
+  }
+
+  void execute(Job& job) {
+    try {
+      ensure_loaded(job.model);
+      if (!job.built) {
+        const ModelDescription d = *models[job.model].description;
+        job.request = job.build(d, job.notes);
+        job.built = true;
+      }
+      const Engine& engine = *models[job.model].engine;  // only this thread unloads models
+      GenerateRequest r = job.request;
+      r.preview_every = opt.preview_every;
+      // Iteration k draws with seed + k x its images (A1111's n_iter): a random seed is chosen
+      // here, so that a skipped iteration does not shift the next one's.
+      if (r.seed < 0) r.seed = random_seed();
+      const int64_t per_iteration =
+          static_cast<int64_t>(r.batch_size) *
+          static_cast<int64_t>(std::max<size_t>(1, std::max(r.prompts.size(), r.class_labels.size())));
+      const int64_t first_seed = r.seed;
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        job.seed = first_seed;
+      }
+      for (int it = 0; it < job.iterations; ++it) {
+        r.seed = first_seed + it * per_iteration;
+        CancelToken token;
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          if (job.cancel_requested) break;
+          job.current = token;
+          job.iteration = it;
+        }
+        double last = 0;
+        try {
+          GenerateResult out = engine.generate(
+              r,
+              [&](const Progress& p) {
+                std::string preview;
+                if (p.preview) preview = base64_encode(encode_png(*p.preview));
+                std::lock_guard<std::mutex> lock(mu);
+                job.total = p.total * job.iterations;
+                job.step = p.total * it + p.step;
+                step_seconds += p.elapsed_seconds - last;
+                ++step_count;
+                last = p.elapsed_seconds;
+                if (!preview.empty()) {
+                  job.preview_b64 = std::move(preview);
+                  ++job.preview_no;
+                }
+                ++job.version;
+                cv.notify_all();
+              },
+              &token);
+          std::lock_guard<std::mutex> lock(mu);
+          if (job.images.empty()) {
+            job.notes.insert(job.notes.end(), out.notes.begin(), out.notes.end());
+            job.result = out;
+            job.result.images.clear();
+          }
+          for (GeneratedImage& g : out.images) job.images.push_back(std::move(g));
+          ++job.version;
+        } catch (const Error& e) {
+          if (e.kind() != ErrorKind::kCancelled) throw;
+          std::lock_guard<std::mutex> lock(mu);
+          if (job.cancel_requested) break;
+          job.skipped = true;  // A1111's skip: on to the next iteration
+        }
+
+      }
+      if (job.save && !opt.output_dir.empty()) {
+        for (size_t i = 0; i < job.images.size(); ++i) {
+          const std::string name = str_cat(job.id, "-", i, ".png");
+          save_png((std::filesystem::path(opt.output_dir) / name).string(), job.images[i].image,
+                   job.images[i].parameters);
+          std::lock_guard<std::mutex> lock(mu);
+          job.files.push_back(name);
+        }
+      }
+      std::lock_guard<std::mutex> lock(mu);
+      job.state = job.cancel_requested ? State::kCancelled : State::kSucceeded;
+      job.interrupted = job.cancel_requested;
+    } catch (const Error& e) {
+      std::lock_guard<std::mutex> lock(mu);
+      job.state = State::kFailed;
+      job.error = e.what();
+      job.error_status = status_of(e);
+    } catch (const std::exception& e) {
+      std::lock_guard<std::mutex> lock(mu);
+      job.state = State::kFailed;
+      job.error = str_cat("internal error: ", e.what());
+      job.error_status = 500;
+    }
+  }
+
+  // Finished jobs beyond --keep-jobs, or older than the time they are kept, are forgotten.
+  void forget_old_jobs() {
+    while (!finished_order.empty()) {
+      const auto it = jobs.find(finished_order.front());
+      const bool too_many = finished_order.size() > static_cast<size_t>(opt.keep_jobs);
+      if (it != jobs.end() && !too_many && since(it->second->finished) < opt.job_ttl_seconds)
+        break;
+      if (it != jobs.end()) jobs.erase(it);
+      finished_order.pop_front();
+    }
+  }
+
+  // Cancels a queued job at once, a running one after its current step.
+  void cancel(Job& job) {
+    if (job.state == State::kQueued) {
+      for (auto it = queue.begin(); it != queue.end(); ++it)
+        if (it->get() == &job) {
+          queue.erase(it);
+          break;
+        }
+      job.state = State::kCancelled;
+      job.interrupted = true;
+      job.finished = Clock::now();
+      ++finished_total[job.state];
+      finished_order.push_back(job.id);
+      ++job.version;
+    } else if (job.state == State::kRunning) {
+      job.cancel_requested = true;
+      job.current.cancel();
+    }
+    cv.notify_all();
+  }
+
+  // The error a failed job answers with.
+  static void throw_failed(const Job& job) {
+    if (job.state == State::kFailed) throw HttpError(job.error_status, job.error);
+  }
+
+  int queue_position(const Job& job) const {
+    for (size_t i = 0; i < queue.size(); ++i)
+      if (queue[i].get() == &job) return static_cast<int>(i) + 1;
+    return 0;
+  }
+
+  // A job as /v1/jobs shows it (under the lock); the images only when asked.
+  json job_json(const Job& job, bool images) const {
+    const double elapsed = job.state == State::kQueued ? 0.0
+                           : is_final(job.state) && job.finished > job.started
+                               ? std::chrono::duration<double>(job.finished - job.started).count()
+                               : job.state == State::kRunning ? since(job.started) : 0.0;
+    json j = {{"id", job.id},
+              {"object", "job"},
+              {"kind", job.kind},
+              {"model", models[job.model].name},
+              {"state", to_string(job.state)},
+              {"queue_position", queue_position(job)},
+              {"step", job.step},
+              {"total", job.total},
+              {"progress", job.total > 0 ? static_cast<double>(job.step) / job.total : 0.0},
+              {"iteration", job.iteration},
+              {"iterations", job.iterations},
+              {"elapsed_seconds", elapsed},
+              {"eta_seconds", job.state == State::kRunning && job.step > 0
+                                  ? json(elapsed / job.step * (job.total - job.step))
+                                  : json(nullptr)},
+              {"created", job.created_unix},
+              {"notes", job.notes},
+              {"error", job.state == State::kFailed
+                            ? json{{"message", job.error}, {"status", job.error_status}}
+                            : json(nullptr)}};
+    if (is_final(job.state) && job.state != State::kFailed) {
+      json list = json::array();
+      for (size_t i = 0; i < job.images.size(); ++i) {
+        const GeneratedImage& g = job.images[i];
+        json one = {{"seed", g.seed}, {"prompt", g.prompt}, {"parameters", g.parameters}};
+        if (images) one["b64_json"] = base64_encode(encode_png(g.image, g.parameters));
+        if (i < job.files.size()) one["url"] = "/outputs/" + job.files[i];
+        list.push_back(std::move(one));
+      }
+      j["result"] = {{"images", list},
+                     {"seed", job.seed},
+                     {"steps", job.result.steps},
+                     {"cfg_scale", job.result.cfg_scale},
+                     {"sampler", job.result.a1111_sampler},
+                     {"width", job.result.width},
+                     {"height", job.result.height}};
+    }
+    return j;
   }
 
   // ---- A1111 ----
 
-  // A1111's txt2img / img2img body as a GenerateRequest for `m`; fields stipple cannot honour
-  // go to `notes`.
-  GenerateRequest a1111_request(const json& body, const Model& m, bool img2img,
-                                std::vector<std::string>& notes) {
+  // A1111's txt2img / img2img body as a GenerateRequest for a model described by `d`; fields
+  // stipple cannot honour go to `notes`.
+  GenerateRequest a1111_request(const json& body, const ModelDescription& d, bool img2img,
+                                std::vector<std::string>& notes) const {
     GenerateRequest r;
-    const ModelDescription& d = m.engine->description();
     const bool class_model = d.tasks[0] == Task::kClassToImage;
-    const std::string prompt = field<std::string>(body, "prompt", "");
+    std::string prompt = field<std::string>(body, "prompt", "");
     if (class_model) {
-      if (prompt.empty()) throw Error(str_cat("prompt: ", m.name, " is a class-to-image model; "
-                                              "give the class as the prompt (e.g. \"",
-                                              d.class_names.empty() ? "0" : d.class_names[0],
-                                              "\")"));
+      // /v1/jobs also takes class_label (a name or an id)
+      const auto label = body.find("class_label");
+      if (label != body.end() && label->is_number_integer())
+        prompt = std::to_string(label->get<int64_t>());
+      else if (label != body.end())
+        prompt = field<std::string>(body, "class_label", "");
+      if (prompt.empty())
+        throw Error(str_cat("prompt: ", d.name, " is a class-to-image model; give the class as "
+                            "the prompt (e.g. \"", d.class_names.empty() ? "0" : d.class_names[0],
+                            "\")"));
       r.class_labels = {prompt};
     } else {
+      if (prompt.empty() && !img2img) throw Error("prompt is required");
       r.prompt = prompt;
       r.negative_prompt = field<std::string>(body, "negative_prompt", "");
     }
@@ -305,17 +722,13 @@ struct Server::Impl {
                           width, "x", height));
     if (d.size_multiple == 0) {
       if ((width != 0 && width != d.default_width) || (height != 0 && height != d.default_height))
-        notes.push_back(str_cat("width, height: ", m.name, " draws only ", d.default_width, "x",
+        notes.push_back(str_cat("width, height: ", d.name, " draws only ", d.default_width, "x",
                                 d.default_height));
     } else {
       r.width = width;
       r.height = height;
     }
-    const int batch = field<int>(body, "batch_size", 1), iters = field<int>(body, "n_iter", 1);
-    if (batch < 1 || iters < 1 || batch * static_cast<int64_t>(iters) > opt.max_images)
-      throw Error(str_cat("batch_size x n_iter must be in [1, ", opt.max_images, "], got ", batch,
-                          " x ", iters));
-    r.batch_size = batch * iters;
+    r.batch_size = field<int>(body, "batch_size", 1);
     if (body.contains("override_settings") && body["override_settings"].is_object()) {
       const json& o = body["override_settings"];
       if (o.contains("CLIP_stop_at_last_layers"))
@@ -326,12 +739,12 @@ struct Server::Impl {
       if (it == body.end() || !it->is_array() || it->empty() || !(*it)[0].is_string())
         throw Error("init_images must be a list holding one base64 PNG");
       if (it->size() > 1) notes.push_back("init_images: only the first image was used");
-      r.init_image = decode_image((*it)[0].get<std::string>(), "init_images[0]");
+      r.init_image = without_alpha(decode_image((*it)[0].get<std::string>(), "init_images[0]"));
       if (body.contains("denoising_strength") && !body["denoising_strength"].is_null())
         r.strength = field<double>(body, "denoising_strength", 0.75);
       const std::string mask = field<std::string>(body, "mask", "");
       if (!mask.empty()) {
-        Image mk = decode_image(mask, "mask");
+        Image mk = without_alpha(decode_image(mask, "mask"));
         if (field<int>(body, "inpainting_mask_invert", 0) != 0)
           for (uint8_t& v : mk.pixels) v = static_cast<uint8_t>(255 - v);
         r.mask = std::move(mk);
@@ -346,32 +759,55 @@ struct Server::Impl {
       notes.push_back("script_name: scripts are not available");
     if (body.contains("styles") && body["styles"].is_array() && !body["styles"].empty())
       notes.push_back("styles are not available");
-    if (field<bool>(body, "save_images", false))
-      notes.push_back("save_images: this server keeps no image files");
+    if (field<bool>(body, "save_images", false) && opt.output_dir.empty())
+      notes.push_back("save_images: this server was started without --output-dir");
     return r;
+  }
+
+  // The body's "steps" within the server's bound (0 when absent: the model's default).
+  int steps(const json& body) const {
+    const int n = field<int>(body, "steps", 0);
+    if (n < 0 || n > opt.max_steps)
+      throw Error(str_cat("steps must be in [1, ", opt.max_steps, "], got ", n));
+    return n;
+  }
+
+  // A job from an A1111-style body (txt2img, img2img and /v1/jobs).
+  std::shared_ptr<Job> a1111_job(const json& body, const std::string& kind) {
+    auto job = std::make_shared<Job>();
+    job->kind = kind;
+    std::string name = field<std::string>(body, "model", "");
+    if (body.contains("override_settings") && body["override_settings"].is_object())
+      name = field<std::string>(body["override_settings"], "sd_model_checkpoint", name);
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      job->model = model_index(name);
+    }
+    const bool img2img = kind == "img2img" || body.contains("init_images");
+    const int batch = field<int>(body, "batch_size", 1), iters = field<int>(body, "n_iter", 1);
+    if (batch < 1 || iters < 1 || batch * static_cast<int64_t>(iters) > opt.max_images)
+      throw Error(str_cat("batch_size x n_iter must be in [1, ", opt.max_images, "], got ", batch,
+                          " x ", iters));
+    job->iterations = iters;
+    job->save = field<bool>(body, "save_images", false) && !opt.output_dir.empty();
+    job->build = [this, body, img2img](const ModelDescription& d, std::vector<std::string>& notes) {
+      return a1111_request(body, d, img2img, notes);
+    };
+    return job;
   }
 
   json a1111_generate(const httplib::Request& req, bool img2img) {
     const json body = parse_body(req);
-    std::string name;
-    if (body.contains("override_settings") && body["override_settings"].is_object())
-      name = field<std::string>(body["override_settings"], "sd_model_checkpoint", "");
-    const Model& m = model(name);
-    std::vector<std::string> notes;
-    const GenerateRequest r = a1111_request(body, m, img2img, notes);
-    GenerateResult out;
-    bool was_interrupted = false;
-    try {
-      out = generate(m, r);
-    } catch (const Error& e) {
-      if (e.kind() != ErrorKind::kCancelled) throw;
-      was_interrupted = true;  // A1111 answers an interrupted job normally, with what it has
-    }
-    notes.insert(notes.end(), out.notes.begin(), out.notes.end());
+    const std::shared_ptr<Job> job = submit(a1111_job(body, img2img ? "img2img" : "txt2img"));
+    wait(job);
+    std::lock_guard<std::mutex> lock(mu);
+    throw_failed(*job);
+    const GenerateResult& out = job->result;
+    const GenerateRequest& r = job->request;
     json images = json::array(), prompts = json::array(), seeds = json::array(),
          infotexts = json::array(), negatives = json::array();
     const bool send = field<bool>(body, "send_images", true);
-    for (const GeneratedImage& g : out.images) {
+    for (const GeneratedImage& g : job->images) {
       if (send) images.push_back(base64_encode(encode_png(g.image, g.parameters)));
       prompts.push_back(g.prompt);
       negatives.push_back(r.negative_prompt);
@@ -379,13 +815,13 @@ struct Server::Impl {
       infotexts.push_back(g.parameters);
     }
     const json info = {
-        {"prompt", out.images.empty() ? "" : out.images[0].prompt},
+        {"prompt", job->images.empty() ? r.prompt : job->images[0].prompt},
         {"all_prompts", prompts},
         {"negative_prompt", r.negative_prompt},
         {"all_negative_prompts", negatives},
-        {"seed", out.seed},
+        {"seed", job->seed},
         {"all_seeds", seeds},
-        {"subseed", out.seed},
+        {"subseed", job->seed},
         {"all_subseeds", seeds},
         {"subseed_strength", 0},
         {"width", out.width},
@@ -396,7 +832,7 @@ struct Server::Impl {
         {"batch_size", r.batch_size},
         {"restore_faces", false},
         {"face_restoration_model", nullptr},
-        {"sd_model_name", m.name},
+        {"sd_model_name", models[job->model].name},
         {"sd_model_hash", nullptr},
         {"sd_vae_name", nullptr},
         {"sd_vae_hash", nullptr},
@@ -407,33 +843,309 @@ struct Server::Impl {
         {"index_of_first_image", 0},
         {"infotexts", infotexts},
         {"styles", json::array()},
-        {"job_timestamp", timestamp()},
+        {"job_timestamp", job_timestamp},
         {"clip_skip", r.clip_skip},
         {"is_using_inpainting_conditioning", false},
         {"version", std::string("stipple ") + version()},
-        {"interrupted", was_interrupted},
-        {"not_honoured", notes},
+        {"interrupted", job->interrupted},
+        {"skipped", job->skipped},
+        {"saved_files", job->files},
+        {"not_honoured", job->notes},
     };
     return {{"images", images}, {"parameters", body}, {"info", info.dump()}};
   }
 
-  json progress() {
+  json progress(const httplib::Request& req) {
+    const bool skip_image = req.has_param("skip_current_image") &&
+                            req.get_param_value("skip_current_image") != "false";
     std::lock_guard<std::mutex> lock(mu);
-    const double fraction = running && total > 0 ? static_cast<double>(step) / total : 0.0;
-    const double eta = running && step > 0 ? elapsed / step * (total - step) : 0.0;
+    const Job* job = running.get();
+    const int step = job ? job->step : 0, total = job ? job->total : 0;
+    const double fraction = total > 0 ? static_cast<double>(step) / total : 0.0;
+    const double eta = job && step > 0 ? since(job->started) / step * (total - step) : 0.0;
+    json image = nullptr;
+    if (job && !skip_image && !job->preview_b64.empty()) image = job->preview_b64;
     return {{"progress", fraction},
             {"eta_relative", eta},
             {"state",
-             {{"skipped", false},
-              {"interrupted", interrupted},
-              {"job", running ? "txt2img" : ""},
-              {"job_count", running ? 1 + waiting : waiting},
+             {{"skipped", job && job->skipped},
+              {"interrupted", job && job->cancel_requested},
+              {"job", job ? job->kind : ""},
+              {"job_count", static_cast<int64_t>(queue.size()) + (job ? 1 : 0)},
               {"job_timestamp", job_timestamp},
-              {"job_no", running ? 0 : job_count},
-              {"sampling_step", running ? step : 0},
-              {"sampling_steps", running ? total : 0}}},
-            {"current_image", nullptr},
-            {"textinfo", running ? str_cat("step ", step, " of ", total) : "idle"}};
+              {"job_no", job ? job->iteration : 0},
+              {"sampling_step", step},
+              {"sampling_steps", total}}},
+            {"current_image", image},
+            {"textinfo", job ? str_cat("step ", step, " of ", total) : "idle"}};
+  }
+
+  json sd_models() {
+    std::lock_guard<std::mutex> lock(mu);
+    json list = json::array();
+    for (const Slot& m : models) {
+      json s = {{"family", m.family},
+                {"loaded", m.load == Slot::Load::kLoaded},
+                {"loading", m.load == Slot::Load::kLoading}};
+      if (m.description) {
+        const ModelDescription& d = *m.description;
+        json tasks = json::array();
+        for (Task t : d.tasks) tasks.push_back(to_string(t));
+        s.update({{"family", d.family},
+                  {"tasks", tasks},
+                  {"default_steps", d.default_steps},
+                  {"default_cfg_scale", d.default_cfg_scale},
+                  {"default_sampler", d.default_sampler},
+                  {"default_width", d.default_width},
+                  {"default_height", d.default_height},
+                  {"size_multiple", d.size_multiple},
+                  {"class_names", d.class_names}});
+      }
+      if (!m.error.empty()) s["error"] = m.error;
+      // A1111's fields, then stipple's description (what the web page builds its form from).
+      list.push_back({{"title", m.name}, {"model_name", m.name}, {"hash", nullptr},
+                      {"sha256", nullptr}, {"filename", m.path}, {"config", nullptr},
+                      {"stipple", s}});
+    }
+    return list;
+  }
+
+  // ---- OpenAI Images ----
+
+  // The fields generations and edits share, into `r`; `form(name)` reads one field.
+  void openai_common(const std::function<std::optional<json>(const char*)>& form,
+                     const ModelDescription& d, GenerateRequest& r) const {
+    auto get = [&](const char* name) { return form(name).value_or(json(nullptr)); };
+    const json body = {{"n", get("n")},
+                       {"size", get("size")},
+                       {"seed", get("seed")},
+                       {"steps", get("steps")},
+                       {"negative_prompt", get("negative_prompt")},
+                       {"guidance_scale", get("guidance_scale")},
+                       {"sampler", get("sampler")}};
+    r.negative_prompt = field<std::string>(body, "negative_prompt", "");
+    r.batch_size = field<int>(body, "n", 1);
+    if (r.batch_size < 1 || r.batch_size > opt.max_images)
+      throw Error(str_cat("n must be in [1, ", opt.max_images, "], got ", r.batch_size));
+    const std::string size = field<std::string>(body, "size", "auto");
+    if (size != "auto") {
+      int w = 0, h = 0;
+      char tail = 0;
+      if (std::sscanf(size.c_str(), "%dx%d%c", &w, &h, &tail) != 2 || w <= 0 || h <= 0)
+        throw Error(str_cat("size must be \"WIDTHxHEIGHT\" or \"auto\", got \"", size, "\""));
+      if (static_cast<int64_t>(w) * h > opt.max_pixels)
+        throw Error(str_cat("size ", size, " is more than ", opt.max_pixels, " pixels"));
+      if (d.size_multiple != 0) {
+        r.width = w;
+        r.height = h;
+      } else if (w != d.default_width || h != d.default_height) {
+        throw Error(str_cat("size: ", d.name, " draws only ", d.default_width, "x",
+                            d.default_height));
+      }
+    }
+    r.seed = field<int64_t>(body, "seed", -1);
+    r.steps = steps(body);
+    if (!body["guidance_scale"].is_null())
+      r.cfg_scale = field<double>(body, "guidance_scale", 0.0);
+    r.sampler = field<std::string>(body, "sampler", "");
+  }
+
+  // The response format a client asked for: b64_json, or url (needs --output-dir).
+  bool wants_url(const std::string& format) const {
+    if (format == "b64_json") return false;
+    if (format != "url")
+      throw Error(str_cat("response_format must be \"b64_json\" or \"url\", got \"", format, "\""));
+    if (opt.output_dir.empty())
+      throw Error("response_format \"url\" needs a server started with --output-dir; use "
+                  "b64_json");
+    return true;
+  }
+
+  json openai_response(const httplib::Request& req, const std::shared_ptr<Job>& job, bool url) {
+    wait(job);
+    std::lock_guard<std::mutex> lock(mu);
+    throw_failed(*job);
+    if (job->state == State::kCancelled)
+      throw HttpError(409, "the generation was cancelled (an interrupt or DELETE /v1/jobs)");
+    const std::string host = req.get_header_value("Host");
+    const std::string base =
+        "http://" + (host.empty() ? str_cat(opt.host, ":", bound_port) : host) + "/outputs/";
+    json data = json::array();
+    for (size_t i = 0; i < job->images.size(); ++i) {
+      const GeneratedImage& g = job->images[i];
+      json one = {{"seed", g.seed}, {"revised_prompt", g.prompt}};
+      if (url && i < job->files.size())
+        one["url"] = base + job->files[i];
+      else
+        one["b64_json"] = base64_encode(encode_png(g.image, g.parameters));
+      data.push_back(std::move(one));
+    }
+    return json{{"created", job->created_unix},
+                {"data", data},
+                {"output_format", "png"},
+                {"size", str_cat(job->result.width, "x", job->result.height)}};
+  }
+
+  json openai_generations(const httplib::Request& req) {
+    const json body = parse_body(req);
+    auto job = std::make_shared<Job>();
+    job->kind = "generations";
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      job->model = model_index(field<std::string>(body, "model", ""));
+    }
+    const std::string prompt = field<std::string>(body, "prompt", "");
+    if (prompt.empty()) throw Error("prompt is required");
+    const std::string output = field<std::string>(body, "output_format", "png");
+    if (output != "png")
+      throw Error(str_cat("output_format \"", output, "\" is not available; use png"));
+    const bool url = wants_url(field<std::string>(body, "response_format", "b64_json"));
+    job->save = url;
+    job->build = [this, body, prompt](const ModelDescription& d, std::vector<std::string>&) {
+      GenerateRequest r;
+      if (d.tasks[0] == Task::kClassToImage)
+        r.class_labels = {prompt};
+      else
+        r.prompt = prompt;
+      openai_common(
+          [&body](const char* name) -> std::optional<json> {
+            const auto it = body.find(name);
+            if (it == body.end()) return std::nullopt;
+            return *it;
+          },
+          d, r);
+      return r;
+    };
+    return openai_response(req, submit(job), url);
+  }
+
+  // multipart/form-data: image (PNG), mask (PNG, optional), prompt, n, size, response_format,
+  // model; transparent pixels of the mask (or of the image, without a mask) are repainted.
+  json openai_edits(const httplib::Request& req) {
+    if (!req.is_multipart_form_data())
+      throw Error("send multipart/form-data with image (a PNG), prompt and optionally mask");
+    auto text = [&req](const char* name) -> std::optional<std::string> {
+      if (!req.has_file(name)) return std::nullopt;
+      return req.get_file_value(name).content;
+    };
+    const char* image_field = req.has_file("image") ? "image" : "image[]";
+    if (!req.has_file(image_field)) throw Error("image is required (a PNG file)");
+    const std::string prompt = text("prompt").value_or("");
+    if (prompt.empty()) throw Error("prompt is required");
+    auto png = [&](const char* name) {
+      const std::string bytes = req.get_file_value(name).content;
+      try {
+        return decode_png(std::vector<uint8_t>(bytes.begin(), bytes.end()));
+      } catch (const Error& e) {
+        throw Error(str_cat(name, ": ", e.what()));
+      }
+    };
+    const Image image = png(image_field);
+    Image mask;
+    std::vector<std::string> notes;
+    if (req.has_file("mask")) {
+      const Image m = png("mask");
+      if (m.width != image.width || m.height != image.height)
+        throw Error(str_cat("mask is ", m.width, "x", m.height, " but image is ", image.width,
+                            "x", image.height, "; they must be the same size"));
+      if (m.channels == 4) {
+        mask = mask_from_alpha(m);
+      } else {
+        mask = m;
+        notes.push_back("mask has no alpha channel: its white pixels were repainted");
+      }
+    } else if (image.channels == 4) {
+      mask = mask_from_alpha(image);
+    } else {
+      throw Error("image has no transparent areas to edit; give a mask (a PNG, fully transparent "
+                  "where the image is to be edited) or an image with transparent areas");
+    }
+    const std::optional<std::string> format = text("response_format");
+    const bool url = wants_url(format.value_or("b64_json"));
+    auto job = std::make_shared<Job>();
+    job->kind = "edits";
+    job->save = url;
+    job->notes = notes;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      job->model = model_index(text("model").value_or(""));
+    }
+    // Form fields are text: numbers are parsed as JSON (so "2" is 2), strings stay strings.
+    std::map<std::string, json> fields;
+    for (const char* name : {"n", "size", "seed", "steps", "negative_prompt", "guidance_scale",
+                             "sampler"}) {
+      const std::optional<std::string> v = text(name);
+      if (!v) continue;
+      const json parsed = json::parse(*v, nullptr, false);
+      fields[name] = parsed.is_number() ? parsed : json(*v);
+    }
+    const Image init = without_alpha(image);
+    job->build = [this, fields, prompt, init, mask](const ModelDescription& d,
+                                                     std::vector<std::string>&) {
+      GenerateRequest r;
+      r.prompt = prompt;
+      r.init_image = init;
+      r.mask = mask;
+      openai_common(
+          [&fields](const char* name) -> std::optional<json> {
+            const auto it = fields.find(name);
+            if (it == fields.end()) return std::nullopt;
+            return it->second;
+          },
+          d, r);
+      return r;
+    };
+    return openai_response(req, submit(job), url);
+  }
+
+  // ---- operations ----
+
+  std::string metrics() {
+    std::ostringstream os;
+    std::lock_guard<std::mutex> lock(mu);
+    os << "# HELP stipple_http_requests_total HTTP requests answered, by route and status.\n"
+          "# TYPE stipple_http_requests_total counter\n";
+    for (const auto& [route, by_status] : requests)
+      for (const auto& [status, n] : by_status)
+        os << "stipple_http_requests_total{route=\"" << label_value(route) << "\",status=\""
+           << status << "\"} " << n << "\n";
+    os << "# HELP stipple_queue_length Generations waiting behind the running one.\n"
+          "# TYPE stipple_queue_length gauge\n"
+          "stipple_queue_length " << queue.size() << "\n";
+    std::map<State, int> by_state;
+    for (const auto& [id, job] : jobs) ++by_state[job->state];
+    os << "# HELP stipple_jobs Jobs the server holds, by state (finished ones while kept).\n"
+          "# TYPE stipple_jobs gauge\n";
+    for (State s : {State::kQueued, State::kRunning, State::kSucceeded, State::kFailed,
+                    State::kCancelled})
+      os << "stipple_jobs{state=\"" << to_string(s) << "\"} " << by_state[s] << "\n";
+    os << "# HELP stipple_jobs_finished_total Jobs finished since the start, by final state.\n"
+          "# TYPE stipple_jobs_finished_total counter\n";
+    for (State s : {State::kSucceeded, State::kFailed, State::kCancelled})
+      os << "stipple_jobs_finished_total{state=\"" << to_string(s) << "\"} "
+         << finished_total[s] << "\n";
+    os << "# HELP stipple_step_seconds Time per denoising step.\n"
+          "# TYPE stipple_step_seconds summary\n"
+          "stipple_step_seconds_sum " << step_seconds << "\n"
+          "stipple_step_seconds_count " << step_count << "\n";
+    int loaded = 0;
+    os << "# HELP stipple_model_loaded Whether each model is loaded.\n"
+          "# TYPE stipple_model_loaded gauge\n";
+    for (const Slot& m : models) {
+      const bool in = m.load == Slot::Load::kLoaded;
+      loaded += in;
+      os << "stipple_model_loaded{model=\"" << label_value(m.name) << "\"} " << in << "\n";
+    }
+    os << "# HELP stipple_models_loaded Models loaded now.\n"
+          "# TYPE stipple_models_loaded gauge\n"
+          "stipple_models_loaded " << loaded << "\n"
+          "# HELP stipple_memory_budget_bytes The memory budget for loaded models.\n"
+          "# TYPE stipple_memory_budget_bytes gauge\n"
+          "stipple_memory_budget_bytes " << budget_bytes << "\n"
+          "# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
+          "# TYPE process_resident_memory_bytes gauge\n"
+          "process_resident_memory_bytes " << system_memory().process_resident << "\n";
+    return os.str();
   }
 
   void routes() {
@@ -441,36 +1153,47 @@ struct Server::Impl {
       res.status = status;
       res.set_content(j.dump(), "application/json");
     };
-    auto guard = [this, reply](bool openai, auto fn) {
-      return [this, reply, openai, fn](const httplib::Request& req, httplib::Response& res) {
+    auto fail = [reply](httplib::Response& res, bool openai, const Error& e) {
+      const int status = status_of(e);
+      if (status == 429 || status == 503) res.set_header("Retry-After", "5");
+      if (openai)
+        reply(res,
+              {{"error",
+                {{"message", e.what()},
+                 {"type", status == 404 ? "not_found_error"
+                          : status >= 500 ? "server_error"
+                                          : "invalid_request_error"},
+                 {"param", nullptr},
+                 {"code", nullptr}}}},
+              status);
+      else
+        reply(res, {{"error", status == 404 ? "NotFound" : status >= 500 ? "ServerError"
+                                                                        : "BadRequest"},
+                    {"detail", e.what()}}, status);
+    };
+    auto guard = [reply, fail](bool openai, auto fn) {
+      return [reply, fail, openai, fn](const httplib::Request& req, httplib::Response& res) {
         try {
           reply(res, fn(req));
         } catch (const Error& e) {
-          const int status = status_of(e);
-          if (status == 429) res.set_header("Retry-After", "5");
-          if (openai)
-            reply(res,
-                  {{"error",
-                    {{"message", e.what()},
-                     {"type", status == 404 ? "not_found_error" : "invalid_request_error"},
-                     {"param", nullptr},
-                     {"code", nullptr}}}},
-                  status);
-          else
-            reply(res, {{"error", status == 404 ? "NotFound" : "BadRequest"},
-                        {"detail", e.what()}}, status);
+          fail(res, openai, e);
         }
       };
     };
     const std::string a = "/sdapi/v1/";
     http.Post(a + "txt2img", guard(false, [this](const auto& req) { return a1111_generate(req, false); }));
     http.Post(a + "img2img", guard(false, [this](const auto& req) { return a1111_generate(req, true); }));
-    http.Get(a + "progress", guard(false, [this](const auto&) { return progress(); }));
+    http.Get(a + "progress", guard(false, [this](const auto& req) { return progress(req); }));
     http.Post(a + "interrupt", guard(false, [this](const auto&) {
       std::lock_guard<std::mutex> lock(mu);
+      if (running) cancel(*running);
+      return json::object();
+    }));
+    http.Post(a + "skip", guard(false, [this](const auto&) {
+      std::lock_guard<std::mutex> lock(mu);
       if (running) {
-        interrupted = true;
-        cancel.cancel();
+        running->skipped = true;
+        running->current.cancel();
       }
       return json::object();
     }));
@@ -484,39 +1207,16 @@ struct Server::Impl {
       return json::array({{{"name", "automatic"}, {"label", "Automatic"}, {"aliases", nullptr}},
                           {{"name", "karras"}, {"label", "Karras"}, {"aliases", nullptr}}});
     }));
-    http.Get(a + "sd-models", guard(false, [this](const auto&) {
-      json list = json::array();
-      for (const Model& m : models) {
-        const ModelDescription& d = m.engine->description();
-        json tasks = json::array();
-        for (Task t : d.tasks) tasks.push_back(to_string(t));
-        // A1111's fields, then stipple's description (what the web page builds its form from).
-        list.push_back({{"title", m.name}, {"model_name", m.name}, {"hash", nullptr},
-                        {"sha256", nullptr}, {"filename", m.path}, {"config", nullptr},
-                        {"stipple",
-                         {{"family", d.family},
-                          {"tasks", tasks},
-                          {"default_steps", d.default_steps},
-                          {"default_cfg_scale", d.default_cfg_scale},
-                          {"default_sampler", d.default_sampler},
-                          {"default_width", d.default_width},
-                          {"default_height", d.default_height},
-                          {"size_multiple", d.size_multiple},
-                          {"class_names", d.class_names}}}});
-      }
-      return list;
-    }));
+    http.Get(a + "sd-models", guard(false, [this](const auto&) { return sd_models(); }));
     http.Get(a + "options", guard(false, [this](const auto&) {
-      return json{{"sd_model_checkpoint", current_model()}};
+      std::lock_guard<std::mutex> lock(mu);
+      return json{{"sd_model_checkpoint", current}};
     }));
     http.Post(a + "options", guard(false, [this](const auto& req) {
       const json body = parse_body(req);
       const std::string name = field<std::string>(body, "sd_model_checkpoint", "");
-      if (!name.empty()) {
-        const Model& m = model(name);
-        std::lock_guard<std::mutex> lock(mu);
-        current = m.name;
-      }
+      std::lock_guard<std::mutex> lock(mu);
+      if (!name.empty()) current = models[model_index(name)].name;  // loads on its first job
       return json(nullptr);
     }));
     http.Post(a + "png-info", guard(false, [](const auto& req) {
@@ -536,65 +1236,114 @@ struct Server::Impl {
     }));
 
     // ---- OpenAI Images ----
-    http.Post("/v1/images/generations", guard(true, [this](const auto& req) {
-      const json body = parse_body(req);
-      const Model& m = model(field<std::string>(body, "model", ""));
-      const ModelDescription& d = m.engine->description();
-      const std::string prompt = field<std::string>(body, "prompt", "");
-      if (prompt.empty()) throw Error("prompt is required");
-      GenerateRequest r;
-      if (d.tasks[0] == Task::kClassToImage)
-        r.class_labels = {prompt};
-      else
-        r.prompt = prompt;
-      r.negative_prompt = field<std::string>(body, "negative_prompt", "");
-      r.batch_size = field<int>(body, "n", 1);
-      if (r.batch_size < 1 || r.batch_size > opt.max_images)
-        throw Error(str_cat("n must be in [1, ", opt.max_images, "], got ", r.batch_size));
-      const std::string size = field<std::string>(body, "size", "auto");
-      if (size != "auto") {
-        int w = 0, h = 0;
-        char tail = 0;
-        if (std::sscanf(size.c_str(), "%dx%d%c", &w, &h, &tail) != 2 || w <= 0 || h <= 0)
-          throw Error(str_cat("size must be \"WIDTHxHEIGHT\" or \"auto\", got \"", size, "\""));
-        if (static_cast<int64_t>(w) * h > opt.max_pixels)
-          throw Error(str_cat("size ", size, " is more than ", opt.max_pixels, " pixels"));
-        if (d.size_multiple != 0) {
-          r.width = w;
-          r.height = h;
-        } else if (w != d.default_width || h != d.default_height) {
-          throw Error(str_cat("size: ", m.name, " draws only ", d.default_width, "x",
-                              d.default_height));
-        }
-      }
-      const std::string format = field<std::string>(body, "response_format", "b64_json");
-      if (format != "b64_json")
-        throw Error(str_cat("response_format \"", format, "\" is not available; use b64_json"));
-      const std::string output = field<std::string>(body, "output_format", "png");
-      if (output != "png")
-        throw Error(str_cat("output_format \"", output, "\" is not available; use png"));
-      r.seed = field<int64_t>(body, "seed", -1);
-      r.steps = steps(body);
-      if (body.contains("guidance_scale") && !body["guidance_scale"].is_null())
-        r.cfg_scale = field<double>(body, "guidance_scale", 0.0);
-      r.sampler = field<std::string>(body, "sampler", "");
-      const GenerateResult out = generate(m, r);
-      json data = json::array();
-      for (const GeneratedImage& g : out.images)
-        data.push_back({{"b64_json", base64_encode(encode_png(g.image, g.parameters))},
-                        {"seed", g.seed}});
-      return json{{"created", static_cast<int64_t>(std::time(nullptr))},
-                  {"data", data},
-                  {"output_format", "png"},
-                  {"size", str_cat(out.width, "x", out.height)}};
-    }));
+    http.Post("/v1/images/generations", guard(true, [this](const auto& req) { return openai_generations(req); }));
+    http.Post("/v1/images/edits", guard(true, [this](const auto& req) { return openai_edits(req); }));
     http.Get("/v1/models", guard(true, [this](const auto&) {
       json data = json::array();
-      for (const Model& m : models)
+      for (const Slot& m : models)
         data.push_back({{"id", m.name}, {"object", "model"}, {"created", 0},
                         {"owned_by", "stipple"}});
       return json{{"object", "list"}, {"data", data}};
     }));
+
+    // ---- jobs ----
+    http.Post("/v1/jobs", [this, reply, fail](const auto& req, auto& res) {
+      try {
+        const std::shared_ptr<Job> job = submit(a1111_job(parse_body(req), "job"));
+        std::lock_guard<std::mutex> lock(mu);
+        res.set_header("Location", "/v1/jobs/" + job->id);
+        reply(res, job_json(*job, false), 202);
+      } catch (const Error& e) {
+        fail(res, false, e);
+      }
+    });
+    http.Get("/v1/jobs", guard(false, [this](const auto&) {
+      std::lock_guard<std::mutex> lock(mu);
+      json list = json::array();
+      for (const auto& [id, job] : jobs) list.push_back(job_json(*job, false));
+      return json{{"object", "list"}, {"data", list}};
+    }));
+    auto find_job = [this](const std::string& id) {
+      const auto it = jobs.find(id);
+      if (it == jobs.end())
+        throw Error(str_cat("no job ", id, " (finished jobs are kept for ", opt.job_ttl_seconds,
+                            " s, at most ", opt.keep_jobs, ")"),
+                    ErrorKind::kNotFound);
+      return it->second;
+    };
+    const std::string id_pattern = "/v1/jobs/(job-[0-9a-f]{1,32})";
+    http.Get(id_pattern, guard(false, [this, find_job](const auto& req) {
+      const bool images = !req.has_param("images") || req.get_param_value("images") != "false";
+      std::lock_guard<std::mutex> lock(mu);
+      return job_json(*find_job(req.matches[1]), images);
+    }));
+    http.Delete(id_pattern, guard(false, [this, find_job](const auto& req) {
+      std::lock_guard<std::mutex> lock(mu);
+      const std::shared_ptr<Job> job = find_job(req.matches[1]);
+      cancel(*job);
+      return job_json(*job, false);
+    }));
+    http.Get(id_pattern + "/events", [this, find_job, fail](const auto& req, auto& res) {
+      std::shared_ptr<Job> job;
+      try {
+        std::lock_guard<std::mutex> lock(mu);
+        job = find_job(req.matches[1]);
+        if (streams >= opt.max_streams)
+          throw HttpError(429, str_cat("at most ", opt.max_streams, " event streams at once; "
+                                       "poll GET /v1/jobs/{id} instead"));
+        ++streams;
+      } catch (const Error& e) {
+        return fail(res, false, e);
+      }
+      res.set_header("Cache-Control", "no-cache");
+      auto last = std::make_shared<uint64_t>(~uint64_t{0});
+      auto shown_preview = std::make_shared<int64_t>(0);
+      res.set_chunked_content_provider(
+          "text/event-stream",
+          [this, job, last, shown_preview](size_t, httplib::DataSink& sink) {
+            std::unique_lock<std::mutex> lock(mu);
+            cv.wait_for(lock, std::chrono::seconds(10),
+                        [&] { return job->version != *last || stopping; });
+            if (job->version == *last) {  // nothing new: a comment keeps proxies from closing
+              lock.unlock();
+              const std::string ping = ": keep-alive\n\n";
+              return !stopping && sink.write(ping.data(), ping.size());
+            }
+            *last = job->version;
+            const bool done = is_final(job->state);
+            json event = job_json(*job, false);
+            if (job->preview_no != *shown_preview && !job->preview_b64.empty()) {
+              event["preview"] = job->preview_b64;
+              *shown_preview = job->preview_no;
+            }
+            lock.unlock();
+            const std::string text = str_cat("event: ", done ? "done" : "progress",
+                                             "\ndata: ", event.dump(), "\n\n");
+            if (!sink.write(text.data(), text.size())) return false;
+            if (done) sink.done();
+            return true;
+          },
+          [this](bool) {
+            std::lock_guard<std::mutex> lock(mu);
+            --streams;
+          });
+    });
+
+    // ---- files written with --output-dir ----
+    http.Get("/outputs/([A-Za-z0-9][A-Za-z0-9_.-]{0,127}\\.png)", [this, fail](const auto& req, auto& res) {
+      try {
+        namespace fs = std::filesystem;
+        const fs::path file = fs::path(opt.output_dir) / std::string(req.matches[1]);
+        std::error_code ec;
+        if (opt.output_dir.empty() || !fs::is_regular_file(fs::symlink_status(file, ec)))
+          throw Error(str_cat("no image ", req.matches[1]), ErrorKind::kNotFound);
+        std::ifstream in(file, std::ios::binary);
+        std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        res.set_content(bytes, "image/png");
+      } catch (const Error& e) {
+        fail(res, false, e);
+      }
+    });
 
     // ---- the web page ----
     http.Get("/", [](const auto&, auto& res) { res.set_content(web_page(), "text/html"); });
@@ -602,13 +1351,36 @@ struct Server::Impl {
     // ---- operations ----
     http.Get("/healthz", [reply](const auto&, auto& res) { reply(res, {{"status", "ok"}}); });
     http.Get("/readyz", [this, reply](const auto&, auto& res) {
-      reply(res, {{"status", "ready"}, {"models", models.size()}});
+      std::lock_guard<std::mutex> lock(mu);
+      const Slot& first = models[0];
+      json list = json::array();
+      for (const Slot& m : models)
+        list.push_back({{"name", m.name},
+                        {"state", m.load == Slot::Load::kLoaded    ? "loaded"
+                                  : m.load == Slot::Load::kLoading ? "loading"
+                                  : m.load == Slot::Load::kFailed  ? "failed"
+                                                                   : "unloaded"}});
+      const bool ready = first.load == Slot::Load::kLoaded && accepting;
+      json body = {{"status", !accepting ? "stopping"
+                              : ready    ? "ready"
+                              : first.load == Slot::Load::kFailed ? "failed"
+                                                                  : "loading"},
+                   {"models", list}};
+      if (first.load == Slot::Load::kFailed) body["error"] = first.error;
+      if (!ready) res.set_header("Retry-After", "5");
+      reply(res, body, ready ? 200 : 503);
     });
+    http.Get("/metrics", [this](const auto&, auto& res) {
+      res.set_content(metrics(), "text/plain; version=0.0.4");
+    });
+    if (!opt.cors_origin.empty())
+      http.Options(".*", [](const auto&, auto& res) { res.status = 204; });
   }
 
   bool authorized(const httplib::Request& req) const {
     if (opt.api_key.empty() && opt.api_auth.empty()) return true;
     if (req.path == "/healthz" || req.path == "/readyz" || req.path == "/") return true;
+    if (req.method == "OPTIONS" && !opt.cors_origin.empty()) return true;  // CORS preflight
     const std::string auth = req.get_header_value("Authorization");
     if (!opt.api_key.empty() && auth == "Bearer " + opt.api_key) return true;
     if (!opt.api_auth.empty()) {
@@ -618,6 +1390,22 @@ struct Server::Impl {
     }
     return false;
   }
+
+  void finish(double grace_seconds) {
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      accepting = false;
+      while (!queue.empty()) cancel(*queue.front());
+      cv.wait_for(lock, std::chrono::duration<double>(std::max(0.0, grace_seconds)),
+                  [&] { return !running; });
+      if (running) cancel(*running);
+      cv.wait(lock, [&] { return !running; });
+      stopping = true;
+      cv.notify_all();
+    }
+    if (worker.joinable() && worker.get_id() != std::this_thread::get_id()) worker.join();
+    http.stop();
+  }
 };
 
 Server::Server(const ServerOptions& options) : impl_(std::make_unique<Impl>()) {
@@ -625,20 +1413,35 @@ Server::Server(const ServerOptions& options) : impl_(std::make_unique<Impl>()) {
   s.opt = options;
   if (options.models.empty()) throw Error("give at least one model to serve");
   for (const std::string& path : options.models) {
-    Impl::Model m;
+    const ModelProbe probe = Engine::probe(path);
+    Impl::Slot m;
     m.path = path;
-    m.engine = std::make_unique<Engine>(Engine::open(path));
-    m.name = m.engine->description().name;
-    for (const Impl::Model& other : s.models)
+    m.name = probe.name;
+    m.family = probe.family;
+    m.weights_bytes = probe.weights_bytes;
+    for (const Impl::Slot& other : s.models)
       if (other.name == m.name)
         throw Error(str_cat("two models are named \"", m.name, "\" (", other.path, " and ", path,
                             "); give folders with different names"));
     s.models.push_back(std::move(m));
   }
   s.current = s.models[0].name;
-  s.http.new_task_queue = [] { return new httplib::ThreadPool(32); };
+  s.budget_bytes = options.memory_budget_mb > 0 ? options.memory_budget_mb << 20
+                                                : system_memory().available / 4 * 3;
+  if (!options.output_dir.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(options.output_dir, ec);
+    if (!std::filesystem::is_directory(options.output_dir))
+      throw Error(str_cat("--output-dir ", options.output_dir, " is not a folder that can be "
+                          "made"),
+                  ErrorKind::kIo);
+  }
+  // Threads: the synchronous routes wait in theirs (queue + the running one), event streams
+  // hold theirs; the rest answer at once.
+  const int threads = options.queue + options.max_streams + 16;
+  s.http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   s.http.set_payload_max_length(options.max_body_bytes);
-  s.http.set_read_timeout(30, 0);
+  s.http.set_read_timeout(options.read_timeout_seconds, 0);
   s.http.set_write_timeout(30, 0);
   s.http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
     if (impl_->authorized(req)) return httplib::Server::HandlerResponse::Unhandled;
@@ -652,6 +1455,14 @@ Server::Server(const ServerOptions& options) : impl_(std::make_unique<Impl>()) {
                     "application/json");
     return httplib::Server::HandlerResponse::Handled;
   });
+  if (!options.cors_origin.empty())
+    s.http.set_post_routing_handler([origin = options.cors_origin](const auto&, auto& res) {
+      res.set_header("Access-Control-Allow-Origin", origin);
+      if (origin != "*") res.set_header("Vary", "Origin");
+      res.set_header("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS");
+      res.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type");
+      res.set_header("Access-Control-Max-Age", "600");
+    });
   s.http.set_exception_handler([](const httplib::Request&, httplib::Response& res,
                                   std::exception_ptr ep) {
     std::string what = "internal error";
@@ -675,12 +1486,25 @@ Server::Server(const ServerOptions& options) : impl_(std::make_unique<Impl>()) {
                         .dump(),
                     "application/json");
   });
-  if (options.log_requests)
-    s.http.set_logger([](const httplib::Request& req, const httplib::Response& res) {
+  s.http.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
+    {
+      std::lock_guard<std::mutex> lock(impl_->mu);
+      ++impl_->requests[route_label(req.method, req.path)][res.status];
+    }
+    if (impl_->opt.log_requests)
       std::fprintf(stderr, "%s %s %d %zu bytes\n", req.method.c_str(), req.path.c_str(),
                    res.status, res.body.size());
-    });
+  });
   s.routes();
+  // Debian's compiled cpp-httplib listens with a backlog of 5: a burst of connections would
+  // overflow it, and the kernel resets some. The listening socket is caught here and its backlog
+  // widened once bound (listen() again on a listening socket only changes the backlog).
+  int listen_fd = -1;
+  s.http.set_socket_options([&listen_fd](socket_t sock) {
+    int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    listen_fd = sock;
+  });
   if (options.port == 0) {
     s.bound_port = s.http.bind_to_any_port(options.host);
   } else {
@@ -690,6 +1514,8 @@ Server::Server(const ServerOptions& options) : impl_(std::make_unique<Impl>()) {
     throw Error(str_cat("cannot listen on ", options.host, ":", options.port,
                         " (in use, or not an address of this machine)"),
                 ErrorKind::kIo);
+  if (listen_fd >= 0) ::listen(listen_fd, SOMAXCONN);
+  s.worker = std::thread([this] { impl_->work(); });
 }
 
 Server::~Server() { stop(); }
@@ -698,12 +1524,8 @@ int Server::port() const { return impl_->bound_port; }
 
 void Server::run() { impl_->http.listen_after_bind(); }
 
-void Server::stop() {
-  {
-    std::lock_guard<std::mutex> lock(impl_->mu);
-    impl_->cancel.cancel();
-  }
-  impl_->http.stop();
-}
+void Server::shutdown(double grace_seconds) { impl_->finish(grace_seconds); }
+
+void Server::stop() { impl_->finish(0); }
 
 }  // namespace stipple::server

@@ -1,7 +1,8 @@
 // The web page `stipple serve` answers at `/`: one self-contained HTML file (no CDN, nothing
-// fetched but this server's own API). It talks to the A1111 routes: sd-models (with stipple's
-// description of each model) and samplers to fill the form, txt2img to generate, progress to
-// drive the bar while a generation runs, interrupt to cancel.
+// fetched but this server's own API). It fills its form from the A1111 routes sd-models (with
+// stipple's description of each model) and samplers, submits a job (POST /v1/jobs), follows its
+// server-sent events (/v1/jobs/{id}/events) for the bar and the live preview, cancels it with
+// DELETE /v1/jobs/{id}, and shows the result from GET /v1/jobs/{id}.
 #include "web_page.h"
 
 namespace stipple::server {
@@ -33,6 +34,8 @@ const char* web_page() {
   figure { margin: 0; background: #fff; padding: 8px; border-radius: 6px; max-width: 280px; }
   figure img { width: 256px; image-rendering: pixelated; display: block; }
   figcaption { font-size: 12px; white-space: pre-wrap; color: #444; margin-top: 6px; }
+  #preview { width: 256px; image-rendering: pixelated; display: block; background: #eee; }
+  #preview[hidden] { display: none; }
 </style>
 </head>
 <body>
@@ -62,6 +65,7 @@ const char* web_page() {
   </div>
   <div id="bar"><div></div></div>
   <div id="status"></div>
+  <img id="preview" alt="live preview" hidden>
   <div id="error"></div>
 </form>
 <section id="gallery"></section>
@@ -82,22 +86,23 @@ function showModel() {
   const m = models.find((x) => x.model_name === $('model').value);
   if (!m) return;
   const d = m.stipple;
-  const classes = d.tasks.includes('class2img');
+  // A model not loaded yet has no description: a prompt box and the server's defaults.
+  const classes = (d.tasks || []).includes('class2img');
   $('prompt-label').hidden = classes;
   $('negative-label').hidden = classes;
   $('class-label').hidden = !classes;
   $('class').innerHTML = '';
-  d.class_names.forEach((name, i) => {
+  (d.class_names || []).forEach((name, i) => {
     const o = document.createElement('option');
     o.value = name || String(i);
     o.textContent = name ? i + ': ' + name : String(i);
     $('class').appendChild(o);
   });
-  $('steps').value = d.default_steps;
-  $('cfg').value = d.default_cfg_scale;
-  $('width').value = d.default_width;
-  $('height').value = d.default_height;
-  $('width').disabled = $('height').disabled = d.size_multiple === 0;
+  $('steps').value = d.default_steps || '';
+  $('cfg').value = d.default_cfg_scale || '';
+  $('width').value = d.default_width || '';
+  $('height').value = d.default_height || '';
+  $('width').disabled = $('height').disabled = !d.size_multiple;
   for (const o of $('sampler').options) o.selected = o.dataset.name === d.default_sampler;
 }
 
@@ -119,70 +124,98 @@ async function load() {
   showModel();
 }
 
-let polling = null;
-async function poll() {
+let job = null;     // the running job's id
+let events = null;  // its EventSource
+
+function addImage(image) {
+  const fig = document.createElement('figure');
+  const img = document.createElement('img');
+  img.src = 'data:image/png;base64,' + image.b64_json;
+  img.alt = image.prompt;
+  const a = document.createElement('a');
+  a.href = img.src;
+  a.download = 'stipple-' + image.seed + '.png';
+  a.appendChild(img);
+  const cap = document.createElement('figcaption');
+  cap.textContent = image.parameters;
+  fig.append(a, cap);
+  $('gallery').prepend(fig);
+}
+
+function showProgress(e) {
+  $('bar').firstElementChild.style.width = Math.round(e.progress * 100) + '%';
+  if (e.state === 'queued')
+    $('status').textContent = 'waiting (' + e.queue_position + ' in the queue)';
+  else if (e.state === 'running' && e.total > 0)
+    $('status').textContent = 'step ' + e.step + ' of ' + e.total +
+        (e.eta_seconds ? ', about ' + e.eta_seconds.toFixed(1) + ' s left' : '');
+  if (e.preview) {
+    $('preview').src = 'data:image/png;base64,' + e.preview;
+    $('preview').hidden = false;
+  }
+}
+
+async function finished(id) {
+  events.close();
+  events = null;
+  job = null;
+  $('generate').disabled = false;
+  $('cancel').disabled = true;
+  $('preview').hidden = true;
   try {
-    const p = await api('/sdapi/v1/progress');
-    $('bar').firstElementChild.style.width = Math.round(p.progress * 100) + '%';
-    if (p.state.sampling_steps > 0)
-      $('status').textContent = 'step ' + p.state.sampling_step + ' of ' + p.state.sampling_steps +
-          (p.eta_relative > 0 ? ', about ' + p.eta_relative.toFixed(1) + ' s left' : '');
-  } catch (e) { /* the next poll will tell */ }
+    const r = await api('/v1/jobs/' + id);
+    if (r.state === 'failed') throw new Error(r.error.message);
+    const images = r.result ? r.result.images : [];
+    images.forEach(addImage);
+    $('status').textContent = r.state === 'cancelled' ? 'cancelled' :
+        'done: ' + images.length + ' image' + (images.length === 1 ? '' : 's');
+    if (r.notes.length) $('error').textContent = 'note: ' + r.notes.join('; ');
+    $('bar').firstElementChild.style.width = r.state === 'succeeded' ? '100%' : '0';
+  } catch (e) {
+    $('error').textContent = e.message;
+    $('status').textContent = '';
+  }
 }
 
 async function generate(event) {
   event.preventDefault();
   const m = models.find((x) => x.model_name === $('model').value);
-  const classes = m.stipple.tasks.includes('class2img');
+  const classes = (m.stipple.tasks || []).includes('class2img');
   const body = {
+    model: m.model_name,
     prompt: classes ? $('class').value : $('prompt').value,
     negative_prompt: classes ? '' : $('negative').value,
     sampler_name: $('sampler').value,
-    steps: Number($('steps').value), cfg_scale: Number($('cfg').value),
     seed: Number($('seed').value), batch_size: Number($('count').value),
-    override_settings: {sd_model_checkpoint: m.model_name},
   };
+  if ($('steps').value) body.steps = Number($('steps').value);
+  if ($('cfg').value) body.cfg_scale = Number($('cfg').value);
   if (!$('width').disabled) { body.width = Number($('width').value); body.height = Number($('height').value); }
   $('error').textContent = '';
-  $('generate').disabled = true;
-  $('cancel').disabled = false;
-  $('status').textContent = 'waiting';
+  $('status').textContent = 'submitting';
   $('bar').firstElementChild.style.width = '0';
-  polling = setInterval(poll, 250);
   try {
-    const r = await api('/sdapi/v1/txt2img', body);
-    const info = JSON.parse(r.info);
-    r.images.forEach((b64, i) => {
-      const fig = document.createElement('figure');
-      const img = document.createElement('img');
-      img.src = 'data:image/png;base64,' + b64;
-      img.alt = info.all_prompts[i];
-      const a = document.createElement('a');
-      a.href = img.src;
-      a.download = 'stipple-' + info.all_seeds[i] + '.png';
-      a.appendChild(img);
-      const cap = document.createElement('figcaption');
-      cap.textContent = info.infotexts[i];
-      fig.append(a, cap);
-      $('gallery').prepend(fig);
-    });
-    $('status').textContent = info.interrupted ? 'cancelled' :
-        'done: ' + r.images.length + ' image' + (r.images.length === 1 ? '' : 's');
-    if (info.not_honoured.length) $('error').textContent = 'note: ' + info.not_honoured.join('; ');
-    $('bar').firstElementChild.style.width = info.interrupted ? '0' : '100%';
+    const r = await api('/v1/jobs', body);
+    job = r.id;
   } catch (e) {
     $('error').textContent = e.message;
     $('status').textContent = '';
-  } finally {
-    clearInterval(polling);
-    $('generate').disabled = false;
-    $('cancel').disabled = true;
+    return;
   }
+  $('generate').disabled = true;
+  $('cancel').disabled = false;
+  const id = job;
+  events = new EventSource('/v1/jobs/' + id + '/events');
+  events.addEventListener('progress', (m) => showProgress(JSON.parse(m.data)));
+  events.addEventListener('done', () => finished(id));
+  events.onerror = () => { if (events) finished(id); };
 }
 
 $('model').addEventListener('change', showModel);
 $('form').addEventListener('submit', generate);
-$('cancel').addEventListener('click', () => api('/sdapi/v1/interrupt', {}));
+$('cancel').addEventListener('click', () => {
+  if (job) fetch('/v1/jobs/' + job, {method: 'DELETE'});
+});
 load().catch((e) => { $('error').textContent = e.message; });
 </script>
 </body>

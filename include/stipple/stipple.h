@@ -64,12 +64,18 @@ struct GenerateRequest {
   std::optional<Image> init_image;      // image-to-image and inpainting
   std::optional<Image> mask;            // inpainting: white (>= 50% grey) is repainted
   std::optional<double> strength;       // in [0, 1]: how much of init_image is re-noised
+  // > 0: every that many steps, Progress::preview shows the image being drawn (the sampler's
+  // current estimate of the clean image, decoded; costs one decode each time).
+  int preview_every = 0;
 };
 
 // Called after every denoising step (and from the generating thread).
 struct Progress {
   int step = 0, total = 0;  // steps done and planned, over all images of the request
   double elapsed_seconds = 0;
+  // On the steps with a new preview (GenerateRequest::preview_every): the image being drawn
+  // (8-bit, the request's size); null on the others. Valid during the callback only.
+  const Image* preview = nullptr;
 };
 using ProgressCallback = std::function<void(const Progress&)>;
 
@@ -139,11 +145,21 @@ struct OpenOptions {
   uint64_t memory_limit_mb = 0;
 };
 
+// What Engine::probe learns of a model without loading it.
+struct ModelProbe {
+  std::string name;    // as ModelDescription::name will be
+  std::string family;  // the registry family that claims it
+  uint64_t weights_bytes = 0;  // its weights' size in memory (every float tensor as f32)
+};
+
 class Engine {
  public:
   // Opens a diffusers folder, a training run's checkpoint folder or a single .safetensors file.
   // Throws kNotFound for a missing path or component, kUnsupported for a model no family claims.
   static Engine open(const std::string& path, const OpenOptions& options = {});
+  // Which family would open `path` and its name, reading only small files; throws as open()
+  // does for a path no family claims.
+  static ModelProbe probe(const std::string& path);
   ~Engine();
   Engine(Engine&&) noexcept;
   Engine& operator=(Engine&&) noexcept;

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <mutex>
 #include <new>
+#include <optional>
 #include <random>
 
 #include <unistd.h>
@@ -15,6 +16,7 @@
 #include "engine/model.h"
 #include "engine/registry.h"
 #include "io/png.h"
+#include "io/safetensors.h"
 #include "ops/ops.h"
 #include "schedulers/scheduler.h"
 
@@ -179,6 +181,8 @@ Job resolve(const GenerateRequest& r, const ModelDescription& d, std::vector<std
     job.width = r.width;
     job.height = r.height;
   }
+  STIPPLE_CHECK(r.preview_every >= 0, "preview_every must be 0 (none) or a step count, got ",
+                r.preview_every);
   STIPPLE_CHECK(r.clip_skip >= 1 && r.clip_skip <= 24, "clip_skip must be in [1, 24], got ",
                 r.clip_skip);
   job.clip_skip = r.clip_skip;
@@ -249,27 +253,18 @@ Engine::~Engine() = default;
 Engine::Engine(Engine&&) noexcept = default;
 Engine& Engine::operator=(Engine&&) noexcept = default;
 
-Engine Engine::open(const std::string& given, const OpenOptions& options) {
+namespace {
+
+// The family that claims `given` (a training run folder resolved to its export or latest), or an
+// error naming what the registry opens.
+std::pair<const Engine::Family*, std::string> find_family(const std::string& given) {
   STIPPLE_CHECK(!given.empty(), "no model path given");
   STIPPLE_CHECK_KIND(fs::exists(given), kNotFound, "no such model folder or file: ", given);
   const std::string path = resolve_run_folder(given);
-  std::lock_guard<std::mutex> lock(engine_mutex());
-  for (const Family& family : engine::registry()) {
-    if (!family.detect(path)) continue;
-    std::unique_ptr<Model> model;
-    try {
-      model = family.open(path, options);
-    } catch (const std::bad_alloc&) {
-      throw Error(str_cat("not enough memory to load ", given, " (", family.name, ")"),
-                  ErrorKind::kResourceExhausted);
-    }
-    model->memory_limit_mb = options.memory_limit_mb;
-    model->description.path = given;
-    model->description.name = model_name(path);
-    return Engine(std::move(model));
-  }
+  for (const Engine::Family& family : engine::registry())
+    if (family.detect(path)) return {&family, path};
   std::string known;
-  for (const Family& f : engine::registry()) known += str_cat("\n  ", f.name, ": ", f.opens);
+  for (const Engine::Family& f : engine::registry()) known += str_cat("\n  ", f.name, ": ", f.opens);
   const bool component = fs::is_directory(path) && !fs::exists(fs::path(path) / "model_index.json");
   throw Error(str_cat(given, " is not a model stipple can open",
                       component ? " (the folder has no model_index.json: give the pipeline "
@@ -277,6 +272,47 @@ Engine Engine::open(const std::string& given, const OpenOptions& options) {
                                 : "",
                       "; it opens:", known),
               ErrorKind::kUnsupported);
+}
+
+}  // namespace
+
+Engine Engine::open(const std::string& given, const OpenOptions& options) {
+  const auto [family, path] = find_family(given);
+  std::lock_guard<std::mutex> lock(engine_mutex());
+  std::unique_ptr<Model> model;
+  try {
+    model = family->open(path, options);
+  } catch (const std::bad_alloc&) {
+    throw Error(str_cat("not enough memory to load ", given, " (", family->name, ")"),
+                ErrorKind::kResourceExhausted);
+  }
+  model->memory_limit_mb = options.memory_limit_mb;
+  model->description.path = given;
+  model->description.name = model_name(path);
+  return Engine(std::move(model));
+}
+
+ModelProbe Engine::probe(const std::string& given) {
+  const auto [family, path] = find_family(given);
+  ModelProbe p;
+  p.name = model_name(path);
+  p.family = family->name;
+  // Weights as stipple holds them: every floating-point tensor in f32.
+  auto add = [&p](const fs::path& file) {
+    const io::SafetensorsFile f = io::SafetensorsFile::open(file.string());
+    for (const auto& [name, e] : f.entries())
+      if (e.dtype == "F32" || e.dtype == "F16" || e.dtype == "BF16" || e.dtype == "F64")
+        p.weights_bytes += static_cast<uint64_t>(shape_numel(e.shape)) * 4;
+  };
+  std::error_code ec;
+  if (fs::is_regular_file(path)) {
+    add(path);
+  } else {
+    for (auto it = fs::recursive_directory_iterator(path, ec);
+         !ec && it != fs::recursive_directory_iterator(); it.increment(ec))
+      if (it->is_regular_file(ec) && it->path().extension() == ".safetensors") add(it->path());
+  }
+  return p;
 }
 
 const ModelDescription& Engine::description() const { return model_->description; }
@@ -288,11 +324,19 @@ GenerateResult Engine::generate(const GenerateRequest& request, const ProgressCa
   Job job = resolve(request, d, result.notes);
   result.task = job.task;
   const auto start = std::chrono::steady_clock::now();
+  std::optional<Image> preview;  // drawn since the last step callback
+  if (request.preview_every > 0 && progress) {
+    job.preview.every = request.preview_every;
+    job.preview.show = [&preview](const Tensor& image) {
+      preview = io::tensor_to_image(image.contiguous(), 0.0f, 1.0f);
+    };
+  }
   job.step = [&](int done, int total) {
     if (progress) {
       const double s =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      progress(Progress{done, total, s});
+      progress(Progress{done, total, s, preview ? &*preview : nullptr});
+      preview.reset();
     }
     if (cancel != nullptr && cancel->cancelled())
       throw Error(str_cat("generation cancelled after step ", done, " of ", total),

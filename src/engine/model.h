@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "pipelines/pipeline_util.h"
 #include "stipple/stipple.h"
 
 namespace stipple {
@@ -39,6 +40,9 @@ struct Job {
   double strength = 1.0;
   // Called after each step with (done, total); throws kCancelled when the token is set.
   std::function<void(int, int)> step;
+  // Live previews (GenerateRequest::preview_every): the image being drawn, [1, C, H, W] in
+  // [0, 1], shown before the step callback of the steps that have one.
+  pipelines::Preview preview;
 };
 
 // The size run(job) draws: the request's, else the init image's, else the model's default.

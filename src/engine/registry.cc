@@ -79,6 +79,7 @@ class StableDiffusionModel : public Engine::Model {
       p.height = job.height;
       p.clip_skip = job.clip_skip;
       p.progress = step;
+      p.preview = job.preview;
       if (job.task == Task::kTextToImage) return sd_.run_txt2img(p);
       p.init_image = job.init_image;
       p.strength = job.strength;
@@ -163,6 +164,7 @@ class LatentDiTModel : public Engine::Model {
                               p.sampler = job.sampler;
                               p.seed = job.seed + i;
                               p.progress = step;
+                              p.preview = job.preview;
                               return dit_.run(p);
                             });
     for (size_t i = 0; i < ids.size(); ++i) {
@@ -245,7 +247,7 @@ class PixelDiTModel : public Engine::Model {
                                  c.cfg = static_cast<float>(job.cfg_scale);
                                  c.seed = job.seed + i;
                                  c.validate();
-                                 return gen_.sample({ids[i]}, c, step);
+                                 return gen_.sample({ids[i]}, c, step, preview(job));
                                });  // [N, C, S, S] in [-1, 1]
     if (drawn_size() != gen_.image_size()) {
       const int64_t off = (gen_.image_size() - drawn_size()) / 2;
@@ -260,6 +262,16 @@ class PixelDiTModel : public Engine::Model {
   }
 
  private:
+  // The job's previews, cropped as the images are.
+  pipelines::Preview preview(const Job& job) const {
+    pipelines::Preview p = job.preview;
+    if (!p.on() || drawn_size() == gen_.image_size()) return p;
+    const int64_t off = (gen_.image_size() - drawn_size()) / 2, size = drawn_size();
+    p.show = [show = job.preview.show, off, size](const Tensor& image) {
+      show(image.narrow(2, off, size).narrow(3, off, size).contiguous());
+    };
+    return p;
+  }
   int64_t class_id(const std::string& label) const {
     if (fashion_) return train::FashionMnist::class_index(label);
     std::map<int64_t, std::string> id2label;
@@ -309,6 +321,7 @@ class TextDiTModel : public Engine::Model {
     p.seed = job.seed;
     for (size_t i = 0; i < job.prompts.size(); ++i) p.seeds.push_back(job.seed + i);
     p.progress = job.step;
+    p.preview = job.preview;
     Output out;
     out.images = pipe_.run(p);  // batched; image i still depends only on its own seed
     out.what = job.prompts;

@@ -64,8 +64,8 @@ Tensor nchw(const Tensor& nhwc) { return nhwc.permute({0, 3, 1, 2}).contiguous()
 CaseResult compare_all(const io::SafetensorsFile& ref, const Recorder& rec, detail::Checker c) {
   for (const std::string& key : ref.names()) {
     if (is_input(key)) continue;
-    const bool image = key == "image" || key.find("vae_decode.") == 0 &&
-                                             key.find(".output") != std::string::npos;
+    const bool image = key == "image" || (key.find("vae_decode.") == 0 &&
+                                             key.find(".output") != std::string::npos);
     c.check(key, rec.stacked(key), ref.tensor(key), image ? kImageTolerance : kLatentTolerance);
   }
   return c.result();

@@ -29,12 +29,18 @@ Tensor denoise(schedulers::Scheduler& scheduler, Tensor latents, const DenoiseFn
       out = guidance::classifier_free_batched(out, options.cfg.scale, options.cfg.order,
                                               options.cfg.rescale);  // [B, C, H, W]
     // 3. one reverse step
-    latents = scheduler.step(out, t, latents, options.generator).prev_sample;
+    schedulers::SchedulerOutput stepped = scheduler.step(out, t, latents, options.generator);
+    latents = stepped.prev_sample;
     if (options.after_step) {
       Tensor replaced = options.after_step(i, t, latents);
       if (replaced.defined()) latents = replaced;
     }
-    if (options.progress) options.progress(i - options.begin_index + 1, total);
+    const int done = i - options.begin_index + 1;
+    if (options.preview && options.preview_every > 0 && done % options.preview_every == 0 &&
+        done < total)
+      options.preview(stepped.pred_original_sample.defined() ? stepped.pred_original_sample
+                                                             : latents);
+    if (options.progress) options.progress(done, total);
   }
   return latents;
 }

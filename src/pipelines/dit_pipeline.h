@@ -36,6 +36,7 @@ struct DiTParams {
   uint64_t seed = 0;
   std::vector<Tensor> noise;  // injected draws (see NoiseSource), used before the generator
   std::function<void(int done, int total)> progress;
+  Preview preview;
   Observer observe;  // intermediates under diffusers reference names
 };
 

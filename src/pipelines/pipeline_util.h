@@ -36,6 +36,14 @@ class NoiseSource {
   size_t next_ = 0;
 };
 
+// Live previews during sampling: every `every` steps, the first image's current estimate as
+// [1, C, H, W] in [0, 1], decoded by the pipeline (DenoiseOptions::preview).
+struct Preview {
+  int every = 0;  // 0: no previews
+  std::function<void(const Tensor& image)> show;
+  bool on() const { return every > 0 && static_cast<bool>(show); }
+};
+
 // VAE output [B, C, H, W] in [-1, 1] -> [0, 1]: clamp(x / 2 + 0.5, 0, 1).
 Tensor vae_to_unit(const Tensor& x);
 // [B, C, H, W] -> [B, H, W, C] (diffusers' output_type="np" layout).

@@ -58,6 +58,7 @@ struct GenerationParams {
   Tensor latents;
   std::vector<Tensor> noise;
   std::function<void(int done, int total)> progress;
+  Preview preview;
   Observer observe;  // intermediates under diffusers reference names
 };
 

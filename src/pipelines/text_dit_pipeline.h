@@ -21,6 +21,7 @@
 #include "models/clip_text.h"
 #include "models/pixart.h"
 #include "models/vae.h"
+#include "pipelines/pipeline_util.h"
 #include "schedulers/scheduler.h"
 #include "text/clip_tokenizer.h"
 
@@ -47,6 +48,7 @@ struct TextDiTParams {
   uint64_t seed = 0;      // images draw x_T in order from one generator seeded with this...
   std::vector<uint64_t> seeds;  // ...unless given here, one per prompt (A1111's seed + i)
   std::function<void(int done, int total)> progress;
+  Preview preview;  // of the first image of each batch
 };
 
 class TextDiTPipeline {

@@ -71,7 +71,8 @@ ClassGenerator ClassGenerator::load(const std::string& folder) {
 }
 
 Tensor ClassGenerator::sample(const std::vector<int64_t>& labels, const EvalConfig& config,
-                              const std::function<void(int, int)>& progress) const {
+                              const std::function<void(int, int)>& progress,
+                              const pipelines::Preview& preview) const {
   config.validate();
   STIPPLE_CHECK(!labels.empty(), "sample: no labels");
   const int64_t K = num_classes();
@@ -107,6 +108,10 @@ Tensor ClassGenerator::sample(const std::vector<int64_t>& labels, const EvalConf
     opt.generator = &step_gen;
     if (progress)
       opt.progress = [&](int done, int total) { progress(b * total + done, batches * total); };
+    if (preview.on()) {
+      opt.preview_every = preview.every;
+      opt.preview = [&](const Tensor& x0) { preview.show(pipelines::vae_to_unit(x0.narrow(0, 0, 1))); };
+    }
     auto fn = [&](const Tensor& input, double t) {
       const int64_t n = input.size(0);
       const Tensor tt = Tensor::full({n}, t);                              // [n] f32

@@ -30,6 +30,7 @@
 #include "core/tensor.h"
 #include "models/dit.h"
 #include "models/fashion_classifier.h"
+#include "pipelines/pipeline_util.h"
 #include "schedulers/scheduler.h"
 
 namespace stipple::train {
@@ -57,9 +58,10 @@ class ClassGenerator {
   // Images [labels.size(), C, S, S] in [-1, 1]. x_T for all images is drawn at once from
   // Generator(seed), so image i does not depend on the batch size; stochastic samplers draw
   // their step noise from Generator(seed + 1 + batch index). progress(done, total) counts
-  // denoiser steps over all batches.
+  // denoiser steps over all batches; `preview` shows each batch's first image as it forms.
   Tensor sample(const std::vector<int64_t>& labels, const EvalConfig& config,
-                const std::function<void(int, int)>& progress = {}) const;
+                const std::function<void(int, int)>& progress = {},
+                const pipelines::Preview& preview = {}) const;
 
   const std::string& folder() const { return folder_; }  // the resolved model folder
   int64_t num_classes() const { return transformer_->config().num_embeds_ada_norm; }
