@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs every Debian package that stipple's build, tests and data need, and the emoji data
 # (npm packages, pinned) into the data folder. Idempotent: quiet when everything is already
-# installed. Run as root (or with sudo available).
+# installed. Run as root (or with sudo available). With --test, also what only the tests use
+# (headless Chromium and its WebDriver for the web page's test, wrk for the load test).
 #
 # Data folder: $STIPPLE_DATA_DIR (default /opt/stipple-data); the emoji go to <it>/emoji, which is
 # where `stipple` looks for them (or give --data).
@@ -20,6 +21,9 @@ PACKAGES=(
   # scripts/fuzz.sh: clang with libFuzzer and the sanitizer runtimes, its OpenMP, llvm-symbolizer
   clang libclang-rt-dev libomp-dev llvm
 )
+if [ "${1:-}" = "--test" ]; then
+  PACKAGES+=(chromium chromium-driver wrk)
+fi
 # npm (for the emoji data): Debian's, unless the machine already has one (e.g. from NodeSource).
 command -v npm >/dev/null 2>&1 || PACKAGES+=(npm)
 SUDO=""

@@ -4,7 +4,7 @@
 # (fuzz/, clang with ASan + UBSan) for 30 seconds. What CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --test
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j2
 (

@@ -1442,6 +1442,7 @@ Server::Server(const ServerOptions& options) : impl_(std::make_unique<Impl>()) {
   s.http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   s.http.set_payload_max_length(options.max_body_bytes);
   s.http.set_read_timeout(options.read_timeout_seconds, 0);
+  s.http.set_keep_alive_max_count(1000);  // requests per connection (cpp-httplib's default: 5)
   s.http.set_write_timeout(30, 0);
   s.http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
     if (impl_->authorized(req)) return httplib::Server::HandlerResponse::Unhandled;

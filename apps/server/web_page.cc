@@ -15,12 +15,14 @@ const char* web_page() {
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>stipple</title>
 <style>
+  * { box-sizing: border-box; }
+  [hidden] { display: none !important; }
   body { font: 15px/1.4 system-ui, sans-serif; margin: 0; background: #f6f6f4; color: #222; }
   header { padding: 12px 20px; background: #222; color: #eee; font-weight: 600; }
   main { display: grid; grid-template-columns: 340px 1fr; gap: 20px; padding: 20px; }
   form { display: grid; gap: 8px; align-content: start; }
   label { display: grid; gap: 2px; font-size: 13px; color: #555; }
-  input, select, textarea, button { font: inherit; padding: 6px; }
+  input, select, textarea, button { font: inherit; padding: 6px; width: 100%; min-width: 0; }
   textarea { min-height: 60px; }
   .row { display: grid; grid-template-columns: 1fr 1fr; gap: 8px; }
   button { cursor: pointer; border: 0; border-radius: 4px; background: #2a6df4; color: #fff; }
@@ -35,7 +37,6 @@ const char* web_page() {
   figure img { width: 256px; image-rendering: pixelated; display: block; }
   figcaption { font-size: 12px; white-space: pre-wrap; color: #444; margin-top: 6px; }
   #preview { width: 256px; image-rendering: pixelated; display: block; background: #eee; }
-  #preview[hidden] { display: none; }
 </style>
 </head>
 <body>
@@ -166,7 +167,7 @@ async function finished(id) {
     const r = await api('/v1/jobs/' + id);
     if (r.state === 'failed') throw new Error(r.error.message);
     const images = r.result ? r.result.images : [];
-    images.forEach(addImage);
+    images.slice().reverse().forEach(addImage);  // the first image ends up first
     $('status').textContent = r.state === 'cancelled' ? 'cancelled' :
         'done: ' + images.length + ' image' + (images.length === 1 ? '' : 's');
     if (r.notes.length) $('error').textContent = 'note: ' + r.notes.join('; ');
