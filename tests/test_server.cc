@@ -16,6 +16,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <zlib.h>
+
 #include <filesystem>
 #include <thread>
 
@@ -528,6 +530,74 @@ TEST(Server, OpenAIEditsInpaintTheTransparentPixels) {
   EXPECT_EQ(sizes->status, 400);
   EXPECT_NE(sizes->body.find("the same size"), std::string::npos) << sizes->body;
   EXPECT_EQ(s.post("/v1/images/edits", R"({"prompt": "x"})").first, 400);
+}
+
+// A PNG whose header claims width x height (and no pixel data): a decompression-bomb probe.
+std::string png_header_only(uint32_t width, uint32_t height) {
+  auto be32 = [](uint32_t v) {
+    return std::string{static_cast<char>(v >> 24), static_cast<char>(v >> 16),
+                       static_cast<char>(v >> 8), static_cast<char>(v)};
+  };
+  auto chunk = [&](const std::string& type, const std::string& data) {
+    const std::string body = type + data;
+    const uint32_t crc = static_cast<uint32_t>(
+        ::crc32(0, reinterpret_cast<const Bytef*>(body.data()), static_cast<uInt>(body.size())));
+    return be32(static_cast<uint32_t>(data.size())) + body + be32(crc);
+  };
+  const std::string ihdr = be32(width) + be32(height) + std::string{8, 2, 0, 0, 0};
+  return std::string("\x89PNG\r\n\x1a\n", 8) + chunk("IHDR", ihdr) + chunk("IEND", "");
+}
+
+TEST(Server, A1111Img2ImgAndInpaintWithTheirBadInputs) {
+  if (!std::filesystem::exists(kSdTiny)) GTEST_SKIP() << "no " << kSdTiny;
+  ServerOptions o;
+  o.models = {kSdTiny};
+  Serving s(o);
+  Image init{32, 32, 3, std::vector<uint8_t>(32 * 32 * 3, 90)};
+  Image mask{32, 32, 1, std::vector<uint8_t>(32 * 32, 0)};
+  for (int i = 0; i < 32 * 16; ++i) mask.pixels[i] = 255;  // the top half is repainted
+  const std::string init_b64 = base64_encode(encode_png(init));
+  const std::string mask_b64 = base64_encode(encode_png(mask));
+  json body = {{"prompt", "a red circle"}, {"seed", 2}, {"steps", 2},
+               {"denoising_strength", 0.6}, {"init_images", {init_b64}}};
+  const auto [s1, i2i] = s.post("/sdapi/v1/img2img", body.dump());
+  ASSERT_EQ(s1, 200) << i2i.dump();
+  const json info = json::parse(i2i["info"].get<std::string>());
+  EXPECT_EQ(info["denoising_strength"], 0.6);
+  EXPECT_EQ(info["width"], 32);
+  const Engine engine = Engine::open(kSdTiny);
+  GenerateRequest r;
+  r.prompt = "a red circle";
+  r.seed = 2;
+  r.steps = 2;
+  r.strength = 0.6;
+  r.init_image = init;
+  EXPECT_EQ(decode_png(base64_decode(i2i["images"][0], "png")).pixels,
+            engine.generate(r).images[0].image.pixels);
+  body["mask"] = mask_b64;
+  const auto [s2, inpaint] = s.post("/sdapi/v1/img2img", body.dump());
+  ASSERT_EQ(s2, 200) << inpaint.dump();
+  r.mask = mask;
+  EXPECT_EQ(decode_png(base64_decode(inpaint["images"][0], "png")).pixels,
+            engine.generate(r).images[0].image.pixels);
+  // A mask of another size; an init image whose header claims 100000 x 100000.
+  body["mask"] = base64_encode(encode_png(Image{16, 16, 1, std::vector<uint8_t>(256, 255)}));
+  const auto [s3, other_size] = s.post("/sdapi/v1/img2img", body.dump());
+  EXPECT_EQ(s3, 400);
+  EXPECT_NE(other_size["detail"].get<std::string>().find("the same size"), std::string::npos)
+      << other_size.dump();
+  const std::string bomb = png_header_only(100000, 100000);
+  body.erase("mask");
+  body["init_images"] = {base64_encode(std::vector<uint8_t>(bomb.begin(), bomb.end()))};
+  const auto [s4, huge] = s.post("/sdapi/v1/img2img", body.dump());
+  EXPECT_EQ(s4, 400);
+  EXPECT_NE(huge["detail"].get<std::string>().find("init_images[0]"), std::string::npos)
+      << huge.dump();
+  // Schedulers as A1111 lists them, and the model switch.
+  const json schedulers = s.get("/sdapi/v1/schedulers").second;
+  EXPECT_EQ(schedulers[1]["label"], "Karras");
+  EXPECT_EQ(s.post("/sdapi/v1/options", R"({"sd_model_checkpoint": "sd_tiny"})").first, 200);
+  EXPECT_EQ(s.get("/sdapi/v1/options").second["sd_model_checkpoint"], "sd_tiny");
 }
 
 TEST(Server, ModelsLoadLazilyAndTheLeastRecentlyUsedIsUnloaded) {
