@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up (Debian packages), builds, runs every test through ctest, installs the library and
-# builds and runs examples/embed against the installed package, then runs each parser fuzzer
-# (fuzz/, clang with ASan + UBSan) for 30 seconds. What CI runs.
+# builds and runs examples/embed against the installed package, runs the unit tests again built
+# with AddressSanitizer and UndefinedBehaviorSanitizer, then runs each parser fuzzer (fuzz/,
+# clang with ASan + UBSan) for 30 seconds. What CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
@@ -27,5 +28,17 @@ PKG_CONFIG_PATH="$PWD/build/install/lib/pkgconfig" g++ -std=c++20 -O1 examples/e
 build/embed/embed-pkgconfig models/fashion-mnist-dit build/embed/bag.png bag >/dev/null
 test -s build/embed/bag.png
 echo "examples/embed: built against the installed package (CMake and pkg-config); wrote images"
+# Every test again under AddressSanitizer + UndefinedBehaviorSanitizer (-O1: a quicker build; any
+# report fails the test). Not the load test and the browser test: they measure, and the browser
+# is not instrumented.
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Asan -DCMAKE_CXX_FLAGS_ASAN="-O1 -g1" \
+  -DSTIPPLE_SANITIZE=ON -DSTIPPLE_BUILD_BENCH=OFF >/dev/null
+cmake --build build-asan -j2
+(
+  cd build-asan
+  ASAN_OPTIONS=abort_on_error=1:detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+    OMP_NUM_THREADS=2 OMP_WAIT_POLICY=passive \
+    ctest --output-on-failure --timeout 900 -j2 -E 'server\.load_wrk|Chromium'
+)
 # The parsers under libFuzzer, 30 s each from the seed corpus (scripts/fuzz.sh; docs/fuzzing.md).
 bash scripts/fuzz.sh 30

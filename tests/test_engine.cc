@@ -305,6 +305,16 @@ TEST(Engine, PreviewsShowTheImageAsItForms) {
   EXPECT_EQ(latent_seen[0].second.channels, 3);
 }
 
+TEST(Engine, RefusesAModelWhoseWeightsWouldNotFitBeforeLoading) {
+  OpenOptions tight;
+  tight.memory_limit_mb = 4;  // the fashion DiT's weights are ~23 MiB as f32
+  expect_error([&] { Engine::open(kFashion, tight); }, ErrorKind::kResourceExhausted,
+               "MiB for its weights, more than the memory limit of 4 MiB");
+  EXPECT_GT(Engine::probe(kFashion).weights_bytes, uint64_t{20} << 20);
+  EXPECT_EQ(Engine::probe(kFashion).name, "fashion-mnist-dit");
+  EXPECT_EQ(Engine::probe(kFashion).family, "pixel-space DiT");
+}
+
 TEST(Engine, RefusesAGenerationThatWouldNotFitBeforeAllocating) {
   const std::string sd = shared_path("conformance/sd_tiny");
   if (sd.empty()) GTEST_SKIP() << "../shared/conformance is absent";

@@ -140,8 +140,9 @@ struct OpenOptions {
   // Single-file checkpoints do not store their objective: "epsilon" (default) or "v_prediction"
   // (SD 2.x 768-v).
   std::string prediction_type = "epsilon";
-  // generate() refuses, before allocating, a request whose estimated working memory exceeds this
-  // many MiB (0: the memory the system has available at that moment).
+  // open() refuses a model whose weights, and generate() a request whose estimated working
+  // memory, exceed this many MiB, before allocating (0: the memory the system has available at
+  // that moment).
   uint64_t memory_limit_mb = 0;
 };
 

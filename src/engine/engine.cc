@@ -278,6 +278,16 @@ std::pair<const Engine::Family*, std::string> find_family(const std::string& giv
 
 Engine Engine::open(const std::string& given, const OpenOptions& options) {
   const auto [family, path] = find_family(given);
+  // The weights' memory, from the safetensors headers, before anything is allocated.
+  const uint64_t need = probe(given).weights_bytes;
+  const bool set = options.memory_limit_mb > 0;
+  const uint64_t limit = set ? options.memory_limit_mb << 20 : system_memory().available;
+  if (limit > 0 && need > limit)
+    throw Error(str_cat("loading ", given, " needs about ", (need >> 20) + 1,
+                        " MiB for its weights, more than ",
+                        set ? "the memory limit of " : "the ", limit >> 20,
+                        set ? " MiB; raise the limit" : " MiB the system has available; free memory"),
+                ErrorKind::kResourceExhausted);
   std::lock_guard<std::mutex> lock(engine_mutex());
   std::unique_ptr<Model> model;
   try {

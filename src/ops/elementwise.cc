@@ -30,11 +30,14 @@ Tensor unary(UnaryOp op, const Tensor& x0) {
   check_float(x0, "unary op", "x");
   const Tensor x = elementwise_input(x0);
   Tensor out = active_kernels().unary(op, x);
-  autograd::record("unary", {x0}, out, [op, x, out](const Tensor& g, const std::vector<bool>&) {
+  // The rule keeps a detached view of the output, never `out` itself: a node that owned its
+  // output would form a cycle, and a graph never run backward would leak.
+  const Tensor y_saved = out.detach();
+  autograd::record("unary", {x0}, out, [op, x, y_saved](const Tensor& g, const std::vector<bool>&) {
     const Tensor gk = !x.is_blocked() ? as_f32_contiguous(g)
                       : g.is_blocked()  ? g
                                         : to_blocked(g, x.channel_block());
-    return std::vector<Tensor>{active_kernels().unary_backward(op, x, out.detach(), gk)};
+    return std::vector<Tensor>{active_kernels().unary_backward(op, x, y_saved, gk)};
   });
   return out;
 }
