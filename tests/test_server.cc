@@ -624,6 +624,16 @@ TEST(Server, ModelsLoadLazilyAndTheLeastRecentlyUsedIsUnloaded) {
             api_pixels("bag", 4, 2));
   EXPECT_EQ(state(0), "loaded");
   EXPECT_EQ(state(1), "unloaded");
+  // A folder of models serves each model in it (models/ holds a classifier too: not served).
+  ServerOptions folder;
+  folder.models = {std::string(STIPPLE_SOURCE_DIR) + "/models"};
+  Serving all(folder);
+  const std::string listed = all.get("/v1/models").second["data"].dump();
+  EXPECT_NE(listed.find("\"fashion-mnist-dit\""), std::string::npos) << listed;
+  EXPECT_EQ(listed.find("classifier"), std::string::npos) << listed;
+  ServerOptions none;
+  none.models = {std::string(STIPPLE_SOURCE_DIR) + "/docs"};
+  EXPECT_THROW(Server{none}, Error);
   // sd-models describes both, loaded or not.
   const json models = s.get("/sdapi/v1/sd-models").second;
   EXPECT_EQ(models[1]["stipple"]["family"], "SD 1.x");

@@ -18,8 +18,8 @@ ServeCommand::ServeCommand(CLI::App& app) {
       "server-sent events), /metrics and a web page at /. One generation runs at a time behind "
       "a bounded queue (429 when full). SIGTERM or Ctrl-C stops it gracefully.");
   cmd_->add_option("--model", options_.models,
-                   "a model folder or file to serve (repeat for several; the first is the "
-                   "default)")
+                   "a model folder or file to serve, or a folder of models (repeat for several; "
+                   "the first is the default)")
       ->required();
   cmd_->add_option("--host", options_.host, "address to listen on (loopback unless told)")
       ->capture_default_str();

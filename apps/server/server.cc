@@ -7,6 +7,7 @@
 #include <httplib.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -1412,8 +1413,33 @@ Server::Server(const ServerOptions& options) : impl_(std::make_unique<Impl>()) {
   Impl& s = *impl_;
   s.opt = options;
   if (options.models.empty()) throw Error("give at least one model to serve");
+  // Each --model is a model, or a folder of models (every sub-folder a family opens, by name).
+  std::vector<std::pair<std::string, ModelProbe>> found;
   for (const std::string& path : options.models) {
-    const ModelProbe probe = Engine::probe(path);
+    try {
+      found.emplace_back(path, Engine::probe(path));
+    } catch (const Error& e) {
+      namespace fs = std::filesystem;
+      if (e.kind() != ErrorKind::kUnsupported || !fs::is_directory(path)) throw;
+      std::vector<std::string> inside;
+      std::error_code ec;
+      for (const auto& entry : fs::directory_iterator(path, ec))
+        if (entry.is_directory(ec)) inside.push_back(entry.path().string());
+      std::sort(inside.begin(), inside.end());
+      const size_t before = found.size();
+      for (const std::string& sub : inside) {
+        try {
+          found.emplace_back(sub, Engine::probe(sub));
+        } catch (const Error&) {
+          // not a model (a classifier, a data folder, ...): not served
+        }
+      }
+      if (found.size() == before)
+        throw Error(str_cat(path, " is neither a model nor a folder holding models: ", e.what()),
+                    ErrorKind::kUnsupported);
+    }
+  }
+  for (const auto& [path, probe] : found) {
     Impl::Slot m;
     m.path = path;
     m.name = probe.name;

@@ -7,7 +7,8 @@
 // /v1/jobs hands back its id at once. A client that disconnects from a synchronous route does
 // not cancel its job: the job finishes and its result is dropped (as in A1111).
 //
-// Models: each --model is probed at start (a path no family opens is an error then); the first
+// Models: each --model (or each model in a --model folder of models) is probed at start (a path
+// no family opens is an error then); the first
 // loads at once in the background (503 with Retry-After until it is in, /readyz says when), the
 // others on their first request. Loaded models stay loaded while they fit the memory budget;
 // loading one that does not fit evicts the least recently used.
@@ -30,7 +31,8 @@
 namespace stipple::server {
 
 struct ServerOptions {
-  std::vector<std::string> models;  // paths; the first is the default model
+  // Model paths (a folder of models serves each model in it); the first is the default.
+  std::vector<std::string> models;
   std::string host = "127.0.0.1";
   int port = 7860;       // 0: any free port (see Server::port())
   std::string api_key;   // when set, /sdapi and /v1 need "Authorization: Bearer KEY"
