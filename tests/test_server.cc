@@ -979,5 +979,27 @@ TEST(Server, TheWebPageGeneratesShowsProgressAndCancelsInChromium) {
   EXPECT_EQ(b.run("return document.getElementById('generate').disabled"), false);
 }
 
+TEST(Server, TheWebPageSendsTheApiKeyInChromium) {
+  if (!Browser::available())
+    GTEST_SKIP() << "no headless Chromium (scripts/setup.sh --test installs chromium and "
+                    "chromium-driver)";
+  ServerOptions o = fashion();
+  o.api_key = "sekrit";
+  o.preview_every = 1;
+  Serving s(o);
+  Browser b;
+  b.go("http://127.0.0.1:" + std::to_string(s.port()) + "/");
+  // Without the key the page says why it cannot list the models; with it, it can.
+  ASSERT_TRUE(b.until("return /Authorization/.test(document.getElementById('error').textContent)", 20));
+  b.run("const k = document.getElementById('key'); k.value = 'sekrit';"
+        "k.dispatchEvent(new Event('change'));");
+  ASSERT_TRUE(b.until("return document.getElementById('class').options.length === 10", 20));
+  b.run("document.getElementById('steps').value = '60';");
+  b.click("#generate");
+  ASSERT_TRUE(b.until("return document.querySelectorAll('#gallery img').length === 1", 60))
+      << b.run("return document.getElementById('error').textContent");
+  EXPECT_EQ(b.run("return document.getElementById('error').textContent"), "");
+}
+
 }  // namespace
 }  // namespace stipple::server

@@ -1275,8 +1275,13 @@ struct Server::Impl {
     const std::string id_pattern = "/v1/jobs/(job-[0-9a-f]{1,32})";
     http.Get(id_pattern, guard(false, [this, find_job](const auto& req) {
       const bool images = !req.has_param("images") || req.get_param_value("images") != "false";
+      const bool preview = req.has_param("preview") && req.get_param_value("preview") == "true";
       std::lock_guard<std::mutex> lock(mu);
-      return job_json(*find_job(req.matches[1]), images);
+      const std::shared_ptr<Job> job = find_job(req.matches[1]);
+      json j = job_json(*job, images);
+      if (preview && job->state == State::kRunning && !job->preview_b64.empty())
+        j["preview"] = job->preview_b64;  // the latest live preview
+      return j;
     }));
     http.Delete(id_pattern, guard(false, [this, find_job](const auto& req) {
       std::lock_guard<std::mutex> lock(mu);

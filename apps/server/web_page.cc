@@ -2,7 +2,9 @@
 // fetched but this server's own API). It fills its form from the A1111 routes sd-models (with
 // stipple's description of each model) and samplers, submits a job (POST /v1/jobs), follows its
 // server-sent events (/v1/jobs/{id}/events) for the bar and the live preview, cancels it with
-// DELETE /v1/jobs/{id}, and shows the result from GET /v1/jobs/{id}.
+// DELETE /v1/jobs/{id}, and shows the result from GET /v1/jobs/{id}. With an API key (kept in
+// the browser's localStorage) it sends it as a bearer token and polls the job instead of the
+// events, which an EventSource cannot authorise.
 #include "web_page.h"
 
 namespace stipple::server {
@@ -68,6 +70,7 @@ const char* web_page() {
   <div id="status"></div>
   <img id="preview" alt="live preview" hidden>
   <div id="error"></div>
+  <label>API key (servers started with --api-key) <input id="key" type="password" autocomplete="off"></label>
 </form>
 <section id="gallery"></section>
 </main>
@@ -75,9 +78,20 @@ const char* web_page() {
 const $ = (id) => document.getElementById(id);
 let models = [];
 
-async function api(path, body) {
-  const res = await fetch(path, body === undefined ? {} : {
-    method: 'POST', headers: {'Content-Type': 'application/json'}, body: JSON.stringify(body)});
+// The API key, kept in this browser; sent as a bearer token when set.
+$('key').value = localStorage.getItem('stipple-key') || '';
+$('key').addEventListener('change', () => {
+  localStorage.setItem('stipple-key', $('key').value);
+  if (!models.length) load().then(() => { $('error').textContent = ''; })
+      .catch((e) => { $('error').textContent = e.message; });
+});
+
+async function api(path, body, method) {
+  const headers = {};
+  if ($('key').value) headers['Authorization'] = 'Bearer ' + $('key').value;
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  const res = await fetch(path, {method: method || (body === undefined ? 'GET' : 'POST'), headers,
+                                 body: body === undefined ? undefined : JSON.stringify(body)});
   const data = await res.json();
   if (!res.ok) throw new Error(data.detail || (data.error && data.error.message) || res.status);
   return data;
@@ -109,6 +123,8 @@ function showModel() {
 
 async function load() {
   models = await api('/sdapi/v1/sd-models');
+  $('model').innerHTML = '';
+  $('sampler').innerHTML = '';
   for (const m of models) {
     const o = document.createElement('option');
     o.value = o.textContent = m.model_name;
@@ -206,16 +222,29 @@ async function generate(event) {
   $('generate').disabled = true;
   $('cancel').disabled = false;
   const id = job;
-  events = new EventSource('/v1/jobs/' + id + '/events');
-  events.addEventListener('progress', (m) => showProgress(JSON.parse(m.data)));
-  events.addEventListener('done', () => finished(id));
-  events.onerror = () => { if (events) finished(id); };
+  if (!$('key').value) {
+    events = new EventSource('/v1/jobs/' + id + '/events');
+    events.addEventListener('progress', (m) => showProgress(JSON.parse(m.data)));
+    events.addEventListener('done', () => finished(id));
+    events.onerror = () => { if (events) finished(id); };
+    return;
+  }
+  // An EventSource cannot send the key: poll the job instead.
+  const timer = setInterval(async () => {
+    try {
+      const e = await api('/v1/jobs/' + id + '?images=false&preview=true');
+      if (e.state === 'queued' || e.state === 'running') return showProgress(e);
+    } catch (e) { /* finished() reports */ }
+    clearInterval(timer);
+    finished(id);
+  }, 250);
+  events = {close: () => clearInterval(timer)};
 }
 
 $('model').addEventListener('change', showModel);
 $('form').addEventListener('submit', generate);
 $('cancel').addEventListener('click', () => {
-  if (job) fetch('/v1/jobs/' + job, {method: 'DELETE'});
+  if (job) api('/v1/jobs/' + job, undefined, 'DELETE').catch(() => {});
 });
 load().catch((e) => { $('error').textContent = e.message; });
 </script>
