@@ -9,6 +9,7 @@
 #include <cmath>
 #include <csetjmp>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 
@@ -41,43 +42,54 @@ std::string encode_png(const Image& image, const std::map<std::string, std::stri
                     static_cast<size_t>(image.width) * image.height * image.channels,
                 "PNG: the pixel buffer holds ", image.pixels.size(), " bytes, not ", image.width,
                 "x", image.height, "x", image.channels);
-  std::string encoded, err;
-  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &err, on_png_error,
-                                            on_png_warning);
-  STIPPLE_CHECK(png != nullptr, "PNG: libpng could not start");
-  png_infop info = png_create_info_struct(png);
-  std::vector<png_text> chunks;
-  std::vector<std::string> keys, values;
-  if (setjmp(png_jmpbuf(png))) {
-    png_destroy_write_struct(&png, &info);
-    throw Error(str_cat("PNG: cannot encode: ", err));
-  }
-  png_set_write_fn(png, &encoded, append_bytes, flush_nothing);
+  // libpng reports errors by longjmp. Every object that changes after setjmp lives in `st`, on
+  // the heap: a local object modified between setjmp and longjmp has an indeterminate value
+  // afterwards (C11 7.13.2.1), and a std::string or vector in that state would be destroyed
+  // from stale registers.
+  struct WriteState {
+    std::string encoded, err;
+    std::vector<png_text> chunks;
+    std::vector<std::string> keys, values;
+    png_structp png = nullptr;
+    png_infop info = nullptr;
+    ~WriteState() {
+      if (png) png_destroy_write_struct(&png, info ? &info : nullptr);
+    }
+  };
+  const auto st = std::make_unique<WriteState>();
+  st->png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &st->err, on_png_error,
+                                    on_png_warning);
+  STIPPLE_CHECK(st->png != nullptr, "PNG: libpng could not start");
+  st->info = png_create_info_struct(st->png);
+  png_structp png = st->png;  // set once, before setjmp
+  png_infop info = st->info;
+  if (setjmp(png_jmpbuf(png))) throw Error(str_cat("PNG: cannot encode: ", st->err));
+  png_set_write_fn(png, &st->encoded, append_bytes, flush_nothing);
   const int color = image.channels == 1   ? PNG_COLOR_TYPE_GRAY
                     : image.channels == 3 ? PNG_COLOR_TYPE_RGB
                                           : PNG_COLOR_TYPE_RGBA;
   png_set_IHDR(png, info, image.width, image.height, 8, color, PNG_INTERLACE_NONE,
                PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
   for (const auto& [k, v] : text) {
-    keys.push_back(k);
-    values.push_back(v);
+    st->keys.push_back(k);
+    st->values.push_back(v);
   }
-  for (size_t i = 0; i < keys.size(); ++i) {
+  for (size_t i = 0; i < st->keys.size(); ++i) {
     png_text t{};
     t.compression = PNG_TEXT_COMPRESSION_NONE;
-    t.key = keys[i].data();
-    t.text = values[i].data();
-    t.text_length = values[i].size();
-    chunks.push_back(t);
+    t.key = st->keys[i].data();
+    t.text = st->values[i].data();
+    t.text_length = st->values[i].size();
+    st->chunks.push_back(t);
   }
-  if (!chunks.empty()) png_set_text(png, info, chunks.data(), static_cast<int>(chunks.size()));
+  if (!st->chunks.empty())
+    png_set_text(png, info, st->chunks.data(), static_cast<int>(st->chunks.size()));
   png_write_info(png, info);
   const size_t stride = static_cast<size_t>(image.width) * image.channels;
   for (int y = 0; y < image.height; ++y)
     png_write_row(png, const_cast<png_bytep>(image.pixels.data() + y * stride));
   png_write_end(png, info);
-  png_destroy_write_struct(&png, &info);
-  return encoded;
+  return std::move(st->encoded);
 }
 
 void write_png(const std::string& path, const Image& image,
@@ -131,25 +143,47 @@ void check_chunk_lengths(const std::string& bytes, const std::string& name) {
 
 }  // namespace
 
-Image decode_png(const std::string& bytes, const std::string& name,
-                 std::map<std::string, std::string>* text) {
-  STIPPLE_CHECK(bytes.size() >= 8 &&
-                    png_sig_cmp(reinterpret_cast<png_const_bytep>(bytes.data()), 0, 8) == 0,
-                name, " is not a PNG file");
-  check_chunk_lengths(bytes, name);
+namespace {
+
+// The state of one decode, on the heap: everything that changes after setjmp lives here, since a
+// local object modified between setjmp and longjmp has an indeterminate value afterwards
+// (C11 7.13.2.1), and a std::string or vector in that state would be destroyed from stale
+// registers.
+struct ReadState {
   std::string err;
-  png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &err, on_png_error,
-                                           on_png_warning);
-  STIPPLE_CHECK(png != nullptr, "PNG: libpng could not start");
-  png_infop info = png_create_info_struct(png);
   Image img;
   std::vector<png_bytep> rows;
-  ByteReader reader{&bytes, 8};
-  if (setjmp(png_jmpbuf(png))) {
-    png_destroy_read_struct(&png, &info, nullptr);
-    throw Error(str_cat("cannot read PNG ", name, ": ", err.empty() ? "corrupt data" : err));
+  ByteReader reader;
+  png_structp png = nullptr;
+  png_infop info = nullptr;
+  ~ReadState() {
+    if (png) png_destroy_read_struct(&png, info ? &info : nullptr, nullptr);
   }
-  png_set_read_fn(png, &reader, read_bytes);
+};
+
+// A libpng error of ours: the message goes to st.err, then libpng unwinds (longjmp). Out of line,
+// so that the function holding setjmp builds no strings.
+[[noreturn, gnu::noinline]] void refuse(ReadState& st, const std::string& message) {
+  st.err = message;
+  png_error(st.png, st.err.c_str());
+  std::abort();  // png_error does not return
+}
+[[noreturn, gnu::noinline]] void refuse_size(ReadState& st, uint64_t w, uint64_t h) {
+  refuse(st, str_cat("the image is ", w, "x", h, " = ", (w * h + 500000) / 1000000,
+                     " megapixels; at most ", kMaxPngPixels / 1000000, " are read"));
+}
+[[noreturn, gnu::noinline]] void refuse_channels(ReadState& st, int channels, int color) {
+  refuse(st, str_cat("the image decodes to ", channels, " channels (colour type ", color,
+                     "); only grey, RGB and RGBA are read"));
+}
+
+// The libpng calls of decode_png, up to png_read_end; false when libpng reported an error (its
+// message in st.err). Only plain values live in this frame.
+[[gnu::noinline]] bool read_with_libpng(ReadState& st) {
+  png_structp png = st.png;
+  png_infop info = st.info;
+  if (setjmp(png_jmpbuf(png))) return false;
+  png_set_read_fn(png, &st.reader, read_bytes);
   png_set_sig_bytes(png, 8);
   // Bounds before anything is allocated: the header's size, each chunk (text, ICC profiles:
   // decompression bombs stop here) and the number of ancillary chunks.
@@ -158,11 +192,7 @@ Image decode_png(const std::string& bytes, const std::string& name,
   png_set_chunk_cache_max(png, kMaxPngAncillaryChunks);
   png_read_info(png, info);
   const uint64_t w = png_get_image_width(png, info), h = png_get_image_height(png, info);
-  if (w * h > kMaxPngPixels) {
-    err = str_cat("the image is ", w, "x", h, " = ", (w * h + 500000) / 1000000,
-                  " megapixels; at most ", kMaxPngPixels / 1000000, " are read");
-    png_error(png, err.c_str());
-  }
+  if (w * h > kMaxPngPixels) refuse_size(st, w, h);
   png_set_strip_16(png);
   png_set_packing(png);
   png_set_expand(png);  // palette -> RGB, low-bit grey -> 8 bit, tRNS -> alpha
@@ -174,24 +204,40 @@ Image decode_png(const std::string& bytes, const std::string& name,
     png_set_gray_to_rgb(png);
   }
   png_read_update_info(png, info);
+  Image& img = st.img;
   img.width = static_cast<int>(w);
   img.height = static_cast<int>(h);
   img.channels = png_get_channels(png, info);
-  if (img.channels != 1 && img.channels != 3 && img.channels != 4) {
-    err = str_cat("the image decodes to ", img.channels, " channels (colour type ", color,
-                  "); only grey, RGB and RGBA are read");
-    png_error(png, err.c_str());
-  }
+  if (img.channels != 1 && img.channels != 3 && img.channels != 4)
+    refuse_channels(st, img.channels, color);
   const size_t stride = png_get_rowbytes(png, info);
   img.pixels.resize(stride * img.height);
-  rows.resize(img.height);
-  for (int y = 0; y < img.height; ++y) rows[y] = img.pixels.data() + y * stride;
-  png_read_image(png, rows.data());
+  st.rows.resize(img.height);
+  for (int y = 0; y < img.height; ++y) st.rows[y] = img.pixels.data() + y * stride;
+  png_read_image(png, st.rows.data());
   png_read_end(png, info);
+  return true;
+}
+
+}  // namespace
+
+Image decode_png(const std::string& bytes, const std::string& name,
+                 std::map<std::string, std::string>* text) {
+  STIPPLE_CHECK(bytes.size() >= 8 &&
+                    png_sig_cmp(reinterpret_cast<png_const_bytep>(bytes.data()), 0, 8) == 0,
+                name, " is not a PNG file");
+  check_chunk_lengths(bytes, name);
+  const auto st = std::make_unique<ReadState>();
+  st->reader = ByteReader{&bytes, 8};
+  st->png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &st->err, on_png_error, on_png_warning);
+  STIPPLE_CHECK(st->png != nullptr, "PNG: libpng could not start");
+  st->info = png_create_info_struct(st->png);
+  if (!read_with_libpng(*st))
+    throw Error(str_cat("cannot read PNG ", name, ": ", st->err.empty() ? "corrupt data" : st->err));
   if (text) {
     png_textp chunks = nullptr;
     int n = 0;
-    png_get_text(png, info, &chunks, &n);
+    png_get_text(st->png, st->info, &chunks, &n);
     for (int i = 0; i < n; ++i) {
       // iTXt (UTF-8; A1111 writes its parameters so when the prompt is not Latin-1) keeps its
       // length in itxt_length; tEXt and zTXt in text_length.
@@ -200,8 +246,7 @@ Image decode_png(const std::string& bytes, const std::string& name,
           std::string(chunks[i].text, itxt ? chunks[i].itxt_length : chunks[i].text_length);
     }
   }
-  png_destroy_read_struct(&png, &info, nullptr);
-  return img;
+  return std::move(st->img);
 }
 
 Image read_png(const std::string& path, std::map<std::string, std::string>* text) {
