@@ -30,8 +30,9 @@ ServeCommand::ServeCommand(CLI::App& app) {
                    "require 'Authorization: Bearer KEY' on /sdapi and /v1 routes");
   cmd_->add_option("--api-auth", options_.api_auth,
                    "require HTTP basic auth user:pass instead (A1111's --api-auth)");
+  // Each waiting synchronous request holds one of the server's threads: the queue is bounded.
   cmd_->add_option("--queue", options_.queue, "generations that may wait behind the running one")
-      ->check(CLI::Range(0, 10000))
+      ->check(CLI::Range(0, 256))
       ->capture_default_str();
   cmd_->add_option("--max-pixels", options_.max_pixels, "largest width x height per image")
       ->check(CLI::Range(int64_t{64}, int64_t{16} << 20))

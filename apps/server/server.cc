@@ -1418,6 +1418,9 @@ Server::Server(const ServerOptions& options) : impl_(std::make_unique<Impl>()) {
   Impl& s = *impl_;
   s.opt = options;
   if (options.models.empty()) throw Error("give at least one model to serve");
+  if (options.queue < 0 || options.queue > 256 || options.max_streams < 1 || options.max_streams > 64)
+    throw Error(str_cat("queue must be in [0, 256] and max_streams in [1, 64], got ",
+                        options.queue, " and ", options.max_streams));
   // Each --model is a model, or a folder of models (every sub-folder a family opens, by name).
   std::vector<std::pair<std::string, ModelProbe>> found;
   for (const std::string& path : options.models) {

@@ -37,7 +37,7 @@ struct ServerOptions {
   int port = 7860;       // 0: any free port (see Server::port())
   std::string api_key;   // when set, /sdapi and /v1 need "Authorization: Bearer KEY"
   std::string api_auth;  // "user:pass": HTTP basic auth instead (A1111's --api-auth)
-  int queue = 16;        // generations waiting behind the running one; more get 429
+  int queue = 16;        // generations waiting behind the running one (<= 256); more get 429
   int64_t max_pixels = 1024 * 1024;  // per image
   int max_steps = 150;
   int max_images = 16;  // per request
