@@ -255,7 +255,7 @@ TEST(Server, ProgressMovesAndInterruptStopsAGeneration) {
     result = s.post("/sdapi/v1/txt2img", R"({"prompt": "coat", "steps": 150, "batch_size": 16})");
   });
   int seen = 0;
-  for (int i = 0; i < 500 && seen == 0; ++i) {
+  for (int i = 0; i < 3000 && seen == 0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
     seen = s.get("/sdapi/v1/progress").second["state"]["sampling_step"].get<int>();
   }
@@ -300,7 +300,7 @@ TEST(Server, JobsRunQueueCancelAndAreForgottenOnlyWhenOld) {
   const auto [s2, quick] = s.post("/v1/jobs", R"({"class_label": 8, "seed": 5, "steps": 2})");
   ASSERT_EQ(s2, 202) << quick.dump();
   const std::string quick_id = quick["id"];
-  for (int i = 0; i < 500 && s.get("/v1/jobs/" + long_id).second["state"] != "running"; ++i)
+  for (int i = 0; i < 3000 && s.get("/v1/jobs/" + long_id).second["state"] != "running"; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   const json queued = s.get("/v1/jobs/" + quick_id).second;
   EXPECT_EQ(queued["state"], "queued");
@@ -382,7 +382,7 @@ TEST(Server, A1111PreviewSkipAndIterations) {
                     R"({"prompt": "shirt", "seed": 10, "steps": 150, "n_iter": 2})");
   });
   json image = nullptr;
-  for (int i = 0; i < 1000 && image.is_null(); ++i) {
+  for (int i = 0; i < 3000 && image.is_null(); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
     image = s.get("/sdapi/v1/progress").second["current_image"];
   }
@@ -646,7 +646,7 @@ TEST(Server, ShutdownLetsTheRunningJobFinishWithinTheGrace) {
   std::thread job([&] {
     result = s->post("/sdapi/v1/txt2img", R"({"prompt": "coat", "seed": 1, "steps": 60})");
   });
-  for (int i = 0; i < 500 && s->get("/sdapi/v1/progress").second["state"]["sampling_step"] == 0; ++i)
+  for (int i = 0; i < 3000 && s->get("/sdapi/v1/progress").second["state"]["sampling_step"] == 0; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   s->server().shutdown(60);  // returns once the job is done
   job.join();
@@ -658,7 +658,7 @@ TEST(Server, ShutdownLetsTheRunningJobFinishWithinTheGrace) {
   std::thread job2([&] {
     result = s->post("/sdapi/v1/txt2img", R"({"prompt": "coat", "steps": 150, "batch_size": 16})");
   });
-  for (int i = 0; i < 500 && s->get("/sdapi/v1/progress").second["state"]["sampling_step"] == 0; ++i)
+  for (int i = 0; i < 3000 && s->get("/sdapi/v1/progress").second["state"]["sampling_step"] == 0; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   s->server().shutdown(0);
   job2.join();
@@ -671,14 +671,14 @@ TEST(Server, AClientThatDisconnectsMidGenerationLeavesNothingBehind) {
   Serving s(fashion());
   {
     httplib::Client c("127.0.0.1", s.port());
-    c.set_read_timeout(0, 200000);  // gives up (and closes) 0.2 s into a ~2 s generation
-    EXPECT_FALSE(c.Post("/sdapi/v1/txt2img", R"({"prompt": "coat", "steps": 120})",
+    c.set_read_timeout(0, 200000);  // gives up (and closes) 0.2 s into a ~1 s generation
+    EXPECT_FALSE(c.Post("/sdapi/v1/txt2img", R"({"prompt": "coat", "steps": 60})",
                         "application/json"));
   }
   // The job runs to its end; the server answers meanwhile, and holds nothing afterwards.
   EXPECT_EQ(s.get("/healthz").first, 200);
   json jobs;
-  for (int i = 0; i < 1000; ++i) {
+  for (int i = 0; i < 12000; ++i) {  // up to 2 min: sanitizer builds on a loaded machine are slow
     jobs = s.get("/v1/jobs").second["data"];
     if (jobs.size() == 1 && jobs[0]["state"] == "succeeded") break;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -821,7 +821,7 @@ TEST(Server, SigtermStopsTheCommandAfterItsJobWithExitZero) {
     status = res->status;
     images = json::parse(res->body)["images"].size();
   });
-  for (int i = 0; i < 1000; ++i) {
+  for (int i = 0; i < 3000; ++i) {
     auto res = client.Get("/sdapi/v1/progress");
     if (res && json::parse(res->body)["state"]["sampling_step"].get<int>() > 0) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
