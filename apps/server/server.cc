@@ -233,29 +233,26 @@ bool is_final(State s) { return s == State::kSucceeded || s == State::kFailed ||
 
 using Clock = std::chrono::steady_clock;
 
-// A random seed as A1111 draws one for seed -1: in [0, 2^32).
-int64_t random_seed() {
+// One source of randomness for job ids and seeds (-1), shared by the handler threads.
+uint64_t random_u64() {
   static std::mutex mu;
   static std::mt19937_64 rng{std::random_device{}()};
   std::lock_guard<std::mutex> lock(mu);
-  return static_cast<int64_t>(rng() & 0xffffffffu);
+  return rng();
 }
+
+// A random seed as A1111 draws one for seed -1: in [0, 2^32).
+int64_t random_seed() { return static_cast<int64_t>(random_u64() & 0xffffffffu); }
 
 double since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
-std::string random_hex(int bytes) {
-  static std::mutex mu;
-  static std::mt19937_64 rng{std::random_device{}()};
-  std::lock_guard<std::mutex> lock(mu);
-  std::string out;
-  for (int i = 0; i < bytes; ++i) {
-    char b[3];
-    std::snprintf(b, sizeof b, "%02x", static_cast<unsigned>(rng() & 0xff));
-    out += b;
-  }
-  return out;
+// A job id: 16 hex digits.
+std::string random_id() {
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(random_u64()));
+  return hex;
 }
 
 // The route a request counts under in /metrics: its pattern, so ids and file names do not grow
@@ -445,7 +442,7 @@ struct Server::Impl {
       lock.lock();
       if (!accepting) throw HttpError(503, "the server is shutting down");
     }
-    job->id = "job-" + random_hex(8);
+    job->id = "job-" + random_id();
     jobs[job->id] = job;
     queue.push_back(job);
     cv.notify_all();
@@ -546,12 +543,13 @@ struct Server::Impl {
               },
               &token);
           std::lock_guard<std::mutex> lock(mu);
-          if (job.images.empty()) {
-            job.notes.insert(job.notes.end(), out.notes.begin(), out.notes.end());
-            job.result = out;
-            job.result.images.clear();
-          }
+          const bool first = job.images.empty();
           for (GeneratedImage& g : out.images) job.images.push_back(std::move(g));
+          out.images.clear();
+          if (first) {
+            job.notes.insert(job.notes.end(), out.notes.begin(), out.notes.end());
+            job.result = std::move(out);
+          }
           ++job.version;
         } catch (const Error& e) {
           if (e.kind() != ErrorKind::kCancelled) throw;

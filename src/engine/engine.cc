@@ -274,12 +274,33 @@ std::pair<const Engine::Family*, std::string> find_family(const std::string& giv
               ErrorKind::kUnsupported);
 }
 
+// The weights of the model at `path` (already resolved) as stipple holds them, every
+// floating-point tensor in f32, from the safetensors headers alone.
+uint64_t weights_bytes(const std::string& path) {
+  uint64_t bytes = 0;
+  auto add = [&bytes](const fs::path& file) {
+    const io::SafetensorsFile f = io::SafetensorsFile::open(file.string());
+    for (const auto& [name, e] : f.entries())
+      if (e.dtype == "F32" || e.dtype == "F16" || e.dtype == "BF16" || e.dtype == "F64")
+        bytes += static_cast<uint64_t>(shape_numel(e.shape)) * 4;
+  };
+  std::error_code ec;
+  if (fs::is_regular_file(path)) {
+    add(path);
+  } else {
+    for (auto it = fs::recursive_directory_iterator(path, ec);
+         !ec && it != fs::recursive_directory_iterator(); it.increment(ec))
+      if (it->is_regular_file(ec) && it->path().extension() == ".safetensors") add(it->path());
+  }
+  return bytes;
+}
+
 }  // namespace
 
 Engine Engine::open(const std::string& given, const OpenOptions& options) {
   const auto [family, path] = find_family(given);
   // The weights' memory, from the safetensors headers, before anything is allocated.
-  const uint64_t need = probe(given).weights_bytes;
+  const uint64_t need = weights_bytes(path);
   const bool set = options.memory_limit_mb > 0;
   const uint64_t limit = set ? options.memory_limit_mb << 20 : system_memory().available;
   if (limit > 0 && need > limit)
@@ -307,21 +328,7 @@ ModelProbe Engine::probe(const std::string& given) {
   ModelProbe p;
   p.name = model_name(path);
   p.family = family->name;
-  // Weights as stipple holds them: every floating-point tensor in f32.
-  auto add = [&p](const fs::path& file) {
-    const io::SafetensorsFile f = io::SafetensorsFile::open(file.string());
-    for (const auto& [name, e] : f.entries())
-      if (e.dtype == "F32" || e.dtype == "F16" || e.dtype == "BF16" || e.dtype == "F64")
-        p.weights_bytes += static_cast<uint64_t>(shape_numel(e.shape)) * 4;
-  };
-  std::error_code ec;
-  if (fs::is_regular_file(path)) {
-    add(path);
-  } else {
-    for (auto it = fs::recursive_directory_iterator(path, ec);
-         !ec && it != fs::recursive_directory_iterator(); it.increment(ec))
-      if (it->is_regular_file(ec) && it->path().extension() == ".safetensors") add(it->path());
-  }
+  p.weights_bytes = weights_bytes(path);
   return p;
 }
 
