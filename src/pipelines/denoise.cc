@@ -36,10 +36,12 @@ Tensor denoise(schedulers::Scheduler& scheduler, Tensor latents, const DenoiseFn
       if (replaced.defined()) latents = replaced;
     }
     const int done = i - options.begin_index + 1;
-    if (options.preview && options.preview_every > 0 && done % options.preview_every == 0 &&
-        done < total)
-      options.preview(stepped.pred_original_sample.defined() ? stepped.pred_original_sample
-                                                             : latents);
+    if (options.preview.on() && done % options.preview.every == 0 && done < total) {
+      const Tensor estimate = (stepped.pred_original_sample.defined()
+                                   ? stepped.pred_original_sample
+                                   : latents).narrow(0, 0, 1);
+      options.preview.show(options.decode_preview ? options.decode_preview(estimate) : estimate);
+    }
     if (options.progress) options.progress(done, total);
   }
   return latents;

@@ -10,6 +10,7 @@
 
 #include "core/rng.h"
 #include "core/tensor.h"
+#include "pipelines/pipeline_util.h"
 #include "schedulers/guidance.h"
 #include "schedulers/scheduler.h"
 
@@ -38,11 +39,12 @@ struct DenoiseOptions {
   std::function<Tensor(int i, double t, const Tensor& latents)> after_step;
   // Progress: steps done and the total (for the progress bar).
   std::function<void(int done, int total)> progress;
-  // Live previews: every `preview_every` steps (not after the last), before `progress`, the
-  // sampler's current estimate of the clean latents [B, C, H, W] (its x0 prediction; the latents
-  // themselves where the sampler forms none).
-  int preview_every = 0;
-  std::function<void(const Tensor& estimate)> preview;
+  // Live previews: every `preview.every` steps (not after the last), before `progress`, the
+  // sampler's current estimate of the first image's clean latents [1, C, H, W] (its x0
+  // prediction; the latents themselves where the sampler forms none), through `decode_preview`
+  // (the pipeline's latents -> [0, 1] image), to `preview.show`.
+  Preview preview;
+  std::function<Tensor(const Tensor& latents)> decode_preview;
 };
 
 // Runs the reverse process from `latents` (x_T times init_noise_sigma, or the noised image for

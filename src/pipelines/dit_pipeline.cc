@@ -116,13 +116,10 @@ Tensor DiTPipeline::run(const DiTParams& params) const {
   opt.cfg.order = guidance::CfgOrder::kCondFirst;
   opt.generator = noise.generator();
   opt.progress = params.progress;
-  if (params.preview.on()) {
-    opt.preview_every = params.preview.every;
-    opt.preview = [&](const Tensor& x0) {
-      const Tensor z = x0.narrow(0, 0, 1) / static_cast<float>(vae_->config().scaling_factor);
-      params.preview.show(vae_to_unit(vae_->decode(z).contiguous()));
-    };
-  }
+  opt.preview = params.preview;
+  opt.decode_preview = [&](const Tensor& x0) {
+    return vae_to_unit(vae_->decode(x0 / static_cast<float>(vae_->config().scaling_factor)));
+  };
   opt.after_step = [&](int, double, const Tensor& x) {
     // diffusers steps the doubled batch, whose halves stay equal
     observe("scheduler_prev_sample", guided ? ops::concat({x, x}, 0) : x);

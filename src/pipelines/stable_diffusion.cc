@@ -216,10 +216,8 @@ Tensor StableDiffusion::denoise_and_decode(
   opt.begin_index = r.begin_index;
   opt.generator = r.noise->generator();
   opt.progress = p.progress;
-  if (p.preview.on()) {
-    opt.preview_every = p.preview.every;
-    opt.preview = [&](const Tensor& x0) { p.preview.show(decode(x0.narrow(0, 0, 1), {})); };
-  }
+  opt.preview = p.preview;
+  opt.decode_preview = [&](const Tensor& x0) { return decode(x0, {}); };
   opt.after_step = [&](int i, double t, const Tensor& x) {
     Tensor out = after_step ? after_step(i, t, x) : Tensor();
     if (observe) observe("latents_after_step", out.defined() ? out : x);

@@ -146,13 +146,10 @@ Tensor TextDiTPipeline::run_batch(const TextDiTParams& params,
   opt.cfg.order = guidance::CfgOrder::kCondFirst;
   opt.generator = noise;
   opt.progress = progress;
-  if (params.preview.on()) {
-    opt.preview_every = params.preview.every;
-    opt.preview = [&](const Tensor& x0) {
-      const Tensor z = x0.narrow(0, 0, 1) / static_cast<float>(vae_->config().scaling_factor);
-      params.preview.show(vae_to_unit(vae_->decode(z).contiguous()));
-    };
-  }
+  opt.preview = params.preview;
+  opt.decode_preview = [&](const Tensor& x0) {
+    return vae_to_unit(vae_->decode(x0 / static_cast<float>(vae_->config().scaling_factor)));
+  };
   latents = denoise(*scheduler, latents, model, opt);  // [B, C, s, s]
 
   // 4. decode

@@ -108,10 +108,8 @@ Tensor ClassGenerator::sample(const std::vector<int64_t>& labels, const EvalConf
     opt.generator = &step_gen;
     if (progress)
       opt.progress = [&](int done, int total) { progress(b * total + done, batches * total); };
-    if (preview.on()) {
-      opt.preview_every = preview.every;
-      opt.preview = [&](const Tensor& x0) { preview.show(pipelines::vae_to_unit(x0.narrow(0, 0, 1))); };
-    }
+    opt.preview = preview;
+    opt.decode_preview = pipelines::vae_to_unit;  // pixel space: [-1, 1] -> [0, 1]
     auto fn = [&](const Tensor& input, double t) {
       const int64_t n = input.size(0);
       const Tensor tt = Tensor::full({n}, t);                              // [n] f32
