@@ -2,6 +2,10 @@
 // those clients expect (base64 PNGs carrying the parameters chunk, A1111's info string), a seed
 // gives the same image through the API, A1111 and OpenAI routes, and bad requests get a 4xx
 // with a JSON error naming the problem while the server keeps serving.
+//
+// Over 800 lines: the browser tests (the WebDriver client at the end) are to move to their own
+// test_web_page.cc once the Serving fixture moves to tests/support/ (it needs stipple_server,
+// which the support library does not link).
 #include <gtest/gtest.h>
 
 #include <httplib.h>

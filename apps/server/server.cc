@@ -1,5 +1,10 @@
 // `stipple serve`; see server.h. Everything here goes through the public API: the server knows
 // models only as stipple::Engine.
+//
+// Over 800 lines: the routes, the job queue and the model slots all live in Server::Impl under
+// one mutex. The planned split is a private server_impl.h declaring Impl, with its methods in
+// jobs.cc (queue, worker, models), a1111.cc, openai.cc and this file (routes, operations), and
+// the JSON/base64 helpers in http_util.{h,cc}. Until then the sections are marked "---- X ----".
 #include "server.h"
 
 #include "web_page.h"
