@@ -2,7 +2,8 @@
 # Installs every Debian package that stipple's build, tests and data need, and the emoji data
 # (npm packages, pinned) into the data folder. Idempotent: quiet when everything is already
 # installed. Run as root (or with sudo available). With --test, also what only the tests use
-# (headless Chromium and its WebDriver for the web page's test, wrk for the load test).
+# (headless Chromium and its WebDriver for the web page's test, wrk for the load test, Open MPI
+# for the data-parallel training tests of a -DSTIPPLE_MPI=ON build).
 #
 # Data folder: $STIPPLE_DATA_DIR (default /opt/stipple-data); the emoji go to <it>/emoji, which is
 # where `stipple` looks for them (or give --data).
@@ -22,7 +23,7 @@ PACKAGES=(
   clang libclang-rt-dev libomp-dev llvm
 )
 if [ "${1:-}" = "--test" ]; then
-  PACKAGES+=(chromium chromium-driver wrk)
+  PACKAGES+=(chromium chromium-driver wrk libopenmpi-dev openmpi-bin)
 fi
 # npm (for the emoji data): Debian's, unless the machine already has one (e.g. from NodeSource).
 command -v npm >/dev/null 2>&1 || PACKAGES+=(npm)

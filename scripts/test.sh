@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
+# With MPI: the data-parallel training tests (tests/mpi/) run 2 ranks on this machine.
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DSTIPPLE_MPI=ON >/dev/null
 cmake --build build -j2
 (
   cd build
@@ -30,7 +31,7 @@ test -s build/embed/bag.png
 echo "examples/embed: built against the installed package (CMake and pkg-config); wrote images"
 # Every test again under AddressSanitizer + UndefinedBehaviorSanitizer (-O1: a quicker build; any
 # report fails the test). Not the load test and the browser test: they measure, and the browser
-# is not instrumented.
+# is not instrumented; and without MPI (the data-parallel tests ran in the build above).
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Asan -DCMAKE_CXX_FLAGS_ASAN="-O1 -g1" \
   -DSTIPPLE_SANITIZE=ON -DSTIPPLE_BUILD_BENCH=OFF >/dev/null
 cmake --build build-asan -j2

@@ -20,12 +20,14 @@ class TrainCommand {
   // The checkpoint's config with the flags given on the command line: those that fix the model or
   // the data order must agree with it; the others replace its values.
   train::TrainConfig resume_config() const;
+  int train(train::Communicator& comm, const train::TrainConfig& config);
 
   CLI::App* cmd_;
   train::TrainConfig config_;  // the defaults and the flags
   std::string resume_;
   bool quiet_ = false;
   bool no_pad_ = false;
+  double dist_timeout_ = 1800;
 };
 
 }  // namespace stipple::cli

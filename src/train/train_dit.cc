@@ -62,8 +62,8 @@ TrainingData load_training_data(const TrainConfig& config) {
 }
 
 std::unique_ptr<Trainer> train_dit(const TrainConfig& config, const std::string& resume_dir,
-                                   const TrainCallbacks& callbacks) {
-  if (config.data == "emoji") return train_text_to_image(config, resume_dir, callbacks);
+                                   const TrainCallbacks& callbacks, Communicator* comm) {
+  if (config.data == "emoji") return train_text_to_image(config, resume_dir, callbacks, comm);
   // Check the resume folder before the slower data loading, so a typo fails at once.
   if (!resume_dir.empty()) Trainer::read_checkpoint_config(resume_dir);
   TrainingData data = load_training_data(config);
@@ -71,6 +71,7 @@ std::unique_ptr<Trainer> train_dit(const TrainConfig& config, const std::string&
                                                static_cast<int64_t>(data.class_names.size()));
   auto trainer = std::make_unique<Trainer>(config, std::make_unique<DiTDenoiser>(dit), data.images,
                                            data.labels, data.class_names);
+  if (comm != nullptr) trainer->set_communicator(*comm);
   if (!resume_dir.empty()) trainer->resume(resume_dir);
   trainer->run(callbacks);
   return trainer;

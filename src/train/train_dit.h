@@ -43,8 +43,10 @@ struct TrainingData {
 TrainingData load_training_data(const TrainConfig& config);
 
 // The whole job: loads the data, builds the DiT, resumes from `resume_dir` when it is not empty,
-// and runs to config.steps. Returns the trainer (its step, model and EMA) for reporting.
+// and runs to config.steps. Returns the trainer (its step, model and EMA) for reporting. With
+// `comm`, data-parallel over its ranks (Trainer::set_communicator).
 std::unique_ptr<Trainer> train_dit(const TrainConfig& config, const std::string& resume_dir,
-                                   const TrainCallbacks& callbacks = {});
+                                   const TrainCallbacks& callbacks = {},
+                                   Communicator* comm = nullptr);
 
 }  // namespace stipple::train

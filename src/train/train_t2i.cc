@@ -96,7 +96,8 @@ void TextDiTDenoiser::write_components(const std::string& dir) const {
 
 std::unique_ptr<Trainer> train_text_to_image(const TrainConfig& config,
                                              const std::string& resume_dir,
-                                             const TrainCallbacks& callbacks) {
+                                             const TrainCallbacks& callbacks,
+                                             Communicator* comm) {
   auto say = [&](const std::string& s) {
     if (callbacks.message) callbacks.message(s);
   };
@@ -175,11 +176,13 @@ std::unique_ptr<Trainer> train_text_to_image(const TrainConfig& config,
   auto trainer = std::make_unique<Trainer>(config, std::move(denoiser), ops::concat(images, 0),
                                            Tensor::from_vector_i64(labels, {n}), captions);
   trainer->set_sample_labels(sample_labels);
+  if (comm != nullptr) trainer->set_communicator(*comm);
   no_grad.reset();
   if (!resume_dir.empty()) trainer->resume(resume_dir);
-  // Scores during training (eval.csv): the same evaluation as `stipple eval`, on fewer prompts.
+  // Scores during training (eval.csv): the same evaluation as `stipple eval`, on fewer prompts
+  // (by rank 0, which alone writes).
   TrainCallbacks cb = callbacks;
-  if (!cb.evaluate) {
+  if (!cb.evaluate && trainer->communicator().is_root()) {
     const std::string csv_path = config.out_dir + "/eval.csv";
     const int64_t resumed_at = trainer->step();
     auto log = std::make_shared<CsvLog>(

@@ -54,7 +54,8 @@ class TextDiTDenoiser : public Denoiser {
 // `stipple train --data emoji`: the latents, the caption table, the model, the run.
 std::unique_ptr<Trainer> train_text_to_image(const TrainConfig& config,
                                              const std::string& resume_dir,
-                                             const TrainCallbacks& callbacks);
+                                             const TrainCallbacks& callbacks,
+                                             Communicator* comm = nullptr);
 
 // Copies every regular file under `src` to `dst` (same relative paths), each atomically.
 void copy_folder(const std::string& src, const std::string& dst);

@@ -187,6 +187,8 @@ Trainer::Trainer(TrainConfig config, std::unique_ptr<Denoiser> model, Tensor ima
       model_(std::move(model)),
       class_names_(std::move(class_names)),
       num_classes_(static_cast<int64_t>(class_names_.size())),
+      own_comm_(single_process()),
+      comm_(own_comm_.get()),
       gen_(config_.seed + 1) {
   config_.validate();
   STIPPLE_CHECK(model_ != nullptr, "Trainer: no model");
@@ -227,7 +229,8 @@ Trainer::Trainer(TrainConfig config, std::unique_ptr<Denoiser> model, Tensor ima
 
 StepStats Trainer::train_step() {
   const int T = config_.num_train_timesteps;
-  // 1. data, timesteps, noise and label drops (in this order from the step's Generator)
+  // 1. data, timesteps, noise and label drops (in this order from the step's Generator), for the
+  //    whole global batch on every rank
   DataLoader::Batch batch = loader_->next();
   const Tensor& x0 = batch.images;  // [B, C, H, W]
   const int64_t B = x0.size(0);
@@ -241,24 +244,33 @@ StepStats Trainer::train_step() {
     if (coin[b] < config_.label_drop_prob) yv[b] = num_classes_;  // the null class
   const Tensor y = Tensor::from_vector_i64(yv, {B});
 
-  // 2. forward process and the loss (DDPM eq. 4 and Alg. 1)
-  const Tensor x_t = schedulers::add_noise(alphas_cumprod_, x0, noise, t);
-  const Tensor target = schedulers::prediction_target(prediction_, alphas_cumprod_, x0, noise, t);
-  const Tensor out = model_->forward(x_t, t, y);  // [B, C_out, H, W]
-  STIPPLE_CHECK(out.dim() == 4 && out.size(0) == B && out.size(1) >= channels_ &&
+  // 2. forward process and the loss (DDPM eq. 4 and Alg. 1) on this rank's shard [lo, hi) of
+  //    the batch (distributed.h): (1/B) * the sum of its per-sample losses
+  const int R = comm_->size(), r = comm_->rank();
+  const int64_t lo = B * r / R, hi = B * (r + 1) / R, n = hi - lo;
+  auto shard = [&](const Tensor& a) { return R == 1 ? a : a.narrow(0, lo, n).contiguous(); };
+  const Tensor ts = shard(t);                                                   // [n]
+  const Tensor x_t = schedulers::add_noise(alphas_cumprod_, shard(x0), shard(noise), ts);
+  const Tensor target =
+      schedulers::prediction_target(prediction_, alphas_cumprod_, shard(x0), shard(noise), ts);
+  const Tensor out = model_->forward(x_t, ts, shard(y));  // [n, C_out, H, W]
+  STIPPLE_CHECK(out.dim() == 4 && out.size(0) == n && out.size(1) >= channels_ &&
                     out.size(2) == x0.size(2) && out.size(3) == x0.size(3),
-                "Trainer: the model returned ", out.describe(), " for an input of ", x0.describe());
+                "Trainer: the model returned ", out.describe(), " for an input of ", x_t.describe());
   const Tensor pred = out.size(1) == channels_ ? out : out.narrow(1, 0, channels_);
-  const Tensor per_sample = ops::mean(ops::square(pred - target), {1, 2, 3});  // [B]
+  const Tensor per_sample = ops::mean(ops::square(pred - target), {1, 2, 3});  // [n]
   Tensor loss =
       config_.snr_gamma > 0
-          ? ops::mean(per_sample * schedulers::min_snr_weights(prediction_, alphas_cumprod_, t,
+          ? ops::mean(per_sample * schedulers::min_snr_weights(prediction_, alphas_cumprod_, ts,
                                                                config_.snr_gamma))
           : ops::mean(per_sample);
+  if (R > 1) loss = loss * (static_cast<float>(n) / static_cast<float>(B));
 
-  // 3. backward, clipping, AdamW at this step's learning rate, EMA
+  // 3. backward, the gradient summed over ranks, clipping, AdamW at this step's learning rate,
+  //    EMA
   optimizer_->zero_grad();
   loss.backward();
+  reducer_.reduce(*comm_, params_, step_);
   const float max_norm =
       config_.grad_clip > 0 ? config_.grad_clip : std::numeric_limits<float>::infinity();
   StepStats s;
@@ -269,9 +281,14 @@ StepStats Trainer::train_step() {
   ema_->step(params_);
   ++step_;
 
-  // 4. statistics: the mean loss, and the unweighted loss per timestep bucket
-  s.loss = loss.item();
-  const std::vector<float> ps = per_sample.detach().to_vector();
+  // 4. statistics: the mean loss, and the unweighted loss per timestep bucket (every rank's
+  //    per-sample losses gathered by one sum: zeros outside each rank's shard, the loss last)
+  std::vector<float> ps(B + 1, 0.0f);
+  const std::vector<float> mine = per_sample.detach().to_vector();
+  std::copy(mine.begin(), mine.end(), ps.begin() + lo);
+  ps[B] = loss.item();
+  comm_->allreduce_sum(ps.data(), ps.size(), str_cat("the loss statistics at step ", step_));
+  s.loss = ps[B];
   for (int64_t b = 0; b < B; ++b) {
     const int k = static_cast<int>(tv[b] * kBuckets / T);
     bucket_sum_[k] += ps[b];
@@ -281,6 +298,15 @@ StepStats Trainer::train_step() {
   window_grad_ += s.grad_norm;
   ++window_steps_;
   return s;
+}
+
+void Trainer::set_communicator(Communicator& comm) {
+  STIPPLE_CHECK(step_ == 0 && !running_, "set_communicator: call it before resume() and run()");
+  STIPPLE_CHECK(config_.batch_size >= comm.size(), "the global batch (", config_.batch_size,
+                ") is smaller than the number of ranks (", comm.size(),
+                "): every rank needs at least one image per step; raise --batch-size or run "
+                "fewer ranks");
+  comm_ = &comm;
 }
 
 // ---------------- sampling ----------------
@@ -473,7 +499,7 @@ void Trainer::resume(const std::string& checkpoint_dir) {
   STIPPLE_CHECK(step_ >= 0 && step_ <= 100000000, path, ": step ", step_,
                 " is outside [0, 1e8] (a damaged or edited training state)");
   elapsed_before_ = state.at("elapsed_seconds").to_vector_f64().at(0);
-  if (const int n = io::remove_stale_temporaries(config_.out_dir))
+  if (const int n = comm_->is_root() ? io::remove_stale_temporaries(config_.out_dir) : 0)
     std::fprintf(stderr, "removed %d temporary file%s left by an interrupted write in %s\n", n,
                  n == 1 ? "" : "s", config_.out_dir.c_str());
   // Keep the log rows up to the resumed step (a run cut off after its last checkpoint logged
@@ -589,31 +615,43 @@ std::string Trainer::checkpoint_now() {
 }
 
 void Trainer::run(const TrainCallbacks& cb) {
+  // Rank 0 alone speaks and writes; every rank trains.
+  const bool root = comm_->is_root();
   auto say = [&](const std::string& s) {
-    if (cb.message) cb.message(s);
+    if (root && cb.message) cb.message(s);
   };
-  fs::create_directories(config_.out_dir);
-  write_json(config_.out_dir + "/train_config.json", config_.to_json());
+  if (root) {
+    fs::create_directories(config_.out_dir);
+    write_json(config_.out_dir + "/train_config.json", config_.to_json());
+  }
   running_ = true;
   run_start_ = std::chrono::steady_clock::now();
   const int64_t first = step_;
   int64_t last_checkpoint = -1, last_grid = -1;
+  // Whether evaluations run (on rank 0): every rank must take the checkpoints before them.
+  const bool evaluates = comm_->any(static_cast<bool>(cb.evaluate), "the start of the run");
   auto grid = [&] {
     const std::string path = str_cat(config_.out_dir, "/samples/step-", step_, ".png");
-    write_sample_grid(path);
+    if (root) write_sample_grid(path);
     last_grid = step_;
     say("wrote samples " + path);
   };
   auto checkpoint = [&] {
-    const std::string dir = checkpoint_now();
+    // The ranks' weights must be identical (distributed.h); a cheap hash says whether they are.
+    STIPPLE_CHECK_KIND(
+        comm_->size() == 1 ||
+            comm_->all_equal(hash_tensors(params_), str_cat("the weights check at step ", step_)),
+        kIo, "the ranks' weights differ at step ", step_,
+        " (they must stay identical: a rank computed differently, e.g. other thread counts or "
+        "CPU kernels); the last checkpoint is ", config_.out_dir, "/latest");
+    if (root) say("saved checkpoint " + checkpoint_now());
     last_checkpoint = step_;
-    say("saved checkpoint " + dir);
   };
   float shown_loss = 0;
   while (step_ < config_.steps) {
     const StepStats s = train_step();
     shown_loss = step_ - first == 1 ? s.loss : 0.95f * shown_loss + 0.05f * s.loss;
-    if (cb.progress) {
+    if (root && cb.progress) {
       TrainProgress p;
       p.step = step_;
       p.total = config_.steps;
@@ -626,38 +664,43 @@ void Trainer::run(const TrainCallbacks& cb) {
     }
     if (config_.log_every > 0 && step_ % config_.log_every == 0) {
       append_log();
-      write_logs();
+      if (root) write_logs();
     }
     if (config_.sample_every > 0 && step_ % config_.sample_every == 0) grid();
     if (config_.checkpoint_every > 0 && step_ % config_.checkpoint_every == 0) checkpoint();
-    if (config_.eval_every > 0 && step_ % config_.eval_every == 0 && cb.evaluate) {
+    if (config_.eval_every > 0 && step_ % config_.eval_every == 0 && evaluates) {
       if (last_checkpoint != step_) checkpoint();
-      say(cb.evaluate(str_cat(config_.out_dir, "/checkpoint-", step_), step_));
+      if (root && cb.evaluate) say(cb.evaluate(str_cat(config_.out_dir, "/checkpoint-", step_), step_));
     }
-    if (cb.should_stop && cb.should_stop() && step_ < config_.steps) {
+    // Any rank asked to stop (its Ctrl-C or SIGUSR1): all stop at this step.
+    const bool stop = comm_->any(cb.should_stop && cb.should_stop(),
+                                 str_cat("the stop check at step ", step_));
+    if (stop && step_ < config_.steps) {
       append_log();
-      write_logs();
+      if (root) write_logs();
       if (last_checkpoint != step_) checkpoint();
       say(str_cat("stopped at step ", step_, "; continue with --resume ", config_.out_dir,
                   "/latest"));
-      elapsed_before_ += run_seconds();
+      last_run_seconds_ = run_seconds();
+      elapsed_before_ += last_run_seconds_;
       running_ = false;
       return;
     }
   }
   // The end: the last log rows, samples and checkpoint, then the shippable export.
   append_log();
-  write_logs();
+  if (root) write_logs();
   if (last_grid != step_) grid();
   if (last_checkpoint != step_) checkpoint();
-  if (config_.export_f16) {
+  if (root && config_.export_f16) {
     const std::string dir = config_.out_dir + "/export";
     export_model(dir, /*half=*/true);
     const auto bytes = fs::file_size(dir + "/transformer/" + kWeightsFile);
     say(str_cat("exported the EMA weights in f16 to ", dir, " (", (bytes + 524288) / 1048576, " MB",
                 bytes > 20u * 1048576 ? "; over the 20 MB limit for models/" : "", ")"));
   }
-  elapsed_before_ += run_seconds();
+  last_run_seconds_ = run_seconds();
+  elapsed_before_ += last_run_seconds_;
   running_ = false;
 }
 

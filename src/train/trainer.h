@@ -28,7 +28,13 @@
 //   log.csv, loss.png, samples/step-<step>.png, train_config.json
 // Every file is written to a temporary name and renamed (io/atomic_file.h).
 //
-// Leaves out: multi-process data parallelism, gradient accumulation, mixed precision, and the
+// Data parallel (train/distributed.h): with a Communicator of N ranks, every rank runs this same
+// Trainer, trains on its shard of each global batch and sums gradients with the others; rank 0
+// alone writes checkpoints, logs, sample grids and evaluations. The checkpoint is the same at any
+// rank count, so a run resumes at another one (the same run up to the order of the gradient
+// sums).
+//
+// Leaves out: gradient accumulation, mixed precision, and the
 // learned-variance (VLB) term of improved DDPM: with learned sigma the extra channels get no loss.
 #pragma once
 
@@ -46,6 +52,7 @@
 #include "nn/module.h"
 #include "schedulers/scheduler.h"
 #include "train/datasets.h"
+#include "train/distributed.h"
 #include "train/optim.h"
 
 namespace stipple::train {
@@ -175,6 +182,15 @@ class Trainer {
   // folder written by save_checkpoint(); checks that it fits this model and data.
   void resume(const std::string& checkpoint_dir);
 
+  // Trains data-parallel with the ranks of `comm` (which must outlive the Trainer); call it on
+  // every rank before resume() and run(). Without it the Trainer is a single process.
+  void set_communicator(Communicator& comm);
+  Communicator& communicator() { return *comm_; }
+  // Seconds this process spent summing gradients with the other ranks.
+  double allreduce_seconds() const { return reducer_.seconds(); }
+  // Wall seconds of the last run() (steps, checkpoints, grids and evaluations).
+  double last_run_seconds() const { return last_run_seconds_; }
+
   StepStats train_step();
   // Steps until config.steps with logs, sample grids and checkpoints at their cadence, then the
   // final checkpoint, grid and export. When callbacks.should_stop() says so, it stops after the
@@ -227,11 +243,15 @@ class Trainer {
   std::unique_ptr<AdamW> optimizer_;
   std::unique_ptr<Ema> ema_;
   std::unique_ptr<DataLoader> loader_;
+  std::unique_ptr<Communicator> own_comm_;  // the single process, unless set_communicator()
+  Communicator* comm_;
+  GradientReducer reducer_;
   Generator gen_;
   std::vector<float> alphas_cumprod_;
   schedulers::PredictionType prediction_;
   int64_t step_ = 0;
-  double elapsed_before_ = 0;  // seconds spent in earlier runs (from the checkpoint)
+  double elapsed_before_ = 0;
+  double last_run_seconds_ = 0;  // seconds spent in earlier runs (from the checkpoint)
   bool running_ = false;
   std::chrono::steady_clock::time_point run_start_;
   // Loss statistics since the last log row.

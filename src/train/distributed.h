@@ -1,0 +1,92 @@
+// Data parallelism across processes: what the trainers need from a distributed runtime, and the
+// gradient all-reduce they share.
+//
+// A data-parallel run has N ranks (processes) that hold identical weights, optimizer state and
+// random generators. Every rank draws the whole global batch (data order, timesteps, noise, label
+// drops: cheap next to the model), keeps the shard [B*r/N, B*(r+1)/N) of it, and computes its
+// part of the global mean loss, (1/B) * sum over its shard. Summing the gradients over ranks
+// (GradientReducer) then gives every rank the gradient of the global batch, so each one takes the
+// same AdamW step and the weights stay identical without ever being sent. The global batch, and
+// so the run, is the same at any N: only the summation order of the gradient differs.
+//
+// The runtime behind Communicator: MPI (Open MPI from Debian; stipple built with
+// -DSTIPPLE_MPI=ON, src/train/mpi/) under `mpirun -np N stipple train ...`, or a single process.
+// NCCL waits for the CUDA backend.
+//
+// Leaves out: overlapping the all-reduce with the backward pass (on one node the all-reduce runs
+// on the same cores as the backward; docs/training.md has the measured overhead), and sharding
+// the optimizer state (ZeRO): every rank keeps all of it.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace stipple::train {
+
+// A group of ranks that sum arrays together. Every collective must be called by every rank in
+// the same order. Collectives throw stipple::Error when another rank is gone or none answered
+// within the timeout; the caller then ends the whole job with abort().
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // Ranks on this machine (for the ranks x threads check).
+  virtual int local_size() const = 0;
+  // "single process", "Open MPI v4.1.4, 2 ranks on 1 node", ...
+  virtual std::string describe() const = 0;
+  // In place: every rank ends with the element-wise sum over ranks. `what` names the collective
+  // in errors ("the gradient all-reduce at step 120").
+  virtual void allreduce_sum(float* data, size_t n, const std::string& what) = 0;
+  virtual void allreduce_sum(double* data, size_t n, const std::string& what) = 0;
+  // Whether every rank passed the same value (weights checks).
+  virtual bool all_equal(uint64_t value, const std::string& what) = 0;
+  // Ends every rank of the job after printing `why` (the process does not return).
+  [[noreturn]] virtual void abort(const std::string& why) = 0;
+
+  bool is_root() const { return rank() == 0; }
+  // Whether any rank passed true.
+  bool any(bool flag, const std::string& what);
+};
+
+// One process: collectives are no-ops, abort() exits with status 1.
+std::unique_ptr<Communicator> single_process();
+
+// When this process was started by an MPI launcher (mpirun, mpiexec, srun with PMI), the number
+// of ranks it announces; 0 otherwise. Reads OMPI_COMM_WORLD_SIZE, PMI_SIZE and PMIX_SIZE.
+int launcher_world_size();
+
+// What a launched rank sets its OpenMP threads against: a warning (empty when fine) when this
+// node's ranks x threads exceed its cores, or one rank's threads exceed the cores it is bound to.
+std::string oversubscription_warning(int local_ranks, int threads_per_rank, int node_cores,
+                                     int bound_cores);
+
+// Sums parameter gradients over the ranks, in buckets of about `bucket_bytes` (consecutive
+// parameters packed into one flat f32 buffer, one all-reduce per bucket). Gradients that are
+// undefined on some ranks count as zeros; a parameter with no gradient on any rank keeps none
+// (AdamW then skips it, on every rank alike). The reduced gradients are fresh tensors.
+class GradientReducer {
+ public:
+  static constexpr size_t kDefaultBucketBytes = 25u << 20;  // as PyTorch DDP's bucket_cap_mb
+  explicit GradientReducer(size_t bucket_bytes = kDefaultBucketBytes);
+  void reduce(Communicator& comm, const std::vector<Tensor>& params, int64_t step);
+  // Seconds spent in the collectives (packing included), since construction.
+  double seconds() const { return seconds_; }
+
+ private:
+  size_t bucket_floats_;
+  std::vector<float> buffer_;
+  double seconds_ = 0;
+};
+
+// A 64-bit FNV-1a hash of the tensors' bytes, in order (f32 contiguous): ranks compare their
+// weights with it.
+uint64_t hash_tensors(const std::vector<Tensor>& tensors);
+
+}  // namespace stipple::train
