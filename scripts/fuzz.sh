@@ -12,13 +12,15 @@
 # most 128 KB: a larger allocation is a length field taken on trust).
 #
 # Environment: STIPPLE_FUZZ_TARGETS (a subset, e.g. "png json_config"), STIPPLE_FUZZ_JOBS (build
-# jobs, default 2), STIPPLE_FUZZ_BUILD (the build folder, default build-fuzz).
+# jobs, default 2), STIPPLE_FUZZ_PARALLEL (targets run at once, default 1; CI uses 2, one per
+# core), STIPPLE_FUZZ_BUILD (the build folder, default build-fuzz).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
 SECONDS_PER_TARGET="${1:-60}"
 BUILD="${STIPPLE_FUZZ_BUILD:-$ROOT/build-fuzz}"
 JOBS="${STIPPLE_FUZZ_JOBS:-2}"
+PARALLEL="${STIPPLE_FUZZ_PARALLEL:-1}"
 TARGETS=(${STIPPLE_FUZZ_TARGETS:-safetensors json_config png clip_tokenizer single_file})
 # The longest input each target gets: a whole safetensors file or PNG, a config, a prompt, and
 # a tensor list as long as a Stable Diffusion checkpoint's (about 1,100 names).
@@ -32,32 +34,58 @@ fi
 cmake --build "$BUILD" --target fuzz -j "$JOBS" >/dev/null
 
 export OMP_NUM_THREADS=1
-found=0
-printf '%-15s %8s %12s %8s %8s  %s\n' target seconds executions cov ft crashes
-for t in "${TARGETS[@]}"; do
-  work="$BUILD/corpus/$t" crashes="$BUILD/crashes/$t" log="$BUILD/fuzz-$t.log"
+# Runs target $1; writes its result line to $BUILD/fuzz-$1.result, and the reason to
+# $BUILD/fuzz-$1.failed when it found something.
+run_target() {
+  local t="$1"
+  local work="$BUILD/corpus/$t" crashes="$BUILD/crashes/$t" log="$BUILD/fuzz-$t.log"
   mkdir -p "$work" "$crashes"
+  rm -f "$BUILD/fuzz-$t.failed"
+  local before rc
   before=$(find "$crashes" -type f | wc -l)
-  set +e
   # The work folder first: libFuzzer adds what it finds to the first folder only.
   "$BUILD/fuzz/fuzz_$t" -max_total_time="$SECONDS_PER_TARGET" -max_len="${MAX_LEN[$t]}" \
     -rss_limit_mb=2048 -malloc_limit_mb=512 -timeout=10 -print_final_stats=1 \
     -artifact_prefix="$crashes/" \
     "$work" "$ROOT/fuzz/corpus/$t" >"$log" 2>&1
   rc=$?
-  set -e
+  local execs last cov ft new
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   last=$(grep -E '^#[0-9]+.*cov: ' "$log" | tail -1 || true)
   cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$last")
   ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$last")
   new=$(( $(find "$crashes" -type f | wc -l) - before ))
   printf '%-15s %8s %12s %8s %8s  %s\n' "$t" "$SECONDS_PER_TARGET" "${execs:-?}" "${cov:-?}" \
-    "${ft:-?}" "$new"
+    "${ft:-?}" "$new" >"$BUILD/fuzz-$t.result"
   if [ "$rc" -ne 0 ] || [ "$new" -gt 0 ]; then
+    {
+      echo "  $t: libFuzzer exited $rc; log $log; inputs in $crashes/"
+      grep -m1 -E 'ERROR: |runtime error|fuzz invariant failed|uncaught exception|terminate called' \
+        "$log" | sed 's/^/  /' || true
+    } >"$BUILD/fuzz-$t.failed"
+  fi
+}
+
+# STIPPLE_FUZZ_PARALLEL targets at a time (each fuzzer is one process on one core).
+set +e
+running=0
+for t in "${TARGETS[@]}"; do
+  run_target "$t" &
+  running=$((running + 1))
+  if [ "$running" -ge "$PARALLEL" ]; then
+    wait -n
+    running=$((running - 1))
+  fi
+done
+wait
+set -e
+found=0
+printf '%-15s %8s %12s %8s %8s  %s\n' target seconds executions cov ft crashes
+for t in "${TARGETS[@]}"; do
+  cat "$BUILD/fuzz-$t.result"
+  if [ -f "$BUILD/fuzz-$t.failed" ]; then
     found=1
-    echo "  $t: libFuzzer exited $rc; log $log; inputs in $crashes/" >&2
-    grep -m1 -E 'ERROR: |runtime error|fuzz invariant failed|uncaught exception|terminate called' \
-      "$log" | sed 's/^/  /' >&2 || true
+    cat "$BUILD/fuzz-$t.failed" >&2
   fi
 done
 exit "$found"
