@@ -6,6 +6,7 @@
 #include "core/error.h"
 #include "progress.h"
 #include "train/datasets.h"
+#include "training_job.h"
 
 namespace stipple::cli {
 
@@ -39,10 +40,22 @@ ClassifierCommand::ClassifierCommand(CLI::App& app) {
   cmd_->add_flag("--hflip", c.hflip, "random horizontal flips");
   cmd_->add_flag("--half", c.half, "store the weights in f16");
   cmd_->add_option("--seed", c.seed, "weights and data order")->capture_default_str();
+  cmd_->add_option("--limit-images", c.limit_images, "train on the first N images only (tests)")
+      ->check(CLI::NonNegativeNumber);
   cmd_->add_flag("--quiet,-q", quiet_, "no progress bar or messages");
+  add_dist_timeout_option(cmd_, dist_timeout_);
 }
 
 int ClassifierCommand::run() {
+  TrainingJob job(dist_timeout_);  // one process, or a rank of an mpirun job
+  quiet_ = quiet_ || !job.root();
+  return job.run("train-classifier", "a new run (it has no checkpoints)", [&] {
+    job.announce(config_.batch_size);
+    return train(job.comm());
+  });
+}
+
+int ClassifierCommand::train(train::Communicator& comm) {
   std::unique_ptr<ProgressBar> bar;
   auto progress = [&](const train::ClassifierProgress& p) {
     if (!bar) bar = std::make_unique<ProgressBar>("training", static_cast<int>(p.total), !quiet_);
@@ -54,8 +67,10 @@ int ClassifierCommand::run() {
     if (bar) bar->finish();
     if (!quiet_) std::fprintf(stderr, "%s\n", s.c_str());
   };
-  const train::ClassifierTrainResult r = train::train_classifier(config_, progress, message);
+  const train::ClassifierTrainResult r =
+      train::train_classifier(config_, progress, message, &comm);
   if (bar) bar->finish();
+  if (!comm.is_root()) return 0;
   std::printf("trained %lld steps in %.1f s; last epoch: loss %.4f, train accuracy %.2f%%\n",
               static_cast<long long>(r.steps), r.train_seconds, r.train_loss,
               100.0 * r.train_accuracy);

@@ -17,9 +17,11 @@ class ClassifierCommand {
   int run();
 
  private:
+  int train(train::Communicator& comm);
   CLI::App* cmd_;
   train::ClassifierTrainConfig config_;
   bool quiet_ = false;
+  double dist_timeout_ = 1800;
 };
 
 }  // namespace stipple::cli

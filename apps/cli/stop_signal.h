@@ -1,5 +1,6 @@
-// Graceful stop for long jobs: SIGINT (Ctrl-C) and SIGTERM set a flag the trainers poll after each
-// step, so they save a checkpoint and return instead of dying mid-write.
+// Graceful stop for long jobs: SIGINT (Ctrl-C), SIGTERM and SIGUSR1 (which mpirun forwards to
+// every rank) set a flag the trainers poll after each step, so they save a checkpoint and return
+// instead of dying mid-write.
 #pragma once
 
 namespace stipple::cli {

@@ -1,24 +1,16 @@
 #include "train_command.h"
 
-#include <omp.h>
-#include <sched.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <atomic>
 #include <csignal>
 #include <cstdio>
-#include <cstring>
 #include <filesystem>
 #include <memory>
-#include <thread>
 
 #include "core/error.h"
 #include "progress.h"
 #include "train/train_dit.h"
-#if STIPPLE_WITH_MPI
-#include "train/mpi/mpi_communicator.h"
-#endif
+#include "training_job.h"
 
 namespace stipple::cli {
 namespace {
@@ -34,38 +26,6 @@ extern "C" void on_sigint(int) {
 // SIGUSR1 stops after the current step with a checkpoint too: under mpirun, which forwards
 // SIGUSR1 to every rank but turns Ctrl-C into SIGTERM followed shortly by SIGKILL.
 extern "C" void on_sigusr1(int) { g_stop = true; }
-
-// A rank of a distributed run gets SIGTERM from the launcher when another rank failed or the job
-// was interrupted; SIGKILL follows within seconds, too soon for a checkpoint. It says so and ends.
-char g_term_message[512];
-extern "C" void on_sigterm_rank(int) {
-  const ssize_t ignored = ::write(2, g_term_message, std::strlen(g_term_message));
-  (void)ignored;
-  ::_exit(1);
-}
-
-// The ranks of this job: MPI's when started by an MPI launcher (and built with MPI), else one.
-std::unique_ptr<train::Communicator> job_communicator(double timeout_seconds) {
-  const int launched = train::launcher_world_size();
-#if STIPPLE_WITH_MPI
-  if (launched > 0) return train::mpi_world(timeout_seconds);
-#else
-  (void)timeout_seconds;
-  STIPPLE_CHECK(launched <= 1, "this process is one of ", launched,
-                " ranks started by an MPI launcher, but this stipple was built without MPI, so "
-                "it would train ", launched,
-                " separate copies into one folder; build with -DSTIPPLE_MPI=ON (Debian: "
-                "libopenmpi-dev) for data-parallel training");
-#endif
-  return train::single_process();
-}
-
-// Cores this process may run on (its CPU affinity), 0 when unknown.
-int bound_cores() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  return sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 0;
-}
 
 // How each flag that maps to a TrainConfig key behaves on --resume.
 enum class OnResume {
@@ -234,11 +194,7 @@ TrainCommand::TrainCommand(CLI::App& app) {
       ->capture_default_str();
   cmd_->add_option("--seed", c.seed, "weights, data order, noise")->capture_default_str();
   cmd_->add_flag("--quiet,-q", quiet_, "no progress bar or messages");
-  cmd_->add_option("--dist-timeout", dist_timeout_,
-                   "under mpirun: seconds a rank waits for the others in a collective before "
-                   "the job ends with an error (rank 0's checkpoints and evaluations count)")
-      ->capture_default_str()
-      ->check(CLI::Range(1.0, 86400.0));
+  add_dist_timeout_option(cmd_, dist_timeout_);
 }
 
 train::TrainConfig TrainCommand::resume_config() const {
@@ -267,34 +223,17 @@ train::TrainConfig TrainCommand::resume_config() const {
 
 int TrainCommand::run() {
   config_.pad_to_32 = !no_pad_;
-  const std::unique_ptr<train::Communicator> comm = job_communicator(dist_timeout_);
-  if (comm->size() == 1) return train(*comm, resume_.empty() ? config_ : resume_config());
-  // Data parallel: rank 0 speaks; a failure on any rank ends every rank (the launcher then
-  // ends the others, which say so) instead of leaving them waiting.
-  const bool root = comm->is_root();
-  quiet_ = quiet_ || !root;
-  try {
+  TrainingJob job(dist_timeout_);
+  quiet_ = quiet_ || !job.root();  // rank 0 speaks
+  // The folder a failed run continues from: --out, else the resumed run's.
+  const std::string out = resume_.empty() || cmd_->count("--out")
+                              ? config_.out_dir
+                              : std::filesystem::path(resume_).parent_path().string();
+  return job.run("train", "--resume " + out + "/latest", [&] {
     const train::TrainConfig config = resume_.empty() ? config_ : resume_config();
-    std::snprintf(g_term_message, sizeof g_term_message,
-                  "stipple train (rank %d of %d): ended by the MPI launcher, because another rank "
-                  "failed or the job was interrupted (mpirun says which); the newest complete "
-                  "checkpoint is %s/latest (continue with --resume)\n",
-                  comm->rank(), comm->size(), config.out_dir.c_str());
-    std::signal(SIGTERM, on_sigterm_rank);
-    if (root)
-      std::fprintf(stderr, "data parallel: %s; global batch %d, %d to %d per rank\n",
-                   comm->describe().c_str(), config.batch_size, config.batch_size / comm->size(),
-                   (config.batch_size + comm->size() - 1) / comm->size());
-    const std::string warning =
-        train::oversubscription_warning(comm->local_size(), omp_get_max_threads(),
-                                        static_cast<int>(std::thread::hardware_concurrency()),
-                                        bound_cores());
-    if (root && !warning.empty()) std::fprintf(stderr, "warning: %s\n", warning.c_str());
-    return train(*comm, config);
-  } catch (const std::exception& e) {
-    comm->abort(e.what());
-  }
-  return 1;  // not reached: abort() ends the process
+    job.announce(config.batch_size);
+    return train(job.comm(), config);
+  });
 }
 
 int TrainCommand::train(train::Communicator& comm, const train::TrainConfig& config) {

@@ -7,6 +7,7 @@
 
 #include "progress.h"
 #include "stop_signal.h"
+#include "training_job.h"
 #include "train/emoji_data.h"
 
 namespace stipple::cli {
@@ -57,10 +58,19 @@ VaeCommand::VaeCommand(CLI::App& app) {
       ->check(CLI::NonNegativeNumber);
   cmd_->add_option("--seed", c.seed, "weights, data order and noise")->capture_default_str();
   cmd_->add_flag("--quiet,-q", quiet_, "no progress bar or messages");
+  add_dist_timeout_option(cmd_, dist_timeout_);
 }
 
 int VaeCommand::run() {
-  TrainingProgress shown(quiet_);
+  TrainingJob job(dist_timeout_);  // one process, or a rank of an mpirun job
+  return job.run("train-vae", "--out " + config_.out_dir + " --resume", [&] {
+    job.announce(config_.batch_size);
+    return train(job);
+  });
+}
+
+int VaeCommand::train(TrainingJob& job) {
+  TrainingProgress shown(quiet_ || !job.root());
   auto progress = [&](const train::VaeProgress& p) {
     char note[64];
     std::snprintf(note, sizeof note, "loss %.4f, L1 %.4f", p.loss, p.rec);
@@ -69,10 +79,11 @@ int VaeCommand::run() {
   auto message = [&](const std::string& s) { shown.message(s); };
   install_stop_handlers();
   const train::VaeMetrics m =
-      train::train_vae(config_, resume_, progress, message, stop_requested);
+      train::train_vae(config_, resume_, progress, message, stop_requested, &job.comm());
   remove_stop_handlers();
   shown.finish();
-  if (stop_requested()) {
+  if (!job.root()) return 0;
+  if (m.heldout_images == 0) {  // stopped early (here or on another rank): no evaluation
     std::printf("stopped; continue with: stipple train-vae --out %s --resume\n",
                 config_.out_dir.c_str());
     return 0;

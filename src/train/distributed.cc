@@ -46,6 +46,24 @@ bool Communicator::any(bool flag, const std::string& what) {
 
 std::unique_ptr<Communicator> single_process() { return std::make_unique<SingleProcess>(); }
 
+Tensor Shard::of(const Tensor& x) const {
+  STIPPLE_CHECK(x.size(0) == batch, "a batch of ", x.size(0), " rows where ", batch,
+                " were expected");
+  return whole() ? x : x.narrow(0, begin, size).contiguous();
+}
+
+Shard shard_of(int64_t batch, const Communicator& comm) {
+  const int64_t r = comm.rank(), n = comm.size();
+  STIPPLE_CHECK(batch >= n, "the global batch (", batch, ") is smaller than the number of ranks (",
+                n, "): every rank needs at least one image per step; raise --batch-size or run "
+                "fewer ranks");
+  Shard s;
+  s.begin = batch * r / n;
+  s.size = batch * (r + 1) / n - s.begin;
+  s.batch = batch;
+  return s;
+}
+
 int launcher_world_size() {
   for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"})
     if (const int n = env_int(name)) return n;

@@ -55,6 +55,17 @@ class Communicator {
   bool any(bool flag, const std::string& what);
 };
 
+// The rows of a global batch that one rank trains on: [B*r/N, B*(r+1)/N).
+struct Shard {
+  int64_t begin = 0, size = 0, batch = 0;
+  // This rank's rows of x [batch, ...] (x itself when they are all of them).
+  Tensor of(const Tensor& x) const;
+  // size / batch: a mean over the shard times this is its part of the mean over the batch.
+  float weight() const { return static_cast<float>(size) / static_cast<float>(batch); }
+  bool whole() const { return size == batch; }
+};
+Shard shard_of(int64_t batch, const Communicator& comm);
+
 // One process: collectives are no-ops, abort() exits with status 1.
 std::unique_ptr<Communicator> single_process();
 

@@ -21,6 +21,7 @@ void ClassifierTrainConfig::validate() const {
                 "train-classifier: --batch-size must be in [1, 60000], got ", batch_size);
   STIPPLE_CHECK(lr > 0 && std::isfinite(lr), "train-classifier: --lr must be positive, got ", lr);
   STIPPLE_CHECK(weight_decay >= 0, "train-classifier: weight decay must be >= 0");
+  STIPPLE_CHECK(limit_images >= 0, "train-classifier: --limit-images must be >= 0");
   model.validate("train-classifier model");
 }
 
@@ -67,10 +68,13 @@ Accuracy accuracy(const std::vector<int64_t>& predictions, const std::vector<int
 ClassifierTrainResult train_classifier(
     const ClassifierTrainConfig& config,
     const std::function<void(const ClassifierProgress&)>& progress,
-    const std::function<void(const std::string&)>& message) {
+    const std::function<void(const std::string&)>& message, Communicator* comm_in) {
   config.validate();
+  const std::unique_ptr<Communicator> own = comm_in != nullptr ? nullptr : single_process();
+  Communicator& comm = comm_in != nullptr ? *comm_in : *own;
+  const bool root = comm.is_root();  // rank 0 alone speaks, tests and writes
   auto say = [&](const std::string& s) {
-    if (message) message(s);
+    if (root && message) message(s);
   };
   // 1. data: both splits framed to 32x32 in [-1, 1]
   const FashionMnist train_set = FashionMnist::load(config.data_dir, Split::kTrain, true);
@@ -91,7 +95,14 @@ ClassifierTrainResult train_classifier(
   ac.lr = config.lr;
   ac.weight_decay = config.weight_decay;
   AdamW opt(params, ac);
-  DataLoader loader(train_set.images(), train_set.labels(), config.batch_size, config.seed + 1,
+  GradientReducer reducer;
+  const int64_t n_train = config.limit_images > 0
+                              ? std::min(config.limit_images, train_set.size())
+                              : train_set.size();
+  STIPPLE_CHECK(n_train >= config.batch_size, "train-classifier: ", n_train,
+                " training images, fewer than the batch size ", config.batch_size);
+  DataLoader loader(train_set.images().narrow(0, 0, n_train),
+                    train_set.labels().narrow(0, 0, n_train), config.batch_size, config.seed + 1,
                     config.hflip);
   const int64_t per_epoch = loader.batches_per_epoch();
   const int64_t total = per_epoch * config.epochs;
@@ -113,25 +124,33 @@ ClassifierTrainResult train_classifier(
             ? config.lr * (step + 1.0) / w
             : config.lr * 0.5 * (1 + std::cos(M_PI * (step - w) / std::max<int64_t>(1, total - w)));
     opt.set_lr(static_cast<float>(lr));
+    // This rank's rows of the batch (all of them in one process), their share of the mean loss,
+    // and the gradient summed over ranks (train/distributed.h).
     const DataLoader::Batch batch = loader.next();
-    const Tensor logits = model->logits(batch.images);             // [B, 10]
-    const Tensor loss = ops::cross_entropy(logits, batch.labels);  // []
+    const Shard shard = shard_of(batch.images.size(0), comm);
+    const Tensor labels = shard.of(batch.labels);
+    const Tensor logits = model->logits(shard.of(batch.images));  // [n, 10]
+    Tensor loss = ops::cross_entropy(logits, labels);              // []
+    if (!shard.whole()) loss = loss * shard.weight();
     opt.zero_grad();
     loss.backward();
+    reducer.reduce(comm, params, step);
     opt.step();
 
-    const float l = loss.item();
     const std::vector<float> lv = logits.detach().to_vector();
-    const std::vector<int64_t> y = batch.labels.to_vector_i64();
-    const int64_t b = static_cast<int64_t>(y.size()), k = logits.size(1);
-    int64_t right = 0;
-    for (int64_t i = 0; i < b; ++i) {
+    const std::vector<int64_t> y = labels.to_vector_i64();
+    const int64_t k = logits.size(1), b = shard.batch;
+    float stats[2] = {loss.item(), 0.0f};  // the batch's loss and right answers, over ranks
+    for (size_t i = 0; i < y.size(); ++i) {
       const float* row = lv.data() + i * k;
-      if (std::max_element(row, row + k) - row == y[i]) ++right;
+      if (std::max_element(row, row + k) - row == y[i]) stats[1] += 1;
     }
+    comm.allreduce_sum(stats, 2, str_cat("the loss statistics at step ", step));
+    const float l = stats[0];
+    const int64_t right = static_cast<int64_t>(stats[1]);
     window_loss += l, window_right += right, window_seen += b, ++window_steps;
     epoch_loss += l, epoch_right += right, epoch_seen += b;
-    if (progress) {
+    if (progress && root) {
       ClassifierProgress p;
       p.step = step + 1, p.total = total, p.epoch = epoch + 1;
       p.loss = static_cast<float>(window_loss / window_steps);
@@ -144,6 +163,9 @@ ClassifierTrainResult train_classifier(
   r.steps = total;
   r.train_loss = static_cast<float>(epoch_loss / per_epoch);
   r.train_accuracy = static_cast<float>(epoch_right) / std::max<int64_t>(1, epoch_seen);
+  STIPPLE_CHECK_KIND(comm.size() == 1 || comm.all_equal(hash_tensors(params), "the weights check"),
+                     kIo, "train-classifier: the ranks' weights differ at the end");
+  if (!root) return r;
 
   // 4. test
   model->eval();

@@ -15,6 +15,7 @@
 
 #include "core/tensor.h"
 #include "models/fashion_classifier.h"
+#include "train/distributed.h"
 
 namespace stipple::train {
 
@@ -28,6 +29,7 @@ struct ClassifierTrainConfig {
   bool hflip = false;    // random horizontal flips of training images
   uint64_t seed = 0;
   bool half = false;  // store the weights in f16
+  int64_t limit_images = 0;  // > 0: train on the first N training images only (tests)
   models::FashionClassifierConfig model;
   std::string out_dir;  // empty: do not save
 
@@ -62,10 +64,12 @@ struct Accuracy {
 Accuracy accuracy(const std::vector<int64_t>& predictions, const std::vector<int64_t>& labels,
                   int64_t num_classes);
 
-// Loads the data, trains, tests, and saves to out_dir (config.json + model.safetensors).
+// Loads the data, trains, tests, and saves to out_dir (config.json + model.safetensors). With
+// `comm`, data-parallel over its ranks (train/distributed.h); rank 0 alone tests and saves (the
+// other ranks return without a model).
 ClassifierTrainResult train_classifier(
     const ClassifierTrainConfig& config,
     const std::function<void(const ClassifierProgress&)>& progress = {},
-    const std::function<void(const std::string&)>& message = {});
+    const std::function<void(const std::string&)>& message = {}, Communicator* comm = nullptr);
 
 }  // namespace stipple::train

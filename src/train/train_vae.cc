@@ -242,9 +242,12 @@ VaeMetrics evaluate_vae(const models::AutoencoderKL& vae, const std::string& dat
 VaeMetrics train_vae(const VaeTrainConfig& config_in, bool resume,
                      const std::function<void(const VaeProgress&)>& progress,
                      const std::function<void(const std::string&)>& message,
-                     const std::function<bool()>& should_stop) {
+                     const std::function<bool()>& should_stop, Communicator* comm_in) {
+  const std::unique_ptr<Communicator> own = comm_in != nullptr ? nullptr : single_process();
+  Communicator& comm = comm_in != nullptr ? *comm_in : *own;
+  const bool root = comm.is_root();  // rank 0 alone speaks and writes
   auto say = [&](const std::string& s) {
-    if (message) message(s);
+    if (root && message) message(s);
   };
   VaeTrainConfig config = config_in;
   const std::string state_path = config.out_dir + "/" + kStateFile;
@@ -298,10 +301,13 @@ VaeMetrics train_vae(const VaeTrainConfig& config_in, bool resume,
                 config.latent_channels, "x", 64 / vae->config().downscale_factor(), "x",
                 64 / vae->config().downscale_factor()));
   }
-  if (const int k = io::remove_stale_temporaries(config.out_dir))
+  if (const int k = root ? io::remove_stale_temporaries(config.out_dir) : 0)
     say(str_cat("removed ", k, " temporary file(s) left by an interrupted write in ", config.out_dir));
-  fs::create_directories(config.out_dir);
-  io::write_file_atomic(config.out_dir + "/train_config.json", config.to_json().dump(2) + "\n");
+  if (root) {
+    fs::create_directories(config.out_dir);
+    io::write_file_atomic(config.out_dir + "/train_config.json", config.to_json().dump(2) + "\n");
+  }
+  GradientReducer reducer;
 
   const auto start = std::chrono::steady_clock::now();
   auto seconds = [&] {
@@ -309,6 +315,10 @@ VaeMetrics train_vae(const VaeTrainConfig& config_in, bool resume,
            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   };
   auto checkpoint = [&] {
+    STIPPLE_CHECK_KIND(comm.size() == 1 || comm.all_equal(hash_tensors(params),
+                                                          str_cat("the weights check at step ", step)),
+                       kIo, "train-vae: the ranks' weights differ at step ", step);
+    if (!root) return;
     write_vae_folder(config.out_dir + "/vae", *vae, false);
     RunState s;
     add_prefixed(s.tensors, "model.", vae->state_dict());
@@ -321,8 +331,12 @@ VaeMetrics train_vae(const VaeTrainConfig& config_in, bool resume,
     save_run_state(state_path, s, "stipple-vae-training-state");
   };
   // The log keeps the rows of earlier runs up to the resumed step.
-  CsvLog log(config.out_dir + "/log.csv", "step,loss,rec_l1,edge_l1,kl,lr,grad_norm,seconds");
-  if (resume) log.resume(step);
+  std::unique_ptr<CsvLog> log;
+  if (root) {
+    log = std::make_unique<CsvLog>(config.out_dir + "/log.csv",
+                                   "step,loss,rec_l1,edge_l1,kl,lr,grad_norm,seconds");
+    if (resume) log->resume(step);
+  }
 
   // 3. train
   double w_loss = 0, w_rec = 0, w_edge = 0, w_kl = 0, w_grad = 0;
@@ -330,20 +344,28 @@ VaeMetrics train_vae(const VaeTrainConfig& config_in, bool resume,
   float shown = 0, shown_rec = 0;
   const int64_t first = step;
   while (step < config.steps) {
+    // This rank's rows of the batch (all of them in one process); the noise is drawn for the
+    // whole batch, so the run is the same at any rank count.
     const DataLoader::Batch batch = loader.next();
-    const Tensor& x = batch.images;  // [B, 3, 64, 64]
+    const Shard shard = shard_of(batch.images.size(0), comm);
+    const Tensor x = shard.of(batch.images);  // [n, 3, 64, 64]
     const models::DiagonalGaussian post = vae->encode(x);
-    const Tensor z = post.sample(gen.randn(post.mean.shape()));  // [B, 4, h, w]
-    const Tensor xr = vae->decode(z);                             // [B, 3, 64, 64]
-    const Tensor rec = ops::mean(ops::abs(xr - x));
-    const Tensor edge = ops::mean(ops::abs(diff(xr, 3) - diff(x, 3))) +
-                        ops::mean(ops::abs(diff(xr, 2) - diff(x, 2)));
-    const Tensor kl = ops::mean(ops::square(post.mean) + ops::square(post.std) - 1.0f -
-                                post.logvar) *
-                      0.5f;
+    Shape noise_shape = post.mean.shape();
+    noise_shape[0] = shard.batch;
+    const Tensor z = post.sample(shard.of(gen.randn(noise_shape)));  // [n, 4, h, w]
+    const Tensor xr = vae->decode(z);                                 // [n, 3, 64, 64]
+    // Each term: the mean over this shard, times its share of the batch (1 in one process).
+    auto part = [&](const Tensor& mean) { return shard.whole() ? mean : mean * shard.weight(); };
+    const Tensor rec = part(ops::mean(ops::abs(xr - x)));
+    const Tensor edge = part(ops::mean(ops::abs(diff(xr, 3) - diff(x, 3))) +
+                             ops::mean(ops::abs(diff(xr, 2) - diff(x, 2))));
+    const Tensor kl = part(ops::mean(ops::square(post.mean) + ops::square(post.std) - 1.0f -
+                                     post.logvar) *
+                           0.5f);
     const Tensor loss = rec + edge * config.edge_weight + kl * config.kl_weight;
     opt.zero_grad();
     loss.backward();
+    reducer.reduce(comm, params, step);
     const float gn = clip_grad_norm(params, config.grad_clip > 0
                                                 ? config.grad_clip
                                                 : std::numeric_limits<float>::infinity());
@@ -352,20 +374,24 @@ VaeMetrics train_vae(const VaeTrainConfig& config_in, bool resume,
     opt.set_lr(lr);
     opt.step();
     ++step;
-    const float l = loss.item(), r = rec.item();
+    // The batch's terms (summed over ranks) and whether any rank was asked to stop.
+    float terms[5] = {loss.item(), rec.item(), edge.item(), kl.item(),
+                      should_stop && should_stop() ? 1.0f : 0.0f};
+    comm.allreduce_sum(terms, 5, str_cat("the loss statistics at step ", step));
+    const float l = terms[0], r = terms[1];
     STIPPLE_CHECK(std::isfinite(l), "train-vae: the loss became ", l, " at step ", step,
                   " (lower --lr)");
-    w_loss += l, w_rec += r, w_edge += edge.item(), w_kl += kl.item(), w_grad += gn, ++w_n;
+    w_loss += l, w_rec += r, w_edge += terms[2], w_kl += terms[3], w_grad += gn, ++w_n;
     shown = step - first == 1 ? l : 0.95f * shown + 0.05f * l;
     shown_rec = step - first == 1 ? r : 0.95f * shown_rec + 0.05f * r;
-    if (progress) progress({step, config.steps, shown, shown_rec});
-    const bool stop = should_stop && should_stop();
-    if (step % config.log_every == 0 || step == config.steps || stop) {
+    if (progress && root) progress({step, config.steps, shown, shown_rec});
+    const bool stop = terms[4] > 0.5f;
+    if (root && (step % config.log_every == 0 || step == config.steps || stop)) {
       char buf[192];
       std::snprintf(buf, sizeof buf, "%lld,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.2f",
                     static_cast<long long>(step), w_loss / w_n, w_rec / w_n, w_edge / w_n,
                     w_kl / w_n, lr, w_grad / w_n, seconds());
-      log.append(buf);
+      log->append(buf);
       w_loss = w_rec = w_edge = w_kl = w_grad = 0, w_n = 0;
     }
     if (step % config.checkpoint_every == 0 || step == config.steps || stop) checkpoint();
@@ -375,6 +401,7 @@ VaeMetrics train_vae(const VaeTrainConfig& config_in, bool resume,
     }
   }
   const double train_seconds = seconds();
+  if (!root) return {};
 
   // 4. the latent scale, the final folder and the held-out metrics
   vae->eval();

@@ -31,6 +31,7 @@
 
 #include "core/tensor.h"
 #include "models/vae.h"
+#include "train/distributed.h"
 
 namespace stipple::train {
 
@@ -81,11 +82,15 @@ double psnr(const Tensor& a, const Tensor& b);
 // channel of 8-bit images, averaged over pixels, channels and images.
 double ssim(const Tensor& a, const Tensor& b);
 
-// Trains (or continues from out_dir when `resume`), then writes the model and the metrics.
+// Trains (or continues from out_dir when `resume`), then writes the model and the metrics. With
+// `comm`, data-parallel over its ranks as the diffusion trainer is (train/distributed.h): each
+// rank encodes and decodes its shard of every batch, rank 0 alone writes and evaluates (the
+// other ranks return empty metrics).
 VaeMetrics train_vae(const VaeTrainConfig& config, bool resume,
                      const std::function<void(const VaeProgress&)>& progress = {},
                      const std::function<void(const std::string&)>& message = {},
-                     const std::function<bool()>& should_stop = {});
+                     const std::function<bool()>& should_stop = {},
+                     Communicator* comm = nullptr);
 
 // PSNR/SSIM of an AutoencoderKL folder on the held-out emoji, and the reconstruction grid.
 VaeMetrics evaluate_vae(const models::AutoencoderKL& vae, const std::string& data_dir,

@@ -246,14 +246,13 @@ StepStats Trainer::train_step() {
 
   // 2. forward process and the loss (DDPM eq. 4 and Alg. 1) on this rank's shard [lo, hi) of
   //    the batch (distributed.h): (1/B) * the sum of its per-sample losses
-  const int R = comm_->size(), r = comm_->rank();
-  const int64_t lo = B * r / R, hi = B * (r + 1) / R, n = hi - lo;
-  auto shard = [&](const Tensor& a) { return R == 1 ? a : a.narrow(0, lo, n).contiguous(); };
-  const Tensor ts = shard(t);                                                   // [n]
-  const Tensor x_t = schedulers::add_noise(alphas_cumprod_, shard(x0), shard(noise), ts);
-  const Tensor target =
-      schedulers::prediction_target(prediction_, alphas_cumprod_, shard(x0), shard(noise), ts);
-  const Tensor out = model_->forward(x_t, ts, shard(y));  // [n, C_out, H, W]
+  const Shard shard = shard_of(B, *comm_);
+  const int64_t n = shard.size;
+  const Tensor ts = shard.of(t);  // [n]
+  const Tensor x_t = schedulers::add_noise(alphas_cumprod_, shard.of(x0), shard.of(noise), ts);
+  const Tensor target = schedulers::prediction_target(prediction_, alphas_cumprod_, shard.of(x0),
+                                                      shard.of(noise), ts);
+  const Tensor out = model_->forward(x_t, ts, shard.of(y));  // [n, C_out, H, W]
   STIPPLE_CHECK(out.dim() == 4 && out.size(0) == n && out.size(1) >= channels_ &&
                     out.size(2) == x0.size(2) && out.size(3) == x0.size(3),
                 "Trainer: the model returned ", out.describe(), " for an input of ", x_t.describe());
@@ -264,7 +263,7 @@ StepStats Trainer::train_step() {
           ? ops::mean(per_sample * schedulers::min_snr_weights(prediction_, alphas_cumprod_, ts,
                                                                config_.snr_gamma))
           : ops::mean(per_sample);
-  if (R > 1) loss = loss * (static_cast<float>(n) / static_cast<float>(B));
+  if (!shard.whole()) loss = loss * shard.weight();
 
   // 3. backward, the gradient summed over ranks, clipping, AdamW at this step's learning rate,
   //    EMA
@@ -285,7 +284,7 @@ StepStats Trainer::train_step() {
   //    per-sample losses gathered by one sum: zeros outside each rank's shard, the loss last)
   std::vector<float> ps(B + 1, 0.0f);
   const std::vector<float> mine = per_sample.detach().to_vector();
-  std::copy(mine.begin(), mine.end(), ps.begin() + lo);
+  std::copy(mine.begin(), mine.end(), ps.begin() + shard.begin);
   ps[B] = loss.item();
   comm_->allreduce_sum(ps.data(), ps.size(), str_cat("the loss statistics at step ", step_));
   s.loss = ps[B];
@@ -302,10 +301,7 @@ StepStats Trainer::train_step() {
 
 void Trainer::set_communicator(Communicator& comm) {
   STIPPLE_CHECK(step_ == 0 && !running_, "set_communicator: call it before resume() and run()");
-  STIPPLE_CHECK(config_.batch_size >= comm.size(), "the global batch (", config_.batch_size,
-                ") is smaller than the number of ranks (", comm.size(),
-                "): every rank needs at least one image per step; raise --batch-size or run "
-                "fewer ranks");
+  shard_of(config_.batch_size, comm);  // checks that every rank gets a row
   comm_ = &comm;
 }
 
