@@ -7,6 +7,7 @@
 
 #include "progress.h"
 #include "stop_signal.h"
+#include "training_job.h"
 #include "train/emoji_data.h"
 
 namespace stipple::cli {
@@ -62,10 +63,19 @@ ClipCommand::ClipCommand(CLI::App& app) {
       ->check(CLI::NonNegativeNumber);
   cmd_->add_option("--seed", c.seed, "weights, data order and captions")->capture_default_str();
   cmd_->add_flag("--quiet,-q", quiet_, "no progress bar or messages");
+  add_dist_timeout_option(cmd_, dist_timeout_);
 }
 
 int ClipCommand::run() {
-  TrainingProgress shown(quiet_);
+  TrainingJob job(dist_timeout_);  // one process, or a rank of an mpirun job
+  return job.run("train-clip", "--out " + config_.out_dir + " --resume", [&] {
+    job.announce(config_.batch_size);
+    return train(job);
+  });
+}
+
+int ClipCommand::train(TrainingJob& job) {
+  TrainingProgress shown(quiet_ || !job.root());
   auto progress = [&](const train::ClipProgress& p) {
     char note[64];
     std::snprintf(note, sizeof note, "loss %.4f, batch top-1 %.3f", p.loss, p.accuracy);
@@ -74,10 +84,11 @@ int ClipCommand::run() {
   auto message = [&](const std::string& s) { shown.message(s); };
   install_stop_handlers();
   const train::ClipMetrics m =
-      train::train_clip(config_, resume_, progress, message, stop_requested);
+      train::train_clip(config_, resume_, progress, message, stop_requested, &job.comm());
   remove_stop_handlers();
   shown.finish();
-  if (stop_requested()) {
+  if (!job.root()) return 0;
+  if (m.candidates == 0) {  // stopped early (here or on another rank): no evaluation
     std::printf("stopped; continue with: stipple train-clip --out %s --resume\n",
                 config_.out_dir.c_str());
     return 0;

@@ -16,10 +16,12 @@ class ClipCommand {
   int run();
 
  private:
+  int train(class TrainingJob& job);
   CLI::App* cmd_;
   train::ClipTrainConfig config_;
   bool resume_ = false;
   bool quiet_ = false;
+  double dist_timeout_ = 1800;
 };
 
 }  // namespace stipple::cli

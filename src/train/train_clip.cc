@@ -33,6 +33,25 @@ using nlohmann::json;
 
 constexpr const char* kStateFile = "training_state.safetensors";
 
+// Every rank's rows [B, P] for a contrastive loss over the whole batch: `mine` [n, P] (this rank's
+// shard, keeping its gradients) in its place, the other ranks' rows as constants. One process:
+// `mine` itself.
+Tensor gather_rows(Communicator& comm, const Tensor& mine, const Shard& shard, int64_t step) {
+  if (shard.whole()) return mine;
+  const int64_t P = mine.size(1);
+  std::vector<float> all(static_cast<size_t>(shard.batch * P), 0.0f);
+  const std::vector<float> v = mine.detach().to_vector();
+  std::copy(v.begin(), v.end(), all.begin() + shard.begin * P);
+  comm.allreduce_sum(all.data(), all.size(), str_cat("the embedding gather at step ", step));
+  const Tensor others = Tensor::from_vector(all, {shard.batch, P});
+  std::vector<Tensor> parts;
+  if (shard.begin > 0) parts.push_back(others.narrow(0, 0, shard.begin));
+  parts.push_back(mine);
+  const int64_t end = shard.begin + shard.size;
+  if (end < shard.batch) parts.push_back(others.narrow(0, end, shard.batch - end));
+  return ops::concat(parts, 0);
+}
+
 Tensor normalize_rows(const Tensor& x) {  // [N, P] -> unit rows
   return x * ops::rsqrt(ops::sum(ops::square(x), {1}, true) + 1e-12f);
 }
@@ -274,9 +293,12 @@ ClipMetrics evaluate_clip(const Clip& clip, const std::string& data_dir) {
 ClipMetrics train_clip(const ClipTrainConfig& config_in, bool resume,
                        const std::function<void(const ClipProgress&)>& progress,
                        const std::function<void(const std::string&)>& message,
-                       const std::function<bool()>& should_stop) {
+                       const std::function<bool()>& should_stop, Communicator* comm_in) {
+  const std::unique_ptr<Communicator> own = comm_in != nullptr ? nullptr : single_process();
+  Communicator& comm = comm_in != nullptr ? *comm_in : *own;
+  const bool root = comm.is_root();  // rank 0 alone speaks and writes
   auto say = [&](const std::string& s) {
-    if (message) message(s);
+    if (root && message) message(s);
   };
   ClipTrainConfig config = config_in;
   const std::string state_path = config.out_dir + "/" + kStateFile;
@@ -306,7 +328,7 @@ ClipMetrics train_clip(const ClipTrainConfig& config_in, bool resume,
     styled.push_back(emoji_caption(data.entries()[i], true));
   }
   const std::string tok_dir = config.out_dir + "/tokenizer";
-  if (!resume) {
+  if (!resume && root) {
     std::vector<std::string> all = plain;
     all.insert(all.end(), styled.begin(), styled.end());
     for (const auto& e : data.entries()) all.push_back(e.label);  // so eval's labels tokenize whole
@@ -315,6 +337,7 @@ ClipMetrics train_clip(const ClipTrainConfig& config_in, bool resume,
     say(str_cat("train-clip: tokenizer with ", info.vocab_size, " symbols and ", info.merges,
                 " merges in ", tok_dir));
   }
+  comm.any(false, "the tokenizer folder");  // written before any rank reads it
   const text::ClipTokenizer tok = text::ClipTokenizer::from_folder(tok_dir);
   int64_t longest = 0;
   for (const auto& s : styled) longest = std::max<int64_t>(longest, tok.encode(s).size());
@@ -365,10 +388,13 @@ ClipMetrics train_clip(const ClipTrainConfig& config_in, bool resume,
     say(str_cat("train-clip: text tower ", text_model->num_parameters(), " parameters, image tower ",
                 vision_model->num_parameters()));
   }
-  if (const int k = io::remove_stale_temporaries(config.out_dir))
+  if (const int k = root ? io::remove_stale_temporaries(config.out_dir) : 0)
     say(str_cat("removed ", k, " temporary file(s) left by an interrupted write in ", config.out_dir));
-  fs::create_directories(config.out_dir);
-  io::write_file_atomic(config.out_dir + "/train_config.json", config.to_json().dump(2) + "\n");
+  if (root) {
+    fs::create_directories(config.out_dir);
+    io::write_file_atomic(config.out_dir + "/train_config.json", config.to_json().dump(2) + "\n");
+  }
+  GradientReducer reducer;
   const auto start = std::chrono::steady_clock::now();
   auto seconds = [&] {
     return elapsed_before +
@@ -379,6 +405,10 @@ ClipMetrics train_clip(const ClipTrainConfig& config_in, bool resume,
     save_model(config.out_dir + "/image_encoder", *vision_model, vc.to_json());
   };
   auto checkpoint = [&] {
+    STIPPLE_CHECK_KIND(comm.size() == 1 || comm.all_equal(hash_tensors(params),
+                                                          str_cat("the weights check at step ", step)),
+                       kIo, "train-clip: the ranks' weights differ at step ", step);
+    if (!root) return;
     write_models();
     RunState s;
     add_prefixed(s.tensors, "text.", text_model->state_dict());
@@ -392,8 +422,12 @@ ClipMetrics train_clip(const ClipTrainConfig& config_in, bool resume,
     s.config = config.to_json();
     save_run_state(state_path, s, "stipple-clip-training-state");
   };
-  CsvLog log(config.out_dir + "/log.csv", "step,loss,batch_top1,logit_scale,lr,grad_norm,seconds");
-  if (resume) log.resume(step);
+  std::unique_ptr<CsvLog> log;
+  if (root) {
+    log = std::make_unique<CsvLog>(config.out_dir + "/log.csv",
+                                   "step,loss,batch_top1,logit_scale,lr,grad_norm,seconds");
+    if (resume) log->resume(step);
+  }
 
   // 3. train
   const int64_t T = config.max_length, B = config.batch_size;
@@ -432,15 +466,23 @@ ClipMetrics train_clip(const ClipTrainConfig& config_in, bool resume,
       for (int64_t j = 0; j < B; ++j) tv[i * B + j] = caps[i] == caps[j] ? 1.0f / k : 0.0f;
     }
     const Tensor target = Tensor::from_vector(tv, {B, B});
-    const Tensor te = normalize_rows(text_model->forward(ids).text_embeds);    // [B, P]
-    const Tensor ve = normalize_rows(vision_model->forward(x).image_embeds);   // [B, P]
-    const Tensor logits = ops::matmul(ve, te.transpose(0, 1)) * ops::exp(logit_scale);  // [B, B]
+    // This rank's rows through the towers; every rank's rows gathered (a sum of zero-padded
+    // copies), with this rank's own rows keeping their gradients.
+    const Shard shard = shard_of(B, comm);
+    const Tensor te = gather_rows(
+        comm, normalize_rows(text_model->forward(shard.of(ids)).text_embeds), shard, step);  // [B, P]
+    const Tensor ve = gather_rows(
+        comm, normalize_rows(vision_model->forward(shard.of(x)).image_embeds), shard, step);  // [B, P]
+    // The temperature's gradient from rank 0 only: every rank computes the same whole loss.
+    const Tensor scale = root ? logit_scale : logit_scale.detach();
+    const Tensor logits = ops::matmul(ve, te.transpose(0, 1)) * ops::exp(scale);  // [B, B]
     const Tensor li = ops::neg(ops::mean(ops::sum(target * ops::log_softmax(logits, 1), {1})));
     const Tensor lt = ops::neg(
         ops::mean(ops::sum(target * ops::log_softmax(logits.transpose(0, 1), 1), {1})));
     const Tensor loss = (li + lt) * 0.5f;
     opt.zero_grad();
     loss.backward();
+    reducer.reduce(comm, params, step);
     const float gn = clip_grad_norm(params, 1.0f);
     const float lr = warmup_cosine_lr(config.lr, config.warmup, config.steps, 0.0f, step);
     opt.set_lr(lr);
@@ -464,14 +506,14 @@ ClipMetrics train_clip(const ClipTrainConfig& config_in, bool resume,
     w_loss += l, w_acc += acc, w_grad += gn, ++w_n;
     shown = step - first == 1 ? l : 0.95f * shown + 0.05f * l;
     shown_acc = step - first == 1 ? acc : 0.95f * shown_acc + 0.05f * acc;
-    if (progress) progress({step, config.steps, shown, shown_acc});
-    const bool stop = should_stop && should_stop();
-    if (step % config.log_every == 0 || step == config.steps || stop) {
+    if (progress && root) progress({step, config.steps, shown, shown_acc});
+    const bool stop = comm.any(should_stop && should_stop(), str_cat("the stop check at step ", step));
+    if (root && (step % config.log_every == 0 || step == config.steps || stop)) {
       char buf[160];
       std::snprintf(buf, sizeof buf, "%lld,%.6g,%.4f,%.4f,%.6g,%.4g,%.2f",
                     static_cast<long long>(step), w_loss / w_n, w_acc / w_n,
                     std::exp(logit_scale.item()), lr, w_grad / w_n, seconds());
-      log.append(buf);
+      log->append(buf);
       w_loss = w_acc = w_grad = 0, w_n = 0;
     }
     if (step % config.checkpoint_every == 0 || step == config.steps || stop) checkpoint();
@@ -481,6 +523,7 @@ ClipMetrics train_clip(const ClipTrainConfig& config_in, bool resume,
     }
   }
   const double train_seconds = seconds();
+  if (!root) return {};
 
   // 4. retrieval metrics with the saved folders
   const Clip clip = Clip::from_pretrained(config.out_dir);

@@ -31,6 +31,7 @@
 #include "models/clip_vision.h"
 #include "text/clip_tokenizer.h"
 #include "train/emoji_data.h"
+#include "train/distributed.h"
 
 namespace stipple::train {
 
@@ -89,10 +90,17 @@ struct ClipProgress {
   float loss = 0, accuracy = 0;  // smoothed; accuracy = in-batch image->text top-1
 };
 
+// Trains (or continues from out_dir when `resume`), then writes the towers and the metrics. With
+// `comm`, data-parallel over its ranks (train/distributed.h): each rank encodes its shard of the
+// batch, the embeddings are gathered so every rank computes the whole batch's contrastive loss,
+// and only this rank's rows carry gradients (their sum over ranks is the whole gradient; the
+// temperature's gradient is taken on rank 0 alone). Rank 0 alone writes and evaluates (the other
+// ranks return empty metrics).
 ClipMetrics train_clip(const ClipTrainConfig& config, bool resume,
                        const std::function<void(const ClipProgress&)>& progress = {},
                        const std::function<void(const std::string&)>& message = {},
-                       const std::function<bool()>& should_stop = {});
+                       const std::function<bool()>& should_stop = {},
+                       Communicator* comm = nullptr);
 
 // Image -> text retrieval of unit image embeddings [N, P] among unit text embeddings [L, P]: for
 // each image, how many texts score above its own (truth[i]; 0 = its own is the nearest), and the

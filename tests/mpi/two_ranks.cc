@@ -6,8 +6,8 @@
 //   D2  2 ranks, resumed from D's checkpoint-10 to step 20                D2 == D bit for bit
 //   S2  1 process (rank 0 alone), resumed from D's checkpoint-10 to 20    S2 == S within kTolerance
 // and every rank holds the same weights. Then the first-stage trainers the same way, 2 ranks against
-// rank 0 alone: the emoji AutoencoderKL (when the emoji data is installed) and the Fashion-MNIST
-// classifier (when Fashion-MNIST is). Prints the maximum differences; exits 1 on any failure (on
+// rank 0 alone: the emoji AutoencoderKL and CLIP (when the emoji data is installed) and the
+// Fashion-MNIST classifier (when Fashion-MNIST is). Prints the maximum differences; exits 1 on any failure (on
 // every rank).
 #include <cmath>
 #include <cstdio>
@@ -23,6 +23,7 @@
 #include "train/emoji_data.h"
 #include "train/mpi/mpi_communicator.h"
 #include "train/train_classifier.h"
+#include "train/train_clip.h"
 #include "train/train_dit.h"
 #include "train/train_vae.h"
 #include "train/trainer.h"
@@ -133,6 +134,44 @@ bool vae_matches(Communicator& comm, const std::string& work) {
   return d <= kTolerance;
 }
 
+// The emoji CLIP (both towers and the temperature): 3 steps, 2 ranks vs rank 0 alone. Every rank
+// computes the whole batch's contrastive loss from gathered embeddings.
+bool clip_matches(Communicator& comm, const std::string& work) {
+  const std::string tokenizer = std::string(STIPPLE_SHARED_DIR) + "/clip-tokenizer";
+  if (!fs::exists(EmojiData::default_dir()) || !fs::exists(tokenizer + "/vocab.json")) {
+    if (comm.is_root()) std::printf("train-clip: skipped (no emoji data or CLIP tokenizer)\n");
+    return true;
+  }
+  ClipTrainConfig c;
+  c.base_tokenizer = tokenizer;
+  c.width = 16;
+  c.layers = 1;
+  c.heads = 2;
+  c.projection_dim = 8;
+  c.patch = 16;
+  c.batch_size = 7;  // odd: shards of 3 and 4
+  c.limit_images = 16;
+  c.steps = 3;
+  c.warmup = 1;
+  c.checkpoint_every = 3;
+  auto run = [&](Communicator& on, const std::string& out) {
+    c.out_dir = out;
+    train_clip(c, false, {}, {}, {}, &on);
+    std::map<std::string, Tensor> w =
+        io::load_safetensors(out + "/text_encoder/model.safetensors");
+    for (auto& [k, v] : io::load_safetensors(out + "/image_encoder/model.safetensors"))
+      w["vision." + k] = v;
+    return w;
+  };
+  const auto two = run(comm, work + "/clip2");
+  if (!comm.is_root()) return true;
+  auto one = single_process();
+  const double d = max_diff(two, run(*one, work + "/clip1"));
+  std::printf("train-clip, 2 ranks vs 1 process, 3 steps: max |dw| = %.3g (tolerance %.0e)\n", d,
+              kTolerance);
+  return d <= kTolerance;
+}
+
 // The Fashion-MNIST classifier: 4 steps, 2 ranks vs rank 0 alone.
 bool classifier_matches(Communicator& comm, const std::string& work) {
   ClassifierTrainConfig c;
@@ -193,6 +232,7 @@ int main(int argc, char** argv) {
       ok = same_on_ranks && ds <= kTolerance && dd2 == 0.0 && ss2 <= kTolerance;
     }
     ok = vae_matches(*comm, work) && ok;
+    ok = clip_matches(*comm, work) && ok;
     ok = classifier_matches(*comm, work) && ok;
   } catch (const std::exception& e) {
     comm->abort(e.what());
