@@ -61,6 +61,10 @@ struct GenerateRequest {
   int width = 0, height = 0;            // 0: the model's (or the init image's) size
   int batch_size = 1;                   // images per prompt (or per class label)
   int clip_skip = 1;                    // text encoder layers skipped from the end (1 = none)
+  // Stable Diffusion: read prompts in A1111's syntax, (word:1.2) and [word] for emphasis, BREAK,
+  // and past 75 tokens in chunks, as the web UI does. Off: plain text cut at 77 tokens, as
+  // diffusers reads it.
+  bool prompt_weighting = false;
   std::optional<Image> init_image;      // image-to-image and inpainting
   std::optional<Image> mask;            // inpainting: white (>= 50% grey) is repainted
   std::optional<double> strength;       // in [0, 1]: how much of init_image is re-noised

@@ -8,6 +8,7 @@
 #include "ops/ops.h"
 #include "pipelines/denoise.h"
 #include "pipelines/dit_pipeline.h"
+#include "pipelines/prompt_weighting.h"
 
 namespace stipple::pipelines {
 
@@ -81,11 +82,23 @@ int64_t StableDiffusion::default_size() const {
 
 Tensor StableDiffusion::encode_prompt(const std::string& prompt, const std::string& negative_prompt,
                                       int num_images, bool guidance, int clip_skip,
-                                      const Observer& observe) const {
+                                      const Observer& observe, bool weighting) const {
   STIPPLE_CHECK(num_images >= 1, "num_images must be at least 1, got ", num_images);
   STIPPLE_CHECK(clip_skip >= 1 && clip_skip <= text_encoder_->config().num_hidden_layers,
                 "clip_skip ", clip_skip, " is outside [1, ",
                 text_encoder_->config().num_hidden_layers, "]");
+  if (weighting) {
+    // A1111's chunks, the shorter prompt padded with empty chunks to the longer one's count.
+    std::vector<TokenChunk> c = a1111_token_chunks(*tokenizer_, prompt), u;
+    if (guidance) u = a1111_token_chunks(*tokenizer_, negative_prompt);
+    while (guidance && c.size() < u.size()) c.push_back(empty_token_chunk(*tokenizer_));
+    while (guidance && u.size() < c.size()) u.push_back(empty_token_chunk(*tokenizer_));
+    const Tensor cond = repeat_batch(encode_token_chunks(*text_encoder_, c, clip_skip), num_images);
+    if (!guidance) return cond;
+    const Tensor uncond =
+        repeat_batch(encode_token_chunks(*text_encoder_, u, clip_skip), num_images);
+    return ops::concat({uncond, cond}, 0);  // [2B, 77 * chunks, D], uncond first
+  }
   const int64_t length =
       std::min(tokenizer_->model_max_length(), text_encoder_->config().max_position_embeddings);
   int call = 0;
@@ -163,7 +176,8 @@ StableDiffusion::Run StableDiffusion::prepare(const GenerationParams& p, bool ne
   r.noise = std::make_unique<NoiseSource>(p.seed, p.noise);
   r.guided = p.cfg > 1.0f;
   r.prompt_embeds =
-      encode_prompt(p.prompt, p.negative_prompt, p.num_images, r.guided, p.clip_skip, p.observe);
+      encode_prompt(p.prompt, p.negative_prompt, p.num_images, r.guided, p.clip_skip, p.observe,
+                    p.prompt_weighting);
   if (p.observe) p.observe("denoiser.encoder_hidden_states", r.prompt_embeds);
   return r;
 }

@@ -157,6 +157,7 @@ bool clip_matches(Communicator& comm, const std::string& work) {
   auto run = [&](Communicator& on, const std::string& out) {
     c.out_dir = out;
     train_clip(c, false, {}, {}, {}, &on);
+    if (!on.is_root()) return std::map<std::string, Tensor>{};  // rank 0 alone writes
     std::map<std::string, Tensor> w =
         io::load_safetensors(out + "/text_encoder/model.safetensors");
     for (auto& [k, v] : io::load_safetensors(out + "/image_encoder/model.safetensors"))

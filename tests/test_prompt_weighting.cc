@@ -1,0 +1,134 @@
+// A1111's conditioning for emphasized and long prompts (pipelines/prompt_weighting.h) on the tiny
+// Stable Diffusion of ../shared/conformance (its real CLIP tokenizer and a tiny text encoder):
+// the chunk layout (75 tokens, the comma backtrack, BREAK, padding), the weighting ("Original":
+// scale per token, restore the chunk's mean) against the same arithmetic done here on the
+// encoder's output, that a plain prompt gives exactly the diffusers conditioning, and that the
+// pipeline runs with a prompt of two chunks.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <string>
+
+#include "ops/ops.h"
+#include "pipelines/prompt_weighting.h"
+#include "pipelines/stable_diffusion.h"
+
+namespace stipple::pipelines {
+namespace {
+
+const std::string kModel = std::string(STIPPLE_SHARED_DIR) + "/conformance/sd_tiny";
+
+class PromptWeighting : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!std::filesystem::exists(kModel + "/tokenizer/vocab.json"))
+      GTEST_SKIP() << "no " << kModel;
+    tok = std::make_unique<text::ClipTokenizer>(text::ClipTokenizer::from_folder(kModel + "/tokenizer"));
+  }
+  // n copies of a one-token word.
+  static std::string words(int n, const std::string& w = "cat") {
+    std::string s;
+    for (int i = 0; i < n; ++i) s += (i ? " " : "") + w;
+    return s;
+  }
+  std::unique_ptr<text::ClipTokenizer> tok;
+};
+
+TEST_F(PromptWeighting, PlainPromptIsOneChunkLikeDiffusers) {
+  const auto chunks = a1111_token_chunks(*tok, "a photo of an astronaut riding a horse");
+  ASSERT_EQ(chunks.size(), 1u);
+  EXPECT_EQ(chunks[0].ids, tok->encode_padded("a photo of an astronaut riding a horse", 77));
+  for (float m : chunks[0].multipliers) EXPECT_EQ(m, 1.0f);
+}
+
+TEST_F(PromptWeighting, LongPromptsSplitEvery75Tokens) {
+  ASSERT_EQ(tok->encode("cat").size(), 3u);  // one token
+  const auto chunks = a1111_token_chunks(*tok, words(100));
+  ASSERT_EQ(chunks.size(), 2u);
+  const int64_t cat = tok->encode("cat")[1];
+  for (const auto& c : chunks) {
+    ASSERT_EQ(c.ids.size(), 77u);
+    EXPECT_EQ(c.ids.front(), tok->bos_token_id());
+  }
+  EXPECT_EQ(chunks[0].ids[75], cat);
+  EXPECT_EQ(chunks[0].ids[76], tok->eos_token_id());
+  EXPECT_EQ(chunks[1].ids[25], cat);  // the other 25
+  EXPECT_EQ(chunks[1].ids[26], tok->eos_token_id());
+  EXPECT_EQ(chunks[1].ids[27], tok->pad_token_id());
+}
+
+TEST_F(PromptWeighting, CommaNearTheEndStartsTheNextChunk) {
+  // 70 words, a comma, 10 words: the chunk fills at 75 with the comma 4 tokens back, so the 4
+  // words after the comma move to the second chunk.
+  const auto chunks = a1111_token_chunks(*tok, words(70) + ", " + words(10, "dog"));
+  ASSERT_EQ(chunks.size(), 2u);
+  const int64_t comma = tok->encode(",")[1], dog = tok->encode("dog")[1];
+  EXPECT_EQ(chunks[0].ids[71], comma);
+  EXPECT_EQ(chunks[0].ids[72], tok->eos_token_id());
+  for (int i = 1; i <= 10; ++i) EXPECT_EQ(chunks[1].ids[i], dog) << i;
+}
+
+TEST_F(PromptWeighting, BreakStartsAChunkAndWeightsFollowTheBrackets) {
+  const auto chunks = a1111_token_chunks(*tok, "a (red:1.5) apple BREAK [green] pear");
+  ASSERT_EQ(chunks.size(), 2u);
+  EXPECT_EQ(chunks[0].ids[2], tok->encode("red")[1]);
+  EXPECT_FLOAT_EQ(chunks[0].multipliers[2], 1.5f);
+  EXPECT_FLOAT_EQ(chunks[0].multipliers[3], 1.0f);
+  EXPECT_EQ(chunks[1].ids[1], tok->encode("green")[1]);
+  EXPECT_FLOAT_EQ(chunks[1].multipliers[1], static_cast<float>(1 / 1.1));
+}
+
+TEST_F(PromptWeighting, WeightsScaleTokensAndKeepTheMean) {
+  const auto encoder = models::CLIPTextModel::from_pretrained(kModel + "/text_encoder");
+  const auto chunks = a1111_token_chunks(*tok, "a (red:1.5) apple, (((shiny)))");
+  ASSERT_EQ(chunks.size(), 1u);
+  const Tensor got = encode_token_chunks(*encoder, chunks);  // [1, 77, D]
+  const Tensor z = encoder->forward(Tensor::from_vector_i64(chunks[0].ids, {1, 77})).last_hidden_state;
+  const std::vector<float> zv = z.to_vector(), gv = got.to_vector();
+  const int64_t D = z.size(2);
+  double before = 0, after = 0;
+  for (int64_t t = 0; t < 77; ++t)
+    for (int64_t d = 0; d < D; ++d) {
+      before += zv[t * D + d];
+      after += zv[t * D + d] * chunks[0].multipliers[t];
+    }
+  const double ratio = before / after;
+  double err = 0;
+  for (int64_t t = 0; t < 77; ++t)
+    for (int64_t d = 0; d < D; ++d)
+      err = std::max(err, std::fabs(gv[t * D + d] - zv[t * D + d] * chunks[0].multipliers[t] * ratio));
+  EXPECT_LT(err, 1e-5) << "max |got - z * w * mean ratio|";
+  EXPECT_NEAR(ops::mean(got).item(), ops::mean(z).item(), 1e-6);
+}
+
+TEST_F(PromptWeighting, PipelineTakesLongAndWeightedPrompts) {
+  const StableDiffusion sd = StableDiffusion::from_pretrained(kModel);
+  const std::string prompt = "a (red:1.3) apple, " + words(90);
+  const Tensor plain = sd.encode_prompt(prompt, "", 2, true);
+  EXPECT_EQ(plain.size(1), 77);  // diffusers: cut at 77
+  const Tensor weighted = sd.encode_prompt(prompt, "", 2, true, 1, nullptr, true);
+  EXPECT_EQ(weighted.size(0), 4);
+  EXPECT_EQ(weighted.size(1), 154);  // two chunks; the negative padded to two
+  GenerationParams p;
+  p.prompt = prompt;
+  p.steps = 2;
+  p.width = p.height = 32;
+  p.prompt_weighting = true;
+  const Tensor image = sd.run(p);
+  EXPECT_EQ(image.size(1), 3);
+  for (float v : image.to_vector()) ASSERT_TRUE(std::isfinite(v));
+}
+
+TEST_F(PromptWeighting, TooLongPromptsAreRefused) {
+  try {
+    a1111_token_chunks(*tok, words(75 * 33));
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("33 chunks of 75 tokens; at most 32"), std::string::npos)
+        << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace stipple::pipelines
