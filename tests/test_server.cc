@@ -552,6 +552,44 @@ std::string png_header_only(uint32_t width, uint32_t height) {
   return std::string("\x89PNG\r\n\x1a\n", 8) + chunk("IHDR", ihdr) + chunk("IEND", "");
 }
 
+TEST(Server, A1111PromptsAreReadInItsSyntax) {
+  if (!std::filesystem::exists(kSdTiny)) GTEST_SKIP() << "no " << kSdTiny;
+  ServerOptions o;
+  o.models = {kSdTiny};
+  Serving s(o);
+  const std::string prompt = "a (red:1.4) apple BREAK [green] pear";
+  const Engine engine = Engine::open(kSdTiny);
+  auto engine_image = [&](bool weighting) {
+    GenerateRequest r;
+    r.prompt = prompt;
+    r.seed = 5;
+    r.steps = 2;
+    r.width = r.height = 32;
+    r.prompt_weighting = weighting;
+    return engine.generate(r).images[0].image.pixels;
+  };
+  auto served_image = [&](const json& extra) {
+    json body = {{"prompt", prompt}, {"seed", 5}, {"steps", 2}, {"width", 32}, {"height", 32}};
+    body.update(extra);
+    const auto [status, reply] = s.post("/sdapi/v1/txt2img", body.dump());
+    EXPECT_EQ(status, 200) << reply.dump();
+    return std::make_pair(decode_png(base64_decode(reply["images"][0].get<std::string>(), "png")).pixels,
+                          json::parse(reply["info"].get<std::string>()));
+  };
+  // Emphasis and BREAK as the web UI reads them...
+  const auto [weighted, info] = served_image(json::object());
+  EXPECT_EQ(weighted, engine_image(true));
+  EXPECT_NE(weighted, engine_image(false));
+  // ... unless the client turns emphasis off; a mode stipple lacks is said, not dropped.
+  const auto [plain, plain_info] = served_image({{"override_settings", {{"emphasis", "None"}}}});
+  EXPECT_EQ(plain, engine_image(false));
+  const auto [no_norm, no_norm_info] =
+      served_image({{"override_settings", {{"emphasis", "No norm"}}}});
+  EXPECT_EQ(no_norm, weighted);
+  EXPECT_NE(no_norm_info["not_honoured"].dump().find("emphasis"), std::string::npos)
+      << no_norm_info.dump();
+}
+
 TEST(Server, A1111Img2ImgAndInpaintWithTheirBadInputs) {
   if (!std::filesystem::exists(kSdTiny)) GTEST_SKIP() << "no " << kSdTiny;
   ServerOptions o;
