@@ -79,6 +79,15 @@ TEST_F(PromptWeighting, BreakStartsAChunkAndWeightsFollowTheBrackets) {
   EXPECT_FLOAT_EQ(chunks[1].multipliers[1], static_cast<float>(1 / 1.1));
 }
 
+TEST_F(PromptWeighting, WithoutEmphasisBracketsAreTextAndChunksStay) {
+  // A1111's emphasis "None": the prompt is one run of weight 1, still cut into chunks.
+  const auto chunks = a1111_token_chunks(*tok, "(red:1.5) BREAK " + words(100), false);
+  ASSERT_EQ(chunks.size(), 2u);
+  EXPECT_EQ(chunks[0].ids[1], tok->encode("(")[1]);
+  for (const auto& c : chunks)
+    for (float m : c.multipliers) EXPECT_EQ(m, 1.0f);
+}
+
 TEST_F(PromptWeighting, WeightsScaleTokensAndKeepTheMean) {
   const auto encoder = models::CLIPTextModel::from_pretrained(kModel + "/text_encoder");
   const auto chunks = a1111_token_chunks(*tok, "a (red:1.5) apple, (((shiny)))");
@@ -107,14 +116,14 @@ TEST_F(PromptWeighting, PipelineTakesLongAndWeightedPrompts) {
   const std::string prompt = "a (red:1.3) apple, " + words(90);
   const Tensor plain = sd.encode_prompt(prompt, "", 2, true);
   EXPECT_EQ(plain.size(1), 77);  // diffusers: cut at 77
-  const Tensor weighted = sd.encode_prompt(prompt, "", 2, true, 1, nullptr, true);
+  const Tensor weighted = sd.encode_prompt(prompt, "", 2, true, 1, nullptr, PromptSyntax::kA1111);
   EXPECT_EQ(weighted.size(0), 4);
   EXPECT_EQ(weighted.size(1), 154);  // two chunks; the negative padded to two
   GenerationParams p;
   p.prompt = prompt;
   p.steps = 2;
   p.width = p.height = 32;
-  p.prompt_weighting = true;
+  p.prompt_syntax = PromptSyntax::kA1111;
   const Tensor image = sd.run(p);
   EXPECT_EQ(image.size(1), 3);
   for (float v : image.to_vector()) ASSERT_TRUE(std::isfinite(v));

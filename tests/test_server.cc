@@ -559,13 +559,13 @@ TEST(Server, A1111PromptsAreReadInItsSyntax) {
   Serving s(o);
   const std::string prompt = "a (red:1.4) apple BREAK [green] pear";
   const Engine engine = Engine::open(kSdTiny);
-  auto engine_image = [&](bool weighting) {
+  auto engine_image = [&](PromptSyntax syntax) {
     GenerateRequest r;
     r.prompt = prompt;
     r.seed = 5;
     r.steps = 2;
     r.width = r.height = 32;
-    r.prompt_weighting = weighting;
+    r.prompt_syntax = syntax;
     return engine.generate(r).images[0].image.pixels;
   };
   auto served_image = [&](const json& extra) {
@@ -578,11 +578,12 @@ TEST(Server, A1111PromptsAreReadInItsSyntax) {
   };
   // Emphasis and BREAK as the web UI reads them...
   const auto [weighted, info] = served_image(json::object());
-  EXPECT_EQ(weighted, engine_image(true));
-  EXPECT_NE(weighted, engine_image(false));
-  // ... unless the client turns emphasis off; a mode stipple lacks is said, not dropped.
+  EXPECT_EQ(weighted, engine_image(PromptSyntax::kA1111));
+  EXPECT_NE(weighted, engine_image(PromptSyntax::kPlain));
+  // ... unless the client turns emphasis off (brackets are text, the chunks stay); a mode
+  // stipple lacks is said, not dropped.
   const auto [plain, plain_info] = served_image({{"override_settings", {{"emphasis", "None"}}}});
-  EXPECT_EQ(plain, engine_image(false));
+  EXPECT_EQ(plain, engine_image(PromptSyntax::kA1111NoEmphasis));
   const auto [no_norm, no_norm_info] =
       served_image({{"override_settings", {{"emphasis", "No norm"}}}});
   EXPECT_EQ(no_norm, weighted);

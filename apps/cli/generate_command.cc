@@ -129,9 +129,11 @@ GenerateCommand::GenerateCommand(CLI::App& app, Mode mode) : mode_(mode) {
                    "the init image's)");
   cmd_->add_option("--height", height_, "image height, a multiple of 8");
   cmd_->add_option("--num-images", num_images_, "images to generate")->capture_default_str();
-  cmd_->add_flag("--prompt-weighting", prompt_weighting_,
-                 "Stable Diffusion: read prompts in A1111's syntax ((word:1.2), [word], BREAK) and "
-                 "past 75 tokens in chunks, as the web UI does");
+  cmd_->add_option("--prompt-syntax", prompt_syntax_,
+                   "Stable Diffusion: plain (cut at 77 tokens, as diffusers), or a1111: (word:1.2), "
+                   "[word], BREAK and past 75 tokens in chunks, as the web UI")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"plain", "a1111"}));
   cmd_->add_option("--clip-skip", clip_skip_, "CLIP layers to skip from the end (1 = none)")
       ->capture_default_str();
   cmd_->add_option("--out,-o", out_, "PNG to write, or a pattern like 'dir/img_%03d.png'")
@@ -187,7 +189,7 @@ int GenerateCommand::run() {
   r.height = height_;
   r.batch_size = num_images_;
   r.clip_skip = clip_skip_;
-  r.prompt_weighting = prompt_weighting_;
+  r.prompt_syntax = prompt_syntax_ == "a1111" ? PromptSyntax::kA1111 : PromptSyntax::kPlain;
   if (mode_ != Mode::kGenerate) {
     r.init_image = read_image(init_image_, "init image");
     if (cmd_->count("--strength") || mode_ == Mode::kInpaint) r.strength = strength_;

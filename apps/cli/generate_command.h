@@ -27,7 +27,7 @@ class GenerateCommand {
   std::vector<std::string> class_labels_;
   std::string prompt_file_;
   int steps_ = 30, width_ = 0, height_ = 0, num_images_ = 1, clip_skip_ = 1;
-  bool prompt_weighting_ = false;
+  std::string prompt_syntax_ = "plain";
   float cfg_ = 7.5f;
   double strength_ = 0.75;
   int64_t seed_arg_ = 42;  // --seed as given

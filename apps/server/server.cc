@@ -733,7 +733,7 @@ struct Server::Impl {
       r.height = height;
     }
     r.batch_size = field<int>(body, "batch_size", 1);
-    r.prompt_weighting = true;  // A1111's prompt syntax, as its clients write prompts
+    r.prompt_syntax = PromptSyntax::kA1111;  // as A1111's clients write prompts
     if (body.contains("override_settings") && body["override_settings"].is_object()) {
       const json& o = body["override_settings"];
       if (o.contains("CLIP_stop_at_last_layers"))
@@ -741,7 +741,7 @@ struct Server::Impl {
       if (o.contains("emphasis")) {  // A1111's setting: "Original", "No norm" or "None"
         const std::string e = field<std::string>(o, "emphasis", std::string("Original"));
         if (e == "None")
-          r.prompt_weighting = false;
+          r.prompt_syntax = PromptSyntax::kA1111NoEmphasis;
         else if (e != "Original")
           notes.push_back("emphasis: \"" + e + "\" is not supported; \"Original\" was used");
       }

@@ -46,6 +46,13 @@ struct Image {
 enum class Task { kTextToImage, kImageToImage, kInpaint, kClassToImage };
 const char* to_string(Task task);  // "txt2img", "img2img", "inpaint", "class2img"
 
+// How a Stable Diffusion model reads a prompt.
+enum class PromptSyntax {
+  kPlain,  // plain text cut at 77 tokens, as diffusers reads it
+  kA1111,  // the web UI's: (word:1.2), [word] and BREAK, and past 75 tokens in chunks of 75
+  kA1111NoEmphasis,  // the web UI with emphasis "None": brackets are text; still in chunks
+};
+
 // What one generation asks for. Fields left at their defaults take the model's defaults.
 struct GenerateRequest {
   // Text models: the prompt, or several prompts (one image each, in order; `prompt` is then
@@ -61,10 +68,7 @@ struct GenerateRequest {
   int width = 0, height = 0;            // 0: the model's (or the init image's) size
   int batch_size = 1;                   // images per prompt (or per class label)
   int clip_skip = 1;                    // text encoder layers skipped from the end (1 = none)
-  // Stable Diffusion: read prompts in A1111's syntax, (word:1.2) and [word] for emphasis, BREAK,
-  // and past 75 tokens in chunks, as the web UI does. Off: plain text cut at 77 tokens, as
-  // diffusers reads it.
-  bool prompt_weighting = false;
+  PromptSyntax prompt_syntax = PromptSyntax::kPlain;  // how Stable Diffusion reads the prompts
   std::optional<Image> init_image;      // image-to-image and inpainting
   std::optional<Image> mask;            // inpainting: white (>= 50% grey) is repainted
   std::optional<double> strength;       // in [0, 1]: how much of init_image is re-noised

@@ -131,7 +131,7 @@ Job resolve(const GenerateRequest& r, const ModelDescription& d, std::vector<std
   STIPPLE_CHECK(r.class_labels.size() <= 4096, "at most 4096 class labels per request, got ",
                 r.class_labels.size());
   // Prompts longer than any text encoder reads (77 tokens, or 32 chunks of 75 with
-  // prompt_weighting) only cost time to parse.
+  // prompt_syntax kA1111) only cost time to parse.
   constexpr size_t kMaxPromptBytes = 65536;
   auto check_length = [&](const std::string& p, const char* what) {
     STIPPLE_CHECK(p.size() <= kMaxPromptBytes, "the ", what, " is ", p.size(),
@@ -196,11 +196,15 @@ Job resolve(const GenerateRequest& r, const ModelDescription& d, std::vector<std
   STIPPLE_CHECK(r.clip_skip >= 1 && r.clip_skip <= 24, "clip_skip must be in [1, 24], got ",
                 r.clip_skip);
   job.clip_skip = r.clip_skip;
-  job.prompt_weighting = r.prompt_weighting;
+  job.prompt_syntax = r.prompt_syntax == PromptSyntax::kA1111 ? pipelines::PromptSyntax::kA1111
+                      : r.prompt_syntax == PromptSyntax::kA1111NoEmphasis
+                          ? pipelines::PromptSyntax::kA1111NoEmphasis
+                          : pipelines::PromptSyntax::kPlain;
   if (r.clip_skip != 1 && d.family.rfind("SD", 0) != 0)
     notes.push_back("clip_skip: only Stable Diffusion models use it; it was not used");
-  if (r.prompt_weighting && d.family.rfind("SD", 0) != 0 && job.task != Task::kClassToImage)
-    notes.push_back("prompt_weighting: only Stable Diffusion models read A1111's prompt syntax; "
+  if (r.prompt_syntax != PromptSyntax::kPlain && d.family.rfind("SD", 0) != 0 &&
+      job.task != Task::kClassToImage)
+    notes.push_back("prompt_syntax: only Stable Diffusion models read A1111's prompt syntax; "
                     "the prompt was read as plain text");
 
   const double default_strength = job.task == Task::kInpaint ? 1.0 : 0.75;

@@ -78,7 +78,7 @@ class StableDiffusionModel : public Engine::Model {
       p.width = job.width;
       p.height = job.height;
       p.clip_skip = job.clip_skip;
-      p.prompt_weighting = job.prompt_weighting;
+      p.prompt_syntax = job.prompt_syntax;
       p.progress = step;
       p.preview = job.preview;
       if (job.task == Task::kTextToImage) return sd_.run_txt2img(p);

@@ -36,7 +36,7 @@ TokenChunk empty_token_chunk(const text::ClipTokenizer& tokenizer) {
 }
 
 std::vector<TokenChunk> a1111_token_chunks(const text::ClipTokenizer& tok,
-                                           std::string_view prompt) {
+                                           std::string_view prompt, bool emphasis) {
   const std::vector<int64_t> comma_ids = tok.encode(",");  // [bos, ",</w>", eos]
   const int64_t comma = comma_ids.size() == 3 ? comma_ids[1] : -1;
   std::vector<TokenChunk> chunks;
@@ -49,7 +49,10 @@ std::vector<TokenChunk> a1111_token_chunks(const text::ClipTokenizer& tok,
     weights.clear();
     last_comma = -1;
   };
-  for (const text::PromptChunk& run : text::parse_prompt_attention(prompt)) {
+  const std::vector<text::PromptChunk> runs =
+      emphasis ? text::parse_prompt_attention(prompt)
+               : std::vector<text::PromptChunk>{{std::string(prompt), 1.0}};
+  for (const text::PromptChunk& run : runs) {
     if (run.is_break()) {
       next_chunk();
       continue;

@@ -26,14 +26,18 @@
 
 namespace stipple::pipelines {
 
+// How a prompt is read (stipple::PromptSyntax in the public API).
+enum class PromptSyntax { kPlain, kA1111, kA1111NoEmphasis };
+
 struct TokenChunk {
   std::vector<int64_t> ids;        // 77: bos, tokens, eos, padding
   std::vector<float> multipliers;  // 77: the tokens' weights, 1 elsewhere
 };
 
-// Steps 1-4's ids and weights (at least one chunk; an empty prompt is one empty chunk).
+// Steps 1-4's ids and weights (at least one chunk; an empty prompt is one empty chunk). Without
+// `emphasis` (A1111's emphasis "None") step 1 is skipped: the prompt is one run of weight 1.
 std::vector<TokenChunk> a1111_token_chunks(const text::ClipTokenizer& tokenizer,
-                                           std::string_view prompt);
+                                           std::string_view prompt, bool emphasis = true);
 // A chunk with no tokens (what shorter prompts are padded with).
 TokenChunk empty_token_chunk(const text::ClipTokenizer& tokenizer);
 

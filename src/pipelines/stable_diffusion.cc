@@ -82,15 +82,16 @@ int64_t StableDiffusion::default_size() const {
 
 Tensor StableDiffusion::encode_prompt(const std::string& prompt, const std::string& negative_prompt,
                                       int num_images, bool guidance, int clip_skip,
-                                      const Observer& observe, bool weighting) const {
+                                      const Observer& observe, PromptSyntax syntax) const {
   STIPPLE_CHECK(num_images >= 1, "num_images must be at least 1, got ", num_images);
   STIPPLE_CHECK(clip_skip >= 1 && clip_skip <= text_encoder_->config().num_hidden_layers,
                 "clip_skip ", clip_skip, " is outside [1, ",
                 text_encoder_->config().num_hidden_layers, "]");
-  if (weighting) {
+  if (syntax != PromptSyntax::kPlain) {
     // A1111's chunks, the shorter prompt padded with empty chunks to the longer one's count.
-    std::vector<TokenChunk> c = a1111_token_chunks(*tokenizer_, prompt), u;
-    if (guidance) u = a1111_token_chunks(*tokenizer_, negative_prompt);
+    const bool emphasis = syntax == PromptSyntax::kA1111;
+    std::vector<TokenChunk> c = a1111_token_chunks(*tokenizer_, prompt, emphasis), u;
+    if (guidance) u = a1111_token_chunks(*tokenizer_, negative_prompt, emphasis);
     while (guidance && c.size() < u.size()) c.push_back(empty_token_chunk(*tokenizer_));
     while (guidance && u.size() < c.size()) u.push_back(empty_token_chunk(*tokenizer_));
     const Tensor cond = repeat_batch(encode_token_chunks(*text_encoder_, c, clip_skip), num_images);
@@ -177,7 +178,7 @@ StableDiffusion::Run StableDiffusion::prepare(const GenerationParams& p, bool ne
   r.guided = p.cfg > 1.0f;
   r.prompt_embeds =
       encode_prompt(p.prompt, p.negative_prompt, p.num_images, r.guided, p.clip_skip, p.observe,
-                    p.prompt_weighting);
+                    p.prompt_syntax);
   if (p.observe) p.observe("denoiser.encoder_hidden_states", r.prompt_embeds);
   return r;
 }

@@ -33,6 +33,7 @@
 #include "models/unet2d_condition.h"
 #include "models/vae.h"
 #include "pipelines/pipeline_util.h"
+#include "pipelines/prompt_weighting.h"
 #include "schedulers/scheduler.h"
 #include "text/clip_tokenizer.h"
 
@@ -49,10 +50,9 @@ struct GenerationParams {
   int width = 0, height = 0;  // multiples of 8; 0 = the image's size, else the UNet's default
   int num_images = 1;         // images per prompt
   int clip_skip = 1;          // A1111 convention: 1 = the last CLIP layer
-  // A1111's prompt syntax: (emphasis:1.2), [less], BREAK, and prompts past 75 tokens in chunks
-  // (pipelines/prompt_weighting.h). Off: the prompt is plain text, truncated at 77 tokens, as
-  // diffusers reads it.
-  bool prompt_weighting = false;
+  // kA1111: (emphasis:1.2), [less], BREAK, and prompts past 75 tokens in chunks
+  // (pipelines/prompt_weighting.h). kPlain: plain text truncated at 77 tokens, as diffusers.
+  PromptSyntax prompt_syntax = PromptSyntax::kPlain;
   // img2img and inpainting
   Tensor init_image;      // [1, 3, H, W] in [0, 1]
   Tensor mask;            // [1, 1, H, W] in [0, 1]; >= 0.5 is repainted
@@ -82,10 +82,11 @@ class StableDiffusion {
                               const io::SingleFileOptions& options = {});
 
   // Prompt embeddings: [2B, 77, D] = [negative x B, prompt x B] with guidance, else [B, 77, D];
-  // with `weighting` (A1111's syntax) [.., 77 * chunks, D].
+  // with A1111's syntax [.., 77 * chunks, D].
   Tensor encode_prompt(const std::string& prompt, const std::string& negative_prompt,
                        int num_images, bool guidance, int clip_skip = 1,
-                       const Observer& observe = nullptr, bool weighting = false) const;
+                       const Observer& observe = nullptr,
+                       PromptSyntax syntax = PromptSyntax::kPlain) const;
 
   // Text-to-image, image-to-image or inpainting, by what `params` holds (a mask means
   // inpainting, an init image alone img2img). Returns [B, 3, H, W] in [0, 1].
