@@ -49,10 +49,8 @@ ClassifierCommand::ClassifierCommand(CLI::App& app) {
 int ClassifierCommand::run() {
   TrainingJob job(dist_timeout_);  // one process, or a rank of an mpirun job
   quiet_ = quiet_ || !job.root();
-  return job.run("train-classifier", "a new run (it has no checkpoints)", [&] {
-    job.announce(config_.batch_size);
-    return train(job.comm());
-  });
+  return job.run("train-classifier", "a new run (it has no checkpoints)", config_.batch_size,
+                 [&] { return train(job.comm()); });
 }
 
 int ClassifierCommand::train(train::Communicator& comm) {

@@ -68,10 +68,8 @@ ClipCommand::ClipCommand(CLI::App& app) {
 
 int ClipCommand::run() {
   TrainingJob job(dist_timeout_);  // one process, or a rank of an mpirun job
-  return job.run("train-clip", "--out " + config_.out_dir + " --resume", [&] {
-    job.announce(config_.batch_size);
-    return train(job);
-  });
+  return job.run("train-clip", "--out " + config_.out_dir + " --resume", config_.batch_size,
+                 [&] { return train(job); });
 }
 
 int ClipCommand::train(TrainingJob& job) {

@@ -29,6 +29,14 @@ class TrainingJob {
           const std::function<int()>& fn);
   // Under several ranks, rank 0 prints the layout and any ranks x threads warning.
   void announce(int global_batch);
+  // run() for a command whose global batch is known up front: announces it, then runs `fn`.
+  int run(const std::string& command, const std::string& resume_hint, int global_batch,
+          const std::function<int()>& fn) {
+    return run(command, resume_hint, [&] {
+      announce(global_batch);
+      return fn();
+    });
+  }
 
  private:
   std::unique_ptr<train::Communicator> comm_;

@@ -63,10 +63,8 @@ VaeCommand::VaeCommand(CLI::App& app) {
 
 int VaeCommand::run() {
   TrainingJob job(dist_timeout_);  // one process, or a rank of an mpirun job
-  return job.run("train-vae", "--out " + config_.out_dir + " --resume", [&] {
-    job.announce(config_.batch_size);
-    return train(job);
-  });
+  return job.run("train-vae", "--out " + config_.out_dir + " --resume", config_.batch_size,
+                 [&] { return train(job); });
 }
 
 int VaeCommand::train(TrainingJob& job) {
