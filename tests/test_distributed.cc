@@ -82,12 +82,12 @@ TEST(GradientReducer, OneProcessLeavesGradientsAlone) {
   p.set_requires_grad(true);
   const Tensor gr = Tensor::from_vector({0.5f, -1.0f}, {2});
   p.set_grad(gr);
-  auto one = single_process();
+  Communicator& one = single_process();
   GradientReducer reducer;
-  reducer.reduce(*one, {p}, 0);
+  reducer.reduce(one, {p}, 0);
   EXPECT_EQ(p.grad().to_vector(), (std::vector<float>{0.5f, -1.0f}));
-  EXPECT_TRUE(one->any(true, "x"));
-  EXPECT_FALSE(one->any(false, "x"));
+  EXPECT_TRUE(one.any(true, "x"));
+  EXPECT_FALSE(one.any(false, "x"));
 }
 
 TEST(Distributed, LauncherIsRecognisedFromItsEnvironment) {

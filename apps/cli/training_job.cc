@@ -26,7 +26,8 @@ extern "C" void on_sigterm_rank(int) {
   ::_exit(1);
 }
 
-std::unique_ptr<train::Communicator> job_communicator(double timeout_seconds) {
+// MPI's ranks when started by an MPI launcher (and built with MPI); null for one process.
+std::unique_ptr<train::Communicator> mpi_communicator(double timeout_seconds) {
   const int launched = train::launcher_world_size();
 #if STIPPLE_WITH_MPI
   if (launched > 0) return train::mpi_world(timeout_seconds);
@@ -39,7 +40,7 @@ std::unique_ptr<train::Communicator> job_communicator(double timeout_seconds) {
                 " separate copies into one folder; build with -DSTIPPLE_MPI=ON (Debian: "
                 "libopenmpi-dev) for data-parallel training");
 #endif
-  return train::single_process();
+  return nullptr;
 }
 
 // Cores this process may run on (its CPU affinity), 0 when unknown.
@@ -51,7 +52,9 @@ int bound_cores() {
 
 }  // namespace
 
-TrainingJob::TrainingJob(double timeout_seconds) : comm_(job_communicator(timeout_seconds)) {}
+TrainingJob::TrainingJob(double timeout_seconds)
+    : mpi_(mpi_communicator(timeout_seconds)),
+      comm_(mpi_ != nullptr ? mpi_.get() : &train::single_process()) {}
 
 int TrainingJob::run(const std::string& command, const std::string& resume_hint,
                      const std::function<int()>& fn) {

@@ -1,4 +1,4 @@
-// The processes of a training command (train, train-vae, train-classifier). Started by an MPI
+// The processes of a training command (train, train-vae, train-clip, train-classifier). Started by an MPI
 // launcher (`mpirun -np N stipple train ...`, stipple built with -DSTIPPLE_MPI=ON), each rank runs
 // the same command data-parallel (train/distributed.h); otherwise it is one process. Refuses to
 // run as several ranks without MPI: they would train separate copies into one folder.
@@ -39,7 +39,8 @@ class TrainingJob {
   }
 
  private:
-  std::unique_ptr<train::Communicator> comm_;
+  std::unique_ptr<train::Communicator> mpi_;  // null for one process
+  train::Communicator* comm_;
 };
 
 // Adds --dist-timeout to a training command's options.

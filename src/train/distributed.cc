@@ -44,7 +44,19 @@ bool Communicator::any(bool flag, const std::string& what) {
   return v > 0.5f;
 }
 
-std::unique_ptr<Communicator> single_process() { return std::make_unique<SingleProcess>(); }
+Communicator& single_process() {
+  static SingleProcess one;
+  return one;
+}
+
+void check_same_weights(Communicator& comm, const std::vector<Tensor>& params,
+                        const std::string& who, int64_t step) {
+  if (comm.size() == 1) return;
+  STIPPLE_CHECK_KIND(comm.all_equal(hash_tensors(params), str_cat("the weights check at step ", step)),
+                     kIo, who, ": the ranks' weights differ at step ", step,
+                     " (they must stay identical: a rank computed differently, e.g. other thread "
+                     "counts or CPU kernels); the checkpoints before this step are intact");
+}
 
 Tensor Shard::of(const Tensor& x) const {
   STIPPLE_CHECK(x.size(0) == batch, "a batch of ", x.size(0), " rows where ", batch,

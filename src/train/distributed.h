@@ -66,8 +66,14 @@ struct Shard {
 };
 Shard shard_of(int64_t batch, const Communicator& comm);
 
-// One process: collectives are no-ops, abort() exits with status 1.
-std::unique_ptr<Communicator> single_process();
+// One process: collectives are no-ops, abort() exits with status 1. Stateless: every caller
+// shares this one.
+Communicator& single_process();
+
+// Throws (kIo) when the ranks' weights differ, by a hash of `params` (one process: nothing to
+// compare). `who` and `step` name where, e.g. "train-vae" at step 250.
+void check_same_weights(Communicator& comm, const std::vector<Tensor>& params,
+                        const std::string& who, int64_t step);
 
 // When this process was started by an MPI launcher (mpirun, mpiexec, srun with PMI), the number
 // of ranks it announces; 0 otherwise. Reads OMPI_COMM_WORLD_SIZE, PMI_SIZE and PMIX_SIZE.

@@ -70,8 +70,7 @@ ClassifierTrainResult train_classifier(
     const std::function<void(const ClassifierProgress&)>& progress,
     const std::function<void(const std::string&)>& message, Communicator* comm_in) {
   config.validate();
-  const std::unique_ptr<Communicator> own = comm_in != nullptr ? nullptr : single_process();
-  Communicator& comm = comm_in != nullptr ? *comm_in : *own;
+  Communicator& comm = comm_in != nullptr ? *comm_in : single_process();
   const bool root = comm.is_root();  // rank 0 alone speaks, tests and writes
   auto say = [&](const std::string& s) {
     if (root && message) message(s);
@@ -163,8 +162,7 @@ ClassifierTrainResult train_classifier(
   r.steps = total;
   r.train_loss = static_cast<float>(epoch_loss / per_epoch);
   r.train_accuracy = static_cast<float>(epoch_right) / std::max<int64_t>(1, epoch_seen);
-  STIPPLE_CHECK_KIND(comm.size() == 1 || comm.all_equal(hash_tensors(params), "the weights check"),
-                     kIo, "train-classifier: the ranks' weights differ at the end");
+  check_same_weights(comm, params, "train-classifier", total);
   if (!root) return r;
 
   // 4. test

@@ -294,8 +294,7 @@ ClipMetrics train_clip(const ClipTrainConfig& config_in, bool resume,
                        const std::function<void(const ClipProgress&)>& progress,
                        const std::function<void(const std::string&)>& message,
                        const std::function<bool()>& should_stop, Communicator* comm_in) {
-  const std::unique_ptr<Communicator> own = comm_in != nullptr ? nullptr : single_process();
-  Communicator& comm = comm_in != nullptr ? *comm_in : *own;
+  Communicator& comm = comm_in != nullptr ? *comm_in : single_process();
   const bool root = comm.is_root();  // rank 0 alone speaks and writes
   auto say = [&](const std::string& s) {
     if (root && message) message(s);
@@ -405,9 +404,7 @@ ClipMetrics train_clip(const ClipTrainConfig& config_in, bool resume,
     save_model(config.out_dir + "/image_encoder", *vision_model, vc.to_json());
   };
   auto checkpoint = [&] {
-    STIPPLE_CHECK_KIND(comm.size() == 1 || comm.all_equal(hash_tensors(params),
-                                                          str_cat("the weights check at step ", step)),
-                       kIo, "train-clip: the ranks' weights differ at step ", step);
+    check_same_weights(comm, params, "train-clip", step);
     if (!root) return;
     write_models();
     RunState s;

@@ -243,8 +243,7 @@ VaeMetrics train_vae(const VaeTrainConfig& config_in, bool resume,
                      const std::function<void(const VaeProgress&)>& progress,
                      const std::function<void(const std::string&)>& message,
                      const std::function<bool()>& should_stop, Communicator* comm_in) {
-  const std::unique_ptr<Communicator> own = comm_in != nullptr ? nullptr : single_process();
-  Communicator& comm = comm_in != nullptr ? *comm_in : *own;
+  Communicator& comm = comm_in != nullptr ? *comm_in : single_process();
   const bool root = comm.is_root();  // rank 0 alone speaks and writes
   auto say = [&](const std::string& s) {
     if (root && message) message(s);
@@ -315,9 +314,7 @@ VaeMetrics train_vae(const VaeTrainConfig& config_in, bool resume,
            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   };
   auto checkpoint = [&] {
-    STIPPLE_CHECK_KIND(comm.size() == 1 || comm.all_equal(hash_tensors(params),
-                                                          str_cat("the weights check at step ", step)),
-                       kIo, "train-vae: the ranks' weights differ at step ", step);
+    check_same_weights(comm, params, "train-vae", step);
     if (!root) return;
     write_vae_folder(config.out_dir + "/vae", *vae, false);
     RunState s;

@@ -187,8 +187,7 @@ Trainer::Trainer(TrainConfig config, std::unique_ptr<Denoiser> model, Tensor ima
       model_(std::move(model)),
       class_names_(std::move(class_names)),
       num_classes_(static_cast<int64_t>(class_names_.size())),
-      own_comm_(single_process()),
-      comm_(own_comm_.get()),
+      comm_(&single_process()),
       gen_(config_.seed + 1) {
   config_.validate();
   STIPPLE_CHECK(model_ != nullptr, "Trainer: no model");
@@ -633,13 +632,7 @@ void Trainer::run(const TrainCallbacks& cb) {
     say("wrote samples " + path);
   };
   auto checkpoint = [&] {
-    // The ranks' weights must be identical (distributed.h); a cheap hash says whether they are.
-    STIPPLE_CHECK_KIND(
-        comm_->size() == 1 ||
-            comm_->all_equal(hash_tensors(params_), str_cat("the weights check at step ", step_)),
-        kIo, "the ranks' weights differ at step ", step_,
-        " (they must stay identical: a rank computed differently, e.g. other thread counts or "
-        "CPU kernels); the last checkpoint is ", config_.out_dir, "/latest");
+    check_same_weights(*comm_, params_, "train", step_);  // the ranks stay identical
     if (root) say("saved checkpoint " + checkpoint_now());
     last_checkpoint = step_;
   };

@@ -243,8 +243,7 @@ class Trainer {
   std::unique_ptr<AdamW> optimizer_;
   std::unique_ptr<Ema> ema_;
   std::unique_ptr<DataLoader> loader_;
-  std::unique_ptr<Communicator> own_comm_;  // the single process, unless set_communicator()
-  Communicator* comm_;
+  Communicator* comm_;  // the single process, unless set_communicator()
   GradientReducer reducer_;
   Generator gen_;
   std::vector<float> alphas_cumprod_;

@@ -126,8 +126,7 @@ bool vae_matches(Communicator& comm, const std::string& work) {
   };
   const std::string two = run(comm, work + "/vae2");
   if (!comm.is_root()) return true;
-  auto one = single_process();
-  const std::string single = run(*one, work + "/vae1");
+  const std::string single = run(single_process(), work + "/vae1");
   const double d = max_diff(io::load_safetensors(two), io::load_safetensors(single));
   std::printf("train-vae, 2 ranks vs 1 process, 3 steps: max |dw| = %.3g (tolerance %.0e)\n", d,
               kTolerance);
@@ -166,8 +165,7 @@ bool clip_matches(Communicator& comm, const std::string& work) {
   };
   const auto two = run(comm, work + "/clip2");
   if (!comm.is_root()) return true;
-  auto one = single_process();
-  const double d = max_diff(two, run(*one, work + "/clip1"));
+  const double d = max_diff(two, run(single_process(), work + "/clip1"));
   std::printf("train-clip, 2 ranks vs 1 process, 3 steps: max |dw| = %.3g (tolerance %.0e)\n", d,
               kTolerance);
   return d <= kTolerance;
@@ -187,9 +185,8 @@ bool classifier_matches(Communicator& comm, const std::string& work) {
   c.out_dir = work + "/classifier2";
   const ClassifierTrainResult two = train_classifier(c, {}, {}, &comm);
   if (!comm.is_root()) return true;
-  auto one = single_process();
   c.out_dir = work + "/classifier1";
-  const ClassifierTrainResult single = train_classifier(c, {}, {}, one.get());
+  const ClassifierTrainResult single = train_classifier(c, {}, {}, &single_process());
   const double d = max_diff(two.model->state_dict(), single.model->state_dict());
   std::printf("train-classifier, 2 ranks vs 1 process, 4 steps: max |dw| = %.3g (tolerance %.0e)\n",
               d, kClassifierTolerance);
@@ -217,9 +214,9 @@ int main(int argc, char** argv) {
     const bool same_on_ranks = comm->all_equal(hash_tensors(d), "the weights comparison");
     const auto d2 = train_run(tiny_config(work + "/d2"), *comm, work + "/d/checkpoint-10");
     if (comm->is_root()) {
-      auto one = single_process();
-      const auto s = train_run(tiny_config(work + "/s"), *one, "");
-      const auto s2 = train_run(tiny_config(work + "/s2"), *one, work + "/d/checkpoint-10");
+      const auto s = train_run(tiny_config(work + "/s"), single_process(), "");
+      const auto s2 =
+          train_run(tiny_config(work + "/s2"), single_process(), work + "/d/checkpoint-10");
       const double ds = max_diff(d, s), dd2 = max_diff(d, d2), ss2 = max_diff(s, s2);
       std::printf("weights identical on both ranks: %s\n", same_on_ranks ? "yes" : "NO");
       std::printf("2 ranks vs 1 process, 20 steps: max |dw| = %.3g (tolerance %.0e)\n", ds,
