@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "stipple/error.h"
+#include "stipple/prompt_syntax.h"
 
 namespace stipple {
 
@@ -45,13 +46,6 @@ struct Image {
 
 enum class Task { kTextToImage, kImageToImage, kInpaint, kClassToImage };
 const char* to_string(Task task);  // "txt2img", "img2img", "inpaint", "class2img"
-
-// How a Stable Diffusion model reads a prompt.
-enum class PromptSyntax {
-  kPlain,  // plain text cut at 77 tokens, as diffusers reads it
-  kA1111,  // the web UI's: (word:1.2), [word] and BREAK, and past 75 tokens in chunks of 75
-  kA1111NoEmphasis,  // the web UI with emphasis "None": brackets are text; still in chunks
-};
 
 // What one generation asks for. Fields left at their defaults take the model's defaults.
 struct GenerateRequest {

@@ -196,10 +196,7 @@ Job resolve(const GenerateRequest& r, const ModelDescription& d, std::vector<std
   STIPPLE_CHECK(r.clip_skip >= 1 && r.clip_skip <= 24, "clip_skip must be in [1, 24], got ",
                 r.clip_skip);
   job.clip_skip = r.clip_skip;
-  job.prompt_syntax = r.prompt_syntax == PromptSyntax::kA1111 ? pipelines::PromptSyntax::kA1111
-                      : r.prompt_syntax == PromptSyntax::kA1111NoEmphasis
-                          ? pipelines::PromptSyntax::kA1111NoEmphasis
-                          : pipelines::PromptSyntax::kPlain;
+  job.prompt_syntax = r.prompt_syntax;
   if (r.clip_skip != 1 && d.family.rfind("SD", 0) != 0)
     notes.push_back("clip_skip: only Stable Diffusion models use it; it was not used");
   if (r.prompt_syntax != PromptSyntax::kPlain && d.family.rfind("SD", 0) != 0 &&

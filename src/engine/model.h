@@ -17,7 +17,6 @@
 
 #include "core/tensor.h"
 #include "pipelines/pipeline_util.h"
-#include "pipelines/prompt_weighting.h"
 #include "stipple/stipple.h"
 
 namespace stipple {
@@ -36,7 +35,7 @@ struct Job {
   int width = 0, height = 0;  // 0: the model's own
   int batch_size = 1;
   int clip_skip = 1;
-  pipelines::PromptSyntax prompt_syntax = pipelines::PromptSyntax::kPlain;
+  PromptSyntax prompt_syntax = PromptSyntax::kPlain;
   Tensor init_image;  // [1, 3, H, W] in [0, 1] (img2img, inpaint)
   Tensor mask;        // [1, 1, H, W] in [0, 1] (inpaint)
   double strength = 1.0;

@@ -22,12 +22,12 @@
 
 #include "core/tensor.h"
 #include "models/clip_text.h"
+#include "stipple/prompt_syntax.h"
 #include "text/clip_tokenizer.h"
 
 namespace stipple::pipelines {
 
-// How a prompt is read (stipple::PromptSyntax in the public API).
-enum class PromptSyntax { kPlain, kA1111, kA1111NoEmphasis };
+using stipple::PromptSyntax;  // how a prompt is read: one enum with the public API
 
 struct TokenChunk {
   std::vector<int64_t> ids;        // 77: bos, tokens, eos, padding
