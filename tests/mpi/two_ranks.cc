@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -105,7 +106,23 @@ double max_diff(const std::map<std::string, Tensor>& a, const std::map<std::stri
   return max_diff(x, y);
 }
 
-// The emoji AutoencoderKL: 3 steps, 2 ranks vs rank 0 alone. Returns false on a mismatch.
+using Weights = std::map<std::string, Tensor>;
+
+// Trains with `train(on, out)` on both ranks (into WORK/<name>2) and again on rank 0 alone
+// (WORK/<name>1), and compares the weights each run returns on rank 0 (the other ranks return
+// none). Returns false on a mismatch.
+bool two_ranks_match(Communicator& comm, const std::string& work, const std::string& name,
+                     int steps, double tolerance,
+                     const std::function<Weights(Communicator&, const std::string&)>& train) {
+  const Weights two = train(comm, work + "/" + name + "2");
+  if (!comm.is_root()) return true;
+  const double d = max_diff(two, train(single_process(), work + "/" + name + "1"));
+  std::printf("%s, 2 ranks vs 1 process, %d steps: max |dw| = %.3g (tolerance %.0e)\n",
+              name.c_str(), steps, d, tolerance);
+  return d <= tolerance;
+}
+
+// The emoji AutoencoderKL: 3 steps.
 bool vae_matches(Communicator& comm, const std::string& work) {
   if (!fs::exists(EmojiData::default_dir())) {
     if (comm.is_root()) std::printf("train-vae: skipped (no emoji data)\n");
@@ -119,22 +136,18 @@ bool vae_matches(Communicator& comm, const std::string& work) {
   c.steps = 3;
   c.checkpoint_every = 3;
   c.warmup = 1;
-  auto run = [&](Communicator& on, const std::string& out) {
-    c.out_dir = out;
-    train_vae(c, false, {}, {}, {}, &on);
-    return out + "/vae/diffusion_pytorch_model.safetensors";
-  };
-  const std::string two = run(comm, work + "/vae2");
-  if (!comm.is_root()) return true;
-  const std::string single = run(single_process(), work + "/vae1");
-  const double d = max_diff(io::load_safetensors(two), io::load_safetensors(single));
-  std::printf("train-vae, 2 ranks vs 1 process, 3 steps: max |dw| = %.3g (tolerance %.0e)\n", d,
-              kTolerance);
-  return d <= kTolerance;
+  return two_ranks_match(comm, work, "train-vae", 3, kTolerance,
+                         [&](Communicator& on, const std::string& out) {
+                           c.out_dir = out;
+                           train_vae(c, false, {}, {}, {}, &on);
+                           if (!on.is_root()) return Weights{};  // rank 0 alone writes
+                           return io::load_safetensors(out +
+                                                       "/vae/diffusion_pytorch_model.safetensors");
+                         });
 }
 
-// The emoji CLIP (both towers and the temperature): 3 steps, 2 ranks vs rank 0 alone. Every rank
-// computes the whole batch's contrastive loss from gathered embeddings.
+// The emoji CLIP (both towers): 3 steps. Every rank computes the whole batch's contrastive loss
+// from gathered embeddings.
 bool clip_matches(Communicator& comm, const std::string& work) {
   const std::string tokenizer = std::string(STIPPLE_SHARED_DIR) + "/clip-tokenizer";
   if (!fs::exists(EmojiData::default_dir()) || !fs::exists(tokenizer + "/vocab.json")) {
@@ -153,25 +166,20 @@ bool clip_matches(Communicator& comm, const std::string& work) {
   c.steps = 3;
   c.warmup = 1;
   c.checkpoint_every = 3;
-  auto run = [&](Communicator& on, const std::string& out) {
-    c.out_dir = out;
-    train_clip(c, false, {}, {}, {}, &on);
-    if (!on.is_root()) return std::map<std::string, Tensor>{};  // rank 0 alone writes
-    std::map<std::string, Tensor> w =
-        io::load_safetensors(out + "/text_encoder/model.safetensors");
-    for (auto& [k, v] : io::load_safetensors(out + "/image_encoder/model.safetensors"))
-      w["vision." + k] = v;
-    return w;
-  };
-  const auto two = run(comm, work + "/clip2");
-  if (!comm.is_root()) return true;
-  const double d = max_diff(two, run(single_process(), work + "/clip1"));
-  std::printf("train-clip, 2 ranks vs 1 process, 3 steps: max |dw| = %.3g (tolerance %.0e)\n", d,
-              kTolerance);
-  return d <= kTolerance;
+  return two_ranks_match(comm, work, "train-clip", 3, kTolerance,
+                         [&](Communicator& on, const std::string& out) {
+                           c.out_dir = out;
+                           train_clip(c, false, {}, {}, {}, &on);
+                           if (!on.is_root()) return Weights{};  // rank 0 alone writes
+                           Weights w = io::load_safetensors(out + "/text_encoder/model.safetensors");
+                           for (auto& [k, v] :
+                                io::load_safetensors(out + "/image_encoder/model.safetensors"))
+                             w["vision." + k] = v;
+                           return w;
+                         });
 }
 
-// The Fashion-MNIST classifier: 4 steps, 2 ranks vs rank 0 alone.
+// The Fashion-MNIST classifier: 4 steps.
 bool classifier_matches(Communicator& comm, const std::string& work) {
   ClassifierTrainConfig c;
   if (!fs::exists(c.data_dir + "/train-images-idx3-ubyte.gz")) {
@@ -182,15 +190,12 @@ bool classifier_matches(Communicator& comm, const std::string& work) {
   c.batch_size = 16;
   c.limit_images = 64;
   c.warmup = 1;
-  c.out_dir = work + "/classifier2";
-  const ClassifierTrainResult two = train_classifier(c, {}, {}, &comm);
-  if (!comm.is_root()) return true;
-  c.out_dir = work + "/classifier1";
-  const ClassifierTrainResult single = train_classifier(c, {}, {}, &single_process());
-  const double d = max_diff(two.model->state_dict(), single.model->state_dict());
-  std::printf("train-classifier, 2 ranks vs 1 process, 4 steps: max |dw| = %.3g (tolerance %.0e)\n",
-              d, kClassifierTolerance);
-  return d <= kClassifierTolerance;
+  return two_ranks_match(comm, work, "train-classifier", 4, kClassifierTolerance,
+                         [&](Communicator& on, const std::string& out) {
+                           c.out_dir = out;
+                           const ClassifierTrainResult r = train_classifier(c, {}, {}, &on);
+                           return on.is_root() ? r.model->state_dict() : Weights{};
+                         });
 }
 
 }  // namespace
