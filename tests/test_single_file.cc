@@ -294,7 +294,7 @@ TEST_F(SingleFileTest, MissingPartsAndUnknownFilesAreNamed) {
   const std::string xl = write("sdxl.safetensors", sdxl);
   try {
     io::load_single_file(xl, tiny_options());
-    FAIL() << "an SDXL file loaded";
+    FAIL() << "an SD 1.x UNet with SDXL text encoders (no label_emb) loaded";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("SDXL"), std::string::npos) << e.what();
   }

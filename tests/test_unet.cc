@@ -163,9 +163,11 @@ TEST(UNetConfig, UnsupportedValuesNameKeyAndValue) {
   e = err("class_embed_type", "timestep");
   EXPECT_NE(e.find("class_embed_type"), std::string::npos) << e;
   EXPECT_NE(e.find("timestep"), std::string::npos) << e;
-  e = err("addition_embed_type", "text_time");
+  e = err("addition_embed_type", "text_image");  // Kandinsky's; SDXL's text_time is supported
   EXPECT_NE(e.find("addition_embed_type"), std::string::npos) << e;
-  EXPECT_NE(e.find("text_time"), std::string::npos) << e;
+  EXPECT_NE(e.find("text_image"), std::string::npos) << e;
+  e = err("addition_embed_type", "text_time");  // without its widths
+  EXPECT_NE(e.find("addition_time_embed_dim"), std::string::npos) << e;
   e = err("time_embedding_type", "fourier");
   EXPECT_NE(e.find("fourier"), std::string::npos) << e;
   e = err("act_fn", "tanhshrink");

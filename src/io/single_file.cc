@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <functional>
 #include <set>
 #include <utility>
 
@@ -21,6 +22,10 @@ const std::string kUNetPrefix = "model.diffusion_model.";
 const std::string kVAEPrefix = "first_stage_model.";
 const std::string kClipPrefix = "cond_stage_model.transformer.text_model.";
 const std::string kOpenClipPrefix = "cond_stage_model.model.";
+// SDXL (SGM): CLIP ViT-L and OpenCLIP bigG in the base, bigG alone in the refiner.
+const std::string kXLClipPrefix = "conditioner.embedders.0.transformer.text_model.";
+const std::string kXLBigGPrefix = "conditioner.embedders.1.model.";
+const std::string kXLRefinerBigGPrefix = "conditioner.embedders.0.model.";
 
 bool starts_with(const std::string& s, const std::string& p) { return s.rfind(p, 0) == 0; }
 
@@ -112,11 +117,17 @@ std::string describe_found(const SafetensorsFile& file) {
 
 // Keys inside a component's prefix that no model holds (ignored on load, counted as "other").
 bool is_ignored_key(const std::string& name) {
-  return starts_with(name, kVAEPrefix + "loss.") ||
-         name == "cond_stage_model.transformer.text_model.embeddings.position_ids" ||
-         name == "cond_stage_model.transformer.embeddings.position_ids" ||
-         name == kOpenClipPrefix + "logit_scale" || name == kOpenClipPrefix + "text_projection" ||
-         name == kOpenClipPrefix + "attn_mask";
+  if (starts_with(name, kVAEPrefix + "loss.") ||
+      name == "cond_stage_model.transformer.text_model.embeddings.position_ids" ||
+      name == "cond_stage_model.transformer.embeddings.position_ids" ||
+      name == kXLClipPrefix + "embeddings.position_ids" ||
+      name == kOpenClipPrefix + "text_projection") {
+    return true;
+  }
+  for (const std::string* p : {&kOpenClipPrefix, &kXLBigGPrefix, &kXLRefinerBigGPrefix}) {
+    if (name == *p + "logit_scale" || name == *p + "attn_mask") return true;
+  }
+  return false;
 }
 
 // Older SD 1.x files name the CLIP tower without "text_model." (transformers < 4.17).
@@ -132,10 +143,20 @@ std::string component_of(const std::string& canonical) {
   if (is_ignored_key(canonical)) return "other";
   if (starts_with(canonical, kUNetPrefix)) return "unet";
   if (starts_with(canonical, kVAEPrefix)) return "vae";
-  if (starts_with(canonical, kClipPrefix) || starts_with(canonical, kOpenClipPrefix)) {
+  if (starts_with(canonical, kClipPrefix) || starts_with(canonical, kOpenClipPrefix) ||
+      starts_with(canonical, kXLClipPrefix)) {
     return "text_encoder";
   }
+  if (starts_with(canonical, kXLBigGPrefix) || starts_with(canonical, kXLRefinerBigGPrefix)) {
+    return "text_encoder_2";
+  }
   return "other";
+}
+
+// SDXL files name their parts conditioner.embedders.*.
+bool is_xl_file(const std::map<std::string, std::string>& canon) {
+  return std::any_of(canon.begin(), canon.end(),
+                     [](const auto& kv) { return starts_with(kv.first, "conditioner."); });
 }
 
 // Canonical name -> entry, over the whole file.
@@ -175,12 +196,17 @@ class Header {
 // SD 2.x UNets project with Linear layers and cross-attend to OpenCLIP's 1024-wide context.
 bool sd2_like(bool linear_proj, int64_t cross_dim) { return linear_proj || cross_dim == 1024; }
 
-nlohmann::json detect_unet(const Header& h, const SingleFileOptions& opt, std::string* family) {
+nlohmann::json detect_unet(const Header& h, const SingleFileOptions& opt, bool xl,
+                           std::string* family) {
   const std::string& P = kUNetPrefix;
   const std::string where = h.file().path();
-  STIPPLE_CHECK(!h.has(P + "label_emb.0.0.weight"), where,
+  STIPPLE_CHECK(xl || !h.has(P + "label_emb.0.0.weight"), where,
                 ": the UNet has a class embedding (label_emb: the SD x4 upscaler or a "
                 "class-conditioned model), which single-file loading does not support");
+  STIPPLE_CHECK(!xl || (h.has(P + "label_emb.0.0.weight") && h.has(P + "label_emb.0.2.weight")),
+                where,
+                ": an SDXL file (conditioner.embedders.*) whose UNet lacks label_emb.0.0 / "
+                "label_emb.0.2 (the added size and text embedding)");
   STIPPLE_CHECK(h.has(P + "input_blocks.0.0.weight") && h.has(P + "out.2.weight") &&
                     h.has(P + "time_embed.0.weight"),
                 where,
@@ -254,6 +280,11 @@ nlohmann::json detect_unet(const Header& h, const SingleFileOptions& opt, std::s
   }
   const bool same_layers =
       std::all_of(layers.begin(), layers.end(), [&](int64_t v) { return v == layers[0]; });
+  // Levels without attention take the mid block's depth: diffusers gives the mid block
+  // transformer_layers_per_block[-1] (the SDXL refiner's last level has no attention).
+  const int64_t mid_depth = h.count(P + "middle_block.1.transformer_blocks.", ".norm1.weight");
+  for (size_t b = 0; b < n; ++b)
+    if (!attn[b]) tl[b] = std::max<int64_t>(mid_depth, 1);
   const bool same_depth =
       std::all_of(tl.begin(), tl.end(), [&](const nlohmann::json& v) { return v == tl[0]; });
 
@@ -278,6 +309,15 @@ nlohmann::json detect_unet(const Header& h, const SingleFileOptions& opt, std::s
   const int64_t temb = h.dim(P + "time_embed.0.weight", 0);
   if (temb != 4 * c0) j["time_embedding_dim"] = temb;
 
+  if (xl) {
+    j["addition_embed_type"] = "text_time";
+    j["addition_time_embed_dim"] = opt.addition_time_embed_dim;
+    j["projection_class_embeddings_input_dim"] = h.dim(P + "label_emb.0.0.weight", 1);
+    j["sample_size"] = 128;
+    *family = h.has(kXLRefinerBigGPrefix + "token_embedding.weight") ? "SDXL refiner" : "SDXL";
+    if (in_channels != 4) *family += str_cat(" (", in_channels, "-channel input)");
+    return j;
+  }
   const bool sd2 = sd2_like(linear_proj, cross_dim);
   *family = sd2 ? "SD 2.x" : "SD 1.x";
   if (in_channels == 9)
@@ -287,7 +327,7 @@ nlohmann::json detect_unet(const Header& h, const SingleFileOptions& opt, std::s
   return j;
 }
 
-nlohmann::json detect_vae(const Header& h, const SingleFileOptions& opt) {
+nlohmann::json detect_vae(const Header& h, const SingleFileOptions& opt, bool xl) {
   const std::string& V = kVAEPrefix;
   const std::string where = h.file().path();
   STIPPLE_CHECK(h.has(V + "encoder.conv_in.weight") && h.has(V + "decoder.conv_in.weight") &&
@@ -323,21 +363,26 @@ nlohmann::json detect_vae(const Header& h, const SingleFileOptions& opt) {
   j["latent_channels"] = h.dim(V + "decoder.conv_in.weight", 1);
   j["norm_num_groups"] = opt.norm_num_groups;
   j["sample_size"] = 512;
-  j["scaling_factor"] = 0.18215;
+  j["scaling_factor"] = xl ? 0.13025 : 0.18215;
+  if (xl) j["force_upcast"] = true;
   j["use_quant_conv"] = h.has(V + "quant_conv.weight");
   j["use_post_quant_conv"] = h.has(V + "post_quant_conv.weight");
   j["mid_block_add_attention"] = h.has(V + "encoder.mid.attn_1.q.weight");
   return j;
 }
 
-nlohmann::json detect_text(const Header& h, const SingleFileOptions& opt, std::string* kind) {
+// A text encoder under `clip` (transformers names) or `open_clip` (OpenCLIP names). SD 2.x drops
+// OpenCLIP's last layer (`drop_last`); SDXL keeps every layer and bigG's projection.
+nlohmann::json detect_text(const Header& h, const SingleFileOptions& opt, std::string* kind,
+                           const std::string& clip = kClipPrefix,
+                           const std::string& open_clip = kOpenClipPrefix, bool drop_last = true) {
   const std::string where = h.file().path();
   nlohmann::json j;
   j["architectures"] = {"CLIPTextModel"};
   j["model_type"] = "clip_text_model";
   int64_t hidden = 0;
-  if (h.has(kClipPrefix + "embeddings.token_embedding.weight")) {
-    const std::string& T = kClipPrefix;
+  if (h.has(clip + "embeddings.token_embedding.weight")) {
+    const std::string& T = clip;
     *kind = "CLIP";
     const Shape& tok = h.shape(T + "embeddings.token_embedding.weight");
     hidden = tok.at(1);
@@ -349,8 +394,8 @@ nlohmann::json detect_text(const Header& h, const SingleFileOptions& opt, std::s
     j["intermediate_size"] = h.dim(T + "encoder.layers.0.mlp.fc1.weight", 0);
     j["hidden_act"] = "quick_gelu";
     j["projection_dim"] = 768;
-  } else if (h.has(kOpenClipPrefix + "token_embedding.weight")) {
-    const std::string& O = kOpenClipPrefix;
+  } else if (h.has(open_clip + "token_embedding.weight")) {
+    const std::string& O = open_clip;
     *kind = "OpenCLIP";
     const Shape& tok = h.shape(O + "token_embedding.weight");
     hidden = tok.at(1);
@@ -358,16 +403,24 @@ nlohmann::json detect_text(const Header& h, const SingleFileOptions& opt, std::s
     j["max_position_embeddings"] = h.dim(O + "positional_embedding", 0);
     const int64_t layers = h.count(O + "transformer.resblocks.", ".ln_1.weight");
     STIPPLE_CHECK(layers > 1, where, ": the OpenCLIP text encoder has ", layers,
-                  " resblocks; SD 2.x uses the penultimate one, so at least 2 are needed");
-    j["num_hidden_layers"] = layers - 1;  // SD 2.x: penultimate layer, then ln_final
+                  " resblocks; SD uses the penultimate one, so at least 2 are needed");
+    // SD 2.x: the penultimate layer, then ln_final; SDXL takes the penultimate layer's states
+    // from the whole model.
+    j["num_hidden_layers"] = drop_last ? layers - 1 : layers;
     j["intermediate_size"] = h.dim(O + "transformer.resblocks.0.mlp.c_fc.weight", 0);
     j["hidden_act"] = "gelu";
     j["projection_dim"] = 512;
+    if (!drop_last) {
+      STIPPLE_CHECK(h.has(O + "text_projection") && h.shape(O + "text_projection").size() == 2 &&
+                        h.dim(O + "text_projection", 0) == tok.at(1),
+                    where, ": SDXL's OpenCLIP text encoder needs ", O, "text_projection [",
+                    tok.at(1), ", P] (its pooled embedding)");
+      j["architectures"] = {"CLIPTextModelWithProjection"};
+      j["projection_dim"] = h.dim(O + "text_projection", 1);
+    }
   } else {
-    throw Error(str_cat(where,
-                        ": cond_stage_model.* holds neither a CLIP text model "
-                        "(cond_stage_model.transformer.text_model.*) nor an OpenCLIP one "
-                        "(cond_stage_model.model.token_embedding); ",
+    throw Error(str_cat(where, ": the text encoder is neither a CLIP text model (", clip,
+                        "*) nor an OpenCLIP one (", open_clip, "token_embedding); ",
                         describe_found(h.file())));
   }
   const int64_t heads =
@@ -399,12 +452,14 @@ nlohmann::json sd_scheduler_json(const std::string& prediction_type) {
   return j;
 }
 
-// OpenCLIP (SD 2.x) -> transformers CLIP names; in_proj is split into q, k, v.
+// OpenCLIP (SD 2.x under `O` = cond_stage_model.model., SDXL's bigG) -> transformers CLIP names;
+// in_proj is split into q, k, v. Layers past the config's count are dropped (SD 2.x); with
+// `projection`, text_projection [D, P] (x @ P) becomes the Linear weight [P, D].
 std::map<std::string, Tensor> convert_open_clip(const SafetensorsFile& file,
-                                                const SingleFileInfo& info) {
-  const std::string& O = kOpenClipPrefix;
-  const int64_t layers = info.text_config.num_hidden_layers;
-  const int64_t d = info.text_config.hidden_size;
+                                                const models::CLIPTextConfig& config,
+                                                const std::string& O, bool projection) {
+  const int64_t layers = config.num_hidden_layers;
+  const int64_t d = config.hidden_size;
   std::map<std::string, Tensor> out;
   std::vector<std::string> unmapped;
   static const std::vector<std::pair<std::string, std::string>> kLayer = {
@@ -422,6 +477,8 @@ std::map<std::string, Tensor> convert_open_clip(const SafetensorsFile& file,
       out["text_model.embeddings.position_embedding.weight"] = file.tensor(name);
     } else if (starts_with(rest, "ln_final.")) {
       out["text_model.final_layer_norm." + rest.substr(9)] = file.tensor(name);
+    } else if (rest == "text_projection" && projection) {
+      out["text_projection.weight"] = file.tensor(name).transpose(0, 1).contiguous();
     } else if (starts_with(rest, "transformer.resblocks.")) {
       const std::string r = rest.substr(22);
       const size_t dot = r.find('.');
@@ -466,6 +523,8 @@ std::string component_prefix(SingleFileComponent c) {
       return kVAEPrefix;
     case SingleFileComponent::kTextEncoder:
       return "cond_stage_model.";
+    case SingleFileComponent::kTextEncoder2:
+      return "conditioner.";
   }
   return "";
 }
@@ -480,6 +539,8 @@ const char* component_name(SingleFileComponent c) {
       return "vae";
     case SingleFileComponent::kTextEncoder:
       return "text_encoder";
+    case SingleFileComponent::kTextEncoder2:
+      return "text_encoder_2";
   }
   return "?";
 }
@@ -497,6 +558,10 @@ std::vector<KeyRule> single_file_key_table(const UNet2DConditionConfig* unet,
     const size_t n = unet->block_out_channels.size();
     add("time_embed.0", "time_embedding.linear_1");
     add("time_embed.2", "time_embedding.linear_2");
+    if (unet->addition_embed_type == "text_time") {
+      add("label_emb.0.0", "add_embedding.linear_1");
+      add("label_emb.0.2", "add_embedding.linear_2");
+    }
     add("input_blocks.0.0", "conv_in");
     int64_t i = 1;
     for (size_t b = 0; b < n; ++b) {
@@ -606,15 +671,7 @@ SingleFileInfo inspect_single_file(const SafetensorsFile& file, const SingleFile
   const Header h(file);
   SingleFileInfo info;
   info.path = file.path();
-  STIPPLE_CHECK(
-      !h.has("conditioner.embedders.0.transformer.text_model.embeddings."
-             "token_embedding.weight") &&
-          std::none_of(h.canon().begin(), h.canon().end(),
-                       [](const auto& kv) { return starts_with(kv.first, "conditioner."); }),
-      file.path(),
-      ": an SDXL checkpoint (conditioner.embedders.*), which stipple does not "
-      "load yet; ",
-      describe_found(file));
+  info.xl = is_xl_file(h.canon());
   for (const auto& [canon, name] : h.canon()) {
     const std::string c = component_of(canon);
     const SafetensorsEntry& e = file.entry(name);
@@ -625,34 +682,71 @@ SingleFileInfo inspect_single_file(const SafetensorsFile& file, const SingleFile
   info.has_unet = info.num_tensors.count("unet") > 0;
   info.has_vae = info.num_tensors.count("vae") > 0;
   info.has_text_encoder = info.num_tensors.count("text_encoder") > 0;
+  info.has_text_encoder_2 = info.num_tensors.count("text_encoder_2") > 0;
   STIPPLE_CHECK(info.has_unet, file.path(),
                 ": not a Stable Diffusion single-file checkpoint (no UNet under "
                 "model.diffusion_model.*); ",
                 describe_found(file),
-                ". stipple reads SD 1.x/2.x single files and diffusers folders.");
+                ". stipple reads SD 1.x/2.x/XL single files and diffusers folders.");
   STIPPLE_CHECK(opt.prediction_type == "epsilon" || opt.prediction_type == "v_prediction" ||
                     opt.prediction_type == "sample",
                 "prediction type must be epsilon, v_prediction or sample, got \"",
                 opt.prediction_type, "\"");
   info.prediction_type = opt.prediction_type;
-  info.unet_json = detect_unet(h, opt, &info.family);
+  // Each config: read from config_dir when given (diffusers' from_single_file(config=...)),
+  // else detected from the names and shapes.
+  const std::filesystem::path cfg_dir(opt.config_dir);
+  auto config = [&](const char* component, const std::function<nlohmann::json()>& detect) {
+    if (opt.config_dir.empty()) return detect();
+    const std::filesystem::path f = cfg_dir / component / "config.json";
+    STIPPLE_CHECK(std::filesystem::exists(f), "the config folder ", opt.config_dir, " has no ",
+                  component, "/config.json, which ", file.path(), " needs");
+    return JsonConfig::from_file(f.string()).raw();
+  };
+  info.unet_json = config("unet", [&] { return detect_unet(h, opt, info.xl, &info.family); });
+  if (info.family.empty())  // configs from config_dir: name the family by the weights
+    info.family = info.xl ? (info.has_text_encoder ? "SDXL" : "SDXL refiner") : "SD";
   info.unet_config = UNet2DConditionConfig::from_json(
-      JsonConfig(info.unet_json, file.path() + " (detected UNet config)"));
+      JsonConfig(info.unet_json, file.path() + " (UNet config)"));
   if (info.has_vae) {
-    info.vae_json = detect_vae(h, opt);
+    info.vae_json = config("vae", [&] { return detect_vae(h, opt, info.xl); });
     info.vae_config = AutoencoderKLConfig::from_json(
-        JsonConfig(info.vae_json, file.path() + " (detected VAE config)"));
+        JsonConfig(info.vae_json, file.path() + " (VAE config)"));
   }
+  const std::string& clip = info.xl ? kXLClipPrefix : kClipPrefix;
   if (info.has_text_encoder) {
-    info.text_encoder_json = detect_text(h, opt, &info.text_encoder_kind);
+    info.text_encoder_json = config("text_encoder", [&] {
+      return detect_text(h, opt, &info.text_encoder_kind, clip, kOpenClipPrefix, true);
+    });
+    if (info.text_encoder_kind.empty())
+      info.text_encoder_kind = h.has(clip + "embeddings.token_embedding.weight") ? "CLIP"
+                                                                                  : "OpenCLIP";
     info.text_config = models::CLIPTextConfig::from_json(
-        JsonConfig(info.text_encoder_json, file.path() + " (detected text encoder config)"));
-    const int64_t cross = info.unet_config.cross_attention_dim.at(0);
-    STIPPLE_CHECK(info.text_config.hidden_size == cross, file.path(), ": the text encoder is ",
-                  info.text_config.hidden_size, " wide but the UNet cross-attends to ", cross,
-                  "-wide context; the parts do not belong together");
+        JsonConfig(info.text_encoder_json, file.path() + " (text encoder config)"));
   }
+  if (info.has_text_encoder_2) {
+    const std::string& big_g = info.has_text_encoder ? kXLBigGPrefix : kXLRefinerBigGPrefix;
+    info.text_encoder_2_json = config("text_encoder_2", [&] {
+      std::string kind;
+      return detect_text(h, opt, &kind, "(none)", big_g, /*drop_last=*/false);
+    });
+    info.text_config_2 = models::CLIPTextConfig::from_json(
+        JsonConfig(info.text_encoder_2_json, file.path() + " (text encoder 2 config)"));
+  }
+  const int64_t cross = info.unet_config.cross_attention_dim.at(0);
+  const int64_t width = (info.has_text_encoder ? info.text_config.hidden_size : 0) +
+                        (info.has_text_encoder_2 ? info.text_config_2.hidden_size : 0);
+  STIPPLE_CHECK(!(info.has_text_encoder || info.has_text_encoder_2) || width == cross,
+                file.path(), ": the text encoder", info.has_text_encoder_2 ? "s give " : " gives ",
+                width, "-wide states but the UNet cross-attends to ", cross,
+                "-wide context; the parts do not belong together");
   info.scheduler_json = sd_scheduler_json(opt.prediction_type);
+  if (info.xl) {
+    // What SDXL base and refiner ship: Euler with SD's betas.
+    info.scheduler_json["_class_name"] = "EulerDiscreteScheduler";
+    info.scheduler_json["interpolation_type"] = "linear";
+    info.scheduler_json["use_karras_sigmas"] = false;
+  }
   return info;
 }
 
@@ -662,8 +756,23 @@ std::map<std::string, Tensor> convert_single_file_component(const SafetensorsFil
                                                             const SingleFileInfo& info,
                                                             SingleFileComponent component) {
   const std::string prefix = component_prefix(component);
+  if (component == SingleFileComponent::kTextEncoder2) {
+    return convert_open_clip(file, info.text_config_2,
+                             info.has_text_encoder ? kXLBigGPrefix : kXLRefinerBigGPrefix,
+                             /*projection=*/true);
+  }
   if (component == SingleFileComponent::kTextEncoder && info.text_encoder_kind == "OpenCLIP") {
-    return convert_open_clip(file, info);
+    return convert_open_clip(file, info.text_config, kOpenClipPrefix, /*projection=*/false);
+  }
+  if (component == SingleFileComponent::kTextEncoder && info.xl) {
+    // SDXL's CLIP ViT-L: transformers names under conditioner.embedders.0.transformer.
+    std::map<std::string, Tensor> out;
+    const std::string from = kXLClipPrefix.substr(0, kXLClipPrefix.size() - 11);  // ...transformer.
+    for (const auto& [name, e] : file.entries()) {
+      if (!starts_with(name, from) || is_ignored_key(name)) continue;
+      out[name.substr(from.size())] = file.tensor(name);
+    }
+    return out;
   }
   const std::vector<KeyRule> table =
       single_file_key_table(component == SingleFileComponent::kUNet ? &info.unet_config : nullptr,
@@ -741,8 +850,8 @@ SingleFileModels load_single_file(const std::string& path, const SingleFileOptio
   };
   STIPPLE_CHECK(!vae || m.info.has_vae, missing("VAE", "first_stage_model."),
                 ". Use a file that includes the VAE, or a diffusers folder.");
-  STIPPLE_CHECK(!text_encoder || m.info.has_text_encoder,
-                missing("text encoder", "cond_stage_model."),
+  STIPPLE_CHECK(!text_encoder || m.info.has_text_encoder || m.info.has_text_encoder_2,
+                missing("text encoder", m.info.xl ? "conditioner.embedders." : "cond_stage_model."),
                 ". Use a file that includes the text encoder, or a diffusers folder.");
   if (unet) {
     m.unet = std::make_shared<models::UNet2DConditionModel>(m.info.unet_config);
@@ -758,12 +867,20 @@ SingleFileModels load_single_file(const std::string& path, const SingleFileOptio
     m.vae->eval();
     m.vae->freeze_for_inference();  // convolutions keep reordered weights
   }
-  if (text_encoder) {
+  if (text_encoder && m.info.has_text_encoder) {
     m.text_encoder = std::make_shared<models::CLIPTextModel>(m.info.text_config);
     m.text_encoder->load_state_dict(
         convert_single_file_component(file, m.info, SingleFileComponent::kTextEncoder),
         /*strict=*/true, path + " (text encoder)");
     m.text_encoder->eval();
+  }
+  if (text_encoder && m.info.has_text_encoder_2) {
+    m.text_encoder_2 =
+        std::make_shared<models::CLIPTextModel>(m.info.text_config_2, /*with_projection=*/true);
+    m.text_encoder_2->load_state_dict(
+        convert_single_file_component(file, m.info, SingleFileComponent::kTextEncoder2),
+        /*strict=*/true, path + " (text encoder 2)");
+    m.text_encoder_2->eval();
   }
   return m;
 }

@@ -4,6 +4,12 @@
 //   first_stage_model.*                           the VAE (encoder.down.i.block.j / mid.attn_1 ...)
 //   cond_stage_model.transformer.text_model.*     SD 1.x: OpenAI CLIP ViT-L/14 (transformers names)
 //   cond_stage_model.model.*                      SD 2.x: OpenCLIP ViT-H/14 (fused in_proj)
+// and the SGM names of SDXL files:
+//   conditioner.embedders.0.transformer.text_model.*  SDXL base: CLIP ViT-L/14 (text_encoder)
+//   conditioner.embedders.1.model.*                   SDXL base: OpenCLIP ViT-bigG/14
+//                                                     (text_encoder_2, with text_projection)
+//   conditioner.embedders.0.model.*                   SDXL refiner: OpenCLIP ViT-bigG/14 only
+//   model.diffusion_model.label_emb.0.0/0.2           SDXL's added size/text embedding
 //
 // One key table (single_file_key_table) maps CompVis names onto the diffusers module keys that
 // models/ use, in both directions, as diffusers' convert_from_ckpt.py and stable-diffusion.cpp do.
@@ -18,11 +24,18 @@
 //   CLIP   width, layers, MLP width, vocabulary, positions; heads = width / 64 (both CLIPs);
 //          OpenCLIP (SD 2.x) drops its last layer, as SD 2.x uses the penultimate layer's output
 //          (diffusers' converted text_encoder has 23 of the 24 layers) and acts with gelu.
+//   SDXL   a UNet with label_emb is SDXL's (addition_embed_type "text_time"; the projection's
+//          input width from label_emb.0.0); cross_attention_dim 2048 is the base, 1280 the
+//          refiner. Both text encoders keep all their layers (SDXL takes the penultimate one's
+//          states itself); bigG's text_projection is transposed into a Linear weight. The VAE
+//          scales by 0.13025 and decodes in f32 (force_upcast).
 // Not in the weights, hence options: GroupNorm groups (32 in every SD checkpoint), the prediction
-// type (epsilon unless told; SD 2.x 768-v files need v_prediction), upcast_attention (SD 2.1-v).
+// type (epsilon unless told; SD 2.x 768-v files need v_prediction), upcast_attention (SD 2.1-v),
+// SDXL's channels per time id (256). `config_dir` takes every config from a diffusers folder of
+// the same model instead (as diffusers' from_single_file(config=...)).
 //
-// Leaves out (errors that name what was found): SDXL (conditioner.embedders.*), the x4 upscaler
-// and other class-conditioned UNets (label_emb), .ckpt pickles, LoRA files.
+// Leaves out (errors that name what was found): the x4 upscaler and other class-conditioned
+// UNets (label_emb without conditioner.*), .ckpt pickles, LoRA files.
 #pragma once
 
 #include <cstdint>
@@ -46,10 +59,15 @@ struct SingleFileOptions {
   bool upcast_attention = false;            // SD 2.1-v sets it; no effect on f32 compute
   int64_t norm_num_groups = 32;             // UNet and VAE GroupNorm groups
   int64_t text_num_heads = 0;               // 0: hidden_size / 64 (every CLIP/OpenCLIP text tower)
+  int64_t addition_time_embed_dim = 256;    // SDXL: channels of each size/crop id's sinusoid
+  // A diffusers folder (unet/, vae/, text_encoder/, text_encoder_2/ config.json files) whose
+  // configs replace detection; "" = detect everything from the weights.
+  std::string config_dir;
 };
 
-enum class SingleFileComponent { kUNet, kVAE, kTextEncoder };
-const char* component_name(SingleFileComponent c);  // "unet", "vae", "text_encoder"
+enum class SingleFileComponent { kUNet, kVAE, kTextEncoder, kTextEncoder2 };
+// "unet", "vae", "text_encoder", "text_encoder_2"
+const char* component_name(SingleFileComponent c);
 
 // One entry of the key table. `compvis` and `diffusers` are dotted module prefixes (a key maps
 // when it starts with the prefix and a '.'); `kind` says how the rest of the key is renamed.
@@ -76,14 +94,16 @@ std::vector<KeyRule> single_file_key_table(const models::UNet2DConditionConfig* 
 // What detection found in a file's header (no tensor data is read).
 struct SingleFileInfo {
   std::string path;
-  std::string family;  // "SD 1.x", "SD 2.x", "SD 1.x inpainting", "SD 2.x inpainting"
-  bool has_unet = false, has_vae = false, has_text_encoder = false;
-  std::string text_encoder_kind;  // "CLIP" (SD 1.x) or "OpenCLIP" (SD 2.x)
+  // "SD 1.x", "SD 2.x", "SD 1.x inpainting", "SD 2.x inpainting", "SDXL", "SDXL refiner"
+  std::string family;
+  bool xl = false;  // SDXL's SGM layout (conditioner.embedders.*)
+  bool has_unet = false, has_vae = false, has_text_encoder = false, has_text_encoder_2 = false;
+  std::string text_encoder_kind;  // "CLIP" (SD 1.x, SDXL) or "OpenCLIP" (SD 2.x)
   // Detected configs, as diffusers config.json objects (also parsed into the structs below).
-  nlohmann::json unet_json, vae_json, text_encoder_json, scheduler_json;
+  nlohmann::json unet_json, vae_json, text_encoder_json, text_encoder_2_json, scheduler_json;
   models::UNet2DConditionConfig unet_config;
   models::AutoencoderKLConfig vae_config;
-  models::CLIPTextConfig text_config;
+  models::CLIPTextConfig text_config, text_config_2;
   std::string prediction_type;
   // Tensors and parameters per component ("unet", "vae", "text_encoder", "other": EMA copies,
   // schedule buffers and other tensors outside the three models, which loading ignores).
@@ -118,10 +138,12 @@ struct SingleFileModels {
   SingleFileInfo info;
   std::shared_ptr<models::UNet2DConditionModel> unet;
   std::shared_ptr<models::AutoencoderKL> vae;
-  std::shared_ptr<models::CLIPTextModel> text_encoder;
+  std::shared_ptr<models::CLIPTextModel> text_encoder;    // null for an SDXL refiner
+  std::shared_ptr<models::CLIPTextModel> text_encoder_2;  // SDXL's OpenCLIP bigG
 };
 
 // Loads the components asked for (each must be in the file; the error names what was found).
+// `text_encoder` covers both of SDXL's encoders.
 SingleFileModels load_single_file(const std::string& path, const SingleFileOptions& options = {},
                                   bool unet = true, bool vae = true, bool text_encoder = true);
 

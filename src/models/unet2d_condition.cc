@@ -206,7 +206,15 @@ UNet2DConditionConfig UNet2DConditionConfig::from_json(const io::JsonConfig& j) 
   STIPPLE_CHECK(c.num_class_embeds >= 0, where, ": \"num_class_embeds\" must be positive");
   STIPPLE_CHECK(!(c.num_class_embeds > 0 && j.boolean("class_embeddings_concat", false)), where,
                 ": \"class_embeddings_concat\" = true is not supported");
-  require_null(j, "addition_embed_type", "SDXL-style added text/time embeddings");
+  c.addition_embed_type = j.string("addition_embed_type", "");
+  STIPPLE_CHECK(c.addition_embed_type.empty() || c.addition_embed_type == "text_time", where,
+                ": \"addition_embed_type\" \"", c.addition_embed_type,
+                "\" is not supported; stipple implements \"text_time\" (SDXL) and null");
+  if (c.addition_embed_type == "text_time") {
+    c.addition_time_embed_dim = j.integer("addition_time_embed_dim", 0);
+    c.projection_class_embeddings_input_dim =
+        j.integer("projection_class_embeddings_input_dim", 0);
+  }
   require_null(j, "encoder_hid_dim", "a projection of encoder_hidden_states");
   require_null(j, "encoder_hid_dim_type", "a projection of encoder_hidden_states");
   require_null(j, "cross_attention_norm", "a norm of encoder_hidden_states inside attention");
@@ -242,6 +250,17 @@ void UNet2DConditionConfig::validate(const std::string& where) const {
   check_len(layers_per_block.size(), "layers_per_block");
   check_len(num_attention_heads.size(), "num_attention_heads (attention_head_dim)");
   check_len(cross_attention_dim.size(), "cross_attention_dim");
+  if (addition_embed_type == "text_time") {
+    STIPPLE_CHECK(addition_time_embed_dim > 0 && addition_time_embed_dim <= 65536 &&
+                      addition_time_embed_dim % 2 == 0,
+                  where, ": \"addition_time_embed_dim\" must be an even count in [2, 65536], got ",
+                  addition_time_embed_dim);
+    STIPPLE_CHECK(projection_class_embeddings_input_dim > addition_time_embed_dim &&
+                      projection_class_embeddings_input_dim <= (1 << 20),
+                  where, ": \"projection_class_embeddings_input_dim\" ",
+                  projection_class_embeddings_input_dim,
+                  " must exceed addition_time_embed_dim (the pooled text width + the time ids)");
+  }
   check_len(only_cross_attention.size(), "only_cross_attention");
   check_len(transformer_layers_per_block.size(), "transformer_layers_per_block");
   check_len(reverse_transformer_layers_per_block.size(), "reverse_transformer_layers_per_block");
@@ -319,6 +338,15 @@ UNet2DConditionModel::UNet2DConditionModel(const UNet2DConditionConfig& config) 
   if (c.num_class_embeds > 0) {
     class_embedding_ = register_module("class_embedding",
                                        std::make_shared<nn::Embedding>(c.num_class_embeds, temb));
+  }
+  if (c.addition_embed_type == "text_time") {
+    add_time_proj_ = register_module(
+        "add_time_proj", std::make_shared<nn::Timesteps>(c.addition_time_embed_dim,
+                                                         c.flip_sin_to_cos,
+                                                         static_cast<float>(c.freq_shift)));
+    add_embedding_ = register_module(
+        "add_embedding",
+        std::make_shared<nn::TimestepEmbedding>(c.projection_class_embeddings_input_dim, temb));
   }
 
   // What get_down_block / get_mid_block / get_up_block receive.
@@ -416,8 +444,8 @@ Tensor broadcast_timestep(const Tensor& t, int64_t batch) {
 
 Tensor UNet2DConditionModel::forward(const Tensor& sample, const Tensor& timestep,
                                      const Tensor& encoder_hidden_states,
-                                     const Tensor& class_labels,
-                                     const IntermediateHook& hook) const {
+                                     const Tensor& class_labels, const IntermediateHook& hook,
+                                     const AddedConditions& added) const {
   const UNet2DConditionConfig& c = config_;
   STIPPLE_CHECK(sample.defined() && sample.dim() == 4 && sample.size(1) == c.in_channels,
                 "UNet2DConditionModel: sample ", sample.defined() ? sample.describe() : "undefined",
@@ -459,6 +487,14 @@ Tensor UNet2DConditionModel::forward(const Tensor& sample, const Tensor& timeste
                   "when num_class_embeds is set (", c.num_class_embeds, ")");
     emb = emb + class_embedding_->forward(class_labels);  // [B, temb]
   }
+  if (add_embedding_) {
+    const Tensor aug = added_embedding(added, batch);  // [B, temb]
+    emit("add_embedding", aug);
+    emb = emb + aug;
+  } else {
+    STIPPLE_CHECK(!added.defined(), "UNet2DConditionModel: this UNet has no added conditioning ",
+                  "(addition_embed_type is null) but text_embeds/time_ids were given");
+  }
   if (!c.time_embedding_act_fn.empty())
     emb = nn::apply_activation(c.time_embedding_act_fn, emb);  // [B, temb]
 
@@ -499,6 +535,30 @@ Tensor UNet2DConditionModel::forward(const Tensor& sample, const Tensor& timeste
   x = conv_out_->forward(x);              // [B, Cout, H, W]
   emit("conv_out", x);
   return x.contiguous();  // [B, Cout, H, W]
+}
+
+Tensor UNet2DConditionModel::added_embedding(const AddedConditions& added, int64_t batch) const {
+  const UNet2DConditionConfig& c = config_;
+  const Tensor& text = added.text_embeds;
+  const Tensor& ids = added.time_ids;
+  STIPPLE_CHECK(text.defined() && ids.defined(), "UNet2DConditionModel: addition_embed_type ",
+                "\"text_time\" needs text_embeds (the pooled prompt) and time_ids (sizes and crops)");
+  STIPPLE_CHECK(text.dim() == 2 && text.size(0) == batch && ids.dim() == 2 &&
+                    ids.size(0) == batch && ids.size(1) > 0,
+                "UNet2DConditionModel: text_embeds ", text.describe(), " and time_ids ",
+                ids.describe(), " must be [", batch, ", P] and [", batch, ", k]");
+  const int64_t width = text.size(1) + ids.size(1) * c.addition_time_embed_dim;
+  STIPPLE_CHECK(width == c.projection_class_embeddings_input_dim,
+                "UNet2DConditionModel: text_embeds ", text.describe(), " and ", ids.size(1),
+                " time ids x ", c.addition_time_embed_dim, " channels make ", width,
+                " features, but projection_class_embeddings_input_dim is ",
+                c.projection_class_embeddings_input_dim);
+  const Tensor flat = ids.contiguous().reshape({batch * ids.size(1)}).to(DType::kF32);  // [B*k]
+  const Tensor time_embeds = add_time_proj_->forward(flat).reshape(
+      {batch, ids.size(1) * c.addition_time_embed_dim});  // [B, k * d]
+  const Tensor joined =
+      ops::concat({text.contiguous().to(DType::kF32), time_embeds}, 1);  // [B, P + k * d]
+  return add_embedding_->forward(joined);                                 // [B, temb]
 }
 
 std::shared_ptr<UNet2DConditionModel> UNet2DConditionModel::from_pretrained(

@@ -13,8 +13,14 @@
 // lists apply to the down blocks and are reversed for the up blocks; the mid block takes the last
 // entry.
 //
+// SDXL's added conditioning (addition_embed_type "text_time"): the size/crop/aesthetic ints
+// (time_ids [B, k]) each through a sinusoid of addition_time_embed_dim channels (add_time_proj),
+// flattened and concatenated after the pooled text embedding (text_embeds [B, P]), then
+// add_embedding (Linear -> SiLU -> Linear, projection_class_embeddings_input_dim -> temb) added
+// to the time embedding.
+//
 // Leaves out (rejected by from_json with the key and value named): class_embed_type other than
-// null, addition_embed_type (SDXL's text_time), encoder_hid_proj, time_cond_proj_dim (LCM),
+// null, addition_embed_type other than "text_time", encoder_hid_proj, time_cond_proj_dim (LCM),
 // fourier time embeddings, dual cross-attention, attention_type other than "default", block types
 // other than CrossAttnDownBlock2D / DownBlock2D / UNetMidBlock2DCrossAttn / CrossAttnUpBlock2D /
 // UpBlock2D, and activations other than SiLU. Also leaves out attention masks, ControlNet residual
@@ -74,6 +80,10 @@ struct UNet2DConditionConfig {
   int64_t time_embedding_dim = 0;                   // 0: 4 * block_out_channels[0]
   std::string time_embedding_act_fn;                // "" (null) or "silu"
   int64_t num_class_embeds = 0;  // > 0: class_embedding table added to temb (SD x4 upscaler)
+  // "text_time" (SDXL) or "" (null): see the header comment.
+  std::string addition_embed_type;
+  int64_t addition_time_embed_dim = 0;               // channels per time id (256 in SDXL)
+  int64_t projection_class_embeddings_input_dim = 0;  // P + k * addition_time_embed_dim
   int64_t conv_in_kernel = 3;
   int64_t conv_out_kernel = 3;
   int64_t downsample_padding = 1;
@@ -95,6 +105,14 @@ struct UNet2DConditionConfig {
 // core/tensor.h): call contiguous() or to_vector() to read it.
 using IntermediateHook = std::function<void(const std::string& path, const Tensor& value)>;
 
+// SDXL's added conditioning (diffusers' added_cond_kwargs): the pooled text embedding and the
+// size/crop (base) or size/crop/aesthetic-score (refiner) ids, one row per batch entry.
+struct AddedConditions {
+  Tensor text_embeds;  // [B, P]
+  Tensor time_ids;     // [B, k], floating
+  bool defined() const { return text_embeds.defined() || time_ids.defined(); }
+};
+
 class UNet2DConditionModel : public nn::Module {
  public:
   explicit UNet2DConditionModel(const UNet2DConditionConfig& config);
@@ -107,20 +125,26 @@ class UNet2DConditionModel : public nn::Module {
 
   // sample [B, in_channels, H, W]; timestep 0-d, [1] or [B] (i64 or floating, fractional
   // allowed); encoder_hidden_states [B, T, cross_attention_dim]; class_labels i64 [B] only when
-  // num_class_embeds > 0. Returns [B, out_channels, H, W], plain (not channel-blocked).
-  // H and W need not be multiples of 2^(levels-1): the upsamplers then follow the skip sizes.
+  // num_class_embeds > 0; `added` only (and always) with addition_embed_type "text_time".
+  // Returns [B, out_channels, H, W], plain (not channel-blocked). H and W need not be multiples
+  // of 2^(levels-1): the upsamplers then follow the skip sizes.
   Tensor forward(const Tensor& sample, const Tensor& timestep, const Tensor& encoder_hidden_states,
-                 const Tensor& class_labels = Tensor(),
-                 const IntermediateHook& hook = nullptr) const;
+                 const Tensor& class_labels = Tensor(), const IntermediateHook& hook = nullptr,
+                 const AddedConditions& added = {}) const;
 
   const UNet2DConditionConfig& config() const { return config_; }
 
  private:
+  // add_embedding(concat(text_embeds, add_time_proj(time_ids) flattened)) [B, temb].
+  Tensor added_embedding(const AddedConditions& added, int64_t batch) const;
+
   UNet2DConditionConfig config_;
   std::shared_ptr<nn::Conv2d> conv_in_;
   std::shared_ptr<nn::Timesteps> time_proj_;
   std::shared_ptr<nn::TimestepEmbedding> time_embedding_;
   std::shared_ptr<nn::Embedding> class_embedding_;
+  std::shared_ptr<nn::Timesteps> add_time_proj_;             // text_time only
+  std::shared_ptr<nn::TimestepEmbedding> add_embedding_;     // text_time only
   std::vector<std::shared_ptr<UNetDownBlock>> down_blocks_;
   std::shared_ptr<UNetMidBlock2DCrossAttn> mid_block_;
   std::vector<std::shared_ptr<UNetUpBlock>> up_blocks_;

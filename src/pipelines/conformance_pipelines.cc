@@ -71,10 +71,9 @@ CaseResult compare_all(const io::SafetensorsFile& ref, const Recorder& rec, deta
   return c.result();
 }
 
-CaseResult sd_case(const std::string& kind, const fs::path& d, const std::string& name) {
-  const json meta = detail::read_json((d / "reference" / (kind + ".json")).string());
-  const auto ref = io::SafetensorsFile::open((d / "reference" / (kind + ".safetensors")).string());
-  const pipelines::StableDiffusion sd = pipelines::StableDiffusion::from_pretrained(d.string());
+// The run settings a reference .json states (prompt, steps, guidance, size, SDXL's size and crop
+// conditioning, the sampler when the run swapped the folder's scheduler).
+pipelines::GenerationParams params_from(const json& meta) {
   pipelines::GenerationParams p;
   p.prompt = meta.at("prompt").get<std::string>();
   if (meta.contains("negative_prompt") && meta["negative_prompt"].is_string())
@@ -85,13 +84,67 @@ CaseResult sd_case(const std::string& kind, const fs::path& d, const std::string
   p.width = meta.at("width").get<int>();
   p.height = meta.at("height").get<int>();
   p.strength = meta.value("strength", 1.0);
+  auto pair = [&](const char* key, int* first, int* second) {
+    if (meta.contains(key) && meta[key].is_array()) {
+      *first = meta[key].at(0).get<int>();
+      *second = meta[key].at(1).get<int>();
+    }
+  };
+  pair("original_size", &p.original_height, &p.original_width);
+  pair("crops_coords_top_left", &p.crop_top, &p.crop_left);
+  pair("target_size", &p.target_height, &p.target_width);
+  p.aesthetic_score = meta.value("aesthetic_score", 6.0);
+  p.negative_aesthetic_score = meta.value("negative_aesthetic_score", 2.5);
+  if (meta.value("scheduler_setup", "").find("DPMSolverMultistepScheduler") != std::string::npos)
+    p.sampler = "dpm++2m";
+  return p;
+}
+
+// Records under "<prefix>.<name>" (the hand-off reference keeps base.* and refiner.* apart).
+pipelines::Observer prefixed(const std::string& prefix, const pipelines::Observer& inner) {
+  return [prefix, inner](const std::string& name, const Tensor& v) {
+    if (name == "image") return inner(name, v);
+    inner(prefix + "." + name, v);
+  };
+}
+
+// SDXL's base -> refiner hand-off: the base in `d` stops at denoising_end and its latents go to
+// the refiner folder beside it (sdxl_refiner_tiny).
+CaseResult handoff_case(const fs::path& d, const std::string& name) {
+  const json meta = detail::read_json((d / "reference" / "refiner_handoff.json").string());
+  const auto ref =
+      io::SafetensorsFile::open((d / "reference" / "refiner_handoff.safetensors").string());
+  const pipelines::StableDiffusion base = pipelines::StableDiffusion::from_pretrained(d.string());
+  const pipelines::StableDiffusion refiner =
+      pipelines::StableDiffusion::from_pretrained((d.parent_path() / "sdxl_refiner_tiny").string());
+  pipelines::GenerationParams p = params_from(meta);
+  const double frac = meta.at("high_noise_frac").get<double>();
+  Recorder rec;
+  p.latents = ref.tensor("latents_init");
+  p.denoising_end = frac;
+  p.observe = prefixed("base", rec.observer());
+  const Tensor handoff = base.run_latents(p);
+  rec.observer()("handoff_latents", handoff);
+  pipelines::GenerationParams q = params_from(meta);
+  q.width = q.height = 0;
+  q.denoising_start = frac;
+  q.observe = prefixed("refiner", rec.observer());
+  refiner.run_refine(q, handoff);
+  return compare_all(ref, rec, detail::Checker("refiner_handoff", name, kLatentTolerance));
+}
+
+CaseResult sd_case(const std::string& kind, const fs::path& d, const std::string& name) {
+  const json meta = detail::read_json((d / "reference" / (kind + ".json")).string());
+  const auto ref = io::SafetensorsFile::open((d / "reference" / (kind + ".safetensors")).string());
+  const pipelines::StableDiffusion sd = pipelines::StableDiffusion::from_pretrained(d.string());
+  pipelines::GenerationParams p = params_from(meta);
   if (ref.contains("latents_init")) p.latents = ref.tensor("latents_init");
   if (ref.contains("image_in")) p.init_image = nchw(ref.tensor("image_in"));
   if (ref.contains("mask_in")) p.mask = nchw(ref.tensor("mask_in"));
   p.noise = injected_noise(ref);
   Recorder rec;
   p.observe = rec.observer();
-  if (kind == "txt2img") {
+  if (kind.rfind("txt2img", 0) == 0) {  // txt2img, and SDXL's txt2img_euler, txt2img_negative
     sd.run_txt2img(p);
   } else if (kind == "img2img") {
     sd.run_img2img(p);
@@ -124,6 +177,7 @@ CaseResult run_pipeline_case(const std::string& kind, const std::string& dir,
                              const std::string& name) {
   try {
     if (kind == "dit_pipeline") return dit_case(fs::path(dir), name);
+    if (kind == "refiner_handoff") return handoff_case(fs::path(dir), name);
     return sd_case(kind, fs::path(dir), name);
   } catch (const std::exception& e) {
     return detail::error_result(kind, name, kLatentTolerance, e.what());

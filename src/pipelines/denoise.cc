@@ -14,9 +14,13 @@ Tensor denoise(schedulers::Scheduler& scheduler, Tensor latents, const DenoiseFn
                 "denoise: begin index ", options.begin_index, " outside the ", timesteps.size(),
                 " timesteps");
   STIPPLE_CHECK(latents.dim() >= 2, "denoise: latents must be batched, got ", latents.describe());
+  const int end = options.end_index < 0 ? static_cast<int>(timesteps.size()) : options.end_index;
+  STIPPLE_CHECK(end > options.begin_index && end <= static_cast<int>(timesteps.size()),
+                "denoise: end index ", options.end_index, " leaves no step after begin index ",
+                options.begin_index, " of ", timesteps.size(), " timesteps");
   autograd::NoGradGuard no_grad;
-  const int total = static_cast<int>(timesteps.size()) - options.begin_index;
-  for (int i = options.begin_index; i < static_cast<int>(timesteps.size()); ++i) {
+  const int total = end - options.begin_index;
+  for (int i = options.begin_index; i < end; ++i) {
     const double t = timesteps[i];
     // 1. scale the input (Euler-type samplers) and, with guidance, double the batch
     Tensor input = scheduler.scale_model_input(latents, t);  // [B, C, H, W]

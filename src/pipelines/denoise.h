@@ -31,6 +31,9 @@ struct DenoiseOptions {
   CfgOptions cfg;
   // img2img and inpainting start part-way: the loop runs timesteps()[begin_index:].
   int begin_index = 0;
+  // SDXL's base model with denoising_end stops early: the loop ends before timesteps()[end_index]
+  // (-1: runs to the end).
+  int end_index = -1;
   // Noise for stochastic samplers (DDPM, Euler ancestral, DDIM with eta > 0).
   Generator* generator = nullptr;
   // After each step (step index i over the whole grid, its timestep t, the new latents): may

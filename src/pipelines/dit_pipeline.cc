@@ -30,7 +30,7 @@ void check_pipeline_layout(const std::string& folder, const std::string& pipelin
     }
     if (c == "scheduler") {
       need(d / c / "scheduler_config.json");
-    } else if (c == "tokenizer") {
+    } else if (c == "tokenizer" || c == "tokenizer_2") {
       need(d / c / "vocab.json");
       need(d / c / "merges.txt");
     } else {

@@ -88,13 +88,20 @@ std::vector<TokenChunk> a1111_token_chunks(const text::ClipTokenizer& tok,
 
 Tensor encode_token_chunks(const models::CLIPTextModel& encoder,
                            const std::vector<TokenChunk>& chunks, int clip_skip) {
+  return encode_token_chunks(
+      [&](const Tensor& ids) { return encoder.forward(ids, clip_skip).last_hidden_state; },
+      chunks);
+}
+
+Tensor encode_token_chunks(const std::function<Tensor(const Tensor& ids)>& encode,
+                           const std::vector<TokenChunk>& chunks) {
   STIPPLE_CHECK(!chunks.empty(), "encode_token_chunks: no chunks");
   autograd::NoGradGuard no_grad;
   std::vector<Tensor> parts;
   for (const TokenChunk& c : chunks) {
     const int64_t n = static_cast<int64_t>(c.ids.size());
     const Tensor ids = Tensor::from_vector_i64(c.ids, {1, n});
-    const Tensor z = encoder.forward(ids, clip_skip).last_hidden_state;  // [1, 77, D]
+    const Tensor z = encode(ids);  // [1, 77, D]
     bool weighted = false;
     for (float m : c.multipliers) weighted = weighted || m != 1.0f;
     if (!weighted) {

@@ -17,6 +17,7 @@
 // Leaves out: textual-inversion embeddings inside chunks, and the other emphasis modes.
 #pragma once
 
+#include <functional>
 #include <string_view>
 #include <vector>
 
@@ -44,5 +45,9 @@ TokenChunk empty_token_chunk(const text::ClipTokenizer& tokenizer);
 // Step 4's encoding of each chunk and step 5: [1, 77 * chunks.size(), D].
 Tensor encode_token_chunks(const models::CLIPTextModel& encoder,
                            const std::vector<TokenChunk>& chunks, int clip_skip = 1);
+// The same with any encoding of a chunk's ids [1, 77] -> states [1, 77, D] (SDXL takes the
+// penultimate layer of each of its encoders).
+Tensor encode_token_chunks(const std::function<Tensor(const Tensor& ids)>& encode,
+                           const std::vector<TokenChunk>& chunks);
 
 }  // namespace stipple::pipelines

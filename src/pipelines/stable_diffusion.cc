@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "autograd/grad_mode.h"
+#include "io/json.h"
 #include "core/error.h"
 #include "ops/ops.h"
 #include "pipelines/denoise.h"
@@ -21,15 +22,25 @@ StableDiffusion StableDiffusion::from_pretrained(const std::string& folder) {
                         " holds a transformer/ (a DiT class-to-image model), not a Stable "
                         "Diffusion unet/; generate from it with --class-label"));
   }
-  check_pipeline_layout(folder, "Stable Diffusion",
-                        {"unet", "vae", "text_encoder", "tokenizer", "scheduler"});
   const fs::path d(folder);
+  const bool xl = fs::is_directory(d / "text_encoder_2");
+  if (xl) {
+    check_pipeline_layout(folder, "Stable Diffusion XL",
+                          {"unet", "vae", "text_encoder_2", "tokenizer_2", "scheduler"});
+  } else {
+    check_pipeline_layout(folder, "Stable Diffusion",
+                          {"unet", "vae", "text_encoder", "tokenizer", "scheduler"});
+  }
   StableDiffusion sd;
   sd.unet_ = models::UNet2DConditionModel::from_pretrained((d / "unet").string());
   sd.vae_ = models::AutoencoderKL::from_pretrained((d / "vae").string());
-  sd.text_encoder_ = models::CLIPTextModel::from_pretrained((d / "text_encoder").string());
-  sd.tokenizer_ = std::make_shared<text::ClipTokenizer>(
-      text::ClipTokenizer::from_folder((d / "tokenizer").string()));
+  // An SDXL refiner has no text_encoder/ (model_index.json lists it as null).
+  if (!xl || fs::is_directory(d / "text_encoder")) {
+    sd.text_encoder_ = models::CLIPTextModel::from_pretrained((d / "text_encoder").string());
+    sd.tokenizer_ = std::make_shared<text::ClipTokenizer>(
+        text::ClipTokenizer::from_folder((d / "tokenizer").string()));
+  }
+  if (xl) load_xl_parts(sd, folder);
   sd.scheduler_config_ =
       schedulers::SchedulerConfig::from_json((d / "scheduler" / "scheduler_config.json").string());
   sd.check_components(folder);
@@ -52,7 +63,28 @@ StableDiffusion StableDiffusion::from_single_file(const std::string& path,
   sd.unet_ = m.unet;
   sd.vae_ = m.vae;
   sd.text_encoder_ = m.text_encoder;
-  sd.tokenizer_ = std::make_shared<text::ClipTokenizer>(text::ClipTokenizer::from_folder(tok));
+  const text::ClipTokenizer tokenizer = text::ClipTokenizer::from_folder(tok);
+  if (m.text_encoder) sd.tokenizer_ = std::make_shared<text::ClipTokenizer>(tokenizer);
+  if (m.text_encoder_2) {
+    // SDXL: the second tokenizer is tokenizer_2/ beside the given one (a diffusers SDXL folder),
+    // else the same files padding with "!", which is what SDXL's tokenizer_2 is.
+    const fs::path beside_2 = fs::path(tok).parent_path() / "tokenizer_2";
+    sd.text_encoder_2_ = m.text_encoder_2;
+    sd.tokenizer_2_ = std::make_shared<text::ClipTokenizer>(
+        fs::is_directory(beside_2) && fs::path(tok).filename() == "tokenizer"
+            ? text::ClipTokenizer::from_folder(beside_2.string())
+            : tokenizer.with_pad_token("!"));
+    // The pipeline flags of SDXL base and refiner (their model_index.json), or config_dir's.
+    const bool refiner = !m.text_encoder;
+    sd.force_zeros_for_empty_prompt_ = !refiner;
+    sd.requires_aesthetics_score_ = refiner;
+    const fs::path index = fs::path(options.config_dir) / "model_index.json";
+    if (!options.config_dir.empty() && fs::exists(index)) {
+      const io::JsonConfig j = io::JsonConfig::from_file(index.string());
+      sd.force_zeros_for_empty_prompt_ = j.boolean("force_zeros_for_empty_prompt", true);
+      sd.requires_aesthetics_score_ = j.boolean("requires_aesthetics_score", false);
+    }
+  }
   sd.scheduler_config_ = schedulers::SchedulerConfig::from_json(m.info.scheduler_json.dump());
   sd.check_components(path);
   return sd;
@@ -66,10 +98,17 @@ StableDiffusion StableDiffusion::load(const std::string& path, const std::string
 }
 
 void StableDiffusion::check_components(const std::string& where) const {
-  const int64_t ctx = text_encoder_->config().hidden_size;
+  const int64_t ctx = (text_encoder_ ? text_encoder_->config().hidden_size : 0) +
+                      (text_encoder_2_ ? text_encoder_2_->config().hidden_size : 0);
   const std::vector<int64_t>& want = unet_->config().cross_attention_dim;
-  STIPPLE_CHECK(want.empty() || want.front() == ctx, where, ": the text encoder gives ", ctx,
+  STIPPLE_CHECK(want.empty() || want.front() == ctx, where, ": the text encoder",
+                text_encoder_2_ ? "s give " : " gives ", ctx,
                 "-wide embeddings but the UNet's cross_attention_dim is ", want.front());
+  STIPPLE_CHECK(is_xl() == static_cast<bool>(text_encoder_2_), where,
+                is_xl() ? ": an SDXL UNet (addition_embed_type \"text_time\") needs "
+                          "text_encoder_2 and tokenizer_2"
+                        : ": text_encoder_2 is only used with an SDXL UNet (addition_embed_type "
+                          "\"text_time\"), which this UNet is not");
   STIPPLE_CHECK(unet_->config().in_channels == 4 || unet_->config().in_channels == 9, where,
                 ": UNet in_channels ", unet_->config().in_channels,
                 " (expected 4, or 9 for an inpainting UNet)");
@@ -80,10 +119,14 @@ int64_t StableDiffusion::default_size() const {
   return s * vae_scale_factor();
 }
 
-Tensor StableDiffusion::encode_prompt(const std::string& prompt, const std::string& negative_prompt,
-                                      int num_images, bool guidance, int clip_skip,
-                                      const Observer& observe, PromptSyntax syntax) const {
+StableDiffusion::PromptEmbeddings StableDiffusion::encode_prompts(
+    const std::string& prompt, const std::string& negative_prompt, int num_images, bool guidance,
+    int clip_skip, const Observer& observe, PromptSyntax syntax) const {
   STIPPLE_CHECK(num_images >= 1, "num_images must be at least 1, got ", num_images);
+  if (is_xl()) {
+    return encode_prompts_xl(prompt, negative_prompt, num_images, guidance, clip_skip, observe,
+                             syntax);
+  }
   STIPPLE_CHECK(clip_skip >= 1 && clip_skip <= text_encoder_->config().num_hidden_layers,
                 "clip_skip ", clip_skip, " is outside [1, ",
                 text_encoder_->config().num_hidden_layers, "]");
@@ -95,10 +138,10 @@ Tensor StableDiffusion::encode_prompt(const std::string& prompt, const std::stri
     while (guidance && c.size() < u.size()) c.push_back(empty_token_chunk(*tokenizer_));
     while (guidance && u.size() < c.size()) u.push_back(empty_token_chunk(*tokenizer_));
     const Tensor cond = repeat_batch(encode_token_chunks(*text_encoder_, c, clip_skip), num_images);
-    if (!guidance) return cond;
+    if (!guidance) return {cond, Tensor()};
     const Tensor uncond =
         repeat_batch(encode_token_chunks(*text_encoder_, u, clip_skip), num_images);
-    return ops::concat({uncond, cond}, 0);  // [2B, 77 * chunks, D], uncond first
+    return {ops::concat({uncond, cond}, 0), Tensor()};  // [2B, 77 * chunks, D], uncond first
   }
   const int64_t length =
       std::min(tokenizer_->model_max_length(), text_encoder_->config().max_position_embeddings);
@@ -114,9 +157,9 @@ Tensor StableDiffusion::encode_prompt(const std::string& prompt, const std::stri
     return repeat_batch(h, num_images);  // [B, 77, D]
   };
   const Tensor cond = embed(prompt);
-  if (!guidance) return cond;
+  if (!guidance) return {cond, Tensor()};
   const Tensor uncond = embed(negative_prompt);
-  return ops::concat({uncond, cond}, 0);  // [2B, 77, D], uncond first
+  return {ops::concat({uncond, cond}, 0), Tensor()};  // [2B, 77, D], uncond first
 }
 
 StableDiffusion::Run StableDiffusion::prepare(const GenerationParams& p, bool needs_image) const {
@@ -174,12 +217,23 @@ StableDiffusion::Run StableDiffusion::prepare(const GenerationParams& p, bool ne
                   " steps leaves no denoising step; raise the strength or the steps");
     r.scheduler->set_begin_index(r.begin_index);
   }
+  STIPPLE_CHECK(p.denoising_end > 0.0 && p.denoising_end <= 1.0,
+                "denoising_end must be in (0, 1], got ", p.denoising_end);
+  r.end_index = end_index_for(*r.scheduler, r.begin_index, p.denoising_end);
   r.noise = std::make_unique<NoiseSource>(p.seed, p.noise);
   r.guided = p.cfg > 1.0f;
-  r.prompt_embeds =
-      encode_prompt(p.prompt, p.negative_prompt, p.num_images, r.guided, p.clip_skip, p.observe,
-                    p.prompt_syntax);
+  const PromptEmbeddings e = encode_prompts(p.prompt, p.negative_prompt, p.num_images, r.guided,
+                                            p.clip_skip, p.observe, p.prompt_syntax);
+  r.prompt_embeds = e.states;
   if (p.observe) p.observe("denoiser.encoder_hidden_states", r.prompt_embeds);
+  if (is_xl()) {
+    r.added.text_embeds = e.pooled;
+    r.added.time_ids = xl_time_ids(p, r.width, r.height, r.batch, r.guided);
+    if (p.observe) {
+      p.observe("denoiser.text_embeds", r.added.text_embeds);
+      p.observe("denoiser.time_ids", r.added.time_ids);
+    }
+  }
   return r;
 }
 
@@ -210,13 +264,15 @@ Tensor StableDiffusion::decode(const Tensor& latents, const Observer& observe) c
 Tensor StableDiffusion::denoise_and_decode(
     Run& r, Tensor latents, const GenerationParams& p,
     const std::function<Tensor(const Tensor&)>& extra_channels,
-    const std::function<Tensor(int, double, const Tensor&)>& after_step) const {
+    const std::function<Tensor(int, double, const Tensor&)>& after_step,
+    bool decode_result) const {
   const Observer& observe = p.observe;
   const DenoiseFn model = [&](const Tensor& input, double t) {
     // [N, 4, h, w], plus the inpainting channels of a 9-channel UNet
     const Tensor x = extra_channels ? ops::concat({input, extra_channels(input)}, 1) : input;
     const Tensor ts = Tensor::from_vector({static_cast<float>(t)}, {1});
-    const Tensor out = unet_->forward(x, ts, r.prompt_embeds);  // [N, 4, h, w]
+    const Tensor out =
+        unet_->forward(x, ts, r.prompt_embeds, Tensor(), nullptr, r.added);  // [N, 4, h, w]
     if (observe) {
       observe("denoiser.sample", x);
       observe("denoiser.timestep", Tensor::from_vector({static_cast<float>(t)}, {1}));
@@ -229,6 +285,7 @@ Tensor StableDiffusion::denoise_and_decode(
   opt.cfg.scale = p.cfg;
   opt.cfg.order = guidance::CfgOrder::kUncondFirst;
   opt.begin_index = r.begin_index;
+  opt.end_index = r.end_index;
   opt.generator = r.noise->generator();
   opt.progress = p.progress;
   opt.preview = p.preview;
@@ -240,6 +297,7 @@ Tensor StableDiffusion::denoise_and_decode(
   };
   // 5. denoise
   latents = denoise(*r.scheduler, latents, model, opt);  // [B, 4, h, w]
+  if (!decode_result) return latents;
   // 6. decode
   return decode(latents, observe);
 }
@@ -254,6 +312,11 @@ Tensor StableDiffusion::run_txt2img(const GenerationParams& p) const {
   autograd::NoGradGuard no_grad;
   // 1.-2. encode prompt, timesteps
   Run r = prepare(p, /*needs_image=*/false);
+  // 5.-6. denoise, decode
+  return denoise_and_decode(r, initial_latents(r, p), p, nullptr, nullptr);
+}
+
+Tensor StableDiffusion::initial_latents(Run& r, const GenerationParams& p) const {
   // 4. latents: x_T ~ N(0, I) [B, 4, H/f, W/f], scaled by init_noise_sigma
   const int64_t f = vae_scale_factor();
   const Shape shape = {r.batch, unet_->config().out_channels, r.height / f, r.width / f};
@@ -265,9 +328,7 @@ Tensor StableDiffusion::run_txt2img(const GenerationParams& p) const {
   } else {
     latents = r.noise->randn(shape, "the initial latents");
   }
-  latents = latents * static_cast<float>(r.scheduler->init_noise_sigma());
-  // 5.-6. denoise, decode
-  return denoise_and_decode(r, latents, p, nullptr, nullptr);
+  return latents * static_cast<float>(r.scheduler->init_noise_sigma());
 }
 
 Tensor StableDiffusion::run_img2img(const GenerationParams& p) const {

@@ -19,6 +19,18 @@
 //
 // Random draws happen in diffusers' order (see NoiseSource), so a seed gives diffusers' CPU
 // result for the same seed, and the conformance references inject theirs.
+//
+// SDXL (stable_diffusion_xl.cc), as diffusers 0.29's StableDiffusionXLPipeline and
+// StableDiffusionXLImg2ImgPipeline: a UNet with addition_embed_type "text_time" makes the
+// pipeline SDXL. The prompt goes through both text encoders (CLIP ViT-L as text_encoder, OpenCLIP
+// ViT-bigG with projection as text_encoder_2; a refiner has only the second), each giving its
+// penultimate layer's states without final_layer_norm, concatenated along the features
+// ([B, 77, 768 + 1280]); the pooled embedding is text_encoder_2's projection. With guidance and
+// no negative prompt, force_zeros_for_empty_prompt makes the negative states and pooled zeros.
+// Each UNet call also takes the pooled embedding and the time ids: original size, crop top-left
+// and target size as (height, width) pairs (base), or original size, crop and aesthetic score
+// (refiner, requires_aesthetics_score). denoising_end stops the base part-way and hands its
+// latents to a refiner, which starts at denoising_start on them without adding noise.
 #pragma once
 
 #include <cstdint>
@@ -57,6 +69,19 @@ struct GenerationParams {
   Tensor init_image;      // [1, 3, H, W] in [0, 1]
   Tensor mask;            // [1, 1, H, W] in [0, 1]; >= 0.5 is repainted
   double strength = 1.0;  // in [0, 1]; img2img: how much noise is added (1 = ignore the image)
+  // SDXL micro-conditioning (ignored by SD 1.x/2.x): the size the model is told the image
+  // originally had, the crop's top-left corner and the target size, in pixels (0 = the image's
+  // width/height); the refiner's aesthetic scores.
+  int original_width = 0, original_height = 0;
+  int crop_left = 0, crop_top = 0;
+  int target_width = 0, target_height = 0;
+  double aesthetic_score = 6.0, negative_aesthetic_score = 2.5;
+  // Base -> refiner hand-off (SDXL's ensemble of expert denoisers), as fractions of the noise
+  // schedule: the base stops once timesteps fall below (1 - denoising_end) * num_train_timesteps
+  // and returns its noisy latents (run_latents); the refiner (run_refine) takes them and runs
+  // only the timesteps below (1 - denoising_start) * num_train_timesteps.
+  double denoising_end = 1.0;
+  double denoising_start = 0.0;
   // Reproducing a diffusers run: initial latents as diffusers' `latents=` argument ([B, 4, h, w],
   // before init_noise_sigma), and noise injected in draw order (see NoiseSource).
   Tensor latents;
@@ -82,11 +107,23 @@ class StableDiffusion {
                               const io::SingleFileOptions& options = {});
 
   // Prompt embeddings: [2B, 77, D] = [negative x B, prompt x B] with guidance, else [B, 77, D];
-  // with A1111's syntax [.., 77 * chunks, D].
+  // with A1111's syntax [.., 77 * chunks, D]. SDXL also gives the pooled embeddings [2B or B, P].
+  struct PromptEmbeddings {
+    Tensor states;  // the UNet's encoder_hidden_states
+    Tensor pooled;  // SDXL only
+  };
+  PromptEmbeddings encode_prompts(const std::string& prompt, const std::string& negative_prompt,
+                                  int num_images, bool guidance, int clip_skip = 1,
+                                  const Observer& observe = nullptr,
+                                  PromptSyntax syntax = PromptSyntax::kPlain) const;
   Tensor encode_prompt(const std::string& prompt, const std::string& negative_prompt,
                        int num_images, bool guidance, int clip_skip = 1,
                        const Observer& observe = nullptr,
-                       PromptSyntax syntax = PromptSyntax::kPlain) const;
+                       PromptSyntax syntax = PromptSyntax::kPlain) const {
+    return encode_prompts(prompt, negative_prompt, num_images, guidance, clip_skip, observe,
+                          syntax)
+        .states;
+  }
 
   // Text-to-image, image-to-image or inpainting, by what `params` holds (a mask means
   // inpainting, an init image alone img2img). Returns [B, 3, H, W] in [0, 1].
@@ -94,6 +131,16 @@ class StableDiffusion {
   Tensor run_txt2img(const GenerationParams& params) const;
   Tensor run_img2img(const GenerationParams& params) const;
   Tensor run_inpaint(const GenerationParams& params) const;
+  // Text-to-image up to params.denoising_end, without decoding: the latents a refiner takes.
+  Tensor run_latents(const GenerationParams& params) const;
+  // A refiner's part of the hand-off: denoises `latents` (from run_latents, [B, 4, h, w]) over the
+  // timesteps below params.denoising_start and decodes. Returns [B, 3, H, W] in [0, 1].
+  Tensor run_refine(const GenerationParams& params, const Tensor& latents) const;
+
+  // SDXL: a UNet with added text/time conditioning (addition_embed_type "text_time").
+  bool is_xl() const { return unet_->config().addition_embed_type == "text_time"; }
+  // SDXL refiners condition on an aesthetic score instead of the target size.
+  bool requires_aesthetics_score() const { return requires_aesthetics_score_; }
 
   // The VAE's downscale factor (8 for SD) and the default image size (UNet sample_size * f).
   int64_t vae_scale_factor() const { return vae_->config().downscale_factor(); }
@@ -102,7 +149,9 @@ class StableDiffusion {
 
   const models::UNet2DConditionModel& unet() const { return *unet_; }
   const models::AutoencoderKL& vae() const { return *vae_; }
-  const models::CLIPTextModel& text_encoder() const { return *text_encoder_; }
+  // Null for an SDXL refiner, which has only text_encoder_2.
+  const models::CLIPTextModel* text_encoder() const { return text_encoder_.get(); }
+  const models::CLIPTextModel* text_encoder_2() const { return text_encoder_2_.get(); }
   const text::ClipTokenizer& tokenizer() const { return *tokenizer_; }
   const schedulers::SchedulerConfig& scheduler_config() const { return scheduler_config_; }
 
@@ -111,20 +160,43 @@ class StableDiffusion {
   // Checks that the loaded components fit together; `where` names the source in errors.
   void check_components(const std::string& where) const;
   Run prepare(const GenerationParams& params, bool needs_image) const;
+  // SDXL: both encoders' (or the refiner's one) states and pooled embedding, for one text.
+  PromptEmbeddings encode_xl(const std::string& text, int clip_skip, PromptSyntax syntax,
+                             int call, const Observer& observe) const;
+  PromptEmbeddings encode_prompts_xl(const std::string& prompt, const std::string& negative_prompt,
+                                     int num_images, bool guidance, int clip_skip,
+                                     const Observer& observe, PromptSyntax syntax) const;
+  // SDXL's time ids [2B or B, 6 (or 5 for a refiner)] for a run of the given size.
+  Tensor xl_time_ids(const GenerationParams& params, int64_t width, int64_t height,
+                     int64_t batch, bool guided) const;
+  // Reads the SDXL parts of a diffusers folder (text_encoder_2/, tokenizer_2/, model_index.json
+  // flags); `sd` already holds the UNet.
+  static void load_xl_parts(StableDiffusion& sd, const std::string& folder);
   // The posterior sample of `image` ([1, 3, H, W] in [-1, 1]) * scaling_factor; `index` numbers
   // the VAE call for the observer.
   Tensor encode_image(const Tensor& image, NoiseSource& noise, int index,
                       const Observer& observe) const;
   Tensor decode(const Tensor& latents, const Observer& observe) const;
+  // Text-to-image's x_T: params.latents or a draw, times init_noise_sigma.
+  Tensor initial_latents(Run& run, const GenerationParams& params) const;
+  // Steps 5-6; without `decode_result` the final latents are returned instead of images.
   Tensor denoise_and_decode(
       Run& run, Tensor latents, const GenerationParams& params,
       const std::function<Tensor(const Tensor&)>& extra_channels,
-      const std::function<Tensor(int, double, const Tensor&)>& after_step) const;
+      const std::function<Tensor(int, double, const Tensor&)>& after_step,
+      bool decode_result = true) const;
+  // The end index for denoising_end `fraction` over timesteps()[begin:] (-1 when it is not in
+  // (0, 1)): the steps whose timestep is at or above round(T - fraction * T).
+  static int end_index_for(const schedulers::Scheduler& scheduler, int begin, double fraction);
 
   std::shared_ptr<models::UNet2DConditionModel> unet_;
   std::shared_ptr<models::AutoencoderKL> vae_;
   std::shared_ptr<models::CLIPTextModel> text_encoder_;
   std::shared_ptr<text::ClipTokenizer> tokenizer_;
+  std::shared_ptr<models::CLIPTextModel> text_encoder_2_;  // SDXL
+  std::shared_ptr<text::ClipTokenizer> tokenizer_2_;       // SDXL
+  bool force_zeros_for_empty_prompt_ = true;               // SDXL base (model_index.json)
+  bool requires_aesthetics_score_ = false;                 // SDXL refiner (model_index.json)
   schedulers::SchedulerConfig scheduler_config_;
 };
 
@@ -134,7 +206,9 @@ struct StableDiffusion::Run {
   std::unique_ptr<schedulers::Scheduler> scheduler;
   std::unique_ptr<NoiseSource> noise;
   Tensor prompt_embeds;  // [2B, 77, D] with guidance, else [B, 77, D]
+  models::AddedConditions added;  // SDXL: pooled [2B or B, P] and time ids [2B or B, k]
   bool guided = false;
+  int end_index = -1;  // SDXL denoising_end: the loop stops before timesteps()[end_index]
   Tensor init_image;    // [1, 3, H, W] in [-1, 1] (img2img, inpaint)
   int begin_index = 0;  // first step of timesteps() (strength < 1)
 };

@@ -494,6 +494,22 @@ ClipTokenizer ClipTokenizer::from_folder(const std::string& dir) {
   return tok;
 }
 
+ClipTokenizer ClipTokenizer::with_pad_token(const std::string& token) const {
+  ClipTokenizer tok = *this;
+  const int64_t id = token_to_id(token);
+  STIPPLE_CHECK(id >= 0, "the padding token \"", token, "\" is not in the tokenizer's vocabulary");
+  tok.pad_ = token;
+  tok.pad_id_ = id;
+  if (tok.added_.emplace(token, id).second) {
+    tok.added_sorted_.push_back(token);
+    std::sort(tok.added_sorted_.begin(), tok.added_sorted_.end(),
+              [](const std::string& a, const std::string& b) {
+                return a.size() != b.size() ? a.size() > b.size() : a < b;
+              });
+  }
+  return tok;
+}
+
 std::vector<std::pair<std::string, bool>> ClipTokenizer::split_added(
     const std::string& text) const {
   // The earliest match wins; among matches at one position the longest (transformers' Trie).

@@ -85,6 +85,10 @@ class ClipTokenizer {
   // (its BasicTokenizer is built with do_lower_case=True), and so does this class.
   bool do_lower_case() const { return do_lower_case_; }
 
+  // A copy that pads with `token` (a vocabulary symbol), which becomes a special token as in
+  // transformers: SDXL's second tokenizer is the first one's files with pad_token "!".
+  ClipTokenizer with_pad_token(const std::string& token) const;
+
   // The pre-tokens of step 3 for one piece of text without special tokens (for tests).
   std::vector<std::string> pre_tokenize(const std::string& piece) const;
 
