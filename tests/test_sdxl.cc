@@ -10,6 +10,8 @@
 #include <filesystem>
 #include <string>
 
+#include <stipple/stipple.h>
+
 #include "autograd/grad_mode.h"
 #include "core/error.h"
 #include "io/safetensors.h"
@@ -228,6 +230,109 @@ TEST(SDXL, HandOffFractionsAreChecked) {
   EXPECT_THROW(base.run_refine(q, latents), Error);
   q.denoising_start = 0.5;
   EXPECT_THROW(base.run_refine(q, Tensor::zeros({1, 3, 8, 12})), Error);
+}
+
+TEST(SDXL, EngineRunsBaseThenRefiner) {
+  OpenOptions opt;
+  opt.refiner = data("sdxl_refiner_tiny");
+  const Engine e = Engine::open(data("sdxl_tiny"), opt);
+  const ModelDescription& d = e.description();
+  EXPECT_EQ(d.family, "SDXL");
+  EXPECT_EQ(d.pipeline, "StableDiffusionXLPipeline");
+  EXPECT_EQ(d.default_sampler, "dpm++2m");
+  EXPECT_DOUBLE_EQ(d.default_cfg_scale, 5.0);
+  EXPECT_EQ(d.refiner, "sdxl_refiner_tiny");
+  GenerateRequest r;
+  r.prompt = "a red circle";
+  r.steps = 10;
+  r.width = 96;
+  r.height = 64;
+  r.seed = 3;
+  r.sampler = "euler";
+  r.refiner_switch_at = 0.7;
+  int last_step = 0, last_total = 0;
+  const GenerateResult out = e.generate(r, [&](const Progress& p) {
+    EXPECT_GE(p.step, last_step);
+    last_step = p.step;
+    last_total = p.total;
+  });
+  EXPECT_EQ(last_step, 10);
+  EXPECT_EQ(last_total, 10);
+  EXPECT_NE(out.parameters.find("Refiner: sdxl_refiner_tiny, Refiner switch at: 0.7"),
+            std::string::npos)
+      << out.parameters;
+  EXPECT_TRUE(out.notes.empty());
+
+  // The same as the pipelines composed by hand: base to 0.7, refiner from there.
+  const StableDiffusion base = StableDiffusion::from_pretrained(data("sdxl_tiny"));
+  const StableDiffusion refiner = StableDiffusion::from_pretrained(data("sdxl_refiner_tiny"));
+  pipelines::GenerationParams p;
+  p.prompt = r.prompt;
+  p.steps = 10;
+  p.cfg = 5.0f;
+  p.sampler = "euler";
+  p.seed = 3;
+  p.width = 96;
+  p.height = 64;
+  p.denoising_end = 0.7;
+  const Tensor latents = base.run_latents(p);
+  pipelines::GenerationParams q = p;
+  q.denoising_end = 1.0;
+  q.denoising_start = 0.7;
+  const Tensor images = refiner.run_refine(q, latents);  // [1, 3, 64, 96] in [0, 1]
+  const Image& img = out.images.at(0).image;
+  ASSERT_EQ(img.width, 96);
+  ASSERT_EQ(img.height, 64);
+  const std::vector<float> ref = images.contiguous().to_vector();
+  int off = 0;
+  for (int y = 0; y < 64; ++y)
+    for (int x = 0; x < 96; ++x)
+      for (int c = 0; c < 3; ++c) {
+        const float want = ref[(c * 64 + y) * 96 + x] * 255.0f;
+        off += std::abs(img.pixels[(y * 96 + x) * 3 + c] - want) > 1.0f;
+      }
+  EXPECT_EQ(off, 0);
+}
+
+TEST(SDXL, EngineRefinerErrorsAndNotes) {
+  {
+    OpenOptions opt;
+    opt.refiner = data("no-such-refiner");
+    try {
+      Engine::open(data("sdxl_tiny"), opt);
+      FAIL() << "a missing refiner opened";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kNotFound);
+    }
+  }
+  {
+    // A refiner for a model that is not SDXL base.
+    OpenOptions opt;
+    opt.refiner = data("sdxl_refiner_tiny");
+    try {
+      Engine::open(data("sdxl_refiner_tiny"), opt);
+      FAIL() << "a refiner refined a refiner";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("refiner"), std::string::npos) << e.what();
+    }
+  }
+  // Without a refiner, refiner_switch_at is noted and ignored; a bad value is refused.
+  const Engine e = Engine::open(data("sdxl_tiny"));
+  GenerateRequest r;
+  r.prompt = "x";
+  r.steps = 2;
+  r.width = 96;
+  r.height = 64;
+  r.refiner_switch_at = 0.5;
+  const GenerateResult out = e.generate(r);
+  ASSERT_EQ(out.notes.size(), 1u);
+  EXPECT_NE(out.notes[0].find("no refiner"), std::string::npos) << out.notes[0];
+  r.refiner_switch_at = 1.5;
+  EXPECT_THROW(e.generate(r), Error);
+  // The refiner alone does image-to-image only.
+  const Engine alone = Engine::open(data("sdxl_refiner_tiny"));
+  EXPECT_EQ(alone.description().family, "SDXL refiner");
+  EXPECT_EQ(alone.description().tasks.front(), Task::kImageToImage);
 }
 
 }  // namespace

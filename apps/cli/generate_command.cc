@@ -102,11 +102,19 @@ GenerateCommand::GenerateCommand(CLI::App& app, Mode mode) : mode_(mode) {
                     "generation parameters (A1111's `parameters` text; see `stipple info`)."));
   cmd_->add_option("--model", model_,
                    "a diffusers model folder (model_index.json, unet/, ...) or a single-file SD "
-                   "checkpoint (.safetensors with A1111/CompVis names)")
+                   "1.x/2.x/XL checkpoint (.safetensors with A1111/CompVis/SGM names)")
       ->required();
   cmd_->add_option("--tokenizer", tokenizer_,
                    "for a single-file checkpoint: a tokenizer folder (vocab.json, merges.txt; "
                    "default: tokenizer/ beside the file)");
+  if (mode == Mode::kGenerate) {
+    cmd_->add_option("--refiner", refiner_,
+                     "SDXL: a refiner (folder or single file) that finishes each image from "
+                     "--refiner-switch-at on");
+    cmd_->add_option("--refiner-switch-at", refiner_switch_at_,
+                     "with --refiner: the fraction of the steps the base model runs")
+        ->capture_default_str();
+  }
   cmd_->add_option("--prompt,-p", prompt_, "what to draw");
   cmd_->add_option("--negative-prompt,-n", negative_prompt_, "what to steer away from");
   cmd_->add_option("--steps", steps_,
@@ -114,7 +122,7 @@ GenerateCommand::GenerateCommand(CLI::App& app, Mode mode) : mode_(mode) {
                    "text-to-image DiTs 20, pixel-space DiTs 20)");
   cmd_->add_option("--cfg", cfg_,
                    "classifier-free guidance scale, <= 1 for none (default: the model's: Stable "
-                   "Diffusion 7.5, DiT 4, text-to-image DiTs 4, pixel-space DiTs 2)");
+                   "Diffusion 7.5, SDXL 5, DiT 4, text-to-image DiTs 4, pixel-space DiTs 2)");
   cmd_->add_option("--sampler", sampler_,
                    str_cat("sampler (default: the model's; `stipple info MODEL` says which): ",
                            sampler_list(), "; A1111's names (\"Euler a\", \"DPM++ 2M Karras\") "
@@ -195,9 +203,16 @@ int GenerateCommand::run() {
     if (cmd_->count("--strength") || mode_ == Mode::kInpaint) r.strength = strength_;
   }
   if (mode_ == Mode::kInpaint) r.mask = read_image(mask_, "mask");
+  STIPPLE_CHECK(refiner_.empty() || fs::exists(refiner_), "no such refiner folder or file: ",
+                refiner_);
+  if (mode_ == Mode::kGenerate && cmd_->count("--refiner-switch-at")) {
+    STIPPLE_CHECK(!refiner_.empty(), "--refiner-switch-at needs --refiner");
+    r.refiner_switch_at = refiner_switch_at_;
+  }
 
   OpenOptions options;
   options.tokenizer_dir = tokenizer_;
+  options.refiner = refiner_;
   options.memory_limit_mb = memory_limit_mb_;
   const Engine engine = Engine::open(model_, options);
   const ModelDescription& d = engine.description();

@@ -24,6 +24,8 @@ class GenerateCommand {
   std::string model_, prompt_, negative_prompt_, sampler_ = "ddim", out_ = "out.png";
   std::string init_image_, mask_;
   std::string tokenizer_;  // for single-file checkpoints
+  std::string refiner_;    // SDXL: a refiner model
+  double refiner_switch_at_ = 0.8;
   std::vector<std::string> class_labels_;
   std::string prompt_file_;
   int steps_ = 30, width_ = 0, height_ = 0, num_images_ = 1, clip_skip_ = 1;

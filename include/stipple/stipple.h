@@ -12,7 +12,8 @@
 //   stipple::save_png("sneaker.png", result.images[0].image, result.images[0].parameters);
 //
 // One registry maps every supported model to its pipeline and defaults: Stable Diffusion 1.x/2.x
-// (diffusers folders, inpainting folders and single-file checkpoints), DiT (latent, diffusers'
+// and SDXL with its refiner (diffusers folders, inpainting folders and single-file checkpoints),
+// DiT (latent, diffusers'
 // DiTPipeline), stipple's pixel-space class-conditional DiTs and its text-to-image DiTs. The
 // request says what to do: a mask means inpainting, an init image alone image-to-image, class
 // labels class-to-image, else text-to-image; Engine::description() says which of these a model
@@ -69,6 +70,9 @@ struct GenerateRequest {
   // > 0: every that many steps, Progress::preview shows the image being drawn (the sampler's
   // current estimate of the clean image, decoded; costs one decode each time).
   int preview_every = 0;
+  // SDXL opened with a refiner (OpenOptions::refiner): the fraction of the noise schedule the
+  // base model runs before the refiner takes over (A1111's "refiner switch at"; default 0.8).
+  std::optional<double> refiner_switch_at;
 };
 
 // Called after every denoising step (and from the generating thread).
@@ -122,8 +126,8 @@ struct GenerateResult {
 struct ModelDescription {
   std::string path;         // as given to open()
   std::string name;         // the folder's or file's name ("sd_tiny"), as PNG parameters name it
-  std::string family;       // "SD 1.x", "SD 2.x", "SD 1.x inpainting", "DiT", "text-to-image DiT",
-                            // "pixel-space DiT"
+  std::string family;       // "SD 1.x", "SD 2.x", "SD 1.x inpainting", "SDXL", "SDXL refiner",
+                            // "DiT", "text-to-image DiT", "pixel-space DiT"
   std::string pipeline;     // diffusers' pipeline class it loads as
   std::vector<Task> tasks;  // what generate() can do with it
   int default_steps = 0;
@@ -133,6 +137,7 @@ struct ModelDescription {
   int size_multiple = 0;  // width and height must be multiples of this; 0: only its own size
   int channels = 3;                      // of the images it draws (1: grey)
   std::vector<std::string> class_names;  // class models: the name of each id ("" when none)
+  std::string refiner;                   // SDXL: the refiner's name when one was opened
 };
 
 struct OpenOptions {
@@ -146,6 +151,9 @@ struct OpenOptions {
   // memory, exceed this many MiB, before allocating (0: the memory the system has available at
   // that moment).
   uint64_t memory_limit_mb = 0;
+  // SDXL: a refiner (diffusers folder or single file) that finishes text-to-image generations
+  // from GenerateRequest::refiner_switch_at on (diffusers' "ensemble of expert denoisers").
+  std::string refiner;
 };
 
 // What Engine::probe learns of a model without loading it.

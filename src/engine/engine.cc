@@ -210,6 +210,17 @@ Job resolve(const GenerateRequest& r, const ModelDescription& d, std::vector<std
                 "strength must be in [0, 1], got ", format_number(job.strength));
   if (r.strength && job.task == Task::kTextToImage)
     notes.push_back("strength: it applies to init images; it was not used");
+  if (r.refiner_switch_at) {
+    STIPPLE_CHECK(std::isfinite(*r.refiner_switch_at) && *r.refiner_switch_at > 0 &&
+                      *r.refiner_switch_at < 1,
+                  "refiner_switch_at must be between 0 and 1 (the fraction of the steps the base ",
+                  "model runs), got ", format_number(*r.refiner_switch_at));
+    job.refiner_switch_at = *r.refiner_switch_at;
+    if (d.refiner.empty())
+      notes.push_back("refiner_switch_at: no refiner was opened with this model; it was not used");
+    else if (job.task != Task::kTextToImage)
+      notes.push_back("refiner_switch_at: the refiner finishes text-to-image only; it was not used");
+  }
   if (r.init_image) job.init_image = rgb_tensor(*r.init_image, "init_image");
   if (r.mask) {
     job.mask = mask_tensor(*r.mask);
@@ -248,6 +259,9 @@ std::string parameters_text(const Job& job, const ModelDescription& d, const std
   if (job.task == Task::kImageToImage || job.task == Task::kInpaint)
     t += ", Denoising strength: " + format_number(job.strength);
   if (job.clip_skip > 1) t += str_cat(", Clip skip: ", job.clip_skip);
+  if (!d.refiner.empty() && job.task == Task::kTextToImage)
+    t += str_cat(", Refiner: ", d.refiner, ", Refiner switch at: ",
+                 format_number(job.refiner_switch_at));
   return t;
 }
 
@@ -315,7 +329,12 @@ uint64_t weights_bytes(const std::string& path) {
 Engine Engine::open(const std::string& given, const OpenOptions& options) {
   const auto [family, path] = find_family(given);
   // The weights' memory, from the safetensors headers, before anything is allocated.
-  const uint64_t need = weights_bytes(path);
+  if (!options.refiner.empty()) {
+    STIPPLE_CHECK_KIND(fs::exists(options.refiner), kNotFound, "no such refiner model: ",
+                       options.refiner);
+  }
+  const uint64_t need =
+      weights_bytes(path) + (options.refiner.empty() ? 0 : weights_bytes(options.refiner));
   const bool set = options.memory_limit_mb > 0;
   const uint64_t limit = set ? options.memory_limit_mb << 20 : system_memory().available;
   if (limit > 0 && need > limit)
@@ -332,6 +351,9 @@ Engine Engine::open(const std::string& given, const OpenOptions& options) {
     throw Error(str_cat("not enough memory to load ", given, " (", family->name, ")"),
                 ErrorKind::kResourceExhausted);
   }
+  STIPPLE_CHECK_KIND(options.refiner.empty() || !model->description.refiner.empty(),
+                     kInvalidArgument, "a refiner finishes SDXL generations, but ", given,
+                     " is a ", model->description.family, " model");
   model->memory_limit_mb = options.memory_limit_mb;
   model->description.path = given;
   model->description.name = model_name(path);

@@ -39,6 +39,7 @@ struct Job {
   Tensor init_image;  // [1, 3, H, W] in [0, 1] (img2img, inpaint)
   Tensor mask;        // [1, 1, H, W] in [0, 1] (inpaint)
   double strength = 1.0;
+  double refiner_switch_at = 0.8;  // SDXL with a refiner: the base's part of the schedule
   // Called after each step with (done, total); throws kCancelled when the token is set.
   std::function<void(int, int)> step;
   // Live previews (GenerateRequest::preview_every): the image being drawn, [1, C, H, W] in

@@ -3,6 +3,7 @@
 // registry (registry.cc) lists them in the order they are tried.
 #include "engine/registry.h"
 
+#include <cmath>
 #include <filesystem>
 #include <optional>
 
@@ -57,12 +58,15 @@ Tensor each_image(const Job& job, int64_t n, One one) {
   return images.size() == 1 ? images[0] : ops::concat(images, 0);
 }
 
-// ---------------- Stable Diffusion 1.x / 2.x ----------------
+// ---------------- Stable Diffusion 1.x / 2.x / XL ----------------
 
 class StableDiffusionModel : public Engine::Model {
  public:
   explicit StableDiffusionModel(pipelines::StableDiffusion sd) : sd_(std::move(sd)) {}
   const pipelines::StableDiffusion& pipeline() const { return sd_; }
+  void set_refiner(pipelines::StableDiffusion refiner) {
+    refiner_ = std::make_unique<pipelines::StableDiffusion>(std::move(refiner));
+  }
 
   Output run(const Job& job) const override {
     Output out;
@@ -81,6 +85,7 @@ class StableDiffusionModel : public Engine::Model {
       p.prompt_syntax = job.prompt_syntax;
       p.progress = step;
       p.preview = job.preview;
+      if (job.task == Task::kTextToImage && refiner_) return refined(p, job, step);
       if (job.task == Task::kTextToImage) return sd_.run_txt2img(p);
       p.init_image = job.init_image;
       p.strength = job.strength;
@@ -93,6 +98,28 @@ class StableDiffusionModel : public Engine::Model {
       out.seeds.push_back(job.seed + i);
     }
     return out;
+  }
+
+  // SDXL base then refiner: the base stops at refiner_switch_at and hands its latents over.
+  // Progress runs over job.steps in all: the base's part, then the refiner's.
+  Tensor refined(pipelines::GenerationParams p, const Job& job,
+                 const std::function<void(int, int)>& step) const {
+    const double f = job.refiner_switch_at;
+    const int steps = job.steps;
+    p.denoising_end = f;
+    p.progress = [&](int done, int total) {
+      if (step) step(static_cast<int>(std::lround(f * steps * done / total)), steps);
+    };
+    const Tensor latents = sd_.run_latents(p);
+    pipelines::GenerationParams q = p;
+    q.denoising_end = 1.0;
+    q.denoising_start = f;
+    q.width = q.height = 0;
+    q.progress = [&](int done, int total) {
+      if (step)
+        step(static_cast<int>(std::lround(f * steps + (1 - f) * steps * done / total)), steps);
+    };
+    return refiner_->run_refine(q, latents);
   }
 
   // Images are drawn one at a time; the peak is the VAE at full resolution (about 8 live tensors
@@ -110,6 +137,7 @@ class StableDiffusionModel : public Engine::Model {
 
  private:
   pipelines::StableDiffusion sd_;
+  std::unique_ptr<pipelines::StableDiffusion> refiner_;  // SDXL's, when opened with one
 };
 
 bool is_stable_diffusion(const std::string& path) {
@@ -125,8 +153,8 @@ std::unique_ptr<Engine::Model> open_stable_diffusion(const std::string& path,
   io::SingleFileOptions single;
   single.prediction_type = options.prediction_type;
   const pipelines::ModelInfo info = pipelines::inspect_model(path, single);
-  STIPPLE_CHECK_KIND(info.family.rfind("SD ", 0) == 0, kUnsupported, path,
-                     " is not a Stable Diffusion 1.x/2.x model (detected: ", info.family,
+  STIPPLE_CHECK_KIND(info.family.rfind("SD", 0) == 0, kUnsupported, path,
+                     " is not a Stable Diffusion 1.x/2.x/XL model (detected: ", info.family,
                      info.evidence.empty() ? "" : "; " + info.evidence, ")");
   auto m = std::make_unique<StableDiffusionModel>(
       pipelines::StableDiffusion::load(path, options.tokenizer_dir, single));
@@ -141,6 +169,34 @@ std::unique_ptr<Engine::Model> open_stable_diffusion(const std::string& path,
   d.default_steps = 30;
   d.default_cfg_scale = 7.5;
   d.default_sampler = "dpm++2m_karras";
+  if (sd.is_xl()) {
+    // diffusers' SDXL defaults (guidance 5) with the sampler its model card uses, DPM-Solver++
+    // multistep; 1024x1024 from the UNet's sample_size.
+    d.pipeline = sd.text_encoder() ? "StableDiffusionXLPipeline"
+                                   : "StableDiffusionXLImg2ImgPipeline";
+    d.default_cfg_scale = 5.0;
+    d.default_sampler = "dpm++2m";
+    // A refiner alone refines images: image-to-image (and inpainting through it).
+    if (!sd.text_encoder()) d.tasks = {Task::kImageToImage, Task::kInpaint};
+  }
+  if (!options.refiner.empty()) {
+    STIPPLE_CHECK_KIND(sd.is_xl() && sd.text_encoder(), kInvalidArgument,
+                       "a refiner finishes SDXL base generations, but ", path, " is a ",
+                       info.family, " model");
+    const pipelines::ModelInfo ri = pipelines::inspect_model(options.refiner, single);
+    STIPPLE_CHECK_KIND(ri.family.rfind("SDXL", 0) == 0, kUnsupported, options.refiner,
+                       " is not an SDXL refiner (detected: ", ri.family, ")");
+    pipelines::StableDiffusion refiner =
+        pipelines::StableDiffusion::load(options.refiner, options.tokenizer_dir, single);
+    STIPPLE_CHECK_KIND(refiner.vae_scale_factor() == sd.vae_scale_factor() &&
+                           refiner.unet().config().in_channels ==
+                               sd.unet().config().out_channels,
+                       kInvalidArgument, options.refiner,
+                       " cannot refine ", path, "'s latents (a different latent space)");
+    d.refiner = fs::path(options.refiner).filename().string();
+    if (fs::is_regular_file(options.refiner)) d.refiner = fs::path(options.refiner).stem().string();
+    m->set_refiner(std::move(refiner));
+  }
   d.default_width = d.default_height = static_cast<int>(sd.default_size());
   d.size_multiple = static_cast<int>(std::max<int64_t>(8, sd.vae_scale_factor()));
   return m;

@@ -50,11 +50,14 @@ const std::vector<std::string>& highlight_keys(const std::string& component) {
       {"unet",
        {"in_channels", "out_channels", "block_out_channels", "layers_per_block",
         "attention_head_dim", "num_attention_heads", "cross_attention_dim", "use_linear_projection",
-        "upcast_attention", "sample_size"}},
+        "upcast_attention", "sample_size", "addition_embed_type"}},
       {"vae", {"latent_channels", "block_out_channels", "layers_per_block", "scaling_factor"}},
       {"text_encoder",
        {"hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
         "hidden_act", "vocab_size"}},
+      {"text_encoder_2",
+       {"hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+        "hidden_act", "projection_dim", "vocab_size"}},
       {"transformer",
        {"in_channels", "out_channels", "sample_size", "patch_size", "num_layers",
         "num_attention_heads", "attention_head_dim", "num_embeds_ada_norm", "norm_type"}},
@@ -103,6 +106,13 @@ void detect_family(const std::string& component, const io::SafetensorsFile& f, M
     if (!cross) {
       info->family = "unknown";
       info->evidence = "a UNet without cross-attention (not text-conditioned)";
+      return;
+    }
+    if (f.contains("add_embedding.linear_1.weight")) {
+      // SDXL's added size/text conditioning; the refiner cross-attends to bigG alone (1280).
+      info->family = "SDXL";  // inspect_folder names a refiner (no text_encoder/) after
+      info->evidence = str_cat("unet weights: added text/time embedding (add_embedding), ",
+                               cross_dim, "-wide cross-attention");
       return;
     }
     info->family = (linear || cross_dim == 1024) ? "SD 2.x" : "SD 1.x";
@@ -200,7 +210,7 @@ ModelInfo inspect_folder(const fs::path& dir) {
       info.prediction_type = value_text(cfg, "prediction_type");
       if (info.prediction_type.empty()) info.prediction_type = "epsilon";
       c.source = cfg_path.string();
-    } else if (c.name == "tokenizer") {
+    } else if (c.name == "tokenizer" || c.name == "tokenizer_2") {
       c.source = sub.string();
       if (fs::exists(sub / "vocab.json")) {
         c.highlights.emplace_back(
@@ -218,6 +228,13 @@ ModelInfo inspect_folder(const fs::path& dir) {
     }
     info.components.push_back(std::move(c));
   }
+  // SDXL refiners have only text_encoder_2 (CLIP ViT-bigG); the base has both encoders.
+  const auto has = [&](const char* name) {
+    return std::any_of(info.components.begin(), info.components.end(),
+                       [&](const ComponentInfo& c) { return c.name == name; });
+  };
+  if (info.family == "SDXL" && has("text_encoder_2") && !has("text_encoder"))
+    info.family = "SDXL refiner";
   return info;
 }
 
@@ -246,9 +263,10 @@ ModelInfo inspect_file(const std::string& path, const io::SingleFileOptions& opt
       str_cat("tensor names and shapes: ", sf.unet_config.in_channels, " input channels, ",
               sf.unet_config.use_linear_projection ? "Linear" : "1x1-conv", " proj_in, ",
               sf.unet_config.cross_attention_dim.at(0), "-wide cross-attention",
-              sf.has_text_encoder ? ", " + sf.text_encoder_kind + " text encoder" : "");
+              sf.has_text_encoder ? ", " + sf.text_encoder_kind + " text encoder" : "",
+              sf.has_text_encoder_2 ? ", OpenCLIP bigG text encoder" : "");
   info.prediction_type = sf.prediction_type;
-  info.scheduler_class = "DDIMScheduler";
+  info.scheduler_class = sf.scheduler_json.value("_class_name", "DDIMScheduler");
   auto add = [&](const std::string& name, const std::string& cls, const nlohmann::json& j) {
     ComponentInfo c;
     c.name = name;
@@ -267,8 +285,11 @@ ModelInfo inspect_file(const std::string& path, const io::SingleFileOptions& opt
     info.notes.push_back("no VAE in the file (first_stage_model.*): supply one to decode");
   if (sf.has_text_encoder)
     add("text_encoder", "CLIPTextModel (" + sf.text_encoder_kind + ")", sf.text_encoder_json);
-  else
-    info.notes.push_back("no text encoder in the file (cond_stage_model.*)");
+  if (sf.has_text_encoder_2)
+    add("text_encoder_2", "CLIPTextModelWithProjection (OpenCLIP bigG)", sf.text_encoder_2_json);
+  if (!sf.has_text_encoder && !sf.has_text_encoder_2)
+    info.notes.push_back(str_cat("no text encoder in the file (",
+                                 sf.xl ? "conditioner.embedders.*" : "cond_stage_model.*", ")"));
   if (sf.num_tensors.count("other")) {
     info.notes.push_back(str_cat(sf.num_tensors.at("other"), " tensors outside the three models ",
                                  "(EMA copies, schedule buffers, ...) are ignored"));
