@@ -21,11 +21,11 @@ SECONDS_PER_TARGET="${1:-60}"
 BUILD="${STIPPLE_FUZZ_BUILD:-$ROOT/build-fuzz}"
 JOBS="${STIPPLE_FUZZ_JOBS:-2}"
 PARALLEL="${STIPPLE_FUZZ_PARALLEL:-1}"
-TARGETS=(${STIPPLE_FUZZ_TARGETS:-safetensors json_config png clip_tokenizer single_file})
-# The longest input each target gets: a whole safetensors file or PNG, a config, a prompt, and
-# a tensor list as long as a Stable Diffusion checkpoint's (about 1,100 names).
+TARGETS=(${STIPPLE_FUZZ_TARGETS:-safetensors json_config png clip_tokenizer single_file torch_checkpoint})
+# The longest input each target gets: a whole safetensors file or PNG, a config, a prompt, a
+# tensor list as long as a Stable Diffusion checkpoint's (about 1,100 names), a torch.save file.
 declare -A MAX_LEN=([safetensors]=65536 [json_config]=16384 [png]=65536 [clip_tokenizer]=4096
-                    [single_file]=131072)
+                    [single_file]=131072 [torch_checkpoint]=65536)
 
 if [ ! -f "$BUILD/CMakeCache.txt" ]; then
   CC=clang CXX=clang++ cmake -S "$ROOT" -B "$BUILD" -DSTIPPLE_FUZZ=ON -DSTIPPLE_BUILD_TESTS=OFF \

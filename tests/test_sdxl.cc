@@ -168,13 +168,13 @@ TEST(SDXL, SingleFileDetectsTheLayoutFromTheWeights) {
   const io::SafetensorsFile file =
       io::SafetensorsFile::open(data("sdxl_tiny_single_file.safetensors"));
   io::SingleFileOptions opt;
-  opt.addition_time_embed_dim = 8;
-  opt.norm_num_groups = 4;
+  opt.norm_num_groups = 4;  // the tiny model's; SD checkpoints use 32
   const io::SingleFileInfo info = io::inspect_single_file(file, opt);
   EXPECT_EQ(info.family, "SDXL");
   const models::UNet2DConditionConfig& u = info.unet_config;
   EXPECT_EQ(u.addition_embed_type, "text_time");
   EXPECT_EQ(u.projection_class_embeddings_input_dim, 80);
+  EXPECT_EQ(u.addition_time_embed_dim, 8);  // (80 - bigG's 32-wide projection) / 6 ids
   EXPECT_EQ(u.cross_attention_dim.at(0), 72);
   EXPECT_EQ(u.block_out_channels, (std::vector<int64_t>{8, 16}));
   EXPECT_EQ(u.down_block_types.at(0), "DownBlock2D");
@@ -292,6 +292,26 @@ TEST(SDXL, EngineRunsBaseThenRefiner) {
         off += std::abs(img.pixels[(y * 96 + x) * 3 + c] - want) > 1.0f;
       }
   EXPECT_EQ(off, 0);
+}
+
+TEST(SDXL, RefinerWithNoStepLeftDecodesTheBaseLatents) {
+  // 4 DPM-Solver++ steps are 801, 601, 401, 201: all at or above the 0.8 cutoff (200), so the
+  // base runs them all and the refiner decodes (the tiny refiner shares the base's VAE).
+  const StableDiffusion base = StableDiffusion::from_pretrained(data("sdxl_tiny"));
+  const StableDiffusion refiner = StableDiffusion::from_pretrained(data("sdxl_refiner_tiny"));
+  pipelines::GenerationParams p;
+  p.prompt = "a red circle";
+  p.steps = 4;
+  p.cfg = 5.0f;
+  p.sampler = "dpm++2m";
+  p.width = 96;
+  p.height = 64;
+  const Tensor whole = base.run_txt2img(p);
+  p.denoising_end = 0.8;
+  pipelines::GenerationParams q = p;
+  q.denoising_end = 1.0;
+  q.denoising_start = 0.8;
+  EXPECT_TRUE(close(refiner.run_refine(q, base.run_latents(p)), whole, 1e-6));
 }
 
 TEST(SDXL, EngineRefinerErrorsAndNotes) {

@@ -18,6 +18,7 @@
 #include "core/rng.h"
 #include "io/json.h"
 #include "io/single_file.h"
+#include "io/torch_checkpoint.h"
 #include "models/unet2d_condition.h"
 #include "models/vae.h"
 #include "progress.h"
@@ -170,7 +171,7 @@ int BenchCommand::run() {
   std::shared_ptr<models::AutoencoderKL> vae;
   std::string source = "random weights (seed " + std::to_string(seed_) + ")";
   if (!weights_.empty()) {
-    const io::SafetensorsFile f = io::SafetensorsFile::open(weights_);
+    const io::SafetensorsFile f = io::open_weights_file(weights_);
     const bool has_vae = io::inspect_single_file(f).has_vae;
     io::SingleFileModels m = io::load_single_file(weights_, {}, true, has_vae && !no_vae_, false);
     unet = m.unet;

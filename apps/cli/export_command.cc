@@ -4,11 +4,13 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <sstream>
 
 #include "core/error.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
+#include "io/torch_checkpoint.h"
 
 namespace stipple::cli {
 namespace fs = std::filesystem;
@@ -23,10 +25,63 @@ std::string read_bytes(const fs::path& p) {
   return s.str();
 }
 
-DType parse_dtype(const std::string& s) {
+// "keep" -> nullopt
+std::optional<DType> parse_dtype(const std::string& s) {
   if (s == "f16") return DType::kF16;
   if (s == "bf16") return DType::kBF16;
-  return DType::kF32;
+  if (s == "f32") return DType::kF32;
+  return std::nullopt;
+}
+
+// Floating tensors to `dtype` (all of them when given); counts the tensors.
+void convert_floats(std::map<std::string, Tensor>& weights, std::optional<DType> dtype,
+                    int64_t* tensors) {
+  for (auto& [name, t] : weights) {
+    const bool floating = t.dtype() == DType::kF32 || t.dtype() == DType::kF16 ||
+                          t.dtype() == DType::kBF16 || t.dtype() == DType::kF64;
+    if (dtype && floating && t.dtype() != *dtype) t = t.to(*dtype);
+    ++*tensors;
+  }
+}
+
+struct CopyStats {
+  int files = 0;
+  int64_t tensors = 0, bytes = 0;
+};
+
+// The folder copy of `export`: model_index.json, then each component folder's files (configs
+// and tokenizer files as they are, weights converted; PyTorch .bin weights become .safetensors).
+CopyStats copy_model_folder(const fs::path& src, const fs::path& dst, std::optional<DType> dtype) {
+  CopyStats st;
+  fs::create_directories(dst);
+  io::write_file_atomic((dst / "model_index.json").string(), read_bytes(src / "model_index.json"));
+  st.files = 1;
+  for (const auto& entry : fs::directory_iterator(src)) {
+    if (!entry.is_directory()) continue;  // training_state.safetensors and other top-level files
+    const fs::path sub = dst / entry.path().filename();
+    fs::create_directories(sub);
+    for (const auto& f : fs::directory_iterator(entry.path())) {
+      if (!f.is_regular_file()) continue;
+      const std::string ext = f.path().extension().string();
+      fs::path target = sub / f.path().filename();
+      if (ext == ".safetensors" || ext == ".bin") {
+        const io::SafetensorsFile in = io::open_weights_file(f.path().string());
+        std::map<std::string, Tensor> weights = in.tensors();
+        convert_floats(weights, dtype, &st.tensors);
+        // transformers' pytorch_model.bin -> model.safetensors; diffusers' names keep their stem.
+        if (ext == ".bin") {
+          const std::string stem = f.path().stem().string();
+          target = sub / ((stem == "pytorch_model" ? std::string("model") : stem) + ".safetensors");
+        }
+        io::save_safetensors(target.string(), weights, in.metadata());
+        st.bytes += static_cast<int64_t>(fs::file_size(target));
+      } else {  // configs, tokenizer files (merges.txt) and the like, as they are
+        io::write_file_atomic(target.string(), read_bytes(f.path()));
+      }
+      ++st.files;
+    }
+  }
+  return st;
 }
 
 }  // namespace
@@ -54,46 +109,66 @@ int ExportCommand::run() {
                 " is not a diffusers folder: it holds no model_index.json");
   const fs::path dst = fs::absolute(out_);
   STIPPLE_CHECK(fs::weakly_canonical(dst) != src, "--out must differ from the model folder");
-  const DType dtype = parse_dtype(dtype_);
-  fs::create_directories(dst);
-  io::write_file_atomic((dst / "model_index.json").string(),
-                        read_bytes(src / "model_index.json"));
-  int64_t tensors = 0, bytes = 0;
-  int files = 1;
-  for (const auto& entry : fs::directory_iterator(src)) {
-    if (!entry.is_directory()) continue;  // training_state.safetensors and other top-level files
-    const fs::path sub = dst / entry.path().filename();
-    fs::create_directories(sub);
-    for (const auto& f : fs::directory_iterator(entry.path())) {
-      if (!f.is_regular_file()) continue;
-      const std::string ext = f.path().extension().string();
-      const fs::path target = sub / f.path().filename();
-      if (ext == ".json") {
-        io::write_file_atomic(target.string(), read_bytes(f.path()));
-        ++files;
-      } else if (ext == ".safetensors") {
-        const io::SafetensorsFile in = io::SafetensorsFile::open(f.path().string());
-        std::map<std::string, Tensor> weights = in.tensors();
-        for (auto& [name, t] : weights) {
-          if (t.dtype() == DType::kF32 || t.dtype() == DType::kF16 || t.dtype() == DType::kBF16 ||
-              t.dtype() == DType::kF64) {
-            if (t.dtype() != dtype) t = t.to(dtype);
-          }
-          ++tensors;
-        }
-        io::save_safetensors(target.string(), weights, in.metadata());
-        bytes += static_cast<int64_t>(fs::file_size(target));
-        ++files;
-      } else {  // tokenizer files (merges.txt) and the like, as they are
-        io::write_file_atomic(target.string(), read_bytes(f.path()));
-        ++files;
-      }
-    }
-  }
+  const CopyStats st = copy_model_folder(src, dst, parse_dtype(dtype_));
   if (!quiet_)
     std::printf("exported %s to %s: %d files, %lld tensors in %s, %.1f MB of weights\n",
-                src.string().c_str(), dst.string().c_str(), files,
-                static_cast<long long>(tensors), dtype_.c_str(), bytes / 1048576.0);
+                src.string().c_str(), dst.string().c_str(), st.files,
+                static_cast<long long>(st.tensors), dtype_.c_str(), st.bytes / 1048576.0);
+  return 0;
+}
+
+ConvertCommand::ConvertCommand(CLI::App& app) {
+  cmd_ = app.add_subcommand(
+      "convert",
+      "Write any weights stipple reads as safetensors: a single file (.safetensors, or a PyTorch "
+      ".ckpt/.pt/.pth/.bin, read without running its pickle) to one .safetensors with the same "
+      "tensor names, or a diffusers folder to a folder (as export, PyTorch .bin weights "
+      "rewritten as .safetensors).");
+  cmd_->add_option("input", in_, "a weights file or a diffusers folder")->required();
+  cmd_->add_option("--out", out_, "the .safetensors file (or folder) to write")->required();
+  cmd_->add_option("--dtype", dtype_, "floating-point weights as: keep (as stored), f16, bf16, f32")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"keep", "f16", "bf16", "f32"}));
+  cmd_->add_flag("--overwrite", overwrite_, "replace --out when it exists");
+  cmd_->add_flag("--quiet,-q", quiet_, "no summary");
+}
+
+int ConvertCommand::run() {
+  STIPPLE_CHECK(fs::exists(in_), "no such file or folder: ", in_);
+  const fs::path src = fs::canonical(in_);
+  const fs::path dst = fs::absolute(out_);
+  STIPPLE_CHECK(fs::weakly_canonical(dst) != src, "--out must differ from the input");
+  const std::optional<DType> dtype = parse_dtype(dtype_);
+  if (fs::is_directory(src)) {
+    STIPPLE_CHECK(fs::exists(src / "model_index.json"), in_,
+                  " is a folder but not a diffusers model (no model_index.json); give a weights "
+                  "file or a model folder");
+    STIPPLE_CHECK(overwrite_ || !fs::exists(dst) || fs::is_empty(dst), out_,
+                  " exists and is not empty; pass --overwrite to write into it");
+    const CopyStats st = copy_model_folder(src, dst, dtype);
+    if (!quiet_)
+      std::printf("converted %s to %s: %d files, %lld tensors, %.1f MB of weights\n",
+                  src.string().c_str(), dst.string().c_str(), st.files,
+                  static_cast<long long>(st.tensors), st.bytes / 1048576.0);
+    return 0;
+  }
+  STIPPLE_CHECK(dst.extension() == ".safetensors", "--out must name a .safetensors file, got ",
+                out_);
+  STIPPLE_CHECK(overwrite_ || !fs::exists(dst), out_,
+                " exists; pass --overwrite to replace it");
+  const io::SafetensorsFile in = io::open_weights_file(src.string());
+  std::map<std::string, Tensor> weights = in.tensors();
+  STIPPLE_CHECK(!weights.empty(), in_, " holds no tensors");
+  if (dst.has_parent_path()) fs::create_directories(dst.parent_path());
+  int64_t tensors = 0;
+  convert_floats(weights, dtype, &tensors);
+  std::map<std::string, std::string> metadata = in.metadata();
+  metadata.emplace("format", "pt");
+  io::save_safetensors(dst.string(), weights, metadata);
+  if (!quiet_)
+    std::printf("converted %s to %s: %lld tensors, %.1f MB\n", src.string().c_str(),
+                dst.string().c_str(), static_cast<long long>(tensors),
+                fs::file_size(dst) / 1048576.0);
   return 0;
 }
 

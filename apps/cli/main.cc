@@ -111,6 +111,7 @@ int main(int argc, char** argv) {
   stipple::cli::InfoCommand info_cmd(app);
   stipple::cli::ServeCommand serve_cmd(app);
   stipple::cli::ExportCommand export_cmd(app);
+  stipple::cli::ConvertCommand convert_cmd(app);
   stipple::cli::BenchCommand bench_cmd(app);
 
   std::string conformance_dir;
@@ -140,6 +141,7 @@ int main(int argc, char** argv) {
     if (*demo_cmd) return run_demo_command(demo, demo_out, quiet);
     if (info_cmd.selected()) return info_cmd.run();
     if (export_cmd.selected()) return export_cmd.run();
+    if (convert_cmd.selected()) return convert_cmd.run();
     if (bench_cmd.selected()) return bench_cmd.run();
     if (*conformance_cmd) return run_conformance_command(conformance_dir);
     if (train_cmd.selected()) return train_cmd.run();

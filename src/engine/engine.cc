@@ -17,6 +17,7 @@
 #include "engine/registry.h"
 #include "io/png.h"
 #include "io/safetensors.h"
+#include "io/torch_checkpoint.h"
 #include "ops/ops.h"
 #include "schedulers/scheduler.h"
 
@@ -308,7 +309,7 @@ std::pair<const Engine::Family*, std::string> find_family(const std::string& giv
 uint64_t weights_bytes(const std::string& path) {
   uint64_t bytes = 0;
   auto add = [&bytes](const fs::path& file) {
-    const io::SafetensorsFile f = io::SafetensorsFile::open(file.string());
+    const io::SafetensorsFile f = io::open_weights_file(file.string());
     for (const auto& [name, e] : f.entries())
       if (e.dtype == "F32" || e.dtype == "F16" || e.dtype == "BF16" || e.dtype == "F64")
         bytes += static_cast<uint64_t>(shape_numel(e.shape)) * 4;

@@ -141,7 +141,11 @@ class StableDiffusionModel : public Engine::Model {
 };
 
 bool is_stable_diffusion(const std::string& path) {
-  if (fs::is_regular_file(path)) return fs::path(path).extension() == ".safetensors";
+  if (fs::is_regular_file(path)) {
+    // safetensors, or a PyTorch checkpoint (read without running its pickle)
+    const std::string ext = fs::path(path).extension().string();
+    return ext == ".safetensors" || ext == ".ckpt" || ext == ".pt" || ext == ".pth";
+  }
   if (!fs::is_directory(path)) return false;
   const std::string cls = class_name_of(path);
   if (cls.rfind("StableDiffusion", 0) == 0) return true;

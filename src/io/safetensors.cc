@@ -350,7 +350,28 @@ DType SafetensorsFile::dtype(const std::string& name) const {
   return DType::kI64;
 }
 
+SafetensorsFile SafetensorsFile::from_tensors(std::map<std::string, Tensor> tensors,
+                                              const std::string& name) {
+  SafetensorsFile f;
+  f.path_ = name;
+  for (auto& [key, t] : tensors) {
+    STIPPLE_CHECK(t.defined(), name, ": tensor ", key, " is undefined");
+    SafetensorsEntry e;
+    e.name = key;
+    e.dtype = safetensors_name(t.dtype());  // throws for dtypes a file cannot hold
+    e.shape = t.shape();
+    f.entries_[key] = e;
+  }
+  f.held_ = std::move(tensors);
+  return f;
+}
+
 Tensor SafetensorsFile::tensor(const std::string& name) const {
+  if (!held_.empty()) {
+    auto it = held_.find(name);
+    STIPPLE_CHECK(it != held_.end(), path_, ": no tensor named '", name, "'");
+    return it->second;
+  }
   const SafetensorsEntry& e = entry(name);
   const DType t = dtype(name);  // throws for unsupported dtypes
   const uint8_t* src = data_ + e.begin;

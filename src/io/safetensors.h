@@ -64,6 +64,11 @@ class SafetensorsFile {
   // Validates a whole safetensors file held in memory, exactly as open() validates a file; `name`
   // stands for the path in errors and path(). The result keeps `bytes` alive and views it.
   static SafetensorsFile from_bytes(std::string bytes, const std::string& name);
+  // Tensors already in memory (F32, F16, BF16, I64 or F64), presented like a file's: how other
+  // formats (PyTorch checkpoints, io/torch_checkpoint.h) reach the loaders. tensor() returns them
+  // as they are; `name` stands for the path.
+  static SafetensorsFile from_tensors(std::map<std::string, Tensor> tensors,
+                                      const std::string& name);
 
   const std::string& path() const { return path_; }
   // Tensor names, sorted.
@@ -100,6 +105,7 @@ class SafetensorsFile {
   uint64_t data_size_ = 0;
   std::map<std::string, SafetensorsEntry> entries_;
   std::map<std::string, std::string> metadata_;
+  std::map<std::string, Tensor> held_;  // from_tensors()
 };
 
 // Shorthand for SafetensorsFile::open(path).tensors().

@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "io/json.h"
+#include "io/torch_checkpoint.h"
 
 namespace stipple::io {
 
@@ -310,9 +311,19 @@ nlohmann::json detect_unet(const Header& h, const SingleFileOptions& opt, bool x
   if (temb != 4 * c0) j["time_embedding_dim"] = temb;
 
   if (xl) {
+    // label_emb.0.0 takes the pooled text (bigG's projection width) and 6 (base) or 5 (refiner)
+    // sinusoids of the size/crop/score ids: their width follows when bigG is in the file.
+    const int64_t in_dim = h.dim(P + "label_emb.0.0.weight", 1);
+    int64_t per_id = opt.addition_time_embed_dim;
+    const bool refiner = h.has(kXLRefinerBigGPrefix + "text_projection");
+    const std::string proj = (refiner ? kXLRefinerBigGPrefix : kXLBigGPrefix) + "text_projection";
+    if (h.has(proj) && h.shape(proj).size() == 2) {
+      const int64_t ids = refiner ? 5 : 6, rest = in_dim - h.dim(proj, 1);
+      if (rest > 0 && rest % ids == 0 && (rest / ids) % 2 == 0) per_id = rest / ids;
+    }
     j["addition_embed_type"] = "text_time";
-    j["addition_time_embed_dim"] = opt.addition_time_embed_dim;
-    j["projection_class_embeddings_input_dim"] = h.dim(P + "label_emb.0.0.weight", 1);
+    j["addition_time_embed_dim"] = per_id;
+    j["projection_class_embeddings_input_dim"] = in_dim;
     j["sample_size"] = 128;
     *family = h.has(kXLRefinerBigGPrefix + "token_embedding.weight") ? "SDXL refiner" : "SDXL";
     if (in_channels != 4) *family += str_cat(" (", in_channels, "-channel input)");
@@ -841,7 +852,7 @@ std::map<std::string, Tensor> to_single_file_names(SingleFileComponent component
 SingleFileModels load_single_file(const std::string& path, const SingleFileOptions& options,
                                   bool unet, bool vae, bool text_encoder) {
   STIPPLE_CHECK(std::filesystem::exists(path), "no such file: ", path);
-  const SafetensorsFile file = SafetensorsFile::open(path);
+  const SafetensorsFile file = open_weights_file(path);  // safetensors or a .ckpt
   SingleFileModels m;
   m.info = inspect_single_file(file, options);
   auto missing = [&](const char* what, const char* prefix) {

@@ -31,11 +31,13 @@
 //          scales by 0.13025 and decodes in f32 (force_upcast).
 // Not in the weights, hence options: GroupNorm groups (32 in every SD checkpoint), the prediction
 // type (epsilon unless told; SD 2.x 768-v files need v_prediction), upcast_attention (SD 2.1-v),
-// SDXL's channels per time id (256). `config_dir` takes every config from a diffusers folder of
-// the same model instead (as diffusers' from_single_file(config=...)).
+// SDXL's channels per time id when the file has no bigG (else inferred; 256 in SDXL). `config_dir`
+// takes every config from a diffusers folder of the same model instead (as diffusers'
+// from_single_file(config=...)).
 //
 // Leaves out (errors that name what was found): the x4 upscaler and other class-conditioned
-// UNets (label_emb without conditioner.*), .ckpt pickles, LoRA files.
+// UNets (label_emb without conditioner.*), LoRA files. PyTorch .ckpt files are read through
+// io/torch_checkpoint.h (load_single_file takes either format).
 #pragma once
 
 #include <cstdint>
@@ -59,7 +61,8 @@ struct SingleFileOptions {
   bool upcast_attention = false;            // SD 2.1-v sets it; no effect on f32 compute
   int64_t norm_num_groups = 32;             // UNet and VAE GroupNorm groups
   int64_t text_num_heads = 0;               // 0: hidden_size / 64 (every CLIP/OpenCLIP text tower)
-  int64_t addition_time_embed_dim = 256;    // SDXL: channels of each size/crop id's sinusoid
+  // SDXL: channels of each size/crop id's sinusoid when the file has no bigG to infer it from
+  int64_t addition_time_embed_dim = 256;
   // A diffusers folder (unet/, vae/, text_encoder/, text_encoder_2/ config.json files) whose
   // configs replace detection; "" = detect everything from the weights.
   std::string config_dir;

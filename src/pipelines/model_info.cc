@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "io/json.h"
 #include "io/safetensors.h"
+#include "io/torch_checkpoint.h"
 
 namespace stipple::pipelines {
 
@@ -239,7 +240,7 @@ ModelInfo inspect_folder(const fs::path& dir) {
 }
 
 ModelInfo inspect_file(const std::string& path, const io::SingleFileOptions& options) {
-  const io::SafetensorsFile f = io::SafetensorsFile::open(path);
+  const io::SafetensorsFile f = io::open_weights_file(path);  // safetensors or .ckpt
   ModelInfo info;
   info.path = path;
   if (!io::looks_like_single_file(f)) {

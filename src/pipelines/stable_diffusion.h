@@ -134,7 +134,8 @@ class StableDiffusion {
   // Text-to-image up to params.denoising_end, without decoding: the latents a refiner takes.
   Tensor run_latents(const GenerationParams& params) const;
   // A refiner's part of the hand-off: denoises `latents` (from run_latents, [B, 4, h, w]) over the
-  // timesteps below params.denoising_start and decodes. Returns [B, 3, H, W] in [0, 1].
+  // timesteps below params.denoising_start and decodes. Returns [B, 3, H, W] in [0, 1]. When no
+  // timestep is below it (few steps: the base ran them all), the latents are only decoded.
   Tensor run_refine(const GenerationParams& params, const Tensor& latents) const;
 
   // SDXL: a UNet with added text/time conditioning (addition_embed_type "text_time").

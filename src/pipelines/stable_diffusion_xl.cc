@@ -207,8 +207,9 @@ Tensor StableDiffusion::run_refine(const GenerationParams& params, const Tensor&
   for (double t : ts) n += t < cutoff ? 1 : 0;
   if (r.scheduler->order() == 2 && n % 2 == 0) ++n;
   n = std::min<int>(n, static_cast<int>(ts.size()));
-  STIPPLE_CHECK(n > 0, "denoising_start ", p.denoising_start, " leaves the refiner no step: ",
-                "every timestep of the ", p.steps, "-step schedule is at or above ", cutoff);
+  // The base ran every step of this schedule (each timestep is at or above the cutoff): its
+  // latents are finished, and the refiner only decodes them.
+  if (n == 0) return decode(latents.contiguous(), p.observe);
   r.begin_index = static_cast<int>(ts.size()) - n;
   r.scheduler->set_begin_index(r.begin_index);
   r.end_index = -1;
