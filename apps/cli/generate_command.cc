@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "io/output_path.h"
 #include "io/read_file.h"
+#include "models/lora.h"
 #include "progress.h"
 
 namespace stipple::cli {
@@ -115,6 +116,12 @@ GenerateCommand::GenerateCommand(CLI::App& app, Mode mode) : mode_(mode) {
                      "with --refiner: the fraction of the steps the base model runs")
         ->capture_default_str();
   }
+  cmd_->add_option("--lora", loras_,
+                   "Stable Diffusion 1.x/2.x/XL: a LoRA to merge, FILE[:WEIGHT] (kohya/A1111 or "
+                   "diffusers/PEFT keys; .safetensors or .ckpt/.pt); repeat for several");
+  cmd_->add_option("--lora-dir", lora_dir_,
+                   "where the prompt's <lora:NAME:WEIGHT> tags (with --prompt-syntax a1111) find "
+                   "NAME.safetensors");
   cmd_->add_option("--prompt,-p", prompt_, "what to draw");
   cmd_->add_option("--negative-prompt,-n", negative_prompt_, "what to steer away from");
   cmd_->add_option("--steps", steps_,
@@ -210,9 +217,19 @@ int GenerateCommand::run() {
     r.refiner_switch_at = refiner_switch_at_;
   }
 
+  for (const std::string& l : loras_) {
+    const models::LoraSpec spec = models::parse_lora_spec(l);
+    STIPPLE_CHECK(fs::is_regular_file(spec.path), "no such LoRA file: ", spec.path,
+                  " (--lora FILE[:WEIGHT])");
+    r.loras.push_back({spec.path, spec.weight});
+  }
+  STIPPLE_CHECK(lora_dir_.empty() || fs::is_directory(lora_dir_), "no such LoRA folder: ",
+                lora_dir_);
+
   OpenOptions options;
   options.tokenizer_dir = tokenizer_;
   options.refiner = refiner_;
+  options.lora_dir = lora_dir_;
   options.memory_limit_mb = memory_limit_mb_;
   const Engine engine = Engine::open(model_, options);
   const ModelDescription& d = engine.description();

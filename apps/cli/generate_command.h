@@ -25,6 +25,8 @@ class GenerateCommand {
   std::string init_image_, mask_;
   std::string tokenizer_;  // for single-file checkpoints
   std::string refiner_;    // SDXL: a refiner model
+  std::vector<std::string> loras_;  // FILE[:WEIGHT]
+  std::string lora_dir_;
   double refiner_switch_at_ = 0.8;
   std::vector<std::string> class_labels_;
   std::string prompt_file_;

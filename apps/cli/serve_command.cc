@@ -43,6 +43,8 @@ ServeCommand::ServeCommand(CLI::App& app) {
   cmd_->add_option("--max-images", options_.max_images, "most images per request")
       ->check(CLI::Range(1, 256))
       ->capture_default_str();
+  cmd_->add_option("--lora-dir", options_.lora_dir,
+                   "where A1111 prompts' <lora:NAME:WEIGHT> tags find NAME.safetensors");
   cmd_->add_option("--output-dir", options_.output_dir,
                    "save images here (A1111 save_images, OpenAI response_format \"url\"), served "
                    "at /outputs/");

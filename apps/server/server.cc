@@ -407,7 +407,9 @@ struct Server::Impl {
     }
     const auto start = Clock::now();
     try {
-      auto engine = std::make_unique<Engine>(Engine::open(m.path));
+      OpenOptions open;
+      open.lora_dir = opt.lora_dir;
+      auto engine = std::make_unique<Engine>(Engine::open(m.path, open));
       std::lock_guard<std::mutex> lock(mu);
       m.description = engine->description();
       m.engine = std::move(engine);

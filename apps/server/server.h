@@ -51,6 +51,8 @@ struct ServerOptions {
   int job_ttl_seconds = 3600;     // ...and for at most this long
   int max_streams = 8;            // concurrent /v1/jobs/{id}/events streams
   bool log_requests = true;       // one line per request on stderr
+  // Where A1111 prompts' <lora:NAME:WEIGHT> tags find NAME.safetensors ("" = tags refused).
+  std::string lora_dir;
 };
 
 class Server {

@@ -48,6 +48,13 @@ struct Image {
 enum class Task { kTextToImage, kImageToImage, kInpaint, kClassToImage };
 const char* to_string(Task task);  // "txt2img", "img2img", "inpaint", "class2img"
 
+// A LoRA to merge into a Stable Diffusion model for a generation: a file (kohya/A1111 or
+// diffusers/PEFT keys, safetensors or a PyTorch checkpoint) and its weight.
+struct LoraWeights {
+  std::string path;
+  double weight = 1.0;
+};
+
 // What one generation asks for. Fields left at their defaults take the model's defaults.
 struct GenerateRequest {
   // Text models: the prompt, or several prompts (one image each, in order; `prompt` is then
@@ -73,6 +80,10 @@ struct GenerateRequest {
   // SDXL opened with a refiner (OpenOptions::refiner): the fraction of the noise schedule the
   // base model runs before the refiner takes over (A1111's "refiner switch at"; default 0.8).
   std::optional<double> refiner_switch_at;
+  // Stable Diffusion 1.x/2.x/XL: LoRAs merged for this request (and unmerged after). With
+  // prompt_syntax kA1111 a prompt's <lora:NAME:WEIGHT> tags add OpenOptions::lora_dir's
+  // NAME.safetensors (or .ckpt, .pt) for that prompt's images, and are removed from its text.
+  std::vector<LoraWeights> loras;
 };
 
 // Called after every denoising step (and from the generating thread).
@@ -154,6 +165,8 @@ struct OpenOptions {
   // SDXL: a refiner (diffusers folder or single file) that finishes text-to-image generations
   // from GenerateRequest::refiner_switch_at on (diffusers' "ensemble of expert denoisers").
   std::string refiner;
+  // Where <lora:NAME:WEIGHT> prompt tags find NAME.safetensors ("" = tags are refused).
+  std::string lora_dir;
 };
 
 // What Engine::probe learns of a model without loading it.

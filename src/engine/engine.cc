@@ -110,7 +110,41 @@ Task decide_task(const GenerateRequest& r) {
 }
 
 // The request checked against the model and filled with its defaults.
-Job resolve(const GenerateRequest& r, const ModelDescription& d, std::vector<std::string>& notes) {
+// Removes A1111's <lora:NAME> and <lora:NAME:WEIGHT> tags from `prompt`, adding dir/NAME's file
+// to `loras`. Names are file names in `dir`, never paths (a server's clients name LoRAs).
+void take_lora_tags(std::string& prompt, const std::string& dir,
+                    std::vector<models::LoraSpec>* loras) {
+  for (size_t at = prompt.find("<lora:"); at != std::string::npos; at = prompt.find("<lora:", at)) {
+    const size_t close = prompt.find('>', at);
+    STIPPLE_CHECK(close != std::string::npos, "the prompt's <lora: tag at character ", at,
+                  " has no closing '>'");
+    const std::string body = prompt.substr(at + 6, close - at - 6);
+    models::LoraSpec spec = models::parse_lora_spec(body);
+    const std::string name = spec.path;
+    STIPPLE_CHECK(!name.empty() && name.find('/') == std::string::npos &&
+                      name.find('\\') == std::string::npos && name[0] != '.',
+                  "<lora:", body, ">: a LoRA is named by its file name in the LoRA folder");
+    STIPPLE_CHECK(std::isfinite(spec.weight) && std::abs(spec.weight) <= 100, "<lora:", body,
+                  ">: the weight must be in [-100, 100]");
+    STIPPLE_CHECK_KIND(!dir.empty(), kInvalidArgument, "<lora:", body,
+                       "> needs a LoRA folder (OpenOptions::lora_dir, --lora-dir)");
+    spec.path.clear();
+    for (const char* ext : {".safetensors", ".ckpt", ".pt"}) {
+      const fs::path f = fs::path(dir) / (name + ext);
+      if (fs::is_regular_file(f)) {
+        spec.path = f.string();
+        break;
+      }
+    }
+    STIPPLE_CHECK_KIND(!spec.path.empty(), kNotFound, "<lora:", body, ">: no ", name,
+                       ".safetensors (or .ckpt, .pt) in ", dir);
+    loras->push_back(spec);
+    prompt.erase(at, close - at + 1);
+  }
+}
+
+Job resolve(const GenerateRequest& r, const ModelDescription& d, const std::string& lora_dir,
+            std::vector<std::string>& notes) {
   Job job;
   job.task = decide_task(r);
   const std::string who = str_cat(d.name, " (", d.family, ")");
@@ -156,6 +190,27 @@ Job resolve(const GenerateRequest& r, const ModelDescription& d, std::vector<std
       job.prompts.insert(job.prompts.end(), prompts.begin(), prompts.end());
     job.negative_prompt = r.negative_prompt;
   }
+  // LoRAs: the request's for every prompt, then each prompt's <lora:NAME:WEIGHT> tags.
+  std::vector<models::LoraSpec> request_loras;
+  for (const LoraWeights& l : r.loras) {
+    STIPPLE_CHECK_KIND(fs::is_regular_file(l.path), kNotFound, "no such LoRA file: ", l.path);
+    STIPPLE_CHECK(std::isfinite(l.weight) && std::abs(l.weight) <= 100,
+                  "a LoRA weight must be in [-100, 100], got ", format_number(l.weight));
+    request_loras.push_back({l.path, l.weight});
+  }
+  for (const std::string& p : job.prompts) {
+    std::string text = p;
+    std::vector<models::LoraSpec> loras = request_loras;
+    if (r.prompt_syntax != PromptSyntax::kPlain) take_lora_tags(text, lora_dir, &loras);
+    job.encoder_prompts.push_back(text);
+    job.loras.push_back(std::move(loras));
+  }
+  job.request_loras = request_loras;
+  const bool any_lora = std::any_of(job.loras.begin(), job.loras.end(),
+                                    [](const auto& l) { return !l.empty(); });
+  STIPPLE_CHECK_KIND(!any_lora || d.family.rfind("SD", 0) == 0, kUnsupported,
+                     "LoRAs are merged into Stable Diffusion models; ", who, " is a ", d.family,
+                     " model");
   const size_t count = job.prompts.size() + job.class_labels.size();
   STIPPLE_CHECK(count <= 4096, "a request draws at most 4096 images; this one asks for ", count,
                 " (prompts or class labels x batch_size)");
@@ -260,6 +315,13 @@ std::string parameters_text(const Job& job, const ModelDescription& d, const std
   if (job.task == Task::kImageToImage || job.task == Task::kInpaint)
     t += ", Denoising strength: " + format_number(job.strength);
   if (job.clip_skip > 1) t += str_cat(", Clip skip: ", job.clip_skip);
+  // The request's LoRAs (a prompt's own <lora:...> tags are in its text already).
+  if (!job.request_loras.empty()) {
+    t += ", Lora: ";
+    for (size_t k = 0; k < job.request_loras.size(); ++k)
+      t += str_cat(k ? " " : "", fs::path(job.request_loras[k].path).stem().string(), ":",
+                   format_number(job.request_loras[k].weight));
+  }
   if (!d.refiner.empty() && job.task == Task::kTextToImage)
     t += str_cat(", Refiner: ", d.refiner, ", Refiner switch at: ",
                  format_number(job.refiner_switch_at));
@@ -356,6 +418,7 @@ Engine Engine::open(const std::string& given, const OpenOptions& options) {
                      kInvalidArgument, "a refiner finishes SDXL generations, but ", given,
                      " is a ", model->description.family, " model");
   model->memory_limit_mb = options.memory_limit_mb;
+  model->lora_dir = options.lora_dir;
   model->description.path = given;
   model->description.name = model_name(path);
   return Engine(std::move(model));
@@ -376,7 +439,7 @@ GenerateResult Engine::generate(const GenerateRequest& request, const ProgressCa
                                 const CancelToken* cancel) const {
   const ModelDescription& d = model_->description;
   GenerateResult result;
-  Job job = resolve(request, d, result.notes);
+  Job job = resolve(request, d, model_->lora_dir, result.notes);
   result.task = job.task;
   const auto start = std::chrono::steady_clock::now();
   std::optional<Image> preview;  // drawn since the last step callback

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "models/lora.h"
 #include "pipelines/pipeline_util.h"
 #include "stipple/stipple.h"
 
@@ -40,6 +41,11 @@ struct Job {
   Tensor mask;        // [1, 1, H, W] in [0, 1] (inpaint)
   double strength = 1.0;
   double refiner_switch_at = 0.8;  // SDXL with a refiner: the base's part of the schedule
+  // Text models: what the text encoder reads for each prompt (A1111's <lora:...> tags removed),
+  // and the LoRAs each prompt's images merge (the request's, then the prompt's tags).
+  std::vector<std::string> encoder_prompts;
+  std::vector<std::vector<models::LoraSpec>> loras;
+  std::vector<models::LoraSpec> request_loras;  // GenerateRequest::loras
   // Called after each step with (done, total); throws kCancelled when the token is set.
   std::function<void(int, int)> step;
   // Live previews (GenerateRequest::preview_every): the image being drawn, [1, C, H, W] in
@@ -72,6 +78,7 @@ class Engine::Model {
   virtual uint64_t estimate_bytes(const Job&) const { return 0; }
   ModelDescription description;
   uint64_t memory_limit_mb = 0;  // OpenOptions::memory_limit_mb
+  std::string lora_dir;          // OpenOptions::lora_dir
 };
 
 // One registry entry: a family of models, how to recognise them and how to load them.

@@ -72,8 +72,10 @@ class StableDiffusionModel : public Engine::Model {
     Output out;
     const int64_t n = static_cast<int64_t>(job.prompts.size());
     out.images = each_image(job, n, [&](int64_t i, const std::function<void(int, int)>& step) {
+      // The image's LoRAs (merged once for a run of images that share them).
+      sd_.set_loras(job.loras.empty() ? std::vector<models::LoraSpec>{} : job.loras[i]);
       pipelines::GenerationParams p;
-      p.prompt = job.prompts[i];
+      p.prompt = job.encoder_prompts.empty() ? job.prompts[i] : job.encoder_prompts[i];
       p.negative_prompt = job.negative_prompt;
       p.steps = job.steps;
       p.cfg = static_cast<float>(job.cfg_scale);
@@ -136,7 +138,8 @@ class StableDiffusionModel : public Engine::Model {
   }
 
  private:
-  pipelines::StableDiffusion sd_;
+  // mutable: generations merge their LoRAs into it (under the engine's lock).
+  mutable pipelines::StableDiffusion sd_;
   std::unique_ptr<pipelines::StableDiffusion> refiner_;  // SDXL's, when opened with one
 };
 

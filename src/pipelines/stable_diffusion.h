@@ -35,6 +35,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -42,6 +43,7 @@
 #include "core/tensor.h"
 #include "io/single_file.h"
 #include "models/clip_text.h"
+#include "models/lora.h"
 #include "models/unet2d_condition.h"
 #include "models/vae.h"
 #include "pipelines/pipeline_util.h"
@@ -138,6 +140,12 @@ class StableDiffusion {
   // timestep is below it (few steps: the base ran them all), the latents are only decoded.
   Tensor run_refine(const GenerationParams& params, const Tensor& latents) const;
 
+  // Merges `loras` (models/lora.h) into the UNet and text encoders, after restoring the weights
+  // the previous set changed; an empty list restores the model. Does nothing when the set is the
+  // one already merged. On an error the model is left without LoRAs.
+  void set_loras(const std::vector<models::LoraSpec>& loras);
+  const std::vector<models::LoraSpec>& loras() const { return loras_; }
+
   // SDXL: a UNet with added text/time conditioning (addition_embed_type "text_time").
   bool is_xl() const { return unet_->config().addition_embed_type == "text_time"; }
   // SDXL refiners condition on an aesthetic score instead of the target size.
@@ -198,6 +206,9 @@ class StableDiffusion {
   std::shared_ptr<text::ClipTokenizer> tokenizer_2_;       // SDXL
   bool force_zeros_for_empty_prompt_ = true;               // SDXL base (model_index.json)
   bool requires_aesthetics_score_ = false;                 // SDXL refiner (model_index.json)
+  std::vector<models::LoraSpec> loras_;                    // merged now
+  // The original values of the weights loras_ changed: component -> weight name -> tensor.
+  std::map<std::string, std::map<std::string, Tensor>> lora_originals_;
   schedulers::SchedulerConfig scheduler_config_;
 };
 

@@ -7,6 +7,7 @@
 #include "autograd/grad_mode.h"
 #include "core/error.h"
 #include "io/json.h"
+#include "io/torch_checkpoint.h"
 #include "ops/ops.h"
 #include "pipelines/stable_diffusion.h"
 
@@ -219,6 +220,42 @@ Tensor StableDiffusion::run_refine(const GenerationParams& params, const Tensor&
   STIPPLE_CHECK(x.size(0) == r.batch, "the refiner got ", latents.size(0), " latents for ",
                 r.batch, " images");
   return denoise_and_decode(r, x, p, nullptr, nullptr);
+}
+
+void StableDiffusion::set_loras(const std::vector<models::LoraSpec>& loras) {
+  if (loras == loras_) return;
+  std::map<std::string, nn::Module*> components = {{"unet", unet_.get()}};
+  if (text_encoder_) components["text_encoder"] = text_encoder_.get();
+  if (text_encoder_2_) components["text_encoder_2"] = text_encoder_2_.get();
+  // 1. Restore what the previous set changed.
+  for (auto& [name, originals] : lora_originals_)
+    components.at(name)->load_state_dict(originals, /*strict=*/false);
+  lora_originals_.clear();
+  loras_.clear();
+  if (loras.empty()) return;
+  // 2. Every merged weight, computed before any is written (an error leaves the model as is).
+  models::LoraTargets targets;
+  for (const auto& [name, m] : components) targets.components[name] = m;
+  targets.unet_config = &unet_->config();
+  std::map<std::string, std::map<std::string, Tensor>> current, originals;
+  for (const auto& [name, m] : components) current[name] = m->state_dict();
+  std::map<std::string, std::map<std::string, Tensor>> merged;
+  for (const models::LoraSpec& spec : loras) {
+    const models::Lora lora = models::read_lora(io::open_weights_file(spec.path), targets);
+    for (const models::LoraLayer& layer : lora.layers) {
+      const std::string key = layer.module + ".weight";
+      std::map<std::string, Tensor>& done = merged[layer.component];
+      const Tensor& w = done.count(key) ? done.at(key) : current.at(layer.component).at(key);
+      if (!originals[layer.component].count(key))
+        originals[layer.component][key] = current.at(layer.component).at(key).clone();
+      done[key] = models::merge_lora_layer(w, layer, spec.weight);
+    }
+  }
+  // 3. Write them.
+  for (const auto& [name, weights] : merged)
+    components.at(name)->load_state_dict(weights, /*strict=*/false);
+  lora_originals_ = std::move(originals);
+  loras_ = loras;
 }
 
 }  // namespace stipple::pipelines
