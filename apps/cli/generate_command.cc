@@ -122,6 +122,9 @@ GenerateCommand::GenerateCommand(CLI::App& app, Mode mode) : mode_(mode) {
   cmd_->add_option("--lora-dir", lora_dir_,
                    "where the prompt's <lora:NAME:WEIGHT> tags (with --prompt-syntax a1111) find "
                    "NAME.safetensors");
+  cmd_->add_option("--embeddings-dir", embeddings_dir_,
+                   "Stable Diffusion: textual-inversion embeddings (.pt, .safetensors), each used "
+                   "in prompts by its file name");
   cmd_->add_option("--prompt,-p", prompt_, "what to draw");
   cmd_->add_option("--negative-prompt,-n", negative_prompt_, "what to steer away from");
   cmd_->add_option("--steps", steps_,
@@ -230,9 +233,12 @@ int GenerateCommand::run() {
   options.tokenizer_dir = tokenizer_;
   options.refiner = refiner_;
   options.lora_dir = lora_dir_;
+  options.embeddings_dir = embeddings_dir_;
   options.memory_limit_mb = memory_limit_mb_;
   const Engine engine = Engine::open(model_, options);
   const ModelDescription& d = engine.description();
+  for (const std::string& s : d.skipped_embeddings)
+    std::fprintf(stderr, "note: embedding %s was skipped\n", s.c_str());
   const bool text_model = d.tasks[0] != Task::kClassToImage;
   STIPPLE_CHECK(!text_model || class_labels_.empty(), model_,
                 " is a text-to-image model: give --prompt (or --prompt-file), not --class-label");

@@ -27,6 +27,7 @@ class GenerateCommand {
   std::string refiner_;    // SDXL: a refiner model
   std::vector<std::string> loras_;  // FILE[:WEIGHT]
   std::string lora_dir_;
+  std::string embeddings_dir_;
   double refiner_switch_at_ = 0.8;
   std::vector<std::string> class_labels_;
   std::string prompt_file_;

@@ -149,6 +149,9 @@ struct ModelDescription {
   int channels = 3;                      // of the images it draws (1: grey)
   std::vector<std::string> class_names;  // class models: the name of each id ("" when none)
   std::string refiner;                   // SDXL: the refiner's name when one was opened
+  // OpenOptions::embeddings_dir's files that do not fit this model (another family's), each
+  // with the reason.
+  std::vector<std::string> skipped_embeddings;
 };
 
 struct OpenOptions {
@@ -167,6 +170,9 @@ struct OpenOptions {
   std::string refiner;
   // Where <lora:NAME:WEIGHT> prompt tags find NAME.safetensors ("" = tags are refused).
   std::string lora_dir;
+  // Stable Diffusion: textual-inversion embeddings (A1111's .pt/.safetensors, SDXL's clip_l +
+  // clip_g, diffusers' learned_embeds), each usable in prompts by its file name.
+  std::string embeddings_dir;
 };
 
 // What Engine::probe learns of a model without loading it.

@@ -163,8 +163,13 @@ std::unique_ptr<Engine::Model> open_stable_diffusion(const std::string& path,
   STIPPLE_CHECK_KIND(info.family.rfind("SD", 0) == 0, kUnsupported, path,
                      " is not a Stable Diffusion 1.x/2.x/XL model (detected: ", info.family,
                      info.evidence.empty() ? "" : "; " + info.evidence, ")");
-  auto m = std::make_unique<StableDiffusionModel>(
-      pipelines::StableDiffusion::load(path, options.tokenizer_dir, single));
+  pipelines::StableDiffusion loaded =
+      pipelines::StableDiffusion::load(path, options.tokenizer_dir, single);
+  std::vector<std::string> skipped;
+  if (!options.embeddings_dir.empty())
+    skipped = loaded.load_embeddings(options.embeddings_dir).second;
+  auto m = std::make_unique<StableDiffusionModel>(std::move(loaded));
+  m->description.skipped_embeddings = skipped;
   const pipelines::StableDiffusion& sd = m->pipeline();
   ModelDescription& d = m->description;
   d.family = info.family;
@@ -195,6 +200,7 @@ std::unique_ptr<Engine::Model> open_stable_diffusion(const std::string& path,
                        " is not an SDXL refiner (detected: ", ri.family, ")");
     pipelines::StableDiffusion refiner =
         pipelines::StableDiffusion::load(options.refiner, options.tokenizer_dir, single);
+    if (!options.embeddings_dir.empty()) refiner.load_embeddings(options.embeddings_dir);
     STIPPLE_CHECK_KIND(refiner.vae_scale_factor() == sd.vae_scale_factor() &&
                            refiner.unet().config().in_channels ==
                                sd.unet().config().out_channels,

@@ -3,6 +3,7 @@
 #include "models/clip_text.h"
 #include "models/component.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 
@@ -140,7 +141,7 @@ Tensor CLIPEncoderLayer::forward(const Tensor& x) const {
   return h + mlp_->forward(layer_norm2_->forward(h));            // [B, T, D]
 }
 
-CLIPTextEmbeddings::CLIPTextEmbeddings(const CLIPTextConfig& cfg) {
+CLIPTextEmbeddings::CLIPTextEmbeddings(const CLIPTextConfig& cfg) : vocab_size_(cfg.vocab_size) {
   token_embedding_ = register_module(
       "token_embedding", std::make_shared<nn::Embedding>(cfg.vocab_size, cfg.hidden_size));
   position_embedding_ = register_module(
@@ -155,8 +156,34 @@ CLIPTextEmbeddings::CLIPTextEmbeddings(const CLIPTextConfig& cfg) {
 Tensor CLIPTextEmbeddings::forward(const Tensor& ids) const {
   const int64_t t = ids.size(1);
   const Tensor pos = position_ids_.narrow(1, 0, t);  // i64 [1, T]
-  return token_embedding_->forward(ids)              // [B, T, D]
-         + position_embedding_->forward(pos);        // + [1, T, D]
+  if (!extra_.defined()) {
+    return token_embedding_->forward(ids)        // [B, T, D]
+           + position_embedding_->forward(pos);  // + [1, T, D]
+  }
+  // Added tokens: look up id 0 in their place, then write their rows over it.
+  std::vector<int64_t> v = ids.contiguous().to_vector_i64();
+  std::vector<std::pair<size_t, int64_t>> added;
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (v[i] >= vocab_size_) {
+      added.emplace_back(i, v[i] - vocab_size_);
+      v[i] = 0;
+    }
+  }
+  Tensor tok = token_embedding_->forward(Tensor::from_vector_i64(v, ids.shape())).contiguous();
+  if (!added.empty()) {
+    tok = tok.clone();
+    const int64_t d = tok.size(2);
+    float* dst = tok.data<float>();
+    const float* src = extra_.data<float>();
+    for (const auto& [at, row] : added)
+      std::copy(src + row * d, src + (row + 1) * d, dst + static_cast<int64_t>(at) * d);
+  }
+  return tok + position_embedding_->forward(pos);  // [B, T, D]
+}
+
+void CLIPTextEmbeddings::append_tokens(const Tensor& rows) {
+  const Tensor r = rows.contiguous().to(DType::kF32);
+  extra_ = extra_.defined() ? ops::concat({extra_, r}, 0).contiguous() : r.clone();
 }
 
 // ---------------- model ----------------
@@ -217,6 +244,16 @@ std::vector<int64_t> CLIPTextModel::eos_positions(const Tensor& ids, int64_t eos
   return pos;
 }
 
+int64_t CLIPTextModel::add_token_embeddings(const Tensor& rows) {
+  STIPPLE_CHECK(rows.defined() && rows.dim() == 2 && rows.size(1) == cfg_.hidden_size &&
+                    rows.size(0) >= 1 && rows.size(0) <= 1024,
+                "CLIPTextModel: token embeddings must be [n, ", cfg_.hidden_size,
+                "] with 1 <= n <= 1024, got ", rows.defined() ? rows.describe() : "none");
+  const int64_t first = num_tokens();
+  embeddings_->append_tokens(rows);
+  return first;
+}
+
 CLIPTextOutput CLIPTextModel::forward(const Tensor& ids, int clip_skip) const {
   STIPPLE_CHECK(ids.defined() && ids.dim() == 2 && ids.dtype() == DType::kI64,
                 "CLIPTextModel: input ids must be i64 [batch, tokens], got ",
@@ -225,9 +262,10 @@ CLIPTextOutput CLIPTextModel::forward(const Tensor& ids, int clip_skip) const {
   STIPPLE_CHECK(t >= 1 && t <= cfg_.max_position_embeddings, "CLIPTextModel: ", t,
                 " tokens, but the model has ", cfg_.max_position_embeddings,
                 " positions (truncate the prompt)");
+  const int64_t tokens = num_tokens();
   for (int64_t id : ids.to_vector_i64()) {
-    STIPPLE_CHECK(id >= 0 && id < cfg_.vocab_size, "CLIPTextModel: token id ", id,
-                  " outside the vocabulary [0, ", cfg_.vocab_size,
+    STIPPLE_CHECK(id >= 0 && id < tokens, "CLIPTextModel: token id ", id,
+                  " outside the vocabulary [0, ", tokens,
                   ") (tokenizer and text encoder do not match)");
   }
   STIPPLE_CHECK(clip_skip >= 1 && clip_skip <= cfg_.num_hidden_layers,

@@ -110,9 +110,14 @@ class CLIPTextEmbeddings : public nn::Module {
   explicit CLIPTextEmbeddings(const CLIPTextConfig& cfg);
   std::string type_name() const override { return "CLIPTextEmbeddings"; }
   Tensor forward(const Tensor& ids) const;  // i64 [B, T] -> [B, T, D]
+  // Textual-inversion vectors: rows for the ids vocab_size, vocab_size + 1, ... (f32 [n, D]).
+  void append_tokens(const Tensor& rows);
+  int64_t num_extra_tokens() const { return extra_.defined() ? extra_.size(0) : 0; }
 
  private:
   std::shared_ptr<nn::Embedding> token_embedding_, position_embedding_;
+  int64_t vocab_size_;
+  Tensor extra_;  // [n, D] or undefined
   Tensor position_ids_;  // i64 [1, max_position_embeddings], non-persistent
 };
 
@@ -125,8 +130,14 @@ class CLIPTextModel : public nn::Module {
   // checked; f16/bf16 weights are converted to f32).
   static std::shared_ptr<CLIPTextModel> from_pretrained(const std::string& folder);
 
-  // ids: i64 [B, T], T <= max_position_embeddings, every id < vocab_size.
+  // ids: i64 [B, T], T <= max_position_embeddings, every id < vocab_size + added tokens.
   CLIPTextOutput forward(const Tensor& ids, int clip_skip = 1) const;
+
+  // Textual inversion: appends token embeddings (f32 [n, hidden_size]) for new ids, returned
+  // as the first of them (vocab_size + the tokens added before), as transformers'
+  // resize_token_embeddings does for diffusers' load_textual_inversion.
+  int64_t add_token_embeddings(const Tensor& rows);
+  int64_t num_tokens() const { return cfg_.vocab_size + embeddings_->num_extra_tokens(); }
 
   // The pooled position of each row (see the header comment for the two rules).
   static std::vector<int64_t> eos_positions(const Tensor& ids, int64_t eos_token_id);

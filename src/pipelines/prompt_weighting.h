@@ -14,7 +14,8 @@
 // and negative prompts are padded to the same number of chunks with empty chunks (A1111's
 // "pad prompt/negative prompt to be same length", which lets one UNet call take both).
 //
-// Leaves out: textual-inversion embeddings inside chunks, and the other emphasis modes.
+// Textual-inversion embeddings are added tokens of the tokenizer (StableDiffusion::
+// load_embeddings), so chunks hold them like any word. Leaves out: the other emphasis modes.
 #pragma once
 
 #include <functional>

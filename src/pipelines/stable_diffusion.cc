@@ -120,9 +120,12 @@ int64_t StableDiffusion::default_size() const {
 }
 
 StableDiffusion::PromptEmbeddings StableDiffusion::encode_prompts(
-    const std::string& prompt, const std::string& negative_prompt, int num_images, bool guidance,
-    int clip_skip, const Observer& observe, PromptSyntax syntax) const {
+    const std::string& prompt_text, const std::string& negative_text, int num_images,
+    bool guidance, int clip_skip, const Observer& observe, PromptSyntax syntax) const {
   STIPPLE_CHECK(num_images >= 1, "num_images must be at least 1, got ", num_images);
+  // Multi-vector embeddings' names read as all their tokens.
+  const std::string prompt = expand_embeddings(prompt_text);
+  const std::string negative_prompt = expand_embeddings(negative_text);
   if (is_xl()) {
     return encode_prompts_xl(prompt, negative_prompt, num_images, guidance, clip_skip, observe,
                              syntax);

@@ -146,6 +146,21 @@ class StableDiffusion {
   void set_loras(const std::vector<models::LoraSpec>& loras);
   const std::vector<models::LoraSpec>& loras() const { return loras_; }
 
+  // Textual inversion (stable_diffusion_embeddings.cc): every .pt, .ckpt, .bin and .safetensors
+  // file in `dir` is an embedding named by its file stem, in A1111's formats (string_to_param,
+  // emb_params; SDXL's clip_l + clip_g) or diffusers' learned_embeds. Its n vectors become new
+  // tokens NAME, NAME_1, ... NAME_{n-1} of each text encoder (ids after the vocabulary, as
+  // diffusers' load_textual_inversion), and a prompt's NAME reads as all of them. Files whose
+  // vectors do not fit this model's encoders (another family's) are skipped and listed in the
+  // return value's second part; the first lists the names loaded.
+  std::pair<std::vector<std::string>, std::vector<std::string>> load_embeddings(
+      const std::string& dir);
+  // One embedding: `first` for text_encoder [n, D1] (undefined for a refiner), `second` for
+  // text_encoder_2 [n, D2] (SDXL only).
+  void add_embedding(const std::string& name, const Tensor& first, const Tensor& second);
+  // `prompt` with each multi-vector embedding's name expanded (diffusers' maybe_convert_prompt).
+  std::string expand_embeddings(const std::string& prompt) const;
+
   // SDXL: a UNet with added text/time conditioning (addition_embed_type "text_time").
   bool is_xl() const { return unet_->config().addition_embed_type == "text_time"; }
   // SDXL refiners condition on an aesthetic score instead of the target size.
@@ -207,6 +222,7 @@ class StableDiffusion {
   bool force_zeros_for_empty_prompt_ = true;               // SDXL base (model_index.json)
   bool requires_aesthetics_score_ = false;                 // SDXL refiner (model_index.json)
   std::vector<models::LoraSpec> loras_;                    // merged now
+  std::map<std::string, int64_t> embeddings_;              // name -> vectors
   // The original values of the weights loras_ changed: component -> weight name -> tensor.
   std::map<std::string, std::map<std::string, Tensor>> lora_originals_;
   schedulers::SchedulerConfig scheduler_config_;

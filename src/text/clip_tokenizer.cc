@@ -494,6 +494,21 @@ ClipTokenizer ClipTokenizer::from_folder(const std::string& dir) {
   return tok;
 }
 
+void ClipTokenizer::add_token(const std::string& token, int64_t id) {
+  STIPPLE_CHECK(!token.empty() && token_to_id(token) < 0, "the token \"", token,
+                "\" is already in the tokenizer's vocabulary; an embedding needs a new word");
+  STIPPLE_CHECK(id >= 0 && id < (int64_t{1} << 30), "token id ", id, " is out of range");
+  added_[token] = id;
+  if (id >= static_cast<int64_t>(id_to_token_.size()))
+    id_to_token_.resize(static_cast<size_t>(id + 1));
+  id_to_token_[static_cast<size_t>(id)] = token;
+  added_sorted_.push_back(token);
+  std::sort(added_sorted_.begin(), added_sorted_.end(),
+            [](const std::string& a, const std::string& b) {
+              return a.size() != b.size() ? a.size() > b.size() : a < b;
+            });
+}
+
 ClipTokenizer ClipTokenizer::with_pad_token(const std::string& token) const {
   ClipTokenizer tok = *this;
   const int64_t id = token_to_id(token);

@@ -85,6 +85,10 @@ class ClipTokenizer {
   // (its BasicTokenizer is built with do_lower_case=True), and so does this class.
   bool do_lower_case() const { return do_lower_case_; }
 
+  // Textual inversion: `token` becomes an added token with id `id` (split from the text before
+  // BPE, as transformers' add_tokens); throws when the token already exists.
+  void add_token(const std::string& token, int64_t id);
+
   // A copy that pads with `token` (a vocabulary symbol), which becomes a special token as in
   // transformers: SDXL's second tokenizer is the first one's files with pad_token "!".
   ClipTokenizer with_pad_token(const std::string& token) const;
