@@ -613,3 +613,31 @@ TEST(Vae, AttentionBlockVariantsRun) {
 
 }  // namespace
 }  // namespace stipple
+
+namespace stipple::models {
+namespace {
+
+// Tiled decode against diffusers' tiled_decode (tests/data/vae_tiling, made by
+// tools/refgen/make_vae_tiling_set.py): latent tiles of 8 every 6, 4-pixel seams, on a 24x40
+// latent (edge tiles smaller), within 1e-3 relative to max(1, max|ref|).
+TEST(VaeTiling, MatchesDiffusersTiledDecode) {
+  const std::string vae_dir = testing::shared_path("conformance/sd_tiny/vae");
+  if (vae_dir.empty()) GTEST_SKIP() << "../shared/conformance is absent";
+  const auto vae = AutoencoderKL::from_pretrained(vae_dir);
+  const auto ref = io::SafetensorsFile::open(std::string(STIPPLE_SOURCE_DIR) +
+                                             "/tests/data/vae_tiling/reference.safetensors");
+  autograd::NoGradGuard no_grad;
+  const Tensor z = ref.tensor("z");
+  float peak = 1.0f;
+  for (float v : ref.tensor("tiled").to_vector()) peak = std::max(peak, std::abs(v));
+  EXPECT_TRUE(testing::tensors_close(vae->decode_tiled(z, 8, 0.25), ref.tensor("tiled"),
+                                     1e-3 * peak));
+  EXPECT_TRUE(testing::tensors_close(vae->decode(z), ref.tensor("whole"), 1e-3 * peak));
+  // A latent within one tile decodes whole; bad tilings are refused.
+  EXPECT_TRUE(testing::tensors_close(vae->decode_tiled(z, 64), vae->decode(z), 0.0));
+  EXPECT_THROW(vae->decode_tiled(z, 2), Error);
+  EXPECT_THROW(vae->decode_tiled(z, 8, 1.0), Error);
+}
+
+}  // namespace
+}  // namespace stipple::models

@@ -175,6 +175,9 @@ GenerateCommand::GenerateCommand(CLI::App& app, Mode mode) : mode_(mode) {
   cmd_->add_option("--memory-limit", memory_limit_mb_,
                    "refuse, before allocating, a generation whose working memory is estimated "
                    "above this many MiB (default: the memory the system has available)");
+  cmd_->add_flag("--vae-tiling", vae_tiling_,
+                 "Stable Diffusion: decode in overlapping tiles (less memory for large images; "
+                 "on by itself above 4x the model's native area)");
   cmd_->add_flag("--quiet,-q", quiet_, "no progress bar");
 }
 
@@ -207,6 +210,7 @@ int GenerateCommand::run() {
   r.height = height_;
   r.batch_size = num_images_;
   r.clip_skip = clip_skip_;
+  r.vae_tiling = vae_tiling_;
   r.prompt_syntax = prompt_syntax_ == "a1111" ? PromptSyntax::kA1111 : PromptSyntax::kPlain;
   if (mode_ != Mode::kGenerate) {
     r.init_image = read_image(init_image_, "init image");

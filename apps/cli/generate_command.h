@@ -28,6 +28,7 @@ class GenerateCommand {
   std::vector<std::string> loras_;  // FILE[:WEIGHT]
   std::string lora_dir_;
   std::string embeddings_dir_;
+  bool vae_tiling_ = false;
   double refiner_switch_at_ = 0.8;
   std::vector<std::string> class_labels_;
   std::string prompt_file_;

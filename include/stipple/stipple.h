@@ -84,6 +84,9 @@ struct GenerateRequest {
   // prompt_syntax kA1111 a prompt's <lora:NAME:WEIGHT> tags add OpenOptions::lora_dir's
   // NAME.safetensors (or .ckpt, .pt) for that prompt's images, and are removed from its text.
   std::vector<LoraWeights> loras;
+  // Stable Diffusion: decode in overlapping tiles (the VAE's memory becomes one tile's; seams are
+  // blended). Also on by itself for images over 4x the VAE's native size in area.
+  bool vae_tiling = false;
 };
 
 // Called after every denoising step (and from the generating thread).

@@ -206,6 +206,7 @@ Job resolve(const GenerateRequest& r, const ModelDescription& d, const std::stri
     job.loras.push_back(std::move(loras));
   }
   job.request_loras = request_loras;
+  job.vae_tiling = r.vae_tiling;
   const bool any_lora = std::any_of(job.loras.begin(), job.loras.end(),
                                     [](const auto& l) { return !l.empty(); });
   STIPPLE_CHECK_KIND(!any_lora || d.family.rfind("SD", 0) == 0, kUnsupported,

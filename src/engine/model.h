@@ -46,6 +46,7 @@ struct Job {
   std::vector<std::string> encoder_prompts;
   std::vector<std::vector<models::LoraSpec>> loras;
   std::vector<models::LoraSpec> request_loras;  // GenerateRequest::loras
+  bool vae_tiling = false;
   // Called after each step with (done, total); throws kCancelled when the token is set.
   std::function<void(int, int)> step;
   // Live previews (GenerateRequest::preview_every): the image being drawn, [1, C, H, W] in

@@ -85,6 +85,7 @@ class StableDiffusionModel : public Engine::Model {
       p.height = job.height;
       p.clip_skip = job.clip_skip;
       p.prompt_syntax = job.prompt_syntax;
+      p.vae_tiling = job.vae_tiling;
       p.progress = step;
       p.preview = job.preview;
       if (job.task == Task::kTextToImage && refiner_) return refined(p, job, step);

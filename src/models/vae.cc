@@ -4,6 +4,7 @@
 
 #include "models/component.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <utility>
 
@@ -408,6 +409,77 @@ Tensor AutoencoderKL::decode(const Tensor& z, const IntermediateHook& hook) cons
     call(hook, "post_quant_conv", h);
   }
   return decoder_->forward(h, hook).contiguous();  // [B, out, h*f, w*f]
+}
+
+namespace {
+
+// diffusers' blend_v / blend_h: the first `extent` rows (columns) of b fade in from a's last ones.
+// Both are plain [B, C, H, W] f32; b is changed in place.
+void blend(const Tensor& a, Tensor& b, int64_t extent, bool vertical) {
+  const int64_t B = b.size(0) * b.size(1), ah = a.size(2), aw = a.size(3), bh = b.size(2),
+                bw = b.size(3);
+  // diffusers narrows the extent to the tiles' sizes and uses it for both offset and weight.
+  const int64_t n = std::min({vertical ? ah : aw, vertical ? bh : bw, extent});
+  const float* pa = a.data<float>();
+  float* pb = b.data<float>();
+  for (int64_t c = 0; c < B; ++c) {
+    for (int64_t k = 0; k < n; ++k) {
+      const float t = static_cast<float>(k) / static_cast<float>(n);
+      if (vertical) {  // b row k <- a row (ah - n + k)
+        const float* ra = pa + (c * ah + (ah - n + k)) * aw;
+        float* rb = pb + (c * bh + k) * bw;
+        for (int64_t x = 0; x < std::min(aw, bw); ++x) rb[x] = ra[x] * (1 - t) + rb[x] * t;
+      } else {  // b column k <- a column (aw - n + k)
+        for (int64_t y = 0; y < std::min(ah, bh); ++y) {
+          const float va = pa[(c * ah + y) * aw + (aw - n + k)];
+          float& vb = pb[(c * bh + y) * bw + k];
+          vb = va * (1 - t) + vb * t;
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+Tensor AutoencoderKL::decode_tiled(const Tensor& z, int64_t tile, double overlap) const {
+  STIPPLE_CHECK(z.dim() == 4 && z.size(1) == config_.latent_channels,
+                "AutoencoderKL.decode_tiled: z ", z.describe(), " must be [B, ",
+                config_.latent_channels, ", h, w]");
+  STIPPLE_CHECK(tile >= 4 && overlap >= 0 && overlap < 1, "AutoencoderKL.decode_tiled: tile ",
+                tile, " and overlap ", overlap, " must be >= 4 and in [0, 1)");
+  if (z.size(2) <= tile && z.size(3) <= tile) return decode(z);
+  const int64_t f = config_.downscale_factor();
+  const int64_t stride = static_cast<int64_t>(tile * (1 - overlap));
+  const int64_t sample_tile = tile * f;
+  const int64_t extent = static_cast<int64_t>(sample_tile * overlap);
+  const int64_t keep = sample_tile - extent;
+  STIPPLE_CHECK(stride >= 1, "AutoencoderKL.decode_tiled: the overlap leaves no stride");
+  const int64_t h = z.size(2), w = z.size(3);
+  std::vector<std::vector<Tensor>> rows;
+  for (int64_t i = 0; i < h; i += stride) {
+    std::vector<Tensor> row;
+    for (int64_t j = 0; j < w; j += stride) {
+      const Tensor part = z.narrow(2, i, std::min(tile, h - i))
+                              .narrow(3, j, std::min(tile, w - j))
+                              .contiguous();
+      row.push_back(decode(part).to(DType::kF32).contiguous().clone());  // [B, C, th*f, tw*f]
+    }
+    rows.push_back(std::move(row));
+  }
+  std::vector<Tensor> out_rows;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    std::vector<Tensor> cropped;
+    for (size_t j = 0; j < rows[i].size(); ++j) {
+      Tensor& t = rows[i][j];
+      if (i > 0) blend(rows[i - 1][j], t, extent, /*vertical=*/true);
+      if (j > 0) blend(rows[i][j - 1], t, extent, /*vertical=*/false);
+      cropped.push_back(
+          t.narrow(2, 0, std::min(keep, t.size(2))).narrow(3, 0, std::min(keep, t.size(3))));
+    }
+    out_rows.push_back(ops::concat(cropped, 3));
+  }
+  return ops::concat(out_rows, 2).contiguous();  // [B, C, h*f, w*f]
 }
 
 }  // namespace stipple::models

@@ -16,8 +16,9 @@
 //
 // Leaves out (rejected by from_json with the key and value named): block types other than
 // DownEncoderBlock2D / AttnDownEncoderBlock2D / UpDecoderBlock2D / AttnUpDecoderBlock2D, and
-// the Decoder's norm_type "spatial" (MoVQ). Also leaves out tiled and sliced encode/decode,
-// posterior sampling (callers draw noise: sample = mean + std * noise) and the KL loss.
+// the Decoder's norm_type "spatial" (MoVQ). Also leaves out tiled encode and sliced
+// encode/decode, posterior sampling (callers draw noise: sample = mean + std * noise) and the KL
+// loss. Tiled decode (decode_tiled) is diffusers' enable_tiling() algorithm.
 #pragma once
 
 #include <cstdint>
@@ -165,6 +166,11 @@ class AutoencoderKL : public nn::Module {
   // z [B, latent_channels, h, w] (already divided by scaling_factor) -> [B, out, h*f, w*f],
   // plain layout.
   Tensor decode(const Tensor& z, const IntermediateHook& hook = nullptr) const;
+  // The same in overlapping tiles, as diffusers' tiled_decode: latent tiles of `tile` x `tile`
+  // every tile * (1 - overlap) latents, each decoded alone (the peak memory is one tile's), the
+  // seams blended linearly over tile * f * overlap pixels (from the tile above, then the one to
+  // the left), each tile cropped to its stride. A latent no larger than one tile decodes whole.
+  Tensor decode_tiled(const Tensor& z, int64_t tile = 64, double overlap = 0.25) const;
 
   const AutoencoderKLConfig& config() const { return config_; }
 

@@ -252,9 +252,16 @@ Tensor StableDiffusion::encode_image(const Tensor& image, NoiseSource& noise, in
   return post.sample(eps) * static_cast<float>(vae_->config().scaling_factor);
 }
 
-Tensor StableDiffusion::decode(const Tensor& latents, const Observer& observe) const {
+bool StableDiffusion::use_tiling(const GenerationParams& p, const Tensor& latents) const {
+  const int64_t tile = std::max<int64_t>(vae_->config().sample_size / vae_scale_factor(), 8);
+  return p.vae_tiling || latents.size(2) * latents.size(3) > 4 * tile * tile;
+}
+
+Tensor StableDiffusion::decode(const Tensor& latents, const Observer& observe, bool tiled) const {
   const Tensor z = latents / static_cast<float>(vae_->config().scaling_factor);
-  const Tensor decoded = vae_->decode(z).contiguous();  // [B, 3, H, W] in [-1, 1]
+  const int64_t tile = std::max<int64_t>(vae_->config().sample_size / vae_scale_factor(), 8);
+  const Tensor decoded = (tiled ? vae_->decode_tiled(z, tile) : vae_->decode(z))
+                             .contiguous();  // [B, 3, H, W] in [-1, 1]
   const Tensor images = vae_to_unit(decoded);           // [B, 3, H, W] in [0, 1]
   if (observe) {
     observe("vae_decode.0.input", z);
@@ -302,7 +309,7 @@ Tensor StableDiffusion::denoise_and_decode(
   latents = denoise(*r.scheduler, latents, model, opt);  // [B, 4, h, w]
   if (!decode_result) return latents;
   // 6. decode
-  return decode(latents, observe);
+  return decode(latents, observe, use_tiling(p, latents));
 }
 
 Tensor StableDiffusion::run(const GenerationParams& params) const {

@@ -84,6 +84,10 @@ struct GenerationParams {
   // only the timesteps below (1 - denoising_start) * num_train_timesteps.
   double denoising_end = 1.0;
   double denoising_start = 0.0;
+  // Decode in overlapping tiles (models::AutoencoderKL::decode_tiled, diffusers' enable_tiling):
+  // the decoder's peak memory becomes one tile's. Also on by itself for images over 4x the
+  // VAE's sample_size in area.
+  bool vae_tiling = false;
   // Reproducing a diffusers run: initial latents as diffusers' `latents=` argument ([B, 4, h, w],
   // before init_noise_sigma), and noise injected in draw order (see NoiseSource).
   Tensor latents;
@@ -200,7 +204,9 @@ class StableDiffusion {
   // the VAE call for the observer.
   Tensor encode_image(const Tensor& image, NoiseSource& noise, int index,
                       const Observer& observe) const;
-  Tensor decode(const Tensor& latents, const Observer& observe) const;
+  // `tiled`: AutoencoderKL::decode_tiled with sample_size / f latent tiles.
+  Tensor decode(const Tensor& latents, const Observer& observe, bool tiled = false) const;
+  bool use_tiling(const GenerationParams& params, const Tensor& latents) const;
   // Text-to-image's x_T: params.latents or a draw, times init_noise_sigma.
   Tensor initial_latents(Run& run, const GenerationParams& params) const;
   // Steps 5-6; without `decode_result` the final latents are returned instead of images.

@@ -210,7 +210,7 @@ Tensor StableDiffusion::run_refine(const GenerationParams& params, const Tensor&
   n = std::min<int>(n, static_cast<int>(ts.size()));
   // The base ran every step of this schedule (each timestep is at or above the cutoff): its
   // latents are finished, and the refiner only decodes them.
-  if (n == 0) return decode(latents.contiguous(), p.observe);
+  if (n == 0) return decode(latents.contiguous(), p.observe, use_tiling(p, latents));
   r.begin_index = static_cast<int>(ts.size()) - n;
   r.scheduler->set_begin_index(r.begin_index);
   r.end_index = -1;
