@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "support/numerics.h"
 #include "train/datasets.h"
 
 namespace stipple::train {
@@ -49,14 +50,7 @@ void write_gz(const std::string& path, const std::vector<uint8_t>& bytes) {
   gzclose(f);
 }
 
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+std::string error_of(const std::function<void()>& fn) { return testing::error_message(fn); }
 
 TEST(Idx, ReadsGzipAndRaw) {
   const std::string dir = temp_dir();

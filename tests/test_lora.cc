@@ -23,14 +23,10 @@ namespace {
 
 using pipelines::StableDiffusion;
 
-std::string data(const std::string& rel) {
-  return std::string(STIPPLE_SOURCE_DIR) + "/tests/data/" + rel;
-}
+std::string data(const std::string& rel) { return testing::test_data_path(rel); }
 
 ::testing::AssertionResult close(const Tensor& a, const Tensor& ref, double tol = 1e-4) {
-  float peak = 1.0f;
-  for (float v : ref.contiguous().to(DType::kF32).to_vector()) peak = std::max(peak, std::abs(v));
-  return testing::tensors_close(a.contiguous().to(DType::kF32), ref.to(DType::kF32), tol * peak);
+  return testing::close_relative(a, ref, tol);
 }
 
 // The model folder a set was made on; empty when ../shared is absent.

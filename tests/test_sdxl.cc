@@ -27,15 +27,10 @@ namespace {
 namespace fs = std::filesystem;
 using pipelines::StableDiffusion;
 
-std::string data(const std::string& rel) {
-  return std::string(STIPPLE_SOURCE_DIR) + "/tests/data/" + rel;
-}
+std::string data(const std::string& rel) { return testing::test_data_path(rel); }
 
-// max|a - ref| <= 1e-3 * max(1, max|ref|)
 ::testing::AssertionResult close(const Tensor& a, const Tensor& ref, double tol = 1e-3) {
-  float peak = 1.0f;
-  for (float v : ref.contiguous().to(DType::kF32).to_vector()) peak = std::max(peak, std::abs(v));
-  return testing::tensors_close(a.contiguous().to(DType::kF32), ref.to(DType::kF32), tol * peak);
+  return testing::close_relative(a, ref, tol);
 }
 
 void expect_case(const std::string& kind, const std::string& folder) {

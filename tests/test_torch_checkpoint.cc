@@ -30,14 +30,7 @@ std::string read_bytes(const std::string& path) {
   return s.str();
 }
 
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+std::string error_of(const std::function<void()>& fn) { return testing::error_message(fn); }
 
 TEST(TorchCheckpoint, ReadsWhatTorchSaved) {
   const SafetensorsFile f = open_torch_checkpoint(data("torch/basic.ckpt"));

@@ -20,6 +20,7 @@
 #include "nn/layers.h"
 #include "ops/ops.h"
 #include "schedulers/scheduler.h"
+#include "support/numerics.h"
 #include "train/plot.h"
 #include "train/train_dit.h"
 #include "train/trainer.h"
@@ -145,14 +146,7 @@ bool bits_equal(const Tensor& a, const Tensor& b) {
   return std::memcmp(ca.raw_data(), cb.raw_data(), ca.numel() * dtype_size(ca.dtype())) == 0;
 }
 
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+std::string error_of(const std::function<void()>& fn) { return testing::error_message(fn); }
 
 TEST(Trainer, ResumeIsBitExact) {
   // A: six steps in one go.

@@ -1,11 +1,13 @@
 #include "support/numerics.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <random>
 #include <sstream>
 
 #include "autograd/grad_mode.h"
+#include "core/error.h"
 #include "ops/ops.h"
 
 namespace stipple::testing {
@@ -106,6 +108,26 @@ static double weighted_loss(const std::function<Tensor(const std::vector<Tensor>
     }
   }
   return ::testing::AssertionSuccess();
+}
+
+std::string test_data_path(const std::string& relative) {
+  return (std::filesystem::path(STIPPLE_TEST_DATA_DIR_FOR_SUPPORT) / relative).string();
+}
+
+::testing::AssertionResult close_relative(const Tensor& a, const Tensor& ref, double rel) {
+  float peak = 1.0f;
+  for (float v : ref.contiguous().to(DType::kF32).to_vector()) peak = std::max(peak, std::abs(v));
+  return tensors_close(a.contiguous().to(DType::kF32), ref.contiguous().to(DType::kF32),
+                       rel * peak);
+}
+
+std::string error_message(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
 }
 
 std::string shared_path(const std::string& relative) {

@@ -44,5 +44,13 @@ struct GradcheckOptions {
 
 // Path to a file under ../shared (beside the clone); empty when the folder is absent.
 std::string shared_path(const std::string& relative);
+// Path to a file under tests/data in the source tree (the project's own reference sets).
+std::string test_data_path(const std::string& relative);
+
+// max|a - ref| <= rel * max(1, max|ref|): the conformance sets' measure (a's layout may differ).
+::testing::AssertionResult close_relative(const Tensor& a, const Tensor& ref, double rel);
+
+// The message of the stipple::Error `fn` throws; "" when it throws none.
+std::string error_message(const std::function<void()>& fn);
 
 }  // namespace stipple::testing
