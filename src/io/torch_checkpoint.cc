@@ -127,7 +127,7 @@ bool known_global(const std::string& g) {
 class Reader {
  public:
   Reader(std::shared_ptr<void> keepalive, const uint8_t* data, uint64_t size, std::string name)
-      : keepalive_(std::move(keepalive)), data_(data), size_(size), name_(std::move(name)),
+      : keepalive_(std::move(keepalive)), data_(data), name_(std::move(name)),
         zip_(ZipDirectory::parse(data, size, name_)) {}
 
   std::map<std::string, Tensor> read() {
@@ -605,7 +605,6 @@ class Reader {
 
   std::shared_ptr<void> keepalive_;
   const uint8_t* data_;
-  uint64_t size_;
   std::string name_;
   ZipDirectory zip_;
   std::string root_;
