@@ -52,19 +52,9 @@ struct Value {
   Tensor tensor;
 };
 
-Ref make(Kind k) {
+Ref new_value(Kind k) {
   auto v = std::make_shared<Value>();
   v->kind = k;
-  return v;
-}
-Ref make_int(int64_t i) {
-  Ref v = make(Kind::kInt);
-  v->i = i;
-  return v;
-}
-Ref make_str(Kind k, std::string s) {
-  Ref v = make(k);
-  v->s = std::move(s);
   return v;
 }
 
@@ -129,6 +119,13 @@ class Reader {
   Reader(std::shared_ptr<void> keepalive, const uint8_t* data, uint64_t size, std::string name)
       : keepalive_(std::move(keepalive)), data_(data), name_(std::move(name)),
         zip_(ZipDirectory::parse(data, size, name_)) {}
+  // A pickle can make containers hold themselves (through its memo); emptying every value it
+  // built breaks such cycles, so nothing outlives the reader.
+  ~Reader() {
+    for (const Ref& v : arena_) v->items.clear();
+  }
+  Reader(const Reader&) = delete;
+  Reader& operator=(const Reader&) = delete;
 
   std::map<std::string, Tensor> read() {
     // The pickle: the one entry named <root>/data.pkl.
@@ -178,6 +175,23 @@ class Reader {
   }
 
   // ---- the pickle machine ----
+  // Every value is made here and kept in arena_ (see ~Reader).
+  Ref make(Kind k) {
+    Ref v = new_value(k);
+    arena_.push_back(v);
+    return v;
+  }
+  Ref make_int(int64_t i) {
+    Ref v = make(Kind::kInt);
+    v->i = i;
+    return v;
+  }
+  Ref make_str(Kind k, std::string s) {
+    Ref v = make(k);
+    v->s = std::move(s);
+    return v;
+  }
+
   void need(uint64_t n) const {
     if (static_cast<uint64_t>(end_ - pos_) < n)
       throw fail("the pickle ends in the middle of an instruction (truncated or corrupt)");
@@ -613,6 +627,7 @@ class Reader {
   std::vector<Ref> stack_;
   std::vector<size_t> marks_;
   std::unordered_map<uint64_t, Ref> memo_;
+  std::vector<Ref> arena_;
   int64_t visits_ = 0;
 };
 
