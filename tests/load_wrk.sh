@@ -28,10 +28,12 @@ resident() { request GET /sdapi/v1/memory "" | sed -n 's/.*"process_resident":\(
 
 for _ in $(seq 300); do request GET /readyz "" | grep -q '"ready"' && break; sleep 0.1; done
 before=$(resident)
-# Generations to run while wrk hammers the cheap routes: 4 jobs of 16 images.
+# Generations to run while wrk hammers the cheap routes: 4 jobs of 16 images at the server's
+# most steps (150), enough to outlast the 20 s of load on a quiet machine (they are cancelled
+# after it).
 ids=()
 for _ in 1 2 3 4; do
-  ids+=("$(request POST /v1/jobs '{"prompt": "coat", "steps": 40, "batch_size": 16}' |
+  ids+=("$(request POST /v1/jobs '{"prompt": "coat", "steps": 150, "batch_size": 16}' |
            sed -n 's/.*"id":"\(job-[0-9a-f]*\)".*/\1/p')")
 done
 status=0
