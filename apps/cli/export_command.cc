@@ -33,15 +33,25 @@ std::optional<DType> parse_dtype(const std::string& s) {
   return std::nullopt;
 }
 
-// Floating tensors to `dtype` (all of them when given); counts the tensors.
-void convert_floats(std::map<std::string, Tensor>& weights, std::optional<DType> dtype,
-                    int64_t* tensors) {
+// Reads a weights file (safetensors or a PyTorch checkpoint) and writes it as safetensors with
+// its floating tensors in `dtype` (as stored when none), its metadata plus `extra`; returns the
+// tensors written. `label` names the input when it must hold tensors (convert's file), "" when
+// an empty file is copied as it is (export's components).
+int64_t convert_weights_file(const fs::path& in, const fs::path& out, std::optional<DType> dtype,
+                             const std::map<std::string, std::string>& extra = {},
+                             const std::string& label = "") {
+  const io::SafetensorsFile file = io::open_weights_file(in.string());
+  std::map<std::string, Tensor> weights = file.tensors();
+  STIPPLE_CHECK(label.empty() || !weights.empty(), label, " holds no tensors");
   for (auto& [name, t] : weights) {
     const bool floating = t.dtype() == DType::kF32 || t.dtype() == DType::kF16 ||
                           t.dtype() == DType::kBF16 || t.dtype() == DType::kF64;
     if (dtype && floating && t.dtype() != *dtype) t = t.to(*dtype);
-    ++*tensors;
   }
+  std::map<std::string, std::string> metadata = file.metadata();
+  for (const auto& [k, v] : extra) metadata.emplace(k, v);
+  io::save_safetensors(out.string(), weights, metadata);
+  return static_cast<int64_t>(weights.size());
 }
 
 struct CopyStats {
@@ -65,15 +75,12 @@ CopyStats copy_model_folder(const fs::path& src, const fs::path& dst, std::optio
       const std::string ext = f.path().extension().string();
       fs::path target = sub / f.path().filename();
       if (ext == ".safetensors" || ext == ".bin") {
-        const io::SafetensorsFile in = io::open_weights_file(f.path().string());
-        std::map<std::string, Tensor> weights = in.tensors();
-        convert_floats(weights, dtype, &st.tensors);
         // transformers' pytorch_model.bin -> model.safetensors; diffusers' names keep their stem.
         if (ext == ".bin") {
           const std::string stem = f.path().stem().string();
           target = sub / ((stem == "pytorch_model" ? std::string("model") : stem) + ".safetensors");
         }
-        io::save_safetensors(target.string(), weights, in.metadata());
+        st.tensors += convert_weights_file(f.path(), target, dtype);
         st.bytes += static_cast<int64_t>(fs::file_size(target));
       } else {  // configs, tokenizer files (merges.txt) and the like, as they are
         io::write_file_atomic(target.string(), read_bytes(f.path()));
@@ -156,15 +163,8 @@ int ConvertCommand::run() {
                 out_);
   STIPPLE_CHECK(overwrite_ || !fs::exists(dst), out_,
                 " exists; pass --overwrite to replace it");
-  const io::SafetensorsFile in = io::open_weights_file(src.string());
-  std::map<std::string, Tensor> weights = in.tensors();
-  STIPPLE_CHECK(!weights.empty(), in_, " holds no tensors");
   if (dst.has_parent_path()) fs::create_directories(dst.parent_path());
-  int64_t tensors = 0;
-  convert_floats(weights, dtype, &tensors);
-  std::map<std::string, std::string> metadata = in.metadata();
-  metadata.emplace("format", "pt");
-  io::save_safetensors(dst.string(), weights, metadata);
+  const int64_t tensors = convert_weights_file(src, dst, dtype, {{"format", "pt"}}, in_);
   if (!quiet_)
     std::printf("converted %s to %s: %lld tensors, %.1f MB\n", src.string().c_str(),
                 dst.string().c_str(), static_cast<long long>(tensors),

@@ -38,9 +38,9 @@ std::string format_number(double v) {
   return buf;
 }
 
-// The name PNG parameters give a model: the folder's or file's name; a training run's
-// checkpoint folders are named with their run ("emoji-t2i/checkpoint-5750").
-std::string model_name(const std::string& path) {
+}  // namespace
+
+std::string engine::model_name(const std::string& path) {
   fs::path p = fs::path(path).lexically_normal();
   if (p.filename().empty()) p = p.parent_path();
   std::string name = fs::is_regular_file(p) ? p.stem().string() : p.filename().string();
@@ -50,6 +50,10 @@ std::string model_name(const std::string& path) {
     name = p.parent_path().filename().string() + "/" + name;
   return name;
 }
+
+namespace {
+
+using engine::model_name;
 
 // A training run's folder opens as its export, else its latest checkpoint.
 std::string resolve_run_folder(const std::string& path) {

@@ -207,8 +207,7 @@ std::unique_ptr<Engine::Model> open_stable_diffusion(const std::string& path,
                                sd.unet().config().out_channels,
                        kInvalidArgument, options.refiner,
                        " cannot refine ", path, "'s latents (a different latent space)");
-    d.refiner = fs::path(options.refiner).filename().string();
-    if (fs::is_regular_file(options.refiner)) d.refiner = fs::path(options.refiner).stem().string();
+    d.refiner = model_name(options.refiner);
     m->set_refiner(std::move(refiner));
   }
   d.default_width = d.default_height = static_cast<int>(sd.default_size());

@@ -14,4 +14,8 @@ namespace stipple::engine {
 
 const std::vector<Engine::Family>& registry();
 
+// The name PNG parameters give a model: the folder's or file's name; a training run's
+// checkpoint folders are named with their run ("emoji-t2i/checkpoint-5750").
+std::string model_name(const std::string& path);
+
 }  // namespace stipple::engine

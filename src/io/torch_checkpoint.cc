@@ -49,6 +49,7 @@ struct Value {
   std::vector<Ref> items;  // tuple, list; dict as key, value, key, value, ...
   std::string key;         // storage: its data/<key> entry
   int64_t numel = 0;       // storage: elements
+  int elem_bytes = 0;      // storage: bytes per element
   Tensor tensor;
 };
 
@@ -328,7 +329,7 @@ class Reader {
         pid->items[2]->kind != Kind::kStr)
       throw fail("a persistent id that is not ('storage', type, key, location, numel)");
     Ref st = make(Kind::kStorage);
-    int bytes = 0;
+    int& bytes = st->elem_bytes;
     if (!storage_dtype(pid->items[1]->s, &st->s, &bytes))
       throw fail("storage type ", pid->items[1]->s, " is not supported");
     st->key = pid->items[2]->s;
@@ -359,11 +360,7 @@ class Reader {
     const std::vector<int64_t> size = int_tuple(size_v, "size");
     const std::vector<int64_t> stride = int_tuple(stride_v, "stride");
     if (size.size() != stride.size()) throw fail("a tensor's size and stride differ in length");
-    static const std::map<std::string, int> kBytes = {{"F32", 4}, {"F16", 2}, {"BF16", 2},
-                                                      {"F64", 8}, {"I64", 8}, {"I32", 4},
-                                                      {"I16", 2}, {"I8", 1},  {"U8", 1},
-                                                      {"BOOL", 1}};
-    const int bytes = kBytes.at(storage->s);
+    const int bytes = storage->elem_bytes;
     if (offset < 0) throw fail("a tensor at storage offset ", offset);
     int64_t numel = 1, last = offset;
     for (size_t d = 0; d < size.size(); ++d) {

@@ -50,19 +50,27 @@ ModuleIndex index_targets(const LoraTargets& targets) {
         ix.kohya["lora_te2_" + underscored(path)] = {component, path};
       }
     }
-    // SDXL's kohya files name UNet modules by their original (SGM/CompVis) paths.
+    // SDXL's kohya files name UNet modules by their original (SGM/CompVis) paths; the key
+    // table maps every weight of an SD/SDXL UNet (a UNet it cannot map gets no such names).
     if (component == "unet" && targets.unet_config != nullptr) {
+      // Each weight goes through as a one-number tag: its index in `names`.
+      std::vector<std::string> names;
+      std::map<std::string, Tensor> tags;
       for (const auto& [name, t] : weights) {
-        try {
-          const auto cv = io::to_single_file_names(io::SingleFileComponent::kUNet, {{name, t}},
-                                                   targets.unet_config, nullptr);
-          const std::string& compvis = cv.begin()->first;  // model.diffusion_model.<...>.weight
-          const std::string stem = compvis.substr(22, compvis.size() - 22 - 7);
-          ix.kohya.emplace("lora_unet_" + underscored(stem),
-                           std::make_pair(component, name.substr(0, name.size() - 7)));
-        } catch (const Error&) {
-          // a module without an original name (none in SD/SDXL UNets)
-        }
+        tags[name] = Tensor::from_vector_i64({static_cast<int64_t>(names.size())}, {1});
+        names.push_back(name);
+      }
+      std::map<std::string, Tensor> compvis;
+      try {
+        compvis = io::to_single_file_names(io::SingleFileComponent::kUNet, tags,
+                                           targets.unet_config, nullptr);
+      } catch (const Error&) {
+      }
+      for (const auto& [cv, tag] : compvis) {
+        const std::string& name = names.at(static_cast<size_t>(tag.to_vector_i64()[0]));
+        const std::string stem = cv.substr(22, cv.size() - 22 - 7);  // model.diffusion_model.
+        ix.kohya.emplace("lora_unet_" + underscored(stem),
+                         std::make_pair(component, name.substr(0, name.size() - 7)));
       }
     }
   }

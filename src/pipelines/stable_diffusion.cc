@@ -4,7 +4,6 @@
 #include <filesystem>
 
 #include "autograd/grad_mode.h"
-#include "io/json.h"
 #include "core/error.h"
 #include "ops/ops.h"
 #include "pipelines/denoise.h"
@@ -79,11 +78,7 @@ StableDiffusion StableDiffusion::from_single_file(const std::string& path,
     sd.force_zeros_for_empty_prompt_ = !refiner;
     sd.requires_aesthetics_score_ = refiner;
     const fs::path index = fs::path(options.config_dir) / "model_index.json";
-    if (!options.config_dir.empty() && fs::exists(index)) {
-      const io::JsonConfig j = io::JsonConfig::from_file(index.string());
-      sd.force_zeros_for_empty_prompt_ = j.boolean("force_zeros_for_empty_prompt", true);
-      sd.requires_aesthetics_score_ = j.boolean("requires_aesthetics_score", false);
-    }
+    if (!options.config_dir.empty() && fs::exists(index)) sd.read_xl_flags(index.string());
   }
   sd.scheduler_config_ = schedulers::SchedulerConfig::from_json(m.info.scheduler_json.dump());
   sd.check_components(path);

@@ -200,6 +200,8 @@ class StableDiffusion {
   // Reads the SDXL parts of a diffusers folder (text_encoder_2/, tokenizer_2/, model_index.json
   // flags); `sd` already holds the UNet.
   static void load_xl_parts(StableDiffusion& sd, const std::string& folder);
+  // The SDXL pipeline flags a model_index.json registers, with diffusers' defaults.
+  void read_xl_flags(const std::string& model_index_path);
   // The posterior sample of `image` ([1, 3, H, W] in [-1, 1]) * scaling_factor; `index` numbers
   // the VAE call for the observer.
   Tensor encode_image(const Tensor& image, NoiseSource& noise, int index,

@@ -23,10 +23,13 @@ void StableDiffusion::load_xl_parts(StableDiffusion& sd, const std::string& fold
                 "text_projection gives the pooled prompt embedding)");
   sd.tokenizer_2_ = std::make_shared<text::ClipTokenizer>(
       text::ClipTokenizer::from_folder((d / "tokenizer_2").string()));
-  // Pipeline flags registered in model_index.json, with diffusers' defaults.
-  const io::JsonConfig index = io::JsonConfig::from_file((d / "model_index.json").string());
-  sd.force_zeros_for_empty_prompt_ = index.boolean("force_zeros_for_empty_prompt", true);
-  sd.requires_aesthetics_score_ = index.boolean("requires_aesthetics_score", false);
+  sd.read_xl_flags((d / "model_index.json").string());
+}
+
+void StableDiffusion::read_xl_flags(const std::string& model_index_path) {
+  const io::JsonConfig index = io::JsonConfig::from_file(model_index_path);
+  force_zeros_for_empty_prompt_ = index.boolean("force_zeros_for_empty_prompt", true);
+  requires_aesthetics_score_ = index.boolean("requires_aesthetics_score", false);
 }
 
 StableDiffusion::PromptEmbeddings StableDiffusion::encode_xl(const std::string& text,
@@ -186,7 +189,7 @@ Tensor StableDiffusion::run_latents(const GenerationParams& p) const {
 Tensor StableDiffusion::run_refine(const GenerationParams& params, const Tensor& latents) const {
   autograd::NoGradGuard no_grad;
   const int64_t f = vae_scale_factor();
-  STIPPLE_CHECK(latents.defined() && latents.dim() == 4 &&
+  STIPPLE_CHECK(latents.defined() && latents.dim() == 4 && latents.size(0) >= 1 &&
                     latents.size(1) == unet_->config().out_channels,
                 "the refiner takes latents [B, ", unet_->config().out_channels, ", h, w], got ",
                 latents.defined() ? latents.describe() : "none");
@@ -197,8 +200,6 @@ Tensor StableDiffusion::run_refine(const GenerationParams& params, const Tensor&
   GenerationParams p = params;
   p.width = static_cast<int>(latents.size(3) * f);
   p.height = static_cast<int>(latents.size(2) * f);
-  STIPPLE_CHECK(latents.size(0) % p.num_images == 0 || p.num_images % latents.size(0) == 0,
-                "the refiner got ", latents.size(0), " latents for ", p.num_images, " images");
   Run r = prepare(p, /*needs_image=*/false);
   // get_timesteps with denoising_start: the last n timesteps below the cutoff (one more for a
   // second-order sampler when n is even, so the hand-off never splits a Heun step).
