@@ -155,9 +155,50 @@ BenchCommand::BenchCommand(CLI::App& app) {
       ->capture_default_str();
   unet_cmd_->add_flag("--no-vae", no_vae_, "skip the VAE decode");
   unet_cmd_->add_flag("--quiet,-q", quiet_, "no progress bar");
+
+  checkpoint_cmd_ = cmd_->add_subcommand(
+      "checkpoint",
+      "Write a diffusers folder with SD 1.5's or SDXL's real shapes and seeded random weights, "
+      "for `stipple bench generate` (SD 1.5: 1.1 B parameters, 2.1 GB in f16; SDXL: 3.5 B, "
+      "6.9 GB).");
+  checkpoint_cmd_->add_option("--family", checkpoint_.family, "sd15 or sdxl")
+      ->check(CLI::IsMember({"sd15", "sdxl"}))
+      ->capture_default_str();
+  checkpoint_cmd_->add_option("--out", checkpoint_.out, "a new folder")->required();
+  checkpoint_cmd_
+      ->add_option("--tokenizer", checkpoint_.tokenizer,
+                   "a CLIP tokenizer folder (vocab.json, merges.txt) to copy in")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  checkpoint_cmd_->add_option("--dtype", checkpoint_.dtype, "f16 or f32")
+      ->check(CLI::IsMember({"f16", "f32"}))
+      ->capture_default_str();
+  checkpoint_cmd_->add_option("--seed", checkpoint_.seed)->capture_default_str();
+
+  generate_cmd_ = cmd_->add_subcommand(
+      "generate",
+      "Time one text-to-image generation through the engine (open, text encoding, steps, VAE "
+      "decode) and report the process's peak resident memory.");
+  generate_cmd_->add_option("--model", generate_.model, "a model folder or file")->required();
+  generate_cmd_
+      ->add_option("--weight-precision", generate_.weight_precision, "stored, f32, f16 or bf16")
+      ->check(CLI::IsMember({"stored", "f32", "f16", "bf16"}))
+      ->capture_default_str();
+  generate_cmd_->add_flag("--low-memory", generate_.low_memory,
+                          "each component resident only during its stage");
+  generate_cmd_->add_option("--steps", generate_.steps)
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  generate_cmd_->add_option("--width", generate_.width, "0: the model's default")
+      ->check(CLI::Range(0, 4096));
+  generate_cmd_->add_option("--height", generate_.height, "0: the model's default")
+      ->check(CLI::Range(0, 4096));
+  generate_cmd_->add_option("--sampler", generate_.sampler, "default: the model's");
 }
 
 int BenchCommand::run() {
+  if (checkpoint_cmd_->parsed()) return bench_checkpoint(checkpoint_);
+  if (generate_cmd_->parsed()) return bench_generate(generate_);
   STIPPLE_CHECK(width_ % 8 == 0 && height_ % 8 == 0,
                 "--width and --height must be multiples of "
                 "8, got ",

@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <string>
 
+#include "bench_pipeline.h"
+
 namespace stipple::cli {
 
 class BenchCommand {
@@ -19,6 +21,10 @@ class BenchCommand {
  private:
   CLI::App* cmd_;
   CLI::App* unet_cmd_;
+  CLI::App* checkpoint_cmd_;
+  CLI::App* generate_cmd_;
+  BenchCheckpointOptions checkpoint_;
+  BenchGenerateOptions generate_;
   std::string dtype_ = "f32";
   std::string weights_;
   int steps_ = 3;

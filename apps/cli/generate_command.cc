@@ -175,6 +175,15 @@ GenerateCommand::GenerateCommand(CLI::App& app, Mode mode) : mode_(mode) {
   cmd_->add_option("--memory-limit", memory_limit_mb_,
                    "refuse, before allocating, a generation whose working memory is estimated "
                    "above this many MiB (default: the memory the system has available)");
+  cmd_->add_option("--weight-precision", weight_precision_,
+                   "how weight matrices are held: stored (a half-precision checkpoint stays "
+                   "f16/bf16, widened per layer: the same images as f32 in half the memory), "
+                   "f32, f16 or bf16")
+      ->check(CLI::IsMember({"stored", "f32", "f16", "bf16"}))
+      ->capture_default_str();
+  cmd_->add_flag("--low-memory", low_memory_,
+                 "Stable Diffusion: hold the text encoders, UNet and VAE only during their own "
+                 "stage, reading each again from the checkpoint (least memory; a little slower)");
   cmd_->add_flag("--vae-tiling", vae_tiling_,
                  "Stable Diffusion: decode in overlapping tiles (less memory for large images; "
                  "on by itself above 4x the model's native area)");
@@ -239,6 +248,8 @@ int GenerateCommand::run() {
   options.lora_dir = lora_dir_;
   options.embeddings_dir = embeddings_dir_;
   options.memory_limit_mb = memory_limit_mb_;
+  options.weight_precision = weight_precision_;
+  options.low_memory = low_memory_;
   const Engine engine = Engine::open(model_, options);
   const ModelDescription& d = engine.description();
   for (const std::string& s : d.skipped_embeddings)

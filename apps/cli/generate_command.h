@@ -38,6 +38,8 @@ class GenerateCommand {
   double strength_ = 0.75;
   int64_t seed_arg_ = 42;  // --seed as given
   uint64_t memory_limit_mb_ = 0;
+  std::string weight_precision_ = "stored";
+  bool low_memory_ = false;
   bool quiet_ = false;
 };
 

@@ -45,6 +45,13 @@ ServeCommand::ServeCommand(CLI::App& app) {
       ->capture_default_str();
   cmd_->add_option("--lora-dir", options_.lora_dir,
                    "where A1111 prompts' <lora:NAME:WEIGHT> tags find NAME.safetensors");
+  cmd_->add_option("--weight-precision", options_.weight_precision,
+                   "how weight matrices are held: stored (a half-precision checkpoint as it is), "
+                   "f32, f16 or bf16")
+      ->check(CLI::IsMember({"stored", "f32", "f16", "bf16"}))
+      ->capture_default_str();
+  cmd_->add_flag("--low-memory", options_.low_memory,
+                 "Stable Diffusion: hold each component only during its stage of a generation");
   cmd_->add_option("--output-dir", options_.output_dir,
                    "save images here (A1111 save_images, OpenAI response_format \"url\"), served "
                    "at /outputs/");

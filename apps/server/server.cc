@@ -409,6 +409,8 @@ struct Server::Impl {
     try {
       OpenOptions open;
       open.lora_dir = opt.lora_dir;
+      open.weight_precision = opt.weight_precision;
+      open.low_memory = opt.low_memory;
       auto engine = std::make_unique<Engine>(Engine::open(m.path, open));
       std::lock_guard<std::mutex> lock(mu);
       m.description = engine->description();

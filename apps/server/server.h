@@ -53,6 +53,8 @@ struct ServerOptions {
   bool log_requests = true;       // one line per request on stderr
   // Where A1111 prompts' <lora:NAME:WEIGHT> tags find NAME.safetensors ("" = tags refused).
   std::string lora_dir;
+  std::string weight_precision = "stored";  // OpenOptions::weight_precision
+  bool low_memory = false;                  // OpenOptions::low_memory
 };
 
 class Server {

@@ -176,6 +176,16 @@ struct OpenOptions {
   // Stable Diffusion: textual-inversion embeddings (A1111's .pt/.safetensors, SDXL's clip_l +
   // clip_g, diffusers' learned_embeds), each usable in prompts by its file name.
   std::string embeddings_dir;
+  // The precision the layers' weight matrices are held in: "stored" (a half-precision
+  // checkpoint's f16/bf16 as it is, widened per layer as it runs: the same images as "f32" in
+  // half the memory), "f32", "f16" or "bf16" (f32 checkpoints narrowed on load).
+  std::string weight_precision = "stored";
+  // Stable Diffusion: hold the text encoders, the UNet and the VAE in memory only during their
+  // own stage of a generation, reading each again from the checkpoint when its stage comes
+  // (stable-diffusion.cpp's approach), and keep no derived caches (the convolutions' reordered
+  // weights, freed activation blocks; process-wide settings). The peak becomes the UNet's weights
+  // plus its activations; each generation reads the checkpoint once more (from the page cache).
+  bool low_memory = false;
 };
 
 // What Engine::probe learns of a model without loading it.

@@ -2,6 +2,8 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <map>
 #include <mutex>
 #include <new>
@@ -15,6 +17,7 @@ namespace {
 constexpr size_t kMiB = size_t{1} << 20;
 constexpr size_t kCachedMin = kMiB;                 // smaller blocks go straight to malloc
 constexpr size_t kCachedGranule = 64 * 1024;        // cached sizes are multiples of this
+constexpr size_t kLazyMin = 64 * 1024;              // LazyZeroScope maps blocks from this size
 constexpr size_t kDefaultCacheBudget = 512 * kMiB;  // STIPPLE_BLOCK_CACHE_MB overrides
 
 // Freed blocks of 1 MiB or more, kept for reuse up to a budget. A denoising step allocates the
@@ -57,6 +60,21 @@ class BlockCache {
     held_ += capacity;
   }
 
+  void set_budget(size_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    budget_ = bytes;
+    while (held_ > budget_) {
+      std::free(free_.begin()->second);
+      held_ -= free_.begin()->first;
+      free_.erase(free_.begin());
+    }
+  }
+
+  size_t budget() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return budget_;
+  }
+
   void trim() {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto& [size, p] : free_) std::free(p);
@@ -82,7 +100,13 @@ class BlockCache {
   size_t budget_ = 0;
 };
 
+thread_local int lazy_zero_depth = 0;
+
 }  // namespace
+
+Storage::LazyZeroScope::LazyZeroScope() { ++lazy_zero_depth; }
+Storage::LazyZeroScope::~LazyZeroScope() { --lazy_zero_depth; }
+bool Storage::LazyZeroScope::active() { return lazy_zero_depth > 0; }
 
 const char* device_name(Device d) { return d == Device::kCPU ? "cpu" : "cuda"; }
 
@@ -98,6 +122,14 @@ std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device, bool ze
   if (rounded >= kCachedMin) {
     rounded = (rounded + kCachedGranule - 1) / kCachedGranule * kCachedGranule;
     s->data_ = BlockCache::instance().take(rounded, &rounded);
+  }
+  if (zero && s->data_ == nullptr && rounded >= kLazyMin && LazyZeroScope::active()) {
+    void* p = ::mmap(nullptr, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p != MAP_FAILED) {
+      s->data_ = p;
+      s->mapped_ = true;
+      zero = false;  // fresh anonymous pages read as zero
+    }
   }
   if (rounded > 0) {
     if (s->data_ == nullptr) s->data_ = std::aligned_alloc(64, rounded);
@@ -116,8 +148,9 @@ std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device, bool ze
 }
 
 std::shared_ptr<Storage> Storage::wrap(void* data, size_t nbytes, std::shared_ptr<void> keepalive,
-                                       Device device) {
+                                       Device device, bool file_backed) {
   auto s = std::shared_ptr<Storage>(new Storage());
+  s->file_backed_ = file_backed;
   s->data_ = data;
   s->nbytes_ = nbytes;
   s->device_ = device;
@@ -127,7 +160,9 @@ std::shared_ptr<Storage> Storage::wrap(void* data, size_t nbytes, std::shared_pt
 
 Storage::~Storage() {
   if (!owned_ || data_ == nullptr) return;
-  if (capacity_ >= kCachedMin) {
+  if (mapped_) {
+    ::munmap(data_, capacity_);
+  } else if (capacity_ >= kCachedMin) {
     BlockCache::instance().give(data_, capacity_);
   } else {
     std::free(data_);
@@ -135,6 +170,20 @@ Storage::~Storage() {
 }
 
 void Storage::trim_cache() { BlockCache::instance().trim(); }
+
+void Storage::set_cache_budget(size_t bytes) { BlockCache::instance().set_budget(bytes); }
+
+size_t Storage::cache_budget() { return BlockCache::instance().budget(); }
+
+size_t Storage::release_pages() {
+  if (!file_backed_ || data_ == nullptr || version() != 0) return 0;
+  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data_) + page - 1) / page * page;
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data_) + nbytes_) / page * page;
+  if (end <= begin) return 0;
+  if (::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED) != 0) return 0;
+  return end - begin;
+}
 
 size_t Storage::cached_bytes() { return BlockCache::instance().held(); }
 

@@ -32,8 +32,28 @@ class Storage {
   // Bytes held by the cache of freed blocks now.
   static size_t cached_bytes();
   // Views memory owned elsewhere; `keepalive` is held as long as this storage lives.
+  // `file_backed`: the memory is a private read-only-in-practice mapping of a file (safetensors),
+  // whose pages release_pages() may hand back to the kernel.
   static std::shared_ptr<Storage> wrap(void* data, size_t nbytes, std::shared_ptr<void> keepalive,
-                                       Device device = Device::kCPU);
+                                       Device device = Device::kCPU, bool file_backed = false);
+  // Sets the budget of the cache of freed blocks (STIPPLE_BLOCK_CACHE_MB at start, default
+  // 512 MB), freeing what no longer fits. Low-memory runs set it small.
+  static void set_cache_budget(size_t bytes);
+  static size_t cache_budget();
+
+  // While one is alive on a thread, zero-initialised allocations of 64 KiB or more on it that the
+  // cache cannot serve are fresh anonymous mappings, whose pages the kernel provides already
+  // zeroed on first touch: memory that is allocated and then replaced without being written (a
+  // model's zero parameters before a checkpoint loads over them, or is stored in half
+  // precision instead) never becomes resident. Nests.
+  class LazyZeroScope {
+   public:
+    LazyZeroScope();
+    ~LazyZeroScope();
+    LazyZeroScope(const LazyZeroScope&) = delete;
+    LazyZeroScope& operator=(const LazyZeroScope&) = delete;
+    static bool active();
+  };
 
   ~Storage();
   Storage(const Storage&) = delete;
@@ -52,12 +72,20 @@ class Storage {
   bool frozen() const { return frozen_.load(std::memory_order_acquire); }
   void set_frozen(bool on) { frozen_.store(on, std::memory_order_release); }
 
+  // For a file-backed storage never written (version 0): hands the whole pages it covers back to
+  // the kernel (madvise MADV_DONTNEED), so a checkpoint's bytes stop counting as resident once
+  // they were copied into the model; a later read maps them from the file again. Otherwise
+  // nothing. Returns the bytes released.
+  size_t release_pages();
+
  private:
   Storage();
   void* data_ = nullptr;
   size_t nbytes_ = 0;
   Device device_ = Device::kCPU;
   bool owned_ = false;
+  bool mapped_ = false;       // owned, from mmap (LazyZeroScope): unmapped, never cached
+  bool file_backed_ = false;  // wrap() of a private file mapping
   size_t capacity_ = 0;  // bytes allocated (>= nbytes_) when owned
   std::shared_ptr<void> keepalive_;
   uint64_t id_;

@@ -13,11 +13,13 @@
 #include <unistd.h>
 
 #include "core/error.h"
+#include "core/storage.h"
 #include "engine/model.h"
 #include "engine/registry.h"
 #include "io/png.h"
 #include "io/safetensors.h"
 #include "io/torch_checkpoint.h"
+#include "nn/module.h"
 #include "ops/ops.h"
 #include "schedulers/scheduler.h"
 
@@ -371,15 +373,22 @@ std::pair<const Engine::Family*, std::string> find_family(const std::string& giv
               ErrorKind::kUnsupported);
 }
 
-// The weights of the model at `path` (already resolved) as stipple holds them, every
-// floating-point tensor in f32, from the safetensors headers alone.
-uint64_t weights_bytes(const std::string& path) {
+// The weights of the model at `path` (already resolved) as stipple holds them, from the
+// safetensors headers alone: matrices and kernels (2 or more dims) at `precision`, every other
+// floating-point tensor in f32.
+uint64_t weights_bytes(const std::string& path,
+                       nn::WeightPrecision precision = nn::WeightPrecision::kF32) {
   uint64_t bytes = 0;
-  auto add = [&bytes](const fs::path& file) {
+  auto add = [&bytes, precision](const fs::path& file) {
     const io::SafetensorsFile f = io::open_weights_file(file.string());
-    for (const auto& [name, e] : f.entries())
-      if (e.dtype == "F32" || e.dtype == "F16" || e.dtype == "BF16" || e.dtype == "F64")
-        bytes += static_cast<uint64_t>(shape_numel(e.shape)) * 4;
+    for (const auto& [name, e] : f.entries()) {
+      if (e.dtype != "F32" && e.dtype != "F16" && e.dtype != "BF16" && e.dtype != "F64") continue;
+      const bool half =
+          e.shape.size() >= 2 &&
+          (precision == nn::WeightPrecision::kF16 || precision == nn::WeightPrecision::kBF16 ||
+           (precision == nn::WeightPrecision::kStored && (e.dtype == "F16" || e.dtype == "BF16")));
+      bytes += static_cast<uint64_t>(shape_numel(e.shape)) * (half ? 2 : 4);
+    }
   };
   std::error_code ec;
   if (fs::is_regular_file(path)) {
@@ -401,8 +410,14 @@ Engine Engine::open(const std::string& given, const OpenOptions& options) {
     STIPPLE_CHECK_KIND(fs::exists(options.refiner), kNotFound, "no such refiner model: ",
                        options.refiner);
   }
-  const uint64_t need =
-      weights_bytes(path) + (options.refiner.empty() ? 0 : weights_bytes(options.refiner));
+  nn::WeightPrecision precision;
+  try {
+    precision = nn::parse_weight_precision(options.weight_precision);
+  } catch (const Error& e) {
+    throw Error(e.what(), ErrorKind::kInvalidArgument);
+  }
+  const uint64_t need = weights_bytes(path, precision) +
+                        (options.refiner.empty() ? 0 : weights_bytes(options.refiner, precision));
   const bool set = options.memory_limit_mb > 0;
   const uint64_t limit = set ? options.memory_limit_mb << 20 : system_memory().available;
   if (limit > 0 && need > limit)
@@ -413,7 +428,14 @@ Engine Engine::open(const std::string& given, const OpenOptions& options) {
                 ErrorKind::kResourceExhausted);
   std::lock_guard<std::mutex> lock(engine_mutex());
   std::unique_ptr<Model> model;
+  if (options.low_memory) {
+    // No caches of derived data: reordered convolution weights are rebuilt per call and only a
+    // little freed activation memory is kept for reuse.
+    ops::set_conv_weight_cache_budget(0);
+    Storage::set_cache_budget(std::min<size_t>(Storage::cache_budget(), size_t{128} << 20));
+  }
   try {
+    nn::LoadScope scope(precision);
     model = family->open(path, options);
   } catch (const std::bad_alloc&) {
     throw Error(str_cat("not enough memory to load ", given, " (", family->name, ")"),

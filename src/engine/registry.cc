@@ -100,6 +100,9 @@ class StableDiffusionModel : public Engine::Model {
       out.what.push_back(job.prompts[i]);
       out.seeds.push_back(job.seed + i);
     }
+    // Low memory: nothing stays resident between generations.
+    sd_.release_all();
+    if (refiner_) refiner_->release_all();
     return out;
   }
 
@@ -165,7 +168,7 @@ std::unique_ptr<Engine::Model> open_stable_diffusion(const std::string& path,
                      " is not a Stable Diffusion 1.x/2.x/XL model (detected: ", info.family,
                      info.evidence.empty() ? "" : "; " + info.evidence, ")");
   pipelines::StableDiffusion loaded =
-      pipelines::StableDiffusion::load(path, options.tokenizer_dir, single);
+      pipelines::StableDiffusion::load(path, options.tokenizer_dir, single, options.low_memory);
   std::vector<std::string> skipped;
   if (!options.embeddings_dir.empty())
     skipped = loaded.load_embeddings(options.embeddings_dir).second;
@@ -199,8 +202,8 @@ std::unique_ptr<Engine::Model> open_stable_diffusion(const std::string& path,
     const pipelines::ModelInfo ri = pipelines::inspect_model(options.refiner, single);
     STIPPLE_CHECK_KIND(ri.family.rfind("SDXL", 0) == 0, kUnsupported, options.refiner,
                        " is not an SDXL refiner (detected: ", ri.family, ")");
-    pipelines::StableDiffusion refiner =
-        pipelines::StableDiffusion::load(options.refiner, options.tokenizer_dir, single);
+    pipelines::StableDiffusion refiner = pipelines::StableDiffusion::load(
+        options.refiner, options.tokenizer_dir, single, options.low_memory);
     if (!options.embeddings_dir.empty()) refiner.load_embeddings(options.embeddings_dir);
     STIPPLE_CHECK_KIND(refiner.vae_scale_factor() == sd.vae_scale_factor() &&
                            refiner.unet().config().in_channels ==

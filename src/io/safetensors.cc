@@ -147,7 +147,10 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
   if (addr == MAP_FAILED) throw fail("cannot map the file: ", std::strerror(map_err));
   mapping->addr = addr;
   mapping->length = file_size;
-  return parse(std::move(mapping), static_cast<const uint8_t*>(addr), file_size, path);
+  SafetensorsFile file =
+      parse(std::move(mapping), static_cast<const uint8_t*>(addr), file_size, path);
+  file.file_mapped_ = true;
+  return file;
 }
 
 SafetensorsFile SafetensorsFile::from_bytes(std::string bytes, const std::string& name) {
@@ -379,7 +382,8 @@ Tensor SafetensorsFile::tensor(const std::string& name) const {
   DType direct;
   if (direct_dtype(e.dtype, &direct)) {
     if (reinterpret_cast<uintptr_t>(src) % dtype_size(t) == 0) {
-      auto storage = Storage::wrap(const_cast<uint8_t*>(src), nbytes, keepalive_);
+      auto storage = Storage::wrap(const_cast<uint8_t*>(src), nbytes, keepalive_, Device::kCPU,
+                                   file_mapped_);
       return Tensor::from_storage(std::move(storage), 0, e.shape, t);
     }
     auto storage = Storage::allocate(nbytes);

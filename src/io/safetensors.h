@@ -101,6 +101,7 @@ class SafetensorsFile {
 
   std::string path_;
   std::shared_ptr<void> keepalive_;  // the mapping or the in-memory bytes
+  bool file_mapped_ = false;         // keepalive_ is a mapping of the file (open())
   const uint8_t* data_ = nullptr;  // start of the data region inside the mapping
   uint64_t data_size_ = 0;
   std::map<std::string, SafetensorsEntry> entries_;

@@ -34,6 +34,7 @@ class Linear : public Module {
   Linear(int64_t in_features, int64_t out_features, bool bias = true);
   Linear(int64_t in_features, int64_t out_features, bool bias, Generator& gen);
   std::string type_name() const override { return "Linear"; }
+  bool is_layer_weight(const std::string& name) const override { return name == "weight"; }
   void reset_parameters(Generator& gen) override;
 
   Tensor forward(const Tensor& x) const;  // [..., in] -> [..., out]
@@ -56,6 +57,7 @@ class Conv2d : public Module {
   Conv2d(int64_t in_channels, int64_t out_channels, int64_t kernel_size, int64_t stride,
          int64_t padding, bool bias, Generator& gen);
   std::string type_name() const override { return "Conv2d"; }
+  bool is_layer_weight(const std::string& name) const override { return name == "weight"; }
   void reset_parameters(Generator& gen) override;
 
   Tensor forward(const Tensor& x) const;  // [N, in, H, W] -> [N, out, H', W']
@@ -120,6 +122,7 @@ class Embedding : public Module {
   Embedding(int64_t num_embeddings, int64_t embedding_dim);
   Embedding(int64_t num_embeddings, int64_t embedding_dim, Generator& gen);
   std::string type_name() const override { return "Embedding"; }
+  bool is_layer_weight(const std::string& name) const override { return name == "weight"; }
   void reset_parameters(Generator& gen) override;
 
   Tensor forward(const Tensor& ids) const;  // i64 [...] -> [..., D]

@@ -26,7 +26,74 @@ void copy_into(const Tensor& dst, const Tensor& src) {
   dst.storage()->bump_version();
 }
 
+thread_local WeightPrecision scope_precision = WeightPrecision::kF32;
+thread_local bool scope_active = false;
+
+// The dtype a layer weight from a checkpoint tensor of dtype `from` is stored in.
+DType layer_weight_dtype(WeightPrecision p, DType from) {
+  switch (p) {
+    case WeightPrecision::kF16: return DType::kF16;
+    case WeightPrecision::kBF16: return DType::kBF16;
+    case WeightPrecision::kStored:
+      return from == DType::kF16 || from == DType::kBF16 ? from : DType::kF32;
+    case WeightPrecision::kF32: break;
+  }
+  return DType::kF32;
+}
+
+// Points `dst`'s TensorImpl (which the layers hold) at `src`'s storage, layout and dtype.
+void point_at(const Tensor& dst, const Tensor& src) {
+  TensorImpl& impl = const_cast<Tensor&>(dst).impl();
+  const bool frozen = impl.storage && impl.storage->frozen();
+  impl.storage = src.storage();
+  impl.offset = src.storage_offset();
+  impl.strides = src.strides();
+  impl.dtype = src.dtype();
+  impl.storage->set_frozen(frozen || src.storage()->frozen());
+}
+
+// Points the parameter `dst` at a new contiguous storage of dtype `dtype` holding `src`'s values.
+void rebind_into(const Tensor& dst, const Tensor& src, DType dtype) {
+  autograd::NoGradGuard no_grad;
+  Tensor c = ops::contiguous(ops::cast(src, dtype));
+  if (c.storage() == src.storage()) c = c.clone();  // own the bytes; never view the file
+  point_at(dst, c);
+}
+
 }  // namespace
+
+WeightPrecision parse_weight_precision(const std::string& text) {
+  if (text == "f32") return WeightPrecision::kF32;
+  if (text == "stored") return WeightPrecision::kStored;
+  if (text == "f16") return WeightPrecision::kF16;
+  if (text == "bf16") return WeightPrecision::kBF16;
+  throw Error(str_cat("unknown weight precision '", text,
+                      "' (expected f32, stored, f16 or bf16)"));
+}
+
+const char* weight_precision_name(WeightPrecision p) {
+  switch (p) {
+    case WeightPrecision::kStored: return "stored";
+    case WeightPrecision::kF16: return "f16";
+    case WeightPrecision::kBF16: return "bf16";
+    case WeightPrecision::kF32: break;
+  }
+  return "f32";
+}
+
+LoadScope::LoadScope(WeightPrecision precision)
+    : saved_(scope_precision), saved_active_(scope_active) {
+  scope_precision = precision;
+  scope_active = true;
+}
+
+LoadScope::~LoadScope() {
+  scope_precision = saved_;
+  scope_active = saved_active_;
+}
+
+WeightPrecision LoadScope::precision() { return scope_precision; }
+bool LoadScope::active() { return scope_active; }
 
 void Module::check_new_name(const std::string& name, const char* what) const {
   STIPPLE_CHECK(!name.empty() && name.find('.') == std::string::npos, type_name(), ": ", what,
@@ -192,8 +259,27 @@ LoadResult Module::load_state_dict(const std::map<std::string, Tensor>& state, b
     throw Error(msg.str());
   }
 
-  // 3. Copy.
-  for (const auto& [dst, src] : copies) copy_into(dst, src);
+  // 3. Copy, or store layer weights in the precision the LoadScope asks for.
+  std::unordered_set<const TensorImpl*> layer_weights;
+  const bool scoped = LoadScope::active();
+  if (scoped && LoadScope::precision() != WeightPrecision::kF32) {
+    for (const auto& [path, m] : named_modules()) {
+      for (const Entry& e : m->params_) {
+        if (m->is_layer_weight(e.name)) layer_weights.insert(e.tensor.impl_ptr().get());
+      }
+    }
+  }
+  for (const auto& [dst, src] : copies) {
+    const DType want = layer_weights.count(dst.impl_ptr().get())
+                           ? layer_weight_dtype(LoadScope::precision(), src.dtype())
+                           : dst.dtype();
+    if (want != dst.dtype()) {
+      rebind_into(dst, src, want);
+    } else {
+      copy_into(dst, src);
+    }
+    if (scoped) src.storage()->release_pages();
+  }
   return result;
 }
 
@@ -227,6 +313,26 @@ void Module::reset_parameters(Generator& gen) {
 const std::shared_ptr<Module>& ModuleList::operator[](size_t i) const {
   STIPPLE_CHECK(i < size(), "ModuleList: index ", i, " out of range for ", size(), " modules");
   return named_children()[i].second;
+}
+
+void release_weights(Module& m) {
+  constexpr size_t kMin = size_t{64} << 10;  // smaller tensors are not worth a mapping
+  Storage::LazyZeroScope lazy;
+  for (const auto& [name, t] : m.state_dict()) {
+    const size_t nbytes = static_cast<size_t>(t.numel()) * dtype_size(t.dtype());
+    if (nbytes < kMin || t.impl().channel_block > 0) continue;
+    point_at(t, Tensor::zeros(t.shape(), t.dtype()));
+  }
+}
+
+void adopt_weights(Module& dst, const Module& src) {
+  const std::map<std::string, Tensor> from = src.state_dict();
+  for (const auto& [name, t] : dst.state_dict()) {
+    auto it = from.find(name);
+    STIPPLE_CHECK(it != from.end() && it->second.shape() == t.shape(), "adopt_weights: ",
+                  src.type_name(), " has no ", name, " ", t.describe());
+    point_at(t, it->second);
+  }
 }
 
 }  // namespace stipple::nn

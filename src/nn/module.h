@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/storage.h"
 #include "core/tensor.h"
 
 namespace stipple {
@@ -33,6 +34,41 @@ class Generator;
 }
 
 namespace stipple::nn {
+
+// How load_state_dict stores the weight matrices of Linear, Conv2d and Embedding layers (99.9% of
+// a diffusion model's elements; biases, norms and other parameters always load as f32). kF32
+// widens them (training, and the default); kStored keeps a half-precision checkpoint's f16 or
+// bf16 as it is and an f32 one as f32; kF16 and kBF16 store every such weight in that precision.
+// Half-precision weights are widened per layer as the kernels read them (ops::linear and
+// ops::conv2d), so kStored computes exactly what kF32 does, in half the memory.
+enum class WeightPrecision { kF32, kStored, kF16, kBF16 };
+// Parses "f32", "stored", "f16", "bf16"; throws naming the choices otherwise.
+WeightPrecision parse_weight_precision(const std::string& text);
+const char* weight_precision_name(WeightPrecision p);
+
+// Loading a model for inference in as little memory as it needs. While one is alive on a thread,
+// load_state_dict stores layer weights as `precision` says, the zero parameters a model is built
+// with are not made resident before the checkpoint replaces them (Storage::LazyZeroScope), and
+// each checkpoint tensor's file pages are handed back to the kernel once copied
+// (Storage::release_pages), so loading peaks near the loaded model's size instead of the model
+// plus the file. Nests; the innermost scope's precision counts.
+class LoadScope {
+ public:
+  explicit LoadScope(WeightPrecision precision);
+  ~LoadScope();
+  LoadScope(const LoadScope&) = delete;
+  LoadScope& operator=(const LoadScope&) = delete;
+  // The innermost scope's precision, or kF32 outside any.
+  static WeightPrecision precision();
+  static bool active();
+
+ private:
+  WeightPrecision saved_;
+  bool saved_active_;
+  Storage::LazyZeroScope lazy_;
+};
+
+class Module;
 
 // What a non-strict load_state_dict skipped (strict loads throw instead).
 struct LoadResult {
@@ -49,6 +85,12 @@ class Module {
 
   // The class name used in messages ("Linear", "UNet2DConditionModel").
   virtual std::string type_name() const { return "Module"; }
+  // Whether this module's own parameter `name` is a layer weight that LoadScope may store in
+  // half precision (Linear, Conv2d and Embedding say yes for "weight").
+  virtual bool is_layer_weight(const std::string& name) const {
+    (void)name;
+    return false;
+  }
 
   // ---- building (call from the constructor; names are non-empty, without '.', unique) ----
   // Registers `t` as a parameter: a leaf (detached if it is not) that requires grad (floating
@@ -142,5 +184,13 @@ class ModuleList : public Module {
     return m;
   }
 };
+
+// Low-memory pipelines keep a component's weights only for its stage. release_weights hands the
+// memory of every parameter and persistent buffer of 64 KiB or more back to the system (they read
+// as zeros, without being resident, until refilled); adopt_weights points each parameter and
+// persistent buffer of `dst` at `src`'s tensor of the same name and shape (a freshly loaded copy of
+// the same model), so `dst` holds those weights without a copy. Handles held by layers stay valid.
+void release_weights(Module& m);
+void adopt_weights(Module& dst, const Module& src);
 
 }  // namespace stipple::nn

@@ -202,10 +202,11 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
   {
     autograd::NoGradGuard no_grad;
     xk = x.is_blocked() ? x : as_f32_contiguous(x);  // blocked tensors are always f32
-    // f16 weights (half-precision checkpoints) go to the kernel as they are on inference paths:
-    // the fast kernel converts them while reordering to its layout.
-    const bool f16_weight = !record && weight.dtype() == DType::kF16 && weight.is_contiguous();
-    wk = f16_weight ? weight : as_f32_contiguous(weight);
+    // f16/bf16 weights (half-precision checkpoints) go to the kernel as they are on inference
+    // paths: the fast kernel converts them while reordering to its layout.
+    const bool half_weight = !record && weight.is_contiguous() &&
+                             (weight.dtype() == DType::kF16 || weight.dtype() == DType::kBF16);
+    wk = half_weight ? weight : as_f32_contiguous(weight);
     if (bias.defined()) bk = as_f32_contiguous(bias);
     out = active_kernels().conv2d(xk, wk, bk, p, allow_blocked);
   }

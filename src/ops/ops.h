@@ -102,6 +102,11 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor
 // default. Off forces plain NCHW everywhere (debugging, comparing layouts).
 void set_blocked_layout(bool on);
 bool blocked_layout_enabled();
+// The budget of the CPU convolutions' cache of weights kept in oneDNN's layout (f32) between
+// calls (STIPPLE_CONV_WEIGHT_CACHE_MB at start, default 1 GB); setting it drops what no longer
+// fits. 0 reorders (and widens half-precision weights) on every call: low-memory runs.
+void set_conv_weight_cache_budget(size_t bytes);
+size_t conv_weight_cache_budget();
 
 // ---------------- normalisation, softmax, attention ----------------
 // x [N, C, ...], C divisible by groups; weight/bias [C] or undefined.

@@ -1,5 +1,8 @@
 // Resampling and lookup: nearest 2x upsampling (the UNet's Upsample2D), 2x2 average pooling,
 // embedding lookup, and dropout.
+#include <cstring>
+
+#include "autograd/node.h"
 #include "core/rng.h"
 #include "ops/op_util.h"
 
@@ -40,6 +43,26 @@ Tensor embedding(const Tensor& weight, const Tensor& ids0) {
   STIPPLE_CHECK(ids0.defined() && ids0.dtype() == DType::kI64, "embedding: ids must be i64, got ",
                 ids0.describe());
   const Tensor ids = ids0.contiguous();
+  if (weight.dtype() != DType::kF32 && weight.is_contiguous() &&
+      !autograd::needs_record({&weight})) {
+    // A half-precision table (a text encoder loaded in its stored precision): gather the rows,
+    // then widen them, instead of widening the whole vocabulary per call.
+    const int64_t vocab = weight.size(0), d = weight.size(1);
+    const size_t row_bytes = static_cast<size_t>(d) * dtype_size(weight.dtype());
+    Tensor rows = Tensor::empty({ids.numel(), d}, weight.dtype());
+    const int64_t* pi = ids.data<int64_t>();
+    const auto* src = static_cast<const uint8_t*>(weight.raw_data());
+    auto* dst = static_cast<uint8_t*>(rows.raw_data());
+    for (int64_t i = 0; i < ids.numel(); ++i) {
+      STIPPLE_CHECK(pi[i] >= 0 && pi[i] < vocab, "embedding: id ", pi[i], " out of range [0, ",
+                    vocab, ")");
+      std::memcpy(dst + static_cast<size_t>(i) * row_bytes,
+                  src + static_cast<size_t>(pi[i]) * row_bytes, row_bytes);
+    }
+    Shape out_shape = ids.shape();
+    out_shape.push_back(d);
+    return reshape(as_f32_contiguous(rows), out_shape);
+  }
   Tensor out = active_kernels().embedding(as_f32_contiguous(weight), ids);
   const int64_t vocab = weight.size(0);
   autograd::record("embedding", {weight}, out,

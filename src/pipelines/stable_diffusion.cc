@@ -5,6 +5,7 @@
 
 #include "autograd/grad_mode.h"
 #include "core/error.h"
+#include "nn/module.h"
 #include "ops/ops.h"
 #include "pipelines/denoise.h"
 #include "pipelines/dit_pipeline.h"
@@ -14,7 +15,7 @@ namespace stipple::pipelines {
 
 namespace fs = std::filesystem;
 
-StableDiffusion StableDiffusion::from_pretrained(const std::string& folder) {
+StableDiffusion StableDiffusion::from_pretrained(const std::string& folder, bool low_memory) {
   if (fs::is_directory(fs::path(folder) / "transformer") &&
       !fs::is_directory(fs::path(folder) / "unet")) {
     throw Error(str_cat(folder,
@@ -31,24 +32,34 @@ StableDiffusion StableDiffusion::from_pretrained(const std::string& folder) {
                           {"unet", "vae", "text_encoder", "tokenizer", "scheduler"});
   }
   StableDiffusion sd;
+  // Low memory: each component is released as soon as it is read.
+  auto done = [low_memory](nn::Module& m) {
+    if (low_memory) nn::release_weights(m);
+  };
   sd.unet_ = models::UNet2DConditionModel::from_pretrained((d / "unet").string());
+  done(*sd.unet_);
   sd.vae_ = models::AutoencoderKL::from_pretrained((d / "vae").string());
+  done(*sd.vae_);
   // An SDXL refiner has no text_encoder/ (model_index.json lists it as null).
   if (!xl || fs::is_directory(d / "text_encoder")) {
     sd.text_encoder_ = models::CLIPTextModel::from_pretrained((d / "text_encoder").string());
+    done(*sd.text_encoder_);
     sd.tokenizer_ = std::make_shared<text::ClipTokenizer>(
         text::ClipTokenizer::from_folder((d / "tokenizer").string()));
   }
   if (xl) load_xl_parts(sd, folder);
+  if (xl) done(*sd.text_encoder_2_);
   sd.scheduler_config_ =
       schedulers::SchedulerConfig::from_json((d / "scheduler" / "scheduler_config.json").string());
   sd.check_components(folder);
+  if (low_memory) sd.enable_low_memory(folder, {});
   return sd;
 }
 
 StableDiffusion StableDiffusion::from_single_file(const std::string& path,
                                                   const std::string& tokenizer_dir,
-                                                  const io::SingleFileOptions& options) {
+                                                  const io::SingleFileOptions& options,
+                                                  bool low_memory) {
   const fs::path beside = fs::path(path).parent_path() / "tokenizer";
   const std::string tok = !tokenizer_dir.empty()     ? tokenizer_dir
                           : fs::is_directory(beside) ? beside.string()
@@ -57,7 +68,21 @@ StableDiffusion StableDiffusion::from_single_file(const std::string& path,
                 " is a single-file checkpoint, which holds no tokenizer: give a tokenizer folder "
                 "(vocab.json and merges.txt, such as a diffusers model's tokenizer/) with "
                 "--tokenizer, or put one beside the file as tokenizer/");
-  io::SingleFileModels m = io::load_single_file(path, options);
+  io::SingleFileModels m;
+  if (low_memory) {
+    // One component at a time, each released as soon as it is read.
+    m = io::load_single_file(path, options, true, false, false);
+    nn::release_weights(*m.unet);
+    m.vae = io::load_single_file(path, options, false, true, false).vae;
+    nn::release_weights(*m.vae);
+    const io::SingleFileModels t = io::load_single_file(path, options, false, false, true);
+    m.text_encoder = t.text_encoder;
+    m.text_encoder_2 = t.text_encoder_2;
+    if (m.text_encoder) nn::release_weights(*m.text_encoder);
+    if (m.text_encoder_2) nn::release_weights(*m.text_encoder_2);
+  } else {
+    m = io::load_single_file(path, options);
+  }
   StableDiffusion sd;
   sd.unet_ = m.unet;
   sd.vae_ = m.vae;
@@ -82,14 +107,15 @@ StableDiffusion StableDiffusion::from_single_file(const std::string& path,
   }
   sd.scheduler_config_ = schedulers::SchedulerConfig::from_json(m.info.scheduler_json.dump());
   sd.check_components(path);
+  if (low_memory) sd.enable_low_memory(path, options);
   return sd;
 }
 
 StableDiffusion StableDiffusion::load(const std::string& path, const std::string& tokenizer_dir,
-                                      const io::SingleFileOptions& options) {
+                                      const io::SingleFileOptions& options, bool low_memory) {
   STIPPLE_CHECK(fs::exists(path), "no such model folder or file: ", path);
-  if (fs::is_directory(path)) return from_pretrained(path);
-  return from_single_file(path, tokenizer_dir, options);
+  if (fs::is_directory(path)) return from_pretrained(path, low_memory);
+  return from_single_file(path, tokenizer_dir, options, low_memory);
 }
 
 void StableDiffusion::check_components(const std::string& where) const {
@@ -118,6 +144,7 @@ StableDiffusion::PromptEmbeddings StableDiffusion::encode_prompts(
     const std::string& prompt_text, const std::string& negative_text, int num_images,
     bool guidance, int clip_skip, const Observer& observe, PromptSyntax syntax) const {
   STIPPLE_CHECK(num_images >= 1, "num_images must be at least 1, got ", num_images);
+  need({Part::kText}, /*exclusive=*/true);
   // Multi-vector embeddings' names read as all their tokens.
   const std::string prompt = expand_embeddings(prompt_text);
   const std::string negative_prompt = expand_embeddings(negative_text);
@@ -237,6 +264,7 @@ StableDiffusion::Run StableDiffusion::prepare(const GenerationParams& p, bool ne
 
 Tensor StableDiffusion::encode_image(const Tensor& image, NoiseSource& noise, int index,
                                      const Observer& observe) const {
+  need({Part::kVAE}, /*exclusive=*/false);
   const models::DiagonalGaussian post = vae_->encode(image);  // [1, 4, h, w]
   if (observe) {
     observe(str_cat("vae_encode.", index, ".input"), image);
@@ -253,6 +281,7 @@ bool StableDiffusion::use_tiling(const GenerationParams& p, const Tensor& latent
 }
 
 Tensor StableDiffusion::decode(const Tensor& latents, const Observer& observe, bool tiled) const {
+  need({Part::kVAE}, /*exclusive=*/false);  // previews decode while the UNet is resident
   const Tensor z = latents / static_cast<float>(vae_->config().scaling_factor);
   const int64_t tile = std::max<int64_t>(vae_->config().sample_size / vae_scale_factor(), 8);
   const Tensor decoded = (tiled ? vae_->decode_tiled(z, tile) : vae_->decode(z))
@@ -301,9 +330,11 @@ Tensor StableDiffusion::denoise_and_decode(
     return out;
   };
   // 5. denoise
+  need({Part::kUNet}, /*exclusive=*/true);
   latents = denoise(*r.scheduler, latents, model, opt);  // [B, 4, h, w]
   if (!decode_result) return latents;
   // 6. decode
+  need({Part::kVAE}, /*exclusive=*/true);
   return decode(latents, observe, use_tiling(p, latents));
 }
 

@@ -101,16 +101,30 @@ class StableDiffusion {
  public:
   // Reads a diffusers StableDiffusionPipeline / StableDiffusionInpaintPipeline folder. Throws
   // naming the missing part for any other layout.
-  static StableDiffusion from_pretrained(const std::string& folder);
+  // `low_memory`: see enable_low_memory (the components are released as soon as each is read, so
+  // opening never holds them all at once).
+  static StableDiffusion from_pretrained(const std::string& folder, bool low_memory = false);
   // Reads a single-file SD 1.x/2.x checkpoint (A1111/CompVis names; io/single_file.h). The file
   // holds no tokenizer: `tokenizer_dir` (vocab.json + merges.txt, e.g. a diffusers model's
   // tokenizer/ folder) is used, else a tokenizer/ folder beside the file; the scheduler is SD's.
   static StableDiffusion from_single_file(const std::string& path,
                                           const std::string& tokenizer_dir = "",
-                                          const io::SingleFileOptions& options = {});
+                                          const io::SingleFileOptions& options = {},
+                                          bool low_memory = false);
   // A diffusers folder or a single .safetensors file, whichever `path` is.
   static StableDiffusion load(const std::string& path, const std::string& tokenizer_dir = "",
-                              const io::SingleFileOptions& options = {});
+                              const io::SingleFileOptions& options = {}, bool low_memory = false);
+
+  // Low memory (stable_diffusion_memory.cc; stable-diffusion.cpp's approach): the text encoders,
+  // the UNet and the VAE hold their weights only during their own stage of a run. Each stage
+  // reads its component again from the checkpoint (from the page cache once the file was read),
+  // in the weight precision of the LoadScope that was active at load, and merges the current
+  // LoRAs into it; the others' memory goes back to the system. The peak becomes the largest
+  // component plus its activations instead of all of them together. The models' configs stay
+  // available throughout. release_all() (the engine calls it after each generation) leaves
+  // nothing resident.
+  bool low_memory() const { return residency_ != nullptr; }
+  void release_all() const;
 
   // Prompt embeddings: [2B, 77, D] = [negative x B, prompt x B] with guidance, else [B, 77, D];
   // with A1111's syntax [.., 77 * chunks, D]. SDXL also gives the pooled embeddings [2B or B, P].
@@ -221,6 +235,16 @@ class StableDiffusion {
   // (0, 1)): the steps whose timestep is at or above round(T - fraction * T).
   static int end_index_for(const schedulers::Scheduler& scheduler, int begin, double fraction);
 
+  // Low memory: the components a stage needs. need() makes `parts` resident; with `exclusive`
+  // the others are released first. Nothing happens unless low_memory().
+  enum class Part { kText, kUNet, kVAE };
+  void need(std::initializer_list<Part> parts, bool exclusive) const;
+  struct Residency;
+  void enable_low_memory(const std::string& path, const io::SingleFileOptions& options);
+  // Merges loras_ into the components in `only` (all when empty); fills lora_originals_ for
+  // those it changed when `keep_originals`.
+  void merge_loras(const std::vector<std::string>& only, bool keep_originals);
+
   std::shared_ptr<models::UNet2DConditionModel> unet_;
   std::shared_ptr<models::AutoencoderKL> vae_;
   std::shared_ptr<models::CLIPTextModel> text_encoder_;
@@ -234,6 +258,7 @@ class StableDiffusion {
   // The original values of the weights loras_ changed: component -> weight name -> tensor.
   std::map<std::string, std::map<std::string, Tensor>> lora_originals_;
   schedulers::SchedulerConfig scheduler_config_;
+  std::shared_ptr<Residency> residency_;  // low memory only
 };
 
 // One run's checked sizes, scheduler, random draws and prompt embeddings.

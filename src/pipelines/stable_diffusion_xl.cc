@@ -1,6 +1,7 @@
 // SDXL's parts of the Stable Diffusion pipeline (see stable_diffusion.h): the two text encoders,
 // the added size/crop/aesthetic conditioning, and the base -> refiner hand-off, as diffusers 0.29's
 // StableDiffusionXLPipeline and StableDiffusionXLImg2ImgPipeline compute them.
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 
@@ -228,35 +229,62 @@ void StableDiffusion::set_loras(const std::vector<models::LoraSpec>& loras) {
   std::map<std::string, nn::Module*> components = {{"unet", unet_.get()}};
   if (text_encoder_) components["text_encoder"] = text_encoder_.get();
   if (text_encoder_2_) components["text_encoder_2"] = text_encoder_2_.get();
-  // 1. Restore what the previous set changed.
+  // 1. Restore what the previous set changed (low memory: drop the merged components; each
+  // stage reads its component again and merges the new set).
+  if (low_memory()) release_all();
   for (auto& [name, originals] : lora_originals_)
     components.at(name)->load_state_dict(originals, /*strict=*/false);
   lora_originals_.clear();
   loras_.clear();
   if (loras.empty()) return;
-  // 2. Every merged weight, computed before any is written (an error leaves the model as is).
+  loras_ = loras;
+  try {
+    if (low_memory()) {
+      // The files are checked against the model now, so their errors belong to this request.
+      models::LoraTargets targets;
+      for (const auto& [name, m] : components) targets.components[name] = m;
+      targets.unet_config = &unet_->config();
+      for (const models::LoraSpec& spec : loras)
+        models::read_lora(io::open_weights_file(spec.path), targets);
+    } else {
+      merge_loras({}, /*keep_originals=*/true);
+    }
+  } catch (...) {
+    loras_.clear();
+    throw;
+  }
+}
+
+void StableDiffusion::merge_loras(const std::vector<std::string>& only, bool keep_originals) {
+  if (loras_.empty()) return;
+  std::map<std::string, nn::Module*> components = {{"unet", unet_.get()}};
+  if (text_encoder_) components["text_encoder"] = text_encoder_.get();
+  if (text_encoder_2_) components["text_encoder_2"] = text_encoder_2_.get();
+  auto wanted = [&](const std::string& name) {
+    return only.empty() || std::find(only.begin(), only.end(), name) != only.end();
+  };
+  // Every merged weight, computed before any is written (an error leaves the model as is).
   models::LoraTargets targets;
   for (const auto& [name, m] : components) targets.components[name] = m;
   targets.unet_config = &unet_->config();
-  std::map<std::string, std::map<std::string, Tensor>> current, originals;
-  for (const auto& [name, m] : components) current[name] = m->state_dict();
-  std::map<std::string, std::map<std::string, Tensor>> merged;
-  for (const models::LoraSpec& spec : loras) {
+  std::map<std::string, std::map<std::string, Tensor>> current, originals, merged;
+  for (const auto& [name, m] : components)
+    if (wanted(name)) current[name] = m->state_dict();
+  for (const models::LoraSpec& spec : loras_) {
     const models::Lora lora = models::read_lora(io::open_weights_file(spec.path), targets);
     for (const models::LoraLayer& layer : lora.layers) {
+      if (!wanted(layer.component)) continue;
       const std::string key = layer.module + ".weight";
       std::map<std::string, Tensor>& done = merged[layer.component];
       const Tensor& w = done.count(key) ? done.at(key) : current.at(layer.component).at(key);
-      if (!originals[layer.component].count(key))
+      if (keep_originals && !originals[layer.component].count(key))
         originals[layer.component][key] = current.at(layer.component).at(key).clone();
       done[key] = models::merge_lora_layer(w, layer, spec.weight);
     }
   }
-  // 3. Write them.
   for (const auto& [name, weights] : merged)
     components.at(name)->load_state_dict(weights, /*strict=*/false);
-  lora_originals_ = std::move(originals);
-  loras_ = loras;
+  if (keep_originals) lora_originals_ = std::move(originals);
 }
 
 }  // namespace stipple::pipelines

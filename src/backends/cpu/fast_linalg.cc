@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "backends/cpu/fill.h"
+#include "ops/ops.h"
 
 namespace stipple::cpu {
 
@@ -131,12 +132,13 @@ void reorder_into(const memory& src, const memory& dst) {
   dnnl::reorder(src, dst).execute(cpu_stream(), const_cast<memory&>(src), const_cast<memory&>(dst));
 }
 
-// `w` (plain OIHW, f32 or f16, contiguous) reordered into a new buffer of layout `want` (f32).
+// `w` (plain OIHW, f32, f16 or bf16, contiguous) reordered into a new buffer of layout `want`
+// (f32).
 memory reorder_weights(const Tensor& w, const memory::dims& dims, const memory::desc& want) {
-  const DT dt = w.dtype() == DType::kF16 ? DT::f16 : DT::f32;
-  STIPPLE_ASSERT(w.dtype() == DType::kF32 || w.dtype() == DType::kF16);
+  STIPPLE_ASSERT(w.dtype() == DType::kF32 || w.dtype() == DType::kF16 ||
+                 w.dtype() == DType::kBF16);
   memory dst(want, cpu_engine());
-  if (dt == DT::f32) {
+  if (w.dtype() == DType::kF32) {
     reorder_into(wrap(memory::desc(dims, DT::f32, Tag::oihw), w), dst);
   } else {  // oneDNN 2.6's f16 -> f32 reorder is a slow reference loop: widen first (Highway)
     const Tensor w32 = fast_kernels().copy(w, DType::kF32);
@@ -219,6 +221,23 @@ class WeightCache {
   }
 
   static constexpr size_t kDefaultBudget = size_t{1024} << 20;
+
+ public:
+  void set_budget(size_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    budget_ = bytes;
+    drop_dead();
+    for (auto it = map_.begin(); bytes_ > budget_ && it != map_.end();) {
+      for (const Entry& e : it->second) bytes_ -= e.bytes;
+      it = map_.erase(it);
+    }
+  }
+  size_t budget() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return budget_;
+  }
+
+ private:
   std::mutex mu_;
   std::unordered_map<std::string, std::vector<Entry>> map_;
   size_t bytes_ = 0;
@@ -461,3 +480,10 @@ void fill_fast_linalg(KernelTable& t) {
 }
 
 }  // namespace stipple::cpu
+
+namespace stipple::ops {
+
+void set_conv_weight_cache_budget(size_t bytes) { cpu::WeightCache::instance().set_budget(bytes); }
+size_t conv_weight_cache_budget() { return cpu::WeightCache::instance().budget(); }
+
+}  // namespace stipple::ops

@@ -1,0 +1,251 @@
+// Loading in less memory: layer weights held in their stored precision (nn::LoadScope), zero
+// parameters that never become resident, checkpoint pages handed back once copied, and the
+// low-memory Stable Diffusion pipeline that holds each component only during its stage. Each is
+// held to the plain path: stored-precision loading computes exactly what widening at load does,
+// and the low-memory pipeline (with and without LoRAs) draws the same pixels as the resident one.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include <stipple/stipple.h>
+
+#include "autograd/grad_mode.h"
+#include "core/error.h"
+#include "core/rng.h"
+#include "core/storage.h"
+#include "io/safetensors.h"
+#include "models/unet2d_condition.h"
+#include "nn/layers.h"
+#include "nn/module.h"
+#include "ops/ops.h"
+#include "pipelines/stable_diffusion.h"
+#include "support/numerics.h"
+
+namespace stipple {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string sd_tiny() { return testing::shared_path("conformance/sd_tiny"); }
+
+// A fresh folder under the build's temporary directory.
+fs::path temp_dir(const std::string& name) {
+  const fs::path d = fs::temp_directory_path() / ("stipple_low_memory_" + name);
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+// sd_tiny's UNet with every floating tensor stored as `dtype` (a half-precision checkpoint).
+fs::path half_unet(DType dtype, const std::string& name) {
+  const fs::path src = fs::path(sd_tiny()) / "unet";
+  const fs::path d = temp_dir(name);
+  fs::copy_file(src / "config.json", d / "config.json");
+  std::map<std::string, Tensor> half;
+  for (const auto& [key, t] : io::load_safetensors((src / "diffusion_pytorch_model.safetensors").string()))
+    half[key] = t.to(dtype).contiguous();
+  io::save_safetensors((d / "diffusion_pytorch_model.safetensors").string(), half);
+  return d;
+}
+
+Tensor unet_out(const models::UNet2DConditionModel& unet) {
+  autograd::NoGradGuard no_grad;
+  const auto& c = unet.config();
+  Generator gen(3);
+  const Tensor x = gen.randn({1, c.in_channels, 8, 8});
+  const Tensor ctx = gen.randn({1, 5, c.cross_attention_dim.at(0)});
+  return unet.forward(x, Tensor::from_vector({500.0f}, {1}), ctx).contiguous();
+}
+
+TEST(LoadScope, StoredPrecisionKeepsHalfWeightsAndComputesTheSame) {
+  if (sd_tiny().empty()) GTEST_SKIP() << "../shared/conformance is absent";
+  for (const DType dtype : {DType::kF16, DType::kBF16}) {
+    SCOPED_TRACE(dtype_name(dtype));
+    const fs::path dir = half_unet(dtype, dtype == DType::kF16 ? "f16" : "bf16");
+    const auto widened = models::UNet2DConditionModel::from_pretrained(dir.string());
+    std::shared_ptr<models::UNet2DConditionModel> stored;
+    {
+      nn::LoadScope scope(nn::WeightPrecision::kStored);
+      stored = models::UNet2DConditionModel::from_pretrained(dir.string());
+    }
+    // Layer weights (Linear, Conv2d) keep the file's precision; biases and norms are f32.
+    const auto sd = stored->state_dict();
+    EXPECT_EQ(sd.at("conv_in.weight").dtype(), dtype);
+    EXPECT_EQ(sd.at("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight").dtype(),
+              dtype);
+    EXPECT_EQ(sd.at("conv_in.bias").dtype(), DType::kF32);
+    EXPECT_EQ(sd.at("conv_norm_out.weight").dtype(), DType::kF32);
+    EXPECT_EQ(widened->state_dict().at("conv_in.weight").dtype(), DType::kF32);
+    // Widening per layer gives the values widening at load gives: the same outputs.
+    EXPECT_TENSORS_CLOSE(unet_out(*stored), unet_out(*widened), 1e-6, 1e-6);
+    fs::remove_all(dir);
+  }
+}
+
+TEST(LoadScope, F16NarrowsAnF32CheckpointWithinHalfPrecision) {
+  if (sd_tiny().empty()) GTEST_SKIP() << "../shared/conformance is absent";
+  const std::string dir = sd_tiny() + "/unet";
+  const auto f32 = models::UNet2DConditionModel::from_pretrained(dir);
+  std::shared_ptr<models::UNet2DConditionModel> f16;
+  {
+    nn::LoadScope scope(nn::WeightPrecision::kF16);
+    f16 = models::UNet2DConditionModel::from_pretrained(dir);
+  }
+  EXPECT_EQ(f16->state_dict().at("conv_in.weight").dtype(), DType::kF16);
+  const Tensor a = unet_out(*f16), b = unet_out(*f32);
+  EXPECT_TRUE(testing::close_relative(a, b, 1e-2));
+  EXPECT_THROW(nn::parse_weight_precision("f8"), Error);
+}
+
+TEST(LoadScope, HalfEmbeddingTableGathersTheSameRows) {
+  Generator gen(5);
+  nn::Embedding emb(50, 16, gen);
+  const Tensor ids = Tensor::from_vector_i64({3, 0, 49, 3}, {2, 2});
+  autograd::NoGradGuard no_grad;
+  const Tensor half = emb.weight().to(DType::kF16).contiguous();
+  const Tensor want = ops::embedding(half.to(DType::kF32), ids);
+  const Tensor got = ops::embedding(half, ids);
+  EXPECT_EQ(got.shape(), (Shape{2, 2, 16}));
+  EXPECT_TENSORS_CLOSE(got, want, 0.0, 0.0);
+  EXPECT_THROW(ops::embedding(half, Tensor::from_vector_i64({50}, {1})), Error);
+}
+
+TEST(Storage, LazyZeroAllocationsReadAsZero) {
+  Tensor t;
+  {
+    Storage::LazyZeroScope lazy;
+    t = Tensor::zeros({1 << 19});  // 2 MiB: a fresh mapping
+  }
+  const float* p = t.data<float>();
+  double sum = 0;
+  for (int64_t i = 0; i < t.numel(); ++i) sum += std::abs(p[i]);
+  EXPECT_EQ(sum, 0.0);
+  t.data<float>()[7] = 1.0f;  // writable
+  EXPECT_EQ(t.data<float>()[7], 1.0f);
+}
+
+TEST(Storage, ReleasedFilePagesReadBackTheSameValues) {
+  const fs::path d = temp_dir("pages");
+  const std::string path = (d / "w.safetensors").string();
+  Generator gen(1);
+  io::save_safetensors(path, {{"w", gen.randn({1 << 20})}});  // 4 MiB
+  const io::SafetensorsFile f = io::SafetensorsFile::open(path);
+  const Tensor t = f.tensor("w");
+  const Tensor copy = t.clone();
+  EXPECT_GT(t.storage()->release_pages(), size_t{0});
+  EXPECT_TENSORS_CLOSE(t, copy, 0.0, 0.0);  // mapped again from the file
+  // Memory that is not a file mapping is never released.
+  EXPECT_EQ(copy.storage()->release_pages(), size_t{0});
+  fs::remove_all(d);
+}
+
+TEST(ReleaseWeights, ReleasedWeightsReadZeroAndAdoptRestoresThem) {
+  Generator gen(2);
+  nn::Linear a(1024, 512, true, gen);  // 2 MiB weight: released; 2 KiB bias: kept
+  nn::Linear b(1024, 512, true, gen);
+  const Tensor x = gen.randn({3, 1024});
+  autograd::NoGradGuard no_grad;
+  const Tensor want = b.forward(x);
+  const Tensor bias = a.bias().clone();
+  nn::release_weights(a);
+  EXPECT_EQ(ops::sum(ops::abs(a.weight())).item(), 0.0f);
+  EXPECT_TENSORS_CLOSE(a.bias(), bias, 0.0, 0.0);
+  nn::adopt_weights(a, b);
+  EXPECT_TENSORS_CLOSE(a.forward(x), want, 0.0, 0.0);
+}
+
+GenerateRequest small_request() {
+  GenerateRequest r;
+  r.prompt = "a red circle";
+  r.steps = 3;
+  r.width = r.height = 32;
+  r.seed = 4;
+  return r;
+}
+
+TEST(LowMemory, EngineDrawsTheSamePixelsAsTheResidentPipeline) {
+  if (sd_tiny().empty()) GTEST_SKIP() << "../shared/conformance is absent";
+  const Engine resident = Engine::open(sd_tiny());
+  OpenOptions opt;
+  opt.low_memory = true;
+  const Engine low = Engine::open(sd_tiny(), opt);
+  const GenerateRequest r = small_request();
+  const GenerateResult a = resident.generate(r);
+  const GenerateResult b = low.generate(r);
+  EXPECT_EQ(a.images[0].image.pixels, b.images[0].image.pixels);
+  // Again (every component read once more), and with an image-to-image request.
+  EXPECT_EQ(low.generate(r).images[0].image.pixels, a.images[0].image.pixels);
+  GenerateRequest i2i = r;
+  i2i.init_image = a.images[0].image;
+  i2i.strength = 0.6;
+  EXPECT_EQ(low.generate(i2i).images[0].image.pixels,
+            resident.generate(i2i).images[0].image.pixels);
+}
+
+TEST(LowMemory, PipelineReleasesEveryComponentBetweenRuns) {
+  if (sd_tiny().empty()) GTEST_SKIP() << "../shared/conformance is absent";
+  pipelines::StableDiffusion sd = pipelines::StableDiffusion::load(sd_tiny(), "", {}, true);
+  ASSERT_TRUE(sd.low_memory());
+  auto zero = [](const nn::Module& m, const std::string& key) {
+    return ops::sum(ops::abs(m.state_dict().at(key).to(DType::kF32))).item() == 0.0f;
+  };
+  // Opened released (tensors of 64 KiB or more are).
+  const std::string big = "text_model.embeddings.token_embedding.weight";  // 1000 x 32 f32
+  EXPECT_TRUE(zero(*sd.text_encoder(), big));
+  // Encoding the prompt reads the text encoder in; the UNet's stage releases it again.
+  sd.encode_prompt("a red circle", "", 1, true);
+  EXPECT_FALSE(zero(*sd.text_encoder(), big));
+  pipelines::GenerationParams p;
+  p.prompt = "a red circle";
+  p.steps = 2;
+  p.width = p.height = 32;
+  sd.run_txt2img(p);
+  EXPECT_TRUE(zero(*sd.text_encoder(), big));
+  sd.encode_prompt("a red circle", "", 1, true);
+  sd.release_all();
+  EXPECT_TRUE(zero(*sd.text_encoder(), big));
+}
+
+TEST(LowMemory, LorasAreMergedIntoEachComponentAsItIsRead) {
+  if (sd_tiny().empty()) GTEST_SKIP() << "../shared/conformance is absent";
+  const std::string lora = testing::test_data_path("lora/sd_kohya.safetensors");
+  const Engine resident = Engine::open(sd_tiny());
+  OpenOptions opt;
+  opt.low_memory = true;
+  const Engine low = Engine::open(sd_tiny(), opt);
+  GenerateRequest r = small_request();
+  const GenerateResult plain = low.generate(r);
+  r.loras = {{lora, 0.8}};
+  const GenerateResult a = resident.generate(r);
+  const GenerateResult b = low.generate(r);
+  EXPECT_EQ(a.images[0].image.pixels, b.images[0].image.pixels);
+  EXPECT_NE(b.images[0].image.pixels, plain.images[0].image.pixels);
+  // Taken off: the plain image again; a file that matches nothing is refused up front.
+  r.loras.clear();
+  EXPECT_EQ(low.generate(r).images[0].image.pixels, plain.images[0].image.pixels);
+  r.loras = {{testing::test_data_path("lora/sd_kohya_unmatched.safetensors"), 1.0}};
+  EXPECT_THROW(low.generate(r), Error);
+  r.loras.clear();
+  EXPECT_EQ(low.generate(r).images[0].image.pixels, plain.images[0].image.pixels);
+}
+
+TEST(LowMemory, WeightPrecisionIsCheckedAtOpen) {
+  if (sd_tiny().empty()) GTEST_SKIP() << "../shared/conformance is absent";
+  OpenOptions opt;
+  opt.weight_precision = "f12";
+  try {
+    Engine::open(sd_tiny(), opt);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kInvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("f12"), std::string::npos) << e.what();
+  }
+  opt.weight_precision = "f16";
+  const Engine e = Engine::open(sd_tiny(), opt);
+  EXPECT_EQ(e.generate(small_request()).images.size(), 1u);
+}
+
+}  // namespace
+}  // namespace stipple
