@@ -19,6 +19,7 @@
 #include "models/unet2d_condition.h"
 #include "nn/layers.h"
 #include "nn/module.h"
+#include "nn/transformer_block.h"
 #include "ops/ops.h"
 #include "pipelines/stable_diffusion.h"
 #include "support/numerics.h"
@@ -110,6 +111,22 @@ TEST(LoadScope, HalfEmbeddingTableGathersTheSameRows) {
   EXPECT_EQ(got.shape(), (Shape{2, 2, 16}));
   EXPECT_TENSORS_CLOSE(got, want, 0.0, 0.0);
   EXPECT_THROW(ops::embedding(half, Tensor::from_vector_i64({50}, {1})), Error);
+}
+
+TEST(FeedForward, ChunkedRowsGiveTheSameOutput) {
+  Generator gen(8);
+  nn::FeedForward ff(24);  // GEGLU, inner 96
+  std::map<std::string, Tensor> random;
+  for (const auto& [name, p] : ff.state_dict()) random[name] = gen.randn(p.shape()) * 0.2f;
+  ff.load_state_dict(random);
+  const Tensor x = gen.randn({2, 37, 24});
+  autograd::NoGradGuard no_grad;
+  const Tensor whole = ff.forward(x).contiguous();
+  nn::set_feed_forward_chunk_rows(16);  // 74 rows: 16, 16, 16, 16, 10
+  const Tensor chunked = ff.forward(x).contiguous();
+  nn::set_feed_forward_chunk_rows(0);
+  EXPECT_EQ(chunked.shape(), whole.shape());
+  EXPECT_TENSORS_CLOSE(chunked, whole, 1e-6, 1e-6);
 }
 
 TEST(Storage, LazyZeroAllocationsReadAsZero) {

@@ -194,6 +194,8 @@ BenchCommand::BenchCommand(CLI::App& app) {
   generate_cmd_->add_option("--height", generate_.height, "0: the model's default")
       ->check(CLI::Range(0, 4096));
   generate_cmd_->add_option("--sampler", generate_.sampler, "default: the model's");
+  generate_cmd_->add_flag("--verbose", generate_.verbose,
+                          "resident and tensor memory after each step");
 }
 
 int BenchCommand::run() {

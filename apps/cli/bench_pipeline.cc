@@ -1,7 +1,9 @@
 #include "bench_pipeline.h"
 
 #include <sys/resource.h>
+#include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -9,6 +11,7 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <thread>
 #include <vector>
 
 #include <stipple/stipple.h>
@@ -38,6 +41,15 @@ double peak_rss_mb() {
   rusage u{};
   getrusage(RUSAGE_SELF, &u);
   return static_cast<double>(u.ru_maxrss) / 1024.0;  // Linux reports KiB
+}
+
+double current_rss_mb() {
+  long pages = 0, resident = 0;
+  if (std::FILE* f = std::fopen("/proc/self/statm", "r")) {
+    if (std::fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
+    std::fclose(f);
+  }
+  return static_cast<double>(resident) * static_cast<double>(sysconf(_SC_PAGESIZE)) / 1048576.0;
 }
 
 // The published configs (runwayml/stable-diffusion-v1-5, stabilityai/stable-diffusion-xl-base-1.0)
@@ -244,11 +256,39 @@ int bench_generate(const BenchGenerateOptions& o) {
   r.sampler = o.sampler;
   r.seed = 1;
   std::vector<double> at;  // time of each step's end
+  // The resident memory sampled every 5 ms, with the stage it peaked in (steps done so far: 0 =
+  // text encoding and the first step, all = the VAE decode).
+  std::atomic<int> stage{0};
+  std::atomic<bool> done{false};
+  double sampled_peak = 0;
+  int peak_stage = 0;
+  std::thread sampler([&] {
+    while (!done.load()) {
+      const double mb = current_rss_mb();
+      if (mb > sampled_peak) {
+        sampled_peak = mb;
+        peak_stage = stage.load();
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  });
   const double g0 = now_s();
+  Storage::reset_peak_bytes();
   const GenerateResult result = engine.generate(r, [&](const Progress& p) {
-    if (p.step > static_cast<int>(at.size())) at.push_back(now_s());
+    if (p.step > static_cast<int>(at.size())) {
+      at.push_back(now_s());
+      stage.store(p.step);
+      if (o.verbose)
+        std::printf(
+            "step %d: %.1f s, resident %.0f MB, tensors %.0f MB (peak %.0f MB; storages outside "
+            "lazy zero mappings), freed blocks cached %.0f MB\n",
+            p.step, at.back() - g0, current_rss_mb(), Storage::live_bytes() / 1048576.0,
+            Storage::peak_live_bytes() / 1048576.0, Storage::cached_bytes() / 1048576.0);
+    }
   });
   const double end = now_s();
+  done.store(true);
+  sampler.join();
   STIPPLE_CHECK(!at.empty() && !result.images.empty(), "the generation reported no steps");
   std::vector<double> step_s;
   for (size_t i = 1; i < at.size(); ++i) step_s.push_back(at[i] - at[i - 1]);
@@ -260,11 +300,14 @@ int bench_generate(const BenchGenerateOptions& o) {
       "%s (%s), %dx%d, %d steps, CFG %.1f, weights %s%s\n"
       "open %.1f s (peak RSS %.0f MB); text encoding + first step %.2f s; %.2f s/step after the "
       "first; last step to image (VAE decode) %.2f s; whole generation %.1f s\n"
-      "peak resident memory: %.0f MB\n",
+      "peak resident memory: %.0f MB (the generation's own, sampled: %.0f MB, %s)\n",
       d.name.c_str(), d.family.c_str(), result.images[0].image.width,
       result.images[0].image.height, result.steps, result.cfg_scale, o.weight_precision.c_str(),
       o.low_memory ? ", low memory" : "", load_s, load_rss, at[0] - g0, mean, end - at.back(),
-      end - g0, peak_rss_mb());
+      end - g0, peak_rss_mb(), sampled_peak,
+      peak_stage == 0                         ? "while encoding the prompt or in the first step"
+      : peak_stage >= static_cast<int>(at.size()) ? "while decoding"
+                                              : "during the steps");
   return 0;
 }
 

@@ -27,6 +27,7 @@ struct BenchGenerateOptions {
   int steps = 4;
   int width = 0, height = 0;  // 0: the model's default
   std::string sampler;        // "": the model's default
+  bool verbose = false;       // resident and tensor memory after each step
 };
 int bench_generate(const BenchGenerateOptions& options);
 

@@ -182,9 +182,11 @@ struct OpenOptions {
   std::string weight_precision = "stored";
   // Stable Diffusion: hold the text encoders, the UNet and the VAE in memory only during their
   // own stage of a generation, reading each again from the checkpoint when its stage comes
-  // (stable-diffusion.cpp's approach), and keep no derived caches (the convolutions' reordered
-  // weights, freed activation blocks; process-wide settings). The peak becomes the UNet's weights
-  // plus its activations; each generation reads the checkpoint once more (from the page cache).
+  // (stable-diffusion.cpp's approach); keep no derived caches (the convolutions' reordered
+  // weights, freed activation blocks), return freed blocks of 1 MiB or more to the system at once,
+  // and run feed-forward layers in chunks of rows (process-wide settings, kept once set). The
+  // peak becomes the UNet's weights plus its activations; each generation reads the checkpoint
+  // once more (from the page cache) and runs a little slower.
   bool low_memory = false;
 };
 

@@ -101,6 +101,15 @@ class BlockCache {
 };
 
 thread_local int lazy_zero_depth = 0;
+std::atomic<size_t> g_live_bytes{0};
+std::atomic<size_t> g_peak_bytes{0};
+
+void count_alloc(size_t n) {
+  const size_t now = g_live_bytes.fetch_add(n, std::memory_order_relaxed) + n;
+  size_t peak = g_peak_bytes.load(std::memory_order_relaxed);
+  while (now > peak && !g_peak_bytes.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
+  }
+}
 
 }  // namespace
 
@@ -119,17 +128,18 @@ std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device, bool ze
   STIPPLE_CHECK(device == Device::kCPU, "device ", device_name(device), " is not built in");
   auto s = std::shared_ptr<Storage>(new Storage());
   size_t rounded = ((nbytes + 63) / 64) * 64;
-  if (rounded >= kCachedMin) {
-    rounded = (rounded + kCachedGranule - 1) / kCachedGranule * kCachedGranule;
-    s->data_ = BlockCache::instance().take(rounded, &rounded);
-  }
-  if (zero && s->data_ == nullptr && rounded >= kLazyMin && LazyZeroScope::active()) {
+  if (zero && rounded >= kLazyMin && LazyZeroScope::active()) {
+    // Never a cached block: those are resident, and zeroing them would make them so again.
     void* p = ::mmap(nullptr, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p != MAP_FAILED) {
       s->data_ = p;
       s->mapped_ = true;
       zero = false;  // fresh anonymous pages read as zero
     }
+  }
+  if (s->data_ == nullptr && rounded >= kCachedMin) {
+    rounded = (rounded + kCachedGranule - 1) / kCachedGranule * kCachedGranule;
+    s->data_ = BlockCache::instance().take(rounded, &rounded);
   }
   if (rounded > 0) {
     if (s->data_ == nullptr) s->data_ = std::aligned_alloc(64, rounded);
@@ -141,6 +151,7 @@ std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device, bool ze
     if (zero) std::memset(s->data_, 0, rounded);
   }
   s->capacity_ = rounded;
+  if (!s->mapped_) count_alloc(rounded);  // lazy mappings are not resident until written
   s->nbytes_ = nbytes;
   s->device_ = device;
   s->owned_ = true;
@@ -160,6 +171,7 @@ std::shared_ptr<Storage> Storage::wrap(void* data, size_t nbytes, std::shared_pt
 
 Storage::~Storage() {
   if (!owned_ || data_ == nullptr) return;
+  if (!mapped_) g_live_bytes.fetch_sub(capacity_, std::memory_order_relaxed);
   if (mapped_) {
     ::munmap(data_, capacity_);
   } else if (capacity_ >= kCachedMin) {
@@ -170,6 +182,10 @@ Storage::~Storage() {
 }
 
 void Storage::trim_cache() { BlockCache::instance().trim(); }
+
+size_t Storage::live_bytes() { return g_live_bytes.load(std::memory_order_relaxed); }
+size_t Storage::peak_live_bytes() { return g_peak_bytes.load(std::memory_order_relaxed); }
+void Storage::reset_peak_bytes() { g_peak_bytes.store(live_bytes(), std::memory_order_relaxed); }
 
 void Storage::set_cache_budget(size_t bytes) { BlockCache::instance().set_budget(bytes); }
 

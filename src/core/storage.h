@@ -31,6 +31,13 @@ class Storage {
   static void trim_cache();
   // Bytes held by the cache of freed blocks now.
   static size_t cached_bytes();
+  // Bytes of owned storages alive now (tensors, not the cache; LazyZeroScope's mappings are left
+  // out, as they may never be written) and the most there were since the last
+  // reset_peak_bytes(): what the model and its activations take, next to the resident memory the
+  // system reports.
+  static size_t live_bytes();
+  static size_t peak_live_bytes();
+  static void reset_peak_bytes();
   // Views memory owned elsewhere; `keepalive` is held as long as this storage lives.
   // `file_backed`: the memory is a private read-only-in-practice mapping of a file (safetensors),
   // whose pages release_pages() may hand back to the kernel.

@@ -10,6 +10,7 @@
 #include <optional>
 #include <random>
 
+#include <malloc.h>
 #include <unistd.h>
 
 #include "core/error.h"
@@ -20,6 +21,7 @@
 #include "io/safetensors.h"
 #include "io/torch_checkpoint.h"
 #include "nn/module.h"
+#include "nn/transformer_block.h"
 #include "ops/ops.h"
 #include "schedulers/scheduler.h"
 
@@ -429,10 +431,15 @@ Engine Engine::open(const std::string& given, const OpenOptions& options) {
   std::lock_guard<std::mutex> lock(engine_mutex());
   std::unique_ptr<Model> model;
   if (options.low_memory) {
-    // No caches of derived data: reordered convolution weights are rebuilt per call and only a
-    // little freed activation memory is kept for reuse.
+    // No caches of derived data (reordered convolution weights are rebuilt per call, freed
+    // activation blocks are not kept), blocks of 1 MiB or more straight from and back to the
+    // system (glibc's heap keeps freed memory resident and fragments it: 2.3 GB instead of
+    // 2.0 GB at SD 1.5's peak, for 20% less time per step), and feed-forward layers in chunks of
+    // 2048 rows. The pipeline also trims the heap between stages (StableDiffusion::need).
     ops::set_conv_weight_cache_budget(0);
-    Storage::set_cache_budget(std::min<size_t>(Storage::cache_budget(), size_t{128} << 20));
+    Storage::set_cache_budget(0);
+    mallopt(M_MMAP_THRESHOLD, 1 << 20);
+    nn::set_feed_forward_chunk_rows(2048);
   }
   try {
     nn::LoadScope scope(precision);

@@ -2,6 +2,10 @@
 // models/normalization.py, models/activations.py).
 #include "nn/transformer_block.h"
 
+#include <algorithm>
+#include <atomic>
+
+#include "autograd/grad_mode.h"
 #include "core/error.h"
 #include "ops/ops.h"
 
@@ -75,7 +79,27 @@ FeedForward::FeedForward(int64_t dim, const FeedForwardOptions& o) {
   if (o.final_dropout) net->push_back(std::make_shared<Dropout>());
 }
 
+namespace {
+std::atomic<int64_t> g_feed_forward_chunk_rows{0};
+}  // namespace
+
+void set_feed_forward_chunk_rows(int64_t rows) { g_feed_forward_chunk_rows.store(rows); }
+int64_t feed_forward_chunk_rows() { return g_feed_forward_chunk_rows.load(); }
+
 Tensor FeedForward::forward(const Tensor& x) const {
+  const int64_t chunk = feed_forward_chunk_rows();
+  const int64_t rows = x.dim() >= 1 && x.size(-1) > 0 ? x.numel() / x.size(-1) : 0;
+  if (chunk <= 0 || rows <= chunk || autograd::grad_enabled()) return forward_rows(x);
+  const Tensor flat = x.reshape({rows, x.size(-1)});
+  std::vector<Tensor> parts;
+  for (int64_t r = 0; r < rows; r += chunk)
+    parts.push_back(forward_rows(flat.narrow(0, r, std::min(chunk, rows - r))));
+  Shape shape = x.shape();
+  shape.back() = parts.front().size(-1);
+  return ops::concat(parts, 0).reshape(shape);
+}
+
+Tensor FeedForward::forward_rows(const Tensor& x) const {
   const Tensor h = act_proj_->forward(x);  // [..., inner] (GEGLU: [..., 2*inner])
   Tensor a;
   switch (kind_) {

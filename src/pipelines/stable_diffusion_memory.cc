@@ -3,6 +3,7 @@
 // checkpoint when the stage comes round.
 #include <algorithm>
 #include <filesystem>
+#include <malloc.h>
 #include <functional>
 #include <map>
 
@@ -94,6 +95,9 @@ void StableDiffusion::need(std::initializer_list<Part> parts, bool exclusive) co
       resident = false;
     }
   }
+  // What the released components and the last stage's activations freed goes back to the
+  // system, not only to the heap (glibc keeps freed memory below the heap's top resident).
+  if (exclusive) malloc_trim(0);
   // const: the loaded weights are the same model's; only where they live changes.
   auto* self = const_cast<StableDiffusion*>(this);
   for (Part part : parts) {
