@@ -26,16 +26,6 @@
 namespace stipple::cli {
 namespace {
 
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-double peak_rss_mb() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return static_cast<double>(u.ru_maxrss) / 1024.0;  // Linux reports KiB
-}
-
 // The peak resident memory of the process from construction to stop(), sampled every 2 ms from
 // /proc/self/statm (getrusage's peak also covers drawing the random weights in f32).
 class RssSampler {

@@ -11,6 +11,9 @@
 
 namespace stipple::cli {
 
+double now_s();        // a steady clock, in seconds
+double peak_rss_mb();  // the process's peak resident memory so far (getrusage), MiB
+
 struct BenchCheckpointOptions {
   std::string family = "sd15";  // or "sdxl"
   std::string out;
