@@ -33,7 +33,7 @@ class RssSampler {
   RssSampler()
       : thread_([this] {
           while (!stop_.load()) {
-            peak_kb_.store(std::max(peak_kb_.load(), current_kb()));
+            peak_mb_.store(std::max(peak_mb_.load(), current_rss_mb()));
             std::this_thread::sleep_for(std::chrono::milliseconds(2));
           }
         }) {}
@@ -43,21 +43,12 @@ class RssSampler {
       stop_.store(true);
       thread_.join();
     }
-    return static_cast<double>(std::max(peak_kb_.load(), current_kb())) / 1024.0;
+    return std::max(peak_mb_.load(), current_rss_mb());
   }
 
  private:
-  static long current_kb() {
-    long pages = 0, resident = 0;
-    if (std::FILE* f = std::fopen("/proc/self/statm", "r")) {
-      if (std::fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
-      std::fclose(f);
-    }
-    return resident * (sysconf(_SC_PAGESIZE) / 1024);
-  }
-
   std::atomic<bool> stop_{false};
-  std::atomic<long> peak_kb_{0};
+  std::atomic<double> peak_mb_{0};
   std::thread thread_;
 };
 

@@ -13,6 +13,7 @@ namespace stipple::cli {
 
 double now_s();        // a steady clock, in seconds
 double peak_rss_mb();  // the process's peak resident memory so far (getrusage), MiB
+double current_rss_mb();  // its resident memory now (/proc/self/statm), MiB
 
 struct BenchCheckpointOptions {
   std::string family = "sd15";  // or "sdxl"

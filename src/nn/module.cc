@@ -71,16 +71,6 @@ WeightPrecision parse_weight_precision(const std::string& text) {
                       "' (expected f32, stored, f16 or bf16)"));
 }
 
-const char* weight_precision_name(WeightPrecision p) {
-  switch (p) {
-    case WeightPrecision::kStored: return "stored";
-    case WeightPrecision::kF16: return "f16";
-    case WeightPrecision::kBF16: return "bf16";
-    case WeightPrecision::kF32: break;
-  }
-  return "f32";
-}
-
 LoadScope::LoadScope(WeightPrecision precision)
     : saved_(scope_precision), saved_active_(scope_active) {
   scope_precision = precision;

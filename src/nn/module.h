@@ -44,7 +44,6 @@ namespace stipple::nn {
 enum class WeightPrecision { kF32, kStored, kF16, kBF16 };
 // Parses "f32", "stored", "f16", "bf16"; throws naming the choices otherwise.
 WeightPrecision parse_weight_precision(const std::string& text);
-const char* weight_precision_name(WeightPrecision p);
 
 // Loading a model for inference in as little memory as it needs. While one is alive on a thread,
 // load_state_dict stores layer weights as `precision` says, the zero parameters a model is built

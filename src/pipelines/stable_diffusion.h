@@ -239,6 +239,8 @@ class StableDiffusion {
   // the others are released first. Nothing happens unless low_memory().
   enum class Part { kText, kUNet, kVAE };
   void need(std::initializer_list<Part> parts, bool exclusive) const;
+  // A part's modules by component name ("text_encoder", "text_encoder_2" for kText).
+  std::vector<std::pair<std::string, nn::Module*>> modules_of(Part part) const;
   struct Residency;
   void enable_low_memory(const std::string& path, const io::SingleFileOptions& options);
   // Merges loras_ into the components in `only` (all when empty); fills lora_originals_ for

@@ -16,7 +16,7 @@ namespace stipple::pipelines {
 namespace fs = std::filesystem;
 
 struct StableDiffusion::Residency {
-  // A freshly loaded copy of a part's modules, in the order parts() lists them.
+  // A freshly loaded copy of a part's modules, in the order modules_of() lists them.
   std::map<Part, std::function<std::vector<std::shared_ptr<nn::Module>>()>> load;
   std::map<Part, bool> resident;
   nn::WeightPrecision precision = nn::WeightPrecision::kF32;  // of the LoadScope at open
@@ -30,6 +30,15 @@ const char* part_name(int part) {
 }
 
 }  // namespace
+
+std::vector<std::pair<std::string, nn::Module*>> StableDiffusion::modules_of(Part part) const {
+  if (part == Part::kUNet) return {{"unet", unet_.get()}};
+  if (part == Part::kVAE) return {{"vae", vae_.get()}};
+  std::vector<std::pair<std::string, nn::Module*>> out;
+  if (text_encoder_) out.emplace_back("text_encoder", text_encoder_.get());
+  if (text_encoder_2_) out.emplace_back("text_encoder_2", text_encoder_2_.get());
+  return out;
+}
 
 void StableDiffusion::enable_low_memory(const std::string& path,
                                         const io::SingleFileOptions& options) {
@@ -86,12 +95,7 @@ void StableDiffusion::need(std::initializer_list<Part> parts, bool exclusive) co
   if (exclusive) {
     for (auto& [part, resident] : r.resident) {
       if (!resident || wanted(part)) continue;
-      if (part == Part::kUNet) nn::release_weights(*unet_);
-      if (part == Part::kVAE) nn::release_weights(*vae_);
-      if (part == Part::kText) {
-        if (text_encoder_) nn::release_weights(*text_encoder_);
-        if (text_encoder_2_) nn::release_weights(*text_encoder_2_);
-      }
+      for (const auto& [name, m] : modules_of(part)) nn::release_weights(*m);
       resident = false;
     }
   }
@@ -111,25 +115,15 @@ void StableDiffusion::need(std::initializer_list<Part> parts, bool exclusive) co
                           " again failed (was the checkpoint changed or removed?): ", e.what()),
                   e.kind());
     }
+    const auto modules = modules_of(part);
     std::vector<std::string> names;
-    if (part == Part::kUNet) {
-      nn::adopt_weights(*unet_, *fresh.at(0));
-      names = {"unet"};
-    } else if (part == Part::kVAE) {
-      nn::adopt_weights(*vae_, *fresh.at(0));
-    } else {
-      size_t i = 0;
-      if (text_encoder_) {
-        nn::adopt_weights(*text_encoder_, *fresh.at(i++));
-        names.push_back("text_encoder");
-      }
-      if (text_encoder_2_) {
-        nn::adopt_weights(*text_encoder_2_, *fresh.at(i));
-        names.push_back("text_encoder_2");
-      }
+    for (size_t i = 0; i < modules.size(); ++i) {
+      nn::adopt_weights(*modules[i].second, *fresh.at(i));
+      names.push_back(modules[i].first);
     }
     fresh.clear();
-    if (!names.empty()) self->merge_loras(names, /*keep_originals=*/false);
+    // LoRAs touch the UNet and the text encoders, never the VAE.
+    if (part != Part::kVAE) self->merge_loras(names, /*keep_originals=*/false);
     r.resident[part] = true;
   }
 }

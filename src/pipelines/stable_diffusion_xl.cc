@@ -226,9 +226,9 @@ Tensor StableDiffusion::run_refine(const GenerationParams& params, const Tensor&
 
 void StableDiffusion::set_loras(const std::vector<models::LoraSpec>& loras) {
   if (loras == loras_) return;
-  std::map<std::string, nn::Module*> components = {{"unet", unet_.get()}};
-  if (text_encoder_) components["text_encoder"] = text_encoder_.get();
-  if (text_encoder_2_) components["text_encoder_2"] = text_encoder_2_.get();
+  std::map<std::string, nn::Module*> components;
+  for (Part part : {Part::kUNet, Part::kText})
+    for (const auto& [name, m] : modules_of(part)) components[name] = m;
   // 1. Restore what the previous set changed (low memory: drop the merged components; each
   // stage reads its component again and merges the new set).
   if (low_memory()) release_all();
@@ -257,9 +257,9 @@ void StableDiffusion::set_loras(const std::vector<models::LoraSpec>& loras) {
 
 void StableDiffusion::merge_loras(const std::vector<std::string>& only, bool keep_originals) {
   if (loras_.empty()) return;
-  std::map<std::string, nn::Module*> components = {{"unet", unet_.get()}};
-  if (text_encoder_) components["text_encoder"] = text_encoder_.get();
-  if (text_encoder_2_) components["text_encoder_2"] = text_encoder_2_.get();
+  std::map<std::string, nn::Module*> components;
+  for (Part part : {Part::kUNet, Part::kText})
+    for (const auto& [name, m] : modules_of(part)) components[name] = m;
   auto wanted = [&](const std::string& name) {
     return only.empty() || std::find(only.begin(), only.end(), name) != only.end();
   };
