@@ -775,41 +775,51 @@ TEST(Server, AFloodGetsOnly200Or429AndMetricsCountIt) {
   o.queue = 16;
   Serving s(o);
   auto resident = [&] { return s.get("/sdapi/v1/memory").second["ram"]["process_resident"].get<double>(); };
-  // Warm up (first-use allocations), then measure.
   ASSERT_EQ(s.post("/sdapi/v1/txt2img", R"({"prompt": "bag", "steps": 20})").first, 200);
-  const double before = resident();
-  constexpr int kRequests = 200;
-  std::vector<int> status(kRequests, 0);
-  std::vector<std::string> retry_after(kRequests);
-  std::vector<std::thread> clients;
-  for (int i = 0; i < kRequests; ++i)
-    clients.emplace_back([&, i] {
-      httplib::Client c("127.0.0.1", s.port());
-      c.set_read_timeout(120, 0);
-      auto res = c.Post("/sdapi/v1/txt2img", R"({"prompt": "bag", "steps": 20, "seed": 1})",
-                        "application/json");
-      if (!res) {  // a connection error
-        retry_after[i] = httplib::to_string(res.error());
-        return;
-      }
-      status[i] = res->status;
-      retry_after[i] = res->get_header_value("Retry-After");
-    });
-  for (std::thread& t : clients) t.join();
+  // Two floods: the first also sets up what any burst of client threads leaves in this test
+  // process (their malloc arenas and cached stacks), so the memory compared is the server's,
+  // across the second flood: it must not grow with the requests answered.
+  constexpr int kRequests = 100;
   int ok = 0, busy = 0;
-  for (int i = 0; i < kRequests; ++i) {
-    EXPECT_TRUE(status[i] == 200 || status[i] == 429)
-        << "request " << i << ": " << status[i] << " " << retry_after[i];
-    ok += status[i] == 200;
-    if (status[i] == 429) {
-      ++busy;
-      EXPECT_FALSE(retry_after[i].empty());
+  auto flood = [&] {
+    std::vector<int> status(kRequests, 0);
+    std::vector<std::string> retry_after(kRequests);
+    std::vector<std::thread> clients;
+    for (int i = 0; i < kRequests; ++i)
+      clients.emplace_back([&, i] {
+        httplib::Client c("127.0.0.1", s.port());
+        c.set_read_timeout(120, 0);
+        auto res = c.Post("/sdapi/v1/txt2img", R"({"prompt": "bag", "steps": 20, "seed": 1})",
+                          "application/json");
+        if (!res) {  // a connection error
+          retry_after[i] = httplib::to_string(res.error());
+          return;
+        }
+        status[i] = res->status;
+        retry_after[i] = res->get_header_value("Retry-After");
+      });
+    for (std::thread& t : clients) t.join();
+    int flood_ok = 0, flood_busy = 0;
+    for (int i = 0; i < kRequests; ++i) {
+      EXPECT_TRUE(status[i] == 200 || status[i] == 429)
+          << "request " << i << ": " << status[i] << " " << retry_after[i];
+      flood_ok += status[i] == 200;
+      if (status[i] == 429) {
+        ++flood_busy;
+        EXPECT_FALSE(retry_after[i].empty());
+      }
     }
-  }
-  EXPECT_GE(ok, 17);  // the queue and the running one, at least
-  EXPECT_GT(busy, 0);
+    EXPECT_GE(flood_ok, 17);  // the queue and the running one, at least
+    EXPECT_GT(flood_busy, 0);
+    ok += flood_ok;
+    busy += flood_busy;
+  };
+  flood();
+  const double before = resident();
+  flood();
   const double after = resident();
-  EXPECT_LT(after, before * 1.10) << "resident memory " << before << " -> " << after;
+  // Measured 1-5% on a quiet machine; a queued request that kept its job alive would be +100s MB.
+  EXPECT_LT(after, before * 1.15) << "resident memory " << before << " -> " << after;
   auto m = s.client().Get("/metrics");
   ASSERT_TRUE(m);
   EXPECT_NE(m->body.find("stipple_http_requests_total{route=\"POST /sdapi/v1/txt2img\",status=\"200\"} " +
@@ -819,7 +829,7 @@ TEST(Server, AFloodGetsOnly200Or429AndMetricsCountIt) {
                          std::to_string(busy)),
             std::string::npos) << m->body;
   EXPECT_NE(m->body.find("stipple_queue_length 0"), std::string::npos);
-  std::printf("flood: %d requests, %d answered 200, %d answered 429; resident %.1f -> %.1f MB\n",
+  std::printf("flood: 2 x %d requests, %d answered 200, %d answered 429; resident across the second %.1f -> %.1f MB\n",
               kRequests, ok, busy, before / 1e6, after / 1e6);
 }
 
