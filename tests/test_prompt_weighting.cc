@@ -3,16 +3,23 @@
 // the chunk layout (75 tokens, the comma backtrack, BREAK, padding), the weighting ("Original":
 // scale per token, restore the chunk's mean) against the same arithmetic done here on the
 // encoder's output, that a plain prompt gives exactly the diffusers conditioning, and that the
-// pipeline runs with a prompt of two chunks.
+// pipeline runs with a prompt of two chunks. A1111ConditioningMatchesTheWebUi holds the whole path
+// to A1111's own code (tests/data/prompt_weighting, made by tools/refgen/
+// make_prompt_weighting_set.py): ids and weights exactly, the conditioning within 1e-5 relative
+// to max(1, max|ref|).
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <string>
 
+#include "io/safetensors.h"
 #include "ops/ops.h"
 #include "pipelines/prompt_weighting.h"
 #include "pipelines/stable_diffusion.h"
+#include "support/numerics.h"
 
 namespace stipple::pipelines {
 namespace {
@@ -127,6 +134,52 @@ TEST_F(PromptWeighting, PipelineTakesLongAndWeightedPrompts) {
   const Tensor image = sd.run(p);
   EXPECT_EQ(image.size(1), 3);
   for (float v : image.to_vector()) ASSERT_TRUE(std::isfinite(v));
+}
+
+TEST_F(PromptWeighting, A1111ConditioningMatchesTheWebUi) {
+  const std::string dir = testing::test_data_path("prompt_weighting");
+  std::ifstream f(dir + "/reference.json");
+  ASSERT_TRUE(f) << dir << "/reference.json is missing";
+  const nlohmann::json ref = nlohmann::json::parse(f);
+  const auto tensors = io::SafetensorsFile::open(dir + "/reference.safetensors");
+  const auto encoder = models::CLIPTextModel::from_pretrained(kModel + "/text_encoder");
+  ASSERT_GE(ref["cases"].size(), 10u);
+  for (const auto& c : ref["cases"]) {
+    const std::string name = c["name"];
+    SCOPED_TRACE(name);
+    const auto& o = c["options"];
+    const bool emphasis = o["emphasis"] != "None";
+    const size_t backtrack = o["comma_padding_backtrack"].get<size_t>();
+    const int clip_skip = o["CLIP_stop_at_last_layers"].get<int>();
+    // Each prompt of the batch is chunked alone; the shorter are padded with empty chunks.
+    std::vector<std::vector<TokenChunk>> batch;
+    size_t most = 0;
+    for (size_t b = 0; b < c["texts"].size(); ++b) {
+      batch.push_back(a1111_token_chunks(*tok, c["texts"][b].get<std::string>(), emphasis, backtrack));
+      const std::string key = name + "." + std::to_string(b);
+      const Tensor ids = tensors.tensor(key + ".ids");
+      const Tensor mult = tensors.tensor(key + ".multipliers");
+      ASSERT_EQ(static_cast<int64_t>(batch.back().size()), ids.size(0));
+      std::vector<int64_t> got_ids;
+      std::vector<float> got_mult;
+      for (const TokenChunk& chunk : batch.back()) {
+        got_ids.insert(got_ids.end(), chunk.ids.begin(), chunk.ids.end());
+        got_mult.insert(got_mult.end(), chunk.multipliers.begin(), chunk.multipliers.end());
+      }
+      EXPECT_EQ(got_ids, ids.to_vector_i64());
+      const std::vector<float> want_mult = mult.to_vector();
+      ASSERT_EQ(got_mult.size(), want_mult.size());
+      for (size_t i = 0; i < got_mult.size(); ++i) ASSERT_FLOAT_EQ(got_mult[i], want_mult[i]) << i;
+      most = std::max(most, batch.back().size());
+    }
+    std::vector<Tensor> conds;
+    for (auto& chunks : batch) {
+      while (chunks.size() < most) chunks.push_back(empty_token_chunk(*tok));
+      conds.push_back(encode_token_chunks(*encoder, chunks, clip_skip));
+    }
+    const Tensor got = conds.size() == 1 ? conds[0] : ops::concat(conds, 0);
+    EXPECT_TRUE(testing::close_relative(got, tensors.tensor(name + ".cond"), 1e-5));
+  }
 }
 
 TEST_F(PromptWeighting, TooLongPromptsAreRefused) {

@@ -9,7 +9,6 @@ namespace stipple::pipelines {
 namespace {
 
 constexpr size_t kChunkTokens = 75;    // 77 minus bos and eos
-constexpr size_t kCommaBacktrack = 20;  // A1111's comma_padding_backtrack default
 constexpr size_t kMaxChunks = 32;       // 2,400 tokens: bounds the encoder runs and the context
 
 // Closes the chunk being filled: bos + tokens + eos + padding to 77.
@@ -36,7 +35,8 @@ TokenChunk empty_token_chunk(const text::ClipTokenizer& tokenizer) {
 }
 
 std::vector<TokenChunk> a1111_token_chunks(const text::ClipTokenizer& tok,
-                                           std::string_view prompt, bool emphasis) {
+                                           std::string_view prompt, bool emphasis,
+                                           size_t comma_backtrack) {
   const std::vector<int64_t> comma_ids = tok.encode(",");  // [bos, ",</w>", eos]
   const int64_t comma = comma_ids.size() == 3 ? comma_ids[1] : -1;
   std::vector<TokenChunk> chunks;
@@ -63,8 +63,8 @@ std::vector<TokenChunk> a1111_token_chunks(const text::ClipTokenizer& tok,
     for (const int64_t id : ids) {
       if (id == comma) {
         last_comma = static_cast<std::ptrdiff_t>(tokens.size());
-      } else if (tokens.size() == kChunkTokens && last_comma != -1 &&
-                 tokens.size() - static_cast<size_t>(last_comma) <= kCommaBacktrack) {
+      } else if (comma_backtrack != 0 && tokens.size() == kChunkTokens && last_comma != -1 &&
+                 tokens.size() - static_cast<size_t>(last_comma) <= comma_backtrack) {
         // A full chunk with a comma near its end: what follows the comma starts the next one.
         const size_t cut = static_cast<size_t>(last_comma) + 1;
         std::vector<int64_t> moved(tokens.begin() + cut, tokens.end());

@@ -37,9 +37,12 @@ struct TokenChunk {
 };
 
 // Steps 1-4's ids and weights (at least one chunk; an empty prompt is one empty chunk). Without
-// `emphasis` (A1111's emphasis "None") step 1 is skipped: the prompt is one run of weight 1.
+// `emphasis` (A1111's emphasis "None") step 1 is skipped: the prompt is one run of weight 1 (BREAK
+// is then text too). `comma_backtrack` is A1111's comma_padding_backtrack (0: a chunk ends at 75
+// tokens wherever its commas are).
 std::vector<TokenChunk> a1111_token_chunks(const text::ClipTokenizer& tokenizer,
-                                           std::string_view prompt, bool emphasis = true);
+                                           std::string_view prompt, bool emphasis = true,
+                                           size_t comma_backtrack = 20);
 // A chunk with no tokens (what shorter prompts are padded with).
 TokenChunk empty_token_chunk(const text::ClipTokenizer& tokenizer);
 
