@@ -19,24 +19,12 @@ import subprocess
 import sys
 import tempfile
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import refgen_common as C  # noqa: E402
+from refgen_common import HERE, REPO, jsonable, sha256, shared_root  # noqa: E402,F401
 
-
-def _refgen_dir():
-    for d in [os.environ.get("REFGEN_DIR"), os.path.join(os.path.dirname(REPO), "shared", "tools", "refgen"),
-              "/work/shared/tools/refgen"]:
-        if d and os.path.exists(os.path.join(d, "make_sets.py")):
-            return d
-    raise SystemExit("make_sets.py not found: set REFGEN_DIR to the shared tools/refgen folder")
-
-
-if not os.environ.get("REF_SRC"):
-    raise SystemExit("set REF_SRC (folder with diffusers/, transformers/, huggingface_hub/ source trees)")
-REFGEN_DIR = _refgen_dir()
-sys.path.insert(0, REFGEN_DIR)
-
-import make_sets as M  # noqa: E402  (sets up sys.path, torch threads, the noise injector)
+REFGEN_DIR = C.refgen_dir()
+M = C.make_sets(setup=False, noise=False)  # set up below, after the imports, as before
 from make_sets import NOISE, f32, gen, randn  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -144,19 +132,6 @@ REFINER_STEPS = 10
 def save_ref(path, tensors, meta=None):
     M.save_ref(path, tensors, dict(meta or {}, generator=GEN))
 
-
-def jsonable(x):
-    """Plain JSON (non-finite floats such as DPM's lambda_min_clipped = -inf become the strings "inf"/"-inf")."""
-    def fix(o):
-        if isinstance(o, float) and not math.isfinite(o):
-            return "nan" if o != o else ("inf" if o > 0 else "-inf")
-        if isinstance(o, dict):
-            return {k: fix(v) for k, v in o.items()}
-        if isinstance(o, list):
-            return [fix(v) for v in o]
-        return o
-
-    return fix(json.loads(json.dumps(x, default=lambda o: o.tolist() if hasattr(o, "tolist") else list(o))))
 
 
 def sched_info(s):

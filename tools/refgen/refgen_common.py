@@ -24,16 +24,19 @@ def refgen_dir():
     raise SystemExit("make_sets.py not found: set REFGEN_DIR to the shared tools/refgen folder")
 
 
-def make_sets():
-    """../shared's make_sets module, with the reference sources (REF_SRC) on sys.path and the noise injector on."""
+def make_sets(setup=True, noise=True):
+    """../shared's make_sets module (importing it puts the reference sources of REF_SRC on sys.path); with `setup`
+    its stubs and paths are set up, with `noise` its injector replaces diffusers' randn_tensor."""
     if not os.environ.get("REF_SRC"):
         raise SystemExit("set REF_SRC (folder with diffusers/, transformers/, huggingface_hub/ source trees)")
     d = refgen_dir()
     if d not in sys.path:
         sys.path.insert(0, d)
     import make_sets as M
-    M._setup_paths()
-    M.install_noise_injector()
+    if setup:
+        M._setup_paths()
+    if noise:
+        M.install_noise_injector()
     return M
 
 
