@@ -23,6 +23,7 @@
 #include <zlib.h>
 
 #include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "../apps/server/server.h"
@@ -407,6 +408,38 @@ TEST(Server, A1111PreviewSkipAndIterations) {
   EXPECT_EQ(json::parse(two["info"].get<std::string>())["all_seeds"], json({10, 11, 12, 13}));
   const Image third = decode_png(base64_decode(two["images"][2].get<std::string>(), "png"));
   EXPECT_EQ(third.pixels, api_pixels("shirt", 12, 2));
+}
+
+TEST(Server, LorasAreListedAsA1111ListsThem) {
+  const std::string dir = testing::TempDir() + "stipple-server-loras";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  const std::string data = std::string(STIPPLE_SOURCE_DIR) + "/tests/data/lora/";
+  std::filesystem::copy_file(data + "sd_kohya.safetensors", dir + "/style.safetensors");
+  std::filesystem::copy_file(data + "sd_peft.safetensors", dir + "/b-peft.safetensors");
+  { std::ofstream(dir + "/broken.safetensors") << "not a safetensors file"; }
+  { std::ofstream(dir + "/notes.txt") << "not a LoRA"; }
+  ServerOptions o = fashion();
+  {
+    Serving none(o);  // no --lora-dir: none listed
+    EXPECT_EQ(none.get("/sdapi/v1/loras").second, json::array());
+  }
+  o.lora_dir = dir;
+  Serving s(o);
+  const auto [status, list] = s.get("/sdapi/v1/loras");
+  ASSERT_EQ(status, 200) << list.dump();
+  ASSERT_EQ(list.size(), 3u) << list.dump();
+  EXPECT_EQ(list[0]["name"], "b-peft");
+  EXPECT_EQ(list[1]["name"], "broken");
+  EXPECT_NE(list[1]["stipple"]["error"].get<std::string>().find("broken.safetensors"), std::string::npos)
+      << list[1].dump();
+  const json& style = list[2];
+  EXPECT_EQ(style["name"], "style");
+  EXPECT_EQ(style["alias"], "style");  // no ss_output_name
+  EXPECT_EQ(style["path"], dir + "/style.safetensors");
+  EXPECT_EQ(style["metadata"]["ss_network_dim"], "4");
+  EXPECT_EQ(style["metadata"]["ss_network_args"]["conv_dim"], "2");  // JSON values parsed
+  EXPECT_EQ(s.post("/sdapi/v1/refresh-loras", "").first, 200);
 }
 
 TEST(Server, MetricsCorsAndOutputFiles) {

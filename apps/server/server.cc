@@ -268,7 +268,7 @@ std::string route_label(const std::string& method, const std::string& path) {
       "/v1/images/edits", "/v1/jobs", "/sdapi/v1/txt2img", "/sdapi/v1/img2img",
       "/sdapi/v1/progress", "/sdapi/v1/interrupt", "/sdapi/v1/skip", "/sdapi/v1/samplers",
       "/sdapi/v1/schedulers", "/sdapi/v1/sd-models", "/sdapi/v1/options",
-      "/sdapi/v1/png-info", "/sdapi/v1/memory"};
+      "/sdapi/v1/png-info", "/sdapi/v1/memory", "/sdapi/v1/loras", "/sdapi/v1/refresh-loras"};
   std::string route = "other";
   for (const char* r : kRoutes)
     if (path == r) route = r;
@@ -1243,6 +1243,29 @@ struct Server::Impl {
       if (!params.empty()) items["parameters"] = params;
       return json{{"info", params}, {"items", items}};
     }));
+    // LoRAs in --lora-dir, as A1111 lists them (none without a folder). Files are read on each
+    // request that names one, so a refresh has nothing to do.
+    http.Get(a + "loras", guard(false, [this](const auto&) {
+      json list = json::array();
+      if (opt.lora_dir.empty()) return list;
+      for (const LoraFile& f : list_loras(opt.lora_dir)) {
+        json metadata = json::object();
+        for (const auto& [key, value] : f.metadata) {
+          // As A1111: values that hold JSON objects or lists (kohya's tag frequencies) are parsed.
+          json v = value;
+          if (!value.empty() && (value[0] == '{' || value[0] == '[')) {
+            json parsed = json::parse(value, nullptr, /*allow_exceptions=*/false);
+            if (!parsed.is_discarded()) v = std::move(parsed);
+          }
+          metadata[key] = std::move(v);
+        }
+        json item = {{"name", f.name}, {"alias", f.alias}, {"path", f.path}, {"metadata", metadata}};
+        if (!f.error.empty()) item["stipple"] = {{"error", f.error}};
+        list.push_back(std::move(item));
+      }
+      return list;
+    }));
+    http.Post(a + "refresh-loras", guard(false, [](const auto&) { return json(nullptr); }));
     http.Get(a + "memory", guard(false, [](const auto&) {
       const SystemMemory m = system_memory();
       const double total = static_cast<double>(m.total), free = static_cast<double>(m.available);

@@ -29,6 +29,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -234,6 +235,18 @@ struct SamplerInfo {
   std::string name, a1111_name, description;
 };
 std::vector<SamplerInfo> samplers();
+
+// The LoRA files in a folder (what <lora:NAME:WEIGHT> tags can name; A1111's /sdapi/v1/loras),
+// sorted by name: .safetensors, .ckpt and .pt, not in subfolders. A file whose header cannot be
+// read is listed with `error` set. Throws kNotFound naming a folder that does not exist.
+struct LoraFile {
+  std::string name;   // the file name without its extension
+  std::string alias;  // kohya's ss_output_name from the metadata, else the name
+  std::string path;
+  std::map<std::string, std::string> metadata;  // a .safetensors file's "__metadata__"
+  std::string error;
+};
+std::vector<LoraFile> list_loras(const std::string& dir);
 
 // PNG in and out. Writing is atomic (a temporary file, then rename) and refuses to replace
 // anything but a regular file; `parameters` becomes the tEXt chunk A1111 reads.

@@ -615,6 +615,33 @@ SystemMemory system_memory() {
   return m;
 }
 
+std::vector<LoraFile> list_loras(const std::string& dir) {
+  STIPPLE_CHECK_KIND(fs::is_directory(dir), kNotFound, "no such LoRA folder: ", dir);
+  std::vector<LoraFile> out;
+  std::error_code ec;
+  for (const fs::directory_entry& e : fs::directory_iterator(dir, ec)) {
+    const std::string ext = e.path().extension().string();
+    if (!e.is_regular_file(ec) || (ext != ".safetensors" && ext != ".ckpt" && ext != ".pt")) continue;
+    LoraFile f;
+    f.name = e.path().stem().string();
+    f.path = e.path().string();
+    if (ext == ".safetensors") {
+      try {
+        f.metadata = io::SafetensorsFile::open(f.path).metadata();
+      } catch (const std::exception& err) {
+        f.error = err.what();
+      }
+    }
+    const auto alias = f.metadata.find("ss_output_name");
+    f.alias = alias != f.metadata.end() && !alias->second.empty() ? alias->second : f.name;
+    out.push_back(std::move(f));
+  }
+  std::sort(out.begin(), out.end(), [](const LoraFile& a, const LoraFile& b) {
+    return a.name != b.name ? a.name < b.name : a.path < b.path;
+  });
+  return out;
+}
+
 const char* version() { return "0.1.0"; }
 
 }  // namespace stipple
