@@ -410,6 +410,57 @@ TEST(Server, A1111PreviewSkipAndIterations) {
   EXPECT_EQ(third.pixels, api_pixels("shirt", 12, 2));
 }
 
+// A1111's refiner_checkpoint names a served SDXL refiner that finishes an SDXL base's image from
+// refiner_switch_at on: the same image as the engine opened with that refiner.
+TEST(Server, A1111RefinerCheckpointFinishesAnSdxlImage) {
+  const std::string data = std::string(STIPPLE_SOURCE_DIR) + "/tests/data/";
+  ServerOptions o;
+  o.models = {data + "sdxl_tiny", data + "sdxl_refiner_tiny", kFashion};
+  Serving s(o);
+  const std::string body =
+      R"({"prompt": "a red circle", "steps": 10, "width": 96, "height": 64, "seed": 3,
+          "sampler_name": "Euler", "refiner_checkpoint": "sdxl_refiner_tiny",
+          "refiner_switch_at": 0.7})";
+  const auto [status, reply] = s.post("/sdapi/v1/txt2img", body);
+  ASSERT_EQ(status, 200) << reply.dump();
+  const std::string info = reply["info"].get<std::string>();
+  EXPECT_NE(info.find("Refiner: sdxl_refiner_tiny, Refiner switch at: 0.7"), std::string::npos)
+      << info;
+  OpenOptions open;
+  open.refiner = data + "sdxl_refiner_tiny";
+  const Engine e = Engine::open(data + "sdxl_tiny", open);
+  GenerateRequest r;
+  r.prompt = "a red circle";
+  r.steps = 10;
+  r.width = 96;
+  r.height = 64;
+  r.seed = 3;
+  r.sampler = "Euler";
+  r.refiner_switch_at = 0.7;
+  const Image want = e.generate(r).images.at(0).image;
+  EXPECT_EQ(decode_png(base64_decode(reply["images"][0].get<std::string>(), "png")).pixels,
+            want.pixels);
+  // The pair is not a model of its own.
+  EXPECT_EQ(s.get("/sdapi/v1/sd-models").second.size(), 3u);
+  // A refiner that is not one, a base that cannot take one, a name the server does not have.
+  const auto not_refiner = s.post("/sdapi/v1/txt2img",
+      R"({"prompt": "x", "steps": 2, "refiner_checkpoint": "sdxl_tiny"})");
+  EXPECT_EQ(not_refiner.first, 400) << not_refiner.second.dump();
+  EXPECT_NE(not_refiner.second.dump().find("sdxl_tiny is SDXL, not an SDXL refiner"),
+            std::string::npos) << not_refiner.second.dump();
+  const auto not_sdxl = s.post("/sdapi/v1/txt2img",
+      R"({"prompt": "bag", "steps": 2, "model": "fashion-mnist-dit", "refiner_checkpoint": "sdxl_refiner_tiny"})");
+  EXPECT_EQ(not_sdxl.first, 400) << not_sdxl.second.dump();
+  EXPECT_NE(not_sdxl.second.dump().find("a refiner finishes SDXL base models"), std::string::npos)
+      << not_sdxl.second.dump();
+  const auto unknown = s.post("/sdapi/v1/txt2img",
+      R"({"prompt": "x", "steps": 2, "refiner_checkpoint": "nope"})");
+  EXPECT_EQ(unknown.first, 404) << unknown.second.dump();
+  // "None" (what the web UI sends when no refiner is picked) is no refiner.
+  EXPECT_EQ(s.post("/sdapi/v1/txt2img", R"({"prompt": "x", "steps": 2, "width": 64, "height": 64,
+                                             "refiner_checkpoint": "None"})").first, 200);
+}
+
 TEST(Server, LorasAreListedAsA1111ListsThem) {
   const std::string dir = testing::TempDir() + "stipple-server-loras";
   std::filesystem::remove_all(dir);

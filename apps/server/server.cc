@@ -328,6 +328,10 @@ struct Job {
 struct Server::Impl {
   struct Slot {
     std::string name, path, family;
+    std::string variant;  // ModelProbe::variant: "SDXL", "SDXL refiner", ...
+    // An SDXL base served with a refiner (A1111's refiner_checkpoint): a slot of its own, made
+    // at start for each base and refiner pair the server has, not listed among the models.
+    std::string refiner_path;
     uint64_t weights_bytes = 0;
     enum class Load { kUnloaded, kLoading, kLoaded, kFailed } load = Load::kUnloaded;
     std::unique_ptr<Engine> engine;  // touched by the worker only
@@ -364,11 +368,27 @@ struct Server::Impl {
   size_t model_index(const std::string& name) {
     const std::string want = name.empty() ? current : name;
     for (size_t i = 0; i < models.size(); ++i)
-      if (models[i].name == want || models[i].path == want) return i;
+      if (models[i].refiner_path.empty() && (models[i].name == want || models[i].path == want))
+        return i;
     std::string known;
-    for (const Slot& m : models) known += str_cat(known.empty() ? "" : ", ", m.name);
+    for (const Slot& m : models)
+      if (m.refiner_path.empty()) known += str_cat(known.empty() ? "" : ", ", m.name);
     throw Error(str_cat("unknown model \"", want, "\"; this server has: ", known),
                 ErrorKind::kNotFound);
+  }
+
+  // The slot of model `base` finished by the refiner `name` (A1111's refiner_checkpoint).
+  size_t refiner_slot(size_t base, const std::string& name) {
+    const size_t r = model_index(name);
+    if (models[r].variant != "SDXL refiner")
+      throw Error(str_cat("refiner_checkpoint: ", models[r].name, " is ",
+                          models[r].variant.empty() ? models[r].family : models[r].variant,
+                          ", not an SDXL refiner"));
+    for (size_t i = 0; i < models.size(); ++i)
+      if (models[i].path == models[base].path && models[i].refiner_path == models[r].path) return i;
+    throw Error(str_cat("refiner_checkpoint: a refiner finishes SDXL base models; ",
+                        models[base].name, " is ",
+                        models[base].variant.empty() ? models[base].family : models[base].variant));
   }
 
   // Loads slot i on the worker, first evicting the least recently used models until it fits.
@@ -411,6 +431,7 @@ struct Server::Impl {
       open.lora_dir = opt.lora_dir;
       open.weight_precision = opt.weight_precision;
       open.low_memory = opt.low_memory;
+      open.refiner = m.refiner_path;
       auto engine = std::make_unique<Engine>(Engine::open(m.path, open));
       std::lock_guard<std::mutex> lock(mu);
       m.description = engine->description();
@@ -710,6 +731,8 @@ struct Server::Impl {
       r.negative_prompt = field<std::string>(body, "negative_prompt", "");
     }
     r.seed = field<int64_t>(body, "seed", -1);
+    if (!d.refiner.empty() && body.contains("refiner_switch_at"))
+      r.refiner_switch_at = field<double>(body, "refiner_switch_at", 0.8);
     std::string sampler = field<std::string>(body, "sampler_name", "");
     if (sampler.empty()) sampler = field<std::string>(body, "sampler_index", "");
     const std::string scheduler = field<std::string>(body, "scheduler", "");
@@ -795,9 +818,11 @@ struct Server::Impl {
     std::string name = field<std::string>(body, "model", "");
     if (body.contains("override_settings") && body["override_settings"].is_object())
       name = field<std::string>(body["override_settings"], "sd_model_checkpoint", name);
+    const std::string refiner = field<std::string>(body, "refiner_checkpoint", "");
     {
       std::lock_guard<std::mutex> lock(mu);
       job->model = model_index(name);
+      if (!refiner.empty() && refiner != "None") job->model = refiner_slot(job->model, refiner);
     }
     const bool img2img = kind == "img2img" || body.contains("init_images");
     const int batch = field<int>(body, "batch_size", 1), iters = field<int>(body, "n_iter", 1);
@@ -900,7 +925,9 @@ struct Server::Impl {
     std::lock_guard<std::mutex> lock(mu);
     json list = json::array();
     for (const Slot& m : models) {
+      if (!m.refiner_path.empty()) continue;  // a base with a refiner: not a model of its own
       json s = {{"family", m.family},
+                {"variant", m.variant},
                 {"loaded", m.load == Slot::Load::kLoaded},
                 {"loading", m.load == Slot::Load::kLoading}};
       if (m.description) {
@@ -1280,7 +1307,8 @@ struct Server::Impl {
     http.Get("/v1/models", guard(true, [this](const auto&) {
       json data = json::array();
       for (const Slot& m : models)
-        data.push_back({{"id", m.name}, {"object", "model"}, {"created", 0},
+        if (m.refiner_path.empty())
+          data.push_back({{"id", m.name}, {"object", "model"}, {"created", 0},
                         {"owned_by", "stipple"}});
       return json{{"object", "list"}, {"data", data}};
     }));
@@ -1490,6 +1518,7 @@ Server::Server(const ServerOptions& options) : impl_(std::make_unique<Impl>()) {
     m.path = path;
     m.name = probe.name;
     m.family = probe.family;
+    m.variant = probe.variant;
     m.weights_bytes = probe.weights_bytes;
     for (const Impl::Slot& other : s.models)
       if (other.name == m.name)
@@ -1497,6 +1526,20 @@ Server::Server(const ServerOptions& options) : impl_(std::make_unique<Impl>()) {
                             "); give folders with different names"));
     s.models.push_back(std::move(m));
   }
+  // Each SDXL base with each SDXL refiner (loaded only when a request names the refiner).
+  const size_t served = s.models.size();
+  for (size_t b = 0; b < served; ++b)
+    for (size_t r = 0; r < served; ++r)
+      if (s.models[b].variant == "SDXL" && s.models[r].variant == "SDXL refiner") {
+        Impl::Slot m;
+        m.path = s.models[b].path;
+        m.name = s.models[b].name + " + " + s.models[r].name;
+        m.family = s.models[b].family;
+        m.variant = s.models[b].variant;
+        m.refiner_path = s.models[r].path;
+        m.weights_bytes = s.models[b].weights_bytes + s.models[r].weights_bytes;
+        s.models.push_back(std::move(m));
+      }
   s.current = s.models[0].name;
   s.budget_bytes = options.memory_budget_mb > 0 ? options.memory_budget_mb << 20
                                                 : system_memory().available / 4 * 3;

@@ -194,7 +194,8 @@ struct OpenOptions {
 // What Engine::probe learns of a model without loading it.
 struct ModelProbe {
   std::string name;    // as ModelDescription::name will be
-  std::string family;  // the registry family that claims it
+  std::string family;   // the registry family that claims it
+  std::string variant;  // its kind within the family ("SD 1.x", "SDXL", "SDXL refiner"), or ""
   uint64_t weights_bytes = 0;  // its weights' size in memory (every float tensor as f32)
 };
 

@@ -463,6 +463,7 @@ ModelProbe Engine::probe(const std::string& given) {
   ModelProbe p;
   p.name = model_name(path);
   p.family = family->name;
+  if (family->variant) p.variant = family->variant(path);
   p.weights_bytes = weights_bytes(path);
   return p;
 }

@@ -90,6 +90,9 @@ struct Engine::Family {
   std::function<bool(const std::string& path)> detect;
   std::function<std::unique_ptr<Engine::Model>(const std::string& path, const OpenOptions&)>
       open;
+  // Which kind of this family's models `path` is ("SDXL refiner"), from small files; unset for
+  // a family of one kind.
+  std::function<std::string(const std::string& path)> variant;
 };
 
 }  // namespace stipple

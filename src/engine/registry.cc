@@ -432,7 +432,8 @@ const std::vector<Engine::Family>& registry() {
       {"DiT", "a diffusers DiTPipeline folder (transformer/, vae/, scheduler/)", is_dit_folder,
        open_latent_dit},
       {"Stable Diffusion", "a diffusers StableDiffusion(Inpaint)Pipeline folder or a single-file "
-       "SD 1.x/2.x .safetensors checkpoint", is_stable_diffusion, open_stable_diffusion},
+       "SD 1.x/2.x .safetensors checkpoint", is_stable_diffusion, open_stable_diffusion,
+       [](const std::string& path) { return pipelines::inspect_model(path).family; }},
   };
   return kFamilies;
 }
