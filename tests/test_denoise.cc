@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "autograd/grad_mode.h"
 #include "ops/ops.h"
 #include "pipelines/denoise.h"
 #include "schedulers/scheduler.h"
@@ -121,6 +122,120 @@ TEST(Denoise, BeginIndexAfterStepAndProgress) {
   EXPECT_THROW(pipelines::denoise(*sched, Tensor::zeros({1, 1, 2, 2}),
                                   [](const Tensor&, double) { return Tensor::zeros({1}); }),
                Error);
+}
+
+// Classifier guidance with exact quantities: data from the mixture 0.5 N(-1, s^2) + 0.5 N(+1, s^2),
+// the exact (unconditional) eps, and the exact classifier p(y = + | x_t) of the noised mixture.
+// At scale 1, eps - sqrt(1 - acp) grad log p(+ | x_t) is the conditional model's eps (Dhariwal &
+// Nichol 2021, eq. 14), so the samples come from the + component alone; without guidance, half.
+struct Mixture {
+  std::vector<float> acp;
+  float s = 0.1f;
+  double a(double t) const { return std::sqrt(acp[static_cast<size_t>(std::llround(t))]); }
+  double v(double t) const { return a(t) * a(t) * s * s + 1 - a(t) * a(t); }
+  // log N(x; a m, v) up to a constant, per element: [B, 1, 1, 1].
+  Tensor log_density(const Tensor& x, double t, float m) const {
+    const Tensor d = ops::affine(x, 1.0f, static_cast<float>(-a(t) * m));
+    return ops::affine(ops::mul(d, d), static_cast<float>(-0.5 / v(t)), 0.0f);
+  }
+  // log p(y = + | x_t): [B], differentiable.
+  Tensor log_p_plus(const Tensor& x, double t) const {
+    const int64_t b = x.size(0);
+    const Tensor both = ops::concat({log_density(x, t, -1.0f), log_density(x, t, 1.0f)}, 1);
+    return ops::log_softmax(both.reshape({b, 2}), -1).narrow(1, 1, 1).reshape({b});
+  }
+  // eps of the mixture: sigma * sum_k w_k (x - a m_k) / v.
+  Tensor eps(const Tensor& x, double t) const {
+    autograd::NoGradGuard no_grad;
+    const Tensor w_plus = ops::exp(log_p_plus(x, t)).reshape(x.shape());  // [B, 1, 1, 1]
+    const double sig = std::sqrt(1 - a(t) * a(t));
+    // sum_k w_k (x - a m_k) = x - a (w_+ - w_-) = x - a (2 w_+ - 1)
+    const Tensor mean = ops::affine(w_plus, static_cast<float>(2 * a(t)), static_cast<float>(-a(t)));
+    return ops::affine(ops::sub(x, mean), static_cast<float>(sig / v(t)), 0.0f);
+  }
+};
+
+double fraction_positive(const Tensor& x) {
+  const std::vector<float> v = x.to_vector();
+  double n = 0;
+  for (float f : v) n += f > 0;
+  return n / static_cast<double>(v.size());
+}
+
+TEST(Denoise, ClassifierGuidanceWithAnExactClassifierSamplesTheClass) {
+  auto sched = schedulers::make_scheduler(sd_config("DDIMScheduler"));
+  Mixture mix;
+  mix.acp = sched->alphas_cumprod();
+  Generator gen(1);
+  const Tensor x_T = gen.randn({2000, 1, 1, 1});
+  auto model = [&](const Tensor& in, double t) { return mix.eps(in, t); };
+  sched->set_timesteps(50);
+  const Tensor plain = pipelines::denoise(*sched, x_T, model);
+  EXPECT_NEAR(fraction_positive(plain), 0.5, 0.05);
+  sched->set_timesteps(50);
+  pipelines::DenoiseOptions o;
+  o.classifier.scale = 1.0f;
+  o.classifier.log_prob = [&](const Tensor& x, double t) { return mix.log_p_plus(x, t); };
+  const Tensor guided = pipelines::denoise(*sched, x_T, model, o);
+  EXPECT_GT(fraction_positive(guided), 0.99);
+  const std::vector<float> v = guided.to_vector();
+  double m = 0;
+  for (float f : v) m += f;
+  EXPECT_NEAR(m / v.size(), 1.0, 0.05);
+}
+
+// Every sampler takes the guidance at its model input (x_t in the DDPM scale: Euler's latents
+// divided by sqrt(sigma^2 + 1)), after classifier-free guidance, with sqrt(1 - acp) interpolated
+// at fractional (Karras) timesteps: the loop equals a model that moves its own eps that way.
+TEST(Denoise, ClassifierGuidanceIsAppliedAtTheModelInputForEverySampler) {
+  for (const char* cls : {"DDIMScheduler", "EulerDiscreteScheduler"}) {
+    SCOPED_TRACE(cls);
+    schedulers::SchedulerConfig c = sd_config(cls);
+    if (std::string(cls) == "EulerDiscreteScheduler") c.use_karras_sigmas = true;
+    Generator gen(2);
+    const Tensor x_T = gen.randn({3, 1, 2, 2});
+    const float scale = 0.7f;
+    auto model = [](const Tensor& in, double t) {  // any eps: here 0.3 x + t / 1000
+      return ops::affine(in, 0.3f, static_cast<float>(t / 1000.0));
+    };
+    // log p = -0.5 |x|^2: its gradient is -x.
+    auto log_prob = [](const Tensor& x, double) {
+      return ops::affine(ops::sum(ops::mul(x, x), {1, 2, 3}), -0.5f, 0.0f);
+    };
+    auto a = schedulers::make_scheduler(c);
+    a->set_timesteps(8);
+    const Tensor init = x_T * static_cast<float>(a->init_noise_sigma());
+    pipelines::DenoiseOptions o;
+    o.classifier.scale = scale;
+    o.classifier.log_prob = log_prob;
+    const Tensor got = pipelines::denoise(*a, init, model, o);
+    auto b = schedulers::make_scheduler(c);
+    b->set_timesteps(8);
+    const std::vector<float> acp = b->alphas_cumprod();
+    const Tensor want = pipelines::denoise(*b, init, [&](const Tensor& in, double t) {
+      const size_t lo = static_cast<size_t>(t);
+      const double ac = acp[lo] + (t - lo) * (acp[std::min(lo + 1, acp.size() - 1)] - acp[lo]);
+      // eps - s sqrt(1 - acp) * (-in)
+      return ops::add(model(in, t), ops::affine(in, static_cast<float>(scale * std::sqrt(1 - ac)), 0.0f));
+    });
+    EXPECT_TRUE(testing::close_relative(got, want, 1e-5));
+  }
+}
+
+TEST(Denoise, ClassifierGuidanceRefusesAModelThatDoesNotPredictNoise) {
+  schedulers::SchedulerConfig c = sd_config("DDIMScheduler");
+  c.prediction_type = schedulers::PredictionType::kVPrediction;
+  auto sched = schedulers::make_scheduler(c);
+  sched->set_timesteps(2);
+  pipelines::DenoiseOptions o;
+  o.classifier.scale = 1.0f;
+  o.classifier.log_prob = [](const Tensor& x, double) { return ops::sum(x, {1, 2, 3}); };
+  const std::string msg = testing::error_message([&] {
+    pipelines::denoise(*sched, Tensor::zeros({1, 1, 2, 2}),
+                       [](const Tensor& in, double) { return in; }, o);
+  });
+  EXPECT_NE(msg.find("classifier guidance needs a model that predicts the noise"),
+            std::string::npos) << msg;
 }
 
 }  // namespace

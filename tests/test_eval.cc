@@ -269,6 +269,54 @@ TEST(FashionClassifier, SaveLoadAndErrors) {
   expect_error(dir + "/dit", "is not a FashionClassifier");
 }
 
+// A noisy-image classifier (train-classifier --noisy) takes x_t and t: t changes its output,
+// its gradient in x (classifier guidance) and in the time layers' parameters checks out, it saves
+// num_timesteps, and each kind refuses the other's call.
+TEST(FashionClassifier, NoisyClassifierTakesTheTimestep) {
+  models::FashionClassifierConfig c = tiny_classifier_config();
+  c.num_timesteps = 1000;
+  models::FashionClassifier m(c);
+  Generator g(4);
+  m.reset_parameters(g);
+  m.eval();
+  EXPECT_TRUE(m.noisy());
+  EXPECT_TRUE(m.state_dict().count("time_mlp.weight"));
+  EXPECT_TRUE(m.state_dict().count("time_proj.1.bias"));
+  const Tensor x = testing::random_tensor({2, 1, 8, 8}, 6);
+  const Tensor early = Tensor::from_vector_i64({10, 10}, {2});
+  const Tensor late = Tensor::from_vector_i64({900, 900}, {2});
+  const std::vector<float> a = m.logits(x, early).to_vector(), b = m.logits(x, late).to_vector();
+  double diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) diff = std::max(diff, std::fabs(double(a[i]) - b[i]));
+  EXPECT_GT(diff, 1e-4) << "the timestep does not reach the logits";
+  const Tensor labels = Tensor::from_vector_i64({1, 2}, {2});
+  const Tensor t = Tensor::from_vector({250.0f, 731.5f}, {2});
+  Tensor xg = x.detach();
+  xg.set_requires_grad(true);
+  EXPECT_GRADCHECK(
+      "noisy log_prob wrt x",
+      [&](const std::vector<Tensor>& in) { return m.log_prob(in[0], labels, t); },
+      std::vector<Tensor>{xg});
+  std::vector<Tensor> time_params;
+  for (const auto& [name, p] : m.named_parameters())
+    if (name.rfind("time_", 0) == 0) time_params.push_back(p);
+  ASSERT_EQ(time_params.size(), 2u + 2u * c.channels.size());
+  EXPECT_GRADCHECK(
+      "cross_entropy wrt the time layers",
+      [&](const std::vector<Tensor>&) { return ops::cross_entropy(m.logits(x, t), labels); },
+      time_params, testing::GradcheckOptions{.max_probes = 6});
+  EXPECT_NE(testing::error_message([&] { m.logits(x); }).find("needs one timestep per image"),
+            std::string::npos);
+  const std::string dir = temp_dir("noisy-classifier");
+  m.save_pretrained(dir);
+  const auto back = models::FashionClassifier::from_pretrained(dir);
+  EXPECT_EQ(back->config().num_timesteps, 1000);
+  EXPECT_TENSORS_CLOSE(back->logits(x, t), m.logits(x, t), 0.0, 0.0);
+  models::FashionClassifier clean(tiny_classifier_config());
+  EXPECT_NE(testing::error_message([&] { clean.logits(x, t); }).find("takes no timesteps"),
+            std::string::npos);
+}
+
 // ---------------- the evaluation pipeline ----------------
 
 // A tiny random pixel-space DiT for 10 classes, written as `stipple train` exports it.

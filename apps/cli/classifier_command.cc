@@ -38,6 +38,10 @@ ClassifierCommand::ClassifierCommand(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::Range(1, 8));
   cmd_->add_flag("--hflip", c.hflip, "random horizontal flips");
+  cmd_->add_flag("--noisy", c.noisy,
+                 "a noisy-image classifier for classifier guidance: trained on x_t at random "
+                 "timesteps of the denoiser's schedule (linear betas 1e-4..0.02, 1000 steps), "
+                 "with t as an input");
   cmd_->add_flag("--half", c.half, "store the weights in f16");
   cmd_->add_option("--seed", c.seed, "weights and data order")->capture_default_str();
   cmd_->add_option("--limit-images", c.limit_images, "train on the first N images only (tests)")
@@ -72,11 +76,19 @@ int ClassifierCommand::train(train::Communicator& comm) {
   std::printf("trained %lld steps in %.1f s; last epoch: loss %.4f, train accuracy %.2f%%\n",
               static_cast<long long>(r.steps), r.train_seconds, r.train_loss,
               100.0 * r.train_accuracy);
-  std::printf("test accuracy: %.2f%% (10,000 images)\n", 100.0 * r.test_accuracy);
+  std::printf("test accuracy: %.2f%% (10,000 images%s)\n", 100.0 * r.test_accuracy,
+              config_.noisy ? ", clean: t = 0" : "");
   const auto& names = train::FashionMnist::class_names();
   for (size_t c = 0; c < r.test_accuracy_per_class.size(); ++c)
     std::printf("  %-12s %.2f%%\n", c < names.size() ? names[c].c_str() : "?",
                 100.0 * r.test_accuracy_per_class[c]);
+  if (!r.test_accuracy_per_bucket.empty()) {
+    std::printf("test accuracy on noisy images (2,000 test images, t drawn in each bucket):\n");
+    const int T = config_.num_train_timesteps;
+    for (size_t k = 0; k < r.test_accuracy_per_bucket.size(); ++k)
+      std::printf("  t in [%4d, %4d)  %.2f%%\n", static_cast<int>(k) * T / 10,
+                  static_cast<int>(k + 1) * T / 10, 100.0 * r.test_accuracy_per_bucket[k]);
+  }
   std::printf("wrote %s\n", config_.out_dir.c_str());
   return 0;
 }

@@ -46,6 +46,12 @@ EvalCommand::EvalCommand(CLI::App& app) {
   cmd_->add_option("--cfg", c.cfg, "classifier-free guidance scale (1: none)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
+  cmd_->add_option("--guide-classifier", c.guide_dir,
+                   "classifier guidance: a noisy-image classifier folder (stipple "
+                   "train-classifier --noisy), with --classifier-scale");
+  cmd_->add_option("--classifier-scale", c.guide_scale,
+                   "classifier guidance scale (0: none; Dhariwal & Nichol's s)")
+      ->capture_default_str();
   cmd_->add_option("--seed", c.seed, "noise seed")->capture_default_str();
   cmd_->add_option("--batch-size", c.batch_size, "images per denoiser batch")
       ->capture_default_str()
@@ -88,12 +94,20 @@ int EvalCommand::run() {
   // Load everything first, so a wrong path fails before minutes of sampling.
   const train::ClassGenerator generator = train::ClassGenerator::load(model_);
   const auto classifier = models::FashionClassifier::from_pretrained(classifier_);
+  STIPPLE_CHECK(config_.guide_scale == 0.0f || !config_.guide_dir.empty(),
+                "--classifier-scale needs --guide-classifier (a noisy-image classifier)");
+  if (!config_.guide_dir.empty())
+    config_.guide = models::FashionClassifier::from_pretrained(config_.guide_dir);
+  config_.validate();
   const train::RealData real =
       train::load_real_data(data_dir_, classifier->config().image_size == 32);
   if (!quiet_)
-    std::fprintf(stderr, "evaluating %s: %d images per class, %s, %d steps, CFG %g\n",
+    std::fprintf(stderr, "evaluating %s: %d images per class, %s, %d steps, CFG %g%s\n",
                  generator.folder().c_str(), config_.samples_per_class, config_.sampler.c_str(),
-                 config_.steps, config_.cfg);
+                 config_.steps, config_.cfg,
+                 config_.guide_scale != 0.0f
+                     ? str_cat(", classifier guidance ", config_.guide_scale).c_str()
+                     : "");
 
   PhasedProgress phases(quiet_);
   auto progress = [&](const std::string& phase, int done, int total) {

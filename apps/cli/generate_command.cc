@@ -162,6 +162,11 @@ GenerateCommand::GenerateCommand(CLI::App& app, Mode mode) : mode_(mode) {
                      "one image each, numbered when --out holds %d");
     cmd_->add_option("--class-label", class_labels_,
                      "DiT models: class id or name (repeat for several images)");
+    cmd_->add_option("--classifier", classifier_,
+                     "pixel-space DiTs: classifier guidance by this noisy-image classifier "
+                     "(stipple train-classifier --noisy), with --classifier-scale");
+    cmd_->add_option("--classifier-scale", classifier_scale_,
+                     "classifier guidance scale (Dhariwal & Nichol's s; 0: none)");
   } else {
     cmd_->add_option("--init-image", init_image_, "PNG to start from")->required();
     if (mode == Mode::kInpaint) {
@@ -228,6 +233,12 @@ int GenerateCommand::run() {
   if (mode_ == Mode::kInpaint) r.mask = read_image(mask_, "mask");
   STIPPLE_CHECK(refiner_.empty() || fs::exists(refiner_), "no such refiner folder or file: ",
                 refiner_);
+  if (mode_ == Mode::kGenerate && (!classifier_.empty() || cmd_->count("--classifier-scale"))) {
+    STIPPLE_CHECK(!classifier_.empty(), "--classifier-scale needs --classifier");
+    STIPPLE_CHECK(cmd_->count("--classifier-scale"), "--classifier needs --classifier-scale");
+    r.classifier = classifier_;
+    r.classifier_scale = classifier_scale_;
+  }
   if (mode_ == Mode::kGenerate && cmd_->count("--refiner-switch-at")) {
     STIPPLE_CHECK(!refiner_.empty(), "--refiner-switch-at needs --refiner");
     r.refiner_switch_at = refiner_switch_at_;

@@ -30,6 +30,8 @@ class GenerateCommand {
   std::string embeddings_dir_;
   bool vae_tiling_ = false;
   double refiner_switch_at_ = 0.8;
+  std::string classifier_;  // classifier guidance
+  double classifier_scale_ = 0;
   std::vector<std::string> class_labels_;
   std::string prompt_file_;
   int steps_ = 30, width_ = 0, height_ = 0, num_images_ = 1, clip_skip_ = 1;

@@ -81,6 +81,11 @@ struct GenerateRequest {
   // SDXL opened with a refiner (OpenOptions::refiner): the fraction of the noise schedule the
   // base model runs before the refiner takes over (A1111's "refiner switch at"; default 0.8).
   std::optional<double> refiner_switch_at;
+  // Class models of stipple's own (pixel-space DiTs): classifier guidance (Dhariwal & Nichol
+  // 2021) by a noisy-image classifier folder (`stipple train-classifier --noisy`) at
+  // classifier_scale; combines with classifier-free guidance. Scale 0: none.
+  std::string classifier;
+  double classifier_scale = 0;
   // Stable Diffusion 1.x/2.x/XL: LoRAs merged for this request (and unmerged after). With
   // prompt_syntax kA1111 a prompt's <lora:NAME:WEIGHT> tags add OpenOptions::lora_dir's
   // NAME.safetensors (or .ckpt, .pt) for that prompt's images, and are removed from its text.

@@ -286,6 +286,25 @@ Job resolve(const GenerateRequest& r, const ModelDescription& d, const std::stri
     else if (job.task != Task::kTextToImage)
       notes.push_back("refiner_switch_at: the refiner finishes text-to-image only; it was not used");
   }
+  if (r.classifier_scale != 0 || !r.classifier.empty()) {
+    STIPPLE_CHECK(std::isfinite(r.classifier_scale) && std::abs(r.classifier_scale) <= 1000,
+                  "classifier_scale must be in [-1000, 1000], got ",
+                  format_number(r.classifier_scale));
+    STIPPLE_CHECK(d.family == "pixel-space DiT", "classifier guidance steers stipple's own "
+                  "class-to-image models (pixel-space DiTs); ", d.name, " is a ", d.family,
+                  " model");
+    STIPPLE_CHECK(!r.classifier.empty(), "classifier_scale needs a classifier (a noisy-image "
+                  "classifier folder, stipple train-classifier --noisy)");
+    auto classifier = models::FashionClassifier::from_pretrained(r.classifier);
+    STIPPLE_CHECK(classifier->noisy(), "classifier guidance needs a noisy-image classifier "
+                  "(stipple train-classifier --noisy); ", r.classifier,
+                  " was trained on clean images");
+    job.classifier = std::move(classifier);
+    job.classifier_dir = r.classifier;
+    job.classifier_scale = r.classifier_scale;
+    if (r.classifier_scale == 0)
+      notes.push_back("classifier: the classifier_scale is 0; it was not used");
+  }
   if (r.init_image) job.init_image = rgb_tensor(*r.init_image, "init_image");
   if (r.mask) {
     job.mask = mask_tensor(*r.mask);
@@ -334,6 +353,9 @@ std::string parameters_text(const Job& job, const ModelDescription& d, const std
   if (!d.refiner.empty() && job.task == Task::kTextToImage)
     t += str_cat(", Refiner: ", d.refiner, ", Refiner switch at: ",
                  format_number(job.refiner_switch_at));
+  if (job.classifier_scale != 0)
+    t += str_cat(", Classifier: ", fs::path(job.classifier_dir).filename().string(),
+                 ", Classifier scale: ", format_number(job.classifier_scale));
   return t;
 }
 

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "models/fashion_classifier.h"
 #include "models/lora.h"
 #include "pipelines/pipeline_util.h"
 #include "stipple/stipple.h"
@@ -41,6 +42,10 @@ struct Job {
   Tensor mask;        // [1, 1, H, W] in [0, 1] (inpaint)
   double strength = 1.0;
   double refiner_switch_at = 0.8;  // SDXL with a refiner: the base's part of the schedule
+  // Classifier guidance (GenerateRequest::classifier): the classifier, loaded, and its scale.
+  std::shared_ptr<const models::FashionClassifier> classifier;
+  std::string classifier_dir;
+  double classifier_scale = 0;
   // Text models: what the text encoder reads for each prompt (A1111's <lora:...> tags removed),
   // and the LoRAs each prompt's images merge (the request's, then the prompt's tags).
   std::vector<std::string> encoder_prompts;

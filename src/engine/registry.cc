@@ -319,6 +319,9 @@ class PixelDiTModel : public Engine::Model {
                                  c.sampler = job.sampler;
                                  c.cfg = static_cast<float>(job.cfg_scale);
                                  c.seed = job.seed + i;
+                                 c.guide = job.classifier;
+                                 c.guide_scale = static_cast<float>(job.classifier_scale);
+                                 c.guide_dir = job.classifier_dir;
                                  c.validate();
                                  return gen_.sample({ids[i]}, c, step, preview(job));
                                });  // [N, C, S, S] in [-1, 1]

@@ -7,6 +7,7 @@
 #include "io/atomic_file.h"
 #include "io/json.h"
 #include "io/safetensors.h"
+#include "nn/embeddings.h"
 #include "ops/ops.h"
 
 namespace stipple::models {
@@ -21,6 +22,7 @@ nlohmann::json FashionClassifierConfig::to_json() const {
                       {"convs_per_stage", convs_per_stage}, {"norm_num_groups", norm_num_groups},
                       {"feature_dim", feature_dim},         {"num_classes", num_classes}};
   if (!class_names.empty()) j["class_names"] = class_names;
+  if (num_timesteps > 0) j["num_timesteps"] = num_timesteps;
   return j;
 }
 
@@ -40,6 +42,7 @@ FashionClassifierConfig FashionClassifierConfig::from_json(const nlohmann::json&
   c.feature_dim = j.integer("feature_dim", c.feature_dim);
   c.num_classes = j.integer("num_classes", c.num_classes);
   c.class_names = j.string_list("class_names", c.class_names);
+  c.num_timesteps = j.integer("num_timesteps", c.num_timesteps);
   c.validate(where);
   return c;
 }
@@ -60,6 +63,8 @@ void FashionClassifierConfig::validate(const std::string& where) const {
   }
   STIPPLE_CHECK(class_names.empty() || static_cast<int64_t>(class_names.size()) == num_classes,
                 where, ": ", class_names.size(), " class_names for ", num_classes, " classes");
+  STIPPLE_CHECK(num_timesteps >= 0 && num_timesteps <= 100000, where, ": num_timesteps ",
+                num_timesteps, " must be in [0, 100000] (0: a classifier of clean images)");
 }
 
 // ---------------- layers ----------------
@@ -87,6 +92,12 @@ FashionClassifier::FashionClassifier(const FashionClassifierConfig& config) : co
     }
   }
   fc = register_module("fc", std::make_shared<nn::Linear>(in, config_.feature_dim));
+  if (config_.num_timesteps > 0) {
+    const int64_t c0 = config_.channels[0];
+    time_mlp = register_module("time_mlp", std::make_shared<nn::Linear>(c0, 4 * c0));
+    time_proj = register_module("time_proj", std::make_shared<nn::ModuleList>());
+    for (int64_t c : config_.channels) time_proj->push_back(std::make_shared<nn::Linear>(4 * c0, c));
+  }
   head = register_module("head",
                          std::make_shared<nn::Linear>(config_.feature_dim, config_.num_classes));
 }
@@ -105,13 +116,30 @@ Tensor FashionClassifier::prepare_input(const Tensor& x) const {
   return ops::pad(x, {dw / 2, dw / 2, dh / 2, dh / 2}, -1.0f);
 }
 
-Tensor FashionClassifier::features(const Tensor& x) const {
+Tensor FashionClassifier::features(const Tensor& x, const Tensor& timesteps) const {
   Tensor h = prepare_input(x);  // [N, C, S, S]
+  Tensor temb;                  // [N, 4 c_0]
+  if (noisy()) {
+    STIPPLE_CHECK(timesteps.defined() && timesteps.dim() == 1 && timesteps.size(0) == x.size(0),
+                  "FashionClassifier: a noisy-image classifier needs one timestep per image ([",
+                  x.size(0), "]), got ", timesteps.defined() ? timesteps.describe() : "none");
+    const Tensor t = timesteps.to(DType::kF32);
+    temb = ops::silu(time_mlp->forward(
+        nn::timestep_embedding(t, config_.channels[0], /*flip_sin_to_cos=*/true, 0.0f)));
+  } else {
+    STIPPLE_CHECK(!timesteps.defined(), "FashionClassifier: this classifier was trained on clean "
+                  "images and takes no timesteps (train a noisy one with --noisy)");
+  }
   const size_t n_stages = stages->size();
   for (size_t i = 0; i < n_stages; ++i) {
     const auto stage = stages->at<nn::ModuleList>(i);
-    for (size_t j = 0; j < stage->size(); ++j)
-      h = stage->at<ConvNormAct>(j)->forward(h);   // [N, c_i, S / 2^i, S / 2^i]
+    for (size_t j = 0; j < stage->size(); ++j) {
+      h = stage->at<ConvNormAct>(j)->forward(h);  // [N, c_i, S / 2^i, S / 2^i]
+      if (j == 0 && temb.defined()) {
+        const Tensor shift = time_proj->at<nn::Linear>(i)->forward(temb);  // [N, c_i]
+        h = h + shift.reshape({shift.size(0), shift.size(1), 1, 1});
+      }
+    }
     if (i + 1 < n_stages) h = ops::avg_pool2x(h);  // [N, c_i, S / 2^(i+1), ...]
   }
   h = ops::mean(h, {2, 3});          // [N, c_last]
@@ -122,10 +150,13 @@ Tensor FashionClassifier::head_logits(const Tensor& features) const {
   return head->forward(features);  // [N, num_classes]
 }
 
-Tensor FashionClassifier::logits(const Tensor& x) const { return head_logits(features(x)); }
+Tensor FashionClassifier::logits(const Tensor& x, const Tensor& timesteps) const {
+  return head_logits(features(x, timesteps));
+}
 
-Tensor FashionClassifier::log_prob(const Tensor& x, const Tensor& labels) const {
-  const Tensor lp = ops::log_softmax(logits(x), -1);  // [N, K]
+Tensor FashionClassifier::log_prob(const Tensor& x, const Tensor& labels,
+                                   const Tensor& timesteps) const {
+  const Tensor lp = ops::log_softmax(logits(x, timesteps), -1);  // [N, K]
   STIPPLE_CHECK(labels.dtype() == DType::kI64 && labels.dim() == 1 && labels.size(0) == x.size(0),
                 "FashionClassifier::log_prob: labels must be i64 [", x.size(0), "], got ",
                 labels.describe());

@@ -14,8 +14,12 @@
 // (and their biases). On disk: config.json (FashionClassifierConfig::to_json) and
 // model.safetensors.
 //
-// Leaves out: timestep conditioning (a noisy-image classifier for guidance at high noise levels
-// is a later model), dropout and batch norm.
+// A noisy-image classifier (num_timesteps > 0; `stipple train-classifier --noisy`) classifies x_t
+// at diffusion timestep t, as ADM's classifier for guidance does (Dhariwal & Nichol 2021,
+// sec. 4): t's sinusoidal features (width c_0) -> time_mlp (Linear, SiLU: 4 c_0) ->
+// time_proj.{i} (Linear to c_i), added over H, W after the first unit of stage i.
+//
+// Leaves out: dropout and batch norm.
 #pragma once
 
 #include <cstdint>
@@ -43,6 +47,7 @@ struct FashionClassifierConfig {
   int64_t feature_dim = 128;    // the penultimate layer (FID_feat's space)
   int64_t num_classes = 10;
   std::vector<std::string> class_names;  // optional, label order
+  int64_t num_timesteps = 0;  // > 0: a noisy-image classifier taking t in [0, num_timesteps)
 
   nlohmann::json to_json() const;
   // Missing keys keep their defaults; errors name `where` and the key.
@@ -71,13 +76,16 @@ class FashionClassifier : public nn::Module {
   std::string type_name() const override { return "FashionClassifier"; }
 
   // [N, C, 32, 32] (or 28x28, framed to 32 with -1) -> [N, feature_dim]: the penultimate layer.
-  Tensor features(const Tensor& x) const;
+  // A noisy-image classifier needs `timesteps` (i64 or f32 [N], in [0, num_timesteps)); the
+  // others take none.
+  Tensor features(const Tensor& x, const Tensor& timesteps = Tensor()) const;
   // [N, C, 32, 32] or 28x28 -> [N, num_classes].
-  Tensor logits(const Tensor& x) const;
+  Tensor logits(const Tensor& x, const Tensor& timesteps = Tensor()) const;
   // Features -> logits (the last layer alone, to get both from one pass).
   Tensor head_logits(const Tensor& features) const;
   // log p(y = labels | x): [N], differentiable in x (classifier guidance takes its gradient).
-  Tensor log_prob(const Tensor& x, const Tensor& labels) const;
+  Tensor log_prob(const Tensor& x, const Tensor& labels, const Tensor& timesteps = Tensor()) const;
+  bool noisy() const { return config_.num_timesteps > 0; }
 
   // Writes folder/config.json and folder/model.safetensors (f16 when `half`), each atomically.
   void save_pretrained(const std::string& folder, bool half = false) const;
@@ -90,6 +98,8 @@ class FashionClassifier : public nn::Module {
   std::shared_ptr<nn::ModuleList> stages;  // ModuleList of ModuleList of ConvNormAct
   std::shared_ptr<nn::Linear> fc;
   std::shared_ptr<nn::Linear> head;
+  std::shared_ptr<nn::Linear> time_mlp;         // noisy classifiers only
+  std::shared_ptr<nn::ModuleList> time_proj;    // of Linear, one per stage; noisy only
 
  private:
   Tensor prepare_input(const Tensor& x) const;  // checks the shape, frames 28 -> 32

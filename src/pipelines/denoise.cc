@@ -1,5 +1,8 @@
 #include "pipelines/denoise.h"
 
+#include <algorithm>
+#include <cmath>
+
 #include "autograd/grad_mode.h"
 #include "ops/ops.h"
 
@@ -18,13 +21,17 @@ Tensor denoise(schedulers::Scheduler& scheduler, Tensor latents, const DenoiseFn
   STIPPLE_CHECK(end > options.begin_index && end <= static_cast<int>(timesteps.size()),
                 "denoise: end index ", options.end_index, " leaves no step after begin index ",
                 options.begin_index, " of ", timesteps.size(), " timesteps");
+  STIPPLE_CHECK(!options.classifier.enabled() ||
+                    scheduler.config().prediction_type == schedulers::PredictionType::kEpsilon,
+                "classifier guidance needs a model that predicts the noise (epsilon); this one "
+                "predicts ", schedulers::to_string(scheduler.config().prediction_type));
   autograd::NoGradGuard no_grad;
   const int total = end - options.begin_index;
   for (int i = options.begin_index; i < end; ++i) {
     const double t = timesteps[i];
     // 1. scale the input (Euler-type samplers) and, with guidance, double the batch
-    Tensor input = scheduler.scale_model_input(latents, t);  // [B, C, H, W]
-    if (options.cfg.enabled()) input = ops::concat({input, input}, 0);  // [2B, C, H, W]
+    const Tensor x_t = scheduler.scale_model_input(latents, t);  // [B, C, H, W]
+    Tensor input = options.cfg.enabled() ? ops::concat({x_t, x_t}, 0) : x_t;  // [2B or B, ...]
     // 2. the model's prediction, guided
     Tensor out = model(input, t);
     STIPPLE_CHECK(out.shape() == input.shape(), "denoise: the model returned ", out.describe(),
@@ -32,6 +39,16 @@ Tensor denoise(schedulers::Scheduler& scheduler, Tensor latents, const DenoiseFn
     if (options.cfg.enabled())
       out = guidance::classifier_free_batched(out, options.cfg.scale, options.cfg.order,
                                               options.cfg.rescale);  // [B, C, H, W]
+    if (options.classifier.enabled()) {
+      const std::vector<float>& acp = scheduler.alphas_cumprod();
+      const double pos = std::clamp(t, 0.0, static_cast<double>(acp.size() - 1));
+      const size_t lo = static_cast<size_t>(pos), hi = std::min(lo + 1, acp.size() - 1);
+      const double a = acp[lo] + (pos - static_cast<double>(lo)) * (acp[hi] - acp[lo]);
+      const Tensor sigma = Tensor::full({1}, static_cast<float>(std::sqrt(1.0 - a)));
+      out = guidance::classifier_guided_eps(
+          out, x_t, sigma, options.classifier.scale,
+          [&](const Tensor& x) { return options.classifier.log_prob(x, t); });  // [B, C, H, W]
+    }
     // 3. one reverse step
     schedulers::SchedulerOutput stepped = scheduler.step(out, t, latents, options.generator);
     latents = stepped.prev_sample;

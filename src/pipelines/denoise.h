@@ -27,8 +27,21 @@ struct CfgOptions {
   bool enabled() const { return scale > 1.0f; }
 };
 
+// Classifier guidance (Dhariwal & Nichol 2021, eq. 14, ADM's form for DDIM): after classifier-
+// free guidance, the eps prediction becomes eps - scale * sqrt(1 - acp_t) * grad_x log p(y | x_t)
+// at the step's model input x_t (every sampler hands the model x_t in the DDPM scale, and takes
+// eps back, so it steers them all). acp_t is interpolated for fractional timesteps (Karras
+// grids). Needs an epsilon-predicting model.
+struct ClassifierGuidanceOptions {
+  float scale = 0.0f;
+  // log p(y_b | x_t, t) for the wanted labels: x_t [B, ...] -> [B], differentiable in x_t.
+  std::function<Tensor(const Tensor& x_t, double t)> log_prob;
+  bool enabled() const { return scale != 0.0f && static_cast<bool>(log_prob); }
+};
+
 struct DenoiseOptions {
   CfgOptions cfg;
+  ClassifierGuidanceOptions classifier;
   // img2img and inpainting start part-way: the loop runs timesteps()[begin_index:].
   int begin_index = 0;
   // SDXL's base model with denoising_end stops early: the loop ends before timesteps()[end_index]

@@ -31,6 +31,12 @@ void EvalConfig::validate() const {
   STIPPLE_CHECK(steps >= 1 && steps <= 1000, "--steps must be in [1, 1000], got ", steps);
   STIPPLE_CHECK(batch_size >= 1, "--batch-size must be >= 1, got ", batch_size);
   STIPPLE_CHECK(std::isfinite(cfg) && cfg >= 0, "--cfg must be >= 0, got ", cfg);
+  STIPPLE_CHECK(std::isfinite(guide_scale) && std::abs(guide_scale) <= 1000,
+                "the classifier guidance scale must be in [-1000, 1000], got ", guide_scale);
+  STIPPLE_CHECK(guide_scale == 0.0f || (guide && guide->noisy()),
+                "classifier guidance needs a noisy-image classifier (stipple train-classifier "
+                "--noisy)", guide ? str_cat("; ", guide_dir.empty() ? "this one" : guide_dir,
+                                            " was trained on clean images") : std::string());
 }
 
 // ---------------- the generator ----------------
@@ -110,6 +116,12 @@ Tensor ClassGenerator::sample(const std::vector<int64_t>& labels, const EvalConf
       opt.progress = [&](int done, int total) { progress(b * total + done, batches * total); };
     opt.preview = preview;
     opt.decode_preview = pipelines::vae_to_unit;  // pixel space: [-1, 1] -> [0, 1]
+    if (config.guide && config.guide_scale != 0.0f) {
+      opt.classifier.scale = config.guide_scale;
+      opt.classifier.log_prob = [&](const Tensor& x_t, double t) {
+        return config.guide->log_prob(x_t, y, Tensor::full({x_t.size(0)}, static_cast<float>(t)));
+      };
+    }
     auto fn = [&](const Tensor& input, double t) {
       const int64_t n = input.size(0);
       const Tensor tt = Tensor::full({n}, t);                              // [n] f32
@@ -288,6 +300,8 @@ nlohmann::json EvalResult::to_json() const {
           {"sampler", config.sampler},
           {"steps", config.steps},
           {"cfg", json_float(config.cfg)},
+          {"classifier_guidance", {{"classifier", config.guide_dir},
+                                   {"scale", json_float(config.guide_scale)}}},
           {"seed", config.seed},
           {"samples_per_class", config.samples_per_class},
           {"num_generated", num_generated},
@@ -321,8 +335,11 @@ std::string EvalResult::table() const {
                 ("<= " + number(2.0 * fid_floor)).c_str(), fid_goal_met() ? "yes" : "no");
   os << line;
   os << "(" << num_generated << " generated: " << config.samples_per_class << " per class, "
-     << config.sampler << ", " << config.steps << " steps, CFG " << config.cfg << ", seed "
-     << config.seed << "; CAS floor: the classifier on " << num_test
+     << config.sampler << ", " << config.steps << " steps, CFG " << config.cfg
+     << (config.guide_scale != 0.0f ? str_cat(", classifier guidance ", config.guide_scale, " (",
+                                              config.guide_dir, ")")
+                                    : std::string())
+     << ", seed " << config.seed << "; CAS floor: the classifier on " << num_test
      << " test images; FID floor: " << floor_method << ")\n\n";
   std::snprintf(line, sizeof line, "%-16s %12s %12s\n", "class", "CAS", "real acc");
   os << line;
@@ -360,6 +377,9 @@ void write_eval_grid(const EvalResult& result, const std::string& path, int colu
   const std::string params =
       str_cat("stipple eval samples, one row per class: ", rows, "\nSteps: ", result.config.steps,
               ", Sampler: ", result.config.sampler, ", CFG scale: ", result.config.cfg,
+              result.config.guide_scale != 0.0f
+                  ? str_cat(", Classifier scale: ", result.config.guide_scale)
+                  : std::string(),
               ", Seed: ", result.config.seed, ", Size: ", s, "x", s, ", Model: ", result.model,
               ", CAS: ", percent(result.cas), ", FID_feat: ", number(result.fid_feat));
   const fs::path parent = fs::path(path).parent_path();

@@ -44,6 +44,11 @@ struct EvalConfig {
   float cfg = 2.0f;                        // classifier-free guidance scale; <= 1: none
   uint64_t seed = 0;
   int batch_size = 100;  // images per denoiser batch (twice that many rows with guidance)
+  // Classifier guidance (pipelines::ClassifierGuidanceOptions) by a noisy-image classifier
+  // (`stipple train-classifier --noisy`); none when unset or the scale is 0.
+  std::shared_ptr<const models::FashionClassifier> guide;
+  float guide_scale = 0.0f;
+  std::string guide_dir;  // where `guide` came from, for the record
 
   void validate() const;
 };

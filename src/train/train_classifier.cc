@@ -10,6 +10,8 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "ops/ops.h"
+#include "schedulers/schedule.h"
+#include "schedulers/training.h"
 #include "train/datasets.h"
 #include "train/optim.h"
 
@@ -22,18 +24,26 @@ void ClassifierTrainConfig::validate() const {
   STIPPLE_CHECK(lr > 0 && std::isfinite(lr), "train-classifier: --lr must be positive, got ", lr);
   STIPPLE_CHECK(weight_decay >= 0, "train-classifier: weight decay must be >= 0");
   STIPPLE_CHECK(limit_images >= 0, "train-classifier: --limit-images must be >= 0");
+  STIPPLE_CHECK(num_train_timesteps >= 1 && num_train_timesteps <= 100000,
+                "train-classifier: the number of timesteps must be in [1, 100000], got ",
+                num_train_timesteps);
   model.validate("train-classifier model");
 }
 
 std::vector<int64_t> classify(const models::FashionClassifier& model, const Tensor& images,
-                              int64_t batch_size) {
+                              int64_t batch_size, const Tensor& timesteps) {
   autograd::NoGradGuard no_grad;
   const int64_t n = images.size(0);
+  const Tensor t = model.noisy() && !timesteps.defined()
+                       ? Tensor::from_vector_i64(std::vector<int64_t>(n, 0), {n})
+                       : timesteps;
   std::vector<int64_t> out;
   out.reserve(n);
   for (int64_t b = 0; b < n; b += batch_size) {
     const int64_t m = std::min(batch_size, n - b);
-    const std::vector<float> logits = model.logits(images.narrow(0, b, m)).to_vector();  // [m, K]
+    const std::vector<float> logits =
+        model.logits(images.narrow(0, b, m), t.defined() ? t.narrow(0, b, m) : Tensor())
+            .to_vector();  // [m, K]
     const int64_t k = static_cast<int64_t>(logits.size()) / m;
     for (int64_t i = 0; i < m; ++i) {
       const float* row = logits.data() + i * k;
@@ -85,6 +95,21 @@ ClassifierTrainResult train_classifier(
   // 2. model, optimiser, data order
   models::FashionClassifierConfig mc = config.model;
   if (mc.class_names.empty()) mc.class_names = FashionMnist::class_names();
+  std::vector<float> acp;  // noisy: the schedule's alphas_cumprod
+  if (config.noisy) {
+    mc.num_timesteps = config.num_train_timesteps;
+    acp = schedulers::alphas_cumprod_from_betas(schedulers::make_betas(
+        config.beta_schedule, config.num_train_timesteps, config.beta_start, config.beta_end));
+  }
+  Generator noise_gen(config.seed + 2);  // timesteps and noise of the noisy classifier
+  // x_t for a batch at timesteps drawn uniformly in [lo, hi) (q(x_t | x0), DDPM eq. 4).
+  auto noised = [&](const Tensor& x0, int64_t lo, int64_t hi, Tensor* t) {
+    const int64_t n = x0.size(0);
+    std::vector<int64_t> ts(n);
+    for (int64_t& v : ts) v = lo + static_cast<int64_t>(noise_gen.next_u64() % (hi - lo));
+    *t = Tensor::from_vector_i64(ts, {n});
+    return schedulers::add_noise(acp, x0, noise_gen.randn(x0.shape()), *t);
+  };
   auto model = std::make_shared<models::FashionClassifier>(mc);
   Generator init(config.seed);
   model->reset_parameters(init);
@@ -128,7 +153,9 @@ ClassifierTrainResult train_classifier(
     const DataLoader::Batch batch = loader.next();
     const Shard shard = shard_of(batch.images.size(0), comm);
     const Tensor labels = shard.of(batch.labels);
-    const Tensor logits = model->logits(shard.of(batch.images));  // [n, 10]
+    Tensor x = batch.images, t;
+    if (config.noisy) x = noised(x, 0, config.num_train_timesteps, &t);  // the whole batch's
+    const Tensor logits = model->logits(shard.of(x), t.defined() ? shard.of(t) : Tensor());
     Tensor loss = ops::cross_entropy(logits, labels);              // []
     if (!shard.whole()) loss = loss * shard.weight();
     opt.zero_grad();
@@ -172,6 +199,19 @@ ClassifierTrainResult train_classifier(
   r.test_accuracy = a.overall;
   r.test_accuracy_per_class = a.per_class;
   r.model = model;
+  if (config.noisy) {
+    noise_gen.manual_seed(config.seed + 3);
+    const int64_t n = std::min<int64_t>(2000, test_set.size());
+    const Tensor x0 = test_set.images().narrow(0, 0, n);
+    const std::vector<int64_t> y = test_set.labels().narrow(0, 0, n).contiguous().to_vector_i64();
+    const int64_t T = config.num_train_timesteps;
+    for (int64_t k = 0; k < 10; ++k) {
+      Tensor t;
+      const Tensor xt = noised(x0, k * T / 10, std::max((k + 1) * T / 10, k * T / 10 + 1), &t);
+      r.test_accuracy_per_bucket.push_back(
+          accuracy(classify(*model, xt, 500, t), y, mc.num_classes).overall);
+    }
+  }
 
   // 5. save
   if (!config.out_dir.empty()) {

@@ -30,6 +30,13 @@ struct ClassifierTrainConfig {
   uint64_t seed = 0;
   bool half = false;  // store the weights in f16
   int64_t limit_images = 0;  // > 0: train on the first N training images only (tests)
+  // --noisy: classify x_t = sqrt(acp_t) x0 + sqrt(1 - acp_t) eps at t uniform in [0, T) (ADM's
+  // classifier for guidance), with the denoiser's schedule (the shipped DiT's: linear betas
+  // 1e-4 to 0.02 over 1000 steps). model.num_timesteps is set to T.
+  bool noisy = false;
+  int num_train_timesteps = 1000;
+  std::string beta_schedule = "linear";
+  float beta_start = 1e-4f, beta_end = 0.02f;
   models::FashionClassifierConfig model;
   std::string out_dir;  // empty: do not save
 
@@ -51,11 +58,15 @@ struct ClassifierTrainResult {
   std::vector<float> test_accuracy_per_class;
   double train_seconds = 0;
   int64_t steps = 0;
+  // Noisy classifiers: test accuracy in 10 equal timestep buckets ([0, T/10), ...), each on the
+  // first 2,000 test images noised at a t drawn in the bucket (seeded); test_accuracy is at t = 0.
+  std::vector<float> test_accuracy_per_bucket;
 };
 
 // Predicted classes of `images` ([N, C, H, W]) in batches: argmax of the logits. No gradients.
+// A noisy-image classifier takes the images' timesteps (i64 [N]; none: t = 0, clean images).
 std::vector<int64_t> classify(const models::FashionClassifier& model, const Tensor& images,
-                              int64_t batch_size = 500);
+                              int64_t batch_size = 500, const Tensor& timesteps = Tensor());
 // Accuracy over all images, and per class (NaN for a class with no image), of `predictions`.
 struct Accuracy {
   float overall = 0;
