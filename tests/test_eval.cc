@@ -445,6 +445,42 @@ TEST(Evaluate, EndToEndOnTinyGenerator) {
   EXPECT_NE(text["parameters"].find("Sampler: dpm++2m"), std::string::npos);
 }
 
+// The unconditional setting gives the denoiser the null class: the labels then reach only the
+// guiding classifier, so without guidance the images do not depend on them; with a noisy
+// classifier's guidance they do. A clean classifier and classifier-free guidance are refused.
+TEST(Evaluate, UnconditionalSamplingWithClassifierGuidance) {
+  const std::string dir = temp_dir("unconditional");
+  const ClassGenerator gen = ClassGenerator::load(write_tiny_generator(dir + "/gen"));
+  EvalConfig c;
+  c.steps = 3;
+  c.cfg = 1.0f;
+  c.unconditional = true;
+  EXPECT_TENSORS_CLOSE(gen.sample({0, 1}, c), gen.sample({2, 3}, c), 0.0, 0.0);
+  models::FashionClassifierConfig nc;
+  nc.channels = {4, 8};
+  nc.norm_num_groups = 2;
+  nc.feature_dim = 8;
+  nc.num_timesteps = 1000;
+  auto noisy = std::make_shared<models::FashionClassifier>(nc);
+  Generator g(9);
+  noisy->reset_parameters(g);
+  noisy->eval();
+  c.guide = noisy;
+  c.guide_scale = 50.0f;
+  const Tensor a = gen.sample({0, 1}, c), b = gen.sample({2, 3}, c);
+  const std::vector<float> av = a.to_vector(), bv = b.to_vector();
+  double diff = 0;
+  for (size_t i = 0; i < av.size(); ++i) diff = std::max(diff, std::fabs(double(av[i]) - bv[i]));
+  EXPECT_GT(diff, 1e-4) << "the classifier did not steer";
+  c.cfg = 2.0f;
+  EXPECT_NE(testing::error_message([&] { gen.sample({0}, c); }).find("takes no classifier-free"),
+            std::string::npos);
+  c.cfg = 1.0f;
+  c.guide = tiny_fashion_classifier();
+  EXPECT_NE(testing::error_message([&] { gen.sample({0}, c); }).find("needs a noisy-image classifier"),
+            std::string::npos);
+}
+
 TEST(Evaluate, Errors) {
   const std::string dir = temp_dir("errors");
   auto expect_error = [](const std::function<void()>& fn, const std::string& part) {

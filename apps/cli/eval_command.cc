@@ -52,6 +52,9 @@ EvalCommand::EvalCommand(CLI::App& app) {
   cmd_->add_option("--classifier-scale", c.guide_scale,
                    "classifier guidance scale (0: none; Dhariwal & Nichol's s)")
       ->capture_default_str();
+  cmd_->add_flag("--unconditional", c.unconditional,
+                 "give the denoiser the null class (no classifier-free guidance): only "
+                 "classifier guidance steers toward the class");
   cmd_->add_option("--seed", c.seed, "noise seed")->capture_default_str();
   cmd_->add_option("--batch-size", c.batch_size, "images per denoiser batch")
       ->capture_default_str()

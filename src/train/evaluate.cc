@@ -33,6 +33,8 @@ void EvalConfig::validate() const {
   STIPPLE_CHECK(std::isfinite(cfg) && cfg >= 0, "--cfg must be >= 0, got ", cfg);
   STIPPLE_CHECK(std::isfinite(guide_scale) && std::abs(guide_scale) <= 1000,
                 "the classifier guidance scale must be in [-1000, 1000], got ", guide_scale);
+  STIPPLE_CHECK(!unconditional || cfg <= 1.0f,
+                "an unconditional run takes no classifier-free guidance (--cfg 1), got ", cfg);
   STIPPLE_CHECK(guide_scale == 0.0f || (guide && guide->noisy()),
                 "classifier guidance needs a noisy-image classifier (stipple train-classifier "
                 "--noisy)", guide ? str_cat("; ", guide_dir.empty() ? "this one" : guide_dir,
@@ -104,6 +106,9 @@ Tensor ClassGenerator::sample(const std::vector<int64_t>& labels, const EvalConf
     both.insert(both.end(), ys.size(), K);  // the null class
     const Tensor y = Tensor::from_vector_i64(ys, {m});
     const Tensor y2 = Tensor::from_vector_i64(both, {2 * m});
+    const Tensor y_model = config.unconditional
+                               ? Tensor::from_vector_i64(std::vector<int64_t>(m, K), {m})
+                               : y;  // what the denoiser is given
     // 3. x_T, scaled for the sampler
     Tensor x = noise.narrow(0, start, m).contiguous() *
                static_cast<float>(scheduler->init_noise_sigma());  // [m, C, S, S]
@@ -125,7 +130,7 @@ Tensor ClassGenerator::sample(const std::vector<int64_t>& labels, const EvalConf
     auto fn = [&](const Tensor& input, double t) {
       const int64_t n = input.size(0);
       const Tensor tt = Tensor::full({n}, t);                              // [n] f32
-      const Tensor o = transformer_->forward(input, tt, n == m ? y : y2);  // [n, C_out, S, S]
+      const Tensor o = transformer_->forward(input, tt, n == m ? y_model : y2);  // [n, C_out, S, S]
       return o.size(1) == C ? o : o.narrow(1, 0, C).contiguous();  // learned sigma: eps only
     };
     // 4. denoise, then the valid range
@@ -302,6 +307,7 @@ nlohmann::json EvalResult::to_json() const {
           {"cfg", json_float(config.cfg)},
           {"classifier_guidance", {{"classifier", config.guide_dir},
                                    {"scale", json_float(config.guide_scale)}}},
+          {"unconditional", config.unconditional},
           {"seed", config.seed},
           {"samples_per_class", config.samples_per_class},
           {"num_generated", num_generated},
@@ -339,6 +345,7 @@ std::string EvalResult::table() const {
      << (config.guide_scale != 0.0f ? str_cat(", classifier guidance ", config.guide_scale, " (",
                                               config.guide_dir, ")")
                                     : std::string())
+     << (config.unconditional ? ", the denoiser unconditional" : "")
      << ", seed " << config.seed << "; CAS floor: the classifier on " << num_test
      << " test images; FID floor: " << floor_method << ")\n\n";
   std::snprintf(line, sizeof line, "%-16s %12s %12s\n", "class", "CAS", "real acc");

@@ -49,6 +49,9 @@ struct EvalConfig {
   std::shared_ptr<const models::FashionClassifier> guide;
   float guide_scale = 0.0f;
   std::string guide_dir;  // where `guide` came from, for the record
+  // The denoiser unconditional (every image given the null class; no classifier-free guidance),
+  // so that only the classifier steers toward the class: ADM's classifier-guided setting.
+  bool unconditional = false;
 
   void validate() const;
 };
