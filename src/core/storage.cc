@@ -19,50 +19,6 @@ constexpr size_t kCachedMin = kMiB;                 // smaller blocks go straigh
 constexpr size_t kCachedGranule = 64 * 1024;        // cached sizes are multiples of this
 constexpr size_t kLazyMin = 64 * 1024;              // LazyZeroScope maps blocks from this size
 constexpr size_t kDefaultCacheBudget = 512 * kMiB;  // STIPPLE_BLOCK_CACHE_MB overrides
-constexpr size_t kHugeMin = 2 * kMiB;               // blocks this large are mapped for huge pages
-
-// Memory from the system. Blocks of 2 MiB or more are anonymous mappings aligned to 2 MiB and
-// advised for transparent huge pages: a fresh activation is then faulted in 2 MiB at a time, not
-// 4 KiB (with the caches off, --low-memory, page faults were a third of a UNet step's samples;
-// this made its steps about 20% faster for the same peak). The tail past the last 2 MiB boundary
-// keeps small pages, so nothing is resident beyond what is used. Fresh mappings read as zero.
-// Which path a block took follows from its size alone, so system_free needs nothing else.
-// STIPPLE_HUGE_PAGES=0 keeps the mappings but leaves out the advice.
-bool huge_pages_wanted() {
-  static const bool wanted = [] {
-    const char* env = std::getenv("STIPPLE_HUGE_PAGES");
-    return env == nullptr || std::strcmp(env, "0") != 0;
-  }();
-  return wanted;
-}
-
-void* system_alloc(size_t bytes, bool* zeroed) {
-  *zeroed = false;
-  if (bytes < kHugeMin) return std::aligned_alloc(64, bytes);
-  static const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
-  const size_t len = (bytes + page - 1) / page * page;
-  void* raw = ::mmap(nullptr, len + kHugeMin, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                     -1, 0);
-  if (raw == MAP_FAILED) return nullptr;
-  const uintptr_t start = reinterpret_cast<uintptr_t>(raw);
-  const uintptr_t aligned = (start + kHugeMin - 1) / kHugeMin * kHugeMin;
-  if (aligned > start) ::munmap(raw, aligned - start);
-  const uintptr_t end = start + len + kHugeMin;
-  if (end > aligned + len) ::munmap(reinterpret_cast<void*>(aligned + len), end - (aligned + len));
-  void* p = reinterpret_cast<void*>(aligned);
-  if (huge_pages_wanted()) ::madvise(p, len, MADV_HUGEPAGE);  // advice: may still get small pages
-  *zeroed = true;
-  return p;
-}
-
-void system_free(void* p, size_t bytes) {
-  if (bytes < kHugeMin) {
-    std::free(p);
-    return;
-  }
-  static const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
-  ::munmap(p, (bytes + page - 1) / page * page);
-}
 
 // Freed blocks of 1 MiB or more, kept for reuse up to a budget. A denoising step allocates the
 // same activation sizes again and again; a fresh block from the system is page-faulted 4 KiB at a
@@ -92,11 +48,11 @@ class BlockCache {
   void give(void* p, size_t capacity) {
     std::lock_guard<std::mutex> lock(mu_);
     if (capacity > budget_) {
-      system_free(p, capacity);
+      std::free(p);
       return;
     }
     while (held_ + capacity > budget_) {
-      system_free(free_.begin()->second, free_.begin()->first);
+      std::free(free_.begin()->second);
       held_ -= free_.begin()->first;
       free_.erase(free_.begin());
     }
@@ -108,7 +64,7 @@ class BlockCache {
     std::lock_guard<std::mutex> lock(mu_);
     budget_ = bytes;
     while (held_ > budget_) {
-      system_free(free_.begin()->second, free_.begin()->first);
+      std::free(free_.begin()->second);
       held_ -= free_.begin()->first;
       free_.erase(free_.begin());
     }
@@ -121,7 +77,7 @@ class BlockCache {
 
   void trim() {
     std::lock_guard<std::mutex> lock(mu_);
-    for (auto& [size, p] : free_) system_free(p, size);
+    for (auto& [size, p] : free_) std::free(p);
     free_.clear();
     held_ = 0;
   }
@@ -186,14 +142,13 @@ std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device, bool ze
     s->data_ = BlockCache::instance().take(rounded, &rounded);
   }
   if (rounded > 0) {
-    bool zeroed = false;
-    if (s->data_ == nullptr) s->data_ = system_alloc(rounded, &zeroed);
+    if (s->data_ == nullptr) s->data_ = std::aligned_alloc(64, rounded);
     if (s->data_ == nullptr) {  // memory pressure: hand the cached blocks back and retry
       trim_cache();
-      s->data_ = system_alloc(rounded, &zeroed);
+      s->data_ = std::aligned_alloc(64, rounded);
     }
     if (s->data_ == nullptr) throw std::bad_alloc();
-    if (zero && !zeroed) std::memset(s->data_, 0, rounded);
+    if (zero) std::memset(s->data_, 0, rounded);
   }
   s->capacity_ = rounded;
   if (!s->mapped_) count_alloc(rounded);  // lazy mappings are not resident until written
@@ -222,7 +177,7 @@ Storage::~Storage() {
   } else if (capacity_ >= kCachedMin) {
     BlockCache::instance().give(data_, capacity_);
   } else {
-    system_free(data_, capacity_);
+    std::free(data_);
   }
 }
 
