@@ -512,16 +512,7 @@ def main():
     write_json(os.path.join(out, "reference.json"), ref)
     det = "not checked"
     if args.check_determinism:
-        tmp = tempfile.mkdtemp(prefix="emb_refgen_")
-        try:
-            subprocess.run([sys.executable, os.path.abspath(__file__), "--out", tmp], check=True,
-                           stdout=subprocess.DEVNULL)
-            a, b = file_hashes(out), file_hashes(tmp)
-            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-            det = ("bit-identical over %d files (second run in a new process)" % len(a) if not diff
-                   else {"differing_files": diff})
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        det = C.rerun_determinism([os.path.abspath(__file__)], out, file_hashes, "emb_refgen_")
         ref["determinism_rerun"] = det
         write_json(os.path.join(out, "reference.json"), ref)
     print("determinism:", det)

@@ -772,16 +772,7 @@ def main():
     summary = build_all(out)
     det = "not checked"
     if args.check_determinism:
-        tmp = tempfile.mkdtemp(prefix="lora_refgen_")
-        try:
-            subprocess.run([sys.executable, os.path.abspath(__file__), "--out", tmp], check=True,
-                           stdout=subprocess.DEVNULL)
-            a, b = file_hashes(out), file_hashes(tmp)
-            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-            det = ("bit-identical over %d files (second run in a new process)" % len(a) if not diff
-                   else {"differing_files": diff})
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        det = C.rerun_determinism([os.path.abspath(__file__)], out, file_hashes, "lora_refgen_")
     sizes = {f: os.path.getsize(os.path.join(out, f)) for f in sorted(os.listdir(out)) if f.endswith(OUT_FILES_SUFFIX)}
     info = {"generator": GEN, "reference_sources": REF_VERSIONS, "versions": M.versions(),
             "torch_threads": torch.get_num_threads(), "determinism_rerun": det,

@@ -775,19 +775,9 @@ def main():
     summary = build_all(out, args.refiner_single_file)
     det = "not checked"
     if args.check_determinism:
-        tmp = tempfile.mkdtemp(prefix="sdxl_refgen_")
-        try:
-            # a second process (so that anything depending on hash order or process state shows up)
-            cmd = [sys.executable, os.path.abspath(__file__), "--out", tmp]
-            if args.refiner_single_file:
-                cmd.append("--refiner-single-file")
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-            a, b = file_hashes(out), file_hashes(tmp)
-            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-            det = ("bit-identical over %d files (second run in a new process)" % len(a) if not diff
-                   else {"differing_files": diff})
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        # a second process (so that anything depending on hash order or process state shows up)
+        rerun = [os.path.abspath(__file__)] + (["--refiner-single-file"] if args.refiner_single_file else [])
+        det = C.rerun_determinism(rerun, out, file_hashes, "sdxl_refgen_")
     sizes = {}
     for o in OUTPUTS:
         p = os.path.join(out, o)

@@ -9,7 +9,10 @@ import hashlib
 import json
 import math
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -87,3 +90,18 @@ def write_json(path, obj, width=240):
 def sha256(path):
     with open(path, "rb") as fh:
         return hashlib.sha256(fh.read()).hexdigest()
+
+
+def rerun_determinism(args, out, file_hashes, prefix):
+    """Runs the generator again in a new process (`sys.executable` + `args` + `--out TMP`) and compares
+    file_hashes(out) with file_hashes(TMP), each {file: sha256}: the record each set keeps as determinism_rerun,
+    "bit-identical over N files (second run in a new process)" or {"differing_files": [...]}."""
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    try:
+        subprocess.run([sys.executable] + list(args) + ["--out", tmp], check=True, stdout=subprocess.DEVNULL)
+        a, b = file_hashes(out), file_hashes(tmp)
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        return ("bit-identical over %d files (second run in a new process)" % len(a) if not diff
+                else {"differing_files": diff})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
