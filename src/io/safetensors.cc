@@ -1,6 +1,8 @@
 // safetensors reading (mmap + full header validation) and writing (see safetensors.h).
 #include "io/safetensors.h"
 
+#include "io/int_widen.h"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -52,11 +54,6 @@ bool direct_dtype(const std::string& d, DType* out) {
   return true;
 }
 
-bool widened_to_i64(const std::string& d) {
-  return d == "BOOL" || d == "U8" || d == "I8" || d == "I16" || d == "U16" || d == "I32" ||
-         d == "U32";
-}
-
 const char* safetensors_name(DType t) {
   switch (t) {
     case DType::kF32:
@@ -71,16 +68,6 @@ const char* safetensors_name(DType t) {
       return "F64";
   }
   STIPPLE_ASSERT(false);
-}
-
-// Widens n little-endian T values at `src` (any alignment) to int64.
-template <typename T>
-void widen(const uint8_t* src, int64_t* dst, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    T v;
-    std::memcpy(&v, src + i * sizeof(T), sizeof(T));
-    dst[i] = static_cast<int64_t>(v);
-  }
 }
 
 // Reads a non-negative JSON integer, or explains what is wrong with it.
@@ -117,7 +104,7 @@ struct SafetensorsFile::Mapping {
 
 bool safetensors_dtype_supported(const std::string& dtype) {
   DType unused;
-  return direct_dtype(dtype, &unused) || widened_to_i64(dtype);
+  return direct_dtype(dtype, &unused) || widens_to_i64(dtype);
 }
 
 SafetensorsFile SafetensorsFile::open(const std::string& path) {
@@ -348,7 +335,7 @@ DType SafetensorsFile::dtype(const std::string& name) const {
   const SafetensorsEntry& e = entry(name);
   DType t;
   if (direct_dtype(e.dtype, &t)) return t;
-  STIPPLE_CHECK(widened_to_i64(e.dtype), path_, ": unsupported dtype ", e.dtype, " for tensor '",
+  STIPPLE_CHECK(widens_to_i64(e.dtype), path_, ": unsupported dtype ", e.dtype, " for tensor '",
                 name, "' (stipple reads F32, F16, BF16, F64, I64 and integer types up to 32 bits)");
   return DType::kI64;
 }
@@ -394,23 +381,8 @@ Tensor SafetensorsFile::tensor(const std::string& name) const {
   const int64_t n = shape_numel(e.shape);
   Tensor out = Tensor::empty(e.shape, DType::kI64);
   int64_t* dst = n > 0 ? out.data<int64_t>() : nullptr;
-  const std::string& d = e.dtype;
-  if (d == "BOOL") {
-    for (int64_t i = 0; i < n; ++i) dst[i] = src[i] != 0;
-  } else if (d == "U8") {
-    widen<uint8_t>(src, dst, n);
-  } else if (d == "I8") {
-    widen<int8_t>(src, dst, n);
-  } else if (d == "I16") {
-    widen<int16_t>(src, dst, n);
-  } else if (d == "U16") {
-    widen<uint16_t>(src, dst, n);
-  } else if (d == "I32") {
-    widen<int32_t>(src, dst, n);
-  } else {
-    STIPPLE_ASSERT(d == "U32");
-    widen<uint32_t>(src, dst, n);
-  }
+  const bool widened = widen_to_i64(src, e.dtype, dst, n);
+  STIPPLE_ASSERT(widened);  // the header check admitted only these dtypes
   return out;
 }
 

@@ -1,6 +1,8 @@
 // PyTorch checkpoints read without running their pickles (see torch_checkpoint.h).
 #include "io/torch_checkpoint.h"
 
+#include "io/int_widen.h"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -416,12 +418,8 @@ class Reader {
         std::memcpy(dst + n * bytes, src, bytes);
       } else {
         int64_t v = 0;
-        const std::string& s = storage->s;
-        if (s == "I32") { int32_t x; std::memcpy(&x, src, 4); v = x; }
-        else if (s == "I16") { int16_t x; std::memcpy(&x, src, 2); v = x; }
-        else if (s == "I8") { v = static_cast<int8_t>(*src); }
-        else if (s == "BOOL") { v = *src != 0; }
-        else { v = *src; }  // U8
+        const bool widened = widen_to_i64(src, storage->s, &v, 1);
+        STIPPLE_ASSERT(widened);  // the storage types admitted only these
         std::memcpy(dst + n * 8, &v, 8);
       }
       for (size_t d = size.size(); d-- > 0;) {
