@@ -354,11 +354,13 @@ std::string write_tiny_generator(const std::string& dir) {
   return dir;
 }
 
-std::shared_ptr<models::FashionClassifier> tiny_fashion_classifier() {
+// num_timesteps > 0: a noisy-image classifier (for classifier guidance).
+std::shared_ptr<models::FashionClassifier> tiny_fashion_classifier(int64_t num_timesteps = 0) {
   models::FashionClassifierConfig c;
   c.channels = {4, 8, 8};
   c.norm_num_groups = 4;
   c.feature_dim = 6;
+  c.num_timesteps = num_timesteps;
   auto m = std::make_shared<models::FashionClassifier>(c);
   Generator g(4);
   m->reset_parameters(g);
@@ -456,16 +458,7 @@ TEST(Evaluate, UnconditionalSamplingWithClassifierGuidance) {
   c.cfg = 1.0f;
   c.unconditional = true;
   EXPECT_TENSORS_CLOSE(gen.sample({0, 1}, c), gen.sample({2, 3}, c), 0.0, 0.0);
-  models::FashionClassifierConfig nc;
-  nc.channels = {4, 8};
-  nc.norm_num_groups = 2;
-  nc.feature_dim = 8;
-  nc.num_timesteps = 1000;
-  auto noisy = std::make_shared<models::FashionClassifier>(nc);
-  Generator g(9);
-  noisy->reset_parameters(g);
-  noisy->eval();
-  c.guide = noisy;
+  c.guide = tiny_fashion_classifier(1000);
   c.guide_scale = 50.0f;
   const Tensor a = gen.sample({0, 1}, c), b = gen.sample({2, 3}, c);
   const std::vector<float> av = a.to_vector(), bv = b.to_vector();

@@ -118,6 +118,9 @@ Task decide_task(const GenerateRequest& r) {
 }
 
 // The request checked against the model and filled with its defaults.
+// The LoRA files a folder offers, in the order a tag's NAME is looked up (list_loras lists them).
+constexpr const char* kLoraExtensions[] = {".safetensors", ".ckpt", ".pt"};
+
 // Removes A1111's <lora:NAME> and <lora:NAME:WEIGHT> tags from `prompt`, adding dir/NAME's file
 // to `loras`. Names are file names in `dir`, never paths (a server's clients name LoRAs).
 void take_lora_tags(std::string& prompt, const std::string& dir,
@@ -137,7 +140,7 @@ void take_lora_tags(std::string& prompt, const std::string& dir,
     STIPPLE_CHECK_KIND(!dir.empty(), kInvalidArgument, "<lora:", body,
                        "> needs a LoRA folder (OpenOptions::lora_dir, --lora-dir)");
     spec.path.clear();
-    for (const char* ext : {".safetensors", ".ckpt", ".pt"}) {
+    for (const char* ext : kLoraExtensions) {
       const fs::path f = fs::path(dir) / (name + ext);
       if (fs::is_regular_file(f)) {
         spec.path = f.string();
@@ -644,7 +647,10 @@ std::vector<LoraFile> list_loras(const std::string& dir) {
   std::error_code ec;
   for (const fs::directory_entry& e : fs::directory_iterator(dir, ec)) {
     const std::string ext = e.path().extension().string();
-    if (!e.is_regular_file(ec) || (ext != ".safetensors" && ext != ".ckpt" && ext != ".pt")) continue;
+    if (!e.is_regular_file(ec) ||
+        std::find(std::begin(kLoraExtensions), std::end(kLoraExtensions), ext) ==
+            std::end(kLoraExtensions))
+      continue;
     LoraFile f;
     f.name = e.path().stem().string();
     f.path = e.path().string();

@@ -1,10 +1,10 @@
 #include "pipelines/denoise.h"
 
-#include <algorithm>
 #include <cmath>
 
 #include "autograd/grad_mode.h"
 #include "ops/ops.h"
+#include "schedulers/schedule.h"
 
 namespace stipple::pipelines {
 
@@ -40,10 +40,7 @@ Tensor denoise(schedulers::Scheduler& scheduler, Tensor latents, const DenoiseFn
       out = guidance::classifier_free_batched(out, options.cfg.scale, options.cfg.order,
                                               options.cfg.rescale);  // [B, C, H, W]
     if (options.classifier.enabled()) {
-      const std::vector<float>& acp = scheduler.alphas_cumprod();
-      const double pos = std::clamp(t, 0.0, static_cast<double>(acp.size() - 1));
-      const size_t lo = static_cast<size_t>(pos), hi = std::min(lo + 1, acp.size() - 1);
-      const double a = acp[lo] + (pos - static_cast<double>(lo)) * (acp[hi] - acp[lo]);
+      const double a = schedulers::interp_at(t, scheduler.alphas_cumprod());
       const Tensor sigma = Tensor::full({1}, static_cast<float>(std::sqrt(1.0 - a)));
       out = guidance::classifier_guided_eps(
           out, x_t, sigma, options.classifier.scale,
