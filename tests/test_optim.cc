@@ -193,6 +193,36 @@ TEST(Ema, FollowsDiffusersDecaySchedule) {
   EXPECT_EQ(ema.optimization_step(), 12);
 }
 
+TEST(Ema, RestartAtFullDecaySkipsTheWarmUp) {
+  for (const EmaConfig::Warmup warmup : {EmaConfig::Warmup::kSteps, EmaConfig::Warmup::kPower}) {
+    Tensor p = param({1.0f, 2.0f});
+    EmaConfig config{/*decay=*/0.9995f};
+    config.warmup = warmup;
+    config.update_after_step = 7;
+    Ema ema({p}, config);
+    ema.step({p});
+    const std::vector<float> start = {3.0f, -4.0f};
+    std::memcpy(p.raw_data(), start.data(), sizeof(float) * 2);
+    ema.restart_at_full_decay({p});
+    EXPECT_EQ(ema.shadow_params()[0].to_vector(), start);
+    EXPECT_FLOAT_EQ(ema.current_decay(), 0.9995f);
+    // the earliest such step: one fewer would still be warming up
+    Ema probe({p}, config);
+    probe.load_state_dict({{"optimization_step",
+                            Tensor::from_vector_i64({ema.optimization_step() - 1}, {})},
+                           {"shadow.0", p.detach().clone()}});
+    EXPECT_LT(probe.current_decay(), 0.9995f);
+    // the next step moves the shadow by (1 - decay) of the way to the parameters
+    const std::vector<float> next = {13.0f, -4.0f};
+    std::memcpy(p.raw_data(), next.data(), sizeof(float) * 2);
+    ema.step({p});
+    EXPECT_NEAR(ema.shadow_params()[0].to_vector()[0], 3.0f + 10.0f * (1 - 0.9995f), 1e-5);
+  }
+  Tensor p = param({1.0f});
+  Ema none({p}, EmaConfig{/*decay=*/0.9f});
+  EXPECT_THROW(none.restart_at_full_decay({p, p}), Error);
+}
+
 TEST(Ema, PowerWarmupUpdateAfterStepAndFrozenParameters) {
   EmaConfig cfg;
   cfg.decay = 0.999f;

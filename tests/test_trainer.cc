@@ -421,6 +421,59 @@ TEST(TrainDiT, ResumeIsBitExactAndCheckpointsLoad) {
   EXPECT_EQ(half->forward(x, t, y).shape(), (Shape{2, 2, 8, 8}));
 }
 
+TEST(TrainDiT, WarmStartTakesAnExportedModel) {
+  TrainConfig c = tiny_config(temp_dir("warm_a"));
+  c.depth = 1;
+  c.width = 16;
+  c.heads = 2;
+  c.patch = 4;
+  c.steps = 3;
+  c.sample_every = 0;
+  const Data d = make_data();
+  const std::vector<std::string> names = {"left", "top"};
+  auto make = [&](const TrainConfig& cfg) {
+    return std::make_unique<Trainer>(cfg,
+                                     std::make_unique<DiTDenoiser>(dit_config_for(cfg, 1, 8, 2)),
+                                     d.images, d.labels, names);
+  };
+  auto a = make(c);
+  a->run();  // writes export/ (f16 EMA weights)
+  TrainConfig cw = c;
+  cw.out_dir = temp_dir("warm_b");
+  cw.init_from = c.out_dir + "/export";
+  cw.seed = 12;  // another initialisation: the warm start must replace it
+  auto b = make(cw);
+  b->warm_start(cw.init_from);
+  ASSERT_EQ(b->params().size(), a->params().size());
+  for (size_t i = 0; i < a->params().size(); ++i) {
+    // the f16 export of a's EMA, widened back
+    const Tensor want = a->ema().shadow_params()[i].to(DType::kF16).to(DType::kF32);
+    EXPECT_TRUE(bits_equal(b->params()[i], want)) << "parameter " << i;
+    EXPECT_TRUE(bits_equal(b->ema().shadow_params()[i], want)) << "EMA of parameter " << i;
+  }
+  EXPECT_FLOAT_EQ(b->ema().current_decay(), cw.ema_decay);
+  b->run();
+  EXPECT_EQ(b->step(), 3);
+  EXPECT_EQ(Trainer::read_checkpoint_config(cw.out_dir + "/latest").init_from, cw.init_from);
+  // resuming a warm-started run needs the init folder no more
+  auto resumed = make(cw);
+  resumed->resume(cw.out_dir + "/checkpoint-3");
+  EXPECT_EQ(resumed->step(), 3);
+
+  // a folder without a transformer, and a transformer of another shape, are named
+  auto fresh = make(cw);
+  const std::string missing = error_of([&] { fresh->warm_start(cw.out_dir + "/samples"); });
+  EXPECT_NE(missing.find("transformer/diffusion_pytorch_model.safetensors"), std::string::npos)
+      << missing;
+  TrainConfig wide = cw;
+  wide.width = 32;
+  auto wider = make(wide);
+  const std::string mismatch = error_of([&] { wider->warm_start(cw.init_from); });
+  EXPECT_NE(mismatch.find("does not fit"), std::string::npos) << mismatch;
+  EXPECT_NE(mismatch.find("--width"), std::string::npos) << mismatch;
+  EXPECT_THROW(b->warm_start(cw.init_from), Error);  // not at step 0 any more
+}
+
 TEST(TrainDiT, ConfigErrors) {
   TrainConfig c;
   c.patch = 3;

@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "core/error.h"
+#include "io/json.h"
 #include "progress.h"
 #include "train/train_dit.h"
 #include "training_job.h"
@@ -55,6 +56,7 @@ constexpr FlagKey kFlags[] = {
     {"--vae", "vae_dir", OnResume::kFixed},
     {"--clip", "clip_dir", OnResume::kFixed},
     {"--limit-images", "limit_images", OnResume::kFixed},
+    {"--init-from", "init_from", OnResume::kFixed},
     {"--steps", "steps", OnResume::kOptimisation},
     {"--lr", "lr", OnResume::kOptimisation},
     {"--warmup", "warmup", OnResume::kOptimisation},
@@ -106,6 +108,12 @@ TrainCommand::TrainCommand(CLI::App& app) {
       ->capture_default_str();
   cmd_->add_option("--resume", resume_,
                    "continue from a checkpoint folder (OUT/latest or OUT/checkpoint-<step>)");
+  cmd_->add_option("--init-from", c.init_from,
+                   "start a new run from the weights of a model folder stipple exported (or a "
+                   "checkpoint): its transformer's shape sets --depth/--width/--heads/--patch, "
+                   "the EMA starts from it, the optimizer afresh; emoji: its vae/ and CLIP too "
+                   "unless --vae/--clip are given")
+      ->excludes("--resume");
   // model
   cmd_->add_option("--depth", c.depth, "DiT blocks")
       ->capture_default_str()
@@ -221,6 +229,25 @@ train::TrainConfig TrainCommand::resume_config() const {
   return train::TrainConfig::from_json(merged, "resumed training config");
 }
 
+void TrainCommand::adopt_init_shape() {
+  if (config_.init_from.empty()) return;
+  const std::string path = config_.init_from + "/transformer/config.json";
+  STIPPLE_CHECK(std::filesystem::is_regular_file(path), "--init-from ", config_.init_from,
+                ": it has no transformer/config.json (give a model folder that stipple train "
+                "exported, or one of its checkpoints)");
+  const io::JsonConfig j = io::JsonConfig::from_file(path);
+  auto take = [&](const char* flag, int& value, int from_file) {
+    if (cmd_->count(flag) == 0) value = from_file;
+  };
+  const int heads = static_cast<int>(j.integer("num_attention_heads"));
+  take("--depth", config_.depth, static_cast<int>(j.integer("num_layers")));
+  take("--heads", config_.heads, heads);
+  take("--width", config_.width, heads * static_cast<int>(j.integer("attention_head_dim")));
+  take("--patch", config_.patch, static_cast<int>(j.integer("patch_size")));
+  if (cmd_->count("--learned-sigma") == 0)
+    config_.learned_sigma = j.integer("out_channels", 0) == 2 * j.integer("in_channels", 0);
+}
+
 int TrainCommand::run() {
   config_.pad_to_32 = !no_pad_;
   TrainingJob job(dist_timeout_);
@@ -230,6 +257,7 @@ int TrainCommand::run() {
                               ? config_.out_dir
                               : std::filesystem::path(resume_).parent_path().string();
   return job.run("train", "--resume " + out + "/latest", [&] {
+    if (resume_.empty()) adopt_init_shape();
     const train::TrainConfig config = resume_.empty() ? config_ : resume_config();
     job.announce(config.batch_size);
     return train(job.comm(), config);

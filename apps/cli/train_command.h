@@ -20,6 +20,8 @@ class TrainCommand {
   // The checkpoint's config with the flags given on the command line: those that fix the model or
   // the data order must agree with it; the others replace its values.
   train::TrainConfig resume_config() const;
+  // --init-from: the model-shape flags not given take the folder's transformer/config.json.
+  void adopt_init_shape();
   int train(train::Communicator& comm, const train::TrainConfig& config);
 
   CLI::App* cmd_;

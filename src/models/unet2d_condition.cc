@@ -451,22 +451,27 @@ Tensor UNet2DConditionModel::forward(const Tensor& sample, const Tensor& timeste
                 "UNet2DConditionModel: sample ", sample.defined() ? sample.describe() : "undefined",
                 " must be [B, ", c.in_channels, ", H, W] (in_channels = ", c.in_channels, ")");
   const int64_t batch = sample.size(0);
-  STIPPLE_CHECK(encoder_hidden_states.defined() && encoder_hidden_states.dim() == 3 &&
-                    encoder_hidden_states.size(0) == batch,
-                "UNet2DConditionModel: encoder_hidden_states ",
-                encoder_hidden_states.defined() ? encoder_hidden_states.describe() : "undefined",
-                " must be [", batch, ", T, D]");
-  // Every cross-attention block projects the context with to_k/to_v [inner, cross_attention_dim].
-  const int64_t width = encoder_hidden_states.size(2);
-  for (size_t i = 0; i < c.down_block_types.size(); ++i) {
-    const bool attends =
-        c.down_block_types[i] == "CrossAttnDownBlock2D" ||
-        c.up_block_types[c.up_block_types.size() - 1 - i] == "CrossAttnUpBlock2D" ||
-        (mid_block_ && i + 1 == c.down_block_types.size());
-    STIPPLE_CHECK(!attends || width == c.cross_attention_dim[i],
-                  "UNet2DConditionModel: encoder_hidden_states ", encoder_hidden_states.describe(),
-                  " must have cross_attention_dim = ", c.cross_attention_dim[i],
-                  " features (block ", i, ")");
+  // Every cross-attention block projects the context with to_k/to_v [inner, cross_attention_dim];
+  // a UNet without any (an image-conditioned super-resolution UNet) takes no context.
+  auto attends = [&](size_t i) {
+    return c.down_block_types[i] == "CrossAttnDownBlock2D" ||
+           c.up_block_types[c.up_block_types.size() - 1 - i] == "CrossAttnUpBlock2D" ||
+           (mid_block_ && i + 1 == c.down_block_types.size());
+  };
+  bool any_attends = false;
+  for (size_t i = 0; i < c.down_block_types.size(); ++i) any_attends = any_attends || attends(i);
+  if (any_attends || encoder_hidden_states.defined()) {
+    STIPPLE_CHECK(encoder_hidden_states.defined() && encoder_hidden_states.dim() == 3 &&
+                      encoder_hidden_states.size(0) == batch,
+                  "UNet2DConditionModel: encoder_hidden_states ",
+                  encoder_hidden_states.defined() ? encoder_hidden_states.describe() : "undefined",
+                  " must be [", batch, ", T, D]");
+    const int64_t width = encoder_hidden_states.size(2);
+    for (size_t i = 0; i < c.down_block_types.size(); ++i)
+      STIPPLE_CHECK(!attends(i) || width == c.cross_attention_dim[i],
+                    "UNet2DConditionModel: encoder_hidden_states ",
+                    encoder_hidden_states.describe(), " must have cross_attention_dim = ",
+                    c.cross_attention_dim[i], " features (block ", i, ")");
   }
   auto emit = [&](const std::string& path, const Tensor& value) {
     if (hook) hook(path, value);

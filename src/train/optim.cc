@@ -293,6 +293,25 @@ void Ema::step(const std::vector<Tensor>& params) {
   }
 }
 
+void Ema::restart_at_full_decay(const std::vector<Tensor>& params) {
+  STIPPLE_CHECK(params.size() == shadow_.size(), "Ema::restart_at_full_decay: ", params.size(),
+                " parameters, but the EMA holds ", shadow_.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    check_param(params[i], i, "Ema::restart_at_full_decay");
+    copy_values(shadow_[i], params[i], "param " + std::to_string(i));
+  }
+  // The first optimisation step whose decay is the full one (decay_at rises monotonically to
+  // config.decay; a decay of 1 is never reached by the warm-ups' formulas, so stop at 2^40).
+  int64_t s = 1;
+  while (s < (int64_t{1} << 40) && decay_at(s + 1) < config_.decay) s *= 2;
+  int64_t lo = s / 2, hi = s;  // decay_at(lo + 1) < decay <= decay_at(hi + 1), or hi at the cap
+  while (hi - lo > 1) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    (decay_at(mid + 1) < config_.decay ? lo : hi) = mid;
+  }
+  optimization_step_ = hi;
+}
+
 void Ema::copy_to(const std::vector<Tensor>& params) const {
   STIPPLE_CHECK(params.size() == shadow_.size(), "Ema::copy_to: ", params.size(),
                 " parameters, but the EMA holds ", shadow_.size());

@@ -132,6 +132,9 @@ class Ema {
 
   const std::vector<Tensor>& shadow_params() const { return shadow_; }
   int64_t optimization_step() const { return optimization_step_; }
+  // Restarts the average at `params` with the warm-up already behind it: the next step() uses
+  // the full decay (for weights that are an average already, as a warm start's).
+  void restart_at_full_decay(const std::vector<Tensor>& params);
 
   // "optimization_step" (i64 0-d) and "shadow.{i}".
   std::map<std::string, Tensor> state_dict() const;

@@ -94,17 +94,27 @@ void TextDiTDenoiser::write_components(const std::string& dir) const {
     copy_folder(clip_dir_ + "/" + part, dir + "/" + part);
 }
 
-std::unique_ptr<Trainer> train_text_to_image(const TrainConfig& config,
+std::unique_ptr<Trainer> train_text_to_image(const TrainConfig& given,
                                              const std::string& resume_dir,
                                              const TrainCallbacks& callbacks,
                                              Communicator* comm) {
+  // A warm start from a whole pipeline folder brings its VAE and CLIP too, unless others are given.
+  TrainConfig config = given;
+  if (!config.init_from.empty() && resume_dir.empty()) {
+    namespace fs = std::filesystem;
+    if (config.vae_dir.empty() && fs::is_directory(fs::path(config.init_from) / "vae"))
+      config.vae_dir = (fs::path(config.init_from) / "vae").string();
+    if (config.clip_dir.empty() && fs::is_directory(fs::path(config.init_from) / "text_encoder"))
+      config.clip_dir = config.init_from;
+  }
   auto say = [&](const std::string& s) {
     if (callbacks.message) callbacks.message(s);
   };
   if (!resume_dir.empty()) Trainer::read_checkpoint_config(resume_dir);
   STIPPLE_CHECK(!config.vae_dir.empty() && !config.clip_dir.empty(),
                 "text-to-image training needs a VAE folder (--vae, from stipple train-vae) and a "
-                "CLIP folder (--clip, from stipple train-clip)");
+                "CLIP folder (--clip, from stipple train-clip), or a text-to-image model folder "
+                "to start from (--init-from) that holds both");
   const std::string data_dir = config.data_dir.empty() || config.data_dir == FashionMnist::kDefaultDir
                                    ? EmojiData::default_dir()
                                    : config.data_dir;
@@ -178,7 +188,10 @@ std::unique_ptr<Trainer> train_text_to_image(const TrainConfig& config,
   trainer->set_sample_labels(sample_labels);
   if (comm != nullptr) trainer->set_communicator(*comm);
   no_grad.reset();
-  if (!resume_dir.empty()) trainer->resume(resume_dir);
+  if (!resume_dir.empty())
+    trainer->resume(resume_dir);
+  else if (!config.init_from.empty())
+    trainer->warm_start(config.init_from);
   // Scores during training (eval.csv): the same evaluation as `stipple eval`, on fewer prompts
   // (by rank 0, which alone writes).
   TrainCallbacks cb = callbacks;

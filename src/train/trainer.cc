@@ -62,6 +62,7 @@ json TrainConfig::to_json() const {
               {"data_dir", data_dir},
               {"vae_dir", vae_dir},
               {"clip_dir", clip_dir},
+              {"init_from", init_from},
               {"limit_images", limit_images},
               {"pad_to_32", pad_to_32},
               {"hflip", hflip},
@@ -106,6 +107,7 @@ TrainConfig TrainConfig::from_json(const json& j, const std::string& where) {
   t.data_dir = c.string("data_dir", t.data_dir);
   t.vae_dir = c.string("vae_dir", t.vae_dir);
   t.clip_dir = c.string("clip_dir", t.clip_dir);
+  t.init_from = c.string("init_from", t.init_from);
   t.limit_images = c.integer("limit_images", t.limit_images);
   t.pad_to_32 = c.boolean("pad_to_32", t.pad_to_32);
   t.hflip = c.boolean("hflip", t.hflip);
@@ -523,6 +525,24 @@ void Trainer::resume(const std::string& checkpoint_dir) {
     }
     if (r.step <= step_) log_.push_back(r);
   }
+}
+
+void Trainer::warm_start(const std::string& model_dir) {
+  STIPPLE_CHECK(step_ == 0, "Trainer::warm_start: the run is at step ", step_,
+                " already (warm-start a new run, or resume this one)");
+  const std::string path = model_dir + "/transformer/diffusion_pytorch_model.safetensors";
+  STIPPLE_CHECK(std::filesystem::is_regular_file(path), "cannot start from ", model_dir,
+                ": it has no transformer/diffusion_pytorch_model.safetensors (give a model folder "
+                "that stipple train exported or checkpointed)");
+  try {
+    autograd::NoGradGuard no_grad;
+    model_->module().load_state_dict(io::load_safetensors(path), /*strict=*/true, path);
+  } catch (const Error& e) {
+    throw Error(str_cat("cannot start from ", model_dir, ": its transformer does not fit the model "
+                        "this run trains (", e.what(), "); give the same --depth, --width, "
+                        "--heads, --patch as its transformer/config.json"));
+  }
+  ema_->restart_at_full_decay(params_);
 }
 
 double Trainer::run_seconds() const {

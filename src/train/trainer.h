@@ -86,6 +86,11 @@ struct TrainConfig {
   // ---- text-to-image (data "emoji"): the frozen components the denoiser works with ----
   std::string vae_dir;   // an AutoencoderKL folder (stipple train-vae's OUT/vae)
   std::string clip_dir;  // a CLIP folder (stipple train-clip's OUT: tokenizer/, text_encoder/, ...)
+  // ---- warm start ----
+  // A model folder this trainer exported or checkpointed (its transformer/, f16 or f32) whose
+  // weights start the run instead of the random initialisation (Trainer::warm_start). Recorded
+  // for the run's history; a resumed run takes its weights from the checkpoint instead.
+  std::string init_from;
   int64_t limit_images = 0;  // > 0: the first N training images only (tests)
   bool pad_to_32 = true;  // 28x28 framed to 32x32
   bool hflip = false;
@@ -181,6 +186,13 @@ class Trainer {
   // Restores weights, optimizer, EMA, RNG states, data position and step from a checkpoint
   // folder written by save_checkpoint(); checks that it fits this model and data.
   void resume(const std::string& checkpoint_dir);
+  // Starts from the weights of a model folder written by export_model() or save_checkpoint() (its
+  // transformer/, f16 or f32, widened to f32) instead of the random initialisation: the raw
+  // weights and the EMA both take them, the EMA at its full decay from the first step (the
+  // folder holds an average already, which a warming-up EMA would forget within a few hundred
+  // steps), and the optimizer starts fresh at step 0 of this config's schedule. Throws naming
+  // the folder when it is not such a folder or its transformer is shaped differently.
+  void warm_start(const std::string& model_dir);
 
   // Trains data-parallel with the ranks of `comm` (which must outlive the Trainer); call it on
   // every rank before resume() and run(). Without it the Trainer is a single process.
