@@ -20,6 +20,7 @@
 #include "classifier_command.h"
 #include "eval_command.h"
 #include "export_command.h"
+#include "sr_command.h"
 #include "vae_command.h"
 #include "clip_command.h"
 
@@ -131,6 +132,8 @@ int main(int argc, char** argv) {
   stipple::cli::EvalCommand eval_cmd(app);
   stipple::cli::VaeCommand vae_cmd(app);
   stipple::cli::ClipCommand clip_cmd(app);
+  stipple::cli::SrTrainCommand train_sr_cmd(app);
+  stipple::cli::UpscaleCommand upscale_cmd(app);
 
   try {
     app.parse(argc, argv);
@@ -153,6 +156,8 @@ int main(int argc, char** argv) {
     if (eval_cmd.selected()) return eval_cmd.run();
     if (vae_cmd.selected()) return vae_cmd.run();
     if (clip_cmd.selected()) return clip_cmd.run();
+    if (train_sr_cmd.selected()) return train_sr_cmd.run();
+    if (upscale_cmd.selected()) return upscale_cmd.run();
   } catch (const stipple::Error& e) {
     std::fprintf(stderr, "stipple: error: %s\n", e.what());
     return 1;

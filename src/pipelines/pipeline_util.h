@@ -51,6 +51,14 @@ Tensor to_nhwc(const Tensor& nchw);
 // Nearest-neighbour resize of [B, C, H, W] to [B, C, h, w], as F.interpolate(mode="nearest"):
 // source index floor(i * H / h).
 Tensor resize_nearest(const Tensor& x, int64_t h, int64_t w);
+// Bicubic resize of [B, C, H, W] to [B, C, h, w], as F.interpolate(mode="bicubic",
+// align_corners=False): Keys' cubic convolution with a = -0.75 at source coordinate
+// (i + 0.5) * H / h - 0.5, edge pixels repeated beyond the border, separable (rows, then
+// columns). Not differentiable (data preparation and conditioning).
+Tensor resize_bicubic(const Tensor& x, int64_t h, int64_t w);
+// The mean of each factor x factor block: [B, C, H, W] -> [B, C, H/f, W/f] (F.avg_pool2d with
+// kernel = stride = factor; H and W must be multiples of the factor).
+Tensor downsample_area(const Tensor& x, int64_t factor);
 // Repeats a [1, ...] tensor to [n, ...] (batch copies).
 Tensor repeat_batch(const Tensor& x, int64_t n);
 
