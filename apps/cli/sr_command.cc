@@ -7,6 +7,8 @@
 #include "core/error.h"
 #include "io/png.h"
 #include "ops/ops.h"
+#include "io/json.h"
+#include "pipelines/stable_diffusion.h"
 #include "progress.h"
 #include "stop_signal.h"
 
@@ -137,16 +139,23 @@ int SrTrainCommand::run() {
 UpscaleCommand::UpscaleCommand(CLI::App& app) {
   cmd_ = app.add_subcommand(
       "upscale",
-      "Upscale an image with a super-resolution diffusion model (stipple train-sr): the PNG "
-      "(RGB or greyscale, as the model takes) becomes one scale times larger. Or, with "
-      "--evaluate N, score the model on N held-out images against bicubic.");
+      "Upscale an image with a super-resolution diffusion model: one stipple train-sr made (the "
+      "PNG, RGB or greyscale as the model takes, becomes `scale` times larger), or Stable "
+      "Diffusion's x4 upscaler (a StableDiffusionUpscalePipeline folder; --prompt describes the "
+      "image). Or, with --evaluate N, score a train-sr model on N held-out images against "
+      "bicubic.");
   cmd_->add_option("--model", model_, "super-resolution model folder")->required();
   cmd_->add_option("--image", image_, "the low-resolution PNG");
   cmd_->add_option("--out", out_, "output PNG");
   cmd_->add_option("--steps", params_.steps, "denoising steps")
       ->capture_default_str()
       ->check(CLI::Range(1, 1000));
-  cmd_->add_option("--sampler", sampler_, "sampler (as stipple generate)")->capture_default_str();
+  cmd_->add_option("--sampler", sampler_,
+                   "sampler (as stipple generate; default: the model's own scheduler)");
+  cmd_->add_option("--prompt", prompt_, "x4 upscaler: what the image shows");
+  cmd_->add_option("--negative-prompt", negative_prompt_, "x4 upscaler: what it should not");
+  cmd_->add_option("--cfg", cfg_, "x4 upscaler: classifier-free guidance scale")
+      ->capture_default_str();
   cmd_->add_option("--noise-level", params_.noise_level,
                    "augmentation level of the input (default: the model's)")
       ->check(CLI::Range(0, 999));
@@ -184,7 +193,50 @@ int UpscaleCommand::evaluate(const pipelines::SuperResolutionPipeline& model) {
   return 0;
 }
 
+int UpscaleCommand::run_x4() {
+  STIPPLE_CHECK(evaluate_ == 0, "--evaluate scores models from stipple train-sr, not the x4 upscaler");
+  STIPPLE_CHECK(!image_.empty() && !out_.empty(), "give --image LOW.png and --out HIGH.png");
+  const auto sd = pipelines::StableDiffusion::from_pretrained(model_);
+  const Image in = io::read_png(image_);
+  pipelines::GenerationParams p;
+  p.prompt = prompt_;
+  p.negative_prompt = negative_prompt_;
+  p.steps = params_.steps;
+  p.cfg = cfg_;
+  p.sampler = sampler_;
+  p.seed = params_.seed;
+  p.noise_level = params_.noise_level < 0 ? 20 : static_cast<int>(params_.noise_level);
+  p.init_image = image_for_channels(in, 3);
+  std::unique_ptr<ProgressBar> bar;
+  p.progress = [&](int done, int total) {
+    if (!bar) bar = std::make_unique<ProgressBar>("upscaling", total, !quiet_);
+    bar->update(done, "");
+  };
+  const Tensor out = sd.run(p);  // [1, 3, H, W] in [0, 1]
+  if (bar) bar->finish();
+  io::write_png(out_, io::tensor_to_image(out, 0.0f, 1.0f),
+                {{"parameters", str_cat(prompt_,
+                                        negative_prompt_.empty()
+                                            ? std::string()
+                                            : "\nNegative prompt: " + negative_prompt_,
+                                        "\nSteps: ", p.steps, ", CFG scale: ", p.cfg, ", Seed: ",
+                                        p.seed, ", Noise level: ", p.noise_level, ", Size: ",
+                                        out.size(3), "x", out.size(2), ", Model: ",
+                                        std::filesystem::path(model_).filename().string())}});
+  std::printf("wrote %s (%lldx%lld, from %dx%d)\n", out_.c_str(),
+              static_cast<long long>(out.size(3)), static_cast<long long>(out.size(2)), in.width,
+              in.height);
+  return 0;
+}
+
 int UpscaleCommand::run() {
+  const std::string index = (std::filesystem::path(model_) / "model_index.json").string();
+  if (std::filesystem::is_regular_file(index) &&
+      io::read_json_file(index).value("_class_name", std::string()) ==
+          "StableDiffusionUpscalePipeline")
+    return run_x4();
+  STIPPLE_CHECK(prompt_.empty() && negative_prompt_.empty(), model_,
+                " is a super-resolution model without text conditioning: leave out --prompt");
   const auto model = pipelines::SuperResolutionPipeline::from_pretrained(model_);
   if (evaluate_ > 0) {
     STIPPLE_CHECK(image_.empty(), "give --image or --evaluate, not both");
@@ -198,6 +250,7 @@ int UpscaleCommand::run() {
   const Tensor low = image_for_channels(in, model.channels());  // [1, C, h, w] in [0, 1]
   pipelines::UpscaleParams p = params_;
   p.sampler = sampler_;
+  const std::string sampler_name = sampler_.empty() ? "the model's own" : sampler_;
   std::unique_ptr<ProgressBar> bar;
   p.progress = [&](int done, int total) {
     if (!bar) bar = std::make_unique<ProgressBar>("upscaling", total, !quiet_);
@@ -208,7 +261,7 @@ int UpscaleCommand::run() {
   const int64_t level = p.noise_level < 0 ? model.default_noise_level() : p.noise_level;
   io::write_png(out_, io::tensor_to_image(out, 0.0f, 1.0f),
                 {{"parameters", str_cat("upscale x", model.scale(), " of ", image_, "\nSteps: ",
-                                        p.steps, ", Sampler: ", sampler_, ", Seed: ", p.seed,
+                                        p.steps, ", Sampler: ", sampler_name, ", Seed: ", p.seed,
                                         ", Noise level: ", level, ", Size: ", out.size(3), "x",
                                         out.size(2), ", Model: ",
                                         std::filesystem::path(model_).filename().string())}});

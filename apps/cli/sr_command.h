@@ -33,8 +33,11 @@ class UpscaleCommand {
 
  private:
   int evaluate(const pipelines::SuperResolutionPipeline& model);
+  int run_x4();  // Stable Diffusion's x4 upscaler (a StableDiffusionUpscalePipeline folder)
   CLI::App* cmd_;
-  std::string model_, image_, out_, sampler_ = "dpm++2m", classifier_, data_dir_;
+  std::string model_, image_, out_, sampler_, classifier_, data_dir_;
+  std::string prompt_, negative_prompt_;
+  float cfg_ = 9.0f;
   pipelines::UpscaleParams params_;
   int evaluate_ = 0;
   bool quiet_ = false;

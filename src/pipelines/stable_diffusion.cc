@@ -51,6 +51,7 @@ StableDiffusion StableDiffusion::from_pretrained(const std::string& folder, bool
   if (xl) done(*sd.text_encoder_2_);
   sd.scheduler_config_ =
       schedulers::SchedulerConfig::from_json((d / "scheduler" / "scheduler_config.json").string());
+  if (sd.unet_->config().in_channels == 7) load_upscaler_parts(sd, folder);
   sd.check_components(folder);
   if (low_memory) sd.enable_low_memory(folder, {});
   return sd;
@@ -130,9 +131,10 @@ void StableDiffusion::check_components(const std::string& where) const {
                           "text_encoder_2 and tokenizer_2"
                         : ": text_encoder_2 is only used with an SDXL UNet (addition_embed_type "
                           "\"text_time\"), which this UNet is not");
-  STIPPLE_CHECK(unet_->config().in_channels == 4 || unet_->config().in_channels == 9, where,
-                ": UNet in_channels ", unet_->config().in_channels,
-                " (expected 4, or 9 for an inpainting UNet)");
+  const int64_t in = unet_->config().in_channels;
+  STIPPLE_CHECK(in == 4 || in == 9 || (in == 7 && is_upscaler()), where, ": UNet in_channels ",
+                in, " (expected 4, 9 for an inpainting UNet, or 7 for the x4 upscaler with its "
+                "low_res_scheduler/)");
 }
 
 int64_t StableDiffusion::default_size() const {
@@ -306,7 +308,7 @@ Tensor StableDiffusion::denoise_and_decode(
     const Tensor x = extra_channels ? ops::concat({input, extra_channels(input)}, 1) : input;
     const Tensor ts = Tensor::from_vector({static_cast<float>(t)}, {1});
     const Tensor out =
-        unet_->forward(x, ts, r.prompt_embeds, Tensor(), nullptr, r.added);  // [N, 4, h, w]
+        unet_->forward(x, ts, r.prompt_embeds, r.class_labels, nullptr, r.added);  // [N, 4, h, w]
     if (observe) {
       observe("denoiser.sample", x);
       observe("denoiser.timestep", Tensor::from_vector({static_cast<float>(t)}, {1}));
@@ -339,6 +341,7 @@ Tensor StableDiffusion::denoise_and_decode(
 }
 
 Tensor StableDiffusion::run(const GenerationParams& params) const {
+  if (is_upscaler()) return run_upscale(params);
   if (params.mask.defined()) return run_inpaint(params);
   if (params.init_image.defined()) return run_img2img(params);
   return run_txt2img(params);

@@ -88,6 +88,9 @@ struct GenerationParams {
   // the decoder's peak memory becomes one tile's. Also on by itself for images over 4x the
   // VAE's sample_size in area.
   bool vae_tiling = false;
+  // The x4 upscaler (is_upscaler()): the noise level of the low-resolution image in init_image
+  // (diffusers' noise_level; at most the folder's max_noise_level).
+  int noise_level = 20;
   // Reproducing a diffusers run: initial latents as diffusers' `latents=` argument ([B, 4, h, w],
   // before init_noise_sigma), and noise injected in draw order (see NoiseSource).
   Tensor latents;
@@ -151,6 +154,9 @@ class StableDiffusion {
   Tensor run_txt2img(const GenerationParams& params) const;
   Tensor run_img2img(const GenerationParams& params) const;
   Tensor run_inpaint(const GenerationParams& params) const;
+  // Stable Diffusion's x4 upscaler (stable_diffusion_upscale.cc): init_image [1, 3, h, w] in
+  // [0, 1] -> [B, 3, 4h', 4w'] (h', w' rounded down to multiples of the VAE factor).
+  Tensor run_upscale(const GenerationParams& params) const;
   // Text-to-image up to params.denoising_end, without decoding: the latents a refiner takes.
   Tensor run_latents(const GenerationParams& params) const;
   // A refiner's part of the hand-off: denoises `latents` (from run_latents, [B, 4, h, w]) over the
@@ -188,6 +194,9 @@ class StableDiffusion {
   int64_t vae_scale_factor() const { return vae_->config().downscale_factor(); }
   int64_t default_size() const;
   bool is_inpainting_model() const { return unet_->config().in_channels == 9; }
+  // A StableDiffusionUpscalePipeline folder (7-channel UNet, low_res_scheduler/).
+  bool is_upscaler() const { return !low_res_alphas_cumprod_.empty(); }
+  int max_noise_level() const { return max_noise_level_; }
 
   const models::UNet2DConditionModel& unet() const { return *unet_; }
   const models::AutoencoderKL& vae() const { return *vae_; }
@@ -214,6 +223,8 @@ class StableDiffusion {
   // Reads the SDXL parts of a diffusers folder (text_encoder_2/, tokenizer_2/, model_index.json
   // flags); `sd` already holds the UNet.
   static void load_xl_parts(StableDiffusion& sd, const std::string& folder);
+  // The x4 upscaler's low_res_scheduler/ and max_noise_level (model_index.json).
+  static void load_upscaler_parts(StableDiffusion& sd, const std::string& folder);
   // The SDXL pipeline flags a model_index.json registers, with diffusers' defaults.
   void read_xl_flags(const std::string& model_index_path);
   // The posterior sample of `image` ([1, 3, H, W] in [-1, 1]) * scaling_factor; `index` numbers
@@ -260,6 +271,8 @@ class StableDiffusion {
   // The original values of the weights loras_ changed: component -> weight name -> tensor.
   std::map<std::string, std::map<std::string, Tensor>> lora_originals_;
   schedulers::SchedulerConfig scheduler_config_;
+  std::vector<float> low_res_alphas_cumprod_;  // the x4 upscaler's low_res_scheduler
+  int max_noise_level_ = 0;
   std::shared_ptr<Residency> residency_;  // low memory only
 };
 
@@ -270,6 +283,7 @@ struct StableDiffusion::Run {
   std::unique_ptr<NoiseSource> noise;
   Tensor prompt_embeds;  // [2B, 77, D] with guidance, else [B, 77, D]
   models::AddedConditions added;  // SDXL: pooled [2B or B, P] and time ids [2B or B, k]
+  Tensor class_labels;            // the x4 upscaler: the noise level, [2B or B]
   bool guided = false;
   int end_index = -1;  // SDXL denoising_end: the loop stops before timesteps()[end_index]
   Tensor init_image;    // [1, 3, H, W] in [-1, 1] (img2img, inpaint)
