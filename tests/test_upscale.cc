@@ -154,8 +154,13 @@ TEST(TrainSr, ResumeIsBitExactAndTheFolderUpscales) {
   const std::string level = testing::error_message([&] { model.run(low, p); });
   EXPECT_NE(level.find("above this model's maximum 50"), std::string::npos) << level;
   p.noise_level = -1;
-  const std::string rgb = testing::error_message([&] { model.run(Tensor::zeros({1, 3, 7, 7}), p); });
-  EXPECT_NE(rgb.find("greyscale"), std::string::npos) << rgb;
+  // an RGB input is taken as its luma
+  const Tensor rgb = g.rand({1, 3, 7, 9});
+  EXPECT_EQ(model.run(rgb, p).to_vector(),
+            model.run(pipelines::to_channels(rgb, 1), p).to_vector());
+  EXPECT_NE(testing::error_message([&] { model.run(Tensor::zeros({1, 2, 7, 7}), p); })
+                .find("[B, 1 or 3, h, w]"),
+            std::string::npos);
   const std::string other = testing::error_message([&] {
     pipelines::SuperResolutionPipeline::from_pretrained("../shared/conformance/sd_tiny");
   });

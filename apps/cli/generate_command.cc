@@ -167,6 +167,15 @@ GenerateCommand::GenerateCommand(CLI::App& app, Mode mode) : mode_(mode) {
                      "(stipple train-classifier --noisy), with --classifier-scale");
     cmd_->add_option("--classifier-scale", classifier_scale_,
                      "classifier guidance scale (Dhariwal & Nichol's s; 0: none)");
+    cmd_->add_option("--upscaler", upscaler_,
+                     "a cascade: a super-resolution model (stipple train-sr) that upscales every "
+                     "image drawn");
+    cmd_->add_option("--upscaler-steps", upscaler_steps_, "with --upscaler: its steps (default 30)")
+        ->check(CLI::Range(1, 1000));
+    cmd_->add_option("--noise-level", noise_level_,
+                     "with --upscaler: the noise level the drawn image is augmented to before "
+                     "upscaling (default: the upscaler's)")
+        ->check(CLI::Range(0, 999));
   } else {
     cmd_->add_option("--init-image", init_image_, "PNG to start from")->required();
     if (mode == Mode::kInpaint) {
@@ -239,6 +248,14 @@ int GenerateCommand::run() {
     r.classifier = classifier_;
     r.classifier_scale = classifier_scale_;
   }
+  if (mode_ == Mode::kGenerate) {
+    STIPPLE_CHECK(upscaler_.empty() || fs::exists(upscaler_), "no such upscaler folder: ",
+                  upscaler_);
+    STIPPLE_CHECK(!upscaler_.empty() || (upscaler_steps_ == 0 && noise_level_ < 0),
+                  "--upscaler-steps and --noise-level need --upscaler");
+    r.upscaler_steps = upscaler_steps_;
+    if (noise_level_ >= 0) r.noise_level = noise_level_;
+  }
   if (mode_ == Mode::kGenerate && cmd_->count("--refiner-switch-at")) {
     STIPPLE_CHECK(!refiner_.empty(), "--refiner-switch-at needs --refiner");
     r.refiner_switch_at = refiner_switch_at_;
@@ -256,6 +273,7 @@ int GenerateCommand::run() {
   OpenOptions options;
   options.tokenizer_dir = tokenizer_;
   options.refiner = refiner_;
+  options.upscaler = upscaler_;
   options.lora_dir = lora_dir_;
   options.embeddings_dir = embeddings_dir_;
   options.memory_limit_mb = memory_limit_mb_;

@@ -25,6 +25,9 @@ class GenerateCommand {
   std::string init_image_, mask_;
   std::string tokenizer_;  // for single-file checkpoints
   std::string refiner_;    // SDXL: a refiner model
+  std::string upscaler_;   // a cascade's super-resolution model
+  int upscaler_steps_ = 0;
+  int noise_level_ = -1;
   std::vector<std::string> loras_;  // FILE[:WEIGHT]
   std::string lora_dir_;
   std::string embeddings_dir_;

@@ -46,8 +46,9 @@ struct Image {
   std::vector<uint8_t> pixels;  // width * height * channels bytes
 };
 
-enum class Task { kTextToImage, kImageToImage, kInpaint, kClassToImage };
-const char* to_string(Task task);  // "txt2img", "img2img", "inpaint", "class2img"
+enum class Task { kTextToImage, kImageToImage, kInpaint, kClassToImage, kUpscale };
+// "txt2img", "img2img", "inpaint", "class2img", "upscale"
+const char* to_string(Task task);
 
 // A LoRA to merge into a Stable Diffusion model for a generation: a file (kohya/A1111 or
 // diffusers/PEFT keys, safetensors or a PyTorch checkpoint) and its weight.
@@ -93,6 +94,12 @@ struct GenerateRequest {
   // Stable Diffusion: decode in overlapping tiles (the VAE's memory becomes one tile's; seams are
   // blended). Also on by itself for images over 4x the VAE's native size in area.
   bool vae_tiling = false;
+  // Upscalers (task kUpscale: init_image is the low-resolution image) and the upscaler stage of
+  // a cascade (OpenOptions::upscaler): the noise level the low-resolution image is augmented to
+  // before the upscaler sees it (in [0, the model's max_noise_level]; unset: the model's default).
+  std::optional<int> noise_level;
+  // The upscaler stage of a cascade: its denoising steps (0: 30).
+  int upscaler_steps = 0;
 };
 
 // Called after every denoising step (and from the generating thread).
@@ -158,6 +165,8 @@ struct ModelDescription {
   int channels = 3;                      // of the images it draws (1: grey)
   std::vector<std::string> class_names;  // class models: the name of each id ("" when none)
   std::string refiner;                   // SDXL: the refiner's name when one was opened
+  std::string upscaler;                  // a cascade's upscaler name (OpenOptions::upscaler)
+  int scale = 1;                         // upscalers: output size / input size
   // OpenOptions::embeddings_dir's files that do not fit this model (another family's), each
   // with the reason.
   std::vector<std::string> skipped_embeddings;
@@ -177,6 +186,9 @@ struct OpenOptions {
   // SDXL: a refiner (diffusers folder or single file) that finishes text-to-image generations
   // from GenerateRequest::refiner_switch_at on (diffusers' "ensemble of expert denoisers").
   std::string refiner;
+  // A cascade (GLIDE, Imagen, CDM): a super-resolution model folder (stipple train-sr) that
+  // upscales every image this model draws, with GenerateRequest::upscaler_steps and noise_level.
+  std::string upscaler;
   // Where <lora:NAME:WEIGHT> prompt tags find NAME.safetensors ("" = tags are refused).
   std::string lora_dir;
   // Stable Diffusion: textual-inversion embeddings (A1111's .pt/.safetensors, SDXL's clip_l +

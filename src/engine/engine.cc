@@ -157,7 +157,8 @@ void take_lora_tags(std::string& prompt, const std::string& dir,
 Job resolve(const GenerateRequest& r, const ModelDescription& d, const std::string& lora_dir,
             std::vector<std::string>& notes) {
   Job job;
-  job.task = decide_task(r);
+  // An upscaler's only task is upscaling the init image; other models decide by the request.
+  job.task = has_task(d, Task::kUpscale) ? Task::kUpscale : decide_task(r);
   const std::string who = str_cat(d.name, " (", d.family, ")");
   const bool class_model = has_task(d, Task::kClassToImage);
   if (!has_task(d, job.task)) {
@@ -170,6 +171,27 @@ Job resolve(const GenerateRequest& r, const ModelDescription& d, const std::stri
                 ErrorKind::kUnsupported);
   }
   STIPPLE_CHECK(!r.mask || r.init_image, "a mask needs an init_image to repaint");
+  if (job.task == Task::kUpscale) {
+    STIPPLE_CHECK(r.init_image.has_value(), who,
+                  " is an upscaler: give init_image, the low-resolution image to upscale");
+    STIPPLE_CHECK(!r.mask, who, " is an upscaler; it does not inpaint (leave out the mask)");
+    STIPPLE_CHECK(r.class_labels.empty(), who, " is an upscaler; it takes no class labels");
+    if (!r.prompt.empty() && d.pipeline != "StableDiffusionUpscalePipeline")
+      notes.push_back("prompt: this upscaler has no text conditioning; it was not used");
+  }
+  STIPPLE_CHECK(!r.noise_level || (*r.noise_level >= 0 && *r.noise_level <= 999),
+                "noise_level must be in [0, 999] (and at most the upscaler's max_noise_level), got ",
+                r.noise_level.value_or(0));
+  job.noise_level = r.noise_level.value_or(-1);
+  STIPPLE_CHECK(r.upscaler_steps >= 0 && r.upscaler_steps <= 1000,
+                "upscaler_steps must be in [0, 1000] (0: 30), got ", r.upscaler_steps);
+  job.upscaler_steps = r.upscaler_steps > 0 ? r.upscaler_steps : 30;
+  if (job.task != Task::kUpscale && d.upscaler.empty()) {
+    if (r.noise_level)
+      notes.push_back("noise_level: it applies to upscalers; it was not used");
+    if (r.upscaler_steps > 0)
+      notes.push_back("upscaler_steps: no upscaler was opened with this model; it was not used");
+  }
   STIPPLE_CHECK(r.batch_size >= 1 && r.batch_size <= 256, "batch_size must be in [1, 256], got ",
                 r.batch_size);
   STIPPLE_CHECK(r.prompts.size() <= 4096, "at most 4096 prompts per request, got ",
@@ -359,6 +381,12 @@ std::string parameters_text(const Job& job, const ModelDescription& d, const std
   if (job.classifier_scale != 0)
     t += str_cat(", Classifier: ", fs::path(job.classifier_dir).filename().string(),
                  ", Classifier scale: ", format_number(job.classifier_scale));
+  if (job.task == Task::kUpscale && job.noise_level >= 0)
+    t += str_cat(", Noise level: ", job.noise_level);
+  if (!d.upscaler.empty() && job.task != Task::kUpscale) {
+    t += str_cat(", Upscaler: ", d.upscaler, ", Upscaler steps: ", job.upscaler_steps);
+    if (job.noise_level >= 0) t += str_cat(", Noise level: ", job.noise_level);
+  }
   return t;
 }
 
@@ -370,6 +398,7 @@ const char* to_string(Task task) {
     case Task::kImageToImage: return "img2img";
     case Task::kInpaint: return "inpaint";
     case Task::kClassToImage: return "class2img";
+    case Task::kUpscale: return "upscale";
   }
   return "?";
 }
@@ -476,6 +505,21 @@ Engine Engine::open(const std::string& given, const OpenOptions& options) {
   STIPPLE_CHECK_KIND(options.refiner.empty() || !model->description.refiner.empty(),
                      kInvalidArgument, "a refiner finishes SDXL generations, but ", given,
                      " is a ", model->description.family, " model");
+  if (!options.upscaler.empty()) {
+    STIPPLE_CHECK_KIND(fs::exists(options.upscaler), kNotFound, "no such upscaler model: ",
+                       options.upscaler);
+    STIPPLE_CHECK_KIND(!has_task(model->description, Task::kUpscale), kInvalidArgument, given,
+                       " is an upscaler itself; a cascade's upscaler follows a generator");
+    try {
+      model->upscaler = std::make_shared<const pipelines::SuperResolutionPipeline>(
+          pipelines::SuperResolutionPipeline::from_pretrained(options.upscaler));
+    } catch (const Error& e) {
+      throw Error(str_cat("the upscaler ", options.upscaler, ": ", e.what()),
+                  ErrorKind::kInvalidArgument);
+    }
+    model->description.upscaler = model_name(options.upscaler);
+    model->description.scale = static_cast<int>(model->upscaler->scale());
+  }
   model->memory_limit_mb = options.memory_limit_mb;
   model->lora_dir = options.lora_dir;
   model->description.path = given;
@@ -531,6 +575,25 @@ GenerateResult Engine::generate(const GenerateRequest& request, const ProgressCa
     throw Error(str_cat("not enough memory to generate ", job.prompts.size() +
                         job.class_labels.size(), " image(s) with ", d.name),
                 ErrorKind::kResourceExhausted);
+  }
+  if (model_->upscaler && job.task != Task::kUpscale) {
+    // A cascade: each image through the upscaler with its own seed; progress restarts for the
+    // upscaler's steps.
+    const pipelines::SuperResolutionPipeline& sr = *model_->upscaler;
+    const int64_t count = out.images.size(0);
+    std::vector<Tensor> big;
+    for (int64_t i = 0; i < count; ++i) {
+      pipelines::UpscaleParams p;
+      p.steps = job.upscaler_steps;
+      p.noise_level = job.noise_level;
+      p.seed = out.seeds[static_cast<size_t>(i)];
+      p.progress = [&job, i, count](int done, int total) {
+        job.step(static_cast<int>(i * total + done), static_cast<int>(count * total));
+      };
+      const Tensor up = sr.run(out.images.narrow(0, i, 1), p);  // [1, C', sH, sW]
+      big.push_back(pipelines::to_channels(up, out.images.size(1)));
+    }
+    out.images = big.size() == 1 ? big[0] : ops::concat(big, 0);
   }
   const int64_t n = out.images.size(0), h = out.images.size(2), w = out.images.size(3);
   STIPPLE_ASSERT(static_cast<size_t>(n) == out.what.size() &&

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -19,6 +20,7 @@
 #include "models/fashion_classifier.h"
 #include "models/lora.h"
 #include "pipelines/pipeline_util.h"
+#include "pipelines/upscale.h"
 #include "stipple/stipple.h"
 
 namespace stipple {
@@ -52,6 +54,10 @@ struct Job {
   std::vector<std::vector<models::LoraSpec>> loras;
   std::vector<models::LoraSpec> request_loras;  // GenerateRequest::loras
   bool vae_tiling = false;
+  // Upscalers and a cascade's upscaler stage: the low-res image's noise level (-1: the model's
+  // default) and the stage's steps.
+  int noise_level = -1;
+  int upscaler_steps = 30;
   // Called after each step with (done, total); throws kCancelled when the token is set.
   std::function<void(int, int)> step;
   // Live previews (GenerateRequest::preview_every): the image being drawn, [1, C, H, W] in
@@ -84,6 +90,8 @@ class Engine::Model {
   virtual uint64_t estimate_bytes(const Job&) const { return 0; }
   ModelDescription description;
   uint64_t memory_limit_mb = 0;  // OpenOptions::memory_limit_mb
+  // OpenOptions::upscaler: upscales every image run() draws (a cascade); null without one.
+  std::shared_ptr<const pipelines::SuperResolutionPipeline> upscaler;
   std::string lora_dir;          // OpenOptions::lora_dir
 };
 

@@ -15,6 +15,7 @@
 #include "pipelines/model_info.h"
 #include "pipelines/stable_diffusion.h"
 #include "pipelines/text_dit_pipeline.h"
+#include "pipelines/upscale.h"
 #include "schedulers/scheduler.h"
 #include "train/datasets.h"
 #include "train/evaluate.h"
@@ -422,6 +423,109 @@ std::unique_ptr<Engine::Model> open_text_dit(const std::string& path, const Open
   return m;
 }
 
+// ---------------- upscalers: stipple's SR3 models and Stable Diffusion's x4 ----------------
+
+class SuperResolutionModel : public Engine::Model {
+ public:
+  explicit SuperResolutionModel(pipelines::SuperResolutionPipeline pipe) : pipe_(std::move(pipe)) {}
+  const pipelines::SuperResolutionPipeline& pipeline() const { return pipe_; }
+
+  Output run(const Job& job) const override {
+    const int64_t n = static_cast<int64_t>(job.prompts.size());  // batch_size copies
+    Output out;
+    out.images = each_image(job, n, [&](int64_t i, const std::function<void(int, int)>& step) {
+      pipelines::UpscaleParams p;
+      p.steps = job.steps;
+      p.sampler = job.sampler;
+      p.noise_level = job.noise_level;
+      p.seed = job.seed + static_cast<uint64_t>(i);
+      p.progress = step;
+      return pipe_.run(job.init_image, p);
+    });
+    for (int64_t i = 0; i < n; ++i) {
+      out.what.push_back(str_cat("upscale x", pipe_.scale()));
+      out.seeds.push_back(job.seed + static_cast<uint64_t>(i));
+    }
+    return out;
+  }
+
+ private:
+  pipelines::SuperResolutionPipeline pipe_;
+};
+
+bool is_super_resolution(const std::string& path) {
+  return class_name_of(path) == pipelines::kSuperResolutionPipeline;
+}
+
+std::unique_ptr<Engine::Model> open_super_resolution(const std::string& path, const OpenOptions&) {
+  auto m = std::make_unique<SuperResolutionModel>(
+      pipelines::SuperResolutionPipeline::from_pretrained(path));
+  ModelDescription& d = m->description;
+  d.family = "super-resolution";
+  d.pipeline = pipelines::kSuperResolutionPipeline;
+  d.tasks = {Task::kUpscale};
+  d.default_steps = 30;
+  d.default_cfg_scale = 0;
+  d.default_sampler = "dpm++2m";
+  d.channels = static_cast<int>(m->pipeline().channels());
+  d.scale = static_cast<int>(m->pipeline().scale());
+  return m;
+}
+
+class X4UpscalerModel : public Engine::Model {
+ public:
+  explicit X4UpscalerModel(pipelines::StableDiffusion sd) : sd_(std::move(sd)) {}
+
+  Output run(const Job& job) const override {
+    const int64_t n = static_cast<int64_t>(job.prompts.size());
+    Output out;
+    out.images = each_image(job, n, [&](int64_t i, const std::function<void(int, int)>& step) {
+      pipelines::GenerationParams p;
+      p.prompt = job.encoder_prompts[static_cast<size_t>(i)];
+      p.negative_prompt = job.negative_prompt;
+      p.steps = job.steps;
+      p.cfg = static_cast<float>(job.cfg_scale);
+      p.sampler = job.sampler;
+      p.seed = job.seed + static_cast<uint64_t>(i);
+      p.init_image = job.init_image;
+      p.noise_level = job.noise_level >= 0 ? job.noise_level : 20;  // diffusers' default
+      p.clip_skip = job.clip_skip;
+      p.prompt_syntax = job.prompt_syntax;
+      p.vae_tiling = job.vae_tiling;
+      p.progress = step;
+      return sd_.run_upscale(p);
+    });
+    out.what = job.prompts;
+    for (int64_t i = 0; i < n; ++i) out.seeds.push_back(job.seed + static_cast<uint64_t>(i));
+    return out;
+  }
+
+ private:
+  pipelines::StableDiffusion sd_;
+};
+
+bool is_x4_upscaler(const std::string& path) {
+  return class_name_of(path) == "StableDiffusionUpscalePipeline";
+}
+
+std::unique_ptr<Engine::Model> open_x4_upscaler(const std::string& path, const OpenOptions&) {
+  pipelines::StableDiffusion sd = pipelines::StableDiffusion::from_pretrained(path);
+  STIPPLE_CHECK_KIND(sd.is_upscaler(), kUnsupported, path,
+                     " says StableDiffusionUpscalePipeline but its UNet is not the x4 "
+                     "upscaler's (7 input channels, noise-level class embeddings)");
+  const int64_t f = sd.vae_scale_factor();
+  auto m = std::make_unique<X4UpscalerModel>(std::move(sd));
+  ModelDescription& d = m->description;
+  d.family = "SD x4 upscaler";
+  d.pipeline = "StableDiffusionUpscalePipeline";
+  d.tasks = {Task::kUpscale};
+  d.default_steps = 30;
+  d.default_cfg_scale = 9.0;
+  d.default_sampler = "ddim";
+  d.scale = static_cast<int>(f);
+  return m;
+}
+
 }  // namespace
 
 const std::vector<Engine::Family>& registry() {
@@ -434,6 +538,10 @@ const std::vector<Engine::Family>& registry() {
        open_pixel_dit},
       {"DiT", "a diffusers DiTPipeline folder (transformer/, vae/, scheduler/)", is_dit_folder,
        open_latent_dit},
+      {"super-resolution", "a StippleSuperResolutionPipeline folder (stipple train-sr)",
+       is_super_resolution, open_super_resolution},
+      {"SD x4 upscaler", "a diffusers StableDiffusionUpscalePipeline folder", is_x4_upscaler,
+       open_x4_upscaler},
       {"Stable Diffusion", "a diffusers StableDiffusion(Inpaint)Pipeline folder or a single-file "
        "SD 1.x/2.x .safetensors checkpoint", is_stable_diffusion, open_stable_diffusion,
        [](const std::string& path) { return pipelines::inspect_model(path).family; }},

@@ -38,6 +38,16 @@ Tensor sr_condition(const Tensor& low, const std::vector<int64_t>& levels,
   return resize_bicubic(noised, low.size(2) * scale, low.size(3) * scale);
 }
 
+Tensor to_channels(const Tensor& x, int64_t channels) {
+  STIPPLE_CHECK(x.dim() == 4 && (x.size(1) == 1 || x.size(1) == 3) &&
+                    (channels == 1 || channels == 3),
+                "to_channels: ", x.describe(), " to ", channels, " channels (1 or 3 only)");
+  if (x.size(1) == channels) return x;
+  if (channels == 3) return ops::concat({x, x, x}, 1);
+  const Tensor r = x.narrow(1, 0, 1), g = x.narrow(1, 1, 1), b = x.narrow(1, 2, 1);
+  return (r * 0.299f + g * 0.587f + b * 0.114f).contiguous();
+}
+
 SuperResolutionPipeline SuperResolutionPipeline::from_pretrained(const std::string& folder) {
   check_pipeline_layout(folder, kSuperResolutionPipeline, {"unet", "scheduler"});
   const fs::path d(folder);
@@ -87,9 +97,8 @@ SuperResolutionPipeline SuperResolutionPipeline::from_pretrained(const std::stri
 
 Tensor SuperResolutionPipeline::run(const Tensor& low, const UpscaleParams& params) const {
   autograd::NoGradGuard no_grad;
-  STIPPLE_CHECK(low.defined() && low.dim() == 4 && low.size(1) == channels_,
-                "upscale: the input image must be [B, ", channels_, ", h, w] for this model (",
-                channels_ == 1 ? "greyscale" : "RGB", "), got ",
+  STIPPLE_CHECK(low.defined() && low.dim() == 4 && (low.size(1) == 1 || low.size(1) == 3),
+                "upscale: the input image must be [B, 1 or 3, h, w], got ",
                 low.defined() ? low.describe() : "nothing");
   STIPPLE_CHECK(params.steps >= 1 && params.steps <= 1000, "upscale: steps must be in [1, 1000], got ",
                 params.steps);
@@ -101,7 +110,8 @@ Tensor SuperResolutionPipeline::run(const Tensor& low, const UpscaleParams& para
                 " (at most 4096x4096)");
   NoiseSource noise(params.seed, params.noise);
   // 1-2. the condition: the input in [-1, 1], noised to the level, upsampled
-  const Tensor low_pm = ops::affine(low.contiguous().to(DType::kF32), 2.0f, -1.0f);
+  const Tensor low_pm =
+      ops::affine(to_channels(low.contiguous().to(DType::kF32), channels_), 2.0f, -1.0f);
   const Tensor low_noise = noise.randn(low_pm.shape(), "the low-resolution noise");
   const Tensor cond = sr_condition(low_pm, std::vector<int64_t>(static_cast<size_t>(b), level),
                                    low_res_acp_, low_noise, scale_);  // [B, C, H, W]

@@ -39,6 +39,10 @@ Tensor sr_condition(const Tensor& low, const std::vector<int64_t>& levels,
                     const std::vector<float>& low_res_alphas_cumprod, const Tensor& noise,
                     int64_t scale);
 
+// [N, C, H, W] in [0, 1] with C in {1, 3} -> `channels` channels: RGB to grey by ITU-R BT.601
+// luma, grey to RGB by repetition.
+Tensor to_channels(const Tensor& x, int64_t channels);
+
 struct UpscaleParams {
   int steps = 30;
   std::string sampler;       // a name from schedulers::sampler_names(); "" = the folder's own
@@ -53,7 +57,8 @@ class SuperResolutionPipeline {
   // Reads a folder written by `stipple train-sr`; throws naming what is missing or wrong.
   static SuperResolutionPipeline from_pretrained(const std::string& folder);
 
-  // low [B, C, h, w] in [0, 1] (C = channels()) -> [B, C, scale*h, scale*w] in [0, 1].
+  // low [B, C, h, w] in [0, 1] -> [B, channels(), scale*h, scale*w] in [0, 1]. An RGB image for
+  // a greyscale model is taken as its luma, a grey one for an RGB model as grey RGB.
   Tensor run(const Tensor& low, const UpscaleParams& params) const;
 
   int64_t scale() const { return scale_; }
