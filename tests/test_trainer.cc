@@ -486,6 +486,17 @@ TEST(TrainDiT, ConfigErrors) {
   c.data = "cifar";
   EXPECT_NE(error_of([&] { load_training_data(c); }).find("unknown data set 'cifar'"),
             std::string::npos);
+  c = TrainConfig();
+  c.downsample = 3;
+  EXPECT_NE(error_of([&] { c.validate(); }).find("downsample must be 1, 2 or 4, got 3"),
+            std::string::npos);
+  c.downsample = 2;
+  c.pad_to_32 = false;
+  EXPECT_EQ(TrainConfig::from_json(c.to_json(), "test").downsample, 2);
+  if (fs::exists(std::string(FashionMnist::kDefaultDir) + "/train-images-idx3-ubyte.gz")) {
+    const TrainingData half = load_training_data(c);  // a cascade's base: 14x14 block means
+    EXPECT_EQ(half.images.shape(), (Shape{60000, 1, 14, 14}));
+  }
 }
 
 // Removes this process's temporary folders at the end.

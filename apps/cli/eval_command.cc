@@ -55,6 +55,16 @@ EvalCommand::EvalCommand(CLI::App& app) {
   cmd_->add_flag("--unconditional", c.unconditional,
                  "give the denoiser the null class (no classifier-free guidance): only "
                  "classifier guidance steers toward the class");
+  cmd_->add_option("--upscaler", c.upscaler_dir,
+                   "a cascade: upscale every sample with this super-resolution model (stipple "
+                   "train-sr) before scoring");
+  cmd_->add_option("--upscaler-steps", c.upscaler_steps, "with --upscaler: its steps")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
+  cmd_->add_option("--noise-level", c.noise_level,
+                   "with --upscaler: the samples' noise level before upscaling (default: the "
+                   "upscaler's)")
+      ->check(CLI::Range(0, 999));
   cmd_->add_option("--seed", c.seed, "noise seed")->capture_default_str();
   cmd_->add_option("--batch-size", c.batch_size, "images per denoiser batch")
       ->capture_default_str()
@@ -101,6 +111,12 @@ int EvalCommand::run() {
                 "--classifier-scale needs --guide-classifier (a noisy-image classifier)");
   if (!config_.guide_dir.empty())
     config_.guide = models::FashionClassifier::from_pretrained(config_.guide_dir);
+  STIPPLE_CHECK(!config_.upscaler_dir.empty() ||
+                    (cmd_->count("--upscaler-steps") == 0 && cmd_->count("--noise-level") == 0),
+                "--upscaler-steps and --noise-level need --upscaler");
+  if (!config_.upscaler_dir.empty())
+    config_.upscaler = std::make_shared<const pipelines::SuperResolutionPipeline>(
+        pipelines::SuperResolutionPipeline::from_pretrained(config_.upscaler_dir));
   config_.validate();
   const train::RealData real =
       train::load_real_data(data_dir_, classifier->config().image_size == 32);

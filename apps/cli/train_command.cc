@@ -49,6 +49,7 @@ constexpr FlagKey kFlags[] = {
     {"--seed", "seed", OnResume::kFixed},
     {"--no-pad", "pad_to_32", OnResume::kFixed},
     {"--hflip", "hflip", OnResume::kFixed},
+    {"--downsample", "downsample", OnResume::kFixed},
     {"--prediction", "prediction_type", OnResume::kFixed},
     {"--beta-schedule", "beta_schedule", OnResume::kFixed},
     {"--timesteps", "num_train_timesteps", OnResume::kFixed},
@@ -131,6 +132,11 @@ TrainCommand::TrainCommand(CLI::App& app) {
                  "2x output channels as the released DiTs (the extra ones are not trained)");
   cmd_->add_flag("--no-pad", no_pad_, "train on 28x28 (patch must divide 28)");
   cmd_->add_flag("--hflip", c.hflip, "random horizontal flips");
+  cmd_->add_option("--downsample", c.downsample,
+                   "train at 1/N size (block means): 2 with --no-pad gives 14x14 images, the "
+                   "base of a cascade (stipple generate --upscaler)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({1, 2, 4}));
   // optimisation
   cmd_->add_option("--steps", c.steps, "optimizer steps")
       ->capture_default_str()

@@ -33,6 +33,8 @@ void EvalConfig::validate() const {
   STIPPLE_CHECK(std::isfinite(cfg) && cfg >= 0, "--cfg must be >= 0, got ", cfg);
   STIPPLE_CHECK(std::isfinite(guide_scale) && std::abs(guide_scale) <= 1000,
                 "the classifier guidance scale must be in [-1000, 1000], got ", guide_scale);
+  STIPPLE_CHECK(upscaler_steps >= 1 && upscaler_steps <= 1000,
+                "the upscaler's steps must be in [1, 1000], got ", upscaler_steps);
   STIPPLE_CHECK(!unconditional || cfg <= 1.0f,
                 "an unconditional run takes no classifier-free guidance (--cfg 1), got ", cfg);
   STIPPLE_CHECK(guide_scale == 0.0f || (guide && guide->noisy()),
@@ -242,7 +244,7 @@ EvalResult evaluate(const ClassGenerator& generator, const models::FashionClassi
                 " classes but the generator ", K, " (use a classifier trained on the same data)");
   STIPPLE_CHECK(cc.in_channels == generator.channels(), "eval: the classifier takes ",
                 cc.in_channels, "-channel images but the generator makes ", generator.channels());
-  const int64_t S = generator.image_size();
+  const int64_t S = generator.image_size() * (config.upscaler ? config.upscaler->scale() : 1);
   STIPPLE_CHECK(S <= cc.image_size && (cc.image_size - S) % 2 == 0, "eval: the generator makes ", S,
                 "x", S, " images; the classifier takes ", cc.image_size, "x", cc.image_size,
                 " (or smaller ones it can frame)");
@@ -266,6 +268,26 @@ EvalResult evaluate(const ClassGenerator& generator, const models::FashionClassi
   // 1. generate
   const auto s0 = std::chrono::steady_clock::now();
   r.samples = generator.sample(r.labels, config, phase("sampling"));
+  if (config.upscaler) {  // a cascade's second stage, batch by batch
+    std::vector<Tensor> big;
+    const int64_t n = r.samples.size(0);
+    const int batches = static_cast<int>((n + config.batch_size - 1) / config.batch_size);
+    for (int64_t b = 0; b < n; b += config.batch_size) {
+      const int64_t m = std::min<int64_t>(config.batch_size, n - b);
+      pipelines::UpscaleParams p;
+      p.steps = config.upscaler_steps;
+      p.sampler = "dpm++2m";
+      p.noise_level = config.noise_level;
+      p.seed = config.seed + 1000 + static_cast<uint64_t>(b / config.batch_size);
+      const int index = static_cast<int>(b / config.batch_size);
+      p.progress = [&](int done, int total) {
+        if (progress) progress("upscaling", index * total + done, batches * total);
+      };
+      const Tensor unit = ops::affine(r.samples.narrow(0, b, m), 0.5f, 0.5f);
+      big.push_back(ops::affine(config.upscaler->run(unit, p), 2.0f, -1.0f));
+    }
+    r.samples = ops::concat(big, 0);
+  }
   r.sample_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - s0).count();
 
   // 2. CAS: the classifier on the generated images
@@ -307,6 +329,9 @@ nlohmann::json EvalResult::to_json() const {
           {"cfg", json_float(config.cfg)},
           {"classifier_guidance", {{"classifier", config.guide_dir},
                                    {"scale", json_float(config.guide_scale)}}},
+          {"upscaler", {{"model", config.upscaler_dir},
+                        {"steps", config.upscaler ? config.upscaler_steps : 0},
+                        {"noise_level", config.noise_level}}},
           {"unconditional", config.unconditional},
           {"seed", config.seed},
           {"samples_per_class", config.samples_per_class},
@@ -388,6 +413,10 @@ void write_eval_grid(const EvalResult& result, const std::string& path, int colu
                   ? str_cat(", Classifier scale: ", result.config.guide_scale)
                   : std::string(),
               ", Seed: ", result.config.seed, ", Size: ", s, "x", s, ", Model: ", result.model,
+              result.config.upscaler
+                  ? str_cat(", Upscaler: ", result.config.upscaler_dir,
+                            ", Upscaler steps: ", result.config.upscaler_steps)
+                  : std::string(),
               ", CAS: ", percent(result.cas), ", FID_feat: ", number(result.fid_feat));
   const fs::path parent = fs::path(path).parent_path();
   if (!parent.empty()) fs::create_directories(parent);

@@ -30,6 +30,7 @@
 #include "core/tensor.h"
 #include "models/dit.h"
 #include "models/fashion_classifier.h"
+#include "pipelines/upscale.h"
 #include "pipelines/pipeline_util.h"
 #include "schedulers/scheduler.h"
 
@@ -52,6 +53,13 @@ struct EvalConfig {
   // The denoiser unconditional (every image given the null class; no classifier-free guidance),
   // so that only the classifier steers toward the class: ADM's classifier-guided setting.
   bool unconditional = false;
+  // A cascade: every sample upscaled by this super-resolution model (stipple train-sr) before it
+  // is scored, with its steps (DPM-Solver++ 2M) and noise level (< 0: the model's default);
+  // sample seeds config.seed + 1000 + batch index.
+  std::shared_ptr<const pipelines::SuperResolutionPipeline> upscaler;
+  std::string upscaler_dir;  // where `upscaler` came from, for the record
+  int upscaler_steps = 30;
+  int noise_level = -1;
 
   void validate() const;
 };

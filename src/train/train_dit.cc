@@ -1,6 +1,7 @@
 #include "train/train_dit.h"
 
 #include "core/error.h"
+#include "pipelines/pipeline_util.h"
 #include "train/train_t2i.h"
 
 namespace stipple::train {
@@ -58,7 +59,10 @@ TrainingData load_training_data(const TrainConfig& config) {
   STIPPLE_CHECK(config.data == "fashion-mnist", "unknown data set '", config.data,
                 "' (stipple train knows: fashion-mnist)");
   FashionMnist d = FashionMnist::load(config.data_dir, Split::kTrain, config.pad_to_32);
-  return {d.images(), d.labels(), FashionMnist::class_names()};
+  if (config.downsample == 1) return {d.images(), d.labels(), FashionMnist::class_names()};
+  // 28 and 32 both divide by 1, 2 and 4 (TrainConfig::validate allows no other factor)
+  return {pipelines::downsample_area(d.images(), config.downsample), d.labels(),
+          FashionMnist::class_names()};
 }
 
 std::unique_ptr<Trainer> train_dit(const TrainConfig& config, const std::string& resume_dir,

@@ -65,6 +65,7 @@ json TrainConfig::to_json() const {
               {"init_from", init_from},
               {"limit_images", limit_images},
               {"pad_to_32", pad_to_32},
+              {"downsample", downsample},
               {"hflip", hflip},
               {"depth", depth},
               {"width", width},
@@ -110,6 +111,7 @@ TrainConfig TrainConfig::from_json(const json& j, const std::string& where) {
   t.init_from = c.string("init_from", t.init_from);
   t.limit_images = c.integer("limit_images", t.limit_images);
   t.pad_to_32 = c.boolean("pad_to_32", t.pad_to_32);
+  t.downsample = static_cast<int>(c.integer("downsample", t.downsample));
   t.hflip = c.boolean("hflip", t.hflip);
   t.depth = static_cast<int>(c.integer("depth", t.depth));
   t.width = static_cast<int>(c.integer("width", t.width));
@@ -174,6 +176,8 @@ void TrainConfig::validate() const {
   STIPPLE_CHECK(eval_prompts >= 2 && eval_prompts <= 1911,
                 "training config: eval_prompts must be in [2, 1911], got ", eval_prompts);
   STIPPLE_CHECK(limit_images >= 0, "training config: limit_images must be >= 0");
+  STIPPLE_CHECK(downsample == 1 || downsample == 2 || downsample == 4,
+                "training config: downsample must be 1, 2 or 4, got ", downsample);
 }
 
 float learning_rate(const TrainConfig& c, int64_t step) {

@@ -93,6 +93,7 @@ struct TrainConfig {
   std::string init_from;
   int64_t limit_images = 0;  // > 0: the first N training images only (tests)
   bool pad_to_32 = true;  // 28x28 framed to 32x32
+  int downsample = 1;     // Fashion-MNIST at 1/N size (2, with pad_to_32 off: 14x14, a cascade's base)
   bool hflip = false;
   // ---- model (DiT size) ----
   int depth = 6;
