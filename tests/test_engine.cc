@@ -23,17 +23,7 @@ using ::stipple::testing::shared_path;
 
 const std::string kFashion = std::string(STIPPLE_SOURCE_DIR) + "/models/fashion-mnist-dit";
 
-// Runs `fn`, expecting a stipple::Error of `kind` whose message holds `part`.
-template <typename Fn>
-void expect_error(Fn fn, ErrorKind kind, const std::string& part) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error; expected one containing: " << part;
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), kind) << e.what();
-    EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
-  }
-}
+using ::stipple::testing::expect_error;
 
 fs::path temp_dir(const std::string& name) {
   const fs::path d = fs::temp_directory_path() / str_cat("stipple_engine_", name, "_", ::getpid());

@@ -20,16 +20,7 @@ namespace fs = std::filesystem;
 
 const std::string kFashion = std::string(STIPPLE_SOURCE_DIR) + "/models/fashion-mnist-dit";
 
-template <typename Fn>
-void expect_error(Fn fn, ErrorKind kind, const std::string& part) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error; expected one containing: " << part;
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), kind) << e.what();
-    EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
-  }
-}
+using ::stipple::testing::expect_error;
 
 Image test_image(int w, int h, int channels) {
   Image im;

@@ -369,23 +369,28 @@ TEST(Plot, LossCurveDrawsAxesAndLines) {
 
 // The same resume check on a tiny DiT (the real model of `stipple train`), and its checkpoint and
 // export loading through DiTTransformer2DModel::from_pretrained.
-TEST(TrainDiT, ResumeIsBitExactAndCheckpointsLoad) {
-  TrainConfig c = tiny_config(temp_dir("dit_a"));
+// A one-block DiT over the 8x8 two-class data.
+TrainConfig tiny_dit_config(const std::string& out) {
+  TrainConfig c = tiny_config(out);
   c.depth = 1;
   c.width = 16;
   c.heads = 2;
   c.patch = 4;
+  c.sample_every = 0;
+  return c;
+}
+std::unique_ptr<Trainer> make_dit_trainer(const TrainConfig& c) {
+  const Data d = make_data();
+  return std::make_unique<Trainer>(c, std::make_unique<DiTDenoiser>(dit_config_for(c, 1, 8, 2)),
+                                   d.images, d.labels, std::vector<std::string>{"left", "top"});
+}
+
+TEST(TrainDiT, ResumeIsBitExactAndCheckpointsLoad) {
+  TrainConfig c = tiny_dit_config(temp_dir("dit_a"));
   c.learned_sigma = true;
   c.steps = 4;
   c.checkpoint_every = 2;
-  c.sample_every = 0;
-  const Data d = make_data();
-  const std::vector<std::string> names = {"left", "top"};
-  auto make = [&](const TrainConfig& cfg) {
-    return std::make_unique<Trainer>(cfg,
-                                     std::make_unique<DiTDenoiser>(dit_config_for(cfg, 1, 8, 2)),
-                                     d.images, d.labels, names);
-  };
+  const auto make = make_dit_trainer;
   auto a = make(c);
   a->run();
   TrainConfig cb = c;
@@ -422,20 +427,9 @@ TEST(TrainDiT, ResumeIsBitExactAndCheckpointsLoad) {
 }
 
 TEST(TrainDiT, WarmStartTakesAnExportedModel) {
-  TrainConfig c = tiny_config(temp_dir("warm_a"));
-  c.depth = 1;
-  c.width = 16;
-  c.heads = 2;
-  c.patch = 4;
+  TrainConfig c = tiny_dit_config(temp_dir("warm_a"));
   c.steps = 3;
-  c.sample_every = 0;
-  const Data d = make_data();
-  const std::vector<std::string> names = {"left", "top"};
-  auto make = [&](const TrainConfig& cfg) {
-    return std::make_unique<Trainer>(cfg,
-                                     std::make_unique<DiTDenoiser>(dit_config_for(cfg, 1, 8, 2)),
-                                     d.images, d.labels, names);
-  };
+  const auto make = make_dit_trainer;
   auto a = make(c);
   a->run();  // writes export/ (f16 EMA weights)
   TrainConfig cw = c;

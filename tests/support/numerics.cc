@@ -130,6 +130,16 @@ std::string error_message(const std::function<void()>& fn) {
   return "";
 }
 
+void expect_error(const std::function<void()>& fn, ErrorKind kind, const std::string& part) {
+  try {
+    fn();
+    ADD_FAILURE() << "no error; expected one containing: " << part;
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), kind) << e.what();
+    EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+  }
+}
+
 std::string shared_path(const std::string& relative) {
   const std::filesystem::path p = std::filesystem::path(STIPPLE_SHARED_DIR_FOR_SUPPORT) / relative;
   return std::filesystem::exists(p) ? p.string() : std::string();

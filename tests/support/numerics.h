@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "core/error.h"
 #include "core/tensor.h"
 
 namespace stipple::testing {
@@ -52,5 +53,8 @@ std::string test_data_path(const std::string& relative);
 
 // The message of the stipple::Error `fn` throws; "" when it throws none.
 std::string error_message(const std::function<void()>& fn);
+// Runs `fn`, expecting a stipple::Error of `kind` whose message holds `part` (a test failure
+// otherwise).
+void expect_error(const std::function<void()>& fn, ErrorKind kind, const std::string& part);
 
 }  // namespace stipple::testing

@@ -147,17 +147,7 @@ def sched_info(s):
     return d
 
 
-class Hooks(M.Hooks):
-    """make_sets' forward-output hooks + forward-input hooks (first positional argument)."""
-
-    def __init__(self, model, names, input_names=()):
-        super().__init__(model, names)
-        mods = dict(model.named_modules())
-        for n in input_names:
-            def pre(mod, inp, n=n):
-                self.rec["input." + n] = f32(inp[0])
-
-            self.handles.append(mods[n].register_forward_pre_hook(pre))
+Hooks = C.input_hooks(M)  # make_sets' output hooks + forward-input hooks
 
 
 class SDXLRecorder(M.PipeRecorder):

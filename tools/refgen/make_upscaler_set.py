@@ -210,17 +210,7 @@ def build(d, seed):
 # ------------------------------------------------------------------------------------------------
 
 
-class Hooks(M.Hooks):
-    """make_sets' forward-output hooks + forward-input hooks (first positional argument)."""
-
-    def __init__(self, model, names, input_names=()):
-        super().__init__(model, names)
-        mods = dict(model.named_modules())
-        for n in input_names:
-            def pre(mod, inp, n=n):
-                self.rec["input." + n] = f32(inp[0])
-
-            self.handles.append(mods[n].register_forward_pre_hook(pre))
+Hooks = C.input_hooks(M)  # make_sets' output hooks + forward-input hooks
 
 
 ONLY_CROSS_ATTN1 = "down_blocks.1.attentions.0.transformer_blocks.0.attn1"  # only_cross_attention=True block

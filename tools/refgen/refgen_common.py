@@ -43,6 +43,24 @@ def make_sets(setup=True, noise=True):
     return M
 
 
+def input_hooks(M):
+    """make_sets' forward-output hooks (M.Hooks) plus forward-input hooks: Hooks(model, names,
+    input_names) also records each input_names module's first positional argument as
+    "input.<name>"."""
+
+    class Hooks(M.Hooks):
+        def __init__(self, model, names, input_names=()):
+            super().__init__(model, names)
+            mods = dict(model.named_modules())
+            for n in input_names:
+                def pre(mod, inp, n=n):
+                    self.rec["input." + n] = M.f32(inp[0])
+
+                self.handles.append(mods[n].register_forward_pre_hook(pre))
+
+    return Hooks
+
+
 def shared_root():
     return os.path.dirname(os.path.dirname(refgen_dir()))  # .../shared
 
