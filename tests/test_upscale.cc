@@ -15,6 +15,7 @@
 #include "pipelines/pipeline_util.h"
 #include "pipelines/upscale.h"
 #include "schedulers/schedule.h"
+#include "schedulers/scheduler.h"
 #include "support/numerics.h"
 #include "train/datasets.h"
 #include "train/train_sr.h"
@@ -136,6 +137,7 @@ TEST(TrainSr, ResumeIsBitExactAndTheFolderUpscales) {
   EXPECT_EQ(model.channels(), 1);
   EXPECT_EQ(model.default_noise_level(), 10);
   EXPECT_EQ(model.unet().config().in_channels, 2);
+  EXPECT_EQ(model.scheduler_config().prediction_type, schedulers::PredictionType::kVPrediction);
   pipelines::UpscaleParams p;
   p.steps = 3;
   p.sampler = "dpm++2m";
@@ -169,7 +171,9 @@ TEST(TrainSr, ResumeIsBitExactAndTheFolderUpscales) {
   // held-out scoring against bicubic runs on the folder
   const train::HeldOut heldout = train::sr_heldout_images("fashion-mnist", "", 4);
   ASSERT_EQ(heldout.images.shape(), (Shape{4, 1, 28, 28}));
-  const train::SrMetrics m = train::evaluate_sr(model, heldout, 2, "", "");
+  pipelines::UpscaleParams ep;
+  ep.steps = 2;
+  const train::SrMetrics m = train::evaluate_sr(model, heldout, ep, "", "");
   EXPECT_EQ(m.images, 4);
   EXPECT_GT(m.psnr_bicubic, 10.0);
   EXPECT_GT(m.psnr_sr, 0.0);

@@ -72,6 +72,9 @@ SrTrainCommand::SrTrainCommand(CLI::App& app) {
                    "probability of blurring the low-res input (3x3 Gaussian, sigma 0.4-0.6)")
       ->capture_default_str()
       ->check(CLI::Range(0.0, 1.0));
+  cmd_->add_option("--prediction", c.prediction_type, "what the UNet predicts")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"v_prediction", "epsilon"}));
   cmd_->add_option("--steps", c.steps, "optimizer steps")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{1}, int64_t{100000000}));
@@ -176,8 +179,10 @@ int UpscaleCommand::evaluate(const pipelines::SuperResolutionPipeline& model) {
   const std::string data = index.value("data", std::string("fashion-mnist"));
   const train::HeldOut heldout = train::sr_heldout_images(data, data_dir_, evaluate_);
   std::unique_ptr<ProgressBar> bar;
+  pipelines::UpscaleParams p = params_;
+  p.sampler = sampler_;
   const train::SrMetrics m = train::evaluate_sr(
-      model, heldout, params_.steps, classifier_, out_, [&](int done, int total) {
+      model, heldout, p, classifier_, out_, [&](int done, int total) {
         if (!bar) bar = std::make_unique<ProgressBar>("upscaling", total, !quiet_);
         bar->update(done, "");
       });
@@ -185,7 +190,9 @@ int UpscaleCommand::evaluate(const pipelines::SuperResolutionPipeline& model) {
   std::printf("%s, %lld held-out images, %d steps, noise level %lld: PSNR %.2f dB (bicubic "
               "%.2f), SSIM %.4f (bicubic %.4f), %.1f s\n",
               data.c_str(), static_cast<long long>(m.images), params_.steps,
-              static_cast<long long>(model.default_noise_level()), m.psnr_sr, m.psnr_bicubic,
+              static_cast<long long>(p.noise_level < 0 ? model.default_noise_level()
+                                                       : p.noise_level),
+              m.psnr_sr, m.psnr_bicubic,
               m.ssim_sr, m.ssim_bicubic, m.seconds);
   if (m.accuracy_sr >= 0)
     std::printf("classifier accuracy: originals %.1f%%, bicubic %.1f%%, SR %.1f%%\n",
@@ -240,9 +247,7 @@ int UpscaleCommand::run() {
   const auto model = pipelines::SuperResolutionPipeline::from_pretrained(model_);
   if (evaluate_ > 0) {
     STIPPLE_CHECK(image_.empty(), "give --image or --evaluate, not both");
-    STIPPLE_CHECK(params_.noise_level < 0,
-                  "--evaluate scores the model at its own noise level (drop --noise-level)");
-    return evaluate(model);
+      return evaluate(model);
   }
   STIPPLE_CHECK(!image_.empty() && !out_.empty(),
                 "give --image LOW.png and --out HIGH.png (or --evaluate N)");

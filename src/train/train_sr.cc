@@ -19,6 +19,7 @@
 #include "models/fashion_classifier.h"
 #include "ops/ops.h"
 #include "schedulers/schedule.h"
+#include "schedulers/scheduler.h"
 #include "schedulers/training.h"
 #include "train/datasets.h"
 #include "train/emoji_data.h"
@@ -37,14 +38,14 @@ constexpr const char* kStateFile = "training_state.safetensors";
 constexpr int kTrainTimesteps = 1000;
 
 // The schedule both the denoiser and the augmentation use: DDPM's linear betas.
-json schedule_json(const char* class_name) {
+json schedule_json(const char* class_name, const std::string& prediction_type = "epsilon") {
   return json{{"_class_name", class_name},
               {"_diffusers_version", "0.29.0"},
               {"num_train_timesteps", kTrainTimesteps},
               {"beta_start", 0.0001},
               {"beta_end", 0.02},
               {"beta_schedule", "linear"},
-              {"prediction_type", "epsilon"},
+              {"prediction_type", prediction_type},
               {"clip_sample", false}};
 }
 
@@ -87,7 +88,8 @@ void write_sr_folder(const std::string& dir, const SrTrainConfig& c,
   io::save_safetensors(dir + "/unet/diffusion_pytorch_model.safetensors", unet.state_dict(),
                        {{"format", "pt"}});
   io::write_file_atomic(dir + "/scheduler/scheduler_config.json",
-                        schedule_json("DPMSolverMultistepScheduler").dump(2) + "\n");
+                        schedule_json("DPMSolverMultistepScheduler", c.prediction_type).dump(2) +
+                            "\n");
   io::write_file_atomic(dir + "/low_res_scheduler/scheduler_config.json",
                         schedule_json("DDPMScheduler").dump(2) + "\n");
 }
@@ -159,6 +161,7 @@ json SrTrainConfig::to_json() const {
               {"max_noise_level", max_noise_level},
               {"noise_level", noise_level},
               {"blur_prob", json_float(blur_prob)},
+              {"prediction_type", prediction_type},
               {"steps", steps},
               {"batch_size", batch_size},
               {"lr", json_float(lr)},
@@ -189,6 +192,7 @@ SrTrainConfig SrTrainConfig::from_json(const json& j, const std::string& where) 
   t.max_noise_level = c.integer("max_noise_level", t.max_noise_level);
   t.noise_level = c.integer("noise_level", t.noise_level);
   t.blur_prob = static_cast<float>(c.number("blur_prob", t.blur_prob));
+  t.prediction_type = c.string("prediction_type", t.prediction_type);
   t.steps = c.integer("steps", t.steps);
   t.batch_size = static_cast<int>(c.integer("batch_size", t.batch_size));
   t.lr = static_cast<float>(c.number("lr", t.lr));
@@ -227,6 +231,8 @@ void SrTrainConfig::validate() const {
                 "train-sr: need 0 <= noise level (", noise_level, ") <= max noise level (",
                 max_noise_level, ") < ", kTrainTimesteps);
   STIPPLE_CHECK(blur_prob >= 0 && blur_prob <= 1, "train-sr: blur probability must be in [0, 1]");
+  STIPPLE_CHECK(prediction_type == "epsilon" || prediction_type == "v_prediction",
+                "train-sr: prediction type \"", prediction_type, "\" (epsilon or v_prediction)");
   STIPPLE_CHECK(steps >= 1 && steps <= 100000000, "train-sr: steps must be in [1, 1e8]");
   STIPPLE_CHECK(batch_size >= 1 && batch_size <= 4096, "train-sr: batch size must be in [1, 4096]");
   STIPPLE_CHECK(lr > 0 && std::isfinite(lr), "train-sr: lr must be positive");
@@ -265,7 +271,8 @@ HeldOut sr_heldout_images(const std::string& data, const std::string& data_dir, 
 }
 
 SrMetrics evaluate_sr(const pipelines::SuperResolutionPipeline& model, const HeldOut& heldout,
-                      int steps, const std::string& classifier_dir, const std::string& compare_png,
+                      const pipelines::UpscaleParams& params, const std::string& classifier_dir,
+                      const std::string& compare_png,
                       const std::function<void(int, int)>& progress) {
   autograd::NoGradGuard no_grad;
   const Tensor& hi = heldout.images;  // [N, C, H, W] in [-1, 1]
@@ -280,10 +287,8 @@ SrMetrics evaluate_sr(const pipelines::SuperResolutionPipeline& model, const Hel
   constexpr int64_t kBatch = 50;
   for (int64_t b = 0; b < n; b += kBatch) {
     const int64_t m = std::min(kBatch, n - b);
-    pipelines::UpscaleParams p;
-    p.steps = steps;
-    p.sampler = "dpm++2m";
-    p.seed = static_cast<uint64_t>(b);
+    pipelines::UpscaleParams p = params;
+    p.seed = params.seed + static_cast<uint64_t>(b);
     const Tensor unit = ops::affine(low.narrow(0, b, m), 0.5f, 0.5f);  // [0, 1]
     parts.push_back(ops::affine(model.run(unit, p), 2.0f, -1.0f));      // [-1, 1]
     if (progress) progress(static_cast<int>(b + m), static_cast<int>(n));
@@ -322,8 +327,12 @@ SrMetrics evaluate_sr(const pipelines::SuperResolutionPipeline& model, const Hel
     io::write_png(compare_png, io::tensor_to_image(grid),
                   {{"parameters", str_cat("stipple train-sr: held-out images; rows: original, "
                                           "the low-resolution input (x", s, ", nearest), bicubic, "
-                                          "SR (", steps, " DPM++ 2M steps, noise level ",
-                                          model.default_noise_level(), ")")}});
+                                          "SR (", params.steps, " steps of ",
+                                          params.sampler.empty() ? "its own sampler" : params.sampler,
+                                          ", noise level ",
+                                          params.noise_level < 0 ? model.default_noise_level()
+                                                                 : params.noise_level,
+                                          ")")}});
   }
   return m;
 }
@@ -400,6 +409,8 @@ SrMetrics train_sr(const SrTrainConfig& config_in, bool resume,
   io::write_file_atomic(config.out_dir + "/train_config.json", config.to_json().dump(2) + "\n");
   const std::vector<float> acp = schedulers::alphas_cumprod_from_betas(
       schedulers::make_betas("linear", kTrainTimesteps, 0.0001, 0.02));
+  const schedulers::PredictionType prediction =
+      schedulers::parse_prediction_type(config.prediction_type);
 
   const auto start = std::chrono::steady_clock::now();
   auto seconds = [&] {
@@ -452,7 +463,8 @@ SrMetrics train_sr(const SrTrainConfig& config_in, bool resume,
     const Tensor xt = schedulers::add_noise(acp, x0, noise, t);
     const Tensor pred = unet->forward(ops::concat({xt, cond}, 1), t, Tensor(),
                                       Tensor::from_vector_i64(aug, {b}));
-    const Tensor loss = ops::mean(ops::square(pred - noise));
+    const Tensor target = schedulers::prediction_target(prediction, acp, x0, noise, t);
+    const Tensor loss = ops::mean(ops::square(pred - target));
     opt.zero_grad();
     loss.backward();
     const float gn = clip_grad_norm(params, config.grad_clip > 0
@@ -492,7 +504,9 @@ SrMetrics train_sr(const SrTrainConfig& config_in, bool resume,
     const auto model = pipelines::SuperResolutionPipeline::from_pretrained(config.out_dir);
     const HeldOut heldout = sr_heldout_images(config.data, config.data_dir, config.eval_images);
     say(str_cat("train-sr: upscaling ", heldout.images.size(0), " held-out images"));
-    m = evaluate_sr(model, heldout, config.eval_steps, config.classifier_dir,
+    pipelines::UpscaleParams p;
+    p.steps = config.eval_steps;
+    m = evaluate_sr(model, heldout, p, config.classifier_dir,
                     config.out_dir + "/compare.png");
   }
   json mj = m.to_json();

@@ -8,7 +8,11 @@
 //            blurred (3x3 Gaussian, sigma in [0.4, 0.6]) with probability blur_prob
 //   l      ~ U{0, ..., max_noise_level} per image; cond = sr_condition(low, l)   [B, C, H, W]
 //   t      ~ U{0, ..., T-1}; x_t = sqrt(acp_t) x0 + sqrt(1 - acp_t) eps
-//   loss   = |UNet(concat(x_t, cond), t, class = l) - eps|^2          (mean)
+//   loss   = |UNet(concat(x_t, cond), t, class = l) - v|^2            (mean)
+//            v = sqrt(acp_t) eps - sqrt(1 - acp_t) x0 (v-prediction, as SR3's successors and the
+//            x4 upscaler; an eps-predicting SR UNet is measurably worse than the trivial
+//            eps = x_t / sqrt(1 - acp_t) at the top of the schedule, and samples from t = 999
+//            then run off into noise), or eps with prediction_type "epsilon"
 // AdamW with warm-up and cosine decay, gradient clipping, an EMA of the weights (what is saved).
 //
 // The UNet is a diffusers UNet2DConditionModel without attention (DownBlock2D / UpBlock2D, no
@@ -42,6 +46,7 @@ struct SrTrainConfig {
   int64_t max_noise_level = 350;  // augmentation levels trained: [0, max]
   int64_t noise_level = 20;       // the folder's default at sampling
   float blur_prob = 0.0f;
+  std::string prediction_type = "v_prediction";  // or "epsilon"
   int64_t steps = 10000;
   int batch_size = 32;
   float lr = 2e-4f;
@@ -87,11 +92,12 @@ struct HeldOut {
 };
 HeldOut sr_heldout_images(const std::string& data, const std::string& data_dir, int64_t count);
 
-// Upscales the held-out images' low-resolution versions with `model` (the default noise level,
-// `steps` DPM-Solver++ 2M steps, seed 0) and scores them; writes a comparison grid when
-// `compare_png` is given (rows: original, bicubic, SR).
+// Upscales the held-out images' low-resolution versions with `model` (params: steps, sampler,
+// noise level; seed b for the batch starting at image b) and scores them; writes a comparison
+// grid when `compare_png` is given (rows: original, low-res, bicubic, SR).
 SrMetrics evaluate_sr(const pipelines::SuperResolutionPipeline& model, const HeldOut& heldout,
-                      int steps, const std::string& classifier_dir, const std::string& compare_png,
+                      const pipelines::UpscaleParams& params, const std::string& classifier_dir,
+                      const std::string& compare_png,
                       const std::function<void(int done, int total)>& progress = {});
 
 // Trains (or continues from out_dir when `resume`), then scores the held-out images.
