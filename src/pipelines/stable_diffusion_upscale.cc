@@ -102,17 +102,8 @@ Tensor StableDiffusion::run_upscale(const GenerationParams& p) const {
       Tensor::from_vector_i64(std::vector<int64_t>(static_cast<size_t>(rows), p.noise_level), {rows});
   if (p.observe) p.observe("denoiser.class_labels", r.class_labels);
 
-  // 4. latents at the low-res size
-  const Shape shape = {r.batch, unet_->config().out_channels, h, w};
-  Tensor latents;
-  if (p.latents.defined()) {
-    STIPPLE_CHECK(p.latents.shape() == shape, "latents must be ", shape_str(shape), ", got ",
-                  p.latents.describe());
-    latents = p.latents.contiguous();
-  } else {
-    latents = r.noise->randn(shape, "the initial latents");
-  }
-  latents = latents * static_cast<float>(r.scheduler->init_noise_sigma());
+  // 4. latents at the low-res size (r.width / f by r.height / f)
+  const Tensor latents = initial_latents(r, p);
 
   // 5.-6. denoise with the image channels after the latents, decode (x4)
   return denoise_and_decode(
