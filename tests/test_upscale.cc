@@ -163,10 +163,13 @@ TEST(TrainSr, ResumeIsBitExactAndTheFolderUpscales) {
   EXPECT_NE(testing::error_message([&] { model.run(Tensor::zeros({1, 2, 7, 7}), p); })
                 .find("[B, 1 or 3, h, w]"),
             std::string::npos);
+  // another pipeline's folder (the x4 upscaler's, which has unet/ and scheduler/ too)
   const std::string other = testing::error_message([&] {
-    pipelines::SuperResolutionPipeline::from_pretrained("../shared/conformance/sd_tiny");
+    pipelines::SuperResolutionPipeline::from_pretrained(testing::test_data_path("x4_upscaler_tiny"));
   });
-  EXPECT_FALSE(other.empty());
+  EXPECT_NE(other.find("is \"StableDiffusionUpscalePipeline\", not StippleSuperResolutionPipeline"),
+            std::string::npos)
+      << other;
 
   // held-out scoring against bicubic runs on the folder
   const train::HeldOut heldout = train::sr_heldout_images("fashion-mnist", "", 4);
