@@ -19,7 +19,8 @@
 #include "ops/ops.h"
 #include "pipelines/denoise.h"
 #include "pipelines/stable_diffusion.h"
-#include "schedulers/schedule.h"
+#include "schedulers/scheduler.h"
+#include "schedulers/training.h"
 
 namespace stipple::pipelines {
 
@@ -31,12 +32,9 @@ void StableDiffusion::load_upscaler_parts(StableDiffusion& sd, const std::string
   STIPPLE_CHECK(fs::is_regular_file(low_res), folder,
                 ": a 7-channel UNet is the x4 upscaler's, which needs low_res_scheduler/"
                 "scheduler_config.json (the noise schedule of the low-resolution image)");
-  const schedulers::SchedulerConfig lc = schedulers::SchedulerConfig::from_json(low_res.string());
-  sd.low_res_alphas_cumprod_ = schedulers::alphas_cumprod_from_betas(
-      lc.trained_betas.empty()
-          ? schedulers::make_betas(lc.beta_schedule, lc.num_train_timesteps, lc.beta_start,
-                                   lc.beta_end)
-          : lc.trained_betas);
+  sd.low_res_alphas_cumprod_ =
+      schedulers::make_scheduler(schedulers::SchedulerConfig::from_json(low_res.string()))
+          ->alphas_cumprod();
   const io::JsonConfig index = io::JsonConfig::from_file((d / "model_index.json").string());
   sd.max_noise_level_ = static_cast<int>(index.integer("max_noise_level", 350));
   const int64_t classes = sd.unet_->config().num_class_embeds;
@@ -93,8 +91,8 @@ Tensor StableDiffusion::run_upscale(const GenerationParams& p) const {
 
   // 3. the low-resolution image noised to the level (DDPM eq. 4 with the low-res schedule)
   const Tensor noise = r.noise->randn(image.shape(), "the low-resolution noise");
-  const float acp = low_res_alphas_cumprod_[static_cast<size_t>(p.noise_level)];
-  image = image * std::sqrt(acp) + noise * std::sqrt(1.0f - acp);
+  image = schedulers::add_noise(low_res_alphas_cumprod_, image, noise,
+                                Tensor::from_vector_i64({p.noise_level}, {1}));
   if (p.observe) p.observe("low_res.noised_image", image);
   const int64_t rows = r.guided ? 2 * r.batch : r.batch;
   const Tensor image_rows = repeat_batch(image, rows);  // [N, 3, h, w]

@@ -10,7 +10,6 @@
 #include "ops/ops.h"
 #include "pipelines/denoise.h"
 #include "pipelines/dit_pipeline.h"
-#include "schedulers/schedule.h"
 
 namespace stipple::pipelines {
 
@@ -83,12 +82,9 @@ SuperResolutionPipeline SuperResolutionPipeline::from_pretrained(const std::stri
                 " class embeddings (0 <= noise_level <= max_noise_level < num_class_embeds)");
   p.scheduler_config_ =
       schedulers::SchedulerConfig::from_json((d / "scheduler" / "scheduler_config.json").string());
-  const schedulers::SchedulerConfig lc = schedulers::SchedulerConfig::from_json(low_res.string());
-  p.low_res_acp_ = schedulers::alphas_cumprod_from_betas(
-      lc.trained_betas.empty()
-          ? schedulers::make_betas(lc.beta_schedule, lc.num_train_timesteps, lc.beta_start,
-                                   lc.beta_end)
-          : lc.trained_betas);
+  p.low_res_acp_ = schedulers::make_scheduler(
+                       schedulers::SchedulerConfig::from_json(low_res.string()))
+                       ->alphas_cumprod();
   STIPPLE_CHECK(p.max_noise_level_ < static_cast<int64_t>(p.low_res_acp_.size()), folder,
                 ": max_noise_level ", p.max_noise_level_, " is past the low-res schedule's ",
                 p.low_res_acp_.size(), " steps");

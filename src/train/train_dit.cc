@@ -76,10 +76,7 @@ std::unique_ptr<Trainer> train_dit(const TrainConfig& config, const std::string&
   auto trainer = std::make_unique<Trainer>(config, std::make_unique<DiTDenoiser>(dit), data.images,
                                            data.labels, data.class_names);
   if (comm != nullptr) trainer->set_communicator(*comm);
-  if (!resume_dir.empty())
-    trainer->resume(resume_dir);
-  else if (!config.init_from.empty())
-    trainer->warm_start(config.init_from);
+  trainer->begin(resume_dir);
   trainer->run(callbacks);
   return trainer;
 }

@@ -26,6 +26,7 @@
 #include "train/optim.h"
 #include "train/run_state.h"
 #include "train/train_vae.h"
+#include "train/train_classifier.h"
 #include "train/trainer.h"
 
 namespace stipple::train {
@@ -138,13 +139,6 @@ Tensor training_images(const SrTrainConfig& c) {
   if (c.limit_images > 0 && c.limit_images < f.size())
     return f.images().narrow(0, 0, c.limit_images).contiguous();
   return f.images();
-}
-
-int64_t argmax_row(const std::vector<float>& v, int64_t row, int64_t n) {
-  int64_t best = 0;
-  for (int64_t j = 1; j < n; ++j)
-    if (v[row * n + j] > v[row * n + best]) best = j;
-  return best;
 }
 
 }  // namespace
@@ -306,17 +300,13 @@ SrMetrics evaluate_sr(const pipelines::SuperResolutionPipeline& model, const Hel
   if (!classifier_dir.empty() && model.channels() == 1) {
     const auto classifier = models::FashionClassifier::from_pretrained(classifier_dir);
     const std::vector<int64_t> labels = heldout.labels.to_vector_i64();
-    auto accuracy = [&](const Tensor& x) {
-      const Tensor logits = classifier->logits(x);  // [N, classes]
-      const int64_t k = logits.size(1);
-      const std::vector<float> v = logits.contiguous().to_vector();
-      int64_t right = 0;
-      for (int64_t i = 0; i < n; ++i) right += argmax_row(v, i, k) == labels[static_cast<size_t>(i)];
-      return static_cast<double>(right) / static_cast<double>(n);
+    const int64_t k = classifier->config().num_classes;
+    auto accuracy_of = [&](const Tensor& x) {
+      return static_cast<double>(accuracy(classify(*classifier, x), labels, k).overall);
     };
-    m.accuracy_real = accuracy(hi);
-    m.accuracy_bicubic = accuracy(bicubic);
-    m.accuracy_sr = accuracy(sr);
+    m.accuracy_real = accuracy_of(hi);
+    m.accuracy_bicubic = accuracy_of(bicubic);
+    m.accuracy_sr = accuracy_of(sr);
   }
   if (!compare_png.empty()) {
     const int64_t k = std::min<int64_t>(16, n);

@@ -188,10 +188,7 @@ std::unique_ptr<Trainer> train_text_to_image(const TrainConfig& given,
   trainer->set_sample_labels(sample_labels);
   if (comm != nullptr) trainer->set_communicator(*comm);
   no_grad.reset();
-  if (!resume_dir.empty())
-    trainer->resume(resume_dir);
-  else if (!config.init_from.empty())
-    trainer->warm_start(config.init_from);
+  trainer->begin(resume_dir);
   // Scores during training (eval.csv): the same evaluation as `stipple eval`, on fewer prompts
   // (by rank 0, which alone writes).
   TrainCallbacks cb = callbacks;

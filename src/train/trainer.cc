@@ -549,6 +549,13 @@ void Trainer::warm_start(const std::string& model_dir) {
   ema_->restart_at_full_decay(params_);
 }
 
+void Trainer::begin(const std::string& resume_dir) {
+  if (!resume_dir.empty())
+    resume(resume_dir);
+  else if (!config_.init_from.empty())
+    warm_start(config_.init_from);
+}
+
 double Trainer::run_seconds() const {
   if (!running_) return 0;
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start_).count();

@@ -194,6 +194,9 @@ class Trainer {
   // steps), and the optimizer starts fresh at step 0 of this config's schedule. Throws naming
   // the folder when it is not such a folder or its transformer is shaped differently.
   void warm_start(const std::string& model_dir);
+  // How a run begins: resume(resume_dir) when one is given, else warm_start(config.init_from)
+  // when that is set, else the random initialisation.
+  void begin(const std::string& resume_dir);
 
   // Trains data-parallel with the ranks of `comm` (which must outlive the Trainer); call it on
   // every rank before resume() and run(). Without it the Trainer is a single process.
