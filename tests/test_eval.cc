@@ -21,6 +21,7 @@
 #include "models/fashion_classifier.h"
 #include "ops/ops.h"
 #include "support/numerics.h"
+#include "support/tiny_models.h"
 #include "train/datasets.h"
 #include "train/evaluate.h"
 #include "train/frechet.h"
@@ -319,54 +320,8 @@ TEST(FashionClassifier, NoisyClassifierTakesTheTimestep) {
 
 // ---------------- the evaluation pipeline ----------------
 
-// A tiny random pixel-space DiT for 10 classes, written as `stipple train` exports it.
-std::string write_tiny_generator(const std::string& dir) {
-  models::DiTConfig c;
-  c.num_attention_heads = 2;
-  c.attention_head_dim = 4;
-  c.in_channels = 1;
-  c.out_channels = 2;  // learned sigma: eval must take the first channel
-  c.num_layers = 1;
-  c.sample_size = 32;
-  c.patch_size = 8;
-  c.num_embeds_ada_norm = 10;
-  DiTDenoiser d(c);
-  // Random weights everywhere (DiT's own init zeroes the output layer).
-  uint64_t seed = 10;
-  for (auto& [name, p] : d.dit().named_parameters()) {
-    const std::vector<float> v = testing::random_tensor(p.shape(), seed++, -0.3f, 0.3f).to_vector();
-    std::copy(v.begin(), v.end(), p.data<float>());
-  }
-  fs::create_directories(dir + "/transformer");
-  fs::create_directories(dir + "/scheduler");
-  nlohmann::json id2label;
-  for (int i = 0; i < 10; ++i) id2label[std::to_string(i)] = FashionMnist::class_names()[i];
-  io::write_file_atomic(
-      dir + "/model_index.json",
-      nlohmann::json{{"_class_name", "DiTPipeline"}, {"id2label", id2label}}.dump());
-  io::write_file_atomic(dir + "/transformer/config.json", d.config_json().dump());
-  io::save_safetensors(dir + "/transformer/diffusion_pytorch_model.safetensors",
-                       d.dit().state_dict());
-  io::write_file_atomic(dir + "/scheduler/scheduler_config.json",
-                        R"({"_class_name": "DDIMScheduler", "num_train_timesteps": 1000,
-                            "beta_schedule": "linear", "prediction_type": "epsilon",
-                            "clip_sample": true, "timestep_spacing": "trailing"})");
-  return dir;
-}
-
-// num_timesteps > 0: a noisy-image classifier (for classifier guidance).
-std::shared_ptr<models::FashionClassifier> tiny_fashion_classifier(int64_t num_timesteps = 0) {
-  models::FashionClassifierConfig c;
-  c.channels = {4, 8, 8};
-  c.norm_num_groups = 4;
-  c.feature_dim = 6;
-  c.num_timesteps = num_timesteps;
-  auto m = std::make_shared<models::FashionClassifier>(c);
-  Generator g(4);
-  m->reset_parameters(g);
-  m->eval();
-  return m;
-}
+using testing::tiny_fashion_classifier;
+using testing::write_tiny_generator;
 
 RealData fake_real_data(int64_t n_test, int64_t n_train) {
   RealData r;

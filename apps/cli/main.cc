@@ -21,6 +21,7 @@
 #include "eval_command.h"
 #include "export_command.h"
 #include "sr_command.h"
+#include "tune_command.h"
 #include "vae_command.h"
 #include "clip_command.h"
 
@@ -134,6 +135,7 @@ int main(int argc, char** argv) {
   stipple::cli::ClipCommand clip_cmd(app);
   stipple::cli::SrTrainCommand train_sr_cmd(app);
   stipple::cli::UpscaleCommand upscale_cmd(app);
+  stipple::cli::TuneCommand tune_cmd(app);
 
   try {
     app.parse(argc, argv);
@@ -158,6 +160,7 @@ int main(int argc, char** argv) {
     if (clip_cmd.selected()) return clip_cmd.run();
     if (train_sr_cmd.selected()) return train_sr_cmd.run();
     if (upscale_cmd.selected()) return upscale_cmd.run();
+    if (tune_cmd.selected()) return tune_cmd.run();
   } catch (const stipple::Error& e) {
     std::fprintf(stderr, "stipple: error: %s\n", e.what());
     return 1;

@@ -80,6 +80,22 @@ ClassGenerator ClassGenerator::load(const std::string& folder) {
   return g;
 }
 
+ClassGenerator ClassGenerator::from_model(
+    std::shared_ptr<models::DiTTransformer2DModel> transformer,
+    schedulers::SchedulerConfig scheduler, std::vector<std::string> class_names,
+    std::string folder) {
+  STIPPLE_CHECK(transformer != nullptr, "ClassGenerator::from_model: no model");
+  ClassGenerator g;
+  g.folder_ = std::move(folder);
+  g.transformer_ = std::move(transformer);
+  g.scheduler_ = std::move(scheduler);
+  g.class_names_ = std::move(class_names);
+  STIPPLE_CHECK(static_cast<int64_t>(g.class_names_.size()) == g.num_classes(),
+                "ClassGenerator::from_model: ", g.class_names_.size(), " class names for ",
+                g.num_classes(), " classes");
+  return g;
+}
+
 Tensor ClassGenerator::sample(const std::vector<int64_t>& labels, const EvalConfig& config,
                               const std::function<void(int, int)>& progress,
                               const pipelines::Preview& preview) const {

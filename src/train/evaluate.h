@@ -70,6 +70,10 @@ class ClassGenerator {
  public:
   // Throws naming the folder and the missing part (and what to give instead).
   static ClassGenerator load(const std::string& folder);
+  // A generator around a model in memory (one being tuned: samples follow its current weights).
+  static ClassGenerator from_model(std::shared_ptr<models::DiTTransformer2DModel> transformer,
+                                   schedulers::SchedulerConfig scheduler,
+                                   std::vector<std::string> class_names, std::string folder);
 
   // Images [labels.size(), C, S, S] in [-1, 1]. x_T for all images is drawn at once from
   // Generator(seed), so image i does not depend on the batch size; stochastic samplers draw
