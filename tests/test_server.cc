@@ -2,10 +2,7 @@
 // those clients expect (base64 PNGs carrying the parameters chunk, A1111's info string), a seed
 // gives the same image through the API, A1111 and OpenAI routes, and bad requests get a 4xx
 // with a JSON error naming the problem while the server keeps serving.
-//
-// Over 800 lines: the browser tests (the WebDriver client at the end) are to move to their own
-// test_web_page.cc once the Serving fixture moves to tests/support/ (it needs stipple_server,
-// which the support library does not link).
+// The web page in a browser is test_web_page.cc; A1111's extras (upscaling) test_server_extras.cc.
 #include <gtest/gtest.h>
 
 #include <httplib.h>
@@ -27,83 +24,16 @@
 #include <thread>
 
 #include "../apps/server/server.h"
+#include "support/serving.h"
 
 namespace stipple::server {
 namespace {
 
 using nlohmann::json;
 
-const std::string kFashion = std::string(STIPPLE_SOURCE_DIR) + "/models/fashion-mnist-dit";
 const std::string kSdTiny = std::string(STIPPLE_SHARED_DIR) + "/conformance/sd_tiny";
 const std::string kSdTinyInpaint = std::string(STIPPLE_SHARED_DIR) + "/conformance/sd_tiny_inpaint";
 
-class Serving {
- public:
-  explicit Serving(ServerOptions o) {
-    o.port = 0;
-    o.log_requests = false;
-    server_ = std::make_unique<Server>(o);
-    thread_ = std::thread([this] { server_->run(); });
-    client_ = std::make_unique<httplib::Client>("127.0.0.1", server_->port());
-    client_->set_read_timeout(120, 0);
-    // Models load in the background: ready when /readyz says so.
-    for (int i = 0; i < 3000; ++i) {
-      auto res = client_->Get("/readyz");
-      if (res && res->status == 200) break;
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-  }
-  int port() const { return server_->port(); }
-  Server& server() { return *server_; }
-  ~Serving() {
-    server_->stop();
-    thread_.join();
-  }
-  httplib::Client& client() { return *client_; }
-  // POSTs `body` (JSON) and returns (status, parsed reply). Each call has its own connection,
-  // so calls from several threads run at once.
-  std::pair<int, json> post(const std::string& path, const std::string& body) {
-    httplib::Client c("127.0.0.1", server_->port());
-    c.set_read_timeout(120, 0);
-    auto res = c.Post(path.c_str(), body, "application/json");
-    if (!res) return {0, json()};
-    return {res->status, json::parse(res->body, nullptr, false)};
-  }
-  std::pair<int, json> get(const std::string& path) {
-    httplib::Client c("127.0.0.1", server_->port());
-    auto res = c.Get(path.c_str());
-    if (!res) return {0, json()};
-    return {res->status, json::parse(res->body, nullptr, false)};
-  }
-  std::pair<int, json> del(const std::string& path) {
-    httplib::Client c("127.0.0.1", server_->port());
-    auto res = c.Delete(path.c_str());
-    if (!res) return {0, json()};
-    return {res->status, json::parse(res->body, nullptr, false)};
-  }
-  // Polls GET /v1/jobs/{id} until the job has finished.
-  json wait_job(const std::string& id) {
-    for (int i = 0; i < 6000; ++i) {
-      const auto [status, job] = get("/v1/jobs/" + id);
-      if (status != 200) return job;
-      const std::string state = job["state"];
-      if (state != "queued" && state != "running") return job;
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    return json();
-  }
-
- private:
-  std::unique_ptr<Server> server_;
-  std::thread thread_;
-  std::unique_ptr<httplib::Client> client_;
-};
-
-ServerOptions fashion() {
-  ServerOptions o;
-  o.models = {kFashion};
-  return o;
-}
 
 TEST(Server, Base64RoundTripAndErrors) {
   for (size_t n = 0; n < 10; ++n) {
@@ -973,170 +903,6 @@ TEST(Server, SigtermStopsTheCommandAfterItsJobWithExitZero) {
   EXPECT_EQ(WEXITSTATUS(wstatus), 0);
   EXPECT_EQ(status, 200);  // the running job finished within the grace
   EXPECT_EQ(images, 1u);
-}
-
-// ---- the web page in a real browser: headless Chromium driven over WebDriver ----
-
-// A free loopback port (bound and released; the tiny race is harmless in a test).
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-  socklen_t len = sizeof addr;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
-
-// A WebDriver session in headless Chromium (chromedriver from Debian's chromium-driver).
-class Browser {
- public:
-  static constexpr const char* kDriver = "/usr/bin/chromedriver";
-  static constexpr const char* kChromium = "/usr/bin/chromium";
-  static bool available() {
-    return std::filesystem::exists(kDriver) && std::filesystem::exists(kChromium);
-  }
-  Browser() : port_(free_port()), http_("127.0.0.1", port_) {
-    std::vector<std::string> args = {kDriver, "--port=" + std::to_string(port_), "--silent"};
-    std::vector<char*> argv;
-    for (std::string& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    if (posix_spawn(&pid_, kDriver, nullptr, nullptr, argv.data(), environ) != 0) pid_ = 0;
-    http_.set_read_timeout(60, 0);
-    for (int i = 0; i < 500; ++i) {
-      auto res = http_.Get("/status");
-      if (res && res->status == 200) break;
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    const json caps = {
-        {"capabilities",
-         {{"alwaysMatch",
-           {{"browserName", "chrome"},
-            {"goog:chromeOptions",
-             {{"binary", kChromium},
-              {"args", {"--headless=new", "--no-sandbox", "--disable-gpu",
-                        "--disable-dev-shm-usage", "--window-size=1100,900"}}}}}}}}};
-    session_ = call("POST", "/session", caps)["sessionId"];
-  }
-  ~Browser() {
-    if (!session_.empty()) http_.Delete(("/session/" + session_).c_str());
-    if (pid_ > 0) {
-      ::kill(pid_, SIGTERM);
-      ::waitpid(pid_, nullptr, 0);
-    }
-  }
-  // One WebDriver command; its "value".
-  json call(const std::string& method, const std::string& path, const json& body = json::object()) {
-    auto res = method == "GET" ? http_.Get(path.c_str())
-                               : http_.Post(path.c_str(), body.dump(), "application/json");
-    if (!res) throw Error("WebDriver: no answer to " + method + " " + path);
-    const json j = json::parse(res->body, nullptr, false);
-    if (res->status != 200) throw Error("WebDriver: " + path + ": " + res->body.substr(0, 400));
-    return j.value("value", json());
-  }
-  json session(const std::string& method, const std::string& path, const json& body = json::object()) {
-    return call(method, "/session/" + session_ + path, body);
-  }
-  void go(const std::string& url) { session("POST", "/url", {{"url", url}}); }
-  json run(const std::string& script) {
-    return session("POST", "/execute/sync", {{"script", script}, {"args", json::array()}});
-  }
-  void click(const std::string& css) {
-    const json e = session("POST", "/element", {{"using", "css selector"}, {"value", css}});
-    session("POST", "/element/" + e.begin().value().get<std::string>() + "/click");
-  }
-  // Polls `script` until it returns true (or `seconds` pass).
-  bool until(const std::string& script, double seconds) {
-    const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
-    while (std::chrono::steady_clock::now() < end) {
-      if (run(script) == true) return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    return false;
-  }
-  std::vector<uint8_t> screenshot() {
-    return base64_decode(session("GET", "/screenshot").get<std::string>(), "screenshot");
-  }
-
- private:
-  int port_;
-  pid_t pid_ = 0;
-  httplib::Client http_;
-  std::string session_;
-};
-
-TEST(Server, TheWebPageGeneratesShowsProgressAndCancelsInChromium) {
-  if (!Browser::available())
-    GTEST_SKIP() << "no headless Chromium (scripts/setup.sh --test installs chromium and "
-                    "chromium-driver)";
-  ServerOptions o = fashion();
-  o.preview_every = 1;
-  Serving s(o);
-  Browser b;
-  b.go("http://127.0.0.1:" + std::to_string(s.port()) + "/");
-  // The form fills itself from the server: a class picker for the class-to-image model.
-  ASSERT_TRUE(b.until("return document.getElementById('class').options.length === 10", 20));
-  EXPECT_EQ(b.run("return getComputedStyle(document.getElementById('prompt-label')).display"),
-            "none");
-  EXPECT_EQ(b.run("return getComputedStyle(document.getElementById('class-label')).display"),
-            "grid");
-  EXPECT_EQ(b.run("return document.getElementById('steps').value"), "20");
-  // Generate: 2 images of 100 steps; progress moves, a live preview shows, the images arrive.
-  b.run("document.getElementById('class').value = 'sneaker';"
-        "document.getElementById('steps').value = '100';"
-        "document.getElementById('count').value = '2';"
-        "document.getElementById('seed').value = '5';"
-        "window.widths = []; setInterval(() => window.widths.push("
-        "  document.querySelector('#bar div').style.width), 20);");
-  b.click("#generate");
-  ASSERT_TRUE(b.until("return !document.getElementById('preview').hidden", 30));
-  EXPECT_TRUE(b.until("return /step \\d+ of 200/.test(document.getElementById('status').textContent)", 10));
-  ASSERT_TRUE(b.until("return document.querySelectorAll('#gallery img').length === 2", 60))
-      << b.run("return document.getElementById('error').textContent");
-  const json widths = b.run("return window.widths.filter((w) => w && w !== '0%' && w !== '100%')");
-  EXPECT_GT(widths.size(), 0u) << "the bar never showed partial progress";
-  EXPECT_NE(b.run("return document.getElementById('status').textContent").get<std::string>().find("done: 2 images"),
-            std::string::npos);
-  EXPECT_NE(b.run("return document.querySelector('#gallery figcaption').textContent").get<std::string>().find("Seed: 5"),
-            std::string::npos);
-  const std::string shot = std::filesystem::current_path().string() + "/web-page.png";
-  const std::vector<uint8_t> png = b.screenshot();
-  save_png(shot, decode_png(png));
-  std::printf("screenshot: %s\n", shot.c_str());
-  // Cancel: a long generation stops, no image is added, the page says so.
-  b.run("document.getElementById('steps').value = '150';"
-        "document.getElementById('count').value = '16';");
-  b.click("#generate");
-  ASSERT_TRUE(b.until("return /step [1-9]/.test(document.getElementById('status').textContent)", 30));
-  b.click("#cancel");
-  ASSERT_TRUE(b.until("return document.getElementById('status').textContent === 'cancelled'", 30))
-      << b.run("return document.getElementById('status').textContent");
-  EXPECT_EQ(b.run("return document.querySelectorAll('#gallery img').length"), 2);
-  EXPECT_EQ(b.run("return document.getElementById('generate').disabled"), false);
-}
-
-TEST(Server, TheWebPageSendsTheApiKeyInChromium) {
-  if (!Browser::available())
-    GTEST_SKIP() << "no headless Chromium (scripts/setup.sh --test installs chromium and "
-                    "chromium-driver)";
-  ServerOptions o = fashion();
-  o.api_key = "sekrit";
-  o.preview_every = 1;
-  Serving s(o);
-  Browser b;
-  b.go("http://127.0.0.1:" + std::to_string(s.port()) + "/");
-  // Without the key the page says why it cannot list the models; with it, it can.
-  ASSERT_TRUE(b.until("return /Authorization/.test(document.getElementById('error').textContent)", 20));
-  b.run("const k = document.getElementById('key'); k.value = 'sekrit';"
-        "k.dispatchEvent(new Event('change'));");
-  ASSERT_TRUE(b.until("return document.getElementById('class').options.length === 10", 20));
-  b.run("document.getElementById('steps').value = '60';");
-  b.click("#generate");
-  ASSERT_TRUE(b.until("return document.querySelectorAll('#gallery img').length === 1", 60))
-      << b.run("return document.getElementById('error').textContent");
-  EXPECT_EQ(b.run("return document.getElementById('error').textContent"), "");
 }
 
 }  // namespace

@@ -268,7 +268,8 @@ std::string route_label(const std::string& method, const std::string& path) {
       "/v1/images/edits", "/v1/jobs", "/sdapi/v1/txt2img", "/sdapi/v1/img2img",
       "/sdapi/v1/progress", "/sdapi/v1/interrupt", "/sdapi/v1/skip", "/sdapi/v1/samplers",
       "/sdapi/v1/schedulers", "/sdapi/v1/sd-models", "/sdapi/v1/options",
-      "/sdapi/v1/png-info", "/sdapi/v1/memory", "/sdapi/v1/loras", "/sdapi/v1/refresh-loras"};
+      "/sdapi/v1/png-info", "/sdapi/v1/memory", "/sdapi/v1/loras", "/sdapi/v1/refresh-loras",
+      "/sdapi/v1/upscalers", "/sdapi/v1/extra-single-image", "/sdapi/v1/extra-batch-images"};
   std::string route = "other";
   for (const char* r : kRoutes)
     if (path == r) route = r;
@@ -953,6 +954,133 @@ struct Server::Impl {
     return list;
   }
 
+  // ---- A1111 extras: upscaling ----
+
+  static bool is_upscaler(const Slot& m) {
+    return m.family == "super-resolution" || m.family == "SD x4 upscaler";
+  }
+
+  // A1111's /sdapi/v1/upscalers: "None" and every upscaler model served (its scale once loaded).
+  json upscalers() {
+    std::lock_guard<std::mutex> lock(mu);
+    json list = json::array();
+    list.push_back({{"name", "None"}, {"model_name", nullptr}, {"model_path", nullptr},
+                    {"model_url", nullptr}, {"scale", 1}});
+    for (const Slot& m : models) {
+      if (!m.refiner_path.empty() || !is_upscaler(m)) continue;
+      list.push_back({{"name", m.name},
+                      {"model_name", m.family},
+                      {"model_path", m.path},
+                      {"model_url", nullptr},
+                      {"scale", m.description ? json(m.description->scale) : json(nullptr)}});
+    }
+    return list;
+  }
+
+  // One image of an extras request through the upscaler named by upscaler_1 ("None": as it is).
+  // Returns the PNG (with its parameters) and notes on fields stipple does not honour.
+  std::vector<uint8_t> extras_upscale(const json& body, const std::string& b64,
+                                      const std::string& what, std::vector<std::string>& notes) {
+    const Image image = decode_image(b64, what);
+    const std::string name = field<std::string>(body, "upscaler_1", "None");
+    for (const char* f : {"gfpgan_visibility", "codeformer_visibility",
+                          "extras_upscaler_2_visibility"})
+      if (field<double>(body, f, 0.0) != 0.0) notes.push_back(str_cat(f, " is not available"));
+    const std::string second = field<std::string>(body, "upscaler_2", "None");
+    if (!second.empty() && second != "None")
+      notes.push_back("upscaler_2 is not available; upscaler_1 alone was used");
+    if (name.empty() || name == "None") {
+      notes.push_back("upscaler_1 is None: the image is returned as it is");
+      return encode_png(image, "");
+    }
+    auto job = std::make_shared<Job>();
+    job->kind = "extras";
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      job->model = model_index(name);
+      if (!is_upscaler(models[job->model]))
+        throw Error(str_cat("upscaler_1: ", models[job->model].name, " is a ",
+                            models[job->model].family, " model, not an upscaler (see "
+                            "/sdapi/v1/upscalers)"));
+    }
+    job->build = [this, body, image](const ModelDescription& d, std::vector<std::string>& n) {
+      GenerateRequest r;
+      r.init_image = without_alpha(image);
+      r.prompt = field<std::string>(body, "prompt", "");  // the x4 upscaler takes a prompt
+      r.seed = field<int64_t>(body, "seed", -1);
+      r.steps = steps(body);
+      if (body.contains("noise_level") && !body["noise_level"].is_null())
+        r.noise_level = field<int>(body, "noise_level", 0);
+      const int mode = field<int>(body, "resize_mode", 0);
+      if (mode == 0) {
+        const double factor = field<double>(body, "upscaling_resize", d.scale);
+        if (factor != d.scale)
+          n.push_back(str_cat("upscaling_resize: ", d.name, " upscales by ", d.scale, ", not ",
+                              factor));
+      } else {
+        const int w = field<int>(body, "upscaling_resize_w", 0),
+                  h = field<int>(body, "upscaling_resize_h", 0);
+        if (w != image.width * d.scale || h != image.height * d.scale)
+          n.push_back(str_cat("upscaling_resize_w/h: ", d.name, " draws ", image.width * d.scale,
+                              "x", image.height * d.scale, " from this image, not ", w, "x", h));
+      }
+      return r;
+    };
+    submit(job);
+    wait(job);
+    std::lock_guard<std::mutex> lock(mu);
+    throw_failed(*job);
+    notes.insert(notes.end(), job->notes.begin(), job->notes.end());
+    if (job->images.empty()) throw Error("the upscale was interrupted", ErrorKind::kCancelled);
+    return encode_png(job->images[0].image, job->images[0].parameters);
+  }
+
+  // The html_info A1111 answers with: the notes, escaped.
+  static std::string extras_info(const std::vector<std::string>& notes) {
+    std::string html = "<p>";
+    for (const std::string& n : notes) {
+      for (char c : n) {
+        if (c == '<') html += "&lt;";
+        else if (c == '>') html += "&gt;";
+        else if (c == '&') html += "&amp;";
+        else html += c;
+      }
+      html += "<br>";
+    }
+    return html + "</p>";
+  }
+
+  json extras_single(const httplib::Request& req) {
+    const json body = parse_body(req);
+    const std::string image = field<std::string>(body, "image", "");
+    if (image.empty()) throw Error("image is required (a base64 PNG)");
+    std::vector<std::string> notes;
+    const std::vector<uint8_t> png = extras_upscale(body, image, "image", notes);
+    return {{"image", base64_encode(png)}, {"html_info", extras_info(notes)}};
+  }
+
+  // A1111's extra-batch-images: imageList [{data, name}] (at most --max-images).
+  json extras_batch(const httplib::Request& req) {
+    const json body = parse_body(req);
+    const auto list = body.find("imageList");
+    if (list == body.end() || !list->is_array() || list->empty())
+      throw Error("imageList must be a list of {\"data\": base64 PNG, \"name\": ...}");
+    if (static_cast<int64_t>(list->size()) > opt.max_images)
+      throw Error(str_cat("imageList holds ", list->size(), " images; at most ", opt.max_images));
+    std::vector<std::string> notes;
+    json images = json::array();
+    for (size_t i = 0; i < list->size(); ++i) {
+      const json& item = (*list)[i];
+      if (!item.is_object() || !item.contains("data") || !item["data"].is_string())
+        throw Error(str_cat("imageList[", i, "] must be an object with \"data\" (a base64 PNG)"));
+      std::vector<std::string> n;
+      images.push_back(base64_encode(
+          extras_upscale(body, item["data"].get<std::string>(), str_cat("imageList[", i, "]"), n)));
+      if (i == 0) notes = n;
+    }
+    return {{"images", images}, {"html_info", extras_info(notes)}};
+  }
+
   // ---- OpenAI Images ----
 
   // The fields generations and edits share, into `r`; `form(name)` reads one field.
@@ -1251,6 +1379,11 @@ struct Server::Impl {
                           {{"name", "karras"}, {"label", "Karras"}, {"aliases", nullptr}}});
     }));
     http.Get(a + "sd-models", guard(false, [this](const auto&) { return sd_models(); }));
+    http.Get(a + "upscalers", guard(false, [this](const auto&) { return upscalers(); }));
+    http.Post(a + "extra-single-image",
+              guard(false, [this](const auto& req) { return extras_single(req); }));
+    http.Post(a + "extra-batch-images",
+              guard(false, [this](const auto& req) { return extras_batch(req); }));
     http.Get(a + "options", guard(false, [this](const auto&) {
       std::lock_guard<std::mutex> lock(mu);
       return json{{"sd_model_checkpoint", current}};

@@ -14,9 +14,10 @@
 // loading one that does not fit evicts the least recently used.
 //
 // Routes:
-//   A1111   POST /sdapi/v1/txt2img, img2img, interrupt, skip, png-info, refresh-loras; GET
-//           progress, samplers, schedulers, sd-models, loras, memory; GET|POST options
-//           (sd_model_checkpoint)
+//   A1111   POST /sdapi/v1/txt2img, img2img, interrupt, skip, png-info, refresh-loras,
+//           extra-single-image, extra-batch-images (upscaling through a served upscaler model);
+//           GET progress, samplers, schedulers, sd-models, loras, upscalers, memory; GET|POST
+//           options (sd_model_checkpoint)
 //   OpenAI  POST /v1/images/generations, /v1/images/edits (multipart); GET /v1/models
 //   jobs    POST /v1/jobs; GET /v1/jobs, /v1/jobs/{id} (?images=false, ?preview=true),
 //           /v1/jobs/{id}/events (server-sent events); DELETE /v1/jobs/{id}
