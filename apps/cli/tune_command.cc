@@ -51,6 +51,10 @@ TuneCommand::TuneCommand(CLI::App& app) {
   cmd_->add_option("--pairs-per-step", c.pairs_per_step, "pairs in each step's batch")
       ->capture_default_str()
       ->check(CLI::Range(1, 4096));
+  cmd_->add_option("--timesteps-per-pair", c.timesteps_per_pair,
+                   "(t, noise) draws per pair in a step")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
   cmd_->add_option("--sampler", c.sampler, "sampler for the candidates")->capture_default_str();
   cmd_->add_option("--sample-steps", c.sample_steps, "sampling steps for the candidates")
       ->capture_default_str()

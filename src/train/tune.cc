@@ -109,6 +109,7 @@ json TuneConfig::to_json() const {
               {"steps", steps},
               {"updates_per_round", updates_per_round},
               {"pairs_per_step", pairs_per_step},
+              {"timesteps_per_pair", timesteps_per_pair},
               {"lr", json_float(lr)},
               {"warmup", warmup},
               {"grad_clip", json_float(grad_clip)},
@@ -137,6 +138,8 @@ TuneConfig TuneConfig::from_json(const json& j, const std::string& where) {
   t.steps = c.integer("steps", t.steps);
   t.updates_per_round = static_cast<int>(c.integer("updates_per_round", t.updates_per_round));
   t.pairs_per_step = static_cast<int>(c.integer("pairs_per_step", t.pairs_per_step));
+  t.timesteps_per_pair =
+      static_cast<int>(c.integer("timesteps_per_pair", t.timesteps_per_pair));
   t.lr = static_cast<float>(c.number("lr", t.lr));
   t.warmup = c.integer("warmup", t.warmup);
   t.grad_clip = static_cast<float>(c.number("grad_clip", t.grad_clip));
@@ -164,6 +167,8 @@ void TuneConfig::validate() const {
                 "tune: updates per round must be in [1, 10000]");
   STIPPLE_CHECK(pairs_per_step >= 1 && pairs_per_step <= 4096,
                 "tune: pairs per step must be in [1, 4096]");
+  STIPPLE_CHECK(timesteps_per_pair >= 1 && timesteps_per_pair <= 64,
+                "tune: timesteps per pair must be in [1, 64]");
   STIPPLE_CHECK(std::isfinite(lr) && lr > 0, "tune: --lr must be positive");
   STIPPLE_CHECK(warmup >= 0, "tune: --warmup must be >= 0");
   STIPPLE_CHECK(std::isfinite(grad_clip), "tune: the gradient clip must be finite (<= 0: off)");
@@ -382,14 +387,16 @@ TuneResult tune(const TuneConfig& config_in, bool resume,
       for (int64_t i = P - 1; i > 0; --i)
         std::swap(order[i], order[gen.next_u64() % static_cast<uint64_t>(i + 1)]);
       int64_t cursor = 0;
-      const int64_t m = std::min<int64_t>(P, config.pairs_per_step);
+      const int64_t pairs_in_step = std::min<int64_t>(P, config.pairs_per_step);
+      const int64_t m = pairs_in_step * config.timesteps_per_pair;  // (pair, draw) rows
       for (int u = 0; u < config.updates_per_round && step < config.steps; ++u) {
         std::vector<int64_t> rows_w, rows_l, ys;
-        for (int64_t i = 0; i < m; ++i, cursor = (cursor + 1) % P) {
-          rows_w.push_back(pairs[order[cursor]].first);
-          rows_l.push_back(pairs[order[cursor]].second);
-          ys.push_back(labels[rows_w.back()]);
-        }
+        for (int64_t i = 0; i < pairs_in_step; ++i, cursor = (cursor + 1) % P)
+          for (int k = 0; k < config.timesteps_per_pair; ++k) {
+            rows_w.push_back(pairs[order[cursor]].first);
+            rows_l.push_back(pairs[order[cursor]].second);
+            ys.push_back(labels[rows_w.back()]);
+          }
         std::vector<int64_t> tv(static_cast<size_t>(m));
         for (auto& t : tv) t = static_cast<int64_t>(gen.next_u64() % static_cast<uint64_t>(T));
         const Tensor noise = gen.randn({m, C, images.size(2), images.size(3)});

@@ -10,11 +10,12 @@
 //   3. pairs: per class, the candidates sorted by reward, the i-th best against the i-th worst
 //      (i < K/2); a pair is kept when r_w - r_l >= min_gap (confident pairs carry no preference)
 //   4. updates_per_round AdamW steps, each on pairs_per_step of the round's pairs (a shuffled
-//      cycle), with t ~ U{0..T-1} and eps ~ N(0, I) shared by the two images of a pair:
+//      cycle), each pair at timesteps_per_pair draws of t ~ U{0..T-1} and eps ~ N(0, I), both
+//      shared by the two images of the pair:
 //        x_t^w = sqrt(acp_t) x_w + sqrt(1 - acp_t) eps       (and x_t^l likewise)
 //        e(m, x) = mean |m(x_t, t, class) - target|^2         (target: eps or v, as the model)
 //        d       = [e(theta, x_w) - e(theta, x_l)] - [e(ref, x_w) - e(ref, x_l)]
-//        loss    = mean over pairs of -log sigmoid(-beta / 2 * d)
+//        loss    = mean over pairs and draws of -log sigmoid(-beta / 2 * d)
 //      ref is the frozen starting model. The loss is DPO's: the optimum of reward maximisation
 //      under a KL penalty to ref (beta its weight), so beta is the anchor that keeps the tuned
 //      model near the start; nothing else holds it there.
@@ -81,8 +82,9 @@ struct TuneConfig {
   // ---- DPO ----
   float beta = 2000.0f;
   int64_t steps = 200;  // AdamW steps in all
-  int updates_per_round = 4;
+  int updates_per_round = 8;
   int pairs_per_step = 16;
+  int timesteps_per_pair = 4;  // (t, eps) draws per pair in a step: the loss of one is noisy
   float lr = 1e-5f;
   int64_t warmup = 20;
   float grad_clip = 1.0f;
