@@ -153,7 +153,7 @@ TEST(Tune, RunTunesTheModelAndWritesAModelFolder) {
   std::string line;
   int rows = 0;
   std::getline(log, line);
-  EXPECT_EQ(line.rfind("step,round,pairs,loss,implicit_accuracy,reward_mean", 0), 0u);
+  EXPECT_EQ(line.rfind("step,round,pairs,loss,implicit_accuracy,weight_ess,reward_mean", 0), 0u);
   while (std::getline(log, line)) ++rows;
   EXPECT_EQ(rows, 2);
 }
@@ -215,6 +215,58 @@ TEST(Tune, NoPairsEndsTheRunAndSaysWhy) {
   EXPECT_TRUE(fs::exists(c.out_dir + "/transformer/diffusion_pytorch_model.safetensors"));
 }
 
+TEST(Tune, RwrLossWeightsTheErrorsAndAnchorsTheWeights) {
+  const Tensor err = Tensor::from_vector({0.1f, 0.4f, 0.2f}, {3});
+  const Tensor w = Tensor::from_vector({2.0f, 0.5f, 0.5f}, {3});
+  EXPECT_NEAR(rwr_loss(err, w, {}, {}, 0.0f).item(), (0.2 + 0.2 + 0.1) / 3, 1e-6);
+  Tensor p = Tensor::from_vector({1.0f, 2.0f}, {2});
+  const Tensor p0 = Tensor::from_vector({0.5f, 2.5f}, {2});
+  EXPECT_NEAR(rwr_loss(err, w, {p}, {p0}, 0.2f).item(), 0.5 / 3 + 0.1 * 0.5, 1e-6);
+  EXPECT_THROW(rwr_loss(err, Tensor::ones({2}), {}, {}, 0.0f), Error);
+  std::vector<Tensor> in = {testing::random_tensor({4}, 40, 0.0f, 0.2f),
+                            testing::random_tensor({4}, 41, 0.1f, 2.0f),
+                            testing::random_tensor({3}, 42), testing::random_tensor({3}, 43)};
+  in[0].set_requires_grad(true);
+  in[2].set_requires_grad(true);
+  EXPECT_GRADCHECK("rwr_loss",
+                   [](const std::vector<Tensor>& v) {
+                     return rwr_loss(v[0], v[1], {v[2]}, {v[3]}, 0.3f);
+                   },
+                   in);
+}
+
+TEST(Tune, RwrRunMovesTheWeightsAndResumesExactly) {
+  const std::string dir = temp_dir("rwr");
+  TuneConfig c = tiny_config(dir);
+  c.method = "rwr";
+  c.images_per_step = 5;
+  c.timesteps_per_image = 2;
+  c.anchor = 0.5f;
+  c.out_dir = dir + "/whole";
+  std::vector<TuneProgress> seen;
+  tune(c, false, [&](const TuneProgress& p) { seen.push_back(p); });
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_EQ(seen[0].pairs, 0);
+  EXPECT_GT(seen[0].weight_ess, 0.0f);
+  EXPECT_LE(seen[0].weight_ess, 1.0f);
+  const auto before = weights_of(c.model_dir), after = weights_of(c.out_dir);
+  double moved = 0;
+  for (const auto& [k, v] : after) {
+    const std::vector<float> a = v.to(DType::kF32).to_vector(),
+                             b = before.at(k).to(DType::kF32).to_vector();
+    for (size_t i = 0; i < a.size(); ++i) moved = std::max(moved, double(std::abs(a[i] - b[i])));
+  }
+  EXPECT_GT(moved, 1e-4);
+  TuneConfig part = c;
+  part.out_dir = dir + "/part";
+  part.steps = 2;
+  tune(part, false);
+  part.steps = 4;
+  tune(part, true);
+  const auto x = weights_of(c.out_dir), y = weights_of(part.out_dir);
+  for (const auto& [k, v] : x) EXPECT_EQ(v.to_vector(), y.at(k).to_vector()) << k;
+}
+
 TEST(Tune, Errors) {
   const std::string dir = temp_dir("errors");
   TuneConfig c = tiny_config(dir);
@@ -239,10 +291,16 @@ TEST(Tune, Errors) {
   bad.sampler = "warp";
   expect_error([&] { bad.validate(); }, ErrorKind::kInvalidArgument, "unknown sampler \"warp\"");
   bad = c;
+  bad.method = "ppo";
+  expect_error([&] { bad.validate(); }, ErrorKind::kInvalidArgument, "unknown method \"ppo\"");
+  bad = c;
+  bad.temperature = 0;
+  expect_error([&] { bad.validate(); }, ErrorKind::kInvalidArgument, "--temperature");
+  bad = c;
   bad.candidates = 1;
   expect_error([&] { bad.validate(); }, ErrorKind::kInvalidArgument, "candidates per class");
   expect_error([&] { TuneConfig::from_json({{"method", "ddpo"}}, "x.json"); },
-               ErrorKind::kInvalidArgument, "unknown tuning method \"ddpo\"");
+               ErrorKind::kInvalidArgument, "unknown method \"ddpo\"");
 }
 
 }  // namespace

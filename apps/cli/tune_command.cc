@@ -15,11 +15,16 @@ TuneCommand::TuneCommand(CLI::App& app) {
   cmd_ = app.add_subcommand(
       "tune",
       "Fine-tune a class-conditional generator (a stipple train folder) on feedback from a "
-      "scorer over its own samples: online Diffusion-DPO, each round drawing candidates per "
-      "class, ranking them by the classifier's log p(class | x) and training on best-vs-worst "
-      "pairs, anchored to the starting model by --beta. OUT is a model folder (stipple eval / "
+      "scorer over its own samples: each round draws candidates per class and scores them by "
+      "the classifier's log p(class | x); --method dpo trains on best-vs-worst pairs "
+      "(Diffusion-DPO, anchored to the start by --beta), rwr on all of them weighted by "
+      "exp(reward / --temperature) (anchored by --anchor). OUT is a model folder (stipple eval / "
       "generate --model OUT) with log.csv. Ctrl-C saves at the round's end; --resume continues "
       "exactly.");
+  cmd_->add_option("--method", c.method,
+                   "dpo: Diffusion-DPO on best-vs-worst pairs; rwr: reward-weighted regression")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"dpo", "rwr"}));
   cmd_->add_option("--model", c.model_dir, "the starting generator (a stipple train folder)");
   cmd_->add_option("--classifier", c.classifier_dir,
                    "the scorer: a clean-image classifier folder (stipple train-classifier)");
@@ -40,6 +45,16 @@ TuneCommand::TuneCommand(CLI::App& app) {
                    "DPO's KL weight: larger keeps the model nearer the start")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  cmd_->add_option("--temperature", c.temperature,
+                   "rwr: candidates weighted by exp(reward / temperature)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd_->add_option("--anchor", c.anchor, "rwr: L2 weight on the distance from the start")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd_->add_option("--images-per-step", c.images_per_step, "rwr: candidates in each step")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 4096));
   cmd_->add_option("--lr", c.lr, "learning rate (AdamW; warm-up, then constant)")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
@@ -51,8 +66,8 @@ TuneCommand::TuneCommand(CLI::App& app) {
   cmd_->add_option("--pairs-per-step", c.pairs_per_step, "pairs in each step's batch")
       ->capture_default_str()
       ->check(CLI::Range(1, 4096));
-  cmd_->add_option("--timesteps-per-pair", c.timesteps_per_pair,
-                   "(t, noise) draws per pair in a step")
+  cmd_->add_option("--timesteps-per-image", c.timesteps_per_image,
+                   "(t, noise) draws per pair (dpo) or image (rwr) in a step")
       ->capture_default_str()
       ->check(CLI::Range(1, 64));
   cmd_->add_option("--sampler", c.sampler, "sampler for the candidates")->capture_default_str();
@@ -98,7 +113,7 @@ int TuneCommand::run() {
   TrainingProgress shown(quiet_);
   auto progress = [&](const train::TuneProgress& p) {
     char note[96];
-    std::snprintf(note, sizeof note, "round %lld, %lld pairs, reward %.3f, loss %.4f",
+    std::snprintf(note, sizeof note, "round %lld, %lld pairs, reward %.3f, loss %.4g",
                   static_cast<long long>(p.round), static_cast<long long>(p.pairs), p.reward,
                   p.loss);
     shown.update(p.step, p.total, note);

@@ -95,7 +95,7 @@ std::vector<float> ClassifierScorer::score(const Tensor& images,
 // ---------------- config ----------------
 
 json TuneConfig::to_json() const {
-  return json{{"method", "diffusion-dpo"},
+  return json{{"method", method},
               {"model_dir", model_dir},
               {"classifier_dir", classifier_dir},
               {"out_dir", out_dir},
@@ -109,7 +109,10 @@ json TuneConfig::to_json() const {
               {"steps", steps},
               {"updates_per_round", updates_per_round},
               {"pairs_per_step", pairs_per_step},
-              {"timesteps_per_pair", timesteps_per_pair},
+              {"timesteps_per_image", timesteps_per_image},
+              {"images_per_step", images_per_step},
+              {"temperature", json_float(temperature)},
+              {"anchor", json_float(anchor)},
               {"lr", json_float(lr)},
               {"warmup", warmup},
               {"grad_clip", json_float(grad_clip)},
@@ -122,9 +125,7 @@ TuneConfig TuneConfig::from_json(const json& j, const std::string& where) {
   STIPPLE_CHECK(j.is_object(), where, ": a tuning config must be a JSON object");
   const io::JsonConfig c(j, where);
   TuneConfig t;
-  const std::string method = c.string("method", "diffusion-dpo");
-  STIPPLE_CHECK(method == "diffusion-dpo", where, ": unknown tuning method \"", method,
-                "\" (diffusion-dpo)");
+  t.method = c.string("method", t.method);
   t.model_dir = c.string("model_dir", t.model_dir);
   t.classifier_dir = c.string("classifier_dir", t.classifier_dir);
   t.out_dir = c.string("out_dir", t.out_dir);
@@ -138,8 +139,11 @@ TuneConfig TuneConfig::from_json(const json& j, const std::string& where) {
   t.steps = c.integer("steps", t.steps);
   t.updates_per_round = static_cast<int>(c.integer("updates_per_round", t.updates_per_round));
   t.pairs_per_step = static_cast<int>(c.integer("pairs_per_step", t.pairs_per_step));
-  t.timesteps_per_pair =
-      static_cast<int>(c.integer("timesteps_per_pair", t.timesteps_per_pair));
+  t.timesteps_per_image =
+      static_cast<int>(c.integer("timesteps_per_image", t.timesteps_per_image));
+  t.images_per_step = static_cast<int>(c.integer("images_per_step", t.images_per_step));
+  t.temperature = static_cast<float>(c.number("temperature", t.temperature));
+  t.anchor = static_cast<float>(c.number("anchor", t.anchor));
   t.lr = static_cast<float>(c.number("lr", t.lr));
   t.warmup = c.integer("warmup", t.warmup);
   t.grad_clip = static_cast<float>(c.number("grad_clip", t.grad_clip));
@@ -151,6 +155,8 @@ TuneConfig TuneConfig::from_json(const json& j, const std::string& where) {
 }
 
 void TuneConfig::validate() const {
+  STIPPLE_CHECK(method == "dpo" || method == "rwr", "tune: unknown method \"", method,
+                "\" (dpo: Diffusion-DPO on best-vs-worst pairs; rwr: reward-weighted regression)");
   STIPPLE_CHECK(!model_dir.empty(), "tune: a starting model folder is needed (--model)");
   STIPPLE_CHECK(!out_dir.empty(), "tune: an output folder is needed (--out)");
   STIPPLE_CHECK(candidates >= 2 && candidates <= 1024,
@@ -167,8 +173,13 @@ void TuneConfig::validate() const {
                 "tune: updates per round must be in [1, 10000]");
   STIPPLE_CHECK(pairs_per_step >= 1 && pairs_per_step <= 4096,
                 "tune: pairs per step must be in [1, 4096]");
-  STIPPLE_CHECK(timesteps_per_pair >= 1 && timesteps_per_pair <= 64,
-                "tune: timesteps per pair must be in [1, 64]");
+  STIPPLE_CHECK(timesteps_per_image >= 1 && timesteps_per_image <= 64,
+                "tune: timesteps per image must be in [1, 64]");
+  STIPPLE_CHECK(images_per_step >= 1 && images_per_step <= 4096,
+                "tune: images per step must be in [1, 4096]");
+  STIPPLE_CHECK(std::isfinite(temperature) && temperature > 0,
+                "tune: --temperature must be positive, got ", temperature);
+  STIPPLE_CHECK(std::isfinite(anchor) && anchor >= 0, "tune: --anchor must be >= 0, got ", anchor);
   STIPPLE_CHECK(std::isfinite(lr) && lr > 0, "tune: --lr must be positive");
   STIPPLE_CHECK(warmup >= 0, "tune: --warmup must be >= 0");
   STIPPLE_CHECK(std::isfinite(grad_clip), "tune: the gradient clip must be finite (<= 0: off)");
@@ -205,6 +216,21 @@ Tensor dpo_loss(const Tensor& err_w, const Tensor& err_l, const Tensor& ref_w, c
   const Tensor z = ((err_w - err_l) - (ref_w - ref_l)) * (-0.5f * beta);  // [P]
   const Tensor both = ops::concat({ops::unsqueeze(z, 1), Tensor::zeros({p, 1})}, 1);
   return ops::neg(ops::reshape(ops::log_softmax(both, 1).narrow(1, 0, 1), {p}));  // [P]
+}
+
+Tensor rwr_loss(const Tensor& err, const Tensor& weights, const std::vector<Tensor>& params,
+                const std::vector<Tensor>& start, float anchor) {
+  STIPPLE_CHECK(err.dim() == 1 && weights.shape() == err.shape(),
+                "rwr_loss: errors and weights must be [M] alike, got ", err.describe(), ", ",
+                weights.describe());
+  Tensor loss = ops::mean(err * weights);
+  if (anchor > 0) {
+    STIPPLE_CHECK(start.size() == params.size(), "rwr_loss: ", start.size(),
+                  " anchor tensors for ", params.size(), " parameters");
+    for (size_t i = 0; i < params.size(); ++i)
+      loss = loss + ops::sum(ops::square(params[i] - start[i])) * (0.5f * anchor);
+  }
+  return loss;
 }
 
 // ---------------- the run ----------------
@@ -270,6 +296,11 @@ TuneResult tune(const TuneConfig& config_in, bool resume,
         models::FashionClassifier::from_pretrained(config.classifier_dir), config.classifier_dir);
   }
 
+  std::vector<Tensor> anchor_to;  // the start's weights in f32, in params' order (RWR's anchor)
+  if (config.method == "rwr" && config.anchor > 0) {
+    autograd::NoGradGuard no_grad;
+    for (const auto& [name, p] : policy->named_parameters()) anchor_to.push_back(p.clone());
+  }
   AdamW opt(params, AdamWConfig{config.lr, 0.9f, 0.999f, 1e-8f, 0.0f});
   Generator gen(config.seed + 1);
   int64_t step = 0, round = 0, empty_rounds = 0;
@@ -339,7 +370,8 @@ TuneResult tune(const TuneConfig& config_in, bool resume,
     save_run_state(state_path, s, "stipple-tune-state");
   };
   CsvLog log(config.out_dir + "/log.csv",
-             "step,round,pairs,loss,implicit_accuracy,reward_mean,reward_min,lr,grad_norm,seconds");
+             "step,round,pairs,loss,implicit_accuracy,weight_ess,reward_mean,reward_min,lr,grad_norm,"
+             "seconds");
   if (resume) log.resume(step);
 
   TuneResult result;
@@ -373,57 +405,103 @@ TuneResult tune(const TuneConfig& config_in, bool resume,
     const float reward_mean = static_cast<float>(reward_sum / rewards.size());
     result.round_reward.push_back(reward_mean);
 
-    // 3. DPO updates on a shuffled cycle of the round's pairs
-    const int64_t P = static_cast<int64_t>(pairs.size());
+    // 3. updates. DPO: a shuffled cycle of the round's pairs; RWR: of all candidates, weighted
+    //    per class by K softmax(r / temperature).
+    const bool dpo = config.method == "dpo";
+    const int64_t N = static_cast<int64_t>(labels.size());
+    const int64_t P = dpo ? static_cast<int64_t>(pairs.size()) : 0;
+    std::vector<float> weight;
+    double ess = 0;
+    if (!dpo) {
+      weight.resize(static_cast<size_t>(N));
+      for (size_t g = 0; g < classes.size(); ++g) {
+        const int64_t o = static_cast<int64_t>(g) * K;
+        const float top = *std::max_element(rewards.begin() + o, rewards.begin() + o + K);
+        double z = 0;
+        for (int64_t i = o; i < o + K; ++i)
+          z += weight[i] = std::exp((rewards[i] - top) / config.temperature);
+        for (int64_t i = o; i < o + K; ++i) weight[i] = static_cast<float>(K * weight[i] / z);
+      }
+      double sw = 0, sw2 = 0;
+      for (float w : weight) sw += w, sw2 += double(w) * w;
+      ess = sw * sw / sw2 / N;  // effective sample size, as a share of the candidates
+    }
     double loss_sum = 0, acc_sum = 0, grad_sum = 0;
     int updates = 0;
     float lr = 0;
-    if (P == 0) {
+    if (dpo && P == 0) {
       ++empty_rounds;
     } else {
       empty_rounds = 0;
-      std::vector<int64_t> order(static_cast<size_t>(P));
+      const int64_t units = dpo ? P : N;  // what the shuffled cycle runs over
+      std::vector<int64_t> order(static_cast<size_t>(units));
       std::iota(order.begin(), order.end(), int64_t{0});
-      for (int64_t i = P - 1; i > 0; --i)
+      for (int64_t i = units - 1; i > 0; --i)
         std::swap(order[i], order[gen.next_u64() % static_cast<uint64_t>(i + 1)]);
       int64_t cursor = 0;
-      const int64_t pairs_in_step = std::min<int64_t>(P, config.pairs_per_step);
-      const int64_t m = pairs_in_step * config.timesteps_per_pair;  // (pair, draw) rows
+      const int64_t per_step =
+          std::min<int64_t>(units, dpo ? config.pairs_per_step : config.images_per_step);
+      const int64_t m = per_step * config.timesteps_per_image;  // rows: (unit, draw)
       for (int u = 0; u < config.updates_per_round && step < config.steps; ++u) {
+        // rows of x0: DPO the m winners then the m losers; RWR m candidates
         std::vector<int64_t> rows_w, rows_l, ys;
-        for (int64_t i = 0; i < pairs_in_step; ++i, cursor = (cursor + 1) % P)
-          for (int k = 0; k < config.timesteps_per_pair; ++k) {
-            rows_w.push_back(pairs[order[cursor]].first);
-            rows_l.push_back(pairs[order[cursor]].second);
+        std::vector<float> wv;
+        for (int64_t i = 0; i < per_step; ++i, cursor = (cursor + 1) % units)
+          for (int k = 0; k < config.timesteps_per_image; ++k) {
+            if (dpo) {
+              rows_w.push_back(pairs[order[cursor]].first);
+              rows_l.push_back(pairs[order[cursor]].second);
+            } else {
+              rows_w.push_back(order[cursor]);
+              wv.push_back(weight[order[cursor]]);
+            }
             ys.push_back(labels[rows_w.back()]);
           }
+        const int64_t copies = dpo ? 2 : 1;  // DPO: the pair's images share t and noise
         std::vector<int64_t> tv(static_cast<size_t>(m));
         for (auto& t : tv) t = static_cast<int64_t>(gen.next_u64() % static_cast<uint64_t>(T));
         const Tensor noise = gen.randn({m, C, images.size(2), images.size(3)});
         std::vector<int64_t> t2 = tv, y2 = ys;
-        t2.insert(t2.end(), tv.begin(), tv.end());
-        y2.insert(y2.end(), ys.begin(), ys.end());
-        const Tensor x0 = ops::concat({gather_rows(images, rows_w), gather_rows(images, rows_l)}, 0);
-        const Tensor t = Tensor::from_vector_i64(t2, {2 * m});
-        const Tensor y = Tensor::from_vector_i64(y2, {2 * m});
-        const Tensor eps = ops::concat({noise, noise}, 0);
+        std::vector<Tensor> x0s = {gather_rows(images, rows_w)}, epss = {noise};
+        if (dpo) {
+          t2.insert(t2.end(), tv.begin(), tv.end());
+          y2.insert(y2.end(), ys.begin(), ys.end());
+          x0s.push_back(gather_rows(images, rows_l));
+          epss.push_back(noise);
+        }
+        const Tensor x0 = x0s.size() == 1 ? x0s[0] : ops::concat(x0s, 0);
+        const Tensor t = Tensor::from_vector_i64(t2, {copies * m});
+        const Tensor y = Tensor::from_vector_i64(y2, {copies * m});
+        const Tensor eps = epss.size() == 1 ? epss[0] : ops::concat(epss, 0);
         const Tensor xt = schedulers::add_noise(acp, x0, eps, t);
         const Tensor target = schedulers::prediction_target(sc.prediction_type, acp, x0, eps, t);
         auto errors = [&](const models::DiTTransformer2DModel& model) {
           const Tensor out = model.forward(xt, t, y);
           const Tensor pred = out.size(1) == C ? out : out.narrow(1, 0, C);
-          return ops::mean(ops::square(pred - target), {1, 2, 3});  // [2m]
+          return ops::mean(ops::square(pred - target), {1, 2, 3});  // [copies * m]
         };
-        Tensor ref_err;
-        {
-          autograd::NoGradGuard no_grad;
-          ref_err = errors(ref.transformer());
-        }
         const Tensor err = errors(*policy);
-        const Tensor per_pair = dpo_loss(err.narrow(0, 0, m), err.narrow(0, m, m),
-                                         ref_err.narrow(0, 0, m), ref_err.narrow(0, m, m),
-                                         config.beta);
-        const Tensor loss = ops::mean(per_pair);
+        Tensor loss;
+        if (dpo) {
+          Tensor ref_err;
+          {
+            autograd::NoGradGuard no_grad;
+            ref_err = errors(ref.transformer());
+          }
+          loss = ops::mean(dpo_loss(err.narrow(0, 0, m), err.narrow(0, m, m),
+                                    ref_err.narrow(0, 0, m), ref_err.narrow(0, m, m),
+                                    config.beta));
+          // the tuned model prefers the winner more than the reference does: d < 0
+          const std::vector<float> ew = err.narrow(0, 0, m).detach().to_vector(),
+                                   el = err.narrow(0, m, m).detach().to_vector(),
+                                   rw = ref_err.narrow(0, 0, m).to_vector(),
+                                   rl = ref_err.narrow(0, m, m).to_vector();
+          int wins = 0;
+          for (int64_t i = 0; i < m; ++i) wins += (ew[i] - el[i]) - (rw[i] - rl[i]) < 0;
+          acc_sum += static_cast<double>(wins) / m;
+        } else {
+          loss = rwr_loss(err, Tensor::from_vector(wv, {m}), params, anchor_to, config.anchor);
+        }
         opt.zero_grad();
         loss.backward();
         const float gn = clip_grad_norm(params, config.grad_clip > 0
@@ -435,15 +513,8 @@ TuneResult tune(const TuneConfig& config_in, bool resume,
         ++step;
         const float l = loss.item();
         STIPPLE_CHECK(std::isfinite(l), "tune: the loss became ", l, " at step ", step,
-                      " (lower --lr or --beta)");
-        // the tuned model prefers the winner more than the reference does: d < 0
-        const std::vector<float> ew = err.narrow(0, 0, m).detach().to_vector(),
-                                 el = err.narrow(0, m, m).detach().to_vector(),
-                                 rw = ref_err.narrow(0, 0, m).to_vector(),
-                                 rl = ref_err.narrow(0, m, m).to_vector();
-        int wins = 0;
-        for (int64_t i = 0; i < m; ++i) wins += (ew[i] - el[i]) - (rw[i] - rl[i]) < 0;
-        loss_sum += l, acc_sum += static_cast<double>(wins) / m, grad_sum += gn, ++updates;
+                      " (lower --lr", dpo ? " or --beta)" : ")");
+        loss_sum += l, grad_sum += gn, ++updates;
       }
     }
     ++round;
@@ -452,12 +523,13 @@ TuneResult tune(const TuneConfig& config_in, bool resume,
     TuneProgress p;
     p.step = step, p.total = config.steps, p.round = round, p.pairs = P;
     p.loss = updates ? static_cast<float>(loss_sum / updates) : 0.0f;
-    p.implicit_accuracy = updates ? static_cast<float>(acc_sum / updates) : 0.0f;
+    p.implicit_accuracy = dpo && updates ? static_cast<float>(acc_sum / updates) : 0.0f;
+    p.weight_ess = static_cast<float>(ess);
     p.reward = reward_mean;
     char row[256];
-    std::snprintf(row, sizeof row, "%lld,%lld,%lld,%.6g,%.4f,%.6g,%.6g,%.6g,%.6g,%.2f",
+    std::snprintf(row, sizeof row, "%lld,%lld,%lld,%.6g,%.4f,%.4f,%.6g,%.6g,%.6g,%.6g,%.2f",
                   static_cast<long long>(step), static_cast<long long>(round),
-                  static_cast<long long>(P), p.loss, p.implicit_accuracy, reward_mean,
+                  static_cast<long long>(P), p.loss, p.implicit_accuracy, ess, reward_mean,
                   reward_min, lr, updates ? grad_sum / updates : 0.0, seconds());
     log.append(row);
     if (progress) progress(p);

@@ -1,7 +1,12 @@
 // Feedback tuning (`stipple tune`): a trained class-conditional generator fine-tuned on a
-// scorer's judgement of its own samples, by online Diffusion-DPO (Wallace et al. 2023, "Diffusion
-// Model Alignment Using Direct Preference Optimization", eq. 14, with the loss as its training
-// code writes it).
+// scorer's judgement of its own samples, online, by one of two methods:
+//   dpo  Diffusion-DPO (Wallace et al. 2023, "Diffusion Model Alignment Using Direct Preference
+//        Optimization", eq. 14, with the loss as its training code writes it), on best-vs-worst
+//        pairs, anchored to the start by its KL weight beta;
+//   rwr  reward-weighted regression (Peters & Schaal 2007; for text-to-image, Lee et al. 2023,
+//        "Aligning Text-to-Image Models using Human Feedback"): the denoising loss on the
+//        candidates weighted by exp(r / temperature), anchored by an L2 penalty on the weights'
+//        distance from the start.
 //
 // One round:
 //   1. candidates: K images of each tuned class drawn from the *current* weights with the
@@ -9,7 +14,7 @@
 //   2. rewards r = scorer(x0, class) (Fashion-MNIST: log p(class | x0) under a classifier)
 //   3. pairs: per class, the candidates sorted by reward, the i-th best against the i-th worst
 //      (i < K/2); a pair is kept when r_w - r_l >= min_gap (confident pairs carry no preference)
-//   4. updates_per_round AdamW steps, each on pairs_per_step of the round's pairs (a shuffled
+//   4. dpo: updates_per_round AdamW steps, each on pairs_per_step of the round's pairs (a shuffled
 //      cycle), each pair at timesteps_per_pair draws of t ~ U{0..T-1} and eps ~ N(0, I), both
 //      shared by the two images of the pair:
 //        x_t^w = sqrt(acp_t) x_w + sqrt(1 - acp_t) eps       (and x_t^l likewise)
@@ -19,6 +24,13 @@
 //      ref is the frozen starting model. The loss is DPO's: the optimum of reward maximisation
 //      under a KL penalty to ref (beta its weight), so beta is the anchor that keeps the tuned
 //      model near the start; nothing else holds it there.
+//   4'. rwr: updates_per_round AdamW steps, each on images_per_step candidates (a shuffled cycle
+//      of all of them) at timesteps_per_image draws of (t, eps):
+//        w_i  = K softmax_i(r / temperature) over the K candidates of i's class (mean 1)
+//        loss = mean_i w_i e(theta, x_i) + anchor / 2 * |theta - theta_start|^2
+//      The weights are the exponentiated reward of the KL-regularised objective's optimum
+//      (temperature its KL weight); the sample-based loss alone does not hold the model near the
+//      start, so the L2 anchor does.
 //
 // On disk (out_dir): a model folder stipple eval, generate and the Engine open (model_index.json
 // and scheduler/ copied from the starting model, transformer/ with the tuned weights in the
@@ -69,6 +81,7 @@ class ClassifierScorer : public Scorer {
 };
 
 struct TuneConfig {
+  std::string method = "dpo";  // or "rwr"
   std::string model_dir;       // the starting generator (a stipple train folder)
   std::string classifier_dir;  // the scorer's classifier
   std::string out_dir;
@@ -79,12 +92,15 @@ struct TuneConfig {
   std::string sampler = "dpm++2m_karras";
   float cfg = 2.0f;
   float min_gap = 0.5f;  // reward margin for a pair
-  // ---- DPO ----
-  float beta = 2000.0f;
+  // ---- the updates ----
+  float beta = 2000.0f;        // dpo: the KL weight
+  float temperature = 0.5f;    // rwr: of exp(r / temperature)
+  float anchor = 1e-2f;        // rwr: L2 weight on the distance from the start
   int64_t steps = 200;  // AdamW steps in all
   int updates_per_round = 8;
-  int pairs_per_step = 16;
-  int timesteps_per_pair = 4;  // (t, eps) draws per pair in a step: the loss of one is noisy
+  int pairs_per_step = 16;   // dpo
+  int images_per_step = 32;  // rwr
+  int timesteps_per_image = 4;  // (t, eps) draws per pair (dpo) or image (rwr) in a step
   float lr = 1e-5f;
   int64_t warmup = 20;
   float grad_clip = 1.0f;
@@ -101,7 +117,8 @@ struct TuneProgress {
   int64_t step = 0, total = 0, round = 0;
   float loss = 0;            // mean DPO loss of the last round (log 2 at the start)
   float reward = 0;          // mean reward of the last round's candidates
-  float implicit_accuracy = 0;  // share of pairs with d < 0 (the tuned model prefers the winner)
+  float implicit_accuracy = 0;  // dpo: share of pairs with d < 0 (the tuned model prefers the winner)
+  float weight_ess = 0;  // rwr: the weights' effective sample size, as a share of the candidates
   int64_t pairs = 0;         // pairs of the last round
 };
 
@@ -120,6 +137,11 @@ std::vector<std::pair<int64_t, int64_t>> preference_pairs(const std::vector<floa
 // The per-pair Diffusion-DPO loss from the four errors (each [P]): -log sigmoid(-beta/2 * d).
 Tensor dpo_loss(const Tensor& err_w, const Tensor& err_l, const Tensor& ref_w, const Tensor& ref_l,
                 float beta);
+
+// The reward-weighted loss from the errors err [M] and weights [M], plus anchor / 2 times the
+// squared distance of `params` from `start` (same order and shapes; unused when anchor is 0).
+Tensor rwr_loss(const Tensor& err, const Tensor& weights, const std::vector<Tensor>& params,
+                const std::vector<Tensor>& start, float anchor);
 
 // Runs (or with `resume`, continues) a tuning run. The scorer judges the candidates; without one
 // a ClassifierScorer on config.classifier_dir does.
