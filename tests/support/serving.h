@@ -11,6 +11,9 @@
 #include <string>
 #include <thread>
 #include <utility>
+#include <vector>
+
+#include <stipple/stipple.h>
 
 #include "../apps/server/server.h"
 
@@ -85,6 +88,16 @@ inline ServerOptions fashion() {
   ServerOptions o;
   o.models = {kFashion};
   return o;
+}
+
+// The pixels of class `label` drawn by the API with `seed`, `steps` steps.
+inline std::vector<uint8_t> api_pixels(const std::string& label, int64_t seed, int steps) {
+  const Engine engine = Engine::open(kFashion);
+  GenerateRequest r;
+  r.class_labels = {label};
+  r.seed = seed;
+  r.steps = steps;
+  return engine.generate(r).images[0].image.pixels;
 }
 
 }  // namespace stipple::server
