@@ -286,6 +286,10 @@ TEST(Tune, Errors) {
   TuneConfig no_model = c;
   no_model.model_dir = dir + "/none";
   expect_error([&] { tune(no_model, false); }, ErrorKind::kInvalidArgument, "no such model folder");
+  TuneConfig latent = c;  // the emoji text-to-image model: a latent DiT
+  latent.model_dir = std::string(STIPPLE_SOURCE_DIR) + "/models/emoji-t2i";
+  expect_error([&] { tune(latent, false); }, ErrorKind::kInvalidArgument,
+               "has a VAE (a latent DiT); stipple eval and stipple tune take pixel-space");
   expect_error([&] { tune(c, true); }, ErrorKind::kNotFound, "cannot resume");
   TuneConfig bad = c;
   bad.sampler = "warp";

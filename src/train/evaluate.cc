@@ -62,8 +62,8 @@ ClassGenerator ClassGenerator::load(const std::string& folder) {
   STIPPLE_CHECK(fs::exists(dir / "model_index.json"), folder,
                 " is not a generator folder: missing model_index.json", kHint);
   STIPPLE_CHECK(!fs::exists(dir / "vae"), dir.string(),
-                " has a VAE (a latent DiT); stipple eval scores pixel-space Fashion-MNIST "
-                "generators as `stipple train` writes them");
+                " has a VAE (a latent DiT); stipple eval and stipple tune take pixel-space "
+                "class-conditional generators as `stipple train --data fashion-mnist` writes them");
   for (const char* part : {"transformer/config.json", "scheduler/scheduler_config.json"})
     STIPPLE_CHECK(fs::exists(dir / part), dir.string(), " is missing ", part, kHint);
   ClassGenerator g;
