@@ -101,6 +101,27 @@ TEST(ReadFile, NonRegularFilesAreRefusedWithoutBlocking) {
 }
 
 // Temporaries of a process killed mid-write go; a live process's stay; other names stay.
+TEST(AtomicFile, CreateOutputDirNamesTheFolderAndTheReason) {
+  const fs::path dir = fs::path(::testing::TempDir()) / "output_dir";
+  fs::remove_all(dir);
+  io::create_output_dir((dir / "a" / "b").string());
+  EXPECT_TRUE(fs::is_directory(dir / "a" / "b"));
+  io::create_output_dir((dir / "a").string());  // an existing folder is fine
+  io::write_file_atomic((dir / "file").string(), "x");
+  for (const fs::path& bad : {dir / "file", dir / "file" / "below"}) {
+    try {
+      io::create_output_dir(bad.string());
+      ADD_FAILURE() << "no error for " << bad;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kIo);
+      EXPECT_NE(std::string(e.what()).find("cannot create the output folder " + bad.string()),
+                std::string::npos)
+          << e.what();
+    }
+  }
+  fs::remove_all(dir);
+}
+
 TEST(AtomicFile, RemovesStaleTemporaries) {
   const fs::path dir = fs::path(::testing::TempDir()) / "atomic_stale";
   fs::remove_all(dir);

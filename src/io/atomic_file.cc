@@ -115,6 +115,15 @@ void write_file_atomic(const std::string& path, const std::function<void(AtomicF
   f.commit();
 }
 
+void create_output_dir(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec || !std::filesystem::is_directory(dir))
+    throw Error(str_cat("cannot create the output folder ", dir, ": ",
+                        ec ? ec.message() : std::string("a file of that name is in the way")),
+                ErrorKind::kIo);
+}
+
 int remove_stale_temporaries(const std::string& dir) {
   namespace fs = std::filesystem;
   std::error_code ec;

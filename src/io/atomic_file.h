@@ -51,6 +51,10 @@ class AtomicFile {
 // how many were removed. Resuming trainers call it on their run folder.
 int remove_stale_temporaries(const std::string& dir);
 
+// Creates `dir` and its parents (an existing folder is fine); throws a kIo stipple::Error naming the
+// folder and the reason ("is a file", permission) instead of the library's bare message.
+void create_output_dir(const std::string& dir);
+
 // Writes `bytes` to `path` atomically.
 void write_file_atomic(const std::string& path, std::string_view bytes);
 

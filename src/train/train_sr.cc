@@ -395,7 +395,7 @@ SrMetrics train_sr(const SrTrainConfig& config_in, bool resume,
   }
   if (const int k = io::remove_stale_temporaries(config.out_dir))
     say(str_cat("removed ", k, " temporary file(s) left by an interrupted write in ", config.out_dir));
-  fs::create_directories(config.out_dir);
+  io::create_output_dir(config.out_dir);
   io::write_file_atomic(config.out_dir + "/train_config.json", config.to_json().dump(2) + "\n");
   const std::vector<float> acp = schedulers::alphas_cumprod_from_betas(
       schedulers::make_betas("linear", kTrainTimesteps, 0.0001, 0.02));

@@ -303,7 +303,7 @@ VaeMetrics train_vae(const VaeTrainConfig& config_in, bool resume,
   if (const int k = root ? io::remove_stale_temporaries(config.out_dir) : 0)
     say(str_cat("removed ", k, " temporary file(s) left by an interrupted write in ", config.out_dir));
   if (root) {
-    fs::create_directories(config.out_dir);
+    io::create_output_dir(config.out_dir);
     io::write_file_atomic(config.out_dir + "/train_config.json", config.to_json().dump(2) + "\n");
   }
   GradientReducer reducer;

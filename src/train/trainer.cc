@@ -647,7 +647,7 @@ void Trainer::run(const TrainCallbacks& cb) {
     if (root && cb.message) cb.message(s);
   };
   if (root) {
-    fs::create_directories(config_.out_dir);
+    io::create_output_dir(config_.out_dir);
     write_json(config_.out_dir + "/train_config.json", config_.to_json());
   }
   running_ = true;

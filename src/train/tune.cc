@@ -328,8 +328,8 @@ TuneResult tune(const TuneConfig& config_in, bool resume,
   if (const int k = io::remove_stale_temporaries(config.out_dir))
     say(str_cat("removed ", k, " temporary file(s) left by an interrupted write in ",
                 config.out_dir));
-  fs::create_directories(config.out_dir + "/transformer");
-  fs::create_directories(config.out_dir + "/scheduler");
+  io::create_output_dir(config.out_dir + "/transformer");
+  io::create_output_dir(config.out_dir + "/scheduler");
   io::write_file_atomic(config.out_dir + "/tune_config.json", config.to_json().dump(2) + "\n");
   // The folder around the tuned weights is the start's.
   io::write_file_atomic(config.out_dir + "/model_index.json",
