@@ -197,6 +197,9 @@ TEST(Tune, StopEndsAtTheRoundWithACheckpoint) {
   EXPECT_TRUE(r.stopped);
   EXPECT_EQ(r.steps, 2);  // one round of 2 updates
   EXPECT_TRUE(fs::exists(c.out_dir + "/tune_state.safetensors"));
+  // starting afresh over it would lose the run: refused
+  expect_error([&] { tune(c, false); }, ErrorKind::kInvalidArgument,
+               "holds a tuning run already (continue it with --resume");
   c.steps = 4;
   EXPECT_EQ(tune(c, true).steps, 4);
 }

@@ -253,6 +253,10 @@ TuneResult tune(const TuneConfig& config_in, bool resume,
     saved.steps = config.steps;  // a resume may tune longer
     saved.out_dir = config.out_dir;
     config = saved;
+  } else {
+    STIPPLE_CHECK(!fs::exists(state_path), "tune: ", config.out_dir,
+                  " holds a tuning run already (continue it with --resume, or give another "
+                  "--out)");
   }
   config.validate();
 
