@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "core/error.h"
+#include "ops/ops.h"
 
 namespace stipple::train {
 namespace {
@@ -214,6 +215,13 @@ void DataLoader::start_epoch() {
   flip_.assign(size_, 0);
   if (hflip_)
     for (int64_t i = 0; i < size_; ++i) flip_[i] = gen_.next_u32() & 1u;
+}
+
+Tensor gather_rows(const Tensor& x, const std::vector<int64_t>& rows) {
+  std::vector<Tensor> parts;
+  parts.reserve(rows.size());
+  for (int64_t r : rows) parts.push_back(x.narrow(0, r, 1));
+  return ops::concat(parts, 0);
 }
 
 DataLoader::Batch DataLoader::next() {

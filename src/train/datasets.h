@@ -67,6 +67,9 @@ class FashionMnist {
   Tensor images_, labels_;
 };
 
+// Rows `rows` of x [N, ...], stacked in that order (repeats allowed): [rows.size(), ...].
+Tensor gather_rows(const Tensor& x, const std::vector<int64_t>& rows);
+
 // Deterministic shuffled minibatches over (images [N, ...], labels [N]). Each epoch is a fresh
 // permutation drawn from the loader's own Generator (and, with hflip, a coin per image); batches
 // are consecutive slices of it, and the last partial batch of an epoch is dropped. Everything an

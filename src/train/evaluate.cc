@@ -220,13 +220,6 @@ std::vector<int64_t> balanced_subset(const std::vector<int64_t>& labels, int64_t
   return out;
 }
 
-Tensor gather_rows(const Tensor& images, const std::vector<int64_t>& rows) {
-  std::vector<Tensor> parts;
-  parts.reserve(rows.size());
-  for (int64_t r : rows) parts.push_back(images.narrow(0, r, 1));
-  return ops::concat(parts, 0);
-}
-
 std::string percent(float v) {
   if (std::isnan(v)) return "-";
   char buf[32];

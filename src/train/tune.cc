@@ -44,14 +44,6 @@ uint64_t round_seed(uint64_t seed, int64_t round) {
   return (z ^ (z >> 31)) & 0x7FFFFFFFFFFFull;
 }
 
-// Rows `rows` of x [N, ...] stacked in that order.
-Tensor gather_rows(const Tensor& x, const std::vector<int64_t>& rows) {
-  std::vector<Tensor> parts;
-  parts.reserve(rows.size());
-  for (int64_t r : rows) parts.push_back(x.narrow(0, r, 1));
-  return ops::concat(parts, 0).contiguous();
-}
-
 }  // namespace
 
 // ---------------- scorer ----------------
@@ -274,13 +266,14 @@ TuneResult tune(const TuneConfig& config_in, bool resume,
       models::find_component(start + "/transformer", "DiT", "diffusion_pytorch_model");
   const models::DiTConfig dit_config = models::DiTConfig::from_file(files.config);
   auto policy = std::make_shared<models::DiTTransformer2DModel>(dit_config);
-  bool half = false;
   {
     autograd::NoGradGuard no_grad;
-    const std::map<std::string, Tensor> weights = io::load_safetensors(files.weights_file());
-    for (const auto& [k, v] : weights) half = half || v.dtype() == DType::kF16;
-    policy->load_state_dict(weights, /*strict=*/true, files.weights_file());
+    policy->load_state_dict(ref.transformer().state_dict(), /*strict=*/true, start);
   }
+  // the tuned weights are written in the start's dtype (f16 when it stores f16)
+  bool half = false;
+  const io::SafetensorsFile start_file = io::SafetensorsFile::open(files.weights_file());
+  for (const auto& [name, e] : start_file.entries()) half = half || e.dtype == "F16";
   policy->train();
   std::vector<Tensor> params;
   for (const auto& [name, p] : policy->named_parameters()) params.push_back(p);
@@ -396,8 +389,9 @@ TuneResult tune(const TuneConfig& config_in, bool resume,
     const std::vector<float> rewards = scorer->score(images, labels);
     STIPPLE_CHECK(rewards.size() == labels.size(), "tune: the scorer gave ", rewards.size(),
                   " rewards for ", labels.size(), " images");
-    std::vector<std::pair<int64_t, int64_t>> pairs;
-    for (size_t g = 0; g < classes.size(); ++g) {
+    const bool dpo = config.method == "dpo";
+    std::vector<std::pair<int64_t, int64_t>> pairs;  // DPO's
+    for (size_t g = 0; dpo && g < classes.size(); ++g) {
       const int64_t o = static_cast<int64_t>(g) * K;
       const std::vector<float> group(rewards.begin() + o, rewards.begin() + o + K);
       for (const auto& [w, l] : preference_pairs(group, config.min_gap))
@@ -411,9 +405,8 @@ TuneResult tune(const TuneConfig& config_in, bool resume,
 
     // 3. updates. DPO: a shuffled cycle of the round's pairs; RWR: of all candidates, weighted
     //    per class by K softmax(r / temperature).
-    const bool dpo = config.method == "dpo";
     const int64_t N = static_cast<int64_t>(labels.size());
-    const int64_t P = dpo ? static_cast<int64_t>(pairs.size()) : 0;
+    const int64_t P = static_cast<int64_t>(pairs.size());
     std::vector<float> weight;
     double ess = 0;
     if (!dpo) {
