@@ -3,6 +3,7 @@
 // sin-cos table, conformance with diffusers 0.29 on ../shared, gradients of a tiny block, and
 // errors that name the bad key or tensor.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
@@ -499,7 +500,11 @@ TEST(DiT, MatchesPipelineDenoiserCalls) {
 class DiTErrors : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() / "stipple_test_dit_errors";
+    // One folder per test and process: ctest runs this suite's tests side by side.
+    dir_ = std::filesystem::temp_directory_path() /
+           ("stipple_test_dit_errors_" +
+            std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) + "_" +
+            std::to_string(::getpid()));
     std::filesystem::create_directories(dir_);
   }
   void TearDown() override { std::filesystem::remove_all(dir_); }

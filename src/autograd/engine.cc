@@ -65,7 +65,8 @@ void record(const char* name, const std::vector<Tensor>& inputs, Tensor& out, Ba
 }
 
 static void accumulate_leaf(TensorImpl& leaf, const Tensor& g) {
-  Tensor gc = g.to(leaf.dtype).contiguous();
+  // A leaf's gradient lives on the leaf's device (a rule may have produced it elsewhere).
+  Tensor gc = g.to(leaf.storage->device()).to(leaf.dtype).contiguous();
   if (!leaf.grad) {
     // Own the buffer: the incoming gradient may alias a tensor saved elsewhere.
     leaf.grad = (gc.is_same(g) ? gc.clone() : gc).impl_ptr();
@@ -81,7 +82,7 @@ void run_backward(const Tensor& root, const Tensor& grad_output) {
   if (!g0.defined()) {
     STIPPLE_CHECK(root.numel() == 1, "backward() without a gradient needs a one-element output, got ",
                   root.describe());
-    g0 = Tensor::ones(root.shape());
+    g0 = Tensor::ones(root.shape()).to(root.device());  // the seed lives where the output does
   }
   STIPPLE_CHECK(g0.shape() == root.shape(), "backward(): gradient ", g0.describe(),
                 " does not match the output ", root.describe());

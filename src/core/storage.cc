@@ -10,6 +10,9 @@
 #include <utility>
 
 #include "core/error.h"
+#ifdef STIPPLE_WITH_CUDA
+#include "backends/cuda/cuda_backend.h"
+#endif
 
 namespace stipple {
 namespace {
@@ -124,9 +127,26 @@ Storage::Storage() {
   id_ = next_id.fetch_add(1, std::memory_order_relaxed);
 }
 
+[[noreturn]] [[maybe_unused]] static void no_device(Device device) {
+  throw Error(str_cat("a tensor is on ", device_name(device),
+                      ", and this stipple was built without CUDA (configure with -DSTIPPLE_CUDA=ON)"),
+              ErrorKind::kUnsupported);
+}
+
 std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device, bool zero) {
-  STIPPLE_CHECK(device == Device::kCPU, "device ", device_name(device), " is not built in");
   auto s = std::shared_ptr<Storage>(new Storage());
+  if (device != Device::kCPU) {
+#ifdef STIPPLE_WITH_CUDA
+    s->data_ = cuda::allocate(nbytes);
+    if (zero && nbytes > 0) cuda::fill_zero(s->data_, nbytes);
+    s->capacity_ = s->nbytes_ = nbytes;
+    s->device_ = device;
+    s->owned_ = true;
+    return s;
+#else
+    no_device(device);
+#endif
+  }
   size_t rounded = ((nbytes + 63) / 64) * 64;
   if (zero && rounded >= kLazyMin && LazyZeroScope::active()) {
     // Never a cached block: those are resident, and zeroing them would make them so again.
@@ -171,6 +191,12 @@ std::shared_ptr<Storage> Storage::wrap(void* data, size_t nbytes, std::shared_pt
 
 Storage::~Storage() {
   if (!owned_ || data_ == nullptr) return;
+#ifdef STIPPLE_WITH_CUDA
+  if (device_ != Device::kCPU) {
+    cuda::release(data_, capacity_);
+    return;
+  }
+#endif
   if (!mapped_) g_live_bytes.fetch_sub(capacity_, std::memory_order_relaxed);
   if (mapped_) {
     ::munmap(data_, capacity_);
@@ -182,6 +208,26 @@ Storage::~Storage() {
 }
 
 void Storage::trim_cache() { BlockCache::instance().trim(); }
+
+void Storage::copy_bytes(void* dst, Device dst_device, const void* src, Device src_device,
+                         size_t nbytes) {
+  if (nbytes == 0) return;
+  if (dst_device == Device::kCPU && src_device == Device::kCPU) {
+    std::memcpy(dst, src, nbytes);
+    return;
+  }
+#ifdef STIPPLE_WITH_CUDA
+  if (src_device == Device::kCPU) {
+    cuda::copy_to_device(dst, src, nbytes);
+  } else if (dst_device == Device::kCPU) {
+    cuda::copy_to_host(dst, src, nbytes);
+  } else {
+    cuda::copy_on_device(dst, src, nbytes);
+  }
+#else
+  no_device(src_device == Device::kCPU ? dst_device : src_device);
+#endif
+}
 
 size_t Storage::live_bytes() { return g_live_bytes.load(std::memory_order_relaxed); }
 size_t Storage::peak_live_bytes() { return g_peak_bytes.load(std::memory_order_relaxed); }

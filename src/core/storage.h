@@ -23,8 +23,10 @@ const char* device_name(Device d);
 
 class Storage {
  public:
-  // Allocates nbytes on `device` (only kCPU today), 64-byte aligned. Blocks of 1 MiB or more
-  // come from a bounded cache of freed blocks when one fits (see storage.cc).
+  // Allocates nbytes on `device`. Host blocks are 64-byte aligned, and blocks of 1 MiB or more
+  // come from a bounded cache of freed blocks when one fits (see storage.cc). Device blocks come
+  // from the CUDA backend's caching allocator (backends/cuda/cuda_backend.h); without that
+  // backend, asking for one is an error of kind kUnsupported.
   static std::shared_ptr<Storage> allocate(size_t nbytes, Device device = Device::kCPU,
                                            bool zero = false);
   // Returns every cached free block to the system (also done when an allocation fails).
@@ -47,6 +49,10 @@ class Storage {
   // 512 MB), freeing what no longer fits. Low-memory runs set it small.
   static void set_cache_budget(size_t bytes);
   static size_t cache_budget();
+  // Copies nbytes between any two devices' memory (host to host, host to device, ...). A copy to
+  // the host returns once the bytes are there; one to a device, once `src` may be reused.
+  static void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device,
+                         size_t nbytes);
 
   // While one is alive on a thread, zero-initialised allocations of 64 KiB or more on it that the
   // cache cannot serve are fresh anonymous mappings, whose pages the kernel provides already

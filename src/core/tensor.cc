@@ -197,6 +197,8 @@ bool dtype_matches<uint16_t>(DType d) { return d == DType::kF16 || d == DType::k
 template <typename T>
 T* Tensor::data() const {
   STIPPLE_CHECK(dtype_matches<T>(dtype()), "data<T>(): tensor is ", describe());
+  STIPPLE_CHECK(device() == Device::kCPU, "host code read ", describe(), " on ", device_name(device()),
+                "; copy it with .to(Device::kCPU) first");
   return static_cast<T*>(raw_data());
 }
 template float* Tensor::data<float>() const;
@@ -205,19 +207,19 @@ template int64_t* Tensor::data<int64_t>() const;
 template uint16_t* Tensor::data<uint16_t>() const;
 
 std::vector<float> Tensor::to_vector() const {
-  Tensor c = to(DType::kF32).contiguous();
+  Tensor c = to(Device::kCPU).to(DType::kF32).contiguous();
   const float* p = c.data<float>();
   return std::vector<float>(p, p + c.numel());
 }
 
 std::vector<int64_t> Tensor::to_vector_i64() const {
-  Tensor c = to(DType::kI64).contiguous();
+  Tensor c = to(Device::kCPU).to(DType::kI64).contiguous();
   const int64_t* p = c.data<int64_t>();
   return std::vector<int64_t>(p, p + c.numel());
 }
 
 std::vector<double> Tensor::to_vector_f64() const {
-  Tensor c = to(DType::kF64).contiguous();
+  Tensor c = to(Device::kCPU).to(DType::kF64).contiguous();
   const double* p = c.data<double>();
   return std::vector<double>(p, p + c.numel());
 }

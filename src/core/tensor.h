@@ -85,11 +85,13 @@ class Tensor {
 
   // Raw pointer to the first element (storage + offset). For blocked tensors: the block data.
   void* raw_data() const;
-  // Typed pointer; checks the dtype (uint16_t for f16 and bf16).
+  // Typed pointer for host code; checks the dtype (uint16_t for f16 and bf16) and that the tensor
+  // is on the CPU (device memory is read through to(Device::kCPU) or to_vector()). Kernels of
+  // other devices use raw_data().
   template <typename T>
   T* data() const;
 
-  // Copies out as float (any floating dtype, any layout) / int64 / double.
+  // Copies out as float (any floating dtype, any layout, any device) / int64 / double.
   std::vector<float> to_vector() const;
   std::vector<int64_t> to_vector_i64() const;
   std::vector<double> to_vector_f64() const;
@@ -121,6 +123,8 @@ class Tensor {
   Tensor contiguous() const;  // plain row-major (reorders blocked tensors); no copy when already so
   Tensor clone() const;
   Tensor to(DType dtype) const;
+  // A copy on `device` (this tensor itself when already there); gradients flow back.
+  Tensor to(Device device) const;
 
   TensorImpl& impl() const {
     STIPPLE_CHECK(impl_ != nullptr, "use of an undefined tensor");

@@ -51,6 +51,7 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
                 v.describe());
   STIPPLE_CHECK(d > 0 && std::isfinite(scale), op, ": empty head dim or non-finite scale");
   const float sc = scale > 0.0f ? scale : 1.0f / std::sqrt(static_cast<float>(d));
+  same_device(op, q, k, v, mask);
 
   const Shape score_shape{nb, nh, lq, lk};
   Tensor mask_e;  // [B, H, Lq, Lk] view, stride 0 on broadcast dims
@@ -68,7 +69,7 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
   // Detached: the rule below stands in for the kernel's graph.
   const Tensor qc = as_f32_contiguous(q.detach()), kc = as_f32_contiguous(k.detach());
   const Tensor vc = as_f32_contiguous(v.detach());
-  AttentionResult r = active_kernels().attention(qc, kc, vc, mask_e, sc, causal);
+  AttentionResult r = kernels_for(qc).attention(qc, kc, vc, mask_e, sc, causal);
   Tensor out = r.out;  // [B, H, Lq, Dv]
   const Tensor out_saved = r.out.detach(), lse = r.lse;
   const Shape mask_shape = mask.defined() ? mask.shape() : Shape{};
@@ -78,8 +79,8 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
                      const Tensor gc = as_f32_contiguous(g);
                      if (needs[0] || needs[1] || needs[2]) {
                        Tensor gq, gk, gv;
-                       active_kernels().attention_backward(qc, kc, vc, mask_e, sc, causal,
-                                                           out_saved, lse, gc, &gq, &gk, &gv);
+                       kernels_for(qc).attention_backward(qc, kc, vc, mask_e, sc, causal,
+                                                          out_saved, lse, gc, &gq, &gk, &gv);
                        if (needs[0]) grads[0] = gq;
                        if (needs[1]) grads[1] = gk;
                        if (needs[2]) grads[2] = gv;

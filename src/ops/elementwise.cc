@@ -29,7 +29,7 @@ Tensor compare_mask(const Tensor& a, const Tensor& b, const Shape& shape, Pred p
 Tensor unary(UnaryOp op, const Tensor& x0) {
   check_float(x0, "unary op", "x");
   const Tensor x = elementwise_input(x0);
-  Tensor out = active_kernels().unary(op, x);
+  Tensor out = kernels_for(x).unary(op, x);
   // The rule keeps a detached view of the output, never `out` itself: a node that owned its
   // output would form a cycle, and a graph never run backward would leak.
   const Tensor y_saved = out.detach();
@@ -37,7 +37,7 @@ Tensor unary(UnaryOp op, const Tensor& x0) {
     const Tensor gk = !x.is_blocked() ? as_f32_contiguous(g)
                       : g.is_blocked()  ? g
                                         : to_blocked(g, x.channel_block());
-    return std::vector<Tensor>{active_kernels().unary_backward(op, x, y_saved, gk)};
+    return std::vector<Tensor>{kernels_for(x).unary_backward(op, x, y_saved, gk)};
   });
   return out;
 }
@@ -64,17 +64,18 @@ Tensor reciprocal(const Tensor& x) { return unary(UnaryOp::kReciprocal, x); }
 Tensor binary(BinaryOp op, const Tensor& a0, const Tensor& b0) {
   check_float(a0, "binary op", "a");
   check_float(b0, "binary op", "b");
+  same_device("binary op", a0, b0);
   Tensor out;
   if (a0.is_blocked() && b0.is_blocked() && a0.shape() == b0.shape() &&
       a0.channel_block() == b0.channel_block()) {
-    out = active_kernels().binary(op, a0, b0);
+    out = kernels_for(a0).binary(op, a0, b0);
   } else {
     const Tensor a = a0.is_blocked() ? contiguous(a0) : a0;
     const Tensor b = b0.is_blocked() ? contiguous(b0) : b0;
     const Shape shape = broadcast_shapes(a.shape(), b.shape(), "binary op");
     const Tensor ea = expand(a.dtype() == DType::kF32 ? a : cast(a, DType::kF32), shape);
     const Tensor eb = expand(b.dtype() == DType::kF32 ? b : cast(b, DType::kF32), shape);
-    out = active_kernels().binary(op, ea.detach(), eb.detach());
+    out = kernels_for(ea).binary(op, ea.detach(), eb.detach());
   }
   autograd::record(
       "binary", {a0, b0}, out, [op, a0, b0](const Tensor& g, const std::vector<bool>& needs) {
@@ -129,7 +130,7 @@ Tensor minimum(const Tensor& a, const Tensor& b) { return binary(BinaryOp::kMin,
 
 Tensor affine(const Tensor& x0, float scale, float shift) {
   check_float(x0, "affine", "x");
-  Tensor out = active_kernels().affine(elementwise_input(x0), scale, shift);
+  Tensor out = kernels_for(x0).affine(elementwise_input(x0), scale, shift);
   autograd::record("affine", {x0}, out, [scale](const Tensor& g, const std::vector<bool>&) {
     return std::vector<Tensor>{affine(g, scale, 0.0f)};
   });
@@ -139,10 +140,10 @@ Tensor affine(const Tensor& x0, float scale, float shift) {
 Tensor pow(const Tensor& x0, float exponent) {
   check_float(x0, "pow", "x");
   const Tensor x = as_f32_contiguous(x0);
-  Tensor out = active_kernels().pow_scalar(x, exponent);
+  Tensor out = kernels_for(x).pow_scalar(x, exponent);
   autograd::record("pow", {x0}, out, [x, exponent](const Tensor& g, const std::vector<bool>&) {
     return std::vector<Tensor>{
-        mul(g, affine(active_kernels().pow_scalar(x, exponent - 1.0f), exponent, 0.0f))};
+        mul(g, affine(kernels_for(x).pow_scalar(x, exponent - 1.0f), exponent, 0.0f))};
   });
   return out;
 }
@@ -151,7 +152,7 @@ Tensor clamp(const Tensor& x0, float lo, float hi) {
   check_float(x0, "clamp", "x");
   STIPPLE_CHECK(lo <= hi, "clamp: lower bound ", lo, " above upper bound ", hi);
   const Tensor x = as_f32_contiguous(x0);
-  Tensor out = active_kernels().clamp(x, lo, hi);
+  Tensor out = kernels_for(x).clamp(x, lo, hi);
   autograd::record("clamp", {x0}, out, [x, lo, hi](const Tensor& g, const std::vector<bool>&) {
     Tensor inside = Tensor::empty(x.shape());
     const float* px = x.data<float>();

@@ -4,14 +4,20 @@
 //   reference  plain loops, obviously correct, the yardstick (src/backends/cpu/ref_*.cc)
 //   fast       oneDNN, OpenBLAS and Highway kernels (src/backends/cpu/fast_*.cc); entries it does
 //              not provide fall back to the reference ones
-// The ops in src/ops call active_kernels(). Tests run a kernel from both tables on the same input
-// and hold them together (tests/test_kernels_*.cc).
+// With -DSTIPPLE_CUDA=ON a third table, the CUDA backend's (src/backends/cuda), runs the kernels of
+// tensors on the GPU. The ops in src/ops take the table of their tensors' device,
+// kernels_for(x.device()); an op whose tensors are on different devices is an error that names
+// both (same_device), and an entry a backend lacks is an error that names it (fill_missing_kernels),
+// never host code run on device memory. Tests run a kernel from two tables on the same input and
+// hold them together (tests/test_kernels_*.cc, tests/test_cuda.cc).
 //
-// Contract unless an entry says otherwise: float inputs are f32, contiguous, on the CPU; outputs are
-// freshly allocated f32 contiguous tensors. Shapes were already checked by the op.
+// Contract unless an entry says otherwise: float inputs are f32, contiguous, on the table's device;
+// outputs are freshly allocated f32 contiguous tensors on that device. Shapes were already checked
+// by the op.
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <vector>
 
 #include "core/tensor.h"
@@ -40,6 +46,7 @@ struct AdamWParams {
 
 struct KernelTable {
   const char* name;
+  Device device = Device::kCPU;
 
   // ---- data movement ----
   // dst (allocated, same shape) = src converted to dst_dtype. src: any strides, any dtype, may be
@@ -129,8 +136,27 @@ struct KernelTable {
 const KernelTable& reference_kernels();
 const KernelTable& fast_kernels();
 
-// The table the ops use (fast by default). Tests and `--reference-kernels` switch it.
+// The CPU table the ops use (fast by default). Tests and `--reference-kernels` switch it.
 const KernelTable& active_kernels();
 void use_reference_kernels(bool on);
+
+// The table for tensors on `device`: active_kernels() for the CPU, the CUDA backend's for the GPU
+// (an error of kind kUnsupported when stipple was built without it).
+const KernelTable& kernels_for(Device device);
+inline const KernelTable& kernels_for(const Tensor& t) { return kernels_for(t.device()); }
+
+// The device of every defined tensor among `ts` (undefined ones, e.g. an absent bias, are
+// skipped; kCPU when none is defined). Tensors on two devices are an error naming `op`, the
+// devices and how to move one.
+Device same_device(const char* op, std::initializer_list<const Tensor*> ts);
+template <typename... T>
+Device same_device(const char* op, const T&... ts) {
+  return same_device(op, {&ts...});
+}
+
+// Sets every null entry of `t` to a function that throws an Error of kind kUnsupported naming the
+// kernel and the table ("conv2d has no cuda kernel yet ..."). A backend that implements only part
+// of the list calls it last.
+void fill_missing_kernels(KernelTable& t);
 
 }  // namespace stipple

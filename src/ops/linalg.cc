@@ -66,6 +66,7 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   check_float(b, "matmul", "b");
   STIPPLE_CHECK(a.dim() >= 1 && b.dim() >= 1, "matmul: operands must be at least 1-D, got a ",
                 a.describe(), " and b ", b.describe());
+  same_device("matmul", a, b);
   Tensor out;
   Shape a2_shape, b2_shape, batch;
   Operand oa, ob;
@@ -91,7 +92,7 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
       oa = to_kernel_operand(a2, batch);
     }
     ob = to_kernel_operand(b2, batch);
-    Tensor r = active_kernels().matmul(oa.t, ob.t, oa.trans, ob.trans);  // [B, M, N]
+    Tensor r = kernels_for(oa.t).matmul(oa.t, ob.t, oa.trans, ob.trans);  // [B, M, N]
     Shape out_shape = batch;
     if (a.dim() > 1) out_shape.push_back(m);
     if (b.dim() > 1) out_shape.push_back(n);
@@ -100,7 +101,7 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   autograd::record("matmul", {a, b}, out,
                    [oa, ob, fold, batch, a2_shape, b2_shape, a_shape = a.shape(),
                     b_shape = b.shape()](const Tensor& g, const std::vector<bool>& needs) {
-                     const KernelTable& k = active_kernels();
+                     const KernelTable& k = kernels_for(g);
                      const int64_t m = a2_shape[a2_shape.size() - 2];
                      const int64_t n = b2_shape.back();
                      const int64_t nb = shape_numel(batch);
@@ -141,15 +142,16 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
                   " does not match weight ", weight.describe(), " (expected [", out_features, "])");
   }
   const int64_t rows = x.numel() / in;
+  same_device("linear", x, weight, bias);
   Tensor x3, w3, out;
   {
     autograd::NoGradGuard no_grad;
     x3 = reshape(as_f32_contiguous(x), {1, rows, in});
     w3 = reshape(as_f32_contiguous(weight), {1, out_features, in});
-    Tensor r = active_kernels().matmul(x3, w3, false, true);  // [1, rows, out]
+    Tensor r = kernels_for(x3).matmul(x3, w3, false, true);  // [1, rows, out]
     if (bias.defined()) {
       Tensor bv = expand(reshape(as_f32_contiguous(bias), {1, 1, out_features}), r.shape());
-      r = active_kernels().binary(BinaryOp::kAdd, r, bv);
+      r = kernels_for(r).binary(BinaryOp::kAdd, r, bv);
     }
     Shape out_shape(x.shape().begin(), x.shape().end() - 1);
     out_shape.push_back(out_features);
@@ -158,7 +160,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   autograd::record("linear", {x, weight, bias}, out,
                    [x3, w3, x_shape = x.shape(), w_shape = weight.shape(), rows, out_features](
                        const Tensor& g, const std::vector<bool>& needs) {
-                     const KernelTable& k = active_kernels();
+                     const KernelTable& k = kernels_for(g);
                      Tensor g3 = reshape(as_f32_contiguous(g), {1, rows, out_features});
                      std::vector<Tensor> grads(3);
                      if (needs[0]) grads[0] = reshape(k.matmul(g3, w3, false, false), x_shape);
@@ -196,8 +198,10 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
                 " is smaller than the kernel ", weight.describe(), " (dilation ", p.dilation_h, "x",
                 p.dilation_w, ")");
 
+  const Device device = same_device("conv2d", x, weight, bias);
   const bool record = autograd::needs_record({&x, &weight, &bias});
-  const bool allow_blocked = !record && blocked_layout_enabled();
+  // The channel-blocked layout is the CPU's (oneDNN's); other devices keep plain NCHW.
+  const bool allow_blocked = !record && blocked_layout_enabled() && device == Device::kCPU;
   Tensor xk, wk, bk, out;
   {
     autograd::NoGradGuard no_grad;
@@ -208,11 +212,11 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
                              (weight.dtype() == DType::kF16 || weight.dtype() == DType::kBF16);
     wk = half_weight ? weight : as_f32_contiguous(weight);
     if (bias.defined()) bk = as_f32_contiguous(bias);
-    out = active_kernels().conv2d(xk, wk, bk, p, allow_blocked);
+    out = kernels_for(device).conv2d(xk, wk, bk, p, allow_blocked);
   }
   autograd::record("conv2d", {x, weight, bias}, out,
                    [xk, wk, p](const Tensor& g, const std::vector<bool>& needs) {
-                     const KernelTable& k = active_kernels();
+                     const KernelTable& k = kernels_for(g);
                      Tensor gy = as_f32_contiguous(g);
                      std::vector<Tensor> grads(3);
                      if (needs[0]) grads[0] = k.conv2d_backward_data(gy, wk, xk.shape(), p);

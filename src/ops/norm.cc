@@ -30,7 +30,7 @@ Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const T
   check_affine(weight, c, "group_norm", "weight");
   check_affine(bias, c, "group_norm", "bias");
   const Tensor w = f32_or_undefined(weight), b = f32_or_undefined(bias);
-  const KernelTable& kt = active_kernels();
+  const KernelTable& kt = kernels_for(same_device("group_norm", x, weight, bias));
 
   // Inference on a channel-blocked activation: the kernel keeps the layout (no reorder).
   if (x.is_blocked() && x.dtype() == DType::kF32 && !autograd::needs_record({&x, &weight, &bias})) {
@@ -48,7 +48,7 @@ Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const T
         std::vector<Tensor> grads(3);
         const Tensor g3 = reshape(as_f32_contiguous(g), x3.shape());
         Tensor gw, gb;
-        Tensor gx = active_kernels().group_norm_backward(
+        Tensor gx = kernels_for(x3).group_norm_backward(
             x3, g3, groups, w, mean, rstd, needs[1] ? &gw : nullptr, needs[2] ? &gb : nullptr);
         if (needs[0]) grads[0] = reshape(gx, x_shape);
         if (needs[1]) grads[1] = gw;
@@ -68,7 +68,7 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, flo
   check_affine(bias, d, "layer_norm", "bias");
   const Tensor w = f32_or_undefined(weight), b = f32_or_undefined(bias);
   const Tensor x2 = reshape(as_f32_contiguous(x.detach()), {x.numel() / d, d});  // [rows, D]
-  LayerNormResult r = active_kernels().layer_norm(x2, w, b, eps);
+  LayerNormResult r = kernels_for(same_device("layer_norm", x2, w, b)).layer_norm(x2, w, b, eps);
   Tensor out = reshape(r.out, x.shape());
   const Shape x_shape = x.shape();
   const Tensor mean = r.mean, rstd = r.rstd;
@@ -77,7 +77,7 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, flo
                      std::vector<Tensor> grads(3);
                      const Tensor g2 = reshape(as_f32_contiguous(g), x2.shape());
                      Tensor gw, gb;
-                     Tensor gx = active_kernels().layer_norm_backward(
+                     Tensor gx = kernels_for(x2).layer_norm_backward(
                          x2, g2, w, mean, rstd, needs[1] ? &gw : nullptr, needs[2] ? &gb : nullptr);
                      if (needs[0]) grads[0] = reshape(gx, x_shape);
                      if (needs[1]) grads[1] = gw;
@@ -95,12 +95,12 @@ Tensor softmax(const Tensor& x, int64_t dim) {
   // The kernel works over the last dim of a contiguous tensor: move `dim` there and back.
   const Tensor xd = x.detach();
   const Tensor xt = as_f32_contiguous(dd == last ? xd : transpose(xd, dd, last));  // [..., D]
-  const Tensor yt = active_kernels().softmax(xt);
+  const Tensor yt = kernels_for(xt).softmax(xt);
   Tensor out = dd == last ? yt : contiguous(transpose(yt, dd, last));
   const Tensor y_saved = yt.detach();  // not `out` itself: the node must not own its output
   autograd::record("softmax", {x}, out, [=](const Tensor& g, const std::vector<bool>&) {
     const Tensor gt = as_f32_contiguous(dd == last ? g : transpose(g, dd, last));
-    const Tensor gx = active_kernels().softmax_backward(y_saved, gt);
+    const Tensor gx = kernels_for(gt).softmax_backward(y_saved, gt);
     return std::vector<Tensor>{dd == last ? gx : contiguous(transpose(gx, dd, last))};
   });
   return out;

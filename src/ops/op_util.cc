@@ -4,7 +4,7 @@ namespace stipple::ops {
 
 Tensor as_f32_contiguous(const Tensor& x) {
   if (x.dtype() == DType::kF32 && x.is_contiguous()) return x;
-  return active_kernels().copy(x, DType::kF32);
+  return kernels_for(x).copy(x, DType::kF32);
 }
 
 void check_float(const Tensor& x, const char* op, const char* arg) {

@@ -30,6 +30,9 @@ Tensor flatten(const Tensor& x, int64_t start = 0, int64_t end = -1);
 Tensor contiguous(const Tensor& x);  // plain row-major; returns x itself when already so
 Tensor clone(const Tensor& x);
 Tensor cast(const Tensor& x, DType dtype);
+// x's values on `device` (x itself when already there), plain contiguous, same dtype; the
+// gradient goes back to x's device.
+Tensor to_device(const Tensor& x, Device device);
 Tensor concat(const std::vector<Tensor>& xs, int64_t dim);
 std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t dim);
 std::vector<Tensor> chunk(const Tensor& x, int64_t chunks, int64_t dim);

@@ -35,7 +35,7 @@ Tensor sum(const Tensor& x0, const std::vector<int64_t>& dims0, bool keepdim) {
   check_float(x0, "sum", "x");
   const std::vector<int64_t> dims = normalize_dims(x0, dims0, "sum");
   const Tensor x = as_f32_contiguous(x0);
-  Tensor kept = active_kernels().sum(x, dims);
+  Tensor kept = kernels_for(x).sum(x, dims);
   Tensor out = keepdim ? kept : kept.reshape(drop_dims(kept.shape(), dims));
   const Shape in_shape = x0.shape(), kept_shape = kept.shape();
   autograd::record("sum", {x0}, out,
@@ -65,7 +65,7 @@ Tensor max(const Tensor& x0, const std::vector<int64_t>& dims0, bool keepdim) {
   for (int64_t d : dims)
     STIPPLE_CHECK(x0.shape()[d] > 0, "max: reducing an empty dim of ", x0.describe());
   const Tensor x = as_f32_contiguous(x0);
-  Tensor kept = active_kernels().max(x, dims);
+  Tensor kept = kernels_for(x).max(x, dims);
   Tensor out = keepdim ? kept : kept.reshape(drop_dims(kept.shape(), dims));
   autograd::record("max", {x0}, out, [x, kept, dims](const Tensor& g, const std::vector<bool>&) {
     // The gradient is shared evenly among the elements equal to the maximum (as torch.amax).
@@ -75,7 +75,7 @@ Tensor max(const Tensor& x0, const std::vector<int64_t>& dims0, bool keepdim) {
     const float* pm = m.data<float>();
     float* ph = hit.data<float>();
     for (int64_t i = 0; i < x.numel(); ++i) ph[i] = px[i] == pm[i] ? 1.0f : 0.0f;
-    const Tensor count = active_kernels().sum(hit, dims);
+    const Tensor count = kernels_for(hit).sum(hit, dims);
     const Tensor gk = reshape(g, kept.shape());
     return std::vector<Tensor>{mul(hit, expand(div(gk, count), x.shape()))};
   });

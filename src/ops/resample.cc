@@ -18,9 +18,9 @@ void check_nchw(const Tensor& x, const char* op) {
 
 Tensor upsample_nearest2x(const Tensor& x0) {
   check_nchw(x0, "upsample_nearest2x");
-  Tensor out = active_kernels().upsample_nearest2x(as_f32_contiguous(x0));
+  Tensor out = kernels_for(x0).upsample_nearest2x(as_f32_contiguous(x0));
   autograd::record("upsample_nearest2x", {x0}, out, [](const Tensor& g, const std::vector<bool>&) {
-    return std::vector<Tensor>{active_kernels().upsample_nearest2x_backward(as_f32_contiguous(g))};
+    return std::vector<Tensor>{kernels_for(g).upsample_nearest2x_backward(as_f32_contiguous(g))};
   });
   return out;
 }
@@ -29,10 +29,10 @@ Tensor avg_pool2x(const Tensor& x0) {
   check_nchw(x0, "avg_pool2x");
   STIPPLE_CHECK(x0.size(2) % 2 == 0 && x0.size(3) % 2 == 0, "avg_pool2x: height and width of ",
                 x0.describe(), " must be even");
-  Tensor out = active_kernels().avg_pool2x(as_f32_contiguous(x0));
+  Tensor out = kernels_for(x0).avg_pool2x(as_f32_contiguous(x0));
   const Shape xs = x0.shape();
   autograd::record("avg_pool2x", {x0}, out, [xs](const Tensor& g, const std::vector<bool>&) {
-    return std::vector<Tensor>{active_kernels().avg_pool2x_backward(as_f32_contiguous(g), xs)};
+    return std::vector<Tensor>{kernels_for(g).avg_pool2x_backward(as_f32_contiguous(g), xs)};
   });
   return out;
 }
@@ -63,12 +63,12 @@ Tensor embedding(const Tensor& weight, const Tensor& ids0) {
     out_shape.push_back(d);
     return reshape(as_f32_contiguous(rows), out_shape);
   }
-  Tensor out = active_kernels().embedding(as_f32_contiguous(weight), ids);
+  Tensor out = kernels_for(same_device("embedding", weight, ids)).embedding(as_f32_contiguous(weight), ids);
   const int64_t vocab = weight.size(0);
   autograd::record("embedding", {weight}, out,
                    [ids, vocab](const Tensor& g, const std::vector<bool>&) {
                      return std::vector<Tensor>{
-                         active_kernels().embedding_backward(as_f32_contiguous(g), ids, vocab)};
+                         kernels_for(g).embedding_backward(as_f32_contiguous(g), ids, vocab)};
                    });
   return out;
 }

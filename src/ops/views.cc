@@ -112,7 +112,7 @@ Tensor reshape(const Tensor& x0, const Shape& shape) {
   if (!st.empty() || s.empty()) {
     out = make_view(x, s, s.empty() ? Shape{} : st, x.storage_offset());
   } else {
-    const Tensor c = active_kernels().copy(x, x.dtype());
+    const Tensor c = kernels_for(x).copy(x, x.dtype());
     out = make_view(c, s, contiguous_strides(s), c.storage_offset());
   }
   const Shape in_shape = x0.shape();
@@ -233,7 +233,7 @@ Tensor flatten(const Tensor& x, int64_t start, int64_t end) {
 
 Tensor contiguous(const Tensor& x) {
   if (x.is_contiguous()) return x;
-  Tensor out = active_kernels().copy(x, x.dtype());
+  Tensor out = kernels_for(x).copy(x, x.dtype());
   autograd::record("contiguous", {x}, out, [](const Tensor& g, const std::vector<bool>&) {
     return std::vector<Tensor>{g};
   });
@@ -241,16 +241,31 @@ Tensor contiguous(const Tensor& x) {
 }
 
 Tensor clone(const Tensor& x) {
-  Tensor out = active_kernels().copy(x, x.dtype());
+  Tensor out = kernels_for(x).copy(x, x.dtype());
   autograd::record("clone", {x}, out, [](const Tensor& g, const std::vector<bool>&) {
     return std::vector<Tensor>{g};
   });
   return out;
 }
 
+Tensor to_device(const Tensor& x, Device device) {
+  if (x.device() == device) return x;
+  const Tensor c = contiguous(x.detach());
+  Tensor out = Tensor::empty(c.shape(), c.dtype(), device);
+  Storage::copy_bytes(out.raw_data(), device, c.raw_data(), c.device(),
+                      static_cast<size_t>(c.numel()) * dtype_size(c.dtype()));
+  if (is_floating(x.dtype())) {
+    const Device from = x.device();
+    autograd::record("to_device", {x}, out, [from](const Tensor& g, const std::vector<bool>&) {
+      return std::vector<Tensor>{to_device(g, from)};
+    });
+  }
+  return out;
+}
+
 Tensor cast(const Tensor& x, DType dtype) {
   if (x.dtype() == dtype) return x;
-  Tensor out = active_kernels().copy(x, dtype);
+  Tensor out = kernels_for(x).copy(x, dtype);
   if (is_floating(dtype) && is_floating(x.dtype())) {
     const DType from = x.dtype();
     autograd::record("cast", {x}, out, [from](const Tensor& g, const std::vector<bool>&) {
@@ -354,7 +369,7 @@ Tensor to_blocked(const Tensor& x, int block) {
   check_float(x, "to_blocked", "x");
   STIPPLE_CHECK(x.dim() == 4, "to_blocked: expects NCHW, got ", x.describe());
   if (x.channel_block() == block) return x;
-  Tensor out = active_kernels().to_blocked(as_f32_contiguous(x), block);
+  Tensor out = kernels_for(x).to_blocked(as_f32_contiguous(x), block);
   autograd::record("to_blocked", {x}, out, [](const Tensor& g, const std::vector<bool>&) {
     return std::vector<Tensor>{contiguous(g)};
   });
@@ -376,5 +391,6 @@ Tensor Tensor::flatten(int64_t s, int64_t e) const { return ops::flatten(*this, 
 Tensor Tensor::contiguous() const { return ops::contiguous(*this); }
 Tensor Tensor::clone() const { return ops::clone(*this); }
 Tensor Tensor::to(DType d) const { return ops::cast(*this, d); }
+Tensor Tensor::to(Device d) const { return ops::to_device(*this, d); }
 
 }  // namespace stipple

@@ -88,10 +88,10 @@ void AdamW::step() {
   ++step_;
   const AdamWParams hp{config_.lr,  config_.beta1,        config_.beta2,
                        config_.eps, config_.weight_decay, step_};
-  const KernelTable& k = active_kernels();
   for (size_t i = 0; i < params_.size(); ++i) {
     const Tensor g = grad_of(params_[i], i, "AdamW");
     if (!g.defined()) continue;
+    const KernelTable& k = kernels_for(same_device("AdamW", params_[i], g, exp_avg_[i]));
     k.adamw_step(params_[i], g, exp_avg_[i], exp_avg_sq_[i], hp);
     params_[i].storage()->bump_version();  // in place: see core/storage.h
   }

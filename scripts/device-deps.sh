@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Gathers, on this machine, the few Debian packages a build on the GPU machine needs and that
+# machine lacks (it has nvcc, CMake and a C++ compiler, and no package registry): headers and
+# static libraries of libpng, zlib, utf8proc, nlohmann-json and GoogleTest, unpacked with
+# `dpkg -x` into .device-deps/ (ignored by git; about 10 MB). scripts/device-check.sh builds
+# against them there, with -DSTIPPLE_CPU_FAST=OFF so that oneDNN, OpenBLAS and Highway are not
+# needed. Shared-library links are removed so the build links the static archives and the test
+# programs need nothing carried at run time.
+#
+# Usage: bash scripts/device-deps.sh    (then carry .device-deps to the device machine)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+packages=(libpng-dev zlib1g-dev libutf8proc-dev nlohmann-json3-dev libgtest-dev)
+dest=.device-deps
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+(cd "$work" && apt-get download "${packages[@]}" >/dev/null 2>&1) || {
+  echo "device-deps: apt-get download ${packages[*]} failed (is a Debian registry reachable?)" >&2
+  exit 1
+}
+rm -rf "$dest"
+mkdir -p "$dest"
+for deb in "$work"/*.deb; do dpkg -x "$deb" "$dest"; done
+find "$dest" \( -name '*.so' -o -name '*.so.*' \) -delete
+rm -rf "$dest/usr/share/doc" "$dest/usr/share/man"
+grep -qx '/.device-deps/' .git/info/exclude 2>/dev/null || echo '/.device-deps/' >> .git/info/exclude
+echo "device-deps: $(du -sh "$dest" | cut -f1) in $dest from: ${packages[*]}"

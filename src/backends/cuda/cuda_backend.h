@@ -1,0 +1,56 @@
+// The CUDA backend's face to the rest of stipple (built with -DSTIPPLE_CUDA=ON; the library then
+// defines STIPPLE_WITH_CUDA). Plain C++: no CUDA header leaks out of src/backends/cuda.
+//
+// Memory: one device (the current one, cuda:0 unless CUDA_VISIBLE_DEVICES says otherwise) and one
+// stream, on which every kernel and copy of the backend is ordered. Device memory comes from a
+// caching allocator: freed blocks are kept, by size, for the next request of a similar size (a
+// denoising step asks for the same activation sizes again and again, and cudaMalloc/cudaFree
+// synchronise the device). A byte budget (STIPPLE_CUDA_MEMORY_MB, default: all the device has)
+// bounds tensors plus cache; a request past it, or one the device refuses even after the cache
+// was handed back, throws an Error of kind kOutOfMemory that names the request and what is in use.
+//
+// Frees are stream-ordered: a block freed while kernels that use it may still run is reused only
+// by later work on the same stream, so no synchronisation is needed to recycle it.
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+namespace stipple {
+struct KernelTable;
+}
+
+namespace stipple::cuda {
+
+// True when a CUDA device is present and usable; otherwise why not, in words ("no CUDA device",
+// "CUDA driver version is insufficient ...").
+bool available();
+std::string unavailable_reason();
+// "NVIDIA H200 (sm_90, 139.8 GiB)", or the unavailable reason.
+std::string device_description();
+
+// Device memory (see the header comment). allocate(0) returns nullptr.
+void* allocate(size_t nbytes);
+void release(void* p, size_t nbytes);
+void set_memory_budget(size_t bytes);  // 0: no budget beyond the device's memory
+size_t memory_budget();
+size_t allocated_bytes();  // held by tensors now
+size_t peak_allocated_bytes();
+size_t cached_bytes();     // held by the cache of freed blocks
+void trim_cache();         // hands the cached blocks back to the device
+
+// Copies, ordered on the backend's stream. to_host waits for the copy (and all work before it);
+// to_device copies from pageable host memory through a pinned staging buffer and returns once
+// the host buffer may be reused.
+void copy_to_device(void* dst, const void* src, size_t nbytes);
+void copy_to_host(void* dst, const void* src, size_t nbytes);
+void copy_on_device(void* dst, const void* src, size_t nbytes);
+void fill_zero(void* dst, size_t nbytes);
+void synchronize();
+
+// The kernel table for tensors on the CUDA device. Entries the backend does not have are null;
+// the ops report them ("conv2d has no CUDA kernel yet") instead of running host code on device
+// memory.
+const KernelTable& kernels();
+
+}  // namespace stipple::cuda
