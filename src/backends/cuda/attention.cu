@@ -36,6 +36,15 @@ struct Dims {
   bool causal;
 };
 
+// The keys a block of kWarps query rows (starting at row blockIdx.x * kWarps) looks at: all of
+// them, or under causal masking none past the block's last row.
+__device__ int64_t key_end(const Dims& dm) {
+  if (!dm.causal) return dm.lk;
+  const int64_t last = blockIdx.x * int64_t{kWarps} + kWarps - 1;
+  const int64_t last_row = last < dm.lq ? last : dm.lq - 1;
+  return last_row + 1 < dm.lk ? last_row + 1 : dm.lk;
+}
+
 // A shared-memory row stride whose lanes (row j, same column) fall in distinct banks.
 __host__ __device__ inline int64_t padded(int64_t n) { return n % 2 == 0 ? n + 1 : n; }
 
@@ -72,13 +81,7 @@ __global__ void attention_forward_kernel(const float* q, const float* k, const f
   if (active)
     for (int64_t e = lane; e < dm.d; e += 32) qrow[e] = q[(bh * dm.lq + i) * dm.d + e];
 
-  // Keys past the block's last row are all blocked under causal masking.
-  int64_t kend = dm.lk;
-  if (dm.causal) {
-    const int64_t last = blockIdx.x * int64_t{kWarps} + kWarps - 1;
-    const int64_t last_row = last < dm.lq ? last : dm.lq - 1;
-    if (last_row + 1 < kend) kend = last_row + 1;
-  }
+  const int64_t kend = key_end(dm);
   float m = -INFINITY, l = 0.0f;
   float acc[kPerLane];
 #pragma unroll
@@ -158,12 +161,7 @@ __global__ void attention_dq_kernel(const float* q, const float* k, const float*
     for (int64_t e = lane; e < dm.d; e += 32) qrow[e] = q[(bh * dm.lq + i) * dm.d + e];
     for (int64_t e = lane; e < dm.dv; e += 32) gorow[e] = go[(bh * dm.lq + i) * dm.dv + e];
   }
-  int64_t kend = dm.lk;
-  if (dm.causal) {
-    const int64_t last = blockIdx.x * int64_t{kWarps} + kWarps - 1;
-    const int64_t last_row = last < dm.lq ? last : dm.lq - 1;
-    if (last_row + 1 < kend) kend = last_row + 1;
-  }
+  const int64_t kend = key_end(dm);
   float acc[kPerLane];
 #pragma unroll
   for (int t = 0; t < kPerLane; ++t) acc[t] = 0.0f;

@@ -15,6 +15,21 @@ constexpr int kNormThreads = 512;
 
 unsigned grid_of(int64_t n) { return n < (1 << 30) ? static_cast<unsigned>(n) : (1u << 30); }
 
+// The mean and 1/sqrt(var + eps) of the contiguous run x[0, n), in double, two passes (as the
+// reference); every thread of the block takes part and gets them.
+__device__ void run_stats(const float* x, int64_t n, float eps, double* scratch, double* mu,
+                          double* rs) {
+  double sum = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) sum += x[i];
+  sum = block_sum(sum, scratch);
+  const double m = n > 0 ? sum / n : 0.0;
+  double sq = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) sq += (x[i] - m) * (x[i] - m);
+  sq = block_sum(sq, scratch);
+  *mu = m;
+  *rs = 1.0 / sqrt((n > 0 ? sq / n : 0.0) + eps);
+}
+
 // ---- layer norm: x [rows, D], a block per row ----
 
 __global__ void layer_norm_kernel(const float* x, const float* w, const float* b, float* y,
@@ -22,14 +37,8 @@ __global__ void layer_norm_kernel(const float* x, const float* w, const float* b
   __shared__ double scratch[32];
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const float* xr = x + r * d;
-    double sum = 0;
-    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) sum += xr[i];
-    sum = block_sum(sum, scratch);
-    const double mu = d > 0 ? sum / d : 0.0;
-    double sq = 0;
-    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) sq += (xr[i] - mu) * (xr[i] - mu);
-    sq = block_sum(sq, scratch);
-    const double rs = 1.0 / sqrt((d > 0 ? sq / d : 0.0) + eps);
+    double mu, rs;
+    run_stats(xr, d, eps, scratch, &mu, &rs);
     if (threadIdx.x == 0) {
       mean[r] = static_cast<float>(mu);
       rstd[r] = static_cast<float>(rs);
@@ -166,14 +175,8 @@ __global__ void group_norm_kernel(const float* x, const float* w, const float* b
     const float* xg = x + ng * len;
     float* yg = y + ng * len;
     const int64_t c0 = (ng % groups) * cpg;
-    double sum = 0;
-    for (int64_t i = threadIdx.x; i < len; i += blockDim.x) sum += xg[i];
-    sum = block_sum(sum, scratch);
-    const double mu = len > 0 ? sum / len : 0.0;
-    double sq = 0;
-    for (int64_t i = threadIdx.x; i < len; i += blockDim.x) sq += (xg[i] - mu) * (xg[i] - mu);
-    sq = block_sum(sq, scratch);
-    const double rs = 1.0 / sqrt((len > 0 ? sq / len : 0.0) + eps);
+    double mu, rs;
+    run_stats(xg, len, eps, scratch, &mu, &rs);
     if (threadIdx.x == 0) {
       mean[ng] = static_cast<float>(mu);
       rstd[ng] = static_cast<float>(rs);
