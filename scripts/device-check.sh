@@ -35,7 +35,8 @@ if [ -d "$deps/usr" ]; then
          -DPNG_PNG_INCLUDE_DIR="$deps/usr/include" -DPNG_LIBRARY="$lib/libpng16.a"
          -DZLIB_INCLUDE_DIR="$deps/usr/include" -DZLIB_LIBRARY="$lib/libz.a"
          -DSTIPPLE_UTF8PROC_INCLUDE="$deps/usr/include"
-         -DSTIPPLE_UTF8PROC_LIBRARY="$lib/libutf8proc.a")
+         -DSTIPPLE_UTF8PROC_LIBRARY="$lib/libutf8proc.a"
+         -DSTIPPLE_GTEST_SOURCE_DIR="$deps/usr/src/googletest")
   say "using the carried packages in .device-deps"
 fi
 command -v ninja >/dev/null 2>&1 && args+=(-G Ninja)

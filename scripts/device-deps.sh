@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Gathers, on this machine, the few Debian packages a build on the GPU machine needs and that
 # machine lacks (it has nvcc, CMake and a C++ compiler, and no package registry): headers and
-# static libraries of libpng, zlib, utf8proc, nlohmann-json and GoogleTest, unpacked with
-# `dpkg -x` into .device-deps/ (ignored by git; about 10 MB). scripts/device-check.sh builds
+# static libraries of libpng, zlib and utf8proc, nlohmann-json's headers and GoogleTest's
+# sources (built there by that machine's compiler), unpacked with `dpkg -x` into .device-deps/
+# (ignored by git; about 5 MB). scripts/device-check.sh builds
 # against them there, with -DSTIPPLE_CPU_FAST=OFF so that oneDNN, OpenBLAS and Highway are not
 # needed. Shared-library links are removed so the build links the static archives and the test
 # programs need nothing carried at run time.
@@ -10,7 +11,7 @@
 # Usage: bash scripts/device-deps.sh    (then carry .device-deps to the device machine)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-packages=(libpng-dev zlib1g-dev libutf8proc-dev nlohmann-json3-dev libgtest-dev)
+packages=(libpng-dev zlib1g-dev libutf8proc-dev nlohmann-json3-dev googletest)
 dest=.device-deps
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
