@@ -30,7 +30,8 @@ Tensor grad_of(const Tensor& p, size_t i, const char* who) {
   return ops::as_f32_contiguous(g);
 }
 
-Tensor zeros_like(const Tensor& p) { return Tensor::zeros(p.shape(), DType::kF32); }
+// f32 zeros shaped like p, on p's device.
+Tensor zeros_like(const Tensor& p) { return Tensor::zeros(p.shape(), DType::kF32).to(p.device()); }
 
 void check_like(const Tensor& dst, const Tensor& src, const std::string& what) {
   STIPPLE_CHECK(src.defined(), "load_state_dict: ", what, " is undefined");
@@ -215,6 +216,11 @@ float clip_grad_norm(const std::vector<Tensor>& params, float max_norm) {
   for (size_t i = 0; i < params.size(); ++i) {
     if (!params[i].defined() || !params[i].grad().defined()) continue;
     grads[i] = grad_of(params[i], i, "clip_grad_norm");
+    if (grads[i].device() != Device::kCPU) {
+      // On the device: one f32 sum per tensor, one scalar read back.
+      sum_sq += ops::sum(ops::square(grads[i])).item();
+      continue;
+    }
     const float* g = grads[i].data<float>();
     for (int64_t j = 0, n = grads[i].numel(); j < n; ++j) {
       sum_sq += static_cast<double>(g[j]) * g[j];
@@ -226,12 +232,16 @@ float clip_grad_norm(const std::vector<Tensor>& params, float max_norm) {
     const float c = static_cast<float>(coef);
     for (size_t i = 0; i < params.size(); ++i) {
       if (!grads[i].defined()) continue;
+      Tensor p = params[i];
+      if (grads[i].device() != Device::kCPU) {
+        p.set_grad(ops::affine(grads[i], c, 0.0f));
+        continue;
+      }
       // A fresh tensor: the old gradient may be shared with other tensors of the graph.
       Tensor scaled = Tensor::empty(grads[i].shape());
       const float* g = grads[i].data<float>();
       float* s = scaled.data<float>();
       for (int64_t j = 0, n = grads[i].numel(); j < n; ++j) s[j] = g[j] * c;
-      Tensor p = params[i];
       p.set_grad(scaled);
     }
   }
@@ -281,6 +291,16 @@ void Ema::step(const std::vector<Tensor>& params) {
     check_param(params[i], i, "Ema::step");
     STIPPLE_CHECK(params[i].shape() == shadow_[i].shape(), "Ema::step: parameter ", i, " is ",
                   params[i].describe(), " but its shadow is ", shadow_[i].describe());
+    if (shadow_[i].device() != Device::kCPU) {
+      // On the device: the same update through the ops (a new shadow tensor; nothing else holds
+      // it), s - (1 - decay) (s - p), or a copy while the parameter is frozen.
+      const Tensor pf = ops::as_f32_contiguous(params[i].detach());
+      shadow_[i] = params[i].requires_grad()
+                       ? ops::sub(shadow_[i], ops::affine(ops::sub(shadow_[i], pf),
+                                                          one_minus_decay, 0.0f))
+                       : pf.clone();
+      continue;
+    }
     float* s = shadow_[i].data<float>();
     const float* p = params[i].data<float>();
     const int64_t n = shadow_[i].numel();
