@@ -533,15 +533,15 @@ const std::vector<Engine::Family>& registry() {
   // line here (and its open/detect above).
   static const std::vector<Engine::Family> kFamilies = {
       {"text-to-image DiT", "a StippleTextToImagePipeline folder (stipple train --data emoji)",
-       pipelines::TextDiTPipeline::is_folder, open_text_dit},
+       pipelines::TextDiTPipeline::is_folder, open_text_dit, {}},
       {"pixel-space DiT", "a DiTPipeline folder without a VAE (stipple train)", is_pixel_dit,
-       open_pixel_dit},
+       open_pixel_dit, {}},
       {"DiT", "a diffusers DiTPipeline folder (transformer/, vae/, scheduler/)", is_dit_folder,
-       open_latent_dit},
+       open_latent_dit, {}},
       {"super-resolution", "a StippleSuperResolutionPipeline folder (stipple train-sr)",
-       is_super_resolution, open_super_resolution},
+       is_super_resolution, open_super_resolution, {}},
       {"SD x4 upscaler", "a diffusers StableDiffusionUpscalePipeline folder", is_x4_upscaler,
-       open_x4_upscaler},
+       open_x4_upscaler, {}},
       {"Stable Diffusion", "a diffusers StableDiffusion(Inpaint)Pipeline folder or a single-file "
        "SD 1.x/2.x .safetensors checkpoint", is_stable_diffusion, open_stable_diffusion,
        [](const std::string& path) { return pipelines::inspect_model(path).family; }},
