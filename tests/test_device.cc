@@ -8,9 +8,12 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/rng.h"
 #include "core/tensor.h"
+#include "models/dit.h"
 #include "ops/kernels.h"
 #include "ops/ops.h"
+#include "support/numerics.h"
 #ifdef STIPPLE_WITH_CUDA
 #include "backends/cuda/cuda_backend.h"
 #endif
@@ -93,6 +96,71 @@ TEST(Device, MissingKernelsAreReportedByName) {
   Tensor p = Tensor::ones({2}), m = Tensor::zeros({2}), v = Tensor::zeros({2});
   expect_error([&] { t.adamw_step(p, p, m, v, AdamWParams{1e-3f, 0.9f, 0.999f, 1e-8f, 0.0f, 1}); },
                ErrorKind::kUnsupported, "adamw_step has no test-device kernel");
+}
+
+// ---------------- the emulated device: host memory, reference kernels, no host reads --------
+
+TEST(EmulatedDevice, OpsRunThereAndHostCodeMustCopyBack) {
+  const Tensor a = testing::random_tensor({3, 5}, 1), b = testing::random_tensor({5, 2}, 2);
+  const Tensor ae = a.to(Device::kEmulated), be = b.to(Device::kEmulated);
+  const Tensor ye = ops::relu(ops::matmul(ae, be));
+  EXPECT_EQ(ye.device(), Device::kEmulated);
+  expect_error([&] { ye.data<float>(); }, ErrorKind::kInvalidArgument, "on emulated");
+  const Tensor y = ye.to(Device::kCPU);
+  EXPECT_EQ(y.device(), Device::kCPU);
+  use_reference_kernels(true);  // the emulated device runs the reference kernels
+  EXPECT_EQ(y.to_vector(), ops::relu(ops::matmul(a, b)).to_vector());
+  use_reference_kernels(false);
+  EXPECT_EQ(ye.to_vector(), y.to_vector());  // to_vector copies from any device
+  expect_error([&] { ops::add(ye, a.narrow(1, 0, 2)); }, ErrorKind::kInvalidArgument,
+               "on two devices");
+}
+
+TEST(EmulatedDevice, GradientsComeBackToTheHostLeaf) {
+  Tensor x = testing::random_tensor({4, 3}, 3);
+  x.set_requires_grad(true);
+  const Tensor z = ops::sum(ops::mul(ops::tanh(x.to(Device::kEmulated)), x.to(Device::kEmulated)));
+  EXPECT_EQ(z.device(), Device::kEmulated);
+  z.backward();
+  ASSERT_TRUE(x.grad().defined());
+  EXPECT_EQ(x.grad().device(), Device::kCPU);
+  Tensor xc = x.detach().clone();
+  xc.set_requires_grad(true);
+  use_reference_kernels(true);
+  ops::sum(ops::mul(ops::tanh(xc), xc)).backward();
+  use_reference_kernels(false);
+  EXPECT_EQ(x.grad().to_vector(), xc.grad().to_vector());
+}
+
+// A whole model moved with Module::to: its forward on the emulated device gives the CPU's values
+// exactly (the same reference kernels), so it reads no device memory from the host and mixes in
+// no host tensor — what it needs to run on a GPU.
+TEST(EmulatedDevice, DiTForwardMatchesTheCpu) {
+  models::DiTConfig c;
+  c.num_attention_heads = 2;
+  c.attention_head_dim = 4;
+  c.in_channels = 2;
+  c.out_channels = 4;
+  c.num_layers = 2;
+  c.sample_size = 4;
+  c.patch_size = 2;
+  c.num_embeds_ada_norm = 3;
+  models::DiTTransformer2DModel model(c);
+  Generator gen(10);
+  model.nn::Module::reset_parameters(gen);
+  const Tensor x = testing::random_tensor({2, 2, 4, 4}, 11);
+  const Tensor t = Tensor::from_vector_i64({17, 901}, {2});
+  const Tensor labels = Tensor::from_vector_i64({2, 3}, {2});
+  use_reference_kernels(true);
+  const std::vector<float> want = model.forward(x, t, labels).to_vector();
+  use_reference_kernels(false);
+  const Tensor w0 = model.parameters()[0];
+  model.to(Device::kEmulated);
+  EXPECT_EQ(w0.device(), Device::kEmulated);  // the handles the model holds moved
+  const Tensor got = model.forward(x.to(Device::kEmulated), t.to(Device::kEmulated),
+                                   labels.to(Device::kEmulated));
+  EXPECT_EQ(got.device(), Device::kEmulated);
+  EXPECT_EQ(got.to_vector(), want);
 }
 
 #ifndef STIPPLE_WITH_CUDA

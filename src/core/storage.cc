@@ -120,7 +120,25 @@ Storage::LazyZeroScope::LazyZeroScope() { ++lazy_zero_depth; }
 Storage::LazyZeroScope::~LazyZeroScope() { --lazy_zero_depth; }
 bool Storage::LazyZeroScope::active() { return lazy_zero_depth > 0; }
 
-const char* device_name(Device d) { return d == Device::kCPU ? "cpu" : "cuda"; }
+const char* device_name(Device d) {
+  switch (d) {
+    case Device::kCPU: return "cpu";
+    case Device::kCUDA: return "cuda";
+    case Device::kEmulated: return "emulated";
+  }
+  return "?";
+}
+
+namespace {
+std::atomic<int> g_emulated_kernels{0};  // emulated-device kernels running now (any thread)
+}
+
+bool host_may_read(Device d) {
+  return d == Device::kCPU || (d == Device::kEmulated && g_emulated_kernels.load() > 0);
+}
+
+EmulatedKernelScope::EmulatedKernelScope() { g_emulated_kernels.fetch_add(1); }
+EmulatedKernelScope::~EmulatedKernelScope() { g_emulated_kernels.fetch_sub(1); }
 
 Storage::Storage() {
   static std::atomic<uint64_t> next_id{1};
@@ -135,7 +153,7 @@ Storage::Storage() {
 
 std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device, bool zero) {
   auto s = std::shared_ptr<Storage>(new Storage());
-  if (device != Device::kCPU) {
+  if (device == Device::kCUDA) {
 #ifdef STIPPLE_WITH_CUDA
     s->data_ = cuda::allocate(nbytes);
     if (zero && nbytes > 0) cuda::fill_zero(s->data_, nbytes);
@@ -192,7 +210,7 @@ std::shared_ptr<Storage> Storage::wrap(void* data, size_t nbytes, std::shared_pt
 Storage::~Storage() {
   if (!owned_ || data_ == nullptr) return;
 #ifdef STIPPLE_WITH_CUDA
-  if (device_ != Device::kCPU) {
+  if (device_ == Device::kCUDA) {
     cuda::release(data_, capacity_);
     return;
   }
@@ -212,20 +230,22 @@ void Storage::trim_cache() { BlockCache::instance().trim(); }
 void Storage::copy_bytes(void* dst, Device dst_device, const void* src, Device src_device,
                          size_t nbytes) {
   if (nbytes == 0) return;
-  if (dst_device == Device::kCPU && src_device == Device::kCPU) {
+  // The CPU's and the emulated device's memory are both host memory.
+  const bool dst_host = dst_device != Device::kCUDA, src_host = src_device != Device::kCUDA;
+  if (dst_host && src_host) {
     std::memcpy(dst, src, nbytes);
     return;
   }
 #ifdef STIPPLE_WITH_CUDA
-  if (src_device == Device::kCPU) {
+  if (src_host) {
     cuda::copy_to_device(dst, src, nbytes);
-  } else if (dst_device == Device::kCPU) {
+  } else if (dst_host) {
     cuda::copy_to_host(dst, src, nbytes);
   } else {
     cuda::copy_on_device(dst, src, nbytes);
   }
 #else
-  no_device(src_device == Device::kCPU ? dst_device : src_device);
+  no_device(Device::kCUDA);
 #endif
 }
 

@@ -18,8 +18,25 @@
 
 namespace stipple {
 
-enum class Device : uint8_t { kCPU, kCUDA };
-const char* device_name(Device d);
+// kEmulated is a device for tests: its memory is host memory, its kernels are the CPU reference
+// kernels (ops/kernels.h, emulated_kernels()), and host code may not read it (Tensor::data<T>()
+// refuses it outside a kernel) — so a pipeline that runs on it would run on a GPU without host
+// reads of device memory, and CI can check that without a GPU.
+enum class Device : uint8_t { kCPU, kCUDA, kEmulated };
+const char* device_name(Device d);  // "cpu", "cuda", "emulated"
+// Whether host code may read memory of this device now: the CPU's always, the emulated device's
+// only while one of its kernels runs.
+bool host_may_read(Device d);
+
+// While one is alive (on any thread), emulated-device memory may be read by host code: the
+// emulated device's kernels hold one while they run.
+class EmulatedKernelScope {
+ public:
+  EmulatedKernelScope();
+  ~EmulatedKernelScope();
+  EmulatedKernelScope(const EmulatedKernelScope&) = delete;
+  EmulatedKernelScope& operator=(const EmulatedKernelScope&) = delete;
+};
 
 class Storage {
  public:

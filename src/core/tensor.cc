@@ -197,7 +197,7 @@ bool dtype_matches<uint16_t>(DType d) { return d == DType::kF16 || d == DType::k
 template <typename T>
 T* Tensor::data() const {
   STIPPLE_CHECK(dtype_matches<T>(dtype()), "data<T>(): tensor is ", describe());
-  STIPPLE_CHECK(device() == Device::kCPU, "host code read ", describe(), " on ", device_name(device()),
+  STIPPLE_CHECK(host_may_read(device()), "host code read ", describe(), " on ", device_name(device()),
                 "; copy it with .to(Device::kCPU) first");
   return static_cast<T*>(raw_data());
 }

@@ -59,7 +59,9 @@ Tensor timestep_embedding(const Tensor& t, int64_t dim, bool flip_sin_to_cos,
     }
     // An odd dim leaves the last column zero (F.pad(emb, (0, 1))).
   }
-  return out;
+  // Computed on the host (B timesteps read, a [B, dim] table written back: small, and the same
+  // sin/cos on every device), delivered where the timesteps live.
+  return out.to(t.device());
 }
 
 // ---------------- Timesteps ----------------

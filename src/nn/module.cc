@@ -287,6 +287,21 @@ void Module::unfreeze() {
   for (const auto& [name, t] : state_dict()) t.storage()->set_frozen(false);
 }
 
+Module& Module::to(Device device) {
+  autograd::NoGradGuard no_grad;
+  visit_tensors("", [&](const std::string&, const Entry& e, bool) {
+    if (!e.tensor.defined() || e.tensor.device() == device) return;
+    const Tensor moved = e.tensor.detach().to(device);  // plain contiguous there
+    TensorImpl& impl = e.tensor.impl();
+    impl.storage = moved.storage();
+    impl.offset = moved.storage_offset();
+    impl.strides = moved.strides();
+    impl.channel_block = moved.channel_block();
+    impl.grad = nullptr;
+  });
+  return *this;
+}
+
 void Module::zero_grad() {
   for (Tensor& t : parameters()) t.zero_grad();
 }

@@ -137,6 +137,10 @@ class Module {
   void unfreeze();
   bool is_training() const { return training_; }
   void zero_grad();                 // drops every parameter's gradient
+  // Moves every parameter and buffer to `device` in place: the tensors the module and its
+  // callers hold keep their identity (and requires_grad); their data now lives there, and their
+  // gradients are dropped. Returns *this.
+  Module& to(Device device);
   Module& requires_grad_(bool on);  // false freezes every parameter (and true unfreezes)
 
   // PyTorch's default initialisation for every layer, in registration order. The base version

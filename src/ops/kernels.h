@@ -141,7 +141,8 @@ const KernelTable& active_kernels();
 void use_reference_kernels(bool on);
 
 // The table for tensors on `device`: active_kernels() for the CPU, the CUDA backend's for the GPU
-// (an error of kind kUnsupported when stipple was built without it).
+// (an error of kind kUnsupported when stipple was built without it), emulated_kernels() for the
+// emulated test device.
 const KernelTable& kernels_for(Device device);
 inline const KernelTable& kernels_for(const Tensor& t) { return kernels_for(t.device()); }
 
@@ -158,5 +159,10 @@ Device same_device(const char* op, const T&... ts) {
 // kernel and the table ("conv2d has no cuda kernel yet ..."). A backend that implements only part
 // of the list calls it last.
 void fill_missing_kernels(KernelTable& t);
+
+// The emulated device's table (core/storage.h, Device::kEmulated): each entry runs the CPU
+// reference kernel with host reads allowed, and hands back its outputs tagged as emulated-device
+// tensors.
+const KernelTable& emulated_kernels();
 
 }  // namespace stipple

@@ -1,5 +1,7 @@
 #include <atomic>
+#include <memory>
 #include <string>
+#include <type_traits>
 
 #include "backends/cpu/fill.h"
 #include "core/error.h"
@@ -70,6 +72,7 @@ void use_reference_kernels(bool on) { g_use_reference.store(on); }
 
 const KernelTable& kernels_for(Device device) {
   if (device == Device::kCPU) return active_kernels();
+  if (device == Device::kEmulated) return emulated_kernels();
 #ifdef STIPPLE_WITH_CUDA
   return cuda::kernels();
 #else
@@ -163,5 +166,105 @@ void fill_missing_kernels(KernelTable& t) {
 }
 
 #undef STIPPLE_FILL_MISSING
+
+// ---------------- the emulated device ----------------
+
+namespace {
+
+// A tensor's view of the same bytes, its storage tagged as the emulated device.
+Tensor on_emulated(const Tensor& t) {
+  if (!t.defined() || t.device() == Device::kEmulated) return t;
+  const std::shared_ptr<Storage>& s = t.storage();
+  auto impl = std::make_shared<TensorImpl>(t.impl());
+  impl->storage = Storage::wrap(s->data(), s->nbytes(), s, Device::kEmulated);
+  impl->grad = nullptr;
+  impl->grad_fn = nullptr;
+  impl->requires_grad = false;
+  return Tensor(std::move(impl));
+}
+
+void retag(Tensor& t) { t = on_emulated(t); }
+void retag(GroupNormResult& r) {
+  retag(r.out);
+  retag(r.mean);
+  retag(r.rstd);
+}
+void retag(LayerNormResult& r) {
+  retag(r.out);
+  retag(r.mean);
+  retag(r.rstd);
+}
+void retag(AttentionResult& r) {
+  retag(r.out);
+  retag(r.lse);
+}
+template <typename T>
+void retag_out(T&&) {}
+void retag_out(Tensor* t) {
+  if (t != nullptr) retag(*t);
+}
+
+template <typename F, F KernelTable::*M>
+struct Emulated;
+template <typename R, typename... A, R (*KernelTable::*M)(A...)>
+struct Emulated<R (*)(A...), M> {
+  static R call(A... args) {
+    EmulatedKernelScope reads_allowed;
+    if constexpr (std::is_void_v<R>) {
+      (reference_kernels().*M)(args...);
+      (retag_out(args), ...);  // the outputs a void kernel fills through pointers
+    } else {
+      R r = (reference_kernels().*M)(args...);
+      retag(r);
+      return r;
+    }
+  }
+};
+
+}  // namespace
+
+#define STIPPLE_EMULATE(entry) \
+  t.entry = &Emulated<decltype(t.entry), &KernelTable::entry>::call
+
+const KernelTable& emulated_kernels() {
+  static const KernelTable table = [] {
+    KernelTable t{};
+    t.name = "emulated";
+    t.device = Device::kEmulated;
+    STIPPLE_EMULATE(copy);
+    STIPPLE_EMULATE(to_blocked);
+    STIPPLE_EMULATE(unary);
+    STIPPLE_EMULATE(unary_backward);
+    STIPPLE_EMULATE(binary);
+    STIPPLE_EMULATE(affine);
+    STIPPLE_EMULATE(pow_scalar);
+    STIPPLE_EMULATE(clamp);
+    STIPPLE_EMULATE(sum);
+    STIPPLE_EMULATE(max);
+    STIPPLE_EMULATE(matmul);
+    STIPPLE_EMULATE(conv2d);
+    STIPPLE_EMULATE(conv2d_backward_data);
+    STIPPLE_EMULATE(conv2d_backward_weight);
+    STIPPLE_EMULATE(group_norm);
+    STIPPLE_EMULATE(group_norm_backward);
+    STIPPLE_EMULATE(layer_norm);
+    STIPPLE_EMULATE(layer_norm_backward);
+    STIPPLE_EMULATE(softmax);
+    STIPPLE_EMULATE(softmax_backward);
+    STIPPLE_EMULATE(attention);
+    STIPPLE_EMULATE(attention_backward);
+    STIPPLE_EMULATE(upsample_nearest2x);
+    STIPPLE_EMULATE(upsample_nearest2x_backward);
+    STIPPLE_EMULATE(avg_pool2x);
+    STIPPLE_EMULATE(avg_pool2x_backward);
+    STIPPLE_EMULATE(embedding);
+    STIPPLE_EMULATE(embedding_backward);
+    STIPPLE_EMULATE(adamw_step);
+    return t;
+  }();
+  return table;
+}
+
+#undef STIPPLE_EMULATE
 
 }  // namespace stipple
