@@ -425,6 +425,15 @@ TEST_F(Cuda, AllocatorBudget) {
   cuda::synchronize();
 }
 
+// concat and pad write their inputs into slices of a device tensor (KernelTable::copy_into).
+TEST_F(Cuda, ConcatAndPadWriteIntoDeviceSlices) {
+  const Tensor a = uniform({2, 3, 4}, 21), b = uniform({2, 5, 4}, 22);
+  const Tensor cat = ops::concat({dev(a), dev(b)}, 1);
+  EXPECT_EQ(cat.device(), Device::kCUDA);
+  expect_close(ops::concat({a, b}, 1), cat, 0, 0, "concat");
+  expect_close(ops::pad(a, {1, 2}, 0.5f), ops::pad(dev(a), {1, 2}, 0.5f), 0, 0, "pad");
+}
+
 // The ops on device tensors, with autograd: the forward runs the CUDA table, the gradient comes
 // back through to(Device) to the CPU leaf. A rule that made a host tensor on the way would stop
 // this with a two-devices error.

@@ -10,7 +10,11 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "core/tensor.h"
+#include "io/safetensors.h"
+#include "models/clip_text.h"
 #include "models/dit.h"
+#include "models/unet2d_condition.h"
+#include "models/vae.h"
 #include "ops/kernels.h"
 #include "ops/ops.h"
 #include "support/numerics.h"
@@ -161,6 +165,58 @@ TEST(EmulatedDevice, DiTForwardMatchesTheCpu) {
                                    labels.to(Device::kEmulated));
   EXPECT_EQ(got.device(), Device::kEmulated);
   EXPECT_EQ(got.to_vector(), want);
+}
+
+// Stable Diffusion's three models (the tiny real-layout set of ../shared/conformance/sd_tiny)
+// on the emulated device against the CPU with the same (reference) kernels.
+class EmulatedSdTiny : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = testing::shared_path("conformance/sd_tiny");
+    if (dir_.empty()) GTEST_SKIP() << "../shared is absent";
+    io_ = dir_ + "/reference/";
+    use_reference_kernels(true);
+  }
+  void TearDown() override { use_reference_kernels(false); }
+  static Tensor emu(const Tensor& t) { return t.to(Device::kEmulated); }
+  std::string dir_, io_;
+};
+
+TEST_F(EmulatedSdTiny, TextEncoder) {
+  const auto model = models::CLIPTextModel::from_pretrained(dir_ + "/text_encoder");
+  const Tensor ids = io::load_safetensors(io_ + "text_encoder_io.safetensors").at("input_ids");
+  const models::CLIPTextOutput want = model->forward(ids);
+  model->to(Device::kEmulated);
+  const models::CLIPTextOutput got = model->forward(emu(ids));
+  EXPECT_EQ(got.last_hidden_state.device(), Device::kEmulated);
+  EXPECT_EQ(got.last_hidden_state.to_vector(), want.last_hidden_state.to_vector());
+  EXPECT_EQ(got.pooler_output.to_vector(), want.pooler_output.to_vector());
+}
+
+TEST_F(EmulatedSdTiny, VaeEncodeDecode) {
+  const auto vae = models::AutoencoderKL::from_pretrained(dir_ + "/vae");
+  const auto ref = io::load_safetensors(io_ + "vae_io.safetensors");
+  const Tensor want_mean = vae->encode(ref.at("image")).mean;
+  const Tensor want = vae->decode(ref.at("z"));
+  vae->to(Device::kEmulated);
+  const Tensor got_mean = vae->encode(emu(ref.at("image"))).mean;
+  const Tensor got = vae->decode(emu(ref.at("z")));
+  EXPECT_EQ(got.device(), Device::kEmulated);
+  EXPECT_EQ(got_mean.to_vector(), want_mean.to_vector());
+  EXPECT_EQ(got.to_vector(), want.to_vector());
+}
+
+TEST_F(EmulatedSdTiny, Unet) {
+  const auto unet = models::UNet2DConditionModel::from_pretrained(dir_ + "/unet");
+  const auto ref = io::load_safetensors(io_ + "unet_io.safetensors");
+  const Tensor& sample = ref.at("sample");
+  const Tensor& context = ref.at("encoder_hidden_states");
+  const Tensor& t = ref.at("timestep_a");
+  const Tensor want = unet->forward(sample, t, context);
+  unet->to(Device::kEmulated);
+  const Tensor got = unet->forward(emu(sample), emu(t), emu(context));
+  EXPECT_EQ(got.device(), Device::kEmulated);
+  EXPECT_EQ(got.to_vector(), want.to_vector());
 }
 
 #ifndef STIPPLE_WITH_CUDA

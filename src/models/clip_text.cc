@@ -169,7 +169,9 @@ Tensor CLIPTextEmbeddings::forward(const Tensor& ids) const {
       v[i] = 0;
     }
   }
-  Tensor tok = token_embedding_->forward(Tensor::from_vector_i64(v, ids.shape())).contiguous();
+  Tensor tok =
+      token_embedding_->forward(Tensor::from_vector_i64(v, ids.shape()).to(ids.device()))
+          .contiguous();
   if (!added.empty()) {
     tok = tok.clone();
     const int64_t d = tok.size(2);

@@ -418,7 +418,8 @@ UNet2DConditionModel::UNet2DConditionModel(const UNet2DConditionConfig& config) 
 
 namespace {
 
-// The timestep as a [B] tensor in its own dtype (diffusers: timesteps[None].expand(B)).
+// The timestep as a [B] tensor in its own dtype (diffusers: timesteps[None].expand(B)), on the
+// timestep's device (read and written back: B numbers).
 Tensor broadcast_timestep(const Tensor& t, int64_t batch) {
   STIPPLE_CHECK(t.defined(), "UNet2DConditionModel: timestep is undefined");
   STIPPLE_CHECK(t.dim() <= 1 && (t.numel() == 1 || t.numel() == batch),
@@ -428,16 +429,16 @@ Tensor broadcast_timestep(const Tensor& t, int64_t batch) {
   if (t.dtype() == DType::kI64) {
     std::vector<int64_t> v = t.to_vector_i64();
     if (reps > 1) v.assign(batch, v[0]);
-    return Tensor::from_vector_i64(v, {batch});
+    return Tensor::from_vector_i64(v, {batch}).to(t.device());
   }
   if (t.dtype() == DType::kF64) {
     std::vector<double> v = t.to_vector_f64();
     if (reps > 1) v.assign(batch, v[0]);
-    return Tensor::from_vector_f64(v, {batch});
+    return Tensor::from_vector_f64(v, {batch}).to(t.device());
   }
   std::vector<float> v = t.to_vector();  // f32 (f16/bf16 values are exact in f32)
   if (reps > 1) v.assign(batch, v[0]);
-  return Tensor::from_vector(v, {batch});
+  return Tensor::from_vector(v, {batch}).to(t.device());
 }
 
 }  // namespace

@@ -54,6 +54,9 @@ struct KernelTable {
   Tensor (*copy)(const Tensor& src, DType dst_dtype);
   // x plain contiguous NCHW f32 -> blocked nChw{block}c (C % block == 0).
   Tensor (*to_blocked)(const Tensor& x, int block);
+  // Writes src (f32 contiguous) into dst, an f32 view of the same shape with any strides whose
+  // elements do not overlap (a slice of a larger tensor: concat, pad).
+  void (*copy_into)(const Tensor& dst, const Tensor& src);
 
   // ---- elementwise ----
   // x may also be channel-blocked (applied to the raw buffer; the result keeps x's layout).

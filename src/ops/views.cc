@@ -78,26 +78,7 @@ Shape infer_shape(const Shape& shape, int64_t numel, const char* op) {
 
 // Writes src (any dtype/strides) into the f32 strided view dst, element by element.
 void copy_into(const Tensor& dst, const Tensor& src) {
-  const Tensor s = as_f32_contiguous(src);
-  const float* ps = s.data<float>();
-  float* pd = static_cast<float*>(dst.raw_data());
-  const Shape& sh = dst.shape();
-  const Shape& st = dst.strides();
-  const int64_t nd = static_cast<int64_t>(sh.size());
-  const int64_t n = dst.numel();
-  if (n == 0) return;
-  std::vector<int64_t> idx(nd, 0);
-  int64_t o = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    pd[o] = ps[i];
-    for (int64_t d = nd - 1; d >= 0; --d) {
-      ++idx[d];
-      o += st[d];
-      if (idx[d] < sh[d]) break;
-      o -= st[d] * sh[d];
-      idx[d] = 0;
-    }
-  }
+  kernels_for(same_device("concat or pad", dst, src)).copy_into(dst, as_f32_contiguous(src));
 }
 
 Tensor plain(const Tensor& x) { return x.is_blocked() ? contiguous(x) : x; }
@@ -289,11 +270,14 @@ Tensor concat(const std::vector<Tensor>& xs, int64_t dim) {
     for (int64_t i = 0; i < t.dim(); ++i)
       STIPPLE_CHECK(i == d || t.shape()[i] == shape[i], "concat: ", t.describe(), " and ",
                     first.describe(), " differ outside dim ", d);
+    STIPPLE_CHECK(t.device() == first.device(), "concat: ", t.describe(), " is on ",
+                  device_name(t.device()), " and ", first.describe(), " on ",
+                  device_name(first.device()), "; move one with .to(Device)");
     sizes.push_back(t.shape()[d]);
     total += t.shape()[d];
   }
   shape[d] = total;
-  Tensor out = Tensor::empty(shape);
+  Tensor out = Tensor::empty(shape, DType::kF32, first.device());
   int64_t at = 0;
   for (const Tensor& t : xs) {
     Shape s = shape;
@@ -351,7 +335,9 @@ Tensor pad(const Tensor& x, const std::vector<int64_t>& pads, float value) {
     shape[d] += pads[2 * k] + pads[2 * k + 1];
     offsets[d] = pads[2 * k];
   }
-  Tensor out = Tensor::full(shape, value);
+  // Filled on the host and copied to x's device when it is another (one upload of the padded
+  // size; a fill kernel would save it).
+  Tensor out = Tensor::full(shape, value).to(x.device());
   int64_t off = 0;
   for (int64_t d = 0; d < x.dim(); ++d) off += offsets[d] * out.strides()[d];
   copy_into(make_view(out, x.shape(), out.strides(), off), x);

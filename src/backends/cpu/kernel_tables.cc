@@ -136,6 +136,7 @@ void fill_missing_kernels(KernelTable& t) {
   g_missing_table = t.name;
   STIPPLE_FILL_MISSING(copy);
   STIPPLE_FILL_MISSING(to_blocked);
+  STIPPLE_FILL_MISSING(copy_into);
   STIPPLE_FILL_MISSING(unary);
   STIPPLE_FILL_MISSING(unary_backward);
   STIPPLE_FILL_MISSING(binary);
@@ -233,6 +234,7 @@ const KernelTable& emulated_kernels() {
     t.device = Device::kEmulated;
     STIPPLE_EMULATE(copy);
     STIPPLE_EMULATE(to_blocked);
+    STIPPLE_EMULATE(copy_into);
     STIPPLE_EMULATE(unary);
     STIPPLE_EMULATE(unary_backward);
     STIPPLE_EMULATE(binary);

@@ -1,6 +1,7 @@
 // Reference data movement: copy with dtype conversion from any layout to plain contiguous, and
 // the plain -> channel-blocked reorder.
 #include <cstring>
+#include <vector>
 
 #include "backends/cpu/fill.h"
 #include "backends/cpu/strided.h"
@@ -73,11 +74,34 @@ Tensor ref_to_blocked(const Tensor& x, int block) {
   return out;
 }
 
+void ref_copy_into(const Tensor& dst, const Tensor& src) {
+  const float* ps = src.data<float>();
+  float* pd = static_cast<float*>(dst.raw_data());
+  const Shape& sh = dst.shape();
+  const Shape& st = dst.strides();
+  const int64_t nd = static_cast<int64_t>(sh.size());
+  const int64_t n = dst.numel();
+  if (n == 0) return;
+  std::vector<int64_t> idx(nd, 0);
+  int64_t o = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    pd[o] = ps[i];
+    for (int64_t d = nd - 1; d >= 0; --d) {
+      ++idx[d];
+      o += st[d];
+      if (idx[d] < sh[d]) break;
+      o -= st[d] * sh[d];
+      idx[d] = 0;
+    }
+  }
+}
+
 }  // namespace
 
 void fill_reference_data(KernelTable& t) {
   t.copy = ref_copy;
   t.to_blocked = ref_to_blocked;
+  t.copy_into = ref_copy_into;
 }
 
 }  // namespace stipple::cpu

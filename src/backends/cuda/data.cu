@@ -71,6 +71,26 @@ __global__ void gather_kernel(const T* src, T* dst, int64_t n, Indexer<1> ix) {
   }
 }
 
+// dst[offset(i)] = src[i]: writes a contiguous source into a strided view (concat, pad).
+__global__ void scatter_kernel(const float* src, float* dst, int64_t n, Indexer<1> ix) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    int64_t o;
+    ix.offsets(i, &o);
+    dst[o] = src[i];
+  }
+}
+
+void cuda_copy_into(const Tensor& dst, const Tensor& src) {
+  const int64_t n = dst.numel();
+  if (n == 0) return;
+  const Shape* strides[1] = {&dst.strides()};
+  const Indexer<1> ix = make_indexer<1>(dst.shape(), strides);
+  scatter_kernel<<<blocks_for(n), kThreads, 0, stream()>>>(
+      static_cast<const float*>(src.raw_data()), static_cast<float*>(dst.raw_data()), n, ix);
+  CUDA_CHECK_LAUNCH();
+}
+
 template <typename S, typename D>
 void launch_convert(const Tensor& src, Tensor& dst, const Indexer<1>& ix) {
   const int64_t n = src.numel();
@@ -327,6 +347,7 @@ Tensor as_f32_contiguous(const Tensor& t) {
 
 void fill_cuda_data(KernelTable& t) {
   t.copy = cuda_copy;
+  t.copy_into = cuda_copy_into;
   t.embedding = cuda_embedding;
   t.embedding_backward = cuda_embedding_backward;
   t.upsample_nearest2x = cuda_upsample;
