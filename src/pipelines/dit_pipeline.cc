@@ -91,19 +91,20 @@ Tensor DiTPipeline::run(const DiTParams& params) const {
   std::vector<int64_t> labels = params.class_labels;
   if (guided) labels.insert(labels.end(), static_cast<size_t>(b), cfg.num_embeds_ada_norm);
   const Tensor label_tensor =
-      Tensor::from_vector_i64(labels, {static_cast<int64_t>(labels.size())});  // [2B] or [B]
+      Tensor::from_vector_i64(labels, {static_cast<int64_t>(labels.size())})
+          .to(device_);  // [2B] or [B]
 
   // 2. timesteps and the initial noise x_T
   scheduler->set_timesteps(params.steps);
   const int64_t c = cfg.in_channels, s = cfg.sample_size;
-  Tensor latents = noise.randn({b, c, s, s}, "the initial latents");  // [B, C, s, s]
+  Tensor latents = noise.randn({b, c, s, s}, "the initial latents").to(device_);  // [B, C, s, s]
   latents = latents * static_cast<float>(scheduler->init_noise_sigma());
 
   // 3. denoise: guidance on the eps channels only; the learned sigma is dropped
   observe("denoiser.class_labels", label_tensor);
   const DenoiseFn model = [&](const Tensor& input, double t) {
     const int64_t n = input.size(0);
-    const Tensor ts = Tensor::full({n}, t);  // [N]
+    const Tensor ts = Tensor::full({n}, t).to(device_);  // [N]
     observe("denoiser.sample", input);
     observe("denoiser.timestep", Tensor::full({1}, t));
     observe("denoiser.timestep_as_passed", ts);
@@ -134,7 +135,13 @@ Tensor DiTPipeline::run(const DiTParams& params) const {
   observe("vae_decode.0.output", decoded);
   const Tensor images = vae_to_unit(decoded);
   observe("image", to_nhwc(images));
-  return images;
+  return images.to(Device::kCPU);
+}
+
+void DiTPipeline::to(Device device) {
+  transformer_->to(device);
+  vae_->to(device);
+  device_ = device;
 }
 
 }  // namespace stipple::pipelines

@@ -46,8 +46,12 @@ class DiTPipeline {
   // Throws naming the missing part for any other layout.
   static DiTPipeline from_pretrained(const std::string& folder);
 
-  // Images [B, 3, H, W] in [0, 1], H = W = sample_size * the VAE's downscale factor.
+  // Images [B, 3, H, W] in [0, 1] on the CPU, H = W = sample_size * the VAE's downscale factor.
   Tensor run(const DiTParams& params) const;
+  // Moves the transformer and the VAE to `device`; run() then denoises and decodes there (the
+  // noise is drawn on the CPU, as diffusers' CPU generator does, so a seed gives the same image).
+  void to(Device device);
+  Device device() const { return device_; }
 
   // Class names (id2label of model_index.json or transformer/config.json) or numbers -> ids.
   std::vector<int64_t> label_ids(const std::vector<std::string>& names) const;
@@ -63,6 +67,7 @@ class DiTPipeline {
   std::shared_ptr<models::AutoencoderKL> vae_;
   schedulers::SchedulerConfig scheduler_config_;
   std::map<int64_t, std::string> id2label_;
+  Device device_ = Device::kCPU;
 };
 
 // Checks that `folder` holds model_index.json and each named component folder with its files;

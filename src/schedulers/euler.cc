@@ -29,7 +29,7 @@ Tensor scale_by_sigma(const Tensor& sample, double sigma) {
   const float denom = std::sqrt(s * s + 1.0f);
   std::vector<float> v = sample.to_vector();
   for (float& x : v) x /= denom;
-  return Tensor::from_vector(v, sample.shape());
+  return Tensor::from_vector(v, sample.shape()).to(sample.device());
 }
 
 void EulerDiscreteScheduler::set_timesteps(int num_inference_steps) {

@@ -303,10 +303,13 @@ SchedulerOutput Scheduler::run_step(const Tensor& model_output, double t, const 
                 " must have the same shape");
   const StepResult r =
       step_impl(model_output.to_vector(), t, sample.to_vector(), Noise(gen, noise, sample.shape()));
+  // The step's arithmetic runs on the host (the samplers are written over vectors): a sample on
+  // another device is read once and written back once per step.
   SchedulerOutput out;
-  out.prev_sample = Tensor::from_vector(r.prev_sample, sample.shape());
+  out.prev_sample = Tensor::from_vector(r.prev_sample, sample.shape()).to(sample.device());
   if (!r.pred_original_sample.empty()) {
-    out.pred_original_sample = Tensor::from_vector(r.pred_original_sample, sample.shape());
+    out.pred_original_sample =
+        Tensor::from_vector(r.pred_original_sample, sample.shape()).to(sample.device());
   }
   return out;
 }
