@@ -19,6 +19,7 @@
 #include "ops/ops.h"
 #include "pipelines/dit_pipeline.h"
 #include "support/numerics.h"
+#include "support/tiny_models.h"
 #ifdef STIPPLE_WITH_CUDA
 #include "backends/cuda/cuda_backend.h"
 #endif
@@ -141,16 +142,7 @@ TEST(EmulatedDevice, GradientsComeBackToTheHostLeaf) {
 // exactly (the same reference kernels), so it reads no device memory from the host and mixes in
 // no host tensor — what it needs to run on a GPU.
 TEST(EmulatedDevice, DiTForwardMatchesTheCpu) {
-  models::DiTConfig c;
-  c.num_attention_heads = 2;
-  c.attention_head_dim = 4;
-  c.in_channels = 2;
-  c.out_channels = 4;
-  c.num_layers = 2;
-  c.sample_size = 4;
-  c.patch_size = 2;
-  c.num_embeds_ada_norm = 3;
-  models::DiTTransformer2DModel model(c);
+  models::DiTTransformer2DModel model(testing::tiny_dit_config());
   Generator gen(10);
   model.nn::Module::reset_parameters(gen);
   const Tensor x = testing::random_tensor({2, 2, 4, 4}, 11);

@@ -22,6 +22,7 @@
 #include "nn/transformer_block.h"
 #include "ops/ops.h"
 #include "support/numerics.h"
+#include "support/tiny_models.h"
 
 namespace stipple {
 namespace {
@@ -361,18 +362,7 @@ TEST(BasicTransformerBlock, GradcheckEveryParameter) {
 
 // ---------------- DiT ----------------
 
-models::DiTConfig tiny_dit_config() {
-  models::DiTConfig c;
-  c.num_attention_heads = 2;
-  c.attention_head_dim = 4;
-  c.in_channels = 2;
-  c.out_channels = 4;
-  c.num_layers = 2;
-  c.sample_size = 4;
-  c.patch_size = 2;
-  c.num_embeds_ada_norm = 3;
-  return c;
-}
+using testing::tiny_dit_config;
 
 TEST(DiT, GradcheckWholeModel) {
   models::DiTTransformer2DModel model(tiny_dit_config());

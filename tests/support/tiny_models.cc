@@ -14,6 +14,19 @@
 
 namespace stipple::testing {
 
+models::DiTConfig tiny_dit_config() {
+  models::DiTConfig c;
+  c.num_attention_heads = 2;
+  c.attention_head_dim = 4;
+  c.in_channels = 2;
+  c.out_channels = 4;
+  c.num_layers = 2;
+  c.sample_size = 4;
+  c.patch_size = 2;
+  c.num_embeds_ada_norm = 3;
+  return c;
+}
+
 std::string write_tiny_generator(const std::string& dir, bool half) {
   namespace fs = std::filesystem;
   models::DiTConfig c;

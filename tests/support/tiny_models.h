@@ -6,9 +6,14 @@
 #include <memory>
 #include <string>
 
+#include "models/dit.h"
 #include "models/fashion_classifier.h"
 
 namespace stipple::testing {
+
+// A two-layer DiT over 2-channel 4x4 latents (2 heads of 4, patch 2, 3 classes + null, learned
+// sigma), for gradient checks and device tests.
+models::DiTConfig tiny_dit_config();
 
 // A tiny random pixel-space DiT for the 10 Fashion-MNIST classes (1 layer, width 8, patch 8 on
 // 32x32, learned sigma), written as `stipple train` exports it (f32, or f16 when `half`) to
