@@ -13,6 +13,8 @@
 
 #include <cmath>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -82,6 +84,15 @@ void expect_exact(const Tensor& want, const Tensor& got_dev, const std::string& 
 }
 
 // ---------------------------------------------------------------- data movement
+
+// cuBLAS is opened at run time, not linked; opening it needs no device, so this runs everywhere
+// the backend is built.
+TEST(CudaLibraries, CublasOpensOnDemand) {
+  ASSERT_NO_THROW(cuda::load_blas());
+  std::ifstream maps("/proc/self/maps");
+  const std::string text((std::istreambuf_iterator<char>(maps)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("libcublas.so"), std::string::npos);
+}
 
 TEST_F(Cuda, CopyEveryDtypePairAndStrides) {
   const DType all[] = {DType::kF32, DType::kF16, DType::kBF16, DType::kI64, DType::kF64};

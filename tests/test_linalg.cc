@@ -127,6 +127,28 @@ TEST_P(ConvKernel, BackwardMatchesReference) {
   EXPECT_TENSORS_CLOSE(gw_only, gw_ref, 5e-4, 0.0);
 }
 
+// Half-precision weights (f16, bf16) are widened into the kernel's layout in one pass
+// (fast_linalg.cc, widen_into_layout): the result must be the reference convolution of the widened
+// weights, with the weights reordered per call (not frozen), into the cache (frozen) and from it.
+TEST_P(ConvKernel, HalfWeightsMatchReference) {
+  const ConvCase c = GetParam();
+  const Tensor x = random_tensor({c.n, c.c, c.h, c.w}, 17);
+  const Tensor b = c.bias ? random_tensor({c.o}, 18) : Tensor();
+  for (DType dtype : {DType::kF16, DType::kBF16}) {
+    const Tensor w = random_tensor({c.o, c.c, c.kh, c.kw}, 19).to(dtype).contiguous();
+    ASSERT_EQ(w.dtype(), dtype);
+    const Tensor ref = reference_kernels().conv2d(x, w.to(DType::kF32), b, c.p, false);
+    for (bool frozen : {false, true, true}) {
+      w.storage()->set_frozen(frozen);
+      const Tensor plain = fast_kernels().conv2d(x, w, b, c.p, false);
+      EXPECT_TENSORS_CLOSE(plain, ref, kAtol, 0.0);
+      const Tensor maybe_blocked = fast_kernels().conv2d(x, w, b, c.p, true);
+      EXPECT_TENSORS_CLOSE(maybe_blocked.contiguous(), ref, kAtol, 0.0);
+    }
+    w.storage()->set_frozen(false);
+  }
+}
+
 ops::Conv2dParams params(int64_t stride, int64_t pad, int64_t dilation = 1) {
   ops::Conv2dParams p;
   p.stride_h = p.stride_w = stride;
@@ -156,6 +178,7 @@ INSTANTIATE_TEST_SUITE_P(
                       ConvCase{"odd_out", 2, 5, 6, 8, 4, 3, 3, params(1, 1), true},
                       ConvCase{"few_out", 1, 32, 6, 6, 4, 3, 3, params(1, 1), true},
                       ConvCase{"wide_1x1", 1, 48, 4, 5, 32, 1, 1, params(1, 0), true},
+                      ConvCase{"blocked_3x3", 2, 32, 6, 5, 48, 3, 3, params(1, 1), true},
                       ConvCase{"non_square", 1, 8, 7, 13, 8, 3, 1, asymmetric(), true},
                       ConvCase{"kernel_equals_input", 1, 4, 3, 3, 6, 3, 3, params(1, 0), true}),
     [](const ::testing::TestParamInfo<ConvCase>& info) { return std::string(info.param.name); });

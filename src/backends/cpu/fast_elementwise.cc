@@ -24,6 +24,7 @@
 #include <cstring>
 #include <vector>
 
+#include "backends/cpu/convert.h"
 #include "backends/cpu/fill.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -528,6 +529,10 @@ HWY_EXPORT(BinaryChunk);
 HWY_EXPORT(AffineChunk);
 HWY_EXPORT(HalfToFloatChunk);
 HWY_EXPORT(FloatToHalfChunk);
+
+void widen_halves(int kind, const uint16_t* src, float* dst, int64_t n) {
+  HWY_DYNAMIC_DISPATCH(HalfToFloatChunk)(kind, src, dst, n);
+}
 
 namespace {
 

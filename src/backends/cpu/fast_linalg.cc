@@ -27,16 +27,23 @@
 //   1024) and, once full, keeps what it has (an LRU would evict every entry once per UNet step and
 //   never hit). SD 1.5 at 512x512 measured 7.49 s/step without it, 7.08 with 1 GB (+1.1 GB RSS)
 //   and 6.43 with all conv weights (~2.3 GB). The backward kernels (training) always reorder.
-// - Weights may be stored as f16 (half-precision checkpoints): they are widened to f32 by the copy
-//   kernel, then reordered (oneDNN 2.6's own f16 -> f32 reorder made an SD step 7x slower).
+// - Weights may be stored as f16 or bf16 (half-precision checkpoints): they are widened to f32 and
+//   written in the primitive's layout in one pass (widen_into_layout; oneDNN 2.6's own f16 -> f32
+//   reorder made an SD step 7x slower). Weights reordered for one call only (not frozen, or not
+//   in the cache) go to a per-thread buffer that is kept, not to fresh memory each call.
+#include <algorithm>
+#include <array>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
+#include <new>
 #include <mutex>
 #include <oneapi/dnnl/dnnl.hpp>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
+#include "backends/cpu/convert.h"
 #include "backends/cpu/fill.h"
 #include "ops/ops.h"
 
@@ -132,15 +139,127 @@ void reorder_into(const memory& src, const memory& dst) {
   dnnl::reorder(src, dst).execute(cpu_stream(), const_cast<memory&>(src), const_cast<memory&>(dst));
 }
 
-// `w` (plain OIHW, f32, f16 or bf16, contiguous) reordered into a new buffer of layout `want`
-// (f32).
-memory reorder_weights(const Tensor& w, const memory::dims& dims, const memory::desc& want) {
+// The offset of element (d0, d1, d2, d3) of a 4-D blocked oneDNN layout is a sum of one part per
+// dimension: its outer index times the dimension's stride, plus its position in each inner block
+// on that dimension times the block's stride. `part[d][i]` is that part for index i of dimension
+// d (over the padded dims); `block[d]` the product of the inner blocks on d.
+struct BlockedOffsets {
+  std::array<std::vector<int64_t>, 4> part;
+  std::array<int64_t, 4> block{1, 1, 1, 1};
+  bool padded = false;  // the layout pads a dimension (those elements must read as zero)
+};
+
+bool blocked_offsets(const memory::desc& md, BlockedOffsets* t) {
+  const dnnl_memory_desc_t& d = md.data;
+  if (d.ndims != 4 || d.format_kind != dnnl_blocked) return false;
+  const dnnl_blocking_desc_t& b = d.format_desc.blocking;
+  std::array<int64_t, DNNL_MAX_NDIMS> stride_after{};  // stride of inner block j
+  int64_t inner = 1;
+  for (int j = b.inner_nblks - 1; j >= 0; --j) {
+    stride_after[j] = inner;
+    inner *= b.inner_blks[j];
+  }
+  for (int dim = 0; dim < 4; ++dim) {
+    if (d.padded_offsets[dim] != 0) return false;
+    for (int j = 0; j < b.inner_nblks; ++j) {
+      if (b.inner_idxs[j] == dim) t->block[dim] *= b.inner_blks[j];
+    }
+    const int64_t n = d.padded_dims[dim];
+    t->padded = t->padded || n != d.dims[dim];
+    std::vector<int64_t>& part = t->part[dim];
+    part.resize(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
+      int64_t off = d.offset0 * (dim == 0) + (i / t->block[dim]) * b.strides[dim];
+      int64_t rest = t->block[dim];  // product of the blocks on dim from block j inwards
+      for (int j = 0; j < b.inner_nblks; ++j) {
+        if (b.inner_idxs[j] != dim) continue;
+        rest /= b.inner_blks[j];
+        off += (i / rest) % b.inner_blks[j] * stride_after[j];
+      }
+      part[static_cast<size_t>(i)] = off;
+    }
+  }
+  return true;
+}
+
+// Plain OIHW f16/bf16 weights `w` widened straight into `dst` in the blocked layout `t` describes,
+// one pass over the weights (tests/test_linalg.cc holds convolutions with half-precision weights to
+// the reference convolution of the widened weights). Work items are
+// (output block, input block) pairs: each writes one contiguous run of the blocked layout.
+void widen_into_layout(const Tensor& w, const BlockedOffsets& t, float* dst, size_t dst_bytes) {
+  const int kind = w.dtype() == DType::kF16 ? 0 : 1;
+  const uint16_t* src = w.data<uint16_t>();
+  const int64_t O = w.size(0), I = w.size(1), H = w.size(2), W = w.size(3), hw = H * W;
+  if (t.padded) std::memset(dst, 0, dst_bytes);
+  const int64_t ob = t.block[0], ib = t.block[1];
+  const int64_t n_ob = (O + ob - 1) / ob, n_ib = (I + ib - 1) / ib;
+  const int64_t* p0 = t.part[0].data();
+  const int64_t* p1 = t.part[1].data();
+  const int64_t* p2 = t.part[2].data();
+  const int64_t* p3 = t.part[3].data();
+#pragma omp parallel
+  {
+    std::vector<float> row(static_cast<size_t>(ib * hw));
+#pragma omp for schedule(static)
+    for (int64_t task = 0; task < n_ob * n_ib; ++task) {
+      const int64_t o0 = task / n_ib * ob, i0 = task % n_ib * ib;
+      const int64_t ni = std::min(ib, I - i0);
+      for (int64_t o = o0; o < std::min(o0 + ob, O); ++o) {
+        widen_halves(kind, src + (o * I + i0) * hw, row.data(), ni * hw);
+        const float* r = row.data();
+        for (int64_t i = 0; i < ni; ++i) {
+          const int64_t oi = p0[o] + p1[i0 + i];
+          for (int64_t h = 0; h < H; ++h) {
+            const int64_t oih = oi + p2[h];
+            for (int64_t x = 0; x < W; ++x) dst[oih + p3[x]] = *r++;
+          }
+        }
+      }
+    }
+  }
+}
+
+// The calling thread's buffer for weights reordered for one call only: grown as needed and kept,
+// so that an unfrozen or uncached weight does not take freshly mapped (page-faulted) memory per
+// call. Valid until this thread's next convolution.
+void* weight_scratch(size_t bytes) {
+  struct Buffer {
+    void* data = nullptr;
+    size_t size = 0;
+    ~Buffer() { std::free(data); }
+  };
+  thread_local Buffer buf;
+  if (bytes > buf.size) {
+    std::free(buf.data);
+    buf.size = (bytes + 4095) / 4096 * 4096;
+    buf.data = std::aligned_alloc(4096, buf.size);
+    if (buf.data == nullptr) {
+      buf.size = 0;
+      throw std::bad_alloc();
+    }
+  }
+  return buf.data;
+}
+
+// `w` (plain OIHW, f32, f16 or bf16, contiguous) reordered into layout `want` (f32): into this
+// thread's scratch buffer when `scratch`, else into a new buffer the memory owns. Half-precision
+// weights are widened and laid out in one pass (widen_into_layout) when `want` is a blocked
+// layout, else widened (Highway) and then reordered by oneDNN (whose own f16 -> f32 reorder in 2.6
+// is a slow reference loop: an SD step 7x slower).
+memory reorder_weights(const Tensor& w, const memory::dims& dims, const memory::desc& want,
+                       bool scratch) {
   STIPPLE_ASSERT(w.dtype() == DType::kF32 || w.dtype() == DType::kF16 ||
                  w.dtype() == DType::kBF16);
-  memory dst(want, cpu_engine());
+  memory dst = scratch ? memory(want, cpu_engine(), weight_scratch(want.get_size()))
+                       : memory(want, cpu_engine());
   if (w.dtype() == DType::kF32) {
     reorder_into(wrap(memory::desc(dims, DT::f32, Tag::oihw), w), dst);
-  } else {  // oneDNN 2.6's f16 -> f32 reorder is a slow reference loop: widen first (Highway)
+    return dst;
+  }
+  BlockedOffsets t;
+  if (blocked_offsets(want, &t)) {
+    widen_into_layout(w, t, static_cast<float*>(dst.get_data_handle()), want.get_size());
+  } else {
     const Tensor w32 = fast_kernels().copy(w, DType::kF32);
     reorder_into(wrap(memory::desc(dims, DT::f32, Tag::oihw), w32), dst);
   }
@@ -161,9 +280,10 @@ class WeightCache {
     const std::shared_ptr<Storage>& s = w.storage();
     if (w.dtype() == DType::kF32) {
       const memory plain = wrap(memory::desc(dims, DT::f32, Tag::oihw), w);
-      if (!s->frozen() || plain.get_desc() == want) return reorder_to(plain, want);
+      if (plain.get_desc() == want) return plain;
+      if (!s->frozen()) return reorder_weights(w, dims, want, /*scratch=*/true);
     } else if (!s->frozen()) {
-      return reorder_weights(w, dims, want);
+      return reorder_weights(w, dims, want, /*scratch=*/true);
     }
     const std::string key = str_cat(s->id(), ':', w.storage_offset(), ':', dtype_name(w.dtype()),
                                     ':', shape_str(w.shape()));
@@ -182,10 +302,14 @@ class WeightCache {
         }
       }
     }
-    memory m = reorder_weights(w, dims, want);
     const size_t bytes = want.get_size();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (bytes_ + bytes > budget_) drop_dead();
+      if (bytes_ + bytes > budget_) return reorder_weights(w, dims, want, /*scratch=*/true);
+    }
+    memory m = reorder_weights(w, dims, want, /*scratch=*/false);
     std::lock_guard<std::mutex> lock(mu_);
-    if (bytes_ + bytes > budget_) drop_dead();
     if (bytes_ + bytes <= budget_) {
       map_[key].push_back(Entry{s, version, want, m, bytes});
       bytes_ += bytes;

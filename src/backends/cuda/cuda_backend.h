@@ -29,6 +29,11 @@ std::string unavailable_reason();
 // "NVIDIA H200 (sm_90, 139.8 GiB)", or the unavailable reason.
 std::string device_description();
 
+// Opens cuBLAS now (the backend otherwise opens it on first use, so that processes that never
+// touch the GPU do not pay its ~150 MiB of resident relocations). Throws, naming the library and
+// the loader's reason, when it cannot be opened. Needs no device.
+void load_blas();
+
 // Device memory (see the header comment). allocate(0) returns nullptr.
 void* allocate(size_t nbytes);
 void release(void* p, size_t nbytes);

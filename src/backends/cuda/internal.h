@@ -19,6 +19,23 @@ namespace stipple::cuda {
 
 [[noreturn]] void throw_cuda_error(const char* call, const char* file, int line, const char* what);
 
+// cuBLAS's entry points that the backend calls. The library is opened on first use (dlopen;
+// runtime.cu), not linked: its relocations alone make about 150 MiB resident in every process
+// that links it, whether a GPU is used or not. Throws when it cannot be opened.
+struct CublasApi {
+  decltype(&cublasCreate_v2) create = nullptr;
+  decltype(&cublasSetStream_v2) set_stream = nullptr;
+  // (the header overloads cublasGemmStridedBatchedEx in C++: the exported one, spelled out)
+  cublasStatus_t (*gemm_strided_batched_ex)(
+      cublasHandle_t, cublasOperation_t, cublasOperation_t, int m, int n, int k,
+      const void* alpha, const void* a, cudaDataType a_type, int lda, long long stride_a,
+      const void* b, cudaDataType b_type, int ldb, long long stride_b, const void* beta, void* c,
+      cudaDataType c_type, int ldc, long long stride_c, int batch, cublasComputeType_t compute,
+      cublasGemmAlgo_t algo) = nullptr;
+  decltype(&cublasGetStatusString) status_string = nullptr;
+};
+const CublasApi& cublas_api();
+
 }  // namespace stipple::cuda
 
 // Throws stipple::Error naming the failed call, where it is, and CUDA's own words for the error.
@@ -34,7 +51,7 @@ namespace stipple::cuda {
     const cublasStatus_t st_ = (call);                                                  \
     if (st_ != CUBLAS_STATUS_SUCCESS)                                                   \
       ::stipple::cuda::throw_cuda_error(#call, __FILE__, __LINE__,                      \
-                                        cublasGetStatusString(st_));                    \
+                                        ::stipple::cuda::cublas_api().status_string(st_)); \
   } while (0)
 
 // After a kernel launch: reports a bad configuration or an earlier asynchronous fault.

@@ -28,7 +28,7 @@ void gemm_f32(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, co
   // C^T = op(B)^T op(A)^T, so B goes first with the operands' own row-major leading dims.
   const cublasComputeType_t compute =
       tf32_enabled() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-  CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+  CUBLAS_CHECK(cublas_api().gemm_strided_batched_ex(
       cublas(), tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
       static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, b, CUDA_R_32F,
       static_cast<int>(ldb), stride_b, a, CUDA_R_32F, static_cast<int>(lda), stride_a, &beta, c,

@@ -8,12 +8,15 @@
 // first step. All work runs on one stream, so a block freed while kernels that read it are still
 // queued is safe to hand to the next request: that request's kernels queue behind them. When the
 // budget or the device refuses a request, the cache is handed back first and the request retried.
+#include <dlfcn.h>
+
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <string>
+#include <type_traits>
 #include <unordered_map>
 #include <vector>
 
@@ -25,6 +28,44 @@ void throw_cuda_error(const char* call, const char* file, int line, const char* 
   throw Error(str_cat("CUDA error in ", call, " (", file, ":", line, "): ", what),
               ErrorKind::kUnsupported);
 }
+
+// ---- cuBLAS, opened on first use ----
+
+const CublasApi& cublas_api() {
+  static const CublasApi api = [] {
+    const std::string name = str_cat("libcublas.so.", CUBLAS_VER_MAJOR);
+    void* lib = dlopen(name.c_str(), RTLD_NOW | RTLD_LOCAL);
+#ifdef STIPPLE_CUDA_LIBRARY_DIR
+    if (lib == nullptr) {  // the toolkit this stipple was built with
+      lib = dlopen(str_cat(STIPPLE_CUDA_LIBRARY_DIR, "/", name).c_str(), RTLD_NOW | RTLD_LOCAL);
+    }
+#endif
+    if (lib == nullptr) {
+      const char* why = dlerror();
+      throw Error(str_cat("the CUDA backend needs cuBLAS, and ", name, " could not be opened (",
+                          why != nullptr ? why : "not found",
+                          "); put the CUDA toolkit's library folder on LD_LIBRARY_PATH"),
+                  ErrorKind::kUnsupported);
+    }
+    CublasApi a;
+    auto need = [&](auto& fn, const char* symbol) {
+      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(lib, symbol));
+      if (fn == nullptr) {
+        throw Error(str_cat(name, " lacks ", symbol, "; the CUDA backend needs cuBLAS ",
+                            CUBLAS_VER_MAJOR, ".x"),
+                    ErrorKind::kUnsupported);
+      }
+    };
+    need(a.create, "cublasCreate_v2");
+    need(a.set_stream, "cublasSetStream_v2");
+    need(a.gemm_strided_batched_ex, "cublasGemmStridedBatchedEx");
+    need(a.status_string, "cublasGetStatusString");
+    return a;
+  }();
+  return api;
+}
+
+void load_blas() { cublas_api(); }
 
 namespace {
 
@@ -92,8 +133,8 @@ StreamState& stream_state() {
     require_device();
     StreamState st;
     CUDA_CHECK(cudaStreamCreateWithFlags(&st.stream, cudaStreamNonBlocking));
-    CUBLAS_CHECK(cublasCreate(&st.cublas));
-    CUBLAS_CHECK(cublasSetStream(st.cublas, st.stream));
+    CUBLAS_CHECK(cublas_api().create(&st.cublas));
+    CUBLAS_CHECK(cublas_api().set_stream(st.cublas, st.stream));
     return st;
   }();
   return s;
