@@ -211,6 +211,23 @@ TEST(ConvKernel, BlockedChainMatchesReference) {
   EXPECT_TENSORS_CLOSE(gw, gw_ref, 1e-3, 0.0);
 }
 
+TEST(ConvKernel, LargeWeightsRunInOutputGroups) {
+  // 1024 -> 520 channels, 3x3: 18.3 MiB of f32 weights, over the 16 MiB a call reorders at once
+  // when the cache does not keep them (fast_linalg.cc, kWeightScratchLimit): the kernel runs in
+  // groups of output channels (the last one partial). Unfrozen, f32 and f16.
+  const ops::Conv2dParams p = params(1, 1);
+  const Tensor x = random_tensor({2, 1024, 4, 3}, 20);
+  const Tensor b = random_tensor({520}, 21);
+  for (DType dtype : {DType::kF32, DType::kF16}) {
+    const Tensor w = random_tensor({520, 1024, 3, 3}, 22, -0.05f, 0.05f).to(dtype).contiguous();
+    const Tensor ref = reference_kernels().conv2d(x, w.to(DType::kF32), b, p, false);
+    EXPECT_TENSORS_CLOSE(fast_kernels().conv2d(x, w, b, p, true).contiguous(), ref, 1e-4, 0.0);
+    EXPECT_TENSORS_CLOSE(fast_kernels().conv2d(x, w, Tensor(), p, false),
+                         reference_kernels().conv2d(x, w.to(DType::kF32), Tensor(), p, false),
+                         1e-4, 0.0);
+  }
+}
+
 TEST(ConvKernel, ExplicitlyBlockedInput) {
   // Either block on any CPU, and channel counts that fill 8-blocks but not 16-blocks.
   for (auto [block, c] : {std::pair{8, 16}, std::pair{16, 16}, std::pair{8, 24}}) {

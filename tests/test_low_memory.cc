@@ -143,6 +143,33 @@ TEST(Storage, LazyZeroAllocationsReadAsZero) {
   EXPECT_EQ(t.data<float>()[7], 1.0f);
 }
 
+TEST(Storage, BlockCacheDropsTheBlocksFreedLongestAgo) {
+  // Budget 3 MiB: free a 2 MiB block, then two 1 MiB blocks. The third free overflows the budget,
+  // and the 2 MiB block (freed first) goes, not a smaller one: what a step frees last it asks
+  // for again soonest.
+  const size_t budget = Storage::cache_budget();
+  Storage::trim_cache();
+  Storage::set_cache_budget(3 << 20);
+  auto big = Storage::allocate(2 << 20), a = Storage::allocate(1 << 20);
+  auto c = Storage::allocate(1 << 20);
+  const void* a_data = a->data();
+  const void* c_data = c->data();
+  big.reset();
+  a.reset();
+  EXPECT_EQ(Storage::cached_bytes(), size_t{3} << 20);
+  c.reset();
+  EXPECT_EQ(Storage::cached_bytes(), size_t{2} << 20);  // a and c kept, big dropped
+  auto again = Storage::allocate(1 << 20);
+  EXPECT_EQ(again->data(), c_data);  // the last freed of the size asked for
+  auto again2 = Storage::allocate(1 << 20);
+  EXPECT_EQ(again2->data(), a_data);
+  EXPECT_EQ(Storage::cached_bytes(), 0u);
+  again.reset();
+  again2.reset();
+  Storage::trim_cache();
+  Storage::set_cache_budget(budget);
+}
+
 TEST(Storage, ReleasedFilePagesReadBackTheSameValues) {
   const fs::path d = temp_dir("pages");
   const std::string path = (d / "w.safetensors").string();

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <mutex>
 #include <new>
@@ -490,8 +491,13 @@ Engine Engine::open(const std::string& given, const OpenOptions& options) {
     // system (glibc's heap keeps freed memory resident and fragments it: 2.3 GB instead of
     // 2.0 GB at SD 1.5's peak, for 20% less time per step), and feed-forward layers in chunks of
     // 2048 rows. The pipeline also trims the heap between stages (StableDiffusion::need).
-    ops::set_conv_weight_cache_budget(0);
-    Storage::set_cache_budget(0);
+    // STIPPLE_CONV_WEIGHT_CACHE_MB and STIPPLE_BLOCK_CACHE_MB, when set, still rule: a block
+    // cache of 128 MiB made an SD 1.5 step at 512x512 16% faster for 125 MiB more at the peak
+    // (docs/benchmarks.md).
+    if (std::getenv("STIPPLE_CONV_WEIGHT_CACHE_MB") == nullptr) {
+      ops::set_conv_weight_cache_budget(0);
+    }
+    if (std::getenv("STIPPLE_BLOCK_CACHE_MB") == nullptr) Storage::set_cache_budget(0);
     mallopt(M_MMAP_THRESHOLD, 1 << 20);
     nn::set_feed_forward_chunk_rows(2048);
   }

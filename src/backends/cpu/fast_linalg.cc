@@ -285,8 +285,7 @@ class WeightCache {
     } else if (!s->frozen()) {
       return reorder_weights(w, dims, want, /*scratch=*/true);
     }
-    const std::string key = str_cat(s->id(), ':', w.storage_offset(), ':', dtype_name(w.dtype()),
-                                    ':', shape_str(w.shape()));
+    const std::string key = key_of(w);
     const uint64_t version = s->version();
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -317,7 +316,21 @@ class WeightCache {
     return m;
   }
 
+  // Whether get() keeps `w` in the cache, or would: its storage is frozen and it is cached already
+  // or `bytes` more fit in the budget.
+  bool holds_or_fits(const Tensor& w, size_t bytes) {
+    if (!w.storage()->frozen()) return false;
+    const std::string key = key_of(w);
+    std::lock_guard<std::mutex> lock(mu_);
+    return bytes_ + bytes <= budget_ || map_.count(key) > 0;
+  }
+
  private:
+  static std::string key_of(const Tensor& w) {
+    return str_cat(w.storage()->id(), ':', w.storage_offset(), ':', dtype_name(w.dtype()), ':',
+                   shape_str(w.shape()));
+  }
+
   struct Entry {
     std::weak_ptr<Storage> owner;
     uint64_t version;
@@ -499,9 +512,50 @@ struct ConvFwdEntry {
 };
 
 Tensor fast_conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const ops::Conv2dParams& p,
+                   bool allow_blocked);
+
+// The most bytes of f32 weights one convolution call reorders into the per-thread buffer
+// (weight_scratch): a layer with more, when the cache does not keep it, runs in groups of output
+// channels. Without the bound that buffer grew to SD 1.5's largest layer (2560 -> 1280 3x3:
+// 113 MiB), resident for good, a sixth of what --low-memory holds besides the weights.
+constexpr size_t kWeightScratchLimit = size_t{16} << 20;
+
+// conv2d of `x` with `w` in groups of `group` output channels, each group a call of its own (its
+// weights reordered alone), written into one plain NCHW output.
+Tensor conv_in_output_groups(const Tensor& x, const Tensor& w, const Tensor& bias,
+                             const ops::Conv2dParams& p, int64_t group) {
+  const int64_t n = x.size(0), o = w.size(0);
+  Tensor y;
+  int64_t plane = 0;
+  for (int64_t o0 = 0; o0 < o; o0 += group) {
+    const int64_t g = std::min(group, o - o0);
+    const Tensor yg = fast_conv2d(x, w.narrow(0, o0, g),
+                                  bias.defined() ? bias.narrow(0, o0, g) : Tensor(), p, false);
+    if (!y.defined()) {
+      y = Tensor::empty({n, o, yg.size(2), yg.size(3)});
+      plane = yg.size(2) * yg.size(3);
+    }
+    const float* src = yg.data<float>();
+    float* dst = y.data<float>();
+    for (int64_t b = 0; b < n; ++b) {
+      std::memcpy(dst + (b * o + o0) * plane, src + b * g * plane,
+                  static_cast<size_t>(g * plane) * sizeof(float));
+    }
+  }
+  return y;
+}
+
+Tensor fast_conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const ops::Conv2dParams& p,
                    bool allow_blocked) {
-  const ConvSpec spec(x.shape(), w.shape(), p);
   const int block = native_block();
+  const size_t w_bytes = static_cast<size_t>(w.numel()) * sizeof(float);
+  if (w_bytes > kWeightScratchLimit && w.size(0) > block &&
+      !WeightCache::instance().holds_or_fits(w, w_bytes)) {
+    const size_t per_channel = w_bytes / static_cast<size_t>(w.size(0));
+    const int64_t fit = static_cast<int64_t>(kWeightScratchLimit / per_channel) / block * block;
+    return conv_in_output_groups(x, w, bias, p, std::max<int64_t>(block, fit));
+  }
+  const ConvSpec spec(x.shape(), w.shape(), p);
   // Whole blocks: the blocked direct kernels. A few input channels (RGB, latents): plain NCHW
   // input (oneDNN's first-layer kernels read it directly). A few output channels: oneDNN's choice
   // (a padded blocked output, reordered to plain below; asking for plain NCHW there selects a
