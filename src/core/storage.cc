@@ -158,7 +158,7 @@ Storage::Storage() {
   id_ = next_id.fetch_add(1, std::memory_order_relaxed);
 }
 
-[[noreturn]] [[maybe_unused]] static void no_device(Device device) {
+void throw_no_backend(Device device) {
   throw Error(str_cat("a tensor is on ", device_name(device),
                       ", and this stipple was built without CUDA (configure with -DSTIPPLE_CUDA=ON)"),
               ErrorKind::kUnsupported);
@@ -175,7 +175,7 @@ std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device, bool ze
     s->owned_ = true;
     return s;
 #else
-    no_device(device);
+    throw_no_backend(device);
 #endif
   }
   size_t rounded = ((nbytes + 63) / 64) * 64;
@@ -258,7 +258,7 @@ void Storage::copy_bytes(void* dst, Device dst_device, const void* src, Device s
     cuda::copy_on_device(dst, src, nbytes);
   }
 #else
-  no_device(Device::kCUDA);
+  throw_no_backend(Device::kCUDA);
 #endif
 }
 

@@ -24,6 +24,9 @@ namespace stipple {
 // reads of device memory, and CI can check that without a GPU.
 enum class Device : uint8_t { kCPU, kCUDA, kEmulated };
 const char* device_name(Device d);  // "cpu", "cuda", "emulated"
+// Throws the error for a tensor on a device this build has no backend for ("a tensor is on cuda,
+// and this stipple was built without CUDA (configure with -DSTIPPLE_CUDA=ON)").
+[[noreturn]] void throw_no_backend(Device d);
 // Whether host code may read memory of this device now: the CPU's always, the emulated device's
 // only while one of its kernels runs.
 bool host_may_read(Device d);

@@ -492,7 +492,7 @@ Engine Engine::open(const std::string& given, const OpenOptions& options) {
     // 2.0 GB at SD 1.5's peak, for 20% less time per step), and feed-forward layers in chunks of
     // 2048 rows. The pipeline also trims the heap between stages (StableDiffusion::need).
     // STIPPLE_CONV_WEIGHT_CACHE_MB and STIPPLE_BLOCK_CACHE_MB, when set, still rule: a block
-    // cache of 128 MiB made an SD 1.5 step at 512x512 16% faster for 125 MiB more at the peak
+    // cache of 128 MiB made an SD 1.5 step at 512x512 15% faster for 125 MiB more at the peak
     // (docs/benchmarks.md).
     if (std::getenv("STIPPLE_CONV_WEIGHT_CACHE_MB") == nullptr) {
       ops::set_conv_weight_cache_budget(0);

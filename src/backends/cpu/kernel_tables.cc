@@ -76,9 +76,7 @@ const KernelTable& kernels_for(Device device) {
 #ifdef STIPPLE_WITH_CUDA
   return cuda::kernels();
 #else
-  throw Error(str_cat("a tensor is on ", device_name(device),
-                      ", and this stipple was built without CUDA (configure with -DSTIPPLE_CUDA=ON)"),
-              ErrorKind::kUnsupported);
+  throw_no_backend(device);
 #endif
 }
 
