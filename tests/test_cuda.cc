@@ -229,7 +229,10 @@ TEST_F(Cuda, SumAndMax) {
       {0}, {1}, {3}, {0, 1}, {1, 3}, {0, 2}, {0, 1, 2, 3}, {2, 3}};
   for (const auto& dims : dim_sets) {
     std::string what = "dims";
-    for (int64_t d : dims) what += " " + std::to_string(d);
+    for (int64_t d : dims) {
+      what += ' ';
+      what += std::to_string(d);
+    }
     expect_close(ref().sum(x, dims), gpu().sum(dev(x), dims), 1e-5, 1e-5, "sum " + what);
     expect_exact(ref().max(x, dims), gpu().max(dev(x), dims), "max " + what);
   }

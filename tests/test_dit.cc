@@ -58,9 +58,9 @@ TEST(TimestepEmbedding, HandComputedValues) {
   ASSERT_EQ(e.shape(), (Shape{3, 4}));
   std::vector<float> want;
   for (double tv : {0.0, 1.0, 500.0}) {
-    want.insert(want.end(),
-                {static_cast<float>(std::sin(tv)), static_cast<float>(std::sin(tv * 1e-4)),
-                 static_cast<float>(std::cos(tv)), static_cast<float>(std::cos(tv * 1e-4))});
+    for (double v : {std::sin(tv), std::sin(tv * 1e-4), std::cos(tv), std::cos(tv * 1e-4)}) {
+      want.push_back(static_cast<float>(v));
+    }
   }
   EXPECT_TENSORS_CLOSE(e, Tensor::from_vector(want, {3, 4}), 2e-4, 0.0);
 
