@@ -12,6 +12,7 @@
 #include <stipple/stipple.h>
 
 #include "autograd/grad_mode.h"
+#include "core/block_cache.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "core/storage.h"
@@ -166,6 +167,34 @@ TEST(Storage, BlockCacheDropsTheBlocksFreedLongestAgo) {
   EXPECT_EQ(Storage::cached_bytes(), 0u);
   again.reset();
   again2.reset();
+  Storage::trim_cache();
+  Storage::set_cache_budget(budget);
+}
+
+TEST(Storage, BlockCacheNeverRaisesThePeak) {
+  // With the peak bound (--low-memory), a block that must come fresh from the system first drops
+  // cached blocks, so that in-use storages, the new block and the cache stay under the high-water
+  // mark of in-use storages.
+  const size_t budget = Storage::cache_budget();
+  Storage::trim_cache();
+  Storage::set_cache_budget(8 << 20);
+  set_block_cache_peak_bound(true);
+  auto two = Storage::allocate(2 << 20);
+  two.reset();
+  EXPECT_EQ(Storage::cached_bytes(), size_t{2} << 20);
+  Storage::reset_peak_bytes();  // the mark: what is in use now
+  auto three = Storage::allocate(3 << 20);  // no cached block fits: fresh, and the 2 MiB go
+  EXPECT_EQ(Storage::cached_bytes(), 0u);
+  const void* three_data = three->data();
+  three.reset();
+  EXPECT_EQ(Storage::cached_bytes(), size_t{3} << 20);  // under the new mark: kept
+  auto again = Storage::allocate(3 << 20);  // reused, nothing fresh
+  EXPECT_EQ(again->data(), three_data);
+  again.reset();
+  auto one = Storage::allocate(1 << 20);  // fresh: 1 MiB in use + 3 cached would pass the mark
+  EXPECT_EQ(Storage::cached_bytes(), 0u);
+  one.reset();
+  set_block_cache_peak_bound(false);
   Storage::trim_cache();
   Storage::set_cache_budget(budget);
 }

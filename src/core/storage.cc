@@ -11,6 +11,7 @@
 #include <new>
 #include <utility>
 
+#include "core/block_cache.h"
 #include "core/error.h"
 #ifdef STIPPLE_WITH_CUDA
 #include "backends/cuda/cuda_backend.h"
@@ -25,6 +26,17 @@ constexpr size_t kCachedGranule = 64 * 1024;        // cached sizes are multiple
 constexpr size_t kLazyMin = 64 * 1024;              // LazyZeroScope maps blocks from this size
 constexpr size_t kDefaultCacheBudget = 512 * kMiB;  // STIPPLE_BLOCK_CACHE_MB overrides
 
+thread_local int lazy_zero_depth = 0;
+std::atomic<size_t> g_live_bytes{0};
+std::atomic<size_t> g_peak_bytes{0};
+
+void count_alloc(size_t n) {
+  const size_t now = g_live_bytes.fetch_add(n, std::memory_order_relaxed) + n;
+  size_t peak = g_peak_bytes.load(std::memory_order_relaxed);
+  while (now > peak && !g_peak_bytes.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
+  }
+}
+
 // Freed blocks of 1 MiB or more, kept for reuse up to a budget. A denoising step allocates the
 // same activation sizes again and again; a fresh block from the system is page-faulted 4 KiB at a
 // time on first touch (about 15% of a UNet step's samples were page faults). A request takes the
@@ -32,6 +44,14 @@ constexpr size_t kDefaultCacheBudget = 512 * kMiB;  // STIPPLE_BLOCK_CACHE_MB ov
 // When the budget is full, the blocks freed longest ago go first: the sizes a step is using now
 // stay. (Freeing the smallest first instead, an SD 1.5 step at 512x512 with a 128 MiB budget
 // still took 2.9x as many bytes fresh from the system; replayed from an allocation trace.)
+// With the peak bound on (core/block_cache.h; --low-memory), the cache never raises the
+// process's peak: before a block comes fresh from the system, cached blocks go (oldest first)
+// until the storages in use, the new block and the cache together fit under the high-water mark
+// of storages in use (peak_live_bytes), less a headroom. At a step's peak the cache is empty;
+// elsewhere it serves the step's repeats. (Replayed on two SD 1.5 steps: the peak as without a
+// cache, +12 MiB, and 3.7 GB of the 14.1 GB asked fresh from the system, against 2.7 GB and
+// +117 MiB for a 128 MiB cache without the bound.) Off by default, where the budget alone bounds
+// the cache.
 // Thread-safe; never destroyed (storages may die at exit).
 class BlockCache {
  public:
@@ -52,6 +72,23 @@ class BlockCache {
     order_.erase(it->second);
     by_size_.erase(it);
     return p;
+  }
+
+  // Before `bytes` come fresh from the system: drops cached blocks until in-use storages, the
+  // new block and the cache fit under the high-water mark of in-use storages.
+  void make_room(size_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!peak_bound_) return;
+    const size_t live = g_live_bytes.load(std::memory_order_relaxed);
+    const size_t peak = g_peak_bytes.load(std::memory_order_relaxed);
+    const size_t mark = peak > headroom_ ? peak - headroom_ : 0;
+    while (!order_.empty() && live + bytes + held_ > mark) drop_oldest();
+  }
+
+  void set_peak_bound(bool on, size_t headroom) {
+    std::lock_guard<std::mutex> lock(mu_);
+    peak_bound_ = on;
+    headroom_ = headroom;
   }
 
   // Keeps `p` for reuse, or frees it when it does not fit in the budget.
@@ -114,18 +151,10 @@ class BlockCache {
   std::multimap<size_t, std::list<Block>::iterator> by_size_;
   size_t held_ = 0;
   size_t budget_ = 0;
+  bool peak_bound_ = false;
+  size_t headroom_ = 0;
 };
 
-thread_local int lazy_zero_depth = 0;
-std::atomic<size_t> g_live_bytes{0};
-std::atomic<size_t> g_peak_bytes{0};
-
-void count_alloc(size_t n) {
-  const size_t now = g_live_bytes.fetch_add(n, std::memory_order_relaxed) + n;
-  size_t peak = g_peak_bytes.load(std::memory_order_relaxed);
-  while (now > peak && !g_peak_bytes.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
-  }
-}
 
 }  // namespace
 
@@ -191,6 +220,7 @@ std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device, bool ze
   if (s->data_ == nullptr && rounded >= kCachedMin) {
     rounded = (rounded + kCachedGranule - 1) / kCachedGranule * kCachedGranule;
     s->data_ = BlockCache::instance().take(rounded, &rounded);
+    if (s->data_ == nullptr) BlockCache::instance().make_room(rounded);
   }
   if (rounded > 0) {
     if (s->data_ == nullptr) s->data_ = std::aligned_alloc(64, rounded);
@@ -267,6 +297,10 @@ size_t Storage::peak_live_bytes() { return g_peak_bytes.load(std::memory_order_r
 void Storage::reset_peak_bytes() { g_peak_bytes.store(live_bytes(), std::memory_order_relaxed); }
 
 void Storage::set_cache_budget(size_t bytes) { BlockCache::instance().set_budget(bytes); }
+
+void set_block_cache_peak_bound(bool on, size_t headroom) {
+  BlockCache::instance().set_peak_bound(on, headroom);
+}
 
 size_t Storage::cache_budget() { return BlockCache::instance().budget(); }
 

@@ -14,6 +14,7 @@
 #include <malloc.h>
 #include <unistd.h>
 
+#include "core/block_cache.h"
 #include "core/error.h"
 #include "core/storage.h"
 #include "engine/model.h"
@@ -30,6 +31,13 @@ namespace stipple {
 namespace {
 
 namespace fs = std::filesystem;
+
+// --low-memory's cache of freed blocks: an upper bound only, since the cache never holds blocks
+// that would push the process past its high-water mark.
+constexpr size_t kLowMemoryBlockCacheBytes = size_t{256} << 20;
+// ... and the room it leaves under that mark for memory that is not storages (kernels' scratch
+// and reorders): without it the peak rose 36 MiB over the uncached one for SD 1.5 at 512x512.
+constexpr size_t kLowMemoryPeakHeadroomBytes = size_t{48} << 20;
 
 // The lock every computing Engine call holds (see the header's note on threads).
 std::mutex& engine_mutex() {
@@ -486,18 +494,20 @@ Engine Engine::open(const std::string& given, const OpenOptions& options) {
   std::lock_guard<std::mutex> lock(engine_mutex());
   std::unique_ptr<Model> model;
   if (options.low_memory) {
-    // No caches of derived data (reordered convolution weights are rebuilt per call, freed
-    // activation blocks are not kept), blocks of 1 MiB or more straight from and back to the
-    // system (glibc's heap keeps freed memory resident and fragments it: 2.3 GB instead of
-    // 2.0 GB at SD 1.5's peak, for 20% less time per step), and feed-forward layers in chunks of
-    // 2048 rows. The pipeline also trims the heap between stages (StableDiffusion::need).
-    // STIPPLE_CONV_WEIGHT_CACHE_MB and STIPPLE_BLOCK_CACHE_MB, when set, still rule: a block
-    // cache of 128 MiB made an SD 1.5 step at 512x512 15% faster for 125 MiB more at the peak
-    // (docs/benchmarks.md).
+    // No cache of reordered convolution weights (rebuilt per call), freed activation blocks kept
+    // only under the process's high-water mark (core/storage.cc: the cache never raises the
+    // peak), blocks of 1 MiB or more straight from and back to the system otherwise (glibc's
+    // heap keeps freed memory resident and fragments it: 2.3 GB instead of 2.0 GB at SD 1.5's
+    // peak), and feed-forward layers in chunks of 2048 rows. The pipeline also trims the heap
+    // between stages (StableDiffusion::need). STIPPLE_CONV_WEIGHT_CACHE_MB and
+    // STIPPLE_BLOCK_CACHE_MB, when set, still rule (docs/benchmarks.md).
     if (std::getenv("STIPPLE_CONV_WEIGHT_CACHE_MB") == nullptr) {
       ops::set_conv_weight_cache_budget(0);
     }
-    if (std::getenv("STIPPLE_BLOCK_CACHE_MB") == nullptr) Storage::set_cache_budget(0);
+    if (std::getenv("STIPPLE_BLOCK_CACHE_MB") == nullptr) {
+      Storage::set_cache_budget(kLowMemoryBlockCacheBytes);
+      set_block_cache_peak_bound(true, kLowMemoryPeakHeadroomBytes);
+    }
     mallopt(M_MMAP_THRESHOLD, 1 << 20);
     nn::set_feed_forward_chunk_rows(2048);
   }

@@ -1,0 +1,16 @@
+// The policy of the cache of freed storage blocks (core/storage.cc), for the modes that trade time
+// for peak memory (Engine's --low-memory).
+#pragma once
+
+#include <cstddef>
+
+namespace stipple {
+
+// On: before a block comes fresh from the system, cached blocks go (oldest first) until the
+// storages in use, the new block and the cache fit under the high-water mark of storages in use
+// (Storage::peak_live_bytes) less `headroom` — so the cache never raises the process's peak
+// (`headroom` leaves room for memory that is not storages: kernels' scratch, reorders). Off (the
+// default): only the byte budget bounds the cache.
+void set_block_cache_peak_bound(bool on, size_t headroom = 0);
+
+}  // namespace stipple
