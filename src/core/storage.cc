@@ -155,7 +155,6 @@ class BlockCache {
   size_t headroom_ = 0;
 };
 
-
 }  // namespace
 
 Storage::LazyZeroScope::LazyZeroScope() { ++lazy_zero_depth; }

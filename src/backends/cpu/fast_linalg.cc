@@ -66,21 +66,33 @@ dnnl::stream& cpu_stream() {
 }
 
 // A per-thread scratchpad buffer, grown as needed and reused across primitives.
-memory scratchpad_for(const memory::desc& md) {
-  struct Buffer {
-    void* data = nullptr;
-    size_t size = 0;
-    ~Buffer() { std::free(data); }
-  };
-  thread_local Buffer buf;
-  const size_t need = md.get_size();
-  if (need > buf.size) {
-    std::free(buf.data);
-    buf.size = (need + 63) / 64 * 64;
-    buf.data = std::aligned_alloc(64, buf.size);
-    STIPPLE_ASSERT(buf.data != nullptr);
+// A per-thread buffer grown as needed and kept (page-aligned), so that repeated calls reuse
+// resident memory instead of taking freshly mapped pages each time. Throws bad_alloc when it
+// cannot grow.
+class ThreadBuffer {
+ public:
+  ~ThreadBuffer() { std::free(data_); }
+  void* reserve(size_t bytes) {
+    if (bytes > size_) {
+      std::free(data_);
+      size_ = (bytes + 4095) / 4096 * 4096;
+      data_ = std::aligned_alloc(4096, size_);
+      if (data_ == nullptr) {
+        size_ = 0;
+        throw std::bad_alloc();
+      }
+    }
+    return data_;
   }
-  return memory(md, cpu_engine(), buf.data);
+
+ private:
+  void* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+memory scratchpad_for(const memory::desc& md) {
+  thread_local ThreadBuffer buf;
+  return memory(md, cpu_engine(), buf.reserve(md.get_size()));
 }
 
 dnnl::primitive_attr user_scratchpad() {
@@ -223,22 +235,8 @@ void widen_into_layout(const Tensor& w, const BlockedOffsets& t, float* dst, siz
 // so that an unfrozen or uncached weight does not take freshly mapped (page-faulted) memory per
 // call. Valid until this thread's next convolution.
 void* weight_scratch(size_t bytes) {
-  struct Buffer {
-    void* data = nullptr;
-    size_t size = 0;
-    ~Buffer() { std::free(data); }
-  };
-  thread_local Buffer buf;
-  if (bytes > buf.size) {
-    std::free(buf.data);
-    buf.size = (bytes + 4095) / 4096 * 4096;
-    buf.data = std::aligned_alloc(4096, buf.size);
-    if (buf.data == nullptr) {
-      buf.size = 0;
-      throw std::bad_alloc();
-    }
-  }
-  return buf.data;
+  thread_local ThreadBuffer buf;
+  return buf.reserve(bytes);
 }
 
 // `w` (plain OIHW, f32, f16 or bf16, contiguous) reordered into layout `want` (f32): into this
