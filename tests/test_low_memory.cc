@@ -5,6 +5,7 @@
 // and the low-memory pipeline (with and without LoRAs) draws the same pixels as the resident one.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -191,10 +192,50 @@ TEST(Storage, BlockCacheNeverRaisesThePeak) {
   auto again = Storage::allocate(3 << 20);  // reused, nothing fresh
   EXPECT_EQ(again->data(), three_data);
   again.reset();
-  auto one = Storage::allocate(1 << 20);  // fresh: 1 MiB in use + 3 cached would pass the mark
+  auto one = Storage::allocate(1 << 20);  // split from the cached 3 MiB: nothing fresh
+  EXPECT_EQ(one->data(), three_data);
+  EXPECT_EQ(Storage::cached_bytes(), size_t{2} << 20);
+  auto five = Storage::allocate(5 << 20);  // the cached 2 MiB, grown
   EXPECT_EQ(Storage::cached_bytes(), 0u);
   one.reset();
+  five.reset();
   set_block_cache_peak_bound(false);
+  Storage::trim_cache();
+  Storage::set_cache_budget(budget);
+}
+
+TEST(Storage, BlockCacheGrowsAndSplitsBlocks) {
+  // No cached block within 1/8 of the size asked: the largest smaller one grows (its pages moved
+  // to the larger block, the rest fresh), or else the smallest larger one is split.
+  const size_t budget = Storage::cache_budget();
+  Storage::trim_cache();
+  Storage::set_cache_budget(64 << 20);
+  auto four = Storage::allocate(4 << 20, Device::kCPU, false);
+  auto* bytes = static_cast<unsigned char*>(four->data());
+  for (size_t i = 0; i < (4u << 20); ++i) bytes[i] = static_cast<unsigned char>(i * 7 + 3);
+  four.reset();
+  EXPECT_EQ(Storage::cached_bytes(), size_t{4} << 20);
+  auto eight = Storage::allocate(8 << 20, Device::kCPU, false);
+  EXPECT_EQ(Storage::cached_bytes(), 0u);
+  bytes = static_cast<unsigned char*>(eight->data());
+  size_t same = 0;
+  for (size_t i = 0; i < (4u << 20); ++i) same += bytes[i] == static_cast<unsigned char>(i * 7 + 3);
+  EXPECT_EQ(same, size_t{4} << 20);  // the grown block holds the old pages
+  std::memset(bytes, 0xab, 8u << 20);  // and all of it is writable
+  const void* eight_data = eight->data();
+  eight.reset();
+  auto two = Storage::allocate(2 << 20);
+  EXPECT_EQ(two->data(), eight_data);  // the front of the 8 MiB block
+  EXPECT_EQ(Storage::cached_bytes(), size_t{6} << 20);
+  auto three = Storage::allocate(3 << 20, Device::kCPU, true);  // zeroed, cut from used pages
+  const auto* p = static_cast<const unsigned char*>(three->data());
+  EXPECT_EQ(static_cast<const void*>(p), static_cast<const char*>(eight_data) + (2 << 20));
+  size_t nonzero = 0;
+  for (size_t i = 0; i < (3u << 20); ++i) nonzero += p[i] != 0;
+  EXPECT_EQ(nonzero, 0u);
+  EXPECT_EQ(Storage::cached_bytes(), size_t{3} << 20);
+  two.reset();
+  three.reset();
   Storage::trim_cache();
   Storage::set_cache_budget(budget);
 }

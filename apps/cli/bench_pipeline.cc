@@ -17,6 +17,7 @@
 #include <stipple/stipple.h>
 
 #include "autograd/grad_mode.h"
+#include "core/block_cache.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "core/storage.h"
@@ -274,6 +275,7 @@ int bench_generate(const BenchGenerateOptions& o) {
   });
   const double g0 = now_s();
   Storage::reset_peak_bytes();
+  const size_t fresh0 = block_cache_fresh_bytes();
   const GenerateResult result = engine.generate(r, [&](const Progress& p) {
     if (p.step > static_cast<int>(at.size())) {
       at.push_back(now_s());
@@ -300,14 +302,16 @@ int bench_generate(const BenchGenerateOptions& o) {
       "%s (%s), %dx%d, %d steps, CFG %.1f, weights %s%s\n"
       "open %.1f s (peak RSS %.0f MB); text encoding + first step %.2f s; %.2f s/step after the "
       "first; last step to image (VAE decode) %.2f s; whole generation %.1f s\n"
-      "peak resident memory: %.0f MB (the generation's own, sampled: %.0f MB, %s)\n",
+      "peak resident memory: %.0f MB (the generation's own, sampled: %.0f MB, %s); blocks fresh "
+      "from the system in the generation: %.0f MB\n",
       d.name.c_str(), d.family.c_str(), result.images[0].image.width,
       result.images[0].image.height, result.steps, result.cfg_scale, o.weight_precision.c_str(),
       o.low_memory ? ", low memory" : "", load_s, load_rss, at[0] - g0, mean, end - at.back(),
       end - g0, peak_rss_mb(), sampled_peak,
       peak_stage == 0                         ? "while encoding the prompt or in the first step"
       : peak_stage >= static_cast<int>(at.size()) ? "while decoding"
-                                              : "during the steps");
+                                              : "during the steps",
+      static_cast<double>(block_cache_fresh_bytes() - fresh0) / 1048576.0);
   return 0;
 }
 

@@ -13,4 +13,8 @@ namespace stipple {
 // default): only the byte budget bounds the cache.
 void set_block_cache_peak_bound(bool on, size_t headroom = 0);
 
+// Bytes of storage blocks of 1 MiB or more mapped fresh from the system since the process began:
+// pages the kernel zeroes on first touch (`stipple bench generate` reports it per generation).
+size_t block_cache_fresh_bytes();
+
 }  // namespace stipple
