@@ -9,12 +9,14 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include <stipple/stipple.h>
 
 #include "autograd/grad_mode.h"
 #include "core/block_cache.h"
 #include "core/error.h"
+#include "core/memory_plan.h"
 #include "core/rng.h"
 #include "core/storage.h"
 #include "io/safetensors.h"
@@ -238,6 +240,135 @@ TEST(Storage, BlockCacheGrowsAndSplitsBlocks) {
   three.reset();
   Storage::trim_cache();
   Storage::set_cache_budget(budget);
+}
+
+namespace {
+
+// One "step": blocks of 4, 2, 4 and 3 MiB with overlapping lifetimes (at most 9 MiB at once:
+// a+b, then b+c, then c+d+e), each filled with its own byte and checked before it is freed, and a
+// 1 MiB result that outlives the step. Returns how many bytes read back wrong.
+size_t one_step(std::vector<std::shared_ptr<Storage>>* results, size_t extra = 0) {
+  size_t wrong = 0;
+  auto fill = [](const std::shared_ptr<Storage>& s, unsigned char v) {
+    std::memset(s->data(), v, s->nbytes());
+  };
+  auto check = [&](const std::shared_ptr<Storage>& s, unsigned char v) {
+    const auto* p = static_cast<const unsigned char*>(s->data());
+    for (size_t i = 0; i < s->nbytes(); ++i) wrong += p[i] != v;
+  };
+  auto a = Storage::allocate((4 << 20) + extra);
+  fill(a, 1);
+  auto b = Storage::allocate(2 << 20);
+  fill(b, 2);
+  check(a, 1);
+  a.reset();
+  auto c = Storage::allocate(4 << 20);
+  fill(c, 3);
+  check(b, 2);
+  b.reset();
+  auto d = Storage::allocate(3 << 20);
+  fill(d, 4);
+  auto e = Storage::allocate(2 << 20);
+  fill(e, 5);
+  check(c, 3);
+  check(d, 4);
+  check(e, 5);
+  auto result = Storage::allocate(1 << 20);
+  fill(result, 6);
+  results->push_back(result);
+  return wrong;
+}
+
+}  // namespace
+
+TEST(MemoryPlan, LaterRunsReuseOneArenaLaidOutFromTheFirst) {
+  const size_t budget = Storage::cache_budget();
+  Storage::trim_cache();
+  Storage::set_cache_budget(0);  // every block not from the arena is fresh from the system
+  std::vector<std::shared_ptr<Storage>> results;
+  {
+    MemoryPlan plan;
+    {
+      MemoryPlan::Scope scope(plan);
+      EXPECT_EQ(one_step(&results), 0u);
+    }
+    // Five blocks freed within the run are planned; the result, alive after it, is not. The
+    // arena is the peak of the planned blocks together: c + d + e = 9 MiB.
+    EXPECT_EQ(plan.planned_blocks(), 5u);
+    EXPECT_EQ(plan.arena_bytes(), size_t{9} << 20);
+    const size_t live_before = Storage::live_bytes();
+    for (int run = 0; run < 3; ++run) {
+      const size_t fresh = block_cache_fresh_bytes();
+      MemoryPlan::Scope scope(plan);
+      EXPECT_EQ(one_step(&results), 0u);
+      // The first placing run maps the arena; later ones take only the result fresh.
+      EXPECT_EQ(block_cache_fresh_bytes() - fresh, (run == 0 ? size_t{9} << 20 : 0) + (1 << 20));
+    }
+    EXPECT_EQ(plan.placed_blocks(), 15u);
+    EXPECT_EQ(Storage::live_bytes() - live_before, (size_t{9} << 20) + (size_t{3} << 20));
+    for (const auto& r : results)
+      EXPECT_EQ(static_cast<const unsigned char*>(r->data())[12345], 6);
+  }
+  results.clear();
+  Storage::set_cache_budget(budget);
+}
+
+TEST(MemoryPlan, RunsThatDifferAreServedAsUsual) {
+  std::vector<std::shared_ptr<Storage>> results;
+  MemoryPlan plan;
+  {
+    MemoryPlan::Scope scope(plan);
+    EXPECT_EQ(one_step(&results), 0u);
+  }
+  // A first block of another size: not placed; the rest still are.
+  {
+    MemoryPlan::Scope scope(plan);
+    EXPECT_EQ(one_step(&results, 64 << 10), 0u);
+  }
+  EXPECT_EQ(plan.placed_blocks(), 4u);
+  // A block from the arena kept past its run: the next run's blocks that would overlap it are
+  // served elsewhere, and nothing is overwritten.
+  std::shared_ptr<Storage> kept;
+  {
+    MemoryPlan::Scope scope(plan);
+    kept = Storage::allocate(4 << 20);
+    std::memset(kept->data(), 9, kept->nbytes());
+  }
+  {
+    MemoryPlan::Scope scope(plan);
+    EXPECT_EQ(one_step(&results), 0u);
+  }
+  const auto* k = static_cast<const unsigned char*>(kept->data());
+  size_t wrong = 0;
+  for (size_t i = 0; i < kept->nbytes(); ++i) wrong += k[i] != 9;
+  EXPECT_EQ(wrong, 0u);
+  // A nested Scope does nothing; the plan and its arena may go before a block placed in it.
+  {
+    MemoryPlan::Scope scope(plan);
+    MemoryPlan::Scope inner(plan);
+    EXPECT_EQ(one_step(&results), 0u);
+  }
+}
+
+TEST(MemoryPlan, BlocksOutliveTheirPlan) {
+  std::vector<std::shared_ptr<Storage>> results;
+  std::shared_ptr<Storage> kept;
+  const size_t live_before = Storage::live_bytes();
+  {
+    MemoryPlan plan;
+    {
+      MemoryPlan::Scope scope(plan);
+      EXPECT_EQ(one_step(&results), 0u);
+    }
+    MemoryPlan::Scope scope(plan);
+    kept = Storage::allocate(4 << 20);  // placed
+    EXPECT_EQ(plan.placed_blocks(), 1u);
+  }
+  std::memset(kept->data(), 7, kept->nbytes());  // still mapped
+  EXPECT_EQ(static_cast<const unsigned char*>(kept->data())[(4 << 20) - 1], 7);
+  kept.reset();
+  results.clear();
+  EXPECT_EQ(Storage::live_bytes(), live_before);  // the arena went with its last block
 }
 
 TEST(Storage, ReleasedFilePagesReadBackTheSameValues) {

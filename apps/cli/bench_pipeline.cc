@@ -283,9 +283,11 @@ int bench_generate(const BenchGenerateOptions& o) {
       if (o.verbose)
         std::printf(
             "step %d: %.1f s, resident %.0f MB, tensors %.0f MB (peak %.0f MB; storages outside "
-            "lazy zero mappings), freed blocks cached %.0f MB\n",
+            "lazy zero mappings), freed blocks cached %.0f MB, fresh from the system so far "
+            "%.0f MB\n",
             p.step, at.back() - g0, current_rss_mb(), Storage::live_bytes() / 1048576.0,
-            Storage::peak_live_bytes() / 1048576.0, Storage::cached_bytes() / 1048576.0);
+            Storage::peak_live_bytes() / 1048576.0, Storage::cached_bytes() / 1048576.0,
+            static_cast<double>(block_cache_fresh_bytes() - fresh0) / 1048576.0);
     }
   });
   const double end = now_s();

@@ -1,5 +1,6 @@
 #include "core/storage.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <sys/mman.h>
@@ -10,8 +11,10 @@
 #include <mutex>
 #include <new>
 #include <utility>
+#include <vector>
 
 #include "core/block_cache.h"
+#include "core/memory_plan.h"
 #include "core/error.h"
 #ifdef STIPPLE_WITH_CUDA
 #include "backends/cuda/cuda_backend.h"
@@ -219,6 +222,196 @@ class BlockCache {
 
 }  // namespace
 
+// ---------------- MemoryPlan (core/memory_plan.h) ----------------
+
+namespace {
+
+// A plan's arena: mapped once, shared by the plan and the storages placed in it.
+struct Arena {
+  char* base = nullptr;
+  size_t size = 0;
+  std::map<size_t, size_t> live;  // offset -> end of the blocks in use
+  bool plan_alive = true;
+};
+
+std::mutex g_plan_mu;                                  // guards what follows and every State
+std::vector<std::shared_ptr<Arena>> g_arenas;          // arenas with blocks or a plan alive
+std::vector<MemoryPlan::State*> g_recording;           // plans recording a run now
+std::atomic<int> g_plan_users{0};                      // g_arenas.size() + g_recording.size()
+thread_local MemoryPlan::State* t_plan = nullptr;      // the plan of this thread's open Scope
+
+void unmap_arena(const std::shared_ptr<Arena>& a) {  // g_plan_mu held
+  unmap_block(a->base, a->size);
+  g_live_bytes.fetch_sub(a->size, std::memory_order_relaxed);
+  g_arenas.erase(std::find(g_arenas.begin(), g_arenas.end(), a));
+  g_plan_users.fetch_sub(1);
+}
+
+}  // namespace
+
+struct MemoryPlan::State {
+  struct Record {
+    size_t size;
+    int64_t allocated, freed;  // times on the recording's clock; freed -1: not in the run
+  };
+  bool recorded = false;  // the first run has ended
+  std::vector<Record> records;
+  std::map<void*, size_t> open;  // data -> record, for blocks of the recording still in use
+  int64_t clock = 0;
+  std::vector<int64_t> offsets;  // per record: the offset in the arena, or -1
+  size_t arena_size = 0, planned = 0, placed = 0;
+  size_t next = 0;  // the index of the next allocation in this run
+  std::shared_ptr<Arena> arena;
+
+  // Greedy by size: largest first, each at the lowest offset clear of the blocks already placed
+  // whose lifetimes meet its own.
+  void lay_out() {
+    std::vector<size_t> order;
+    for (size_t i = 0; i < records.size(); ++i)
+      if (records[i].freed >= 0) order.push_back(i);
+    std::stable_sort(order.begin(), order.end(),
+                     [&](size_t a, size_t b) { return records[a].size > records[b].size; });
+    offsets.assign(records.size(), -1);
+    std::vector<size_t> placed_so_far;
+    std::vector<std::pair<size_t, size_t>> taken;  // [offset, end) of overlapping lifetimes
+    for (size_t i : order) {
+      const Record& r = records[i];
+      taken.clear();
+      for (size_t j : placed_so_far) {
+        const Record& o = records[j];
+        if (o.allocated < r.freed && r.allocated < o.freed) {
+          const auto off = static_cast<size_t>(offsets[j]);
+          taken.emplace_back(off, off + o.size);
+        }
+      }
+      std::sort(taken.begin(), taken.end());
+      size_t at = 0;
+      for (const auto& [begin, end] : taken) {
+        if (begin >= at + r.size) break;
+        at = std::max(at, end);
+      }
+      offsets[i] = static_cast<int64_t>(at);
+      arena_size = std::max(arena_size, at + r.size);
+      placed_so_far.push_back(i);
+    }
+    planned = order.size();
+  }
+};
+
+MemoryPlan::MemoryPlan() : state_(std::make_shared<State>()) {}
+
+MemoryPlan::~MemoryPlan() {
+  std::lock_guard<std::mutex> lock(g_plan_mu);
+  if (state_->arena == nullptr) return;
+  state_->arena->plan_alive = false;
+  if (state_->arena->live.empty()) unmap_arena(state_->arena);
+}
+
+MemoryPlan::Scope::Scope(MemoryPlan& plan) {
+  if (t_plan != nullptr) return;
+  State* s = plan.state_.get();
+  std::lock_guard<std::mutex> lock(g_plan_mu);
+  s->next = 0;
+  if (!s->recorded) {
+    g_recording.push_back(s);
+    g_plan_users.fetch_add(1);
+  } else if (s->arena == nullptr && s->arena_size > 0) {
+    BlockCache::instance().make_room(s->arena_size);
+    if (void* p = map_block(s->arena_size)) {
+      s->arena = std::make_shared<Arena>();
+      s->arena->base = static_cast<char*>(p);
+      s->arena->size = s->arena_size;
+      count_alloc(s->arena_size);
+      g_arenas.push_back(s->arena);
+      g_plan_users.fetch_add(1);
+    }
+  }
+  t_plan = s;
+  active_ = true;
+}
+
+MemoryPlan::Scope::~Scope() {
+  if (!active_) return;
+  State* s = t_plan;
+  t_plan = nullptr;
+  std::lock_guard<std::mutex> lock(g_plan_mu);
+  if (s->recorded) return;
+  g_recording.erase(std::find(g_recording.begin(), g_recording.end(), s));
+  g_plan_users.fetch_sub(1);
+  s->open.clear();
+  s->recorded = true;
+  s->lay_out();
+}
+
+size_t MemoryPlan::arena_bytes() const {
+  std::lock_guard<std::mutex> lock(g_plan_mu);
+  return state_->arena_size;
+}
+
+size_t MemoryPlan::planned_blocks() const {
+  std::lock_guard<std::mutex> lock(g_plan_mu);
+  return state_->planned;
+}
+
+size_t MemoryPlan::placed_blocks() const {
+  std::lock_guard<std::mutex> lock(g_plan_mu);
+  return state_->placed;
+}
+
+namespace {
+
+// Storage::allocate's side, for a host block of `bytes` (>= kCachedMin) on this thread: a place in
+// the arena of the thread's plan, or nullptr (then noted once allocated: plan_note).
+void* plan_take(size_t bytes) {
+  MemoryPlan::State* s = t_plan;
+  if (s == nullptr || !s->recorded) return nullptr;
+  std::lock_guard<std::mutex> lock(g_plan_mu);
+  const size_t i = s->next++;
+  if (s->arena == nullptr || i >= s->records.size() || s->records[i].size != bytes ||
+      s->offsets[i] < 0)
+    return nullptr;
+  const auto off = static_cast<size_t>(s->offsets[i]);
+  auto& live = s->arena->live;
+  auto after = live.lower_bound(off);
+  if (after != live.end() && after->first < off + bytes) return nullptr;
+  if (after != live.begin() && std::prev(after)->second > off) return nullptr;
+  live.emplace(off, off + bytes);
+  ++s->placed;
+  return s->arena->base + off;
+}
+
+void plan_note(void* data, size_t bytes) {  // a block of the recording run, allocated as usual
+  MemoryPlan::State* s = t_plan;
+  if (s == nullptr || s->recorded) return;
+  std::lock_guard<std::mutex> lock(g_plan_mu);
+  s->open[data] = s->records.size();
+  s->records.push_back({bytes, s->clock++, -1});
+}
+
+// ~Storage's side: true when `data` was placed in an arena (and is now free there).
+bool plan_release(void* data) {
+  if (g_plan_users.load() == 0) return false;
+  std::lock_guard<std::mutex> lock(g_plan_mu);
+  for (MemoryPlan::State* s : g_recording) {
+    auto it = s->open.find(data);
+    if (it != s->open.end()) {
+      s->records[it->second].freed = s->clock++;
+      s->open.erase(it);
+      return false;
+    }
+  }
+  for (const std::shared_ptr<Arena>& a : g_arenas) {
+    char* p = static_cast<char*>(data);
+    if (p < a->base || p >= a->base + a->size) continue;
+    a->live.erase(static_cast<size_t>(p - a->base));
+    if (a->live.empty() && !a->plan_alive) unmap_arena(std::shared_ptr<Arena>(a));
+    return true;
+  }
+  return false;
+}
+
+}  // namespace
+
 Storage::LazyZeroScope::LazyZeroScope() { ++lazy_zero_depth; }
 Storage::LazyZeroScope::~LazyZeroScope() { --lazy_zero_depth; }
 bool Storage::LazyZeroScope::active() { return lazy_zero_depth > 0; }
@@ -278,9 +471,13 @@ std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device, bool ze
       zero = false;  // fresh anonymous pages read as zero
     }
   }
+  bool planned = false;  // placed in the arena of this thread's MemoryPlan
   if (s->data_ == nullptr && rounded >= kCachedMin) {
     rounded = (rounded + kCachedGranule - 1) / kCachedGranule * kCachedGranule;
-    s->data_ = BlockCache::instance().take(rounded, &rounded);
+    const size_t asked = rounded;
+    s->data_ = plan_take(rounded);
+    planned = s->data_ != nullptr;
+    if (s->data_ == nullptr) s->data_ = BlockCache::instance().take(rounded, &rounded);
     if (s->data_ == nullptr) {
       BlockCache::instance().make_room(rounded);
       s->data_ = map_block(rounded);
@@ -291,6 +488,7 @@ std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device, bool ze
       if (s->data_ == nullptr) throw std::bad_alloc();
       zero = false;  // fresh anonymous pages read as zero
     }
+    if (!planned) plan_note(s->data_, asked);
   }
   if (s->data_ == nullptr && rounded > 0) {
     s->data_ = std::aligned_alloc(64, rounded);
@@ -302,7 +500,8 @@ std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device, bool ze
   }
   if (zero && rounded > 0) std::memset(s->data_, 0, rounded);
   s->capacity_ = rounded;
-  if (!s->mapped_) count_alloc(rounded);  // lazy mappings are not resident until written
+  // Lazy mappings are not resident until written; the arena counts for the blocks placed in it.
+  if (!s->mapped_ && !planned) count_alloc(rounded);
   s->nbytes_ = nbytes;
   s->device_ = device;
   s->owned_ = true;
@@ -328,6 +527,7 @@ Storage::~Storage() {
     return;
   }
 #endif
+  if (!mapped_ && capacity_ >= kCachedMin && plan_release(data_)) return;
   if (!mapped_) g_live_bytes.fetch_sub(capacity_, std::memory_order_relaxed);
   if (mapped_) {
     ::munmap(data_, capacity_);

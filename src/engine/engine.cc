@@ -498,9 +498,12 @@ Engine Engine::open(const std::string& given, const OpenOptions& options) {
     // only under the process's high-water mark (core/storage.cc: the cache never raises the
     // peak), blocks of 1 MiB or more straight from and back to the system otherwise (glibc's
     // heap keeps freed memory resident and fragments it: 2.3 GB instead of 2.0 GB at SD 1.5's
-    // peak), and feed-forward layers in chunks of 2048 rows. The pipeline also trims the heap
-    // between stages (StableDiffusion::need). STIPPLE_CONV_WEIGHT_CACHE_MB and
-    // STIPPLE_BLOCK_CACHE_MB, when set, still rule (docs/benchmarks.md).
+    // peak), and feed-forward layers in chunks of 1024 rows (with the denoiser's activations laid
+    // out once per generation, core/memory_plan.h, SD 1.5's step peaked at its 32x32 level's
+    // 2048-row GEGLU projection: 1905-1909 MiB with 2048-row chunks, 1892 with 1024). The
+    // pipeline also trims the heap between stages (StableDiffusion::need).
+    // STIPPLE_CONV_WEIGHT_CACHE_MB and STIPPLE_BLOCK_CACHE_MB, when set, still rule
+    // (docs/benchmarks.md).
     if (std::getenv("STIPPLE_CONV_WEIGHT_CACHE_MB") == nullptr) {
       ops::set_conv_weight_cache_budget(0);
     }
@@ -509,7 +512,7 @@ Engine Engine::open(const std::string& given, const OpenOptions& options) {
       set_block_cache_peak_bound(true, kLowMemoryPeakHeadroomBytes);
     }
     mallopt(M_MMAP_THRESHOLD, 1 << 20);
-    nn::set_feed_forward_chunk_rows(2048);
+    nn::set_feed_forward_chunk_rows(1024);
   }
   try {
     nn::LoadScope scope(precision);

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "autograd/grad_mode.h"
+#include "core/memory_plan.h"
 #include "ops/ops.h"
 #include "schedulers/schedule.h"
 
@@ -26,6 +27,9 @@ Tensor denoise(schedulers::Scheduler& scheduler, Tensor latents, const DenoiseFn
                 "classifier guidance needs a model that predicts the noise (epsilon); this one "
                 "predicts ", schedulers::to_string(scheduler.config().prediction_type));
   autograd::NoGradGuard no_grad;
+  // Every call of the model allocates the same activations: laid out in one arena after the
+  // first call (core/memory_plan.h), released when the loop ends.
+  MemoryPlan plan;
   const int total = end - options.begin_index;
   for (int i = options.begin_index; i < end; ++i) {
     const double t = timesteps[i];
@@ -33,7 +37,11 @@ Tensor denoise(schedulers::Scheduler& scheduler, Tensor latents, const DenoiseFn
     const Tensor x_t = scheduler.scale_model_input(latents, t);  // [B, C, H, W]
     Tensor input = options.cfg.enabled() ? ops::concat({x_t, x_t}, 0) : x_t;  // [2B or B, ...]
     // 2. the model's prediction, guided
-    Tensor out = model(input, t);
+    Tensor out;
+    {
+      MemoryPlan::Scope scope(plan);
+      out = model(input, t);
+    }
     STIPPLE_CHECK(out.shape() == input.shape(), "denoise: the model returned ", out.describe(),
                   " for an input of ", input.describe());
     if (options.cfg.enabled())
