@@ -133,6 +133,33 @@ TEST(FeedForward, ChunkedRowsGiveTheSameOutput) {
   EXPECT_TENSORS_CLOSE(chunked, whole, 1e-6, 1e-6);
 }
 
+TEST(FeedForward, LargeProjectionsGoInPartsOfTheInnerFeatures) {
+  // 1024 -> GEGLU 2 x 3072 -> 1024: 24 MiB of f32 projection weights, so with chunking on the
+  // inner features go in two parts; with half-precision weights too (widened a part at a time).
+  // Each activation is computed as whole; the output projection sums its two halves then adds
+  // the bias, so only the summation order differs.
+  for (const bool half : {false, true}) {
+    Generator gen(9);
+    nn::FeedForward ff(1024, {.mult = 3});
+    std::map<std::string, Tensor> random;
+    for (const auto& [name, p] : ff.state_dict())
+      random[name] = gen.randn(p.shape()) * (name.find("bias") != std::string::npos ? 0.1f : 0.03f);
+    {
+      nn::LoadScope scope(half ? nn::WeightPrecision::kF16 : nn::WeightPrecision::kF32);
+      ff.load_state_dict(random);
+    }
+    EXPECT_EQ(ff.act_proj()->weight().dtype(), half ? DType::kF16 : DType::kF32);
+    const Tensor x = gen.randn({3, 5, 1024});
+    autograd::NoGradGuard no_grad;
+    const Tensor whole = ff.forward(x).contiguous();
+    nn::set_feed_forward_chunk_rows(1024);
+    const Tensor parts = ff.forward(x).contiguous();
+    nn::set_feed_forward_chunk_rows(0);
+    EXPECT_EQ(parts.shape(), whole.shape());
+    EXPECT_TENSORS_CLOSE(parts, whole, 1e-5, 1e-5);
+  }
+}
+
 TEST(Storage, LazyZeroAllocationsReadAsZero) {
   Tensor t;
   {

@@ -99,7 +99,19 @@ Tensor FeedForward::forward(const Tensor& x) const {
   return ops::concat(parts, 0).reshape(shape);
 }
 
+// With chunking on and nothing to record, a projection whose weights take more than this in f32
+// goes in parts of the inner features: h_c = act(x W1_c^T + b1_c), y = sum_c h_c W2[:, c]^T + b2.
+// Half-precision weights are widened a part at a time, and so is the widest activation. (SD 1.5's
+// 1280-wide blocks widened a 50 MiB projection and made [rows, 10240] out of it at once: the
+// peak of a --low-memory step.)
+constexpr int64_t kInnerPartBytes = int64_t{16} << 20;
+
 Tensor FeedForward::forward_rows(const Tensor& x) const {
+  const int64_t parts =
+      feed_forward_chunk_rows() > 0 && !autograd::grad_enabled()
+          ? (act_proj_->weight().numel() * 4 + kInnerPartBytes - 1) / kInnerPartBytes
+          : 1;
+  if (parts > 1) return forward_inner_parts(x, parts);
   const Tensor h = act_proj_->forward(x);  // [..., inner] (GEGLU: [..., 2*inner])
   Tensor a;
   switch (kind_) {
@@ -117,6 +129,41 @@ Tensor FeedForward::forward_rows(const Tensor& x) const {
       break;
   }
   return out_proj_->forward(a);  // [..., dim_out]
+}
+
+Tensor FeedForward::forward_inner_parts(const Tensor& x, int64_t parts) const {
+  const Tensor& w1 = act_proj_->weight();  // [inner or 2 * inner (GEGLU), dim]
+  const Tensor& b1 = act_proj_->bias();
+  const int64_t inner = out_proj_->in_features();
+  const int64_t step = (inner + parts - 1) / parts;
+  auto rows_of = [](const Tensor& t, int64_t at, int64_t n) {
+    return t.defined() ? t.narrow(0, at, n) : Tensor();
+  };
+  Tensor y;
+  for (int64_t c = 0; c < inner; c += step) {
+    const int64_t n = std::min(step, inner - c);
+    const Tensor h = ops::linear(x, w1.narrow(0, c, n), rows_of(b1, c, n));  // [..., n]
+    Tensor a;
+    switch (kind_) {
+      case Kind::kGelu:
+        a = ops::gelu(h);
+        break;
+      case Kind::kGeluTanh:
+        a = ops::gelu(h, true);
+        break;
+      case Kind::kGeglu:  // the gate's features follow the hidden ones in the projection
+        a = ops::mul(h, ops::gelu(ops::linear(x, w1.narrow(0, inner + c, n),
+                                              rows_of(b1, inner + c, n))));
+        break;
+      case Kind::kApproximateGelu:
+        a = ops::quick_gelu(h);
+        break;
+    }
+    const Tensor part = ops::linear(a, out_proj_->weight().narrow(1, c, n), Tensor());
+    y = y.defined() ? ops::add(y, part) : part;  // [..., dim_out]
+  }
+  const Tensor& b2 = out_proj_->bias();
+  return b2.defined() ? ops::add(y, b2) : y;
 }
 
 // ---------------- AdaLayerNormZero ----------------

@@ -74,7 +74,8 @@ struct FeedForwardOptions {
 // diffusers' FeedForward: net.0 (activation with its projection), net.1 (dropout), net.2 (Linear).
 // With a chunk size set (diffusers' enable_forward_chunking; low-memory runs) and nothing to
 // record for autograd, the rows go through in chunks of that many, so the widest activation
-// (GEGLU's [rows, 2 * inner]) exists for one chunk at a time.
+// (GEGLU's [rows, 2 * inner]) exists for one chunk at a time; and a projection with more than
+// 16 MiB of f32 weights goes in parts of its inner features (transformer_block.cc).
 void set_feed_forward_chunk_rows(int64_t rows);  // 0 (default): no chunking
 int64_t feed_forward_chunk_rows();
 class FeedForward : public Module {
@@ -95,6 +96,7 @@ class FeedForward : public Module {
   Kind kind_ = Kind::kGeglu;
   std::shared_ptr<Linear> act_proj_, out_proj_;
   Tensor forward_rows(const Tensor& x) const;
+  Tensor forward_inner_parts(const Tensor& x, int64_t parts) const;
 };
 
 // ---------------- adaLN-Zero ----------------
