@@ -233,6 +233,18 @@ TEST(Storage, BlockCacheNeverRaisesThePeak) {
   Storage::set_cache_budget(budget);
 }
 
+namespace {
+
+// How many of a storage's bytes differ from `v`.
+size_t bytes_other_than(const Storage& s, unsigned char v) {
+  const auto* p = static_cast<const unsigned char*>(s.data());
+  size_t n = 0;
+  for (size_t i = 0; i < s.nbytes(); ++i) n += p[i] != v;
+  return n;
+}
+
+}  // namespace
+
 TEST(Storage, BlockCacheGrowsAndSplitsBlocks) {
   // No cached block within 1/8 of the size asked: the largest smaller one grows (its pages moved
   // to the larger block, the rest fresh), or else the smallest larger one is split.
@@ -259,9 +271,7 @@ TEST(Storage, BlockCacheGrowsAndSplitsBlocks) {
   auto three = Storage::allocate(3 << 20, Device::kCPU, true);  // zeroed, cut from used pages
   const auto* p = static_cast<const unsigned char*>(three->data());
   EXPECT_EQ(static_cast<const void*>(p), static_cast<const char*>(eight_data) + (2 << 20));
-  size_t nonzero = 0;
-  for (size_t i = 0; i < (3u << 20); ++i) nonzero += p[i] != 0;
-  EXPECT_EQ(nonzero, 0u);
+  EXPECT_EQ(bytes_other_than(*three, 0), 0u);
   EXPECT_EQ(Storage::cached_bytes(), size_t{3} << 20);
   two.reset();
   three.reset();
@@ -280,8 +290,7 @@ size_t one_step(std::vector<std::shared_ptr<Storage>>* results, size_t extra = 0
     std::memset(s->data(), v, s->nbytes());
   };
   auto check = [&](const std::shared_ptr<Storage>& s, unsigned char v) {
-    const auto* p = static_cast<const unsigned char*>(s->data());
-    for (size_t i = 0; i < s->nbytes(); ++i) wrong += p[i] != v;
+    wrong += bytes_other_than(*s, v);
   };
   auto a = Storage::allocate((4 << 20) + extra);
   fill(a, 1);
@@ -365,10 +374,7 @@ TEST(MemoryPlan, RunsThatDifferAreServedAsUsual) {
     MemoryPlan::Scope scope(plan);
     EXPECT_EQ(one_step(&results), 0u);
   }
-  const auto* k = static_cast<const unsigned char*>(kept->data());
-  size_t wrong = 0;
-  for (size_t i = 0; i < kept->nbytes(); ++i) wrong += k[i] != 9;
-  EXPECT_EQ(wrong, 0u);
+  EXPECT_EQ(bytes_other_than(*kept, 9), 0u);
   // A nested Scope does nothing; the plan and its arena may go before a block placed in it.
   {
     MemoryPlan::Scope scope(plan);

@@ -86,8 +86,8 @@ class BlockCache {
   // copied, and only the rest fresh from the system), or else the smallest larger block is split
   // (the rest stays cached). A step's activations come in many sizes: reshaping blocks instead of
   // mapping whole fresh ones cut the bytes fresh from the system in an SD 1.5 bench run (open,
-  // then 3 steps at 512x512) from 17.6 to 10.8 GB with --low-memory, and from 6.0 to 3.9 GB by default (there
-  // also the peak: 4779 -> 4488 MiB).
+  // then 3 steps at 512x512) from 17.6 to 10.8 GB with --low-memory, and from 6.0 to 3.9 GB by
+  // default (there also the peak: 4779 -> 4488 MiB).
   void* take(size_t bytes, size_t* capacity) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = by_size_.lower_bound(bytes);
@@ -447,6 +447,23 @@ void throw_no_backend(Device device) {
               ErrorKind::kUnsupported);
 }
 
+namespace {
+
+// `get()`'s memory; under memory pressure (nullptr) once more after the cached blocks went back
+// to the system; bad_alloc if still none.
+template <class Get>
+void* or_after_trim(const Get& get) {
+  void* p = get();
+  if (p == nullptr) {
+    Storage::trim_cache();
+    p = get();
+  }
+  if (p == nullptr) throw std::bad_alloc();
+  return p;
+}
+
+}  // namespace
+
 std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device, bool zero) {
   auto s = std::shared_ptr<Storage>(new Storage());
   if (device == Device::kCUDA) {
@@ -480,24 +497,13 @@ std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device, bool ze
     if (s->data_ == nullptr) s->data_ = BlockCache::instance().take(rounded, &rounded);
     if (s->data_ == nullptr) {
       BlockCache::instance().make_room(rounded);
-      s->data_ = map_block(rounded);
-      if (s->data_ == nullptr) {  // memory pressure: hand the cached blocks back and retry
-        trim_cache();
-        s->data_ = map_block(rounded);
-      }
-      if (s->data_ == nullptr) throw std::bad_alloc();
+      s->data_ = or_after_trim([&] { return map_block(rounded); });
       zero = false;  // fresh anonymous pages read as zero
     }
     if (!planned) plan_note(s->data_, asked);
   }
-  if (s->data_ == nullptr && rounded > 0) {
-    s->data_ = std::aligned_alloc(64, rounded);
-    if (s->data_ == nullptr) {  // memory pressure: hand the cached blocks back and retry
-      trim_cache();
-      s->data_ = std::aligned_alloc(64, rounded);
-    }
-    if (s->data_ == nullptr) throw std::bad_alloc();
-  }
+  if (s->data_ == nullptr && rounded > 0)
+    s->data_ = or_after_trim([&] { return std::aligned_alloc(64, rounded); });
   if (zero && rounded > 0) std::memset(s->data_, 0, rounded);
   s->capacity_ = rounded;
   // Lazy mappings are not resident until written; the arena counts for the blocks placed in it.

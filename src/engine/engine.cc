@@ -496,9 +496,10 @@ Engine Engine::open(const std::string& given, const OpenOptions& options) {
   if (options.low_memory) {
     // No cache of reordered convolution weights (rebuilt per call), freed activation blocks kept
     // only under the process's high-water mark (core/storage.cc: the cache never raises the
-    // peak), blocks of 1 MiB or more straight from and back to the system otherwise (glibc's
+    // peak), other allocations of 1 MiB or more (kernels' own buffers; storages that large are
+    // mapped by core/storage.cc in every mode) straight from and back to the system (glibc's
     // heap keeps freed memory resident and fragments it: 2.3 GB instead of 2.0 GB at SD 1.5's
-    // peak), and feed-forward layers in chunks of 1024 rows (with the denoiser's activations laid
+    // peak, when storages still came from it), and feed-forward layers in chunks of 1024 rows (with the denoiser's activations laid
     // out once per generation, core/memory_plan.h, SD 1.5's step peaked at its 32x32 level's
     // 2048-row GEGLU projection: 1905-1909 MiB with 2048-row chunks, 1892 with 1024). The
     // pipeline also trims the heap between stages (StableDiffusion::need).

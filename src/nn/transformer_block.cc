@@ -113,22 +113,21 @@ Tensor FeedForward::forward_rows(const Tensor& x) const {
           : 1;
   if (parts > 1) return forward_inner_parts(x, parts);
   const Tensor h = act_proj_->forward(x);  // [..., inner] (GEGLU: [..., 2*inner])
-  Tensor a;
+  return out_proj_->forward(activate(h));   // [..., dim_out]
+}
+
+Tensor FeedForward::activate(const Tensor& h, const Tensor& gate) const {
   switch (kind_) {
     case Kind::kGelu:
-      a = ops::gelu(h);  // [..., inner]
-      break;
+      return ops::gelu(h);
     case Kind::kGeluTanh:
-      a = ops::gelu(h, true);  // [..., inner]
-      break;
-    case Kind::kGeglu:
-      a = ops::geglu(h);  // [..., inner]
-      break;
+      return ops::gelu(h, true);
+    case Kind::kGeglu:  // (hidden, gate) halves of h, or the gate apart
+      return gate.defined() ? ops::mul(h, ops::gelu(gate)) : ops::geglu(h);
     case Kind::kApproximateGelu:
-      a = ops::quick_gelu(h);  // [..., inner]
-      break;
+      return ops::quick_gelu(h);
   }
-  return out_proj_->forward(a);  // [..., dim_out]
+  return Tensor();
 }
 
 Tensor FeedForward::forward_inner_parts(const Tensor& x, int64_t parts) const {
@@ -143,22 +142,11 @@ Tensor FeedForward::forward_inner_parts(const Tensor& x, int64_t parts) const {
   for (int64_t c = 0; c < inner; c += step) {
     const int64_t n = std::min(step, inner - c);
     const Tensor h = ops::linear(x, w1.narrow(0, c, n), rows_of(b1, c, n));  // [..., n]
-    Tensor a;
-    switch (kind_) {
-      case Kind::kGelu:
-        a = ops::gelu(h);
-        break;
-      case Kind::kGeluTanh:
-        a = ops::gelu(h, true);
-        break;
-      case Kind::kGeglu:  // the gate's features follow the hidden ones in the projection
-        a = ops::mul(h, ops::gelu(ops::linear(x, w1.narrow(0, inner + c, n),
-                                              rows_of(b1, inner + c, n))));
-        break;
-      case Kind::kApproximateGelu:
-        a = ops::quick_gelu(h);
-        break;
-    }
+    // GEGLU: the gate's features follow the hidden ones in the projection
+    const Tensor gate = kind_ == Kind::kGeglu ? ops::linear(x, w1.narrow(0, inner + c, n),
+                                                            rows_of(b1, inner + c, n))
+                                              : Tensor();
+    const Tensor a = activate(h, gate);  // [..., n]
     const Tensor part = ops::linear(a, out_proj_->weight().narrow(1, c, n), Tensor());
     y = y.defined() ? ops::add(y, part) : part;  // [..., dim_out]
   }

@@ -97,6 +97,9 @@ class FeedForward : public Module {
   std::shared_ptr<Linear> act_proj_, out_proj_;
   Tensor forward_rows(const Tensor& x) const;
   Tensor forward_inner_parts(const Tensor& x, int64_t parts) const;
+  // net.0's activation of its projection h; GEGLU with `gate` undefined splits h into
+  // (hidden, gate) halves, with it takes h as the hidden half.
+  Tensor activate(const Tensor& h, const Tensor& gate = Tensor()) const;
 };
 
 // ---------------- adaLN-Zero ----------------

@@ -65,7 +65,6 @@ dnnl::stream& cpu_stream() {
   return stream;
 }
 
-// A per-thread scratchpad buffer, grown as needed and reused across primitives.
 // A per-thread buffer grown as needed and kept (page-aligned), so that repeated calls reuse
 // resident memory instead of taking freshly mapped pages each time. Throws bad_alloc when it
 // cannot grow.
@@ -90,6 +89,7 @@ class ThreadBuffer {
   size_t size_ = 0;
 };
 
+// oneDNN's scratchpad: one per thread, reused across primitives.
 memory scratchpad_for(const memory::desc& md) {
   thread_local ThreadBuffer buf;
   return memory(md, cpu_engine(), buf.reserve(md.get_size()));
