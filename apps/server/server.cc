@@ -465,14 +465,21 @@ Server::Server(const ServerOptions& options) : impl_(std::make_unique<Impl>()) {
                     "application/json");
     return httplib::Server::HandlerResponse::Handled;
   });
-  if (!options.cors_origin.empty())
-    s.http.set_post_routing_handler([origin = options.cors_origin](const auto&, auto& res) {
-      res.set_header("Access-Control-Allow-Origin", origin);
-      if (origin != "*") res.set_header("Vary", "Origin");
-      res.set_header("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS");
-      res.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type");
-      res.set_header("Access-Control-Max-Age", "600");
-    });
+  // Requests are counted here, before the response is written: the logger runs after the write,
+  // so a client that asks /metrics right after an answer could otherwise miss its count.
+  s.http.set_post_routing_handler([this, origin = options.cors_origin](const httplib::Request& req,
+                                                                       httplib::Response& res) {
+    {
+      std::lock_guard<std::mutex> lock(impl_->mu);
+      ++impl_->requests[route_label(req.method, req.path)][res.status];
+    }
+    if (origin.empty()) return;
+    res.set_header("Access-Control-Allow-Origin", origin);
+    if (origin != "*") res.set_header("Vary", "Origin");
+    res.set_header("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS");
+    res.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type");
+    res.set_header("Access-Control-Max-Age", "600");
+  });
   s.http.set_exception_handler([](const httplib::Request&, httplib::Response& res,
                                   std::exception_ptr ep) {
     std::string what = "internal error";
@@ -497,10 +504,6 @@ Server::Server(const ServerOptions& options) : impl_(std::make_unique<Impl>()) {
                     "application/json");
   });
   s.http.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
-    {
-      std::lock_guard<std::mutex> lock(impl_->mu);
-      ++impl_->requests[route_label(req.method, req.path)][res.status];
-    }
     if (impl_->opt.log_requests)
       std::fprintf(stderr, "%s %s %d %zu bytes\n", req.method.c_str(), req.path.c_str(),
                    res.status, res.body.size());
