@@ -18,8 +18,10 @@
 #include "ops/kernels.h"
 #include "ops/ops.h"
 #include "pipelines/dit_pipeline.h"
+#include "pipelines/stable_diffusion.h"
 #include "support/numerics.h"
 #include "support/tiny_models.h"
+#include "train/optim.h"
 #ifdef STIPPLE_WITH_CUDA
 #include "backends/cuda/cuda_backend.h"
 #endif
@@ -212,6 +214,52 @@ TEST_F(EmulatedSdTiny, Unet) {
   EXPECT_EQ(got.to_vector(), want.to_vector());
 }
 
+// The whole Stable Diffusion pipeline on the emulated device: text-to-image (plain and A1111
+// prompt weights), image-to-image and inpainting (the 4-channel blend and the 9-channel UNet) give
+// the CPU's images exactly, and come back on the CPU.
+TEST_F(EmulatedSdTiny, PipelinesDrawTheCpusImages) {
+  const std::string inpaint_dir = testing::shared_path("conformance/sd_tiny_inpaint");
+  Generator g(3);
+  pipelines::GenerationParams p;
+  p.prompt = "a (red:1.3) fox";
+  p.negative_prompt = "blur";
+  p.steps = 3;
+  p.seed = 9;
+  p.sampler = "euler_a";  // ancestral: step noise from the CPU generator
+  auto sd = pipelines::StableDiffusion::from_pretrained(dir_);
+  const int64_t size = sd.default_size();
+  const Tensor image = g.rand({1, 3, size, size});
+  std::vector<float> m(static_cast<size_t>(size * size));
+  for (int64_t i = 0; i < size * size; ++i) m[static_cast<size_t>(i)] = i % size < size / 2 ? 1.0f : 0.0f;
+  const Tensor mask = Tensor::from_vector(m, {1, 1, size, size});
+  auto all = [&](const pipelines::StableDiffusion& s, bool nine) {
+    std::vector<std::vector<float>> out;
+    pipelines::GenerationParams q = p;
+    if (!nine) {
+      out.push_back(s.run_txt2img(q).to_vector());
+      q.prompt_syntax = PromptSyntax::kA1111;
+      out.push_back(s.run_txt2img(q).to_vector());
+      q.init_image = image;
+      q.strength = 0.6;
+      out.push_back(s.run_img2img(q).to_vector());
+    }
+    q.init_image = image;
+    q.mask = mask;
+    q.strength = 1.0;
+    out.push_back(s.run_inpaint(q).to_vector());
+    return out;
+  };
+  const auto want = all(sd, false);
+  sd.to(Device::kEmulated);
+  EXPECT_EQ(sd.device(), Device::kEmulated);
+  EXPECT_EQ(all(sd, false), want);
+  if (inpaint_dir.empty()) return;
+  auto nine = pipelines::StableDiffusion::from_pretrained(inpaint_dir);
+  const auto want9 = all(nine, true);
+  nine.to(Device::kEmulated);
+  EXPECT_EQ(all(nine, true), want9);
+}
+
 // A whole text-free pipeline — noise drawn on the CPU, guided denoising with an Euler-type and a
 // multistep sampler, VAE decode — on the emulated device gives the CPU's image exactly.
 TEST(EmulatedDevice, DiTPipelineDrawsTheCpusImage) {
@@ -234,6 +282,45 @@ TEST(EmulatedDevice, DiTPipelineDrawsTheCpusImage) {
     EXPECT_EQ(got.to_vector(), want);
   }
   use_reference_kernels(false);
+}
+
+// Gradient clipping, AdamW and the EMA on device parameters: the CPU's updates (the clipping
+// norm is summed in f32 per tensor there, in double on the CPU: close, not equal), the moments
+// and the average staying on the device, and their state dicts saved from the CPU.
+TEST(EmulatedDevice, ClippingAdamWAndEmaOnDeviceParameters) {
+  use_reference_kernels(true);
+  const Tensor w0 = testing::random_tensor({7, 5}, 11), g0 = testing::random_tensor({7, 5}, 12, -3.0f, 3.0f);
+  Tensor wc = w0.clone(), wd = w0.to(Device::kEmulated);
+  wc.set_requires_grad(true);
+  wd.set_requires_grad(true);
+  wc.set_grad(g0.clone());
+  wd.set_grad(g0.to(Device::kEmulated));
+  const float norm_c = train::clip_grad_norm({wc}, 1.0f);
+  const float norm_d = train::clip_grad_norm({wd}, 1.0f);
+  EXPECT_NEAR(norm_d, norm_c, 1e-5 * norm_c);
+  EXPECT_EQ(wd.grad().device(), Device::kEmulated);
+  EXPECT_TRUE(testing::tensors_close(wd.grad().to(Device::kCPU), wc.grad(), 1e-7, 1e-5));
+  train::AdamW opt_c({wc}), opt_d({wd});
+  train::Ema ema_c({wc}), ema_d({wd});
+  for (int step = 0; step < 3; ++step) {
+    opt_c.step();
+    opt_d.step();
+    ema_c.step({wc});
+    ema_d.step({wd});
+  }
+  use_reference_kernels(false);
+  EXPECT_EQ(wd.device(), Device::kEmulated);
+  EXPECT_TRUE(testing::tensors_close(wd.detach().to(Device::kCPU), wc.detach(), 1e-7, 1e-5));
+  EXPECT_EQ(ema_d.shadow_params()[0].device(), Device::kEmulated);
+  EXPECT_TRUE(testing::tensors_close(ema_d.shadow_params()[0].to(Device::kCPU),
+                                     ema_c.shadow_params()[0], 1e-7, 1e-6));
+  for (const auto& [k, v] : opt_d.state_dict()) EXPECT_EQ(v.device(), Device::kCPU) << k;
+  for (const auto& [k, v] : ema_d.state_dict()) EXPECT_EQ(v.device(), Device::kCPU) << k;
+  // And back: a state dict loads into device tensors.
+  train::AdamW opt_e({wd});
+  opt_e.load_state_dict(opt_d.state_dict());
+  EXPECT_EQ(opt_e.state_dict().at("exp_avg.0").to_vector(),
+            opt_d.state_dict().at("exp_avg.0").to_vector());
 }
 
 #ifndef STIPPLE_WITH_CUDA

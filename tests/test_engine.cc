@@ -13,6 +13,7 @@
 #include <stipple/stipple.h>
 
 #include "core/error.h"
+#include "ops/kernels.h"
 #include "support/numerics.h"
 
 namespace stipple {
@@ -172,6 +173,57 @@ TEST(Engine, PathsThatAreNotModels) {
   expect_error([] { Engine::open(std::string(STIPPLE_SOURCE_DIR) + "/docs"); },
                ErrorKind::kUnsupported, "is not a model stipple can open");
   expect_error([] { Engine::open(""); }, ErrorKind::kInvalidArgument, "no model path");
+}
+
+// OpenOptions::device: the model runs there (the emulated device: host memory behind the device
+// interface, the CPU's reference kernels) and draws the CPU's images; an unknown name, a device
+// this build or machine lacks, and low memory on a device are errors that say so.
+TEST(Engine, TheDeviceOptionRunsTheModelThere) {
+  const std::string emoji = std::string(STIPPLE_SOURCE_DIR) + "/models/emoji-t2i";
+  const std::string sd = shared_path("conformance/sd_tiny");
+  use_reference_kernels(true);
+  auto same_images = [](const GenerateResult& a, const GenerateResult& b) {
+    ASSERT_EQ(a.images.size(), b.images.size());
+    for (size_t i = 0; i < a.images.size(); ++i)
+      EXPECT_EQ(a.images[i].image.pixels, b.images[i].image.pixels) << "image " << i;
+  };
+  OpenOptions on;
+  on.device = "emulated";
+  GenerateRequest r;
+  r.class_labels = {"bag"};
+  r.steps = 3;
+  r.seed = 4;
+  const Engine fashion = Engine::open(kFashion, on);
+  EXPECT_EQ(fashion.description().device, "emulated");
+  EXPECT_EQ(Engine::open(kFashion).description().device, "cpu");
+  same_images(Engine::open(kFashion).generate(r), fashion.generate(r));
+  GenerateRequest t;
+  t.prompts = {"rocket"};
+  t.steps = 2;
+  t.seed = 1;
+  same_images(Engine::open(emoji).generate(t), Engine::open(emoji, on).generate(t));
+  if (!sd.empty()) {
+    GenerateRequest q;
+    q.prompt = "a fox";
+    q.steps = 2;
+    q.seed = 5;
+    same_images(Engine::open(sd).generate(q), Engine::open(sd, on).generate(q));
+    OpenOptions low = on;
+    low.low_memory = true;
+    expect_error([&] { Engine::open(sd, low); }, ErrorKind::kUnsupported, "leave it out");
+  }
+  use_reference_kernels(false);
+  OpenOptions bad;
+  bad.device = "gpu";
+  expect_error([&] { Engine::open(kFashion, bad); }, ErrorKind::kInvalidArgument,
+               "unknown device 'gpu' (expected cpu or cuda)");
+  bad.device = "cuda";  // this machine has no GPU (and the build may lack CUDA)
+  try {
+    Engine::open(kFashion, bad);
+    SUCCEED() << "a GPU is present";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()).rfind("device 'cuda': ", 0), 0u) << e.what();
+  }
 }
 
 TEST(Engine, LatentDiTWithoutItsVaeIsAnErrorNotLatentsInAPng) {

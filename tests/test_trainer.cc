@@ -18,6 +18,7 @@
 #include "io/png.h"
 #include "io/safetensors.h"
 #include "nn/layers.h"
+#include "ops/kernels.h"
 #include "ops/ops.h"
 #include "schedulers/scheduler.h"
 #include "support/numerics.h"
@@ -424,6 +425,52 @@ TEST(TrainDiT, ResumeIsBitExactAndCheckpointsLoad) {
   const Tensor t = Tensor::from_vector_i64({10, 500}, {2});
   const Tensor y = Tensor::from_vector_i64({0, 2}, {2});
   EXPECT_EQ(half->forward(x, t, y).shape(), (Shape{2, 2, 8, 8}));
+}
+
+// Training on a device (the emulated one: host memory behind the device interface, the CPU's
+// reference kernels) is the CPU's training: the same random draws (made on the CPU and uploaded),
+// the same weights and EMA after every step, checkpoints written from the device that resume
+// there, and sample grids drawn there. Clipping is off: its norm is summed in another order on a
+// device, and only the clipped gradients would differ.
+TEST(TrainDiT, OnADeviceItTrainsAsTheCpuDoesAndResumes) {
+  use_reference_kernels(true);
+  TrainConfig c = tiny_dit_config(temp_dir("dev_cpu"));
+  c.grad_clip = 0;
+  c.steps = 4;
+  c.checkpoint_every = 2;
+  c.sample_every = 2;
+  auto a = make_dit_trainer(c);
+  a->run();
+  TrainConfig ce = c;
+  ce.out_dir = temp_dir("dev_emu");
+  {
+    auto e1 = make_dit_trainer(ce);
+    e1->to(Device::kEmulated);
+    EXPECT_EQ(e1->params()[0].device(), Device::kEmulated);
+    TrainCallbacks stop;
+    stop.should_stop = [&] { return e1->step() == 2; };
+    e1->run(stop);
+    ASSERT_EQ(e1->step(), 2);
+  }
+  auto e = make_dit_trainer(ce);
+  e->to(Device::kEmulated);
+  e->resume(ce.out_dir + "/latest");  // into the device's tensors
+  e->run();
+  use_reference_kernels(false);
+  ASSERT_EQ(e->step(), 4);
+  for (size_t i = 0; i < a->params().size(); ++i) {
+    EXPECT_EQ(e->params()[i].device(), Device::kEmulated);
+    EXPECT_TRUE(bits_equal(a->params()[i], e->params()[i].to(Device::kCPU))) << "parameter " << i;
+    EXPECT_TRUE(bits_equal(a->ema().shadow_params()[i],
+                           e->ema().shadow_params()[i].to(Device::kCPU)))
+        << "EMA of parameter " << i;
+  }
+  const auto wa = io::load_safetensors(c.out_dir + "/latest/transformer/diffusion_pytorch_model.safetensors");
+  const auto we = io::load_safetensors(ce.out_dir + "/latest/transformer/diffusion_pytorch_model.safetensors");
+  for (const auto& [k, v] : wa) EXPECT_TRUE(bits_equal(v, we.at(k))) << k;
+  // The grids, drawn on the device, are the CPU's.
+  for (const char* grid : {"/samples/step-2.png", "/samples/step-4.png"})
+    EXPECT_EQ(io::read_png(c.out_dir + grid).pixels, io::read_png(ce.out_dir + grid).pixels) << grid;
 }
 
 TEST(TrainDiT, WarmStartTakesAnExportedModel) {

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "device_option.h"
 #include "autograd/grad_mode.h"
 #include "core/error.h"
 #include "core/rng.h"
@@ -167,6 +168,7 @@ BenchCommand::BenchCommand(CLI::App& app) {
       ->capture_default_str();
   generate_cmd_->add_flag("--low-memory", generate_.low_memory,
                           "each component resident only during its stage");
+  add_device_option(generate_cmd_, generate_.device, "the model");
   generate_cmd_->add_option("--steps", generate_.steps)
       ->check(CLI::Range(1, 1000))
       ->capture_default_str();

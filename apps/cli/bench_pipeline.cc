@@ -246,6 +246,7 @@ int bench_generate(const BenchGenerateOptions& o) {
   OpenOptions open;
   open.weight_precision = o.weight_precision;
   open.low_memory = o.low_memory;
+  open.device = o.device;
   const Engine engine = Engine::open(o.model, open);
   const double load_s = now_s() - t0;
   const double load_rss = peak_rss_mb();

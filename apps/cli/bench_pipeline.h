@@ -28,6 +28,7 @@ struct BenchGenerateOptions {
   std::string model;
   std::string weight_precision = "stored";
   bool low_memory = false;
+  std::string device = "cpu";
   int steps = 4;
   int width = 0, height = 0;  // 0: the model's default
   std::string sampler;        // "": the model's default

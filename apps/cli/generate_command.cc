@@ -12,6 +12,7 @@
 #include "io/output_path.h"
 #include "io/read_file.h"
 #include "models/lora.h"
+#include "device_option.h"
 #include "progress.h"
 
 namespace stipple::cli {
@@ -198,6 +199,7 @@ GenerateCommand::GenerateCommand(CLI::App& app, Mode mode) : mode_(mode) {
   cmd_->add_flag("--low-memory", low_memory_,
                  "Stable Diffusion: hold the text encoders, UNet and VAE only during their own "
                  "stage, reading each again from the checkpoint (least memory; a little slower)");
+  add_device_option(cmd_, device_, "the model");
   cmd_->add_flag("--vae-tiling", vae_tiling_,
                  "Stable Diffusion: decode in overlapping tiles (less memory for large images; "
                  "on by itself above 4x the model's native area)");
@@ -279,6 +281,7 @@ int GenerateCommand::run() {
   options.memory_limit_mb = memory_limit_mb_;
   options.weight_precision = weight_precision_;
   options.low_memory = low_memory_;
+  options.device = device_;
   const Engine engine = Engine::open(model_, options);
   const ModelDescription& d = engine.description();
   for (const std::string& s : d.skipped_embeddings)

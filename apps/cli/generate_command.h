@@ -45,6 +45,7 @@ class GenerateCommand {
   uint64_t memory_limit_mb_ = 0;
   std::string weight_precision_ = "stored";
   bool low_memory_ = false;
+  std::string device_ = "cpu";
   bool quiet_ = false;
 };
 

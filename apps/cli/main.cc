@@ -16,7 +16,9 @@
 #include "info_command.h"
 #include "train_command.h"
 #include "generate_command.h"
+#ifdef STIPPLE_WITH_SERVER
 #include "serve_command.h"
+#endif
 #include "classifier_command.h"
 #include "eval_command.h"
 #include "export_command.h"
@@ -111,7 +113,9 @@ int main(int argc, char** argv) {
   demo_cmd->add_flag("--quiet,-q", quiet, "no progress bar");
 
   stipple::cli::InfoCommand info_cmd(app);
+#ifdef STIPPLE_WITH_SERVER
   stipple::cli::ServeCommand serve_cmd(app);
+#endif
   stipple::cli::ExportCommand export_cmd(app);
   stipple::cli::ConvertCommand convert_cmd(app);
   stipple::cli::BenchCommand bench_cmd(app);
@@ -151,7 +155,9 @@ int main(int argc, char** argv) {
     if (*conformance_cmd) return run_conformance_command(conformance_dir);
     if (train_cmd.selected()) return train_cmd.run();
     if (generate_cmd.selected()) return generate_cmd.run();
+#ifdef STIPPLE_WITH_SERVER
     if (serve_cmd.selected()) return serve_cmd.run();
+#endif
     if (img2img_cmd.selected()) return img2img_cmd.run();
     if (inpaint_cmd.selected()) return inpaint_cmd.run();
     if (classifier_cmd.selected()) return classifier_cmd.run();

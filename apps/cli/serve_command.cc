@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <thread>
 
+#include "device_option.h"
 #include "stop_signal.h"
 
 namespace stipple::cli {
@@ -50,6 +51,7 @@ ServeCommand::ServeCommand(CLI::App& app) {
                    "f32, f16 or bf16")
       ->check(CLI::IsMember({"stored", "f32", "f16", "bf16"}))
       ->capture_default_str();
+  add_device_option(cmd_, options_.device, "every model");
   cmd_->add_flag("--low-memory", options_.low_memory,
                  "Stable Diffusion: hold each component only during its stage of a generation");
   cmd_->add_option("--output-dir", options_.output_dir,

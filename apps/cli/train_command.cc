@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "core/error.h"
+#include "device_option.h"
 #include "io/json.h"
 #include "progress.h"
 #include "train/train_dit.h"
@@ -209,6 +210,7 @@ TrainCommand::TrainCommand(CLI::App& app) {
   cmd_->add_option("--seed", c.seed, "weights, data order, noise")->capture_default_str();
   cmd_->add_flag("--quiet,-q", quiet_, "no progress bar or messages");
   add_dist_timeout_option(cmd_, dist_timeout_);
+  add_device_option(cmd_, device_, "training");
 }
 
 train::TrainConfig TrainCommand::resume_config() const {
@@ -293,7 +295,9 @@ int TrainCommand::train(train::Communicator& comm, const train::TrainConfig& con
   g_stop = false;
   std::signal(SIGINT, on_sigint);
   std::signal(SIGUSR1, on_sigusr1);
-  const std::unique_ptr<train::Trainer> trainer = train::train_dit(config, resume_, cb, &comm);
+  const Device device = parse_device(device_);
+  const std::unique_ptr<train::Trainer> trainer =
+      train::train_dit(config, resume_, cb, &comm, device);
   std::signal(SIGINT, SIG_DFL);
   std::signal(SIGUSR1, SIG_DFL);
   if (!comm.is_root()) return 0;

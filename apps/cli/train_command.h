@@ -30,6 +30,7 @@ class TrainCommand {
   bool quiet_ = false;
   bool no_pad_ = false;
   double dist_timeout_ = 1800;
+  std::string device_ = "cpu";
 };
 
 }  // namespace stipple::cli

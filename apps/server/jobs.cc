@@ -73,6 +73,7 @@ void Server::Impl::ensure_loaded(size_t i) {
     open.lora_dir = opt.lora_dir;
     open.weight_precision = opt.weight_precision;
     open.low_memory = opt.low_memory;
+    open.device = opt.device;
     open.refiner = m.refiner_path;
     auto engine = std::make_unique<Engine>(Engine::open(m.path, open));
     std::lock_guard<std::mutex> lock(mu);

@@ -57,6 +57,7 @@ struct ServerOptions {
   std::string lora_dir;
   std::string weight_precision = "stored";  // OpenOptions::weight_precision
   bool low_memory = false;                  // OpenOptions::low_memory
+  std::string device = "cpu";               // OpenOptions::device
 };
 
 class Server {

@@ -166,6 +166,7 @@ struct ModelDescription {
   std::vector<std::string> class_names;  // class models: the name of each id ("" when none)
   std::string refiner;                   // SDXL: the refiner's name when one was opened
   std::string upscaler;                  // a cascade's upscaler name (OpenOptions::upscaler)
+  std::string device = "cpu";            // where it runs (OpenOptions::device)
   int scale = 1;                         // upscalers: output size / input size
   // OpenOptions::embeddings_dir's files that do not fit this model (another family's), each
   // with the reason.
@@ -206,6 +207,11 @@ struct OpenOptions {
   // peak becomes the UNet's weights plus its activations; each generation reads the checkpoint
   // once more (from the page cache) and runs a little slower.
   bool low_memory = false;
+  // Where the model runs: "cpu" (default) or "cuda" (a build with -DSTIPPLE_CUDA=ON and a GPU).
+  // Noise is drawn on the CPU, so a seed gives the same image on either (up to the kernels'
+  // rounding). Stable Diffusion (not with low_memory), DiT and stipple's own DiTs run on a GPU;
+  // the upscalers run on the CPU (a cascade's upscaler too).
+  std::string device = "cpu";
 };
 
 // What Engine::probe learns of a model without loading it.

@@ -425,6 +425,30 @@ const char* device_name(Device d) {
   return "?";
 }
 
+Device parse_device(const std::string& name, bool check) {
+  Device d;
+  if (name == "cpu") {
+    d = Device::kCPU;
+  } else if (name == "cuda" || name == "cuda:0") {
+    d = Device::kCUDA;
+  } else if (name == "emulated") {
+    d = Device::kEmulated;
+  } else {
+    throw Error(str_cat("unknown device '", name, "' (expected cpu or cuda",
+                        name.rfind("cuda:", 0) == 0 ? "; one GPU per process: cuda:0" : "",
+                        ")"),
+                ErrorKind::kInvalidArgument);
+  }
+  if (check && d != Device::kCPU) {
+    try {
+      Storage::allocate(1, d);  // throws saying why it cannot
+    } catch (const Error& e) {
+      throw Error(str_cat("device '", name, "': ", e.what()), e.kind());
+    }
+  }
+  return d;
+}
+
 namespace {
 std::atomic<int> g_emulated_kernels{0};  // emulated-device kernels running now (any thread)
 }

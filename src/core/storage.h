@@ -15,6 +15,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
 
 namespace stipple {
 
@@ -24,6 +25,11 @@ namespace stipple {
 // reads of device memory, and CI can check that without a GPU.
 enum class Device : uint8_t { kCPU, kCUDA, kEmulated };
 const char* device_name(Device d);  // "cpu", "cuda", "emulated"
+// A device as users name it: "cpu", "cuda" (or "cuda:0": one GPU per process) or "emulated";
+// anything else is a kInvalidArgument error naming it. When `check` is set the device must be
+// usable here: a build without CUDA or a machine without a GPU is an error that says which
+// (allocating a byte there).
+Device parse_device(const std::string& name, bool check = true);
 // Throws the error for a tensor on a device this build has no backend for ("a tensor is on cuda,
 // and this stipple was built without CUDA (configure with -DSTIPPLE_CUDA=ON)").
 [[noreturn]] void throw_no_backend(Device d);

@@ -470,6 +470,8 @@ uint64_t weights_bytes(const std::string& path,
 
 Engine Engine::open(const std::string& given, const OpenOptions& options) {
   const auto [family, path] = find_family(given);
+  // The device first: a build without CUDA or a machine without a GPU is said before loading.
+  const Device device = parse_device(options.device);
   // The weights' memory, from the safetensors headers, before anything is allocated.
   if (!options.refiner.empty()) {
     STIPPLE_CHECK_KIND(fs::exists(options.refiner), kNotFound, "no such refiner model: ",
@@ -540,6 +542,8 @@ Engine Engine::open(const std::string& given, const OpenOptions& options) {
     model->description.upscaler = model_name(options.upscaler);
     model->description.scale = static_cast<int>(model->upscaler->scale());
   }
+  if (device != Device::kCPU) model->to(device);
+  model->description.device = device_name(device);
   model->memory_limit_mb = options.memory_limit_mb;
   model->lora_dir = options.lora_dir;
   model->description.path = given;

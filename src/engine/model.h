@@ -16,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/error.h"
 #include "core/tensor.h"
 #include "models/fashion_classifier.h"
 #include "models/lora.h"
@@ -88,6 +89,13 @@ class Engine::Model {
   // The working memory run(job) needs beyond the loaded weights, in bytes (an upper-side
   // estimate); 0 when it is small whatever the request (fixed-size models).
   virtual uint64_t estimate_bytes(const Job&) const { return 0; }
+  // Moves the model to `device` (OpenOptions::device); run() then computes there and returns
+  // images on the CPU. Families that run on the CPU only say so.
+  virtual void to(Device device) {
+    throw Error(str_cat("the ", description.family, " family runs on the CPU only for now; leave "
+                        "out the device (", device_name(device), ")"),
+                ErrorKind::kUnsupported);
+  }
   ModelDescription description;
   uint64_t memory_limit_mb = 0;  // OpenOptions::memory_limit_mb
   // OpenOptions::upscaler: upscales every image run() draws (a cascade); null without one.

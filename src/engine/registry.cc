@@ -65,6 +65,10 @@ class StableDiffusionModel : public Engine::Model {
  public:
   explicit StableDiffusionModel(pipelines::StableDiffusion sd) : sd_(std::move(sd)) {}
   const pipelines::StableDiffusion& pipeline() const { return sd_; }
+  void to(Device device) override {
+    sd_.to(device);
+    if (refiner_) refiner_->to(device);
+  }
   void set_refiner(pipelines::StableDiffusion refiner) {
     refiner_ = std::make_unique<pipelines::StableDiffusion>(std::move(refiner));
   }
@@ -225,6 +229,7 @@ class LatentDiTModel : public Engine::Model {
  public:
   explicit LatentDiTModel(pipelines::DiTPipeline dit) : dit_(std::move(dit)) {}
   const pipelines::DiTPipeline& pipeline() const { return dit_; }
+  void to(Device device) override { dit_.to(device); }
 
   Output run(const Job& job) const override {
     const std::vector<int64_t> ids = dit_.label_ids(job.class_labels);
@@ -306,6 +311,7 @@ class PixelDiTModel : public Engine::Model {
   explicit PixelDiTModel(train::ClassGenerator gen)
       : gen_(std::move(gen)), fashion_(gen_.class_names() == train::FashionMnist::class_names()) {}
   const train::ClassGenerator& generator() const { return gen_; }
+  void to(Device device) override { gen_.to(device); }
   // Fashion-MNIST models are trained on the 28x28 images framed to 32x32: the frame is cropped.
   int64_t drawn_size() const { return fashion_ && gen_.image_size() == 32 ? 28 : gen_.image_size(); }
 
@@ -387,6 +393,7 @@ class TextDiTModel : public Engine::Model {
  public:
   explicit TextDiTModel(pipelines::TextDiTPipeline pipe) : pipe_(std::move(pipe)) {}
   const pipelines::TextDiTPipeline& pipeline() const { return pipe_; }
+  void to(Device device) override { pipe_.to(device); }
 
   Output run(const Job& job) const override {
     pipelines::TextDiTParams p;

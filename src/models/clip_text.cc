@@ -153,7 +153,9 @@ CLIPTextEmbeddings::CLIPTextEmbeddings(const CLIPTextConfig& cfg) : vocab_size_(
                                   /*persistent=*/false);
 }
 
-Tensor CLIPTextEmbeddings::forward(const Tensor& ids) const {
+Tensor CLIPTextEmbeddings::forward(const Tensor& given_ids) const {
+  // Token ids come from the tokenizer, on the CPU: they go where the weights are.
+  const Tensor ids = given_ids.to(position_ids_.device());
   const int64_t t = ids.size(1);
   const Tensor pos = position_ids_.narrow(1, 0, t);  // i64 [1, T]
   if (!extra_.defined()) {
@@ -171,14 +173,21 @@ Tensor CLIPTextEmbeddings::forward(const Tensor& ids) const {
   }
   Tensor tok =
       token_embedding_->forward(Tensor::from_vector_i64(v, ids.shape()).to(ids.device()))
-          .contiguous();
+          .contiguous();  // [B, T, D]
   if (!added.empty()) {
-    tok = tok.clone();
-    const int64_t d = tok.size(2);
-    float* dst = tok.data<float>();
-    const float* src = extra_.data<float>();
-    for (const auto& [at, row] : added)
-      std::copy(src + row * d, src + (row + 1) * d, dst + static_cast<int64_t>(at) * d);
+    // The added rows over the looked-up ones: tok * (1 - m) + extra[row] * m, with m 1 at the
+    // added tokens (exact: each element is one term plus zero).
+    std::vector<int64_t> rows(v.size(), 0);
+    std::vector<float> m(v.size(), 0.0f);
+    for (const auto& [at, row] : added) {
+      rows[at] = row;
+      m[at] = 1.0f;
+    }
+    const Tensor mask = Tensor::from_vector(m, {ids.size(0), t, 1}).to(ids.device());
+    const Tensor own = ops::embedding(extra_.to(ids.device()),
+                                      Tensor::from_vector_i64(rows, ids.shape())
+                                          .to(ids.device()));  // [B, T, D]
+    tok = tok * (1.0f - mask) + own * mask;
   }
   return tok + position_embedding_->forward(pos);  // [B, T, D]
 }

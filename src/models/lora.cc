@@ -209,8 +209,8 @@ Tensor merge_lora_layer(const Tensor& w, const LoraLayer& layer, double weight) 
   const int64_t rank = layer.down.size(0);
   const int64_t out = w.size(0);
   const int64_t rest = w.numel() / std::max<int64_t>(out, 1);
-  const Tensor up = layer.up.contiguous().to(DType::kF32);
-  const Tensor down = layer.down.contiguous().to(DType::kF32);
+  const Tensor up = layer.up.contiguous().to(DType::kF32).to(w.device());
+  const Tensor down = layer.down.contiguous().to(DType::kF32).to(w.device());
   STIPPLE_CHECK(up.numel() == out * rank && up.size(0) == out && down.numel() == rank * rest,
                 "LoRA ", layer.key, ": up ", layer.up.describe(), " and down ",
                 layer.down.describe(), " do not fit ", layer.component, ".", layer.module,

@@ -16,15 +16,8 @@ bool loadable_dtype(DType from, DType into) {
   return from == into || (is_floating(from) && is_floating(into));
 }
 
-// Copies `src` (any layout) into the plain contiguous `dst` of the same shape, converting dtype.
-void copy_into(const Tensor& dst, const Tensor& src) {
-  autograd::NoGradGuard no_grad;
-  Tensor c = ops::contiguous(ops::cast(src, dst.dtype()));
-  const size_t nbytes = static_cast<size_t>(dst.numel()) * dtype_size(dst.dtype());
-  if (nbytes > 0 && c.raw_data() != dst.raw_data())
-    std::memcpy(dst.raw_data(), c.raw_data(), nbytes);
-  dst.storage()->bump_version();
-}
+// Copies `src` (any layout, dtype and device) into the plain contiguous `dst` of the same shape.
+void copy_into(const Tensor& dst, const Tensor& src) { ops::assign(dst, src); }
 
 thread_local WeightPrecision scope_precision = WeightPrecision::kF32;
 thread_local bool scope_active = false;
@@ -55,7 +48,7 @@ void point_at(const Tensor& dst, const Tensor& src) {
 // Points the parameter `dst` at a new contiguous storage of dtype `dtype` holding `src`'s values.
 void rebind_into(const Tensor& dst, const Tensor& src, DType dtype) {
   autograd::NoGradGuard no_grad;
-  Tensor c = ops::contiguous(ops::cast(src, dtype));
+  Tensor c = ops::to_device(ops::contiguous(ops::cast(src, dtype)), dst.device());
   if (c.storage() == src.storage()) c = c.clone();  // own the bytes; never view the file
   point_at(dst, c);
 }

@@ -33,6 +33,10 @@ Tensor cast(const Tensor& x, DType dtype);
 // x's values on `device` (x itself when already there), plain contiguous, same dtype; the
 // gradient goes back to x's device.
 Tensor to_device(const Tensor& x, Device device);
+// Writes src's values into dst in place, without autograd: dst plain contiguous, src of the same
+// shape in any float dtype, layout and device (converted to dst's dtype, copied to dst's device).
+// Bumps dst's version (core/storage.h). Checkpoint loads and optimizer states use it.
+void assign(const Tensor& dst, const Tensor& src);
 Tensor concat(const std::vector<Tensor>& xs, int64_t dim);
 std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t dim);
 std::vector<Tensor> chunk(const Tensor& x, int64_t chunks, int64_t dim);

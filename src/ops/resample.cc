@@ -43,10 +43,11 @@ Tensor embedding(const Tensor& weight, const Tensor& ids0) {
   STIPPLE_CHECK(ids0.defined() && ids0.dtype() == DType::kI64, "embedding: ids must be i64, got ",
                 ids0.describe());
   const Tensor ids = ids0.contiguous();
-  if (weight.dtype() != DType::kF32 && weight.is_contiguous() &&
-      !autograd::needs_record({&weight})) {
+  if (weight.dtype() != DType::kF32 && weight.is_contiguous() && weight.device() == Device::kCPU &&
+      ids.device() == Device::kCPU && !autograd::needs_record({&weight})) {
     // A half-precision table (a text encoder loaded in its stored precision): gather the rows,
-    // then widen them, instead of widening the whole vocabulary per call.
+    // then widen them, instead of widening the whole vocabulary per call. (On a device the
+    // table is widened whole, below.)
     const int64_t vocab = weight.size(0), d = weight.size(1);
     const size_t row_bytes = static_cast<size_t>(d) * dtype_size(weight.dtype());
     Tensor rows = Tensor::empty({ids.numel(), d}, weight.dtype());

@@ -244,6 +244,21 @@ Tensor to_device(const Tensor& x, Device device) {
   return out;
 }
 
+void assign(const Tensor& dst, const Tensor& src) {
+  STIPPLE_CHECK(dst.defined() && src.defined() && dst.shape() == src.shape(), "assign: ",
+                src.defined() ? src.describe() : std::string("nothing"), " into ",
+                dst.defined() ? dst.describe() : std::string("nothing"),
+                " (the shapes must be equal)");
+  STIPPLE_CHECK(dst.is_contiguous() && dst.channel_block() == 0, "assign: the destination ",
+                dst.describe(), " must be plain contiguous");
+  autograd::NoGradGuard no_grad;
+  const Tensor c = contiguous(cast(src.detach(), dst.dtype()));
+  const size_t nbytes = static_cast<size_t>(dst.numel()) * dtype_size(dst.dtype());
+  if (nbytes > 0 && !(c.device() == dst.device() && c.raw_data() == dst.raw_data()))
+    Storage::copy_bytes(dst.raw_data(), dst.device(), c.raw_data(), c.device(), nbytes);
+  dst.storage()->bump_version();
+}
+
 Tensor cast(const Tensor& x, DType dtype) {
   if (x.dtype() == dtype) return x;
   Tensor out = kernels_for(x).copy(x, dtype);

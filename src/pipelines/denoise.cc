@@ -49,7 +49,8 @@ Tensor denoise(schedulers::Scheduler& scheduler, Tensor latents, const DenoiseFn
                                               options.cfg.rescale);  // [B, C, H, W]
     if (options.classifier.enabled()) {
       const double a = schedulers::interp_at(t, scheduler.alphas_cumprod());
-      const Tensor sigma = Tensor::full({1}, static_cast<float>(std::sqrt(1.0 - a)));
+      const Tensor sigma =
+          Tensor::full({1}, static_cast<float>(std::sqrt(1.0 - a))).to(out.device());
       out = guidance::classifier_guided_eps(
           out, x_t, sigma, options.classifier.scale,
           [&](const Tensor& x) { return options.classifier.log_prob(x, t); });  // [B, C, H, W]

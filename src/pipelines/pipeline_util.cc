@@ -9,17 +9,17 @@
 
 namespace stipple::pipelines {
 
-NoiseSource::NoiseSource(uint64_t seed, std::vector<Tensor> injected)
-    : generator_(seed), injected_(std::move(injected)) {}
+NoiseSource::NoiseSource(uint64_t seed, std::vector<Tensor> injected, Device device)
+    : generator_(seed), injected_(std::move(injected)), device_(device) {}
 
 Tensor NoiseSource::randn(const Shape& shape, const std::string& what) {
   if (next_ < injected_.size()) {
     const Tensor& t = injected_[next_++];
     STIPPLE_CHECK(t.numel() == shape_numel(shape), "injected noise ", next_ - 1, " for ", what,
                   " is ", t.describe(), ", the pipeline draws ", shape_str(shape));
-    return t.contiguous().to(DType::kF32).reshape(shape);
+    return t.contiguous().to(DType::kF32).reshape(shape).to(device_);
   }
-  return generator_.randn(shape);
+  return generator_.randn(shape).to(device_);
 }
 
 Tensor vae_to_unit(const Tensor& x) { return ops::clamp(ops::affine(x, 0.5f, 0.5f), 0.0f, 1.0f); }
@@ -37,7 +37,7 @@ Tensor resize_nearest(const Tensor& x, int64_t h, int64_t w) {
         const int64_t si = std::min(H - 1, i * H / h), sj = std::min(W - 1, j * W / w);
         out[(p * h + i) * w + j] = in[(p * H + si) * W + sj];
       }
-  return Tensor::from_vector(out, {x.size(0), x.size(1), h, w});
+  return Tensor::from_vector(out, {x.size(0), x.size(1), h, w}).to(x.device());
 }
 
 namespace {
@@ -89,7 +89,7 @@ Tensor resize_bicubic(const Tensor& x, int64_t h, int64_t w) {
   std::vector<float> out(static_cast<size_t>(n * h * w));
   for (int64_t p = 0; p < n; ++p)
     bicubic_lines(mid.data() + p * H * w, out.data() + p * h * w, w, H, h, 1, 1, w, w);
-  return Tensor::from_vector(out, {x.size(0), x.size(1), h, w});
+  return Tensor::from_vector(out, {x.size(0), x.size(1), h, w}).to(x.device());
 }
 
 Tensor downsample_area(const Tensor& x, int64_t f) {
@@ -107,7 +107,7 @@ Tensor downsample_area(const Tensor& x, int64_t f) {
           for (int64_t v = 0; v < f; ++v) s += in[(p * H + i * f + u) * W + j * f + v];
         out[(p * h + i) * w + j] = static_cast<float>(s / static_cast<double>(f * f));
       }
-  return Tensor::from_vector(out, {x.size(0), x.size(1), h, w});
+  return Tensor::from_vector(out, {x.size(0), x.size(1), h, w}).to(x.device());
 }
 
 Tensor repeat_batch(const Tensor& x, int64_t n) {

@@ -24,8 +24,12 @@ using Observer = std::function<void(const std::string& name, const Tensor& value
 // reproduces torch.Generator("cpu").manual_seed(seed) draw for draw.
 class NoiseSource {
  public:
-  explicit NoiseSource(uint64_t seed, std::vector<Tensor> injected = {});
-  // A standard normal f32 tensor of `shape` (the next injected one, or a generator draw).
+  // Draws are made on the CPU (a seed gives the same numbers everywhere) and handed out on
+  // `device`.
+  explicit NoiseSource(uint64_t seed, std::vector<Tensor> injected = {},
+                       Device device = Device::kCPU);
+  // A standard normal f32 tensor of `shape` on the device (the next injected one, or a
+  // generator draw).
   Tensor randn(const Shape& shape, const std::string& what);
   // For stochastic schedulers (DDPM, Euler ancestral, DDIM with eta > 0).
   Generator* generator() { return &generator_; }
@@ -34,6 +38,7 @@ class NoiseSource {
   Generator generator_;
   std::vector<Tensor> injected_;
   size_t next_ = 0;
+  Device device_;
 };
 
 // Live previews during sampling: every `every` steps, the first image's current estimate as

@@ -110,7 +110,8 @@ Tensor encode_token_chunks(const std::function<Tensor(const Tensor& ids)>& encod
     }
     // "Original" emphasis: scale each token's state, then restore the chunk's mean.
     const float before = ops::mean(z).item();
-    const Tensor scaled = z * Tensor::from_vector(c.multipliers, {1, n, 1});  // [1, 77, D]
+    const Tensor scaled =
+        z * Tensor::from_vector(c.multipliers, {1, n, 1}).to(z.device());  // [1, 77, D]
     const float after = ops::mean(scaled).item();
     parts.push_back(scaled * (before / after));
   }

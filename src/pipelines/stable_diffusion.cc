@@ -218,7 +218,7 @@ StableDiffusion::Run StableDiffusion::prepare(const GenerationParams& p, bool ne
                     p.mask.size(2), " but the init image is ", w, "x", h,
                     "; they must have the same size");
     }
-    r.init_image = ops::affine(im.contiguous(), 2.0f, -1.0f);  // [1, 3, H, W] in [-1, 1]
+    r.init_image = ops::affine(im.to(device_).contiguous(), 2.0f, -1.0f);  // [1, 3, H, W] in [-1, 1]
   }
   if (r.width == 0) r.width = default_size();
   if (r.height == 0) r.height = default_size();
@@ -247,7 +247,7 @@ StableDiffusion::Run StableDiffusion::prepare(const GenerationParams& p, bool ne
   STIPPLE_CHECK(p.denoising_end > 0.0 && p.denoising_end <= 1.0,
                 "denoising_end must be in (0, 1], got ", p.denoising_end);
   r.end_index = end_index_for(*r.scheduler, r.begin_index, p.denoising_end);
-  r.noise = std::make_unique<NoiseSource>(p.seed, p.noise);
+  r.noise = std::make_unique<NoiseSource>(p.seed, p.noise, device_);
   r.guided = p.cfg > 1.0f;
   const PromptEmbeddings e = encode_prompts(p.prompt, p.negative_prompt, p.num_images, r.guided,
                                             p.clip_skip, p.observe, p.prompt_syntax);
@@ -288,7 +288,7 @@ Tensor StableDiffusion::decode(const Tensor& latents, const Observer& observe, b
   const int64_t tile = std::max<int64_t>(vae_->config().sample_size / vae_scale_factor(), 8);
   const Tensor decoded = (tiled ? vae_->decode_tiled(z, tile) : vae_->decode(z))
                              .contiguous();  // [B, 3, H, W] in [-1, 1]
-  const Tensor images = vae_to_unit(decoded);           // [B, 3, H, W] in [0, 1]
+  const Tensor images = vae_to_unit(decoded).to(Device::kCPU);  // [B, 3, H, W] in [0, 1]
   if (observe) {
     observe("vae_decode.0.input", z);
     observe("vae_decode.0.output", decoded);
@@ -306,7 +306,7 @@ Tensor StableDiffusion::denoise_and_decode(
   const DenoiseFn model = [&](const Tensor& input, double t) {
     // [N, 4, h, w], plus the inpainting channels of a 9-channel UNet
     const Tensor x = extra_channels ? ops::concat({input, extra_channels(input)}, 1) : input;
-    const Tensor ts = Tensor::from_vector({static_cast<float>(t)}, {1});
+    const Tensor ts = Tensor::from_vector({static_cast<float>(t)}, {1}).to(device_);
     const Tensor out =
         unet_->forward(x, ts, r.prompt_embeds, r.class_labels, nullptr, r.added);  // [N, 4, h, w]
     if (observe) {
@@ -340,6 +340,18 @@ Tensor StableDiffusion::denoise_and_decode(
   return decode(latents, observe, use_tiling(p, latents));
 }
 
+void StableDiffusion::to(Device device) {
+  STIPPLE_CHECK_KIND(device == Device::kCPU || !low_memory(), kUnsupported,
+                     "low-memory mode reads each stage's weights again onto the CPU; on ",
+                     device_name(device), " leave it out");
+  STIPPLE_CHECK_KIND(device == Device::kCPU || !is_upscaler(), kUnsupported,
+                     "the x4 upscaler runs on the CPU only for now");
+  for (nn::Module* m : std::initializer_list<nn::Module*>{text_encoder_.get(), text_encoder_2_.get(),
+                                                          unet_.get(), vae_.get()})
+    if (m != nullptr) m->to(device);
+  device_ = device;
+}
+
 Tensor StableDiffusion::run(const GenerationParams& params) const {
   if (is_upscaler()) return run_upscale(params);
   if (params.mask.defined()) return run_inpaint(params);
@@ -363,7 +375,7 @@ Tensor StableDiffusion::initial_latents(Run& r, const GenerationParams& p) const
   if (p.latents.defined()) {
     STIPPLE_CHECK(p.latents.shape() == shape, "latents must be ", shape_str(shape), ", got ",
                   p.latents.describe());
-    latents = p.latents.contiguous();
+    latents = p.latents.contiguous().to(device_);
   } else {
     latents = r.noise->randn(shape, "the initial latents");
   }

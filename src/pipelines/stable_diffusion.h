@@ -127,6 +127,12 @@ class StableDiffusion {
   // available throughout. release_all() (the engine calls it after each generation) leaves
   // nothing resident.
   bool low_memory() const { return residency_ != nullptr; }
+  // Moves the text encoders, the UNet and the VAE to `device`: the run_* methods then encode,
+  // denoise and decode there (noise drawn on the CPU, as diffusers' CPU generator, so a seed
+  // gives the same image) and return images on the CPU. Not with low memory (each stage is read
+  // again from the checkpoint onto the CPU) nor for the x4 upscaler.
+  void to(Device device);
+  Device device() const { return device_; }
   void release_all() const;
 
   // Prompt embeddings: [2B, 77, D] = [negative x B, prompt x B] with guidance, else [B, 77, D];
@@ -274,6 +280,7 @@ class StableDiffusion {
   std::vector<float> low_res_alphas_cumprod_;  // the x4 upscaler's low_res_scheduler
   int max_noise_level_ = 0;
   std::shared_ptr<Residency> residency_;  // low memory only
+  Device device_ = Device::kCPU;
 };
 
 // One run's checked sizes, scheduler, random draws and prompt embeddings.

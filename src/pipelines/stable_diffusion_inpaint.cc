@@ -25,7 +25,8 @@ Tensor StableDiffusion::run_inpaint(const GenerationParams& p) const {
   // 3. mask and masked image
   std::vector<float> binary = p.mask.to_vector();
   for (float& v : binary) v = v >= 0.5f ? 1.0f : 0.0f;
-  const Tensor mask_condition = Tensor::from_vector(binary, p.mask.shape());  // [1, 1, H, W]
+  const Tensor mask_condition =
+      Tensor::from_vector(binary, p.mask.shape()).to(device_);  // [1, 1, H, W]
   const Tensor keep = 1.0f - mask_condition;                       // 1 where the image is kept
   const Tensor masked_image = r.init_image * keep;                 // [1, 3, H, W]
   const int64_t f = vae_scale_factor(), h = r.height / f, w = r.width / f;
@@ -47,7 +48,7 @@ Tensor StableDiffusion::run_inpaint(const GenerationParams& p) const {
   if (p.latents.defined()) {
     STIPPLE_CHECK(p.latents.shape() == shape, "latents must be ", shape_str(shape), ", got ",
                   p.latents.describe());
-    noise = p.latents.contiguous();
+    noise = p.latents.contiguous().to(device_);
   } else {
     noise = r.noise->randn(shape, "the initial latents");
   }

@@ -105,7 +105,8 @@ StableDiffusion::PromptEmbeddings StableDiffusion::encode_prompts_xl(
   if (guidance) {
     if (negative_prompt.empty() && force_zeros_for_empty_prompt_) {
       // force_zeros_for_empty_prompt: no negative prompt means zeros, not the encoding of "".
-      uncond = {Tensor::zeros(cond.states.shape()), Tensor::zeros(cond.pooled.shape())};
+      uncond = {Tensor::zeros(cond.states.shape()).to(device_),
+                Tensor::zeros(cond.pooled.shape()).to(device_)};
     } else {
       uncond = encode_xl(negative_prompt, clip_skip, syntax, 1, observe);
     }
@@ -113,7 +114,7 @@ StableDiffusion::PromptEmbeddings StableDiffusion::encode_prompts_xl(
     const int64_t t = std::max(cond.states.size(1), uncond.states.size(1));
     auto pad = [&](Tensor& s) {
       if (s.size(1) < t) {
-        s = ops::concat({s, Tensor::zeros({1, t - s.size(1), s.size(2)})}, 1);
+        s = ops::concat({s, Tensor::zeros({1, t - s.size(1), s.size(2)}).to(device_)}, 1);
       }
     };
     pad(cond.states);
@@ -155,9 +156,10 @@ Tensor StableDiffusion::xl_time_ids(const GenerationParams& p, int64_t width, in
     pos = neg = {oh, ow, ct, cl, th, tw};
   }
   const int64_t k = static_cast<int64_t>(pos.size());
-  const Tensor cond = repeat_batch(Tensor::from_vector(pos, {1, k}), batch);  // [B, k]
+  const Tensor cond = repeat_batch(Tensor::from_vector(pos, {1, k}).to(device_), batch);  // [B, k]
   if (!guided) return cond;
-  return ops::concat({repeat_batch(Tensor::from_vector(neg, {1, k}), batch), cond}, 0);  // [2B, k]
+  return ops::concat({repeat_batch(Tensor::from_vector(neg, {1, k}).to(device_), batch), cond},
+                     0);  // [2B, k]
 }
 
 namespace {

@@ -83,14 +83,15 @@ Tensor TextDiTPipeline::run(const TextDiTParams& params) const {
   const models::PixArtConfig& cfg = transformer_->config();
 
   // x_T for every image: in order from one generator, or each from its own seed
-  NoiseSource noise(params.seeds.empty() ? params.seed : params.seeds[0], {});
+  NoiseSource noise(params.seeds.empty() ? params.seed : params.seeds[0], {}, device_);
   const int64_t c = cfg.in_channels, s = cfg.sample_size;
   Tensor latents;  // [B, C, s, s]
   if (params.seeds.empty()) {
     latents = noise.randn({b, c, s, s}, "the initial latents");
   } else {
     std::vector<Tensor> each;
-    for (uint64_t seed : params.seeds) each.push_back(Generator(seed).randn({1, c, s, s}));
+    for (uint64_t seed : params.seeds)
+      each.push_back(Generator(seed).randn({1, c, s, s}).to(device_));
     latents = ops::concat(each, 0);
   }
 
@@ -135,7 +136,7 @@ Tensor TextDiTPipeline::run_batch(const TextDiTParams& params,
   // 3. denoise
   const DenoiseFn model = [&](const Tensor& input, double t) {
     const int64_t n = input.size(0);
-    const Tensor ts = Tensor::full({n}, t);  // [N]
+    const Tensor ts = Tensor::full({n}, t).to(device_);  // [N]
     const Tensor st = n == states.size(0) ? states : states.narrow(0, 0, n);
     const Tensor po = !pooled.defined() || n == pooled.size(0) ? pooled : pooled.narrow(0, 0, n);
     const Tensor out = transformer_->forward(input, ts, st, po);  // [N, C_out, s, s]
@@ -148,13 +149,21 @@ Tensor TextDiTPipeline::run_batch(const TextDiTParams& params,
   opt.progress = progress;
   opt.preview = params.preview;
   opt.decode_preview = [&](const Tensor& x0) {
-    return vae_to_unit(vae_->decode(x0 / static_cast<float>(vae_->config().scaling_factor)));
+    return vae_to_unit(vae_->decode(x0 / static_cast<float>(vae_->config().scaling_factor)))
+        .to(Device::kCPU);
   };
   latents = denoise(*scheduler, latents, model, opt);  // [B, C, s, s]
 
   // 4. decode
   const Tensor z = latents / static_cast<float>(vae_->config().scaling_factor);
-  return vae_to_unit(vae_->decode(z).contiguous());  // [B, 3, H, W] in [0, 1]
+  return vae_to_unit(vae_->decode(z).contiguous()).to(Device::kCPU);  // [B, 3, H, W] in [0, 1]
+}
+
+void TextDiTPipeline::to(Device device) {
+  text_encoder_->to(device);
+  transformer_->to(device);
+  vae_->to(device);
+  device_ = device;
 }
 
 }  // namespace stipple::pipelines

@@ -59,8 +59,12 @@ class TextDiTPipeline {
   // Whether `folder`'s model_index.json names this pipeline.
   static bool is_folder(const std::string& folder);
 
-  // Images [B, 3, H, W] in [0, 1]. Progress counts the steps of every batch.
+  // Images [B, 3, H, W] in [0, 1] on the CPU. Progress counts the steps of every batch.
   Tensor run(const TextDiTParams& params) const;
+  // Moves the text encoder, the transformer and the VAE to `device`; run() then encodes,
+  // denoises and decodes there (the noise drawn on the CPU, so a seed gives the same image).
+  void to(Device device);
+  Device device() const { return device_; }
   // The text conditioning of `prompts`: states [B, T, C] and pooled [B, P].
   std::pair<Tensor, Tensor> encode(const std::vector<std::string>& prompts) const;
   int64_t image_size() const;
@@ -75,6 +79,7 @@ class TextDiTPipeline {
   std::shared_ptr<models::CLIPTextModel> text_encoder_;
   std::shared_ptr<text::ClipTokenizer> tokenizer_;
   schedulers::SchedulerConfig scheduler_config_;
+  Device device_ = Device::kCPU;
 };
 
 }  // namespace stipple::pipelines

@@ -35,7 +35,7 @@ Tensor per_sample(const std::vector<float>& acp, const Tensor& timesteps, int64_
   }
   Shape shape(std::max<int64_t>(rank, 1), 1);
   shape[0] = static_cast<int64_t>(t.size());
-  return Tensor::from_vector(v, shape);
+  return Tensor::from_vector(v, shape).to(timesteps.device());
 }
 
 void check_batch(const Tensor& x, const Tensor& timesteps) {
@@ -118,7 +118,7 @@ Tensor snr(const std::vector<float>& acp, const Tensor& timesteps) {
   const std::vector<int64_t> t = timestep_values(acp, timesteps);
   std::vector<float> v(t.size());
   for (size_t i = 0; i < t.size(); ++i) v[i] = acp[t[i]] / (1.0f - acp[t[i]]);
-  return Tensor::from_vector(v, {static_cast<int64_t>(t.size())});
+  return Tensor::from_vector(v, {static_cast<int64_t>(t.size())}).to(timesteps.device());
 }
 
 Tensor min_snr_weights(PredictionType type, const std::vector<float>& acp, const Tensor& timesteps,
@@ -139,7 +139,7 @@ Tensor min_snr_weights(PredictionType type, const std::vector<float>& acp, const
         break;
     }
   }
-  return Tensor::from_vector(w, {static_cast<int64_t>(s.size())});
+  return Tensor::from_vector(w, {static_cast<int64_t>(s.size())}).to(timesteps.device());
 }
 
 }  // namespace stipple::schedulers

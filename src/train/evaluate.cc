@@ -96,6 +96,11 @@ ClassGenerator ClassGenerator::from_model(
   return g;
 }
 
+void ClassGenerator::to(Device device) {
+  transformer_->to(device);
+  device_ = device;
+}
+
 Tensor ClassGenerator::sample(const std::vector<int64_t>& labels, const EvalConfig& config,
                               const std::function<void(int, int)>& progress,
                               const pipelines::Preview& preview) const {
@@ -122,13 +127,14 @@ Tensor ClassGenerator::sample(const std::vector<int64_t>& labels, const EvalConf
     const std::vector<int64_t> ys(labels.begin() + start, labels.begin() + start + m);
     std::vector<int64_t> both = ys;
     both.insert(both.end(), ys.size(), K);  // the null class
-    const Tensor y = Tensor::from_vector_i64(ys, {m});
-    const Tensor y2 = Tensor::from_vector_i64(both, {2 * m});
-    const Tensor y_model = config.unconditional
-                               ? Tensor::from_vector_i64(std::vector<int64_t>(m, K), {m})
-                               : y;  // what the denoiser is given
+    const Tensor y = Tensor::from_vector_i64(ys, {m});  // on the CPU, for a guiding classifier
+    const Tensor y2 = Tensor::from_vector_i64(both, {2 * m}).to(device_);
+    const Tensor y_model = (config.unconditional
+                                ? Tensor::from_vector_i64(std::vector<int64_t>(m, K), {m})
+                                : y)
+                               .to(device_);  // what the denoiser is given
     // 3. x_T, scaled for the sampler
-    Tensor x = noise.narrow(0, start, m).contiguous() *
+    Tensor x = noise.narrow(0, start, m).contiguous().to(device_) *
                static_cast<float>(scheduler->init_noise_sigma());  // [m, C, S, S]
     Generator step_gen(config.seed + 1 + static_cast<uint64_t>(b));
     pipelines::DenoiseOptions opt;
@@ -138,21 +144,26 @@ Tensor ClassGenerator::sample(const std::vector<int64_t>& labels, const EvalConf
     if (progress)
       opt.progress = [&](int done, int total) { progress(b * total + done, batches * total); };
     opt.preview = preview;
-    opt.decode_preview = pipelines::vae_to_unit;  // pixel space: [-1, 1] -> [0, 1]
+    opt.decode_preview = [](const Tensor& x0) {  // pixel space: [-1, 1] -> [0, 1]
+      return pipelines::vae_to_unit(x0).to(Device::kCPU);
+    };
     if (config.guide && config.guide_scale != 0.0f) {
       opt.classifier.scale = config.guide_scale;
       opt.classifier.log_prob = [&](const Tensor& x_t, double t) {
-        return config.guide->log_prob(x_t, y, Tensor::full({x_t.size(0)}, static_cast<float>(t)));
+        // The classifier runs on the CPU; the gradient flows back to x_t's device.
+        return config.guide->log_prob(x_t.to(Device::kCPU), y,
+                                      Tensor::full({x_t.size(0)}, static_cast<float>(t)));
       };
     }
     auto fn = [&](const Tensor& input, double t) {
       const int64_t n = input.size(0);
-      const Tensor tt = Tensor::full({n}, t);                              // [n] f32
+      const Tensor tt = Tensor::full({n}, t).to(device_);                  // [n] f32
       const Tensor o = transformer_->forward(input, tt, n == m ? y_model : y2);  // [n, C_out, S, S]
       return o.size(1) == C ? o : o.narrow(1, 0, C).contiguous();  // learned sigma: eps only
     };
     // 4. denoise, then the valid range
-    out.push_back(ops::clamp(pipelines::denoise(*scheduler, x, fn, opt), -1.0f, 1.0f));
+    out.push_back(
+        ops::clamp(pipelines::denoise(*scheduler, x, fn, opt), -1.0f, 1.0f).to(Device::kCPU));
   }
   return out.size() == 1 ? out[0] : ops::concat(out, 0);  // [N, C, S, S]
 }

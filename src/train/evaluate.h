@@ -90,8 +90,13 @@ class ClassGenerator {
   const std::vector<std::string>& class_names() const { return class_names_; }
   const models::DiTTransformer2DModel& transformer() const { return *transformer_; }
   const schedulers::SchedulerConfig& scheduler_config() const { return scheduler_; }
+  // Moves the transformer to `device`: sample() denoises there (x_T drawn on the CPU, so a seed
+  // gives the same images) and returns images on the CPU; a guiding classifier stays on the CPU.
+  void to(Device device);
+  Device device() const { return device_; }
 
  private:
+  Device device_ = Device::kCPU;
   std::string folder_;
   std::shared_ptr<models::DiTTransformer2DModel> transformer_;
   schedulers::SchedulerConfig scheduler_;

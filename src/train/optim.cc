@@ -15,10 +15,9 @@ namespace {
 
 void check_param(const Tensor& p, size_t i, const char* who) {
   STIPPLE_CHECK(p.defined(), who, ": parameter ", i, " is undefined");
-  STIPPLE_CHECK(p.dtype() == DType::kF32 && p.is_contiguous() && p.device() == Device::kCPU, who,
+  STIPPLE_CHECK(p.dtype() == DType::kF32 && p.is_contiguous() && p.channel_block() == 0, who,
                 ": parameter ", i, " is ", p.describe(),
-                "; parameters must be f32, contiguous and on the CPU (convert them before "
-                "training)");
+                "; parameters must be f32 and plain contiguous (convert them before training)");
 }
 
 // The gradient of `p` as f32 contiguous, or an undefined tensor when it has none.
@@ -42,13 +41,15 @@ void check_like(const Tensor& dst, const Tensor& src, const std::string& what) {
                 " (was the checkpoint saved for another model or parameter order?)");
 }
 
-// dst (f32 contiguous) <- src (any float tensor of the same shape).
+// dst (f32 contiguous) <- src (any float tensor of the same shape, on any device); bumps dst's
+// version (in place: drops caches of the old values, core/storage.h).
 void copy_values(const Tensor& dst, const Tensor& src, const std::string& what) {
   check_like(dst, src, what);
-  const Tensor s = ops::as_f32_contiguous(src);
-  if (dst.numel() > 0) std::memcpy(dst.raw_data(), s.raw_data(), dst.numel() * sizeof(float));
-  dst.storage()->bump_version();  // in place: drops caches of the old values (core/storage.h)
+  ops::assign(dst, src);
 }
+
+// A copy of `t` on the CPU (state dicts are saved from there).
+Tensor host_copy(const Tensor& t) { return t.device() == Device::kCPU ? t.clone() : t.to(Device::kCPU); }
 
 const Tensor& find(const std::map<std::string, Tensor>& state, const std::string& key) {
   const auto it = state.find(key);
@@ -106,8 +107,8 @@ std::map<std::string, Tensor> AdamW::state_dict() const {
   std::map<std::string, Tensor> s;
   s["step"] = count_tensor(step_);
   for (size_t i = 0; i < params_.size(); ++i) {
-    s["exp_avg." + std::to_string(i)] = exp_avg_[i].clone();
-    s["exp_avg_sq." + std::to_string(i)] = exp_avg_sq_[i].clone();
+    s["exp_avg." + std::to_string(i)] = host_copy(exp_avg_[i]);
+    s["exp_avg_sq." + std::to_string(i)] = host_copy(exp_avg_sq_[i]);
   }
   return s;
 }
@@ -128,6 +129,11 @@ void AdamW::load_state_dict(const std::map<std::string, Tensor>& state) {
   step_ = step;
 }
 
+void AdamW::to(Device device) {
+  for (Tensor& m : exp_avg_) m = m.to(device);
+  for (Tensor& v : exp_avg_sq_) v = v.to(device);
+}
+
 // ---------------- SGD ----------------
 
 SGD::SGD(std::vector<Tensor> params, const SgdConfig& config)
@@ -136,7 +142,12 @@ SGD::SGD(std::vector<Tensor> params, const SgdConfig& config)
                 "SGD: lr, momentum and weight_decay must be non-negative");
   STIPPLE_CHECK(!config.nesterov || (config.momentum > 0 && config.dampening == 0),
                 "SGD: nesterov needs momentum > 0 and dampening 0");
-  for (size_t i = 0; i < params_.size(); ++i) check_param(params_[i], i, "SGD");
+  for (size_t i = 0; i < params_.size(); ++i) {
+    check_param(params_[i], i, "SGD");
+    STIPPLE_CHECK_KIND(params_[i].device() == Device::kCPU, kUnsupported, "SGD: parameter ", i,
+                       " is on ", device_name(params_[i].device()),
+                       "; SGD runs on the CPU only (AdamW runs on every device)");
+  }
 }
 
 void SGD::step() {
@@ -360,7 +371,7 @@ void Ema::restore(const std::vector<Tensor>& params) {
 std::map<std::string, Tensor> Ema::state_dict() const {
   std::map<std::string, Tensor> s;
   s["optimization_step"] = count_tensor(optimization_step_);
-  for (size_t i = 0; i < shadow_.size(); ++i) s["shadow." + std::to_string(i)] = shadow_[i].clone();
+  for (size_t i = 0; i < shadow_.size(); ++i) s["shadow." + std::to_string(i)] = host_copy(shadow_[i]);
   return s;
 }
 
@@ -375,6 +386,11 @@ void Ema::load_state_dict(const std::map<std::string, Tensor>& state) {
     copy_values(shadow_[i], find(state, key), key);
   }
   optimization_step_ = step;
+}
+
+void Ema::to(Device device) {
+  for (Tensor& t : shadow_) t = t.to(device);
+  for (Tensor& t : stored_) t = t.to(device);
 }
 
 }  // namespace stipple::train

@@ -44,10 +44,12 @@ class AdamW {
   int64_t step_count() const { return step_; }
   const std::vector<Tensor>& params() const { return params_; }
 
-  // "step" (i64 0-d), "exp_avg.{i}" and "exp_avg_sq.{i}" for every parameter i.
+  // "step" (i64 0-d), "exp_avg.{i}" and "exp_avg_sq.{i}" for every parameter i, on the CPU.
   std::map<std::string, Tensor> state_dict() const;
   // Restores a state_dict() (copies the values); checks every key and shape.
   void load_state_dict(const std::map<std::string, Tensor>& state);
+  // Moves the moments to `device`, where the parameters have gone (nn::Module::to).
+  void to(Device device);
 
  private:
   std::vector<Tensor> params_;
@@ -136,9 +138,11 @@ class Ema {
   // the full decay (for weights that are an average already, as a warm start's).
   void restart_at_full_decay(const std::vector<Tensor>& params);
 
-  // "optimization_step" (i64 0-d) and "shadow.{i}".
+  // "optimization_step" (i64 0-d) and "shadow.{i}", on the CPU.
   std::map<std::string, Tensor> state_dict() const;
   void load_state_dict(const std::map<std::string, Tensor>& state);
+  // Moves the averages (and a store()d copy) to `device`, where the parameters have gone.
+  void to(Device device);
 
  private:
   float decay_at(int64_t optimization_step) const;

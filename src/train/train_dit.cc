@@ -66,8 +66,10 @@ TrainingData load_training_data(const TrainConfig& config) {
 }
 
 std::unique_ptr<Trainer> train_dit(const TrainConfig& config, const std::string& resume_dir,
-                                   const TrainCallbacks& callbacks, Communicator* comm) {
-  if (config.data == "emoji") return train_text_to_image(config, resume_dir, callbacks, comm);
+                                   const TrainCallbacks& callbacks, Communicator* comm,
+                                   Device device) {
+  if (config.data == "emoji")
+    return train_text_to_image(config, resume_dir, callbacks, comm, device);
   // Check the resume folder before the slower data loading, so a typo fails at once.
   if (!resume_dir.empty()) Trainer::read_checkpoint_config(resume_dir);
   TrainingData data = load_training_data(config);
@@ -77,6 +79,7 @@ std::unique_ptr<Trainer> train_dit(const TrainConfig& config, const std::string&
                                            data.labels, data.class_names);
   if (comm != nullptr) trainer->set_communicator(*comm);
   trainer->begin(resume_dir);
+  trainer->to(device);
   trainer->run(callbacks);
   return trainer;
 }

@@ -44,9 +44,11 @@ TrainingData load_training_data(const TrainConfig& config);
 
 // The whole job: loads the data, builds the DiT, resumes from `resume_dir` when it is not empty,
 // and runs to config.steps. Returns the trainer (its step, model and EMA) for reporting. With
-// `comm`, data-parallel over its ranks (Trainer::set_communicator).
+// `comm`, data-parallel over its ranks (Trainer::set_communicator); on `device`, the model trains
+// there (Trainer::to; data-parallel runs stay on the CPU until the NCCL path).
 std::unique_ptr<Trainer> train_dit(const TrainConfig& config, const std::string& resume_dir,
                                    const TrainCallbacks& callbacks = {},
-                                   Communicator* comm = nullptr);
+                                   Communicator* comm = nullptr,
+                                   Device device = Device::kCPU);
 
 }  // namespace stipple::train

@@ -66,6 +66,13 @@ Tensor TextDiTDenoiser::forward(const Tensor& x, const Tensor& t, const Tensor& 
   return model_->forward(x, t, ctx, pooled);  // [B, C_out, h, w]
 }
 
+void TextDiTDenoiser::to(Device device) {
+  model_->to(device);
+  contexts_ = contexts_.to(device);
+  pooled_ = pooled_.to(device);
+  if (vae_) vae_->to(device);
+}
+
 Tensor TextDiTDenoiser::to_images(const Tensor& latents) const {
   autograd::NoGradGuard no_grad;
   std::vector<Tensor> out;
@@ -97,7 +104,8 @@ void TextDiTDenoiser::write_components(const std::string& dir) const {
 std::unique_ptr<Trainer> train_text_to_image(const TrainConfig& given,
                                              const std::string& resume_dir,
                                              const TrainCallbacks& callbacks,
-                                             Communicator* comm) {
+                                             Communicator* comm,
+                                             Device device) {
   // A warm start from a whole pipeline folder brings its VAE and CLIP too, unless others are given.
   TrainConfig config = given;
   if (!config.init_from.empty() && resume_dir.empty()) {
@@ -189,6 +197,7 @@ std::unique_ptr<Trainer> train_text_to_image(const TrainConfig& given,
   if (comm != nullptr) trainer->set_communicator(*comm);
   no_grad.reset();
   trainer->begin(resume_dir);
+  trainer->to(device);
   // Scores during training (eval.csv): the same evaluation as `stipple eval`, on fewer prompts
   // (by rank 0, which alone writes).
   TrainCallbacks cb = callbacks;

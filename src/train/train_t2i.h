@@ -40,6 +40,7 @@ class TextDiTDenoiser : public Denoiser {
   nlohmann::json config_json() const override { return model_->config().to_json(); }
   bool pixel_space() const override { return false; }
   Tensor to_images(const Tensor& latents) const override;
+  void to(Device device) override;
   nlohmann::json model_index() const override;
   void write_components(const std::string& dir) const override;
 
@@ -55,7 +56,8 @@ class TextDiTDenoiser : public Denoiser {
 std::unique_ptr<Trainer> train_text_to_image(const TrainConfig& config,
                                              const std::string& resume_dir,
                                              const TrainCallbacks& callbacks,
-                                             Communicator* comm = nullptr);
+                                             Communicator* comm = nullptr,
+                                             Device device = Device::kCPU);
 
 // Copies every regular file under `src` to `dst` (same relative paths), each atomically.
 void copy_folder(const std::string& src, const std::string& dst);

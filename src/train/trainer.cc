@@ -237,17 +237,17 @@ StepStats Trainer::train_step() {
   // 1. data, timesteps, noise and label drops (in this order from the step's Generator), for the
   //    whole global batch on every rank
   DataLoader::Batch batch = loader_->next();
-  const Tensor& x0 = batch.images;  // [B, C, H, W]
+  const Tensor x0 = batch.images.to(device_);  // [B, C, H, W]
   const int64_t B = x0.size(0);
   std::vector<int64_t> tv(B);
   for (auto& t : tv) t = static_cast<int64_t>(gen_.next_u64() % static_cast<uint64_t>(T));
-  const Tensor t = Tensor::from_vector_i64(tv, {B});  // [B]
-  const Tensor noise = gen_.randn(x0.shape());        // [B, C, H, W]
+  const Tensor t = Tensor::from_vector_i64(tv, {B}).to(device_);  // [B]
+  const Tensor noise = gen_.randn(x0.shape()).to(device_);        // [B, C, H, W]
   const std::vector<float> coin = gen_.rand({B}).to_vector();
   std::vector<int64_t> yv = batch.labels.to_vector_i64();
   for (int64_t b = 0; b < B; ++b)
     if (coin[b] < config_.label_drop_prob) yv[b] = num_classes_;  // the null class
-  const Tensor y = Tensor::from_vector_i64(yv, {B});
+  const Tensor y = Tensor::from_vector_i64(yv, {B}).to(device_);
 
   // 2. forward process and the loss (DDPM eq. 4 and Alg. 1) on this rank's shard [lo, hi) of
   //    the batch (distributed.h): (1/B) * the sum of its per-sample losses
@@ -346,12 +346,12 @@ Tensor Trainer::sample(const std::vector<int64_t>& labels, uint64_t seed, int st
         schedulers::make_scheduler(schedulers::SchedulerConfig::from_json(scheduler_json().dump()));
     scheduler->set_timesteps(steps);
     const int64_t B = static_cast<int64_t>(labels.size());
-    const Tensor y = Tensor::from_vector_i64(labels, {B});
+    const Tensor y = Tensor::from_vector_i64(labels, {B}).to(device_);
     std::vector<int64_t> both = labels;  // DiT's order: [cond, uncond]
     both.insert(both.end(), labels.size(), num_classes_);
-    const Tensor y2 = Tensor::from_vector_i64(both, {2 * B});
+    const Tensor y2 = Tensor::from_vector_i64(both, {2 * B}).to(device_);
     Generator g(seed);
-    x = g.randn({B, channels_, image_h_, image_w_});
+    x = g.randn({B, channels_, image_h_, image_w_}).to(device_);
     x = x * static_cast<float>(scheduler->init_noise_sigma());
     pipelines::DenoiseOptions opt;
     opt.cfg.scale = cfg;
@@ -360,7 +360,7 @@ Tensor Trainer::sample(const std::vector<int64_t>& labels, uint64_t seed, int st
     auto fn = [&](const Tensor& input, double t) {
       const int64_t n = input.size(0);
       const Tensor tt = Tensor::from_vector_i64(
-          std::vector<int64_t>(n, static_cast<int64_t>(std::lround(t))), {n});
+          std::vector<int64_t>(n, static_cast<int64_t>(std::lround(t))), {n}).to(device_);
       const Tensor out = model_->forward(input, tt, n == B ? y : y2);  // [n, C_out, H, W]
       return out.size(1) == channels_ ? out : out.narrow(1, 0, channels_).contiguous();
     };
@@ -373,6 +373,17 @@ Tensor Trainer::sample(const std::vector<int64_t>& labels, uint64_t seed, int st
   m.train();
   ema_->restore(params_);
   return model_->pixel_space() ? ops::clamp(x, -1.0f, 1.0f) : x;
+}
+
+void Trainer::to(Device device) {
+  STIPPLE_CHECK(!running_, "Trainer::to: move the run before run(), not during it");
+  STIPPLE_CHECK_KIND(device == Device::kCPU || comm_->size() == 1, kUnsupported,
+                     "data-parallel training (", comm_->size(), " ranks) runs on the CPU; on ",
+                     device_name(device), " a run trains in one process");
+  model_->to(device);  // params_ share the module's tensors, which move in place
+  optimizer_->to(device);
+  ema_->to(device);
+  device_ = device;
 }
 
 void Trainer::set_sample_labels(std::vector<int64_t> labels) {
@@ -394,7 +405,7 @@ void Trainer::write_sample_grid(const std::string& path) {
   Tensor x = sample(labels, seed, config_.sample_steps, config_.sample_cfg);  // [N, C, H, W]
   {
     autograd::NoGradGuard no_grad;
-    x = ops::clamp(model_->to_images(x), -1.0f, 1.0f);  // [N, 3|1, H', W']
+    x = ops::clamp(model_->to_images(x), -1.0f, 1.0f).to(Device::kCPU);  // [N, 3|1, H', W']
   }
   if (x.size(2) <= 64) x = ops::upsample_nearest2x(x);
   x = ops::pad(x, {1, 1, 1, 1}, 0.0f);  // a grey frame around each image
@@ -438,6 +449,7 @@ void Trainer::write_model_files(const std::string& dir, bool half) const {
   std::map<std::string, Tensor> weights = model_->module().state_dict();
   const std::vector<Tensor>& shadow = ema_->shadow_params();
   for (size_t i = 0; i < params_.size(); ++i) weights[param_names_[i]] = shadow[i];
+  for (auto& [k, v] : weights) v = v.to(Device::kCPU);  // itself when on the CPU already
   if (half)
     for (auto& [k, v] : weights)
       if (v.dtype() == DType::kF32 || v.dtype() == DType::kF64) v = v.to(DType::kF16);
@@ -447,7 +459,9 @@ void Trainer::write_model_files(const std::string& dir, bool half) const {
 void Trainer::save_checkpoint(const std::string& dir) const {
   write_model_files(dir, /*half=*/false);
   std::map<std::string, Tensor> state;
-  add_prefixed(state, "model.", model_->module().state_dict());
+  std::map<std::string, Tensor> model_state = model_->module().state_dict();
+  for (auto& [k, v] : model_state) v = v.to(Device::kCPU);
+  add_prefixed(state, "model.", model_state);
   add_prefixed(state, "optimizer.", optimizer_->state_dict());
   add_prefixed(state, "ema.", ema_->state_dict());
   add_prefixed(state, "data.", loader_->state_dict());

@@ -77,6 +77,8 @@ class Denoiser {
   // components it copies into every checkpoint and export folder (vae/, text_encoder/, ...).
   virtual nlohmann::json model_index() const { return nullptr; }
   virtual void write_components(const std::string& /*dir*/) const {}
+  // Moves the module (and whatever else forward() and to_images() read) to `device`.
+  virtual void to(Device device) { module().to(device); }
 };
 
 struct TrainConfig {
@@ -197,6 +199,12 @@ class Trainer {
   // How a run begins: resume(resume_dir) when one is given, else warm_start(config.init_from)
   // when that is set, else the random initialisation.
   void begin(const std::string& resume_dir);
+  // Trains on `device` from here on: the model, AdamW's moments and the EMA move there, each
+  // step's batch is drawn on the CPU (the same random numbers as a CPU run) and uploaded, and
+  // checkpoints are written from host copies, so a run resumes on any device. Call it before
+  // run(), after begin() or before it.
+  void to(Device device);
+  Device device() const { return device_; }
 
   // Trains data-parallel with the ranks of `comm` (which must outlive the Trainer); call it on
   // every rank before resume() and run(). Without it the Trainer is a single process.
@@ -264,6 +272,7 @@ class Trainer {
   Generator gen_;
   std::vector<float> alphas_cumprod_;
   schedulers::PredictionType prediction_;
+  Device device_ = Device::kCPU;
   int64_t step_ = 0;
   double elapsed_before_ = 0;
   double last_run_seconds_ = 0;  // seconds spent in earlier runs (from the checkpoint)
