@@ -96,6 +96,29 @@ TEST(Frechet, EigenOfKnownMatrix) {
   for (int64_t j = 1; j < n; ++j) EXPECT_LE(f.values[j - 1], f.values[j]);  // ascending
 }
 
+// The reference eigensolver (Jacobi) against the one in use (LAPACK in the fast build): the same
+// eigenvalues, and eigenvectors equal up to sign (the eigenvalues of a random SPD matrix are
+// distinct).
+TEST(Frechet, ReferenceEigenMatchesTheOneInUse) {
+  for (int64_t n : {1, 2, 40, 128}) {
+    const std::vector<double> a = random_spd(n, 5 + n);
+    const SymmetricEigen f = symmetric_eigen(a, n), r = symmetric_eigen_reference(a, n);
+    double scale = 0;
+    for (double w : f.values) scale = std::max(scale, std::fabs(w));
+    for (int64_t j = 0; j < n; ++j) {
+      EXPECT_NEAR(r.values[j], f.values[j], 1e-11 * scale) << "n " << n << ", value " << j;
+      double dot = 0;
+      for (int64_t i = 0; i < n; ++i) dot += f.vectors[i * n + j] * r.vectors[i * n + j];
+      const double sign = dot >= 0 ? 1.0 : -1.0;
+      double worst = 0;
+      for (int64_t i = 0; i < n; ++i)
+        worst = std::max(worst, std::fabs(f.vectors[i * n + j] - sign * r.vectors[i * n + j]));
+      EXPECT_LT(worst, 1e-8) << "n " << n << ", vector " << j;
+    }
+  }
+  EXPECT_THROW(symmetric_eigen_reference({1.0, NAN, NAN, 1.0}, 2), Error);
+}
+
 TEST(Frechet, SqrtmSquaresBack) {
   for (int64_t n : {1, 5, 128}) {
     const std::vector<double> a = random_spd(n, 7 + n);

@@ -18,6 +18,9 @@
 
 #include "autograd/grad_mode.h"
 #include "core/block_cache.h"
+#ifdef STIPPLE_WITH_CUDA
+#include "backends/cuda/cuda_backend.h"
+#endif
 #include "core/error.h"
 #include "core/rng.h"
 #include "core/storage.h"
@@ -315,6 +318,13 @@ int bench_generate(const BenchGenerateOptions& o) {
       : peak_stage >= static_cast<int>(at.size()) ? "while decoding"
                                               : "during the steps",
       static_cast<double>(block_cache_fresh_bytes() - fresh0) / 1048576.0);
+#ifdef STIPPLE_WITH_CUDA
+  if (d.device == "cuda")
+    std::printf("GPU memory: peak %.0f MB held by tensors, %.0f MB cached (%s)\n",
+                static_cast<double>(cuda::peak_allocated_bytes()) / 1048576.0,
+                static_cast<double>(cuda::cached_bytes()) / 1048576.0,
+                cuda::device_description().c_str());
+#endif
   return 0;
 }
 

@@ -7,11 +7,13 @@
 
 #include "core/error.h"
 
+#ifdef STIPPLE_WITH_FAST_CPU
 // LAPACK's symmetric eigensolver (divide and conquer), from the OpenBLAS the library links. The
 // trailing arguments are the hidden lengths gfortran passes for the two character arguments.
 extern "C" void dsyevd_(const char* jobz, const char* uplo, const int* n, double* a, const int* lda,
                         double* w, double* work, const int* lwork, int* iwork, const int* liwork,
                         int* info, size_t jobz_len, size_t uplo_len);
+#endif
 
 namespace stipple::train {
 
@@ -49,9 +51,83 @@ GaussianStats gaussian_stats(const Tensor& features) {
   return s;
 }
 
-SymmetricEigen symmetric_eigen(const std::vector<double>& a, int64_t n) {
+namespace {
+
+void check_square(const std::vector<double>& a, int64_t n) {
   STIPPLE_CHECK(n >= 1 && static_cast<int64_t>(a.size()) == n * n, "symmetric_eigen: expected ", n,
                 "x", n, " = ", n * n, " values, got ", a.size());
+}
+
+// Eigenpairs sorted by ascending value (the vectors' columns moved with them).
+SymmetricEigen sorted(std::vector<double> values, const std::vector<double>& vectors, int64_t n) {
+  std::vector<int64_t> order(n);
+  for (int64_t i = 0; i < n; ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t x, int64_t y) { return values[x] < values[y]; });
+  SymmetricEigen e;
+  e.values.resize(n);
+  e.vectors.assign(n * n, 0.0);
+  for (int64_t j = 0; j < n; ++j) {
+    e.values[j] = values[order[j]];
+    for (int64_t i = 0; i < n; ++i) e.vectors[i * n + j] = vectors[i * n + order[j]];
+  }
+  return e;
+}
+
+}  // namespace
+
+SymmetricEigen symmetric_eigen_reference(const std::vector<double>& a, int64_t n) {
+  check_square(a, n);
+  std::vector<double> m = a, v(n * n, 0.0);
+  for (int64_t i = 0; i < n; ++i) v[i * n + i] = 1.0;
+  double total = 0;
+  for (double x : m) {
+    STIPPLE_CHECK(std::isfinite(x), "symmetric_eigen: the matrix holds NaN or Inf");
+    total += x * x;
+  }
+  auto off = [&] {
+    double s = 0;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < n; ++j)
+        if (i != j) s += m[i * n + j] * m[i * n + j];
+    return s;
+  };
+  for (int sweep = 0; sweep < 100 && off() > 1e-30 * total; ++sweep) {
+    for (int64_t p = 0; p < n - 1; ++p)
+      for (int64_t q = p + 1; q < n; ++q) {
+        const double apq = m[p * n + q];
+        if (apq == 0.0) continue;
+        // The rotation that zeroes m[p][q] (the smaller angle).
+        const double theta = (m[q * n + q] - m[p * n + p]) / (2.0 * apq);
+        const double t = (theta >= 0 ? 1.0 : -1.0) / (std::fabs(theta) + std::sqrt(theta * theta + 1.0));
+        const double c = 1.0 / std::sqrt(t * t + 1.0), s = t * c;
+        for (int64_t k = 0; k < n; ++k) {  // columns p, q
+          const double mkp = m[k * n + p], mkq = m[k * n + q];
+          m[k * n + p] = c * mkp - s * mkq;
+          m[k * n + q] = s * mkp + c * mkq;
+        }
+        for (int64_t k = 0; k < n; ++k) {  // rows p, q
+          const double mpk = m[p * n + k], mqk = m[q * n + k];
+          m[p * n + k] = c * mpk - s * mqk;
+          m[q * n + k] = s * mpk + c * mqk;
+        }
+        for (int64_t k = 0; k < n; ++k) {
+          const double vkp = v[k * n + p], vkq = v[k * n + q];
+          v[k * n + p] = c * vkp - s * vkq;
+          v[k * n + q] = s * vkp + c * vkq;
+        }
+      }
+  }
+  std::vector<double> values(n);
+  for (int64_t i = 0; i < n; ++i) values[i] = m[i * n + i];
+  return sorted(std::move(values), v, n);
+}
+
+SymmetricEigen symmetric_eigen(const std::vector<double>& a, int64_t n) {
+#ifndef STIPPLE_WITH_FAST_CPU
+  return symmetric_eigen_reference(a, n);
+#else
+  check_square(a, n);
   // A row-major lower triangle is LAPACK's column-major upper triangle.
   std::vector<double> m = a;
   SymmetricEigen e;
@@ -77,6 +153,7 @@ SymmetricEigen symmetric_eigen(const std::vector<double>& a, int64_t n) {
   for (int64_t i = 0; i < n; ++i)
     for (int64_t j = 0; j < n; ++j) e.vectors[i * n + j] = m[i + j * n];
   return e;
+#endif
 }
 
 std::vector<double> matmul_square(const std::vector<double>& a, const std::vector<double>& b,

@@ -39,7 +39,11 @@ struct SymmetricEigen {
   std::vector<double> values;
   std::vector<double> vectors;
 };
+// LAPACK's dsyevd (from OpenBLAS) in builds with the fast CPU kernels, else the reference below.
 SymmetricEigen symmetric_eigen(const std::vector<double>& a, int64_t n);
+// The plain twin: cyclic Jacobi rotations (Golub & Van Loan, alg. 8.5.3) until the off-diagonal
+// mass is below 1e-15 of the matrix's (about 10 sweeps); O(n^3) per sweep. Throws for NaN or Inf.
+SymmetricEigen symmetric_eigen_reference(const std::vector<double>& a, int64_t n);
 
 // The symmetric PSD square root V diag(sqrt(max(w, 0))) V^T of a symmetric PSD matrix.
 std::vector<double> sqrtm_psd(const std::vector<double>& a, int64_t n);
