@@ -221,6 +221,23 @@ TEST_P(AttentionKernels, FastMatchesReference) {
   EXPECT_TENSORS_CLOSE(fq, rq, 1e-4, 1e-3);
   EXPECT_TENSORS_CLOSE(fk, rk, 1e-4, 1e-3);
   EXPECT_TENSORS_CLOSE(fv, rv, 1e-4, 1e-3);
+
+  // The same tensors as the attention layers pass them: heads split from [B, L, H*D] rows, a
+  // transposed view (unit stride over D only). Both kernels give what they give contiguous ones.
+  auto heads_view = [](const Tensor& t) { return t.transpose(1, 2).contiguous().transpose(1, 2); };
+  const Tensor qs = heads_view(q), ks = heads_view(k), vs = heads_view(v);
+  ASSERT_FALSE(qs.is_contiguous() && c.h > 1 && c.lq > 1);
+  for (const KernelTable* t : {&ref(), &fast()}) {
+    AttentionResult s = t->attention(qs, ks, vs, mask, scale, c.causal);
+    const AttentionResult& want = t == &ref() ? r : f;
+    EXPECT_TENSORS_CLOSE(s.out, want.out, 1e-6, 1e-6) << t->name;
+    EXPECT_TENSORS_CLOSE(s.lse, want.lse, 1e-6, 1e-6) << t->name;
+    Tensor sq, sk, sv;
+    t->attention_backward(qs, ks, vs, mask, scale, c.causal, s.out, s.lse, heads_view(go), &sq,
+                          &sk, &sv);
+    EXPECT_TENSORS_CLOSE(sq, t == &ref() ? rq : fq, 1e-6, 1e-6) << t->name;
+    EXPECT_TENSORS_CLOSE(sv, t == &ref() ? rv : fv, 1e-6, 1e-6) << t->name;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, AttentionKernels,

@@ -12,6 +12,14 @@ namespace {
 
 // The mask's gradient, dL/dS summed down to the mask's own shape. Rare (masks are almost never
 // trained), so it is composed from ops and does build the full [B, H, Lq, Lk] matrix.
+// x as f32 with unit stride over its last dim (x itself when it already is), else a contiguous
+// copy.
+Tensor unit_inner(const Tensor& x) {
+  if (x.dtype() == DType::kF32 && !x.is_blocked() && (x.size(-1) <= 1 || x.stride(-1) == 1))
+    return x;
+  return as_f32_contiguous(x);
+}
+
 Tensor mask_gradient(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask_e,
                      const Shape& mask_shape, float scale, bool causal, const Tensor& out,
                      const Tensor& lse, const Tensor& g) {
@@ -66,9 +74,9 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
     mask_e = expand(m.detach(), score_shape);
   }
 
-  // Detached: the rule below stands in for the kernel's graph.
-  const Tensor qc = as_f32_contiguous(q.detach()), kc = as_f32_contiguous(k.detach());
-  const Tensor vc = as_f32_contiguous(v.detach());
+  // Detached: the rule below stands in for the kernel's graph. The kernels read any strides with
+  // a unit stride over D.
+  const Tensor qc = unit_inner(q.detach()), kc = unit_inner(k.detach()), vc = unit_inner(v.detach());
   AttentionResult r = kernels_for(qc).attention(qc, kc, vc, mask_e, sc, causal);
   Tensor out = r.out;  // [B, H, Lq, Dv]
   const Tensor out_saved = r.out.detach(), lse = r.lse;
@@ -86,8 +94,8 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
                        if (needs[2]) grads[2] = gv;
                      }
                      if (needs[3]) {
-                       grads[3] = mask_gradient(qc, kc, vc, mask_e, mask_shape, sc, causal,
-                                                out_saved, lse, gc);
+                       grads[3] = mask_gradient(qc.contiguous(), kc.contiguous(), vc.contiguous(),
+                                                mask_e, mask_shape, sc, causal, out_saved, lse, gc);
                      }
                      return grads;
                    });

@@ -111,8 +111,11 @@ struct KernelTable {
   Tensor (*softmax_backward)(const Tensor& y, const Tensor& grad_y);  // y = softmax(x)
 
   // ---- attention ----
-  // q [B, H, Lq, D], k [B, H, Lk, D], v [B, H, Lk, Dv]; mask undefined or f32 already expanded
-  // to [B, H, Lq, Lk] (stride-0 views allowed); additive. causal: key j > query i is blocked.
+  // q [B, H, Lq, D], k [B, H, Lk, D], v [B, H, Lk, Dv], f32 with unit stride over the last dim
+  // and any strides over the others (heads split from projections' [B, L, H*D] rows arrive
+  // without a copy); mask undefined or f32 already expanded to [B, H, Lq, Lk] (stride-0 views
+  // allowed); additive. causal: key j > query i is blocked. out may come in any layout (the fast
+  // kernel writes [B, Lq, H, Dv] rows).
   AttentionResult (*attention)(const Tensor& q, const Tensor& k, const Tensor& v,
                                const Tensor& mask, float scale, bool causal);
   // Fills grad_q, grad_k, grad_v (allocated by the kernel).

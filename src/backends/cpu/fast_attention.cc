@@ -42,7 +42,9 @@ namespace stipple::cpu::attn {
 constexpr int64_t kTileQ = 128;  // query rows per task
 constexpr int64_t kTileK = 256;  // keys per inner step
 
-// One attention problem, as raw pointers into contiguous [B, H, L, D] buffers.
+// One attention problem, as raw pointers into [B, H, L, D] buffers with unit stride over D and
+// any strides over B, H and L (the forward reads the projections' [B, L, H*D] rows and writes
+// its output that way too; the backward is given contiguous ones).
 struct Problem {
   int64_t nb, nh, lq, lk, d, dv;
   float scale;
@@ -50,6 +52,7 @@ struct Problem {
   const float* q;
   const float* k;
   const float* v;
+  int64_t qb, qh, ql, kb, kh, kl, vb, vh, vl;  // element strides of q, k, v over B, H, L
   const float* mask = nullptr;  // element (b, h, i, j) at mb*b + mh*h + mi*i + mj*j
   int64_t mb = 0, mh = 0, mi = 0, mj = 0;
   // K transposed per head, [B*H][D][ldkt] with ldkt = Lk rounded up to kKeyPad, zero-padded, so
@@ -196,8 +199,8 @@ void score_tile(const float* q, int64_t ldq, int64_t nq, const float* kt, int64_
 void tile_scores(const Problem& p, int64_t b, int64_t h, int64_t i0, int64_t nq, int64_t j0,
                  int64_t nk, float* s, int64_t lds) {
   const int64_t bh = b * p.nh + h;
-  const float* q = p.q + (bh * p.lq + i0) * p.d;
-  score_tile(q, p.d, nq, p.kt + bh * p.d * p.ldkt + j0, p.ldkt, p.d, nk, p.scale, s, lds);
+  const float* q = p.q + b * p.qb + h * p.qh + i0 * p.ql;
+  score_tile(q, p.ql, nq, p.kt + bh * p.d * p.ldkt + j0, p.ldkt, p.d, nk, p.scale, s, lds);
   if (p.mask) {
     for (int64_t r = 0; r < nq; ++r) {
       add_mask_row(p, b, h, i0 + r, j0, s + r * lds, attn::visible_keys(p, i0 + r, j0, nk));
@@ -205,15 +208,15 @@ void tile_scores(const Problem& p, int64_t b, int64_t h, int64_t i0, int64_t nq,
   }
 }
 
-// Forward for queries [i0, i0 + nq) of head (b, h); s is kTileQ x kTileK scratch.
+// Forward for queries [i0, i0 + nq) of head (b, h), output rows ldo apart; s is kTileQ x kTileK
+// scratch.
 void forward_tile(const Problem& p, int64_t b, int64_t h, int64_t i0, int64_t nq, float* s,
-                  float* o, float* lse) {
-  const int64_t bh = b * p.nh + h;
+                  float* o, int64_t ldo, float* lse) {
   const int64_t lds = attn::kTileK;
   float m[attn::kTileQ], l[attn::kTileQ];
   std::fill(m, m + nq, -INFINITY);
   std::fill(l, l + nq, 0.0f);
-  std::fill(o, o + nq * p.dv, 0.0f);
+  for (int64_t r = 0; r < nq; ++r) std::fill(o + r * ldo, o + r * ldo + p.dv, 0.0f);
   const int64_t j_end = p.causal ? std::min(p.lk, i0 + nq) : p.lk;
   for (int64_t j0 = 0; j0 < j_end; j0 += attn::kTileK) {
     const int64_t nk = std::min(attn::kTileK, j_end - j0);
@@ -229,26 +232,28 @@ void forward_tile(const Problem& p, int64_t b, int64_t h, int64_t i0, int64_t nq
       const float alpha = std::exp(m[r] - m_new);  // 0 when m[r] = -inf
       const float sum = exp_sub_sum(sr, nv, m_new);
       std::fill(sr + nv, sr + nk, 0.0f);
-      if (alpha != 1.0f) scale_row(o + r * p.dv, p.dv, alpha);
+      if (alpha != 1.0f) scale_row(o + r * ldo, p.dv, alpha);
       l[r] = l[r] * alpha + sum;
       m[r] = m_new;
     }
-    const float* v = p.v + (bh * p.lk + j0) * p.dv;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, p.dv, nk, 1.0f, s, lds, v, p.dv,
-                1.0f, o, p.dv);
+    const float* v = p.v + b * p.vb + h * p.vh + j0 * p.vl;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, p.dv, nk, 1.0f, s, lds, v, p.vl,
+                1.0f, o, ldo);
   }
   for (int64_t r = 0; r < nq; ++r) {
     if (l[r] > 0.0f) {
-      scale_row(o + r * p.dv, p.dv, 1.0f / l[r]);
+      scale_row(o + r * ldo, p.dv, 1.0f / l[r]);
       lse[r] = m[r] + std::log(l[r]);
     } else {
-      std::fill(o + r * p.dv, o + (r + 1) * p.dv, 0.0f);
+      std::fill(o + r * ldo, o + r * ldo + p.dv, 0.0f);
       lse[r] = -INFINITY;
     }
   }
 }
 
-void attention_forward(const Problem& p, float* out, float* lse) {
+// out: element (b, h, i, e) at b * ob + h * oh + i * ol + e.
+void attention_forward(const Problem& p, float* out, int64_t ob, int64_t oh, int64_t ol,
+                       float* lse) {
   const int64_t q_tiles = (p.lq + attn::kTileQ - 1) / attn::kTileQ;
   const int64_t tasks = p.nb * p.nh * q_tiles;
 #pragma omp parallel
@@ -258,7 +263,8 @@ void attention_forward(const Problem& p, float* out, float* lse) {
     for (int64_t t = 0; t < tasks; ++t) {
       const int64_t bh = t / q_tiles, i0 = (t % q_tiles) * attn::kTileQ;
       const int64_t nq = std::min(attn::kTileQ, p.lq - i0);
-      forward_tile(p, bh / p.nh, bh % p.nh, i0, nq, s.data(), out + (bh * p.lq + i0) * p.dv,
+      const int64_t b = bh / p.nh, h = bh % p.nh;
+      forward_tile(p, b, h, i0, nq, s.data(), out + b * ob + h * oh + i0 * ol, ol,
                    lse + bh * p.lq + i0);
     }
   }
@@ -372,6 +378,9 @@ attn::Problem make_problem(const Tensor& q, const Tensor& k, const Tensor& v, co
   p.nb = q.size(0), p.nh = q.size(1), p.lq = q.size(2), p.lk = k.size(2);
   p.d = q.size(3), p.dv = v.size(3), p.scale = scale, p.causal = causal;
   p.q = q.data<float>(), p.k = k.data<float>(), p.v = v.data<float>();
+  p.qb = q.stride(0), p.qh = q.stride(1), p.ql = q.stride(2);
+  p.kb = k.stride(0), p.kh = k.stride(1), p.kl = k.stride(2);
+  p.vb = v.stride(0), p.vh = v.stride(1), p.vl = v.stride(2);
   if (mask.defined()) {
     p.mask = mask.data<float>();
     p.mb = mask.stride(0), p.mh = mask.stride(1), p.mi = mask.stride(2), p.mj = mask.stride(3);
@@ -391,10 +400,10 @@ Tensor transpose_keys(const attn::Problem& p, int64_t* ldkt) {
   float* kt = keys.data<float>();
 #pragma omp parallel for schedule(static)
   for (int64_t bh = 0; bh < heads; ++bh) {
-    const float* k = p.k + bh * p.lk * p.d;
+    const float* k = p.k + bh / p.nh * p.kb + bh % p.nh * p.kh;
     float* t = kt + bh * p.d * ld;
     for (int64_t e = 0; e < p.d; ++e) {
-      for (int64_t j = 0; j < p.lk; ++j) t[e * ld + j] = k[j * p.d + e];
+      for (int64_t j = 0; j < p.lk; ++j) t[e * ld + j] = k[j * p.kl + e];
       std::fill(t + e * ld + p.lk, t + (e + 1) * ld, 0.0f);
     }
   }
@@ -402,21 +411,29 @@ Tensor transpose_keys(const attn::Problem& p, int64_t* ldkt) {
   return keys;
 }
 
+// The output is laid out [B, Lq, H, Dv] (a transposed view is returned): heads merge back into
+// [B, Lq, H * Dv] without a copy.
 AttentionResult attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask,
                           float scale, bool causal) {
   attn::Problem p = make_problem(q, k, v, mask, scale, causal);
   const Tensor kt = transpose_keys(p, &p.ldkt);
   p.kt = kt.data<float>();
-  Tensor out = Tensor::empty({p.nb, p.nh, p.lq, p.dv});
+  const Tensor rows = Tensor::empty({p.nb, p.lq, p.nh, p.dv});
+  Tensor out = rows.transpose(1, 2);  // [B, H, Lq, Dv]
   Tensor lse = Tensor::empty({p.nb, p.nh, p.lq});
   if (out.numel() == 0 && lse.numel() == 0) return {out, lse};
-  HWY_DYNAMIC_DISPATCH(attention_forward)(p, out.data<float>(), lse.data<float>());
+  HWY_DYNAMIC_DISPATCH(attention_forward)
+  (p, rows.data<float>(), out.stride(0), out.stride(1), out.stride(2), lse.data<float>());
   return {out, lse};
 }
 
-void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask,
-                        float scale, bool causal, const Tensor& out, const Tensor& lse,
-                        const Tensor& grad_out, Tensor* grad_q, Tensor* grad_k, Tensor* grad_v) {
+// Its pointer arithmetic takes contiguous [B, H, L, D] tensors: strided ones are copied first.
+void attention_backward(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+                        const Tensor& mask, float scale, bool causal, const Tensor& out_in,
+                        const Tensor& lse, const Tensor& grad_out_in, Tensor* grad_q,
+                        Tensor* grad_k, Tensor* grad_v) {
+  const Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
+  const Tensor out = out_in.contiguous(), grad_out = grad_out_in.contiguous();
   attn::Problem p = make_problem(q, k, v, mask, scale, causal);
   const Tensor kt = transpose_keys(p, &p.ldkt);
   p.kt = kt.data<float>();
