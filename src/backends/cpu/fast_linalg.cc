@@ -139,10 +139,19 @@ memory wrap(const memory::desc& md, const Tensor& t) {
   return memory(md, cpu_engine(), t.raw_data());
 }
 
-// `src` in the layout `want`: src itself when it already is, else a reordered copy.
-memory reorder_to(const memory& src, const memory::desc& want) {
+// oneDNN memory of layout `md` in a storage of stipple's (the block cache, or a sampling loop's
+// memory plan), which `*keep` holds: oneDNN's own allocation is a malloc, which in --low-memory
+// maps fresh pages (zeroed by the kernel) on every call for anything of 1 MiB or more.
+memory memory_in_storage(const memory::desc& md, Tensor* keep) {
+  *keep = Tensor::empty({static_cast<int64_t>((md.get_size() + sizeof(float) - 1) / sizeof(float))});
+  return memory(md, cpu_engine(), keep->raw_data());
+}
+
+// `src` in the layout `want`: src itself when it already is, else a reordered copy (in a storage
+// that `*keep` holds).
+memory reorder_to(const memory& src, const memory::desc& want, Tensor* keep) {
   if (src.get_desc() == want) return src;
-  memory dst(want, cpu_engine());
+  memory dst = memory_in_storage(want, keep);
   dnnl::reorder(src, dst).execute(cpu_stream(), const_cast<memory&>(src), dst);
   return dst;
 }
@@ -497,7 +506,8 @@ Tensor conv_output(const memory::desc& chosen, const memory::dims& dims, bool al
   if (chosen == plain.get_desc()) {
     fill(plain);
   } else {
-    memory tmp(chosen, cpu_engine());
+    Tensor keep;
+    memory tmp = memory_in_storage(chosen, &keep);
     fill(tmp);
     reorder_into(tmp, plain);
   }
@@ -568,7 +578,8 @@ Tensor fast_conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const o
         user_scratchpad(), cpu_engine());
     return ConvFwdEntry{pd, dnnl::convolution_forward(pd)};
   });
-  const memory src = reorder_to(wrap(md_of_nchw(x), x), e->pd.src_desc());
+  Tensor src_keep;
+  const memory src = reorder_to(wrap(md_of_nchw(x), x), e->pd.src_desc(), &src_keep);
   const memory wts = WeightCache::instance().get(w, spec.w, e->pd.weights_desc());
   return conv_output(e->pd.dst_desc(), spec.y, allow_blocked, [&](const memory& dst) {
     std::unordered_map<int, memory> args{
@@ -600,9 +611,10 @@ Tensor fast_conv2d_backward_data(const Tensor& grad_y, const Tensor& w, const Sh
         user_scratchpad(), cpu_engine(), hint);
     return ConvBwdDataEntry{pd, dnnl::convolution_backward_data(pd)};
   });
-  const memory gy = reorder_to(wrap(md_of_nchw(grad_y), grad_y), e->pd.diff_dst_desc());
-  const memory wts =
-      reorder_to(wrap(memory::desc(spec.w, DT::f32, Tag::oihw), w), e->pd.weights_desc());
+  Tensor gy_keep, w_keep;
+  const memory gy = reorder_to(wrap(md_of_nchw(grad_y), grad_y), e->pd.diff_dst_desc(), &gy_keep);
+  const memory wts = reorder_to(wrap(memory::desc(spec.w, DT::f32, Tag::oihw), w),
+                                e->pd.weights_desc(), &w_keep);
   return conv_output(e->pd.diff_src_desc(), spec.x, false, [&](const memory& gx) {
     e->prim.execute(cpu_stream(), {{DNNL_ARG_DIFF_DST, gy},
                                    {DNNL_ARG_WEIGHTS, wts},
@@ -632,8 +644,9 @@ void fast_conv2d_backward_weight(const Tensor& x, const Tensor& grad_y, const Sh
         user_scratchpad(), cpu_engine(), hint);
     return ConvBwdWeightsEntry{pd, dnnl::convolution_backward_weights(pd)};
   });
-  const memory src = reorder_to(wrap(md_of_nchw(x), x), e->pd.src_desc());
-  const memory gy = reorder_to(wrap(md_of_nchw(grad_y), grad_y), e->pd.diff_dst_desc());
+  Tensor src_keep, gy_keep;
+  const memory src = reorder_to(wrap(md_of_nchw(x), x), e->pd.src_desc(), &src_keep);
+  const memory gy = reorder_to(wrap(md_of_nchw(grad_y), grad_y), e->pd.diff_dst_desc(), &gy_keep);
   Tensor gb = Tensor::empty({w_shape[0]});
   Tensor gw = conv_output(e->pd.diff_weights_desc(), spec.w, false, [&](const memory& dw) {
     e->prim.execute(cpu_stream(), {{DNNL_ARG_SRC, src},
