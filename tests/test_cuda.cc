@@ -22,7 +22,7 @@
 #include "core/rng.h"
 #include "ops/kernels.h"
 #include "ops/ops.h"
-#include "train/optim.h"
+#include "support/optim_on_device.h"
 
 namespace stipple {
 namespace {
@@ -467,33 +467,9 @@ TEST_F(Cuda, GradientsFlowBackAcrossTheDeviceCopy) {
   expect_close(Tensor::from_vector(want, {3, 4}), x.grad(), 1e-6, 1e-6, "d sum(relu(x) x)/dx");
 }
 
-// A training step's bookkeeping on device parameters — gradient clipping, AdamW, EMA — against
-// the same on the CPU. AdamW's kernel is exact; the clipping norm sums in f32 on the device
-// (double on the CPU), so the clipped values agree to about 1e-6 relative.
+// A training step's bookkeeping on device parameters (tests/support/optim_on_device.h).
 TEST_F(Cuda, ClippingAdamWAndEmaOnDeviceParameters) {
-  const Tensor w0 = uniform({7, 5}, 11), g0 = uniform({7, 5}, 12, -3.0f, 3.0f);
-  Tensor wc = w0.clone(), wd = w0.to(Device::kCUDA);
-  wc.set_requires_grad(true);
-  wd.set_requires_grad(true);
-  wc.set_grad(g0.clone());
-  wd.set_grad(g0.to(Device::kCUDA));
-  const float norm_c = train::clip_grad_norm({wc}, 1.0f);
-  const float norm_d = train::clip_grad_norm({wd}, 1.0f);
-  EXPECT_NEAR(norm_d, norm_c, 1e-5 * norm_c);
-  EXPECT_EQ(wd.grad().device(), Device::kCUDA);
-  expect_close(wc.grad(), wd.grad(), 1e-5, 1e-7, "clipped gradient");
-  train::AdamW opt_c({wc}), opt_d({wd});
-  train::Ema ema_c({wc}), ema_d({wd});
-  for (int step = 0; step < 3; ++step) {
-    opt_c.step();
-    opt_d.step();
-    ema_c.step({wc});
-    ema_d.step({wd});
-  }
-  EXPECT_EQ(wd.device(), Device::kCUDA);
-  expect_close(wc.detach(), wd.detach(), 1e-5, 1e-7, "parameters after 3 AdamW steps");
-  EXPECT_EQ(ema_d.shadow_params()[0].device(), Device::kCUDA);
-  expect_close(ema_c.shadow_params()[0], ema_d.shadow_params()[0], 1e-6, 1e-7, "EMA shadow");
+  testing::expect_optimizers_on_device_match_cpu(Device::kCUDA);
 }
 
 }  // namespace

@@ -20,8 +20,8 @@
 #include "pipelines/dit_pipeline.h"
 #include "pipelines/stable_diffusion.h"
 #include "support/numerics.h"
+#include "support/optim_on_device.h"
 #include "support/tiny_models.h"
-#include "train/optim.h"
 #ifdef STIPPLE_WITH_CUDA
 #include "backends/cuda/cuda_backend.h"
 #endif
@@ -284,43 +284,12 @@ TEST(EmulatedDevice, DiTPipelineDrawsTheCpusImage) {
   use_reference_kernels(false);
 }
 
-// Gradient clipping, AdamW and the EMA on device parameters: the CPU's updates (the clipping
-// norm is summed in f32 per tensor there, in double on the CPU: close, not equal), the moments
-// and the average staying on the device, and their state dicts saved from the CPU.
+// Gradient clipping, AdamW and the EMA on device parameters (tests/support/optim_on_device.h),
+// with the CPU's reference kernels behind the emulated device.
 TEST(EmulatedDevice, ClippingAdamWAndEmaOnDeviceParameters) {
   use_reference_kernels(true);
-  const Tensor w0 = testing::random_tensor({7, 5}, 11), g0 = testing::random_tensor({7, 5}, 12, -3.0f, 3.0f);
-  Tensor wc = w0.clone(), wd = w0.to(Device::kEmulated);
-  wc.set_requires_grad(true);
-  wd.set_requires_grad(true);
-  wc.set_grad(g0.clone());
-  wd.set_grad(g0.to(Device::kEmulated));
-  const float norm_c = train::clip_grad_norm({wc}, 1.0f);
-  const float norm_d = train::clip_grad_norm({wd}, 1.0f);
-  EXPECT_NEAR(norm_d, norm_c, 1e-5 * norm_c);
-  EXPECT_EQ(wd.grad().device(), Device::kEmulated);
-  EXPECT_TRUE(testing::tensors_close(wd.grad().to(Device::kCPU), wc.grad(), 1e-7, 1e-5));
-  train::AdamW opt_c({wc}), opt_d({wd});
-  train::Ema ema_c({wc}), ema_d({wd});
-  for (int step = 0; step < 3; ++step) {
-    opt_c.step();
-    opt_d.step();
-    ema_c.step({wc});
-    ema_d.step({wd});
-  }
+  testing::expect_optimizers_on_device_match_cpu(Device::kEmulated);
   use_reference_kernels(false);
-  EXPECT_EQ(wd.device(), Device::kEmulated);
-  EXPECT_TRUE(testing::tensors_close(wd.detach().to(Device::kCPU), wc.detach(), 1e-7, 1e-5));
-  EXPECT_EQ(ema_d.shadow_params()[0].device(), Device::kEmulated);
-  EXPECT_TRUE(testing::tensors_close(ema_d.shadow_params()[0].to(Device::kCPU),
-                                     ema_c.shadow_params()[0], 1e-7, 1e-6));
-  for (const auto& [k, v] : opt_d.state_dict()) EXPECT_EQ(v.device(), Device::kCPU) << k;
-  for (const auto& [k, v] : ema_d.state_dict()) EXPECT_EQ(v.device(), Device::kCPU) << k;
-  // And back: a state dict loads into device tensors.
-  train::AdamW opt_e({wd});
-  opt_e.load_state_dict(opt_d.state_dict());
-  EXPECT_EQ(opt_e.state_dict().at("exp_avg.0").to_vector(),
-            opt_d.state_dict().at("exp_avg.0").to_vector());
 }
 
 #ifndef STIPPLE_WITH_CUDA
