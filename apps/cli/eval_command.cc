@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <memory>
 
+#include "device_option.h"
 #include "core/error.h"
 #include "models/fashion_classifier.h"
 #include "io/atomic_file.h"
@@ -66,6 +67,7 @@ EvalCommand::EvalCommand(CLI::App& app) {
                    "upscaler's)")
       ->check(CLI::Range(0, 999));
   cmd_->add_option("--seed", c.seed, "noise seed")->capture_default_str();
+  add_device_option(cmd_, device_, "the generator");
   cmd_->add_option("--batch-size", c.batch_size, "images per denoiser batch")
       ->capture_default_str()
       ->check(CLI::Range(1, 4096));
@@ -86,6 +88,7 @@ int EvalCommand::run_text_to_image() {
   if (cmd_->count("--cfg")) t2i_.cfg = config_.cfg;
   t2i_.seed = config_.seed;
   t2i_.grid = grid_;
+  t2i_.device = parse_device(device_);
   PhasedProgress phases(quiet_);
   auto progress = [&](const std::string& phase, int done, int total) {
     phases.update(phase, done, total);
@@ -105,7 +108,9 @@ int EvalCommand::run_text_to_image() {
 int EvalCommand::run() {
   if (pipelines::TextDiTPipeline::is_folder(model_)) return run_text_to_image();
   // Load everything first, so a wrong path fails before minutes of sampling.
-  const train::ClassGenerator generator = train::ClassGenerator::load(model_);
+  const Device device = parse_device(device_);
+  train::ClassGenerator generator = train::ClassGenerator::load(model_);
+  generator.to(device);
   const auto classifier = models::FashionClassifier::from_pretrained(classifier_);
   STIPPLE_CHECK(config_.guide_scale == 0.0f || !config_.guide_dir.empty(),
                 "--classifier-scale needs --guide-classifier (a noisy-image classifier)");

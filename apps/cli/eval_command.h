@@ -25,6 +25,7 @@ class EvalCommand {
   std::string model_, classifier_ = "models/fashion-mnist-classifier";
   std::string data_dir_ = "/usr/share/datasets/fashion-mnist";
   std::string json_, grid_;
+  std::string device_ = "cpu";
   bool quiet_ = false;
 };
 

@@ -28,7 +28,8 @@ T2IEvalResult evaluate_text_to_image(
     const std::string& model_dir, const T2IEvalConfig& config,
     const std::function<void(const std::string&, int, int)>& progress) {
   config.validate();
-  const pipelines::TextDiTPipeline pipe = pipelines::TextDiTPipeline::from_pretrained(model_dir);
+  pipelines::TextDiTPipeline pipe = pipelines::TextDiTPipeline::from_pretrained(model_dir);
+  pipe.to(config.device);
   const Clip clip = Clip::from_pretrained(config.clip_dir.empty() ? model_dir : config.clip_dir);
   const EmojiData data =
       EmojiData::load(config.data_dir.empty() ? EmojiData::default_dir() : config.data_dir);

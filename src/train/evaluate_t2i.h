@@ -18,6 +18,8 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "core/storage.h"
+
 namespace stipple::train {
 
 struct T2IEvalConfig {
@@ -29,6 +31,7 @@ struct T2IEvalConfig {
   std::string data_dir;  // empty: EmojiData::default_dir()
   std::string clip_dir;  // empty: the model folder's own towers
   std::string grid;      // PNG of the first 64 generated images (and the held-out ones)
+  Device device = Device::kCPU;  // where the generator samples (the CLIP judge stays on the CPU)
   void validate() const;
 };
 
