@@ -71,7 +71,8 @@ Tensor Attention::forward(const Tensor& x, const Tensor& encoder_hidden_states,
     height = x.size(2);
     width = x.size(3);
     Tensor xn = group_norm_ ? group_norm_->forward(x) : x;   // [B, C, H, W]
-    h = xn.reshape({b, c, height * width}).transpose(1, 2);  // [B, HW, C]
+    // [B, HW, C], made contiguous once here rather than by each of the q, k, v projections
+    h = xn.reshape({b, c, height * width}).transpose(1, 2).contiguous();
   } else if (group_norm_) {
     h = group_norm_->forward(x.transpose(1, 2)).transpose(1, 2);  // [B, L, C]
   } else {

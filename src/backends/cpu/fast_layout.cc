@@ -51,7 +51,34 @@ int64_t row_offset(const std::vector<Run>& runs, int64_t row) {
   return off;
 }
 
+// A channel-blocked f32 tensor (nChw{b}c: [N][C/b][H*W][b]) as plain NCHW: per (n, channel
+// block) an [H*W, b] -> [b, H*W] transpose. (The reference walks it element by element.)
+Tensor unblock(const Tensor& src) {
+  const Shape& sh = src.shape();
+  const int64_t b = src.channel_block(), n = sh[0], c = sh[1], hw = sh[2] * sh[3];
+  Tensor dst = Tensor::empty(sh);
+  const float* ps = src.data<float>();
+  float* pd = dst.data<float>();
+  const int64_t groups = n * (c / b);
+#pragma omp parallel for schedule(static) if (src.numel() > (1 << 15))
+  for (int64_t g = 0; g < groups; ++g) {
+    const float* s = ps + g * hw * b;  // [hw][b]
+    float* d = pd + g * b * hw;        // [b][hw]: channels g*b .. g*b + b of batch g / (c / b)
+    constexpr int64_t kTile = 64;
+    for (int64_t p0 = 0; p0 < hw; p0 += kTile) {
+      const int64_t p1 = std::min(hw, p0 + kTile);
+      for (int64_t ci = 0; ci < b; ++ci)
+        for (int64_t p = p0; p < p1; ++p) d[ci * hw + p] = s[p * b + ci];
+    }
+  }
+  return dst;
+}
+
 Tensor fast_strided_copy(const Tensor& src, DType dst_dtype) {
+  if (src.is_blocked() && src.dtype() == DType::kF32 && dst_dtype == DType::kF32 &&
+      src.dim() == 4 && src.shape()[1] % src.channel_block() == 0) {
+    return unblock(src);
+  }
   if (src.dtype() != DType::kF32 || dst_dtype != DType::kF32 || src.is_blocked() ||
       src.is_contiguous()) {
     return g_prev_copy(src, dst_dtype);
