@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <thread>
 
+#include "core/storage.h"
 #include "device_option.h"
 #include "stop_signal.h"
 
@@ -79,6 +80,7 @@ ServeCommand::ServeCommand(CLI::App& app) {
 
 int ServeCommand::run() {
   options_.log_requests = !quiet_;
+  parse_device(options_.device);  // an unusable device stops the server before it listens
   server::Server server(options_);
   std::printf("stipple serve: http://%s:%d (A1111 /sdapi/v1, OpenAI /v1, jobs /v1/jobs); "
               "Ctrl-C stops\n",
