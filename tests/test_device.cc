@@ -193,12 +193,18 @@ TEST_F(EmulatedSdTiny, VaeEncodeDecode) {
   const auto ref = io::load_safetensors(io_ + "vae_io.safetensors");
   const Tensor want_mean = vae->encode(ref.at("image")).mean;
   const Tensor want = vae->decode(ref.at("z"));
+  const Tensor z = ref.at("z");
+  ASSERT_GT(z.size(2), 4);  // more than one 4x4 tile below
+  const Tensor want_tiled = vae->decode_tiled(z, 4);
   vae->to(Device::kEmulated);
   const Tensor got_mean = vae->encode(emu(ref.at("image"))).mean;
-  const Tensor got = vae->decode(emu(ref.at("z")));
+  const Tensor got = vae->decode(emu(z));
   EXPECT_EQ(got.device(), Device::kEmulated);
   EXPECT_EQ(got_mean.to_vector(), want_mean.to_vector());
   EXPECT_EQ(got.to_vector(), want.to_vector());
+  const Tensor got_tiled = vae->decode_tiled(emu(z), 4);  // seams blended on the CPU
+  EXPECT_EQ(got_tiled.device(), Device::kCPU);
+  EXPECT_EQ(got_tiled.to_vector(), want_tiled.to_vector());
 }
 
 TEST_F(EmulatedSdTiny, Unet) {

@@ -463,7 +463,8 @@ Tensor AutoencoderKL::decode_tiled(const Tensor& z, int64_t tile, double overlap
       const Tensor part = z.narrow(2, i, std::min(tile, h - i))
                               .narrow(3, j, std::min(tile, w - j))
                               .contiguous();
-      row.push_back(decode(part).to(DType::kF32).contiguous().clone());  // [B, C, th*f, tw*f]
+      // [B, C, th*f, tw*f]; the seams are blended on the CPU (a device's tiles come back)
+      row.push_back(decode(part).to(Device::kCPU).to(DType::kF32).contiguous().clone());
     }
     rows.push_back(std::move(row));
   }

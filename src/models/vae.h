@@ -170,6 +170,8 @@ class AutoencoderKL : public nn::Module {
   // every tile * (1 - overlap) latents, each decoded alone (the peak memory is one tile's), the
   // seams blended linearly over tile * f * overlap pixels (from the tile above, then the one to
   // the left), each tile cropped to its stride. A latent no larger than one tile decodes whole.
+  // On a device the tiles decode there and come back to the CPU for blending (the result is on
+  // the CPU).
   Tensor decode_tiled(const Tensor& z, int64_t tile = 64, double overlap = 0.25) const;
 
   const AutoencoderKLConfig& config() const { return config_; }
