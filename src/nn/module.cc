@@ -1,7 +1,6 @@
 // Module: named parameter/buffer/child registries, state_dict and checked load_state_dict.
 #include "nn/module.h"
 
-#include <cstring>
 #include <set>
 #include <sstream>
 #include <unordered_set>
@@ -15,9 +14,6 @@ namespace {
 bool loadable_dtype(DType from, DType into) {
   return from == into || (is_floating(from) && is_floating(into));
 }
-
-// Copies `src` (any layout, dtype and device) into the plain contiguous `dst` of the same shape.
-void copy_into(const Tensor& dst, const Tensor& src) { ops::assign(dst, src); }
 
 thread_local WeightPrecision scope_precision = WeightPrecision::kF32;
 thread_local bool scope_active = false;
@@ -259,7 +255,7 @@ LoadResult Module::load_state_dict(const std::map<std::string, Tensor>& state, b
     if (want != dst.dtype()) {
       rebind_into(dst, src, want);
     } else {
-      copy_into(dst, src);
+      ops::assign(dst, src);  // any layout, dtype and device into dst in place
     }
     if (scoped) src.storage()->release_pages();
   }

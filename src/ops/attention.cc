@@ -10,8 +10,6 @@
 namespace stipple::ops {
 namespace {
 
-// The mask's gradient, dL/dS summed down to the mask's own shape. Rare (masks are almost never
-// trained), so it is composed from ops and does build the full [B, H, Lq, Lk] matrix.
 // x as f32 with unit stride over its last dim (x itself when it already is), else a contiguous
 // copy.
 Tensor unit_inner(const Tensor& x) {
@@ -20,6 +18,8 @@ Tensor unit_inner(const Tensor& x) {
   return as_f32_contiguous(x);
 }
 
+// The mask's gradient, dL/dS summed down to the mask's own shape. Rare (masks are almost never
+// trained), so it is composed from ops and does build the full [B, H, Lq, Lk] matrix.
 Tensor mask_gradient(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask_e,
                      const Shape& mask_shape, float scale, bool causal, const Tensor& out,
                      const Tensor& lse, const Tensor& g) {
@@ -86,16 +86,19 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
                      std::vector<Tensor> grads(4);
                      const Tensor gc = as_f32_contiguous(g);
                      if (needs[0] || needs[1] || needs[2]) {
+                       // The backward kernels take contiguous tensors (the forward's may be
+                       // strided views).
                        Tensor gq, gk, gv;
-                       kernels_for(qc).attention_backward(qc, kc, vc, mask_e, sc, causal,
-                                                          out_saved, lse, gc, &gq, &gk, &gv);
+                       kernels_for(qc).attention_backward(
+                           qc.contiguous(), kc.contiguous(), vc.contiguous(), mask_e, sc, causal,
+                           out_saved.contiguous(), lse, gc, &gq, &gk, &gv);
                        if (needs[0]) grads[0] = gq;
                        if (needs[1]) grads[1] = gk;
                        if (needs[2]) grads[2] = gv;
                      }
                      if (needs[3]) {
-                       grads[3] = mask_gradient(qc.contiguous(), kc.contiguous(), vc.contiguous(),
-                                                mask_e, mask_shape, sc, causal, out_saved, lse, gc);
+                       grads[3] = mask_gradient(qc, kc, vc, mask_e, mask_shape, sc, causal,
+                                                out_saved, lse, gc);
                      }
                      return grads;
                    });

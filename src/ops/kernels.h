@@ -118,7 +118,8 @@ struct KernelTable {
   // kernel writes [B, Lq, H, Dv] rows).
   AttentionResult (*attention)(const Tensor& q, const Tensor& k, const Tensor& v,
                                const Tensor& mask, float scale, bool causal);
-  // Fills grad_q, grad_k, grad_v (allocated by the kernel).
+  // Fills grad_q, grad_k, grad_v (allocated by the kernel). q, k, v, out and grad_out come
+  // contiguous.
   void (*attention_backward)(const Tensor& q, const Tensor& k, const Tensor& v,
                              const Tensor& mask, float scale, bool causal, const Tensor& out,
                              const Tensor& lse, const Tensor& grad_out, Tensor* grad_q,

@@ -148,15 +148,16 @@ Tensor TextDiTPipeline::run_batch(const TextDiTParams& params,
   opt.generator = noise;
   opt.progress = progress;
   opt.preview = params.preview;
-  opt.decode_preview = [&](const Tensor& x0) {
-    return vae_to_unit(vae_->decode(x0 / static_cast<float>(vae_->config().scaling_factor)))
-        .to(Device::kCPU);
+  // latents -> images [B, 3, H, W] in [0, 1] on the CPU (the previews' and the result's)
+  const auto decode = [&](const Tensor& x0) {
+    const Tensor z = x0 / static_cast<float>(vae_->config().scaling_factor);
+    return vae_to_unit(vae_->decode(z).contiguous()).to(Device::kCPU);
   };
+  opt.decode_preview = decode;
   latents = denoise(*scheduler, latents, model, opt);  // [B, C, s, s]
 
   // 4. decode
-  const Tensor z = latents / static_cast<float>(vae_->config().scaling_factor);
-  return vae_to_unit(vae_->decode(z).contiguous()).to(Device::kCPU);  // [B, 3, H, W] in [0, 1]
+  return decode(latents);
 }
 
 void TextDiTPipeline::to(Device device) {

@@ -44,6 +44,12 @@ std::string bucket_name(int b, int T) {
   return str_cat("loss_t", lo, "_", hi);
 }
 
+// `tensors` with every value on the CPU (each itself when there already), for saving.
+std::map<std::string, Tensor> on_host(std::map<std::string, Tensor> tensors) {
+  for (auto& [name, t] : tensors) t = t.to(Device::kCPU);
+  return tensors;
+}
+
 }  // namespace
 
 // ---------------- TrainConfig ----------------
@@ -449,7 +455,7 @@ void Trainer::write_model_files(const std::string& dir, bool half) const {
   std::map<std::string, Tensor> weights = model_->module().state_dict();
   const std::vector<Tensor>& shadow = ema_->shadow_params();
   for (size_t i = 0; i < params_.size(); ++i) weights[param_names_[i]] = shadow[i];
-  for (auto& [k, v] : weights) v = v.to(Device::kCPU);  // itself when on the CPU already
+  weights = on_host(std::move(weights));
   if (half)
     for (auto& [k, v] : weights)
       if (v.dtype() == DType::kF32 || v.dtype() == DType::kF64) v = v.to(DType::kF16);
@@ -459,9 +465,7 @@ void Trainer::write_model_files(const std::string& dir, bool half) const {
 void Trainer::save_checkpoint(const std::string& dir) const {
   write_model_files(dir, /*half=*/false);
   std::map<std::string, Tensor> state;
-  std::map<std::string, Tensor> model_state = model_->module().state_dict();
-  for (auto& [k, v] : model_state) v = v.to(Device::kCPU);
-  add_prefixed(state, "model.", model_state);
+  add_prefixed(state, "model.", on_host(model_->module().state_dict()));
   add_prefixed(state, "optimizer.", optimizer_->state_dict());
   add_prefixed(state, "ema.", ema_->state_dict());
   add_prefixed(state, "data.", loader_->state_dict());

@@ -427,13 +427,9 @@ AttentionResult attention(const Tensor& q, const Tensor& k, const Tensor& v, con
   return {out, lse};
 }
 
-// Its pointer arithmetic takes contiguous [B, H, L, D] tensors: strided ones are copied first.
-void attention_backward(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
-                        const Tensor& mask, float scale, bool causal, const Tensor& out_in,
-                        const Tensor& lse, const Tensor& grad_out_in, Tensor* grad_q,
-                        Tensor* grad_k, Tensor* grad_v) {
-  const Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
-  const Tensor out = out_in.contiguous(), grad_out = grad_out_in.contiguous();
+void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask,
+                        float scale, bool causal, const Tensor& out, const Tensor& lse,
+                        const Tensor& grad_out, Tensor* grad_q, Tensor* grad_k, Tensor* grad_v) {
   attn::Problem p = make_problem(q, k, v, mask, scale, causal);
   const Tensor kt = transpose_keys(p, &p.ldkt);
   p.kt = kt.data<float>();

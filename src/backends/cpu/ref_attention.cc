@@ -86,12 +86,9 @@ AttentionResult attention(const Tensor& q_in, const Tensor& k_in, const Tensor& 
 
 // With P = exp(S - lse), dP = dO V^T, D_i = dO_i . O_i and dS = P * (dP - D):
 //   dV = P^T dO,  dQ = scale * dS K,  dK = scale * dS^T Q.
-void attention_backward(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
-                        const Tensor& mask, float scale, bool causal, const Tensor& out_in,
-                        const Tensor& lse, const Tensor& grad_out_in, Tensor* grad_q,
-                        Tensor* grad_k, Tensor* grad_v) {
-  const Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
-  const Tensor out = out_in.contiguous(), grad_out = grad_out_in.contiguous();
+void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask,
+                        float scale, bool causal, const Tensor& out, const Tensor& lse,
+                        const Tensor& grad_out, Tensor* grad_q, Tensor* grad_k, Tensor* grad_v) {
   const int64_t nb = q.size(0), nh = q.size(1), lq = q.size(2), d = q.size(3);
   const int64_t lk = k.size(2), dv = v.size(3);
   std::vector<double> gq(q.numel(), 0.0), gk(k.numel(), 0.0), gv(v.numel(), 0.0);
