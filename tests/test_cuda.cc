@@ -15,6 +15,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,8 @@
 #include "ops/kernels.h"
 #include "ops/ops.h"
 #include "support/optim_on_device.h"
+#include "train/distributed.h"
+#include "train/nccl_communicator.h"
 
 namespace stipple {
 namespace {
@@ -470,6 +473,22 @@ TEST_F(Cuda, GradientsFlowBackAcrossTheDeviceCopy) {
 // A training step's bookkeeping on device parameters (tests/support/optim_on_device.h).
 TEST_F(Cuda, ClippingAdamWAndEmaOnDeviceParameters) {
   testing::expect_optimizers_on_device_match_cpu(Device::kCUDA);
+}
+
+// NCCL over one process: the clique of one rank initialises, sums a device tensor in place (the
+// sum over one rank: the tensor itself) and a gradient bucket through GradientReducer's device
+// path, and passes host collectives through.
+TEST_F(Cuda, NcclSumsDeviceTensorsInPlace) {
+  if (!train::nccl_built()) GTEST_SKIP() << "built without nccl.h";
+  std::unique_ptr<train::Communicator> nccl = train::nccl_communicator(train::single_process(), 60);
+  EXPECT_NE(nccl->describe().find("NCCL"), std::string::npos) << nccl->describe();
+  const Tensor x = uniform({1000}, 11);
+  const Tensor d = dev(x);
+  nccl->allreduce_sum_tensor(d, "the test's all-reduce");
+  EXPECT_EQ(host(d).to_vector(), x.to_vector());
+  float v = 2.0f;
+  nccl->allreduce_sum(&v, 1, "a host sum");
+  EXPECT_EQ(v, 2.0f);
 }
 
 }  // namespace

@@ -26,7 +26,9 @@ class MirrorRanks final : public Communicator {
   int rank() const override { return 0; }
   int size() const override { return ranks_; }
   int local_size() const override { return ranks_; }
+  int local_rank() const override { return 0; }
   std::string describe() const override { return "mirror"; }
+  void broadcast(void*, size_t, int, const std::string&) override {}
   void allreduce_sum(float* data, size_t n, const std::string&) override {
     sizes.push_back(n);
     for (size_t i = 0; i < n; ++i) data[i] *= static_cast<float>(ranks_);
@@ -74,6 +76,33 @@ TEST(GradientReducer, SumsEveryGradientAcrossBuckets) {
     const std::vector<float> got = params[i].grad().to_vector();
     ASSERT_EQ(got.size(), grads[i].size());
     for (size_t j = 0; j < got.size(); ++j) EXPECT_EQ(got[j], 2.0f * grads[i][j]) << i << "," << j;
+  }
+}
+
+// On a device the buckets are packed, summed and cut there (the emulated device: host memory
+// behind the device interface, summed by the host runtime through a host copy).
+TEST(GradientReducer, SumsDeviceGradientsWithoutLeavingTheDevice) {
+  Generator g(5);
+  std::vector<Tensor> params;
+  std::vector<std::vector<float>> grads;
+  for (int64_t n : {6, 2, 9}) {
+    Tensor p = g.randn({n, 1}).to(Device::kEmulated);
+    p.set_requires_grad(true);
+    const Tensor gr = g.randn({n, 1});
+    p.set_grad(gr.to(Device::kEmulated));
+    grads.push_back(gr.to_vector());
+    params.push_back(p);
+  }
+  MirrorRanks three(3);
+  GradientReducer reducer(/*bucket_bytes=*/8 * sizeof(float));
+  reducer.reduce(three, params, 0);
+  EXPECT_EQ(three.sizes, (std::vector<size_t>{3, 8, 9}));  // [6, 2], [9]
+  for (size_t i = 0; i < params.size(); ++i) {
+    const Tensor gr = params[i].grad();
+    EXPECT_EQ(gr.device(), Device::kEmulated);
+    EXPECT_EQ(gr.shape(), params[i].shape());
+    const std::vector<float> got = gr.to_vector();
+    for (size_t j = 0; j < got.size(); ++j) EXPECT_EQ(got[j], 3.0f * grads[i][j]) << i << "," << j;
   }
 }
 

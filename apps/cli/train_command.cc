@@ -267,12 +267,14 @@ int TrainCommand::run() {
   return job.run("train", "--resume " + out + "/latest", [&] {
     if (resume_.empty()) adopt_init_shape();
     const train::TrainConfig config = resume_.empty() ? config_ : resume_config();
+    const Device device = job.use_device(device_);
     job.announce(config.batch_size);
-    return train(job.comm(), config);
+    return train(job.comm(), config, device);
   });
 }
 
-int TrainCommand::train(train::Communicator& comm, const train::TrainConfig& config) {
+int TrainCommand::train(train::Communicator& comm, const train::TrainConfig& config,
+                        Device device) {
 
   std::unique_ptr<ProgressBar> bar;
   int64_t first_step = -1;
@@ -295,7 +297,6 @@ int TrainCommand::train(train::Communicator& comm, const train::TrainConfig& con
   g_stop = false;
   std::signal(SIGINT, on_sigint);
   std::signal(SIGUSR1, on_sigusr1);
-  const Device device = parse_device(device_);
   const std::unique_ptr<train::Trainer> trainer =
       train::train_dit(config, resume_, cb, &comm, device);
   std::signal(SIGINT, SIG_DFL);

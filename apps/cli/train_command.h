@@ -22,7 +22,7 @@ class TrainCommand {
   train::TrainConfig resume_config() const;
   // --init-from: the model-shape flags not given take the folder's transformer/config.json.
   void adopt_init_shape();
-  int train(train::Communicator& comm, const train::TrainConfig& config);
+  int train(train::Communicator& comm, const train::TrainConfig& config, Device device);
 
   CLI::App* cmd_;
   train::TrainConfig config_;  // the defaults and the flags

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "core/error.h"
+#include "train/nccl_communicator.h"
 #if STIPPLE_WITH_MPI
 #include "train/mpi/mpi_communicator.h"
 #endif
@@ -53,8 +54,20 @@ int bound_cores() {
 }  // namespace
 
 TrainingJob::TrainingJob(double timeout_seconds)
-    : mpi_(mpi_communicator(timeout_seconds)),
+    : timeout_seconds_(timeout_seconds),
+      mpi_(mpi_communicator(timeout_seconds)),
       comm_(mpi_ != nullptr ? mpi_.get() : &train::single_process()) {}
+
+Device TrainingJob::use_device(const std::string& name) {
+  if (distributed() && parse_device(name, /*check=*/false) == Device::kCUDA)
+    train::choose_rank_gpu(*comm_);
+  const Device device = parse_device(name);
+  if (device == Device::kCUDA && distributed() && nccl_ == nullptr) {
+    nccl_ = train::nccl_communicator(*comm_, timeout_seconds_);
+    comm_ = nccl_.get();
+  }
+  return device;
+}
 
 int TrainingJob::run(const std::string& command, const std::string& resume_hint,
                      const std::function<int()>& fn) {

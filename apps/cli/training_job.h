@@ -9,6 +9,7 @@
 #include <memory>
 #include <string>
 
+#include "core/storage.h"
 #include "train/distributed.h"
 
 namespace stipple::cli {
@@ -27,6 +28,10 @@ class TrainingJob {
   // (the others would wait for it).
   int run(const std::string& command, const std::string& resume_hint,
           const std::function<int()>& fn);
+  // The device the command trains on, from --device. On several ranks with "cuda", each rank
+  // takes the GPU of its place on the node and comm() then sums device tensors with NCCL
+  // (train/nccl_communicator.h). Throws when the device is unusable, saying why.
+  Device use_device(const std::string& name);
   // Under several ranks, rank 0 prints the layout and any ranks x threads warning.
   void announce(int global_batch);
   // run() for a command whose global batch is known up front: announces it, then runs `fn`.
@@ -39,7 +44,9 @@ class TrainingJob {
   }
 
  private:
-  std::unique_ptr<train::Communicator> mpi_;  // null for one process
+  double timeout_seconds_;
+  std::unique_ptr<train::Communicator> mpi_;   // null for one process
+  std::unique_ptr<train::Communicator> nccl_;  // over mpi_, after use_device("cuda")
   train::Communicator* comm_;
 };
 

@@ -1,6 +1,7 @@
 #include "train/distributed.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -17,9 +18,12 @@ class SingleProcess final : public Communicator {
   int rank() const override { return 0; }
   int size() const override { return 1; }
   int local_size() const override { return 1; }
+  int local_rank() const override { return 0; }
   std::string describe() const override { return "single process"; }
   void allreduce_sum(float*, size_t, const std::string&) override {}
   void allreduce_sum(double*, size_t, const std::string&) override {}
+  void allreduce_sum_tensor(const Tensor&, const std::string&) override {}
+  void broadcast(void*, size_t, int, const std::string&) override {}
   bool all_equal(uint64_t, const std::string&) override { return true; }
   [[noreturn]] void abort(const std::string& why) override {
     std::fprintf(stderr, "error: %s\n", why.c_str());
@@ -42,6 +46,18 @@ bool Communicator::any(bool flag, const std::string& what) {
   float v = flag ? 1.0f : 0.0f;
   allreduce_sum(&v, 1, what);
   return v > 0.5f;
+}
+
+void Communicator::allreduce_sum_tensor(const Tensor& flat, const std::string& what) {
+  STIPPLE_CHECK(flat.dtype() == DType::kF32 && flat.is_contiguous(), what,
+                ": the all-reduce takes a contiguous f32 tensor, not ", flat.describe());
+  if (host_may_read(flat.device())) {
+    allreduce_sum(flat.data<float>(), static_cast<size_t>(flat.numel()), what);
+    return;
+  }
+  const Tensor host = flat.to(Device::kCPU).contiguous();
+  allreduce_sum(host.data<float>(), static_cast<size_t>(host.numel()), what);
+  ops::assign(flat, host);
 }
 
 Communicator& single_process() {
@@ -118,6 +134,15 @@ void GradientReducer::reduce(Communicator& comm, const std::vector<Tensor>& para
     has[i] = 1.0f;
   }
   comm.allreduce_sum(has.data(), has.size(), str_cat("the gradient all-reduce at step ", step));
+  const Device device = params.empty() ? Device::kCPU : params.front().device();
+  for (const Tensor& p : params)
+    STIPPLE_CHECK(p.device() == device, "gradient all-reduce: parameters on ", device_name(device),
+                  " and on ", device_name(p.device()));
+  if (!host_may_read(device)) {
+    reduce_on_device(comm, params, grads, has, step);
+    seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return;
+  }
   // 2. buckets of consecutive parameters: pack, sum, unpack into fresh tensors
   size_t i = 0;
   while (i < params.size()) {
@@ -155,10 +180,49 @@ void GradientReducer::reduce(Communicator& comm, const std::vector<Tensor>& para
   seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
+// The buckets as reduce() forms them, for device tensors: each packed by one concatenation on the
+// device (zeros for a gradient this rank lacks), summed where it is, and cut into fresh gradients.
+void GradientReducer::reduce_on_device(Communicator& comm, const std::vector<Tensor>& params,
+                                       const std::vector<Tensor>& grads,
+                                       const std::vector<float>& has, int64_t step) {
+  const std::string what = str_cat("the gradient all-reduce at step ", step);
+  size_t i = 0;
+  while (i < params.size()) {
+    size_t end = i, floats = 0;
+    while (end < params.size() &&
+           (end == i || floats + static_cast<size_t>(params[end].numel()) <= bucket_floats_)) {
+      if (has[end] > 0) floats += static_cast<size_t>(params[end].numel());
+      ++end;
+    }
+    std::vector<Tensor> parts;
+    for (size_t k = i; k < end; ++k) {
+      if (has[k] == 0) continue;
+      const Shape flat{params[k].numel()};
+      parts.push_back(grads[k].defined()
+                          ? ops::reshape(grads[k], flat)
+                          : Tensor::zeros(flat).to(params[k].device()));
+    }
+    if (!parts.empty()) {
+      // concat copies even a single part: the sum never writes into a gradient still held elsewhere
+      const Tensor bucket = ops::concat(parts, 0);
+      comm.allreduce_sum_tensor(bucket, what);
+      int64_t at = 0;
+      for (size_t k = i; k < end; ++k) {
+        if (has[k] == 0) continue;
+        const int64_t n = params[k].numel();
+        Tensor p = params[k];
+        p.set_grad(ops::reshape(bucket.narrow(0, at, n), params[k].shape()));
+        at += n;
+      }
+    }
+    i = end;
+  }
+}
+
 uint64_t hash_tensors(const std::vector<Tensor>& tensors) {
   uint64_t h = 1469598103934665603ull;  // FNV-1a offset basis
   for (const Tensor& t : tensors) {
-    const Tensor c = ops::as_f32_contiguous(t.detach());
+    const Tensor c = ops::as_f32_contiguous(t.detach().to(Device::kCPU));
     const auto* bytes = reinterpret_cast<const unsigned char*>(c.data<float>());
     for (size_t i = 0, n = static_cast<size_t>(c.numel()) * sizeof(float); i < n; ++i) {
       h ^= bytes[i];

@@ -11,7 +11,8 @@
 //
 // The runtime behind Communicator: MPI (Open MPI from Debian; stipple built with
 // -DSTIPPLE_MPI=ON, src/train/mpi/) under `mpirun -np N stipple train ...`, or a single process.
-// NCCL waits for the CUDA backend.
+// On GPUs (--device cuda) NCCL sums the gradients where they are (nccl_communicator.h), over MPI's
+// ranks; on another device (the emulated one) MPI sums them through host copies.
 //
 // Leaves out: overlapping the all-reduce with the backward pass (on one node the all-reduce runs
 // on the same cores as the backward; docs/training.md has the measured overhead), and sharding
@@ -37,14 +38,21 @@ class Communicator {
   virtual ~Communicator() = default;
   virtual int rank() const = 0;
   virtual int size() const = 0;
-  // Ranks on this machine (for the ranks x threads check).
+  // Ranks on this machine (for the ranks x threads check), and this one's place among them
+  // (which GPU it takes).
   virtual int local_size() const = 0;
+  virtual int local_rank() const = 0;
   // "single process", "Open MPI v4.1.4, 2 ranks on 1 node", ...
   virtual std::string describe() const = 0;
   // In place: every rank ends with the element-wise sum over ranks. `what` names the collective
   // in errors ("the gradient all-reduce at step 120").
   virtual void allreduce_sum(float* data, size_t n, const std::string& what) = 0;
   virtual void allreduce_sum(double* data, size_t n, const std::string& what) = 0;
+  // In place, an f32 contiguous tensor on any device. This one stages a device tensor through
+  // host memory and sums it there; a runtime that reads device memory (NCCL) sums it in place.
+  virtual void allreduce_sum_tensor(const Tensor& flat, const std::string& what);
+  // Every rank ends with root's `bytes` bytes at `data`.
+  virtual void broadcast(void* data, size_t bytes, int root, const std::string& what) = 0;
   // Whether every rank passed the same value (weights checks).
   virtual bool all_equal(uint64_t value, const std::string& what) = 0;
   // Ends every rank of the job after printing `why` (the process does not return).
@@ -87,7 +95,9 @@ std::string oversubscription_warning(int local_ranks, int threads_per_rank, int 
 // Sums parameter gradients over the ranks, in buckets of about `bucket_bytes` (consecutive
 // parameters packed into one flat f32 buffer, one all-reduce per bucket). Gradients that are
 // undefined on some ranks count as zeros; a parameter with no gradient on any rank keeps none
-// (AdamW then skips it, on every rank alike). The reduced gradients are fresh tensors.
+// (AdamW then skips it, on every rank alike). The reduced gradients are fresh tensors, on the
+// parameters' device: there a bucket is packed, summed (Communicator::allreduce_sum_tensor) and
+// unpacked without leaving it.
 class GradientReducer {
  public:
   static constexpr size_t kDefaultBucketBytes = 25u << 20;  // as PyTorch DDP's bucket_cap_mb
@@ -97,13 +107,16 @@ class GradientReducer {
   double seconds() const { return seconds_; }
 
  private:
+  void reduce_on_device(Communicator& comm, const std::vector<Tensor>& params,
+                        const std::vector<Tensor>& grads, const std::vector<float>& has,
+                        int64_t step);
   size_t bucket_floats_;
   std::vector<float> buffer_;
   double seconds_ = 0;
 };
 
-// A 64-bit FNV-1a hash of the tensors' bytes, in order (f32 contiguous): ranks compare their
-// weights with it.
+// A 64-bit FNV-1a hash of the tensors' bytes, in order (f32 contiguous, read from host copies of
+// device tensors): ranks compare their weights with it.
 uint64_t hash_tensors(const std::vector<Tensor>& tensors);
 
 }  // namespace stipple::train

@@ -383,9 +383,6 @@ Tensor Trainer::sample(const std::vector<int64_t>& labels, uint64_t seed, int st
 
 void Trainer::to(Device device) {
   STIPPLE_CHECK(!running_, "Trainer::to: move the run before run(), not during it");
-  STIPPLE_CHECK_KIND(device == Device::kCPU || comm_->size() == 1, kUnsupported,
-                     "data-parallel training (", comm_->size(), " ranks) runs on the CPU; on ",
-                     device_name(device), " a run trains in one process");
   model_->to(device);  // params_ share the module's tensors, which move in place
   optimizer_->to(device);
   ema_->to(device);

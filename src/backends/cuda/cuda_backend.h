@@ -1,7 +1,7 @@
 // The CUDA backend's face to the rest of stipple (built with -DSTIPPLE_CUDA=ON; the library then
 // defines STIPPLE_WITH_CUDA). Plain C++: no CUDA header leaks out of src/backends/cuda.
 //
-// Memory: one device (the current one, cuda:0 unless CUDA_VISIBLE_DEVICES says otherwise) and one
+// Memory: one device (cuda:0 unless select_device() or CUDA_VISIBLE_DEVICES says otherwise) and one
 // stream, on which every kernel and copy of the backend is ordered. Device memory comes from a
 // caching allocator: freed blocks are kept, by size, for the next request of a similar size (a
 // denoising step asks for the same activation sizes again and again, and cudaMalloc/cudaFree
@@ -22,6 +22,16 @@ struct KernelTable;
 
 namespace stipple::cuda {
 
+// Which of the visible GPUs this process uses (default 0; a data-parallel rank takes its place
+// on the node). Only before the backend first touches the device: a later call naming another
+// device throws. cudaSetDevice is per thread: the thread that first uses the backend is bound;
+// the backend's work runs on that thread.
+void select_device(int ordinal);
+int device_count();  // 0 without a driver or device
+int device_ordinal();
+// The backend's stream (a cudaStream_t), for a library that orders its work on it (NCCL).
+void* stream_handle();
+
 // True when a CUDA device is present and usable; otherwise why not, in words ("no CUDA device",
 // "CUDA driver version is insufficient ...").
 bool available();
@@ -33,6 +43,11 @@ std::string device_description();
 // touch the GPU do not pay its ~150 MiB of resident relocations). Throws, naming the library and
 // the loader's reason, when it cannot be opened. Needs no device.
 void load_blas();
+
+// dlopen()s a library of the CUDA toolkit ("libnccl.so.2"), from the loader's path or else the
+// toolkit this stipple was built with. Throws (kUnsupported) "<needed_by>, and <name> could not
+// be opened (<why>); ..." when neither has it.
+void* open_library(const std::string& name, const std::string& needed_by);
 
 // Device memory (see the header comment). allocate(0) returns nullptr.
 void* allocate(size_t nbytes);

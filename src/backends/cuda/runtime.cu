@@ -10,6 +10,7 @@
 // budget or the device refuses a request, the cache is handed back first and the request retried.
 #include <dlfcn.h>
 
+#include <atomic>
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
@@ -31,22 +32,27 @@ void throw_cuda_error(const char* call, const char* file, int line, const char* 
 
 // ---- cuBLAS, opened on first use ----
 
+void* open_library(const std::string& name, const std::string& needed_by) {
+  void* lib = dlopen(name.c_str(), RTLD_NOW | RTLD_LOCAL);
+#ifdef STIPPLE_CUDA_LIBRARY_DIR
+  if (lib == nullptr) {  // the toolkit this stipple was built with
+    lib = dlopen(str_cat(STIPPLE_CUDA_LIBRARY_DIR, "/", name).c_str(), RTLD_NOW | RTLD_LOCAL);
+  }
+#endif
+  if (lib == nullptr) {
+    const char* why = dlerror();
+    throw Error(str_cat(needed_by, ", and ", name, " could not be opened (",
+                        why != nullptr ? why : "not found",
+                        "); put the CUDA toolkit's library folder on LD_LIBRARY_PATH"),
+                ErrorKind::kUnsupported);
+  }
+  return lib;
+}
+
 const CublasApi& cublas_api() {
   static const CublasApi api = [] {
     const std::string name = str_cat("libcublas.so.", CUBLAS_VER_MAJOR);
-    void* lib = dlopen(name.c_str(), RTLD_NOW | RTLD_LOCAL);
-#ifdef STIPPLE_CUDA_LIBRARY_DIR
-    if (lib == nullptr) {  // the toolkit this stipple was built with
-      lib = dlopen(str_cat(STIPPLE_CUDA_LIBRARY_DIR, "/", name).c_str(), RTLD_NOW | RTLD_LOCAL);
-    }
-#endif
-    if (lib == nullptr) {
-      const char* why = dlerror();
-      throw Error(str_cat("the CUDA backend needs cuBLAS, and ", name, " could not be opened (",
-                          why != nullptr ? why : "not found",
-                          "); put the CUDA toolkit's library folder on LD_LIBRARY_PATH"),
-                  ErrorKind::kUnsupported);
-    }
+    void* lib = open_library(name, "the CUDA backend needs cuBLAS");
     CublasApi a;
     auto need = [&](auto& fn, const char* symbol) {
       fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(lib, symbol));
@@ -79,8 +85,14 @@ struct DeviceInfo {
   size_t total_mem = 0;
 };
 
+// The device this process uses (select_device), fixed once device_info() has looked at it.
+std::atomic<int> g_ordinal{0};
+std::atomic<bool> g_ordinal_fixed{false};
+
 const DeviceInfo& device_info() {
   static const DeviceInfo info = [] {
+    g_ordinal_fixed = true;
+    const int ordinal = g_ordinal;
     DeviceInfo d;
     int count = 0;
     const cudaError_t err = cudaGetDeviceCount(&count);
@@ -93,8 +105,13 @@ const DeviceInfo& device_info() {
       d.reason = "no CUDA device";
       return d;
     }
+    if (ordinal >= count) {
+      d.reason = str_cat("no device cuda:", ordinal, " (", count, " visible)");
+      return d;
+    }
     cudaDeviceProp prop{};
-    const cudaError_t perr = cudaGetDeviceProperties(&prop, 0);
+    cudaError_t perr = cudaGetDeviceProperties(&prop, ordinal);
+    if (perr == cudaSuccess) perr = cudaSetDevice(ordinal);
     if (perr != cudaSuccess) {
       d.reason = cudaGetErrorString(perr);
       cudaGetLastError();
@@ -343,6 +360,29 @@ bool tf32_enabled() {
 }
 
 // ---- cuda_backend.h ----
+
+void select_device(int ordinal) {
+  STIPPLE_CHECK(ordinal >= 0, "CUDA device ordinal ", ordinal, " is negative");
+  if (g_ordinal_fixed) {
+    STIPPLE_CHECK(g_ordinal == ordinal, "the CUDA backend already uses cuda:", g_ordinal.load(),
+                  " in this process; choose the device before the first use of the GPU");
+    return;
+  }
+  g_ordinal = ordinal;
+}
+
+int device_count() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return count;
+}
+
+int device_ordinal() { return g_ordinal; }
+
+void* stream_handle() { return stream_state().stream; }
 
 bool available() { return device_info().ok; }
 

@@ -37,6 +37,7 @@ class MpiCommunicator final : public Communicator {
     MPI_Comm node;
     MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node);
     MPI_Comm_size(node, &local_size_);
+    MPI_Comm_rank(node, &local_rank_);
     MPI_Comm_free(&node);
     // Errors come back as codes (then stipple::Error), not MPI's default abort.
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
@@ -45,6 +46,7 @@ class MpiCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   int local_size() const override { return local_size_; }
+  int local_rank() const override { return local_rank_; }
   std::string describe() const override {
     return str_cat(library_version(), ", ", size_, " rank", size_ == 1 ? "" : "s", " (",
                    local_size_, " on this machine)");
@@ -55,6 +57,13 @@ class MpiCommunicator final : public Communicator {
   }
   void allreduce_sum(double* data, size_t n, const std::string& what) override {
     allreduce(data, n, MPI_DOUBLE, MPI_SUM, what);
+  }
+  void broadcast(void* data, size_t bytes, int root, const std::string& what) override {
+    STIPPLE_CHECK(bytes <= (size_t{1} << 30), what, ": ", bytes, " bytes is too large a broadcast");
+    MPI_Request request;
+    int rc = MPI_Ibcast(data, static_cast<int>(bytes), MPI_BYTE, root, MPI_COMM_WORLD, &request);
+    if (rc == MPI_SUCCESS) rc = wait(request, what);
+    check(rc, what);
   }
   bool all_equal(uint64_t value, const std::string& what) override {
     uint64_t lo = value, hi = value;
@@ -84,15 +93,18 @@ class MpiCommunicator final : public Communicator {
       int rc = MPI_Iallreduce(MPI_IN_PLACE, bytes + done * type_size, static_cast<int>(count),
                               type, op, MPI_COMM_WORLD, &request);
       if (rc == MPI_SUCCESS) rc = wait(request, what);
-      if (rc != MPI_SUCCESS) {
-        char msg[MPI_MAX_ERROR_STRING];
-        int len = 0;
-        MPI_Error_string(rc, msg, &len);
-        throw Error(str_cat(what, " failed on rank ", rank_, ": ", std::string(msg, len)),
-                    ErrorKind::kIo);
-      }
+      check(rc, what);
       done += count;
     }
+  }
+
+  void check(int rc, const std::string& what) const {
+    if (rc == MPI_SUCCESS) return;
+    char msg[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    MPI_Error_string(rc, msg, &len);
+    throw Error(str_cat(what, " failed on rank ", rank_, ": ", std::string(msg, len)),
+                ErrorKind::kIo);
   }
 
   int wait(MPI_Request& request, const std::string& what) {
@@ -120,7 +132,7 @@ class MpiCommunicator final : public Communicator {
   }
 
   double timeout_;
-  int rank_ = 0, size_ = 1, local_size_ = 1;
+  int rank_ = 0, size_ = 1, local_size_ = 1, local_rank_ = 0;
 };
 
 }  // namespace
