@@ -239,6 +239,7 @@ std::string percent(float v) {
 }
 
 std::string number(double v) {
+  if (std::isnan(v)) return "-";
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.4g", v);
   return buf;
@@ -249,6 +250,15 @@ nlohmann::json per_class_json(const std::vector<std::string>& names, const std::
   for (size_t c = 0; c < v.size(); ++c)
     j[c < names.size() ? names[c] : std::to_string(c)] =
         std::isnan(v[c]) ? nlohmann::json(nullptr) : nlohmann::json(json_float(v[c]));
+  return j;
+}
+
+nlohmann::json per_class_json(const std::vector<std::string>& names,
+                              const std::vector<double>& v) {
+  nlohmann::json j = nlohmann::json::object();
+  for (size_t c = 0; c < v.size(); ++c)
+    j[c < names.size() ? names[c] : std::to_string(c)] =
+        std::isnan(v[c]) ? nlohmann::json(nullptr) : nlohmann::json(v[c]);
   return j;
 }
 
@@ -333,6 +343,32 @@ EvalResult evaluate(const ClassGenerator& generator, const models::FashionClassi
   const FeaturePass ref =
       feature_pass(classifier, gather_rows(real.train_images, rows), phase("features (real N)"));
   r.fid_floor = frechet_distance(gaussian_stats(ref.features), test_stats);
+  r.fid_mean_term = frechet_mean_term(gaussian_stats(gen.features), test_stats);
+  {
+    const std::vector<int64_t> test_labels = real.test_labels.to_vector_i64();
+    const std::vector<int64_t> train_labels = real.train_labels.to_vector_i64();
+    std::vector<int64_t> ref_labels;
+    for (int64_t row : rows) ref_labels.push_back(train_labels[row]);
+    auto rows_of = [](const std::vector<int64_t>& labels, int64_t c) {
+      std::vector<int64_t> out;
+      for (size_t i = 0; i < labels.size(); ++i)
+        if (labels[i] == c) out.push_back(static_cast<int64_t>(i));
+      return out;
+    };
+    for (int64_t c = 0; c < K; ++c) {
+      const std::vector<int64_t> g = rows_of(r.labels, c), t = rows_of(test_labels, c),
+                                 f = rows_of(ref_labels, c);
+      if (g.size() < 2 || t.size() < 2 || f.size() < 2) {
+        r.fid_per_class.push_back(std::nan(""));
+        r.fid_floor_per_class.push_back(std::nan(""));
+        continue;
+      }
+      const GaussianStats tc = gaussian_stats(gather_rows(test.features, t));
+      r.fid_per_class.push_back(frechet_distance(gaussian_stats(gather_rows(gen.features, g)), tc));
+      r.fid_floor_per_class.push_back(
+          frechet_distance(gaussian_stats(gather_rows(ref.features, f)), tc));
+    }
+  }
   r.floor_method = str_cat("train-vs-test at matched N: ", r.num_generated, " training images (",
                            per, " per class, seeded) against the ", r.num_test, " test images");
   r.total_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -364,6 +400,9 @@ nlohmann::json EvalResult::to_json() const {
           {"fid_feat", fid_feat},
           {"fid_feat_floor", fid_floor},
           {"fid_feat_floor_method", floor_method},
+          {"fid_feat_mean_term", fid_mean_term},
+          {"fid_feat_per_class", per_class_json(class_names, fid_per_class)},
+          {"fid_feat_floor_per_class", per_class_json(class_names, fid_floor_per_class)},
           {"goals",
            {{"cas", {{"rule", "cas >= real_accuracy - 0.03"}, {"met", cas_goal_met()}}},
             {"fid_feat", {{"rule", "fid_feat <= 2 * fid_feat_floor"}, {"met", fid_goal_met()}}}}},
@@ -385,6 +424,8 @@ std::string EvalResult::table() const {
                 number(fid_feat).c_str(), number(fid_floor).c_str(),
                 ("<= " + number(2.0 * fid_floor)).c_str(), fid_goal_met() ? "yes" : "no");
   os << line;
+  std::snprintf(line, sizeof line, "%-16s %12s\n", "  |mu| term", number(fid_mean_term).c_str());
+  os << line;
   os << "(" << num_generated << " generated: " << config.samples_per_class << " per class, "
      << config.sampler << ", " << config.steps << " steps, CFG " << config.cfg
      << (config.guide_scale != 0.0f ? str_cat(", classifier guidance ", config.guide_scale, " (",
@@ -393,14 +434,17 @@ std::string EvalResult::table() const {
      << (config.unconditional ? ", the denoiser unconditional" : "")
      << ", seed " << config.seed << "; CAS floor: the classifier on " << num_test
      << " test images; FID floor: " << floor_method << ")\n\n";
-  std::snprintf(line, sizeof line, "%-16s %12s %12s\n", "class", "CAS", "real acc");
+  std::snprintf(line, sizeof line, "%-16s %12s %12s %12s %12s\n", "class", "CAS", "real acc",
+                "FID_feat", "real floor");
   os << line;
   for (size_t c = 0; c < cas_per_class.size(); ++c) {
     std::snprintf(
-        line, sizeof line, "%-16s %12s %12s\n",
+        line, sizeof line, "%-16s %12s %12s %12s %12s\n",
         (c < class_names.size() ? class_names[c] : std::to_string(c)).c_str(),
         percent(cas_per_class[c]).c_str(),
-        c < real_accuracy_per_class.size() ? percent(real_accuracy_per_class[c]).c_str() : "-");
+        c < real_accuracy_per_class.size() ? percent(real_accuracy_per_class[c]).c_str() : "-",
+        c < fid_per_class.size() ? number(fid_per_class[c]).c_str() : "-",
+        c < fid_floor_per_class.size() ? number(fid_floor_per_class[c]).c_str() : "-");
     os << line;
   }
   return os.str();

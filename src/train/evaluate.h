@@ -122,6 +122,10 @@ struct EvalResult {
   std::vector<float> real_accuracy_per_class;
   double fid_feat = 0;       // generated vs test
   double fid_floor = 0;      // N real training images vs test
+  double fid_mean_term = 0;  // fid_feat's |mu_gen - mu_test|^2 alone
+  // Per class: the class's generated images against its test images, and the floor (its N
+  // training images against the same); noisier than the whole (N per class in 128 dimensions).
+  std::vector<double> fid_per_class, fid_floor_per_class;
   std::string floor_method;  // says how the floor was computed
   double sample_seconds = 0, total_seconds = 0;
   Tensor samples;               // the generated images [N, C, S, S]

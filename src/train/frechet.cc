@@ -197,16 +197,22 @@ double trace_sqrt_product(const std::vector<double>& s1, const std::vector<doubl
   return t;
 }
 
-double frechet_distance(const GaussianStats& a, const GaussianStats& b) {
+double frechet_mean_term(const GaussianStats& a, const GaussianStats& b) {
   STIPPLE_CHECK(a.dim == b.dim && a.dim > 0, "frechet_distance: feature dimensions differ (", a.dim,
                 " vs ", b.dim, ")");
-  const int64_t n = a.dim;
-  double mean_term = 0, trace = 0;
-  for (int64_t i = 0; i < n; ++i) {
+  double mean_term = 0;
+  for (int64_t i = 0; i < a.dim; ++i) {
     const double d = a.mean[i] - b.mean[i];
     mean_term += d * d;
-    trace += a.cov[i * n + i] + b.cov[i * n + i];
   }
+  return mean_term;
+}
+
+double frechet_distance(const GaussianStats& a, const GaussianStats& b) {
+  const double mean_term = frechet_mean_term(a, b);
+  const int64_t n = a.dim;
+  double trace = 0;
+  for (int64_t i = 0; i < n; ++i) trace += a.cov[i * n + i] + b.cov[i * n + i];
   return mean_term + trace - 2.0 * trace_sqrt_product(a.cov, b.cov, n);
 }
 

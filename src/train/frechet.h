@@ -53,6 +53,9 @@ double trace_sqrt_product(const std::vector<double>& s1, const std::vector<doubl
 
 // The squared Fréchet distance d^2 above (what FID reports). Dimensions must agree.
 double frechet_distance(const GaussianStats& a, const GaussianStats& b);
+// Its first term alone, |mu1 - mu2|^2: how much of d^2 is a shift of the mean rather than a
+// difference in spread.
+double frechet_mean_term(const GaussianStats& a, const GaussianStats& b);
 
 // C = A B for row-major n x n matrices (double; for the small matrices above).
 std::vector<double> matmul_square(const std::vector<double>& a, const std::vector<double>& b,
