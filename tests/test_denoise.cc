@@ -4,10 +4,13 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 
 #include "autograd/grad_mode.h"
+#include "core/error.h"
 #include "ops/ops.h"
 #include "pipelines/denoise.h"
+#include "schedulers/schedule.h"
 #include "schedulers/scheduler.h"
 #include "support/numerics.h"
 
@@ -90,6 +93,62 @@ TEST(Denoise, GuidanceBatchesOnceAndMatchesTheGuidedModel) {
     });
     EXPECT_TRUE(testing::tensors_close(guided_loop, direct, 1e-5, 1e-5));
   }
+}
+
+// A guidance interval: the steps whose sigma_t = sqrt((1 - acp) / acp) lies in [lo, hi] are
+// guided (one call of 2B rows), the others take the conditional model alone (one call of B rows);
+// the result is that of a model that guides inside the interval only.
+TEST(Denoise, GuidanceIntervalGuidesOnlyThoseNoiseLevels) {
+  const float scale = 4.0f, lo = 0.5f, hi = 3.0f;
+  for (auto order : {guidance::CfgOrder::kUncondFirst, guidance::CfgOrder::kCondFirst}) {
+    auto s1 = schedulers::make_scheduler(sd_config("EulerDiscreteScheduler"));
+    auto s2 = schedulers::make_scheduler(sd_config("EulerDiscreteScheduler"));
+    s1->set_timesteps(12);
+    s2->set_timesteps(12);
+    const std::vector<float> acp = s1->alphas_cumprod();
+    auto sigma_at = [&](double t) {
+      const double a = schedulers::interp_at(t, acp);
+      return std::sqrt((1 - a) / a);
+    };
+    Generator gen(2);
+    const Tensor x =
+        ops::affine(gen.randn({2, 1, 2, 2}), static_cast<float>(s1->init_noise_sigma()), 0);
+    auto cond = [](const Tensor& in) { return ops::affine(in, 0.5f, 0.1f); };
+    auto uncond = [](const Tensor& in) { return ops::affine(in, 0.3f, -0.2f); };
+    int guided_calls = 0, single_calls = 0;
+    pipelines::DenoiseOptions o = guided_options(scale, order);
+    o.cfg.interval_lo = lo;
+    o.cfg.interval_hi = hi;
+    Tensor limited = pipelines::denoise(
+        *s1, x,
+        [&](const Tensor& in, double t) {
+          const bool inside = sigma_at(t) >= lo && sigma_at(t) <= hi;
+          if (in.size(0) == 2) {
+            ++single_calls;
+            EXPECT_FALSE(inside) << "t " << t;
+            return cond(in);
+          }
+          ++guided_calls;
+          EXPECT_TRUE(inside) << "t " << t;
+          const auto h = ops::chunk(in, 2, 0);
+          return order == guidance::CfgOrder::kUncondFirst
+                     ? ops::concat({uncond(h[0]), cond(h[1])}, 0)
+                     : ops::concat({cond(h[0]), uncond(h[1])}, 0);
+        },
+        o);
+    EXPECT_GT(guided_calls, 0);
+    EXPECT_GT(single_calls, 0);
+    EXPECT_EQ(guided_calls + single_calls, 12);
+    Tensor direct = pipelines::denoise(*s2, x, [&](const Tensor& in, double t) {
+      const bool inside = sigma_at(t) >= lo && sigma_at(t) <= hi;
+      return inside ? guidance::classifier_free(uncond(in), cond(in), scale) : cond(in);
+    });
+    EXPECT_TRUE(testing::tensors_close(limited, direct, 1e-5, 1e-5));
+  }
+  EXPECT_THROW(pipelines::check_guidance_interval(2.0f, 1.0f), Error);
+  EXPECT_THROW(pipelines::check_guidance_interval(-1.0f, 1.0f), Error);
+  EXPECT_THROW(pipelines::check_guidance_interval(std::nanf(""), 1.0f), Error);
+  EXPECT_NO_THROW(pipelines::check_guidance_interval(0.0f, std::numeric_limits<float>::infinity()));
 }
 
 TEST(Denoise, BeginIndexAfterStepAndProgress) {

@@ -5,6 +5,7 @@
 
 #include <CLI/CLI.hpp>
 #include <string>
+#include <vector>
 
 #include "train/evaluate.h"
 #include "train/evaluate_t2i.h"
@@ -26,6 +27,7 @@ class EvalCommand {
   std::string data_dir_ = "/usr/share/datasets/fashion-mnist";
   std::string json_, grid_;
   std::string device_ = "cpu";
+  std::vector<float> guidance_interval_;  // --guidance-interval LO HI
   bool quiet_ = false;
 };
 

@@ -9,6 +9,14 @@
 
 namespace stipple::pipelines {
 
+void check_guidance_interval(float lo, float hi) {
+  STIPPLE_CHECK_KIND(!std::isnan(lo) && !std::isnan(hi) && std::isfinite(lo) && lo >= 0.0f &&
+                         hi > lo,
+                     kInvalidArgument, "the guidance interval [", lo, ", ", hi,
+                     "] must have 0 <= low < high (noise levels sigma = sqrt((1 - acp) / acp); "
+                     "\"inf\" for no upper end)");
+}
+
 Tensor denoise(schedulers::Scheduler& scheduler, Tensor latents, const DenoiseFn& model,
                const DenoiseOptions& options) {
   const std::vector<double> timesteps = scheduler.timesteps();
@@ -28,23 +36,29 @@ Tensor denoise(schedulers::Scheduler& scheduler, Tensor latents, const DenoiseFn
                 "predicts ", schedulers::to_string(scheduler.config().prediction_type));
   autograd::NoGradGuard no_grad;
   // Every call of the model allocates the same activations: laid out in one arena after the
-  // first call (core/memory_plan.h), released when the loop ends.
-  MemoryPlan plan;
+  // first call (core/memory_plan.h), released when the loop ends; one plan per batch size (a
+  // guidance interval mixes guided steps of 2B rows with steps of B).
+  MemoryPlan plan, single_plan;
   const int total = end - options.begin_index;
   for (int i = options.begin_index; i < end; ++i) {
     const double t = timesteps[i];
     // 1. scale the input (Euler-type samplers) and, with guidance, double the batch
     const Tensor x_t = scheduler.scale_model_input(latents, t);  // [B, C, H, W]
-    Tensor input = options.cfg.enabled() ? ops::concat({x_t, x_t}, 0) : x_t;  // [2B or B, ...]
+    bool guided = options.cfg.enabled();
+    if (guided && options.cfg.limited()) {
+      const double a = schedulers::interp_at(t, scheduler.alphas_cumprod());
+      guided = options.cfg.applies_at(std::sqrt((1.0 - a) / a));
+    }
+    Tensor input = guided ? ops::concat({x_t, x_t}, 0) : x_t;  // [2B or B, ...]
     // 2. the model's prediction, guided
     Tensor out;
     {
-      MemoryPlan::Scope scope(plan);
+      MemoryPlan::Scope scope(guided || !options.cfg.enabled() ? plan : single_plan);
       out = model(input, t);
     }
     STIPPLE_CHECK(out.shape() == input.shape(), "denoise: the model returned ", out.describe(),
                   " for an input of ", input.describe());
-    if (options.cfg.enabled())
+    if (guided)
       out = guidance::classifier_free_batched(out, options.cfg.scale, options.cfg.order,
                                               options.cfg.rescale);  // [B, C, H, W]
     if (options.classifier.enabled()) {

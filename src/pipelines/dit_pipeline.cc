@@ -108,7 +108,9 @@ Tensor DiTPipeline::run(const DiTParams& params) const {
     observe("denoiser.sample", input);
     observe("denoiser.timestep", Tensor::full({1}, t));
     observe("denoiser.timestep_as_passed", ts);
-    const Tensor out = transformer_->forward(input, ts, label_tensor);  // [N, C_out, s, s]
+    // [cond, uncond] labels: the first N (the conditional ones at an unguided step)
+    const Tensor labels = n == label_tensor.size(0) ? label_tensor : label_tensor.narrow(0, 0, n);
+    const Tensor out = transformer_->forward(input, ts, labels);  // [N, C_out, s, s]
     observe("denoiser.out", out);
     return out.narrow(1, 0, c).contiguous();  // [N, C, s, s]: eps; the learned sigma is dropped
   };

@@ -307,8 +307,15 @@ Tensor StableDiffusion::denoise_and_decode(
     // [N, 4, h, w], plus the inpainting channels of a 9-channel UNet
     const Tensor x = extra_channels ? ops::concat({input, extra_channels(input)}, 1) : input;
     const Tensor ts = Tensor::from_vector({static_cast<float>(t)}, {1}).to(device_);
-    const Tensor out =
-        unet_->forward(x, ts, r.prompt_embeds, r.class_labels, nullptr, r.added);  // [N, 4, h, w]
+    // [uncond, cond] conditioning: the last N rows (the conditional ones at an unguided step of
+    // a guided run)
+    const int64_t n = input.size(0);
+    const auto rows = [n](const Tensor& c) {
+      return !c.defined() || c.size(0) == n ? c : c.narrow(0, c.size(0) - n, n);
+    };
+    const models::AddedConditions added{rows(r.added.text_embeds), rows(r.added.time_ids)};
+    const Tensor out = unet_->forward(x, ts, rows(r.prompt_embeds), rows(r.class_labels), nullptr,
+                                      added);  // [N, 4, h, w]
     if (observe) {
       observe("denoiser.sample", x);
       observe("denoiser.timestep", Tensor::from_vector({static_cast<float>(t)}, {1}));
