@@ -302,6 +302,45 @@ TEST(Engine, StableDiffusionTasksAndFp16Variants) {
   fs::remove_all(tmp);
 }
 
+// A guidance interval: outside it a step takes the conditional prediction alone, so an interval
+// that holds no step draws what guidance off draws (bit for bit: the same conditional calls), one
+// that holds every step what full guidance draws; the parameters text says the interval.
+TEST(Engine, GuidanceIntervalGuidesOnlyItsNoiseLevels) {
+  std::vector<std::string> models = {kFashion};
+  const std::string sd = shared_path("conformance/sd_tiny");
+  if (!sd.empty()) models.push_back(sd);  // [uncond, cond] order: the conditional rows last
+  for (const std::string& path : models) {
+    SCOPED_TRACE(path);
+    const Engine e = Engine::open(path);
+    GenerateRequest r;
+    if (path == kFashion) {
+      r.class_labels = {"sandal"};
+    } else {
+      r.prompt = "a red circle";
+      r.width = r.height = 16;
+    }
+    r.steps = 4;
+    r.seed = 9;
+    r.cfg_scale = 3.0;
+    const GenerateResult full = e.generate(r);
+    r.guidance_interval = GuidanceInterval{0.0, 1e9};
+    EXPECT_EQ(e.generate(r).images[0].image.pixels, full.images[0].image.pixels);
+    r.guidance_interval = GuidanceInterval{1e8, 1e9};
+    const GenerateResult none = e.generate(r);
+    EXPECT_NE(none.images[0].parameters.find("Guidance interval: 1e+08 to 1e+09"),
+              std::string::npos)
+        << none.images[0].parameters;
+    EXPECT_EQ(none.guidance_interval.low, 1e8);
+    GenerateRequest off = r;
+    off.guidance_interval.reset();
+    off.cfg_scale = 1.0;
+    EXPECT_EQ(e.generate(off).images[0].image.pixels, none.images[0].image.pixels);
+    EXPECT_NE(full.images[0].image.pixels, none.images[0].image.pixels);
+    r.guidance_interval = GuidanceInterval{2.0, 1.0};
+    expect_error([&] { e.generate(r); }, ErrorKind::kInvalidArgument, "guidance interval");
+  }
+}
+
 // Live previews: every `preview_every` steps (not after the last), the image being drawn at the
 // request's size, converging to the final image; none unless asked for.
 TEST(Engine, PreviewsShowTheImageAsItForms) {

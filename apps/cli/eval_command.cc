@@ -4,6 +4,7 @@
 #include <memory>
 
 #include "device_option.h"
+#include "guidance_option.h"
 #include "core/error.h"
 #include "models/fashion_classifier.h"
 #include "io/atomic_file.h"
@@ -47,10 +48,7 @@ EvalCommand::EvalCommand(CLI::App& app) {
   cmd_->add_option("--cfg", c.cfg, "classifier-free guidance scale (1: none)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
-  cmd_->add_option("--guidance-interval", guidance_interval_,
-                   "classifier-free guidance only at noise levels sigma = sqrt((1 - acp) / acp) "
-                   "in [LO, HI] (Kynkaanniemi et al. 2024; HI may be inf); default: every step")
-      ->expected(2);
+  add_guidance_interval_option(cmd_, guidance_interval_, "every step");
   cmd_->add_option("--guide-classifier", c.guide_dir,
                    "classifier guidance: a noisy-image classifier folder (stipple "
                    "train-classifier --noisy), with --classifier-scale");
@@ -127,8 +125,8 @@ int EvalCommand::run() {
     config_.upscaler = std::make_shared<const pipelines::SuperResolutionPipeline>(
         pipelines::SuperResolutionPipeline::from_pretrained(config_.upscaler_dir));
   if (guidance_interval_.size() == 2) {
-    config_.cfg_interval_lo = guidance_interval_[0];
-    config_.cfg_interval_hi = guidance_interval_[1];
+    config_.guidance_interval = {static_cast<float>(guidance_interval_[0]),
+                                 static_cast<float>(guidance_interval_[1])};
   }
   config_.validate();
   const train::RealData real =

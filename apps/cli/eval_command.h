@@ -27,7 +27,7 @@ class EvalCommand {
   std::string data_dir_ = "/usr/share/datasets/fashion-mnist";
   std::string json_, grid_;
   std::string device_ = "cpu";
-  std::vector<float> guidance_interval_;  // --guidance-interval LO HI
+  std::vector<double> guidance_interval_;  // --guidance-interval LO HI
   bool quiet_ = false;
 };
 

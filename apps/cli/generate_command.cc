@@ -13,6 +13,7 @@
 #include "io/read_file.h"
 #include "models/lora.h"
 #include "device_option.h"
+#include "guidance_option.h"
 #include "progress.h"
 
 namespace stipple::cli {
@@ -134,6 +135,7 @@ GenerateCommand::GenerateCommand(CLI::App& app, Mode mode) : mode_(mode) {
   cmd_->add_option("--cfg", cfg_,
                    "classifier-free guidance scale, <= 1 for none (default: the model's: Stable "
                    "Diffusion 7.5, SDXL 5, DiT 4, text-to-image DiTs 4, pixel-space DiTs 2)");
+  add_guidance_interval_option(cmd_, guidance_interval_, "the model's (every step)");
   cmd_->add_option("--sampler", sampler_,
                    str_cat("sampler (default: the model's; `stipple info MODEL` says which): ",
                            sampler_list(), "; A1111's names (\"Euler a\", \"DPM++ 2M Karras\") "
@@ -229,6 +231,8 @@ int GenerateCommand::run() {
   r.class_labels = class_labels_;
   if (cmd_->count("--steps")) r.steps = steps_;
   if (cmd_->count("--cfg")) r.cfg_scale = cfg_;
+  if (guidance_interval_.size() == 2)
+    r.guidance_interval = GuidanceInterval{guidance_interval_[0], guidance_interval_[1]};
   if (cmd_->count("--sampler")) r.sampler = sampler_;
   r.seed = seed_arg_;
   r.width = width_;

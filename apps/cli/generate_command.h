@@ -40,6 +40,7 @@ class GenerateCommand {
   int steps_ = 30, width_ = 0, height_ = 0, num_images_ = 1, clip_skip_ = 1;
   std::string prompt_syntax_ = "plain";
   float cfg_ = 7.5f;
+  std::vector<double> guidance_interval_;  // --guidance-interval LO HI
   double strength_ = 0.75;
   int64_t seed_arg_ = 42;  // --seed as given
   uint64_t memory_limit_mb_ = 0;

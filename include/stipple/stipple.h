@@ -29,6 +29,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <optional>
@@ -57,6 +58,17 @@ struct LoraWeights {
   double weight = 1.0;
 };
 
+// Classifier-free guidance at some noise levels only (Kynkaanniemi et al. 2024): the steps whose
+// sigma = sqrt((1 - alphas_cumprod) / alphas_cumprod) lies in [low, high] are guided, the others
+// take the conditional prediction alone (one model call instead of two). Guidance at high noise
+// mostly narrows the layouts drawn; leaving it out there keeps the images more varied. The
+// default guides every step.
+struct GuidanceInterval {
+  double low = 0;
+  double high = std::numeric_limits<double>::infinity();
+  bool limited() const { return low > 0 || high < std::numeric_limits<double>::infinity(); }
+};
+
 // What one generation asks for. Fields left at their defaults take the model's defaults.
 struct GenerateRequest {
   // Text models: the prompt, or several prompts (one image each, in order; `prompt` is then
@@ -67,6 +79,7 @@ struct GenerateRequest {
   std::vector<std::string> class_labels;
   int steps = 0;                        // 0: the model's default
   std::optional<double> cfg_scale;      // classifier-free guidance; <= 1 turns it off
+  std::optional<GuidanceInterval> guidance_interval;  // unset: the model's default
   std::string sampler;                  // "" = default; "dpm++2m_karras" or A1111's "DPM++ 2M Karras"
   int64_t seed = -1;                    // -1: a random seed (reported in the result)
   int width = 0, height = 0;            // 0: the model's (or the init image's) size
@@ -139,6 +152,7 @@ struct GenerateResult {
   // The settings used, after the model's defaults filled the request in.
   int steps = 0;
   double cfg_scale = 0;
+  GuidanceInterval guidance_interval;
   std::string sampler;        // "dpm++2m_karras"
   std::string a1111_sampler;  // "DPM++ 2M Karras"
   int width = 0, height = 0;  // of every image
@@ -159,6 +173,7 @@ struct ModelDescription {
   std::vector<Task> tasks;  // what generate() can do with it
   int default_steps = 0;
   double default_cfg_scale = 0;
+  GuidanceInterval default_guidance_interval;
   std::string default_sampler;
   int default_width = 0, default_height = 0;
   int size_multiple = 0;  // width and height must be multiples of this; 0: only its own size

@@ -265,6 +265,9 @@ Job resolve(const GenerateRequest& r, const ModelDescription& d, const std::stri
   STIPPLE_CHECK(std::isfinite(job.cfg_scale) && job.cfg_scale >= 0 && job.cfg_scale <= 100,
                 "cfg_scale must be in [0, 100] (<= 1 turns guidance off), got ",
                 format_number(job.cfg_scale));
+  const GuidanceInterval interval = r.guidance_interval.value_or(d.default_guidance_interval);
+  job.guidance_interval = {static_cast<float>(interval.low), static_cast<float>(interval.high)};
+  pipelines::check_guidance_interval(job.guidance_interval);
   const std::string sampler = r.sampler.empty() ? d.default_sampler : r.sampler;
   const schedulers::SamplerName* s = schedulers::find_sampler(sampler);
   STIPPLE_CHECK(s != nullptr, "unknown sampler \"", sampler, "\"; known: ",
@@ -377,6 +380,9 @@ std::string parameters_text(const Job& job, const ModelDescription& d, const std
   if (job.task == Task::kImageToImage || job.task == Task::kInpaint)
     t += ", Denoising strength: " + format_number(job.strength);
   if (job.clip_skip > 1) t += str_cat(", Clip skip: ", job.clip_skip);
+  if (job.cfg_scale > 1 && job.guidance_interval.limited())
+    t += str_cat(", Guidance interval: ", format_number(job.guidance_interval.lo), " to ",
+                 format_number(job.guidance_interval.hi));
   // The request's LoRAs (a prompt's own <lora:...> tags are in its text already).
   if (!job.request_loras.empty()) {
     t += ", Lora: ";
@@ -641,6 +647,7 @@ GenerateResult Engine::generate(const GenerateRequest& request, const ProgressCa
   result.parameters = parameters_text(job, d, joined, job.seed, w, h);
   result.steps = job.steps;
   result.cfg_scale = job.cfg_scale;
+  result.guidance_interval = {job.guidance_interval.lo, job.guidance_interval.hi};
   result.sampler = job.sampler;
   result.a1111_sampler = job.a1111_sampler;
   result.width = static_cast<int>(w);

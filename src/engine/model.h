@@ -20,6 +20,7 @@
 #include "core/tensor.h"
 #include "models/fashion_classifier.h"
 #include "models/lora.h"
+#include "pipelines/denoise.h"
 #include "pipelines/pipeline_util.h"
 #include "pipelines/upscale.h"
 #include "stipple/stipple.h"
@@ -34,6 +35,7 @@ struct Job {
   std::vector<std::string> class_labels;  // class models: one image per label, repeats folded in
   int steps = 0;
   double cfg_scale = 0;
+  pipelines::GuidanceInterval guidance_interval;  // where the guidance applies (every step)
   std::string sampler;     // canonical name ("dpm++2m_karras"), or "" for the checkpoint's own
   std::string a1111_sampler;  // as A1111 writes it ("DPM++ 2M Karras")
   uint64_t seed = 0;

@@ -84,6 +84,7 @@ class StableDiffusionModel : public Engine::Model {
       p.negative_prompt = job.negative_prompt;
       p.steps = job.steps;
       p.cfg = static_cast<float>(job.cfg_scale);
+      p.guidance_interval = job.guidance_interval;
       p.sampler = job.sampler;
       p.seed = job.seed + i;
       p.width = job.width;
@@ -240,6 +241,7 @@ class LatentDiTModel : public Engine::Model {
                               p.class_labels = {ids[i]};
                               p.steps = job.steps;
                               p.cfg = static_cast<float>(job.cfg_scale);
+                              p.guidance_interval = job.guidance_interval;
                               p.sampler = job.sampler;
                               p.seed = job.seed + i;
                               p.progress = step;
@@ -325,6 +327,7 @@ class PixelDiTModel : public Engine::Model {
                                  c.steps = job.steps;
                                  c.sampler = job.sampler;
                                  c.cfg = static_cast<float>(job.cfg_scale);
+                                 c.guidance_interval = job.guidance_interval;
                                  c.seed = job.seed + i;
                                  c.guide = job.classifier;
                                  c.guide_scale = static_cast<float>(job.classifier_scale);
@@ -401,6 +404,7 @@ class TextDiTModel : public Engine::Model {
     p.negative_prompt = job.negative_prompt;
     p.steps = job.steps;
     p.cfg = static_cast<float>(job.cfg_scale);
+    p.guidance_interval = job.guidance_interval;
     p.sampler = job.sampler;
     p.seed = job.seed;
     for (size_t i = 0; i < job.prompts.size(); ++i) p.seeds.push_back(job.seed + i);
@@ -492,6 +496,7 @@ class X4UpscalerModel : public Engine::Model {
       p.negative_prompt = job.negative_prompt;
       p.steps = job.steps;
       p.cfg = static_cast<float>(job.cfg_scale);
+      p.guidance_interval = job.guidance_interval;
       p.sampler = job.sampler;
       p.seed = job.seed + static_cast<uint64_t>(i);
       p.init_image = job.init_image;

@@ -9,7 +9,8 @@
 
 namespace stipple::pipelines {
 
-void check_guidance_interval(float lo, float hi) {
+void check_guidance_interval(const GuidanceInterval& interval) {
+  const float lo = interval.lo, hi = interval.hi;
   STIPPLE_CHECK_KIND(!std::isnan(lo) && !std::isnan(hi) && std::isfinite(lo) && lo >= 0.0f &&
                          hi > lo,
                      kInvalidArgument, "the guidance interval [", lo, ", ", hi,
@@ -45,9 +46,9 @@ Tensor denoise(schedulers::Scheduler& scheduler, Tensor latents, const DenoiseFn
     // 1. scale the input (Euler-type samplers) and, with guidance, double the batch
     const Tensor x_t = scheduler.scale_model_input(latents, t);  // [B, C, H, W]
     bool guided = options.cfg.enabled();
-    if (guided && options.cfg.limited()) {
+    if (guided && options.cfg.interval.limited()) {
       const double a = schedulers::interp_at(t, scheduler.alphas_cumprod());
-      guided = options.cfg.applies_at(std::sqrt((1.0 - a) / a));
+      guided = options.cfg.interval.contains(std::sqrt((1.0 - a) / a));
     }
     Tensor input = guided ? ops::concat({x_t, x_t}, 0) : x_t;  // [2B or B, ...]
     // 2. the model's prediction, guided

@@ -24,23 +24,25 @@ namespace stipple::pipelines {
 // the conditional half.
 using DenoiseFn = std::function<Tensor(const Tensor& model_input, double t)>;
 
+// Guidance in a limited interval (Kynkäänniemi et al. 2024, "Applying Guidance in a Limited
+// Interval Improves Sample and Distribution Quality in Diffusion Models"): guided only at the
+// steps whose noise level sigma_t = sqrt((1 - acp_t) / acp_t) lies in [lo, hi]; the other steps
+// take the conditional prediction alone, in one call of B rows. Guidance at high noise mostly
+// narrows the layouts drawn (less diversity); limiting it keeps the diversity. Default: every
+// step.
+struct GuidanceInterval {
+  float lo = 0.0f;
+  float hi = std::numeric_limits<float>::infinity();
+  bool contains(double sigma) const { return sigma >= lo && sigma <= hi; }
+  bool limited() const { return lo > 0.0f || std::isfinite(hi); }
+};
+
 struct CfgOptions {
   float scale = 1.0f;    // classifier-free guidance scale; <= 1 means one unguided call per step
   float rescale = 0.0f;  // guidance rescale phi (Lin et al. 2023), 0 = off
   guidance::CfgOrder order = guidance::CfgOrder::kUncondFirst;
-  // Guidance in a limited interval (Kynkäänniemi et al. 2024, "Applying Guidance in a Limited
-  // Interval Improves Sample and Distribution Quality in Diffusion Models"): guided only at the
-  // steps whose noise level sigma_t = sqrt((1 - acp_t) / acp_t) lies in [interval_lo,
-  // interval_hi]; the other steps take the conditional prediction alone, in one call of B rows.
-  // Guidance at high noise mostly narrows the layouts drawn (less diversity), at low noise it
-  // changes little: limiting it keeps the diversity. Default: every step.
-  float interval_lo = 0.0f;
-  float interval_hi = std::numeric_limits<float>::infinity();
+  GuidanceInterval interval;
   bool enabled() const { return scale > 1.0f; }
-  bool applies_at(double sigma) const {
-    return enabled() && sigma >= interval_lo && sigma <= interval_hi;
-  }
-  bool limited() const { return interval_lo > 0.0f || std::isfinite(interval_hi); }
 };
 
 // Classifier guidance (Dhariwal & Nichol 2021, eq. 14, ADM's form for DDIM): after classifier-
@@ -57,7 +59,7 @@ struct ClassifierGuidanceOptions {
 
 // Throws, in the caller's terms ("the guidance interval ..."), unless 0 <= lo < hi (hi may be
 // infinite) and both are numbers.
-void check_guidance_interval(float lo, float hi);
+void check_guidance_interval(const GuidanceInterval& interval);
 
 struct DenoiseOptions {
   CfgOptions cfg;

@@ -117,6 +117,7 @@ Tensor DiTPipeline::run(const DiTParams& params) const {
   DenoiseOptions opt;
   opt.cfg.scale = params.cfg;
   opt.cfg.order = guidance::CfgOrder::kCondFirst;
+  opt.cfg.interval = params.guidance_interval;
   opt.generator = noise.generator();
   opt.progress = params.progress;
   opt.preview = params.preview;

@@ -23,6 +23,7 @@
 #include "core/tensor.h"
 #include "models/dit.h"
 #include "models/vae.h"
+#include "pipelines/denoise.h"
 #include "pipelines/pipeline_util.h"
 #include "schedulers/scheduler.h"
 
@@ -32,6 +33,7 @@ struct DiTParams {
   std::vector<int64_t> class_labels;  // one image per label, each in [0, num_classes)
   int steps = 50;
   float cfg = 4.0f;     // guidance scale; <= 1 runs without guidance
+  GuidanceInterval guidance_interval;  // the noise levels guided (denoise.h); default: all
   std::string sampler;  // a name from schedulers::sampler_names(); "" = the checkpoint's own
   uint64_t seed = 0;
   std::vector<Tensor> noise;  // injected draws (see NoiseSource), used before the generator

@@ -327,6 +327,7 @@ Tensor StableDiffusion::denoise_and_decode(
   DenoiseOptions opt;
   opt.cfg.scale = p.cfg;
   opt.cfg.order = guidance::CfgOrder::kUncondFirst;
+  opt.cfg.interval = p.guidance_interval;
   opt.begin_index = r.begin_index;
   opt.end_index = r.end_index;
   opt.generator = r.noise->generator();

@@ -46,6 +46,7 @@
 #include "models/lora.h"
 #include "models/unet2d_condition.h"
 #include "models/vae.h"
+#include "pipelines/denoise.h"
 #include "pipelines/pipeline_util.h"
 #include "pipelines/prompt_weighting.h"
 #include "schedulers/scheduler.h"
@@ -58,6 +59,7 @@ struct GenerationParams {
   std::string negative_prompt;  // "" = the empty string as unconditional prompt (diffusers' None)
   int steps = 30;
   float cfg = 7.5f;     // guidance scale; <= 1 runs without the unconditional branch
+  GuidanceInterval guidance_interval;  // the noise levels guided (denoise.h); default: all
   std::string sampler;  // a name from schedulers::sampler_names(); "" = the checkpoint's own
   double eta = 0.0;     // DDIM's eta
   uint64_t seed = 42;

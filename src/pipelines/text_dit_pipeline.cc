@@ -145,6 +145,7 @@ Tensor TextDiTPipeline::run_batch(const TextDiTParams& params,
   DenoiseOptions opt;
   opt.cfg.scale = params.cfg;
   opt.cfg.order = guidance::CfgOrder::kCondFirst;
+  opt.cfg.interval = params.guidance_interval;
   opt.generator = noise;
   opt.progress = progress;
   opt.preview = params.preview;

@@ -21,6 +21,7 @@
 #include "models/clip_text.h"
 #include "models/pixart.h"
 #include "models/vae.h"
+#include "pipelines/denoise.h"
 #include "pipelines/pipeline_util.h"
 #include "schedulers/scheduler.h"
 #include "text/clip_tokenizer.h"
@@ -44,6 +45,7 @@ struct TextDiTParams {
   std::string negative_prompt;       // the unconditional text ("" as in training)
   int steps = 20;
   float cfg = 4.0f;       // <= 1: no guidance
+  GuidanceInterval guidance_interval;  // the noise levels guided (denoise.h); default: all
   std::string sampler;    // schedulers::sampler_names(); "" = the folder's scheduler
   uint64_t seed = 0;      // images draw x_T in order from one generator seeded with this...
   std::vector<uint64_t> seeds;  // ...unless given here, one per prompt (A1111's seed + i)

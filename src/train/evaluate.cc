@@ -31,7 +31,7 @@ void EvalConfig::validate() const {
   STIPPLE_CHECK(steps >= 1 && steps <= 1000, "--steps must be in [1, 1000], got ", steps);
   STIPPLE_CHECK(batch_size >= 1, "--batch-size must be >= 1, got ", batch_size);
   STIPPLE_CHECK(std::isfinite(cfg) && cfg >= 0, "--cfg must be >= 0, got ", cfg);
-  pipelines::check_guidance_interval(cfg_interval_lo, cfg_interval_hi);
+  pipelines::check_guidance_interval(guidance_interval);
   STIPPLE_CHECK(std::isfinite(guide_scale) && std::abs(guide_scale) <= 1000,
                 "the classifier guidance scale must be in [-1000, 1000], got ", guide_scale);
   STIPPLE_CHECK(upscaler_steps >= 1 && upscaler_steps <= 1000,
@@ -141,8 +141,7 @@ Tensor ClassGenerator::sample(const std::vector<int64_t>& labels, const EvalConf
     pipelines::DenoiseOptions opt;
     opt.cfg.scale = config.cfg;
     opt.cfg.order = guidance::CfgOrder::kCondFirst;
-    opt.cfg.interval_lo = config.cfg_interval_lo;
-    opt.cfg.interval_hi = config.cfg_interval_hi;
+    opt.cfg.interval = config.guidance_interval;
     opt.generator = &step_gen;
     if (progress)
       opt.progress = [&](int done, int total) { progress(b * total + done, batches * total); };
@@ -387,9 +386,10 @@ nlohmann::json EvalResult::to_json() const {
           {"steps", config.steps},
           {"cfg", json_float(config.cfg)},
           {"guidance_interval",
-           {json_float(config.cfg_interval_lo),
-            std::isfinite(config.cfg_interval_hi) ? nlohmann::json(json_float(config.cfg_interval_hi))
-                                                  : nlohmann::json("inf")}},
+           {json_float(config.guidance_interval.lo),
+            std::isfinite(config.guidance_interval.hi)
+                ? nlohmann::json(json_float(config.guidance_interval.hi))
+                : nlohmann::json("inf")}},
           {"classifier_guidance", {{"classifier", config.guide_dir},
                                    {"scale", json_float(config.guide_scale)}}},
           {"upscaler", {{"model", config.upscaler_dir},
@@ -435,8 +435,9 @@ std::string EvalResult::table() const {
   os << line;
   os << "(" << num_generated << " generated: " << config.samples_per_class << " per class, "
      << config.sampler << ", " << config.steps << " steps, CFG " << config.cfg
-     << (config.cfg_interval_lo > 0.0f || std::isfinite(config.cfg_interval_hi)
-             ? str_cat(" at sigma in [", config.cfg_interval_lo, ", ", config.cfg_interval_hi, "]")
+     << (config.guidance_interval.limited()
+             ? str_cat(" at sigma in [", config.guidance_interval.lo, ", ",
+                       config.guidance_interval.hi, "]")
              : std::string())
      << (config.guide_scale != 0.0f ? str_cat(", classifier guidance ", config.guide_scale, " (",
                                               config.guide_dir, ")")

@@ -24,15 +24,15 @@
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
-#include <limits>
 #include <string>
 #include <vector>
 
 #include "core/tensor.h"
 #include "models/dit.h"
 #include "models/fashion_classifier.h"
-#include "pipelines/upscale.h"
+#include "pipelines/denoise.h"
 #include "pipelines/pipeline_util.h"
+#include "pipelines/upscale.h"
 #include "schedulers/scheduler.h"
 
 namespace stipple::train {
@@ -44,9 +44,7 @@ struct EvalConfig {
   // `stipple generate` uses for pixel-space DiTs: 20 DPM-Solver++ (2M, Karras) steps, CFG 2.
   std::string sampler = "dpm++2m_karras";  // a name from schedulers::sampler_names()
   float cfg = 2.0f;                        // classifier-free guidance scale; <= 1: none
-  // Guidance only at noise levels sigma in [lo, hi] (pipelines::CfgOptions); default: all.
-  float cfg_interval_lo = 0.0f;
-  float cfg_interval_hi = std::numeric_limits<float>::infinity();
+  pipelines::GuidanceInterval guidance_interval;  // default: guidance at every step
   uint64_t seed = 0;
   int batch_size = 100;  // images per denoiser batch (twice that many rows with guidance)
   // Classifier guidance (pipelines::ClassifierGuidanceOptions) by a noisy-image classifier
