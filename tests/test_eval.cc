@@ -152,6 +152,7 @@ TEST(Frechet, ClosedForms) {
   double d2 = 0;
   for (int64_t i = 0; i < n; ++i) d2 += (mu[i] - nu[i]) * (mu[i] - nu[i]);
   EXPECT_NEAR(frechet_distance(stats_of(mu, s), stats_of(nu, s)), d2, 1e-10 * d2);
+  EXPECT_NEAR(frechet_mean_term(stats_of(mu, s), stats_of(nu, s)), d2, 1e-12 * d2);
   // scaled covariance S2 = a S1: (S1 S2)^{1/2} = sqrt(a) S1, so d^2 = Tr(S) (1 - sqrt(a))^2
   const double a = 2.5;
   std::vector<double> s2 = s;
@@ -393,6 +394,15 @@ TEST(Evaluate, EndToEndOnTinyGenerator) {
   EXPECT_TRUE(std::isfinite(r.fid_feat) && r.fid_feat >= -1e-9) << r.fid_feat;
   EXPECT_TRUE(std::isfinite(r.fid_floor) && r.fid_floor >= -1e-9) << r.fid_floor;
   EXPECT_NE(r.floor_method.find("matched N"), std::string::npos);
+  // The mean's part of the distance, and a distance per class next to its floor.
+  EXPECT_GE(r.fid_mean_term, 0.0);
+  EXPECT_LE(r.fid_mean_term, r.fid_feat + 1e-9);
+  ASSERT_EQ(r.fid_per_class.size(), 10u);
+  ASSERT_EQ(r.fid_floor_per_class.size(), 10u);
+  for (size_t c = 0; c < 10; ++c) {
+    EXPECT_TRUE(std::isfinite(r.fid_per_class[c]) && r.fid_per_class[c] >= -1e-9) << c;
+    EXPECT_TRUE(std::isfinite(r.fid_floor_per_class[c])) << c;
+  }
   for (float v : r.samples.to_vector()) ASSERT_TRUE(v >= -1.0f && v <= 1.0f);
   const std::string table = r.table();
   EXPECT_NE(table.find("CAS"), std::string::npos) << table;
@@ -417,12 +427,60 @@ TEST(Evaluate, EndToEndOnTinyGenerator) {
   EXPECT_NEAR(j["fid_feat"].get<double>(), r.fid_feat, 1e-9);
   EXPECT_TRUE(j["cas_per_class"].contains("sneaker"));
   EXPECT_TRUE(j["goals"]["cas"].contains("met"));
+  EXPECT_TRUE(j["fid_feat_per_class"].contains("sandal"));
   write_eval_grid(r, dir + "/out/eval.png");
   std::map<std::string, std::string> text;
   const io::Image img = io::read_png(dir + "/out/eval.png", &text);
   EXPECT_EQ(img.width, 2 * 66);    // 2 columns of 64 + frame
   EXPECT_EQ(img.height, 10 * 66);  // a row per class
   EXPECT_NE(text["parameters"].find("Sampler: dpm++2m"), std::string::npos);
+}
+
+// A generator folder's sampling defaults: model_index.json's "_stipple_sampling", each field
+// checked and named when wrong; what is left out keeps EvalConfig's defaults.
+TEST(SamplingDefaults, ReadFromTheModelIndexAndCheckedByName) {
+  const SamplingDefaults none = SamplingDefaults::from_model_index(nlohmann::json::object(), "x");
+  EXPECT_EQ(none.steps, EvalConfig{}.steps);
+  EXPECT_EQ(none.cfg, EvalConfig{}.cfg);
+  EXPECT_FALSE(none.guidance_interval.limited());
+  const nlohmann::json index = nlohmann::json::parse(
+      R"({"_class_name": "DiTPipeline", "_stipple_sampling": {"cfg": 2.5, "guidance_interval": [0, 4]}})");
+  const SamplingDefaults d = SamplingDefaults::from_model_index(index, "model_index.json");
+  EXPECT_EQ(d.cfg, 2.5f);
+  EXPECT_EQ(d.steps, EvalConfig{}.steps);
+  EXPECT_EQ(d.sampler, EvalConfig{}.sampler);
+  EXPECT_EQ(d.guidance_interval.lo, 0.0f);
+  EXPECT_EQ(d.guidance_interval.hi, 4.0f);
+  const nlohmann::json again = {{SamplingDefaults::kKey, d.to_json()}};  // as export writes it
+  EXPECT_EQ(SamplingDefaults::from_model_index(again, "round trip").guidance_interval.hi, 4.0f);
+  const nlohmann::json open_end = {{SamplingDefaults::kKey, {{"guidance_interval", {1, "inf"}}}}};
+  EXPECT_TRUE(std::isinf(SamplingDefaults::from_model_index(open_end, "x").guidance_interval.hi));
+  auto bad = [](const std::string& json, const std::string& says) {
+    const nlohmann::json j = {{SamplingDefaults::kKey, nlohmann::json::parse(json)}};
+    try {
+      SamplingDefaults::from_model_index(j, "m/model_index.json");
+      ADD_FAILURE() << json << " was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(says), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("m/model_index.json"), std::string::npos) << e.what();
+    }
+  };
+  bad(R"({"sampler": "fastest"})", "unknown sampler");
+  bad(R"({"cfg": -1})", "cfg");
+  bad(R"({"steps": 0})", "steps");
+  bad(R"({"guidance_interval": [3, 1]})", "guidance interval");
+  bad(R"({"guidance_interval": [1]})", "[low, high]");
+  bad(R"({"guidance_interval": ["a", 1]})", "numbers");
+  bad(R"([1, 2])", "object");
+  // ClassGenerator::load reads them.
+  const std::string dir = temp_dir("sampling_defaults");
+  write_tiny_generator(dir);
+  nlohmann::json idx = io::read_json_file(dir + "/model_index.json");
+  idx[SamplingDefaults::kKey] = {{"cfg", 3}, {"guidance_interval", {0, 2}}};
+  io::write_file_atomic(dir + "/model_index.json", idx.dump(2));
+  const ClassGenerator gen = ClassGenerator::load(dir);
+  EXPECT_EQ(gen.defaults().cfg, 3.0f);
+  EXPECT_EQ(gen.defaults().guidance_interval.hi, 2.0f);
 }
 
 // The unconditional setting gives the denoiser the null class: the labels then reach only the

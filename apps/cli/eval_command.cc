@@ -38,17 +38,19 @@ EvalCommand::EvalCommand(CLI::App& app) {
   cmd_->add_option("--samples-per-class", c.samples_per_class, "generated images per class")
       ->capture_default_str()
       ->check(CLI::Range(2, 100000));
-  cmd_->add_option("--steps", c.steps, "sampler steps")
-      ->capture_default_str()
+  cmd_->add_option("--steps", c.steps, "sampler steps (default: the model's; 20 unless its "
+                   "model_index.json's _stipple_sampling says otherwise)")
       ->check(CLI::Range(1, 1000));
   std::string names;
   for (const auto& s : schedulers::sampler_names())
     names += (names.empty() ? "" : ", ") + std::string(s.name);
-  cmd_->add_option("--sampler", c.sampler, "one of: " + names)->capture_default_str();
-  cmd_->add_option("--cfg", c.cfg, "classifier-free guidance scale (1: none)")
-      ->capture_default_str()
+  cmd_->add_option("--sampler", c.sampler,
+                   "one of: " + names + " (default: the model's; dpm++2m_karras unless it says)");
+  cmd_->add_option("--cfg", c.cfg,
+                   "classifier-free guidance scale, 1: none (default: the model's; 2 unless it "
+                   "says)")
       ->check(CLI::NonNegativeNumber);
-  add_guidance_interval_option(cmd_, guidance_interval_, "every step");
+  add_guidance_interval_option(cmd_, guidance_interval_, "the model's (every step unless it says)");
   cmd_->add_option("--guide-classifier", c.guide_dir,
                    "classifier guidance: a noisy-image classifier folder (stipple "
                    "train-classifier --noisy), with --classifier-scale");
@@ -113,6 +115,12 @@ int EvalCommand::run() {
   const Device device = parse_device(device_);
   train::ClassGenerator generator = train::ClassGenerator::load(model_);
   generator.to(device);
+  // The folder's sampling defaults, for what the command line leaves unsaid.
+  const train::SamplingDefaults& defaults = generator.defaults();
+  if (!cmd_->count("--steps")) config_.steps = defaults.steps;
+  if (!cmd_->count("--sampler")) config_.sampler = defaults.sampler;
+  if (!cmd_->count("--cfg")) config_.cfg = defaults.cfg;
+  if (!cmd_->count("--guidance-interval")) config_.guidance_interval = defaults.guidance_interval;
   const auto classifier = models::FashionClassifier::from_pretrained(classifier_);
   STIPPLE_CHECK(config_.guide_scale == 0.0f || !config_.guide_dir.empty(),
                 "--classifier-scale needs --guide-classifier (a noisy-image classifier)");

@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
 
@@ -11,6 +12,7 @@
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
 #include "io/torch_checkpoint.h"
+#include "train/evaluate.h"
 
 namespace stipple::cli {
 namespace fs = std::filesystem;
@@ -59,12 +61,27 @@ struct CopyStats {
   int64_t tensors = 0, bytes = 0;
 };
 
+// The source's model_index.json, keeping the sampling defaults (train::SamplingDefaults) that the
+// destination's own index holds and the source's lacks: a folder re-exported from a newer
+// checkpoint keeps how it was tuned to sample, as it keeps its README.
+std::string merged_model_index(const fs::path& src, const fs::path& dst) {
+  const std::string text = read_bytes(src / "model_index.json");
+  const char* key = train::SamplingDefaults::kKey;
+  if (!fs::exists(dst / "model_index.json")) return text;
+  nlohmann::json from = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  const nlohmann::json to =
+      nlohmann::json::parse(read_bytes(dst / "model_index.json"), nullptr, false);
+  if (!from.is_object() || from.contains(key) || !to.is_object() || !to.contains(key)) return text;
+  from[key] = to.at(key);
+  return from.dump(2) + "\n";
+}
+
 // The folder copy of `export`: model_index.json, then each component folder's files (configs
 // and tokenizer files as they are, weights converted; PyTorch .bin weights become .safetensors).
 CopyStats copy_model_folder(const fs::path& src, const fs::path& dst, std::optional<DType> dtype) {
   CopyStats st;
   fs::create_directories(dst);
-  io::write_file_atomic((dst / "model_index.json").string(), read_bytes(src / "model_index.json"));
+  io::write_file_atomic((dst / "model_index.json").string(), merged_model_index(src, dst));
   st.files = 1;
   for (const auto& entry : fs::directory_iterator(src)) {
     if (!entry.is_directory()) continue;  // training_state.safetensors and other top-level files

@@ -380,9 +380,10 @@ std::unique_ptr<Engine::Model> open_pixel_dit(const std::string& path, const Ope
   d.family = "pixel-space DiT";
   d.pipeline = "DiTPipeline";
   d.tasks = {Task::kClassToImage};
-  const train::EvalConfig defaults;  // what `stipple eval` scores these models with
+  const train::SamplingDefaults& defaults = gen.defaults();  // what `stipple eval` scores with
   d.default_steps = defaults.steps;
   d.default_cfg_scale = defaults.cfg;
+  d.default_guidance_interval = {defaults.guidance_interval.lo, defaults.guidance_interval.hi};
   d.default_sampler = defaults.sampler;
   d.default_width = d.default_height = static_cast<int>(m->drawn_size());
   d.channels = static_cast<int>(gen.channels());

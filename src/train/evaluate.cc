@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <limits>
 #include <sstream>
 
 #include "autograd/grad_mode.h"
@@ -46,6 +47,53 @@ void EvalConfig::validate() const {
 
 // ---------------- the generator ----------------
 
+SamplingDefaults SamplingDefaults::from_model_index(const nlohmann::json& index,
+                                                   const std::string& where) {
+  SamplingDefaults d;
+  if (!index.is_object() || !index.contains(kKey)) return d;
+  const std::string at = str_cat(where, " (", kKey, ")");
+  STIPPLE_CHECK(index.at(kKey).is_object(), at, " must be an object, e.g. {\"cfg\": 2}");
+  const io::JsonConfig c(index.at(kKey), at);
+  d.steps = static_cast<int>(c.integer("steps", d.steps));
+  d.sampler = c.string("sampler", d.sampler);
+  d.cfg = static_cast<float>(c.number("cfg", d.cfg));
+  STIPPLE_CHECK(d.steps >= 1 && d.steps <= 1000, at, ": steps must be in [1, 1000], got ",
+                d.steps);
+  STIPPLE_CHECK(schedulers::find_sampler(d.sampler) != nullptr, at, ": unknown sampler \"",
+                d.sampler, "\"");
+  STIPPLE_CHECK(std::isfinite(d.cfg) && d.cfg >= 0 && d.cfg <= 100, at,
+                ": cfg must be in [0, 100], got ", d.cfg);
+  if (c.has("guidance_interval")) {
+    const nlohmann::json& iv = c.raw().at("guidance_interval");
+    auto bound = [&](const nlohmann::json& v) {
+      if (v.is_string() && v.get<std::string>() == "inf")
+        return std::numeric_limits<float>::infinity();
+      STIPPLE_CHECK(v.is_number(), at, ": guidance_interval holds numbers (or \"inf\"), got ",
+                    v.dump());
+      return v.get<float>();
+    };
+    STIPPLE_CHECK(iv.is_array() && iv.size() == 2, at,
+                  ": guidance_interval must be [low, high], got ", iv.dump());
+    d.guidance_interval = {bound(iv[0]), bound(iv[1])};
+    try {
+      pipelines::check_guidance_interval(d.guidance_interval);
+    } catch (const Error& e) {
+      throw Error(str_cat(at, ": ", e.what()), e.kind());
+    }
+  }
+  return d;
+}
+
+nlohmann::json SamplingDefaults::to_json() const {
+  nlohmann::json j = {{"steps", steps}, {"sampler", sampler}, {"cfg", json_float(cfg)}};
+  if (guidance_interval.limited())
+    j["guidance_interval"] = {json_float(guidance_interval.lo),
+                              std::isfinite(guidance_interval.hi)
+                                  ? nlohmann::json(json_float(guidance_interval.hi))
+                                  : nlohmann::json("inf")};
+  return j;
+}
+
 ClassGenerator ClassGenerator::load(const std::string& folder) {
   const char* kHint =
       " (give a folder written by `stipple train`: a run's checkpoint-<step>/, latest/ or "
@@ -74,6 +122,9 @@ ClassGenerator ClassGenerator::load(const std::string& folder) {
       (dir / "scheduler" / "scheduler_config.json").string());
   const std::map<int64_t, std::string> id2label =
       models::read_id2label((dir / "model_index.json").string());
+  const std::string index_path = (dir / "model_index.json").string();
+  g.defaults_ = SamplingDefaults::from_model_index(
+      io::JsonConfig::from_file(index_path).raw(), index_path);
   for (int64_t c = 0; c < g.num_classes(); ++c) {
     const auto it = id2label.find(c);
     g.class_names_.push_back(it != id2label.end() ? it->second : std::to_string(c));

@@ -68,6 +68,24 @@ struct EvalConfig {
 
 // A class-conditional pixel-space DiT as the trainer writes it: model_index.json, transformer/
 // and scheduler/. A training run's folder (with export/ or latest) is accepted too.
+// How a generator folder samples unless told otherwise: model_index.json's "_stipple_sampling"
+// (diffusers skips the keys that start with "_"), e.g.
+//   "_stipple_sampling": {"steps": 20, "sampler": "dpm++2m_karras", "cfg": 2.5,
+//                         "guidance_interval": [0, 4]}
+// Each field left out keeps EvalConfig's default; "inf" is the open upper end of the interval.
+// `stipple generate` and the Engine draw with them, `stipple eval` scores with them (for the
+// options not given), and `stipple export` keeps them when it rewrites the folder.
+struct SamplingDefaults {
+  int steps = EvalConfig{}.steps;
+  std::string sampler = EvalConfig{}.sampler;
+  float cfg = EvalConfig{}.cfg;
+  pipelines::GuidanceInterval guidance_interval;
+  static constexpr const char* kKey = "_stipple_sampling";
+  // From a parsed model_index.json; throws naming `where` and the field that is wrong.
+  static SamplingDefaults from_model_index(const nlohmann::json& index, const std::string& where);
+  nlohmann::json to_json() const;
+};
+
 class ClassGenerator {
  public:
   // Throws naming the folder and the missing part (and what to give instead).
@@ -92,6 +110,7 @@ class ClassGenerator {
   const std::vector<std::string>& class_names() const { return class_names_; }
   const models::DiTTransformer2DModel& transformer() const { return *transformer_; }
   const schedulers::SchedulerConfig& scheduler_config() const { return scheduler_; }
+  const SamplingDefaults& defaults() const { return defaults_; }
   // Moves the transformer to `device`: sample() denoises there (x_T drawn on the CPU, so a seed
   // gives the same images) and returns images on the CPU; a guiding classifier stays on the CPU.
   void to(Device device);
@@ -103,6 +122,7 @@ class ClassGenerator {
   std::shared_ptr<models::DiTTransformer2DModel> transformer_;
   schedulers::SchedulerConfig scheduler_;
   std::vector<std::string> class_names_;
+  SamplingDefaults defaults_;
 };
 
 // The real images the floors and FID_feat compare against, all [N, C, S, S] in [-1, 1].
