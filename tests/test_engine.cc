@@ -41,7 +41,11 @@ TEST(Engine, OpensThePixelDiTWithItsDefaults) {
   ASSERT_EQ(d.tasks.size(), 1u);
   EXPECT_EQ(d.tasks[0], Task::kClassToImage);
   EXPECT_EQ(d.default_steps, 20);
-  EXPECT_EQ(d.default_cfg_scale, 2.0);
+  // The folder's own sampling defaults (model_index.json's _stipple_sampling): guidance 3.5 at
+  // noise levels up to sigma 2.5.
+  EXPECT_EQ(d.default_cfg_scale, 3.5);
+  EXPECT_EQ(d.default_guidance_interval.low, 0.0);
+  EXPECT_EQ(d.default_guidance_interval.high, 2.5);
   EXPECT_EQ(d.default_sampler, "dpm++2m_karras");
   EXPECT_EQ(d.default_width, 28);
   EXPECT_EQ(d.channels, 1);
@@ -66,8 +70,8 @@ TEST(Engine, ClassToImageWithSeedsProgressAndText) {
   EXPECT_EQ(out.images[0].image.channels, 1);
   EXPECT_EQ(out.images[0].image.pixels.size(), 28u * 28u);
   EXPECT_EQ(out.images[1].parameters,
-            "class 7 (sneaker)\nSteps: 3, Sampler: DPM++ 2M Karras, CFG scale: 2, Seed: 6, "
-            "Size: 28x28, Model: fashion-mnist-dit");
+            "class 7 (sneaker)\nSteps: 3, Sampler: DPM++ 2M Karras, CFG scale: 3.5, Seed: 6, "
+            "Size: 28x28, Model: fashion-mnist-dit, Guidance interval: 0 to 2.5");
   EXPECT_TRUE(out.notes.empty());
   // Progress: every step of both images, counted over the request.
   ASSERT_EQ(seen.size(), 6u);
@@ -322,7 +326,13 @@ TEST(Engine, GuidanceIntervalGuidesOnlyItsNoiseLevels) {
     r.steps = 4;
     r.seed = 9;
     r.cfg_scale = 3.0;
+    if (path == kFashion) {  // its folder's default interval (model_index.json)
+      EXPECT_NE(e.generate(r).images[0].parameters.find("Guidance interval: 0 to 2.5"),
+                std::string::npos);
+    }
+    r.guidance_interval = GuidanceInterval{};  // every step
     const GenerateResult full = e.generate(r);
+    EXPECT_EQ(full.images[0].parameters.find("Guidance interval"), std::string::npos);
     r.guidance_interval = GuidanceInterval{0.0, 1e9};
     EXPECT_EQ(e.generate(r).images[0].image.pixels, full.images[0].image.pixels);
     r.guidance_interval = GuidanceInterval{1e8, 1e9};
@@ -362,6 +372,10 @@ TEST(Engine, PreviewsShowTheImageAsItForms) {
   r.seed = 3;
   r.steps = 12;
   r.sampler = "ddim";  // forms an x0 estimate at every step
+  // Guidance at every step: the model's own interval guides only the last steps, which then
+  // move the image after the previews.
+  r.cfg_scale = 2.0;
+  r.guidance_interval = GuidanceInterval{};
   EXPECT_TRUE(previews_of(fashion, r).first.empty());
   r.preview_every = 4;
   const auto [seen, final_image] = previews_of(fashion, r);
