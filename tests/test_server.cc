@@ -133,6 +133,10 @@ TEST(Server, BadRequestsGetAJsonErrorAndTheServerKeepsServing) {
       {"/sdapi/v1/txt2img", R"({"prompt": "bag", "batch_size": 1000})", 400, "batch_size x n_iter"},
       {"/sdapi/v1/txt2img", R"({"prompt": "bag", "sampler_name": "nope"})", 400, "unknown sampler"},
       {"/sdapi/v1/txt2img", R"({"prompt": "bag", "cfg_scale": 1e308})", 400, "cfg_scale"},
+      {"/sdapi/v1/txt2img", R"({"prompt": "bag", "guidance_interval": [3]})", 400,
+       "guidance_interval: expected [low, high]"},
+      {"/sdapi/v1/txt2img", R"({"prompt": "bag", "guidance_interval": [3, 1]})", 400,
+       "guidance interval [3, 1]"},
       {"/sdapi/v1/txt2img", R"({"prompt": ""})", 400, "give the class as the prompt"},
       {"/sdapi/v1/txt2img", R"({"prompt": "spaceship"})", 400, "unknown Fashion-MNIST class"},
       {"/sdapi/v1/img2img", R"({"prompt": "bag", "init_images": ["%%%"]})", 400, "not base64"},
@@ -170,6 +174,15 @@ TEST(Server, ListsProgressOptionsAndMemory) {
   EXPECT_EQ(model["model_name"], "fashion-mnist-dit");
   EXPECT_EQ(model["stipple"]["class_names"][7], "sneaker");
   EXPECT_EQ(model["stipple"]["default_steps"], 20);
+  EXPECT_EQ(model["stipple"]["default_guidance_interval"], json({0.0, 2.5}));
+  // The interval a request names (stipple's field; "inf": no upper end) is the one used.
+  const auto [s2, every] = s.post(
+      "/sdapi/v1/txt2img", R"({"prompt": "bag", "steps": 1, "guidance_interval": [0, "inf"]})");
+  ASSERT_EQ(s2, 200) << every.dump();
+  EXPECT_EQ(every["info"].get<std::string>().find("Guidance interval"), std::string::npos);
+  const auto [s3, own] = s.post("/sdapi/v1/txt2img", R"({"prompt": "bag", "steps": 1})");
+  ASSERT_EQ(s3, 200) << own.dump();
+  EXPECT_NE(own["info"].get<std::string>().find("Guidance interval: 0 to 2.5"), std::string::npos);
   // The web page: served whole, and it talks only to this server's routes.
   auto page = s.client().Get("/");
   ASSERT_TRUE(page);

@@ -131,10 +131,12 @@ GenerateCommand::GenerateCommand(CLI::App& app, Mode mode) : mode_(mode) {
   cmd_->add_option("--negative-prompt,-n", negative_prompt_, "what to steer away from");
   cmd_->add_option("--steps", steps_,
                    "denoising steps (default: the model's: Stable Diffusion 30, DiT 30, "
-                   "text-to-image DiTs 20, pixel-space DiTs 20)");
+                   "text-to-image DiTs 20, pixel-space DiTs 20 unless their model_index.json's "
+                   "_stipple_sampling says otherwise)");
   cmd_->add_option("--cfg", cfg_,
                    "classifier-free guidance scale, <= 1 for none (default: the model's: Stable "
-                   "Diffusion 7.5, SDXL 5, DiT 4, text-to-image DiTs 4, pixel-space DiTs 2)");
+                   "Diffusion 7.5, SDXL 5, DiT 4, text-to-image DiTs 4, pixel-space DiTs 2 unless "
+                   "their folder says otherwise: models/fashion-mnist-dit 3.5 at sigma <= 2.5)");
   add_guidance_interval_option(cmd_, guidance_interval_, "the model's (every step)");
   cmd_->add_option("--sampler", sampler_,
                    str_cat("sampler (default: the model's; `stipple info MODEL` says which): ",

@@ -3,6 +3,8 @@
 #include "server_impl.h"
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 
 namespace stipple::server {
 
@@ -47,6 +49,21 @@ GenerateRequest Server::Impl::a1111_request(const json& body, const ModelDescrip
   r.steps = steps(body);
   if (body.contains("cfg_scale") && !body["cfg_scale"].is_null())
     r.cfg_scale = field<double>(body, "cfg_scale", 0.0);
+  // stipple's own field: [low, high] noise levels to guide at ("inf" or null: no upper end)
+  if (body.contains("guidance_interval") && !body["guidance_interval"].is_null()) {
+    const json& iv = body["guidance_interval"];
+    auto bound = [&](const json& v, bool upper) {
+      if (upper && (v.is_null() || (v.is_string() && v.get<std::string>() == "inf")))
+        return std::numeric_limits<double>::infinity();
+      if (!v.is_number())
+        throw Error(str_cat("guidance_interval: expected [low, high] numbers (high may be "
+                            "\"inf\"), got ", iv.dump()));
+      return v.get<double>();
+    };
+    if (!iv.is_array() || iv.size() != 2)
+      throw Error(str_cat("guidance_interval: expected [low, high], got ", iv.dump()));
+    r.guidance_interval = GuidanceInterval{bound(iv[0], false), bound(iv[1], true)};
+  }
   const int width = field<int>(body, "width", 0), height = field<int>(body, "height", 0);
   if (width < 0 || height < 0 || static_cast<int64_t>(width) * height > opt.max_pixels)
     throw Error(str_cat("width x height must be at most ", opt.max_pixels, " pixels, got ",
@@ -238,6 +255,11 @@ json Server::Impl::sd_models() {
                 {"tasks", tasks},
                 {"default_steps", d.default_steps},
                 {"default_cfg_scale", d.default_cfg_scale},
+                {"default_guidance_interval",
+                 {d.default_guidance_interval.low,
+                  std::isfinite(d.default_guidance_interval.high)
+                      ? json(d.default_guidance_interval.high)
+                      : json("inf")}},
                 {"default_sampler", d.default_sampler},
                 {"default_width", d.default_width},
                 {"default_height", d.default_height},
