@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <sched.h>
+#include <time.h>
 
 #include "core/error.h"
 #include "ops/op_util.h"
@@ -114,7 +116,47 @@ std::string oversubscription_warning(int local_ranks, int threads_per_rank, int 
   return "";
 }
 
+double poll_until(const std::function<bool()>& done, double timeout_seconds,
+                  const std::string& what, int rank, const std::string& whom,
+                  const std::string& why) {
+  const auto start = std::chrono::steady_clock::now();
+  for (;;) {
+    const double waited =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (done()) return waited;
+    if (waited > timeout_seconds)
+      throw Error(str_cat(what, ": rank ", rank, " waited ", static_cast<int>(waited), " s for ",
+                          whom, " (the limit is --dist-timeout ",
+                          static_cast<int>(timeout_seconds), " s)", why),
+                  ErrorKind::kIo);
+    if (waited < 1e-3) {
+      sched_yield();
+    } else {
+      const timespec pause{0, 200000};
+      nanosleep(&pause, nullptr);
+    }
+  }
+}
+
 // ---------------- GradientReducer ----------------
+
+namespace {
+
+// The bucket that starts at parameter i: the parameters [i, end) whose gradients (those some
+// rank has) fit in `bucket_floats`, at least one. Sets *floats to their size.
+size_t bucket_end(const std::vector<Tensor>& params, const std::vector<float>& has, size_t i,
+                  size_t bucket_floats, size_t* floats) {
+  size_t end = i;
+  *floats = 0;
+  while (end < params.size() &&
+         (end == i || *floats + static_cast<size_t>(params[end].numel()) <= bucket_floats)) {
+    if (has[end] > 0) *floats += static_cast<size_t>(params[end].numel());
+    ++end;
+  }
+  return end;
+}
+
+}  // namespace
 
 GradientReducer::GradientReducer(size_t bucket_bytes)
     : bucket_floats_(std::max<size_t>(1, bucket_bytes / sizeof(float))) {}
@@ -146,12 +188,8 @@ void GradientReducer::reduce(Communicator& comm, const std::vector<Tensor>& para
   // 2. buckets of consecutive parameters: pack, sum, unpack into fresh tensors
   size_t i = 0;
   while (i < params.size()) {
-    size_t end = i, floats = 0;
-    while (end < params.size() &&
-           (end == i || floats + static_cast<size_t>(params[end].numel()) <= bucket_floats_)) {
-      if (has[end] > 0) floats += static_cast<size_t>(params[end].numel());
-      ++end;
-    }
+    size_t floats = 0;
+    const size_t end = bucket_end(params, has, i, bucket_floats_, &floats);
     buffer_.resize(floats);
     size_t at = 0;
     for (size_t k = i; k < end; ++k) {
@@ -188,12 +226,8 @@ void GradientReducer::reduce_on_device(Communicator& comm, const std::vector<Ten
   const std::string what = str_cat("the gradient all-reduce at step ", step);
   size_t i = 0;
   while (i < params.size()) {
-    size_t end = i, floats = 0;
-    while (end < params.size() &&
-           (end == i || floats + static_cast<size_t>(params[end].numel()) <= bucket_floats_)) {
-      if (has[end] > 0) floats += static_cast<size_t>(params[end].numel());
-      ++end;
-    }
+    size_t floats = 0;
+    const size_t end = bucket_end(params, has, i, bucket_floats_, &floats);
     std::vector<Tensor> parts;
     for (size_t k = i; k < end; ++k) {
       if (has[k] == 0) continue;

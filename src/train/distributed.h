@@ -22,6 +22,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -82,6 +83,14 @@ Communicator& single_process();
 // compare). `who` and `step` name where, e.g. "train-vae" at step 250.
 void check_same_weights(Communicator& comm, const std::vector<Tensor>& params,
                         const std::string& who, int64_t step);
+
+// Polls `done` until it says true: spinning for the first millisecond (the usual case on one
+// machine), then sleeping 0.2 ms between polls, so a waiting rank leaves the cores to ranks still
+// computing. Returns the seconds waited, or throws (kIo) "<what>: rank <rank> waited N s for
+// <whom> (the limit is --dist-timeout T s)<why>" once `timeout_seconds` have passed.
+double poll_until(const std::function<bool()>& done, double timeout_seconds,
+                  const std::string& what, int rank, const std::string& whom,
+                  const std::string& why);
 
 // When this process was started by an MPI launcher (mpirun, mpiexec, srun with PMI), the number
 // of ranks it announces; 0 otherwise. Reads OMPI_COMM_WORLD_SIZE, PMI_SIZE and PMIX_SIZE.

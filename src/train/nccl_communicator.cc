@@ -7,12 +7,8 @@
 #endif
 #if STIPPLE_WITH_NCCL
 #include <cuda_runtime.h>
-#include <dlfcn.h>
 #include <nccl.h>
-#include <sched.h>
-#include <time.h>
 
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <type_traits>
@@ -53,10 +49,10 @@ const NcclApi& nccl_api() {
     void* lib = cuda::open_library(
         name, "data-parallel training on GPUs sums the gradients with NCCL (Debian: libnccl2)");
     NcclApi a;
+    const std::string needed = str_cat("stipple needs NCCL ", NCCL_MAJOR, ".x");
     auto need = [&](auto& fn, const char* symbol) {
-      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(lib, symbol));
-      STIPPLE_CHECK_KIND(fn != nullptr, kUnsupported, name, " lacks ", symbol,
-                         "; stipple needs NCCL ", NCCL_MAJOR, ".x");
+      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(
+          cuda::library_symbol(lib, name, symbol, needed));
     };
     need(a.get_version, "ncclGetVersion");
     need(a.get_unique_id, "ncclGetUniqueId");
@@ -143,34 +139,24 @@ class NcclCommunicator final : public Communicator {
   }
 
   // Polls the stream until the all-reduce (and the work before it) is done, NCCL reports an
-  // error, or the timeout passes: spinning for the first millisecond, then sleeping 0.2 ms.
+  // error, or the timeout passes (poll_until).
   void wait(const std::string& what) {
-    const auto start = std::chrono::steady_clock::now();
-    for (;;) {
-      const cudaError_t q = cudaStreamQuery(stream_);
-      if (q == cudaSuccess) return;
-      if (q != cudaErrorNotReady) {
-        cudaGetLastError();
-        throw Error(str_cat(what, " failed on rank ", rank(), " (CUDA): ", cudaGetErrorString(q)),
-                    ErrorKind::kIo);
-      }
-      ncclResult_t async = ncclSuccess;
-      api_.comm_get_async_error(comm_, &async);
-      check(async, what);
-      const double waited =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      if (waited > timeout_)
-        throw Error(str_cat(what, ": rank ", rank(), " waited ", static_cast<int>(waited),
-                            " s for the other GPUs (the limit is --dist-timeout ",
-                            static_cast<int>(timeout_), " s); a rank is stuck or lost"),
-                    ErrorKind::kIo);
-      if (waited < 1e-3) {
-        sched_yield();
-      } else {
-        const timespec pause{0, 200000};
-        nanosleep(&pause, nullptr);
-      }
-    }
+    poll_until(
+        [&] {
+          const cudaError_t q = cudaStreamQuery(stream_);
+          if (q == cudaSuccess) return true;
+          if (q != cudaErrorNotReady) {
+            cudaGetLastError();
+            throw Error(str_cat(what, " failed on rank ", rank(), " (CUDA): ",
+                                cudaGetErrorString(q)),
+                        ErrorKind::kIo);
+          }
+          ncclResult_t async = ncclSuccess;
+          api_.comm_get_async_error(comm_, &async);
+          check(async, what);
+          return false;
+        },
+        timeout_, what, rank(), "the other GPUs", "; a rank is stuck or lost");
   }
 
   Communicator& host_;

@@ -49,6 +49,11 @@ void load_blas();
 // be opened (<why>); ..." when neither has it.
 void* open_library(const std::string& name, const std::string& needed_by);
 
+// dlsym(lib, symbol) in a library open_library() opened (`name` is its file name); throws
+// (kUnsupported) "<name> lacks <symbol>; <needed>" when the library does not have it.
+void* library_symbol(void* lib, const std::string& name, const char* symbol,
+                     const std::string& needed);
+
 // Device memory (see the header comment). allocate(0) returns nullptr.
 void* allocate(size_t nbytes);
 void release(void* p, size_t nbytes);

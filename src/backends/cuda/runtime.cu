@@ -49,18 +49,24 @@ void* open_library(const std::string& name, const std::string& needed_by) {
   return lib;
 }
 
+void* library_symbol(void* lib, const std::string& name, const char* symbol,
+                     const std::string& needed) {
+  void* fn = dlsym(lib, symbol);
+  if (fn == nullptr)
+    throw Error(str_cat(name, " lacks ", symbol, "; ", needed), ErrorKind::kUnsupported);
+  return fn;
+}
+
 const CublasApi& cublas_api() {
   static const CublasApi api = [] {
     const std::string name = str_cat("libcublas.so.", CUBLAS_VER_MAJOR);
     void* lib = open_library(name, "the CUDA backend needs cuBLAS");
     CublasApi a;
+    const std::string needed =
+        str_cat("the CUDA backend needs cuBLAS ", CUBLAS_VER_MAJOR, ".x");
     auto need = [&](auto& fn, const char* symbol) {
-      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(lib, symbol));
-      if (fn == nullptr) {
-        throw Error(str_cat(name, " lacks ", symbol, "; the CUDA backend needs cuBLAS ",
-                            CUBLAS_VER_MAJOR, ".x"),
-                    ErrorKind::kUnsupported);
-      }
+      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(
+          library_symbol(lib, name, symbol, needed));
     };
     need(a.create, "cublasCreate_v2");
     need(a.set_stream, "cublasSetStream_v2");

@@ -1,11 +1,8 @@
 #include "train/mpi/mpi_communicator.h"
 
 #include <mpi.h>
-#include <sched.h>
-#include <time.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 
@@ -108,27 +105,17 @@ class MpiCommunicator final : public Communicator {
   }
 
   int wait(MPI_Request& request, const std::string& what) {
-    const auto start = std::chrono::steady_clock::now();
-    for (;;) {
-      int flag = 0;
-      const int rc = MPI_Test(&request, &flag, MPI_STATUS_IGNORE);
-      if (rc != MPI_SUCCESS || flag) return rc;
-      const double waited =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      if (waited > timeout_)
-        throw Error(str_cat(what, ": rank ", rank_, " waited ", static_cast<int>(waited),
-                            " s for the other ranks (the limit is --dist-timeout ",
-                            static_cast<int>(timeout_),
-                            " s); a rank is stuck or lost, or rank 0 spent longer than that on "
-                            "a checkpoint or evaluation"),
-                    ErrorKind::kIo);
-      if (waited < 1e-3) {
-        sched_yield();
-      } else {
-        const timespec pause{0, 200000};
-        nanosleep(&pause, nullptr);
-      }
-    }
+    int rc = MPI_SUCCESS;
+    poll_until(
+        [&] {
+          int flag = 0;
+          rc = MPI_Test(&request, &flag, MPI_STATUS_IGNORE);
+          return rc != MPI_SUCCESS || flag != 0;
+        },
+        timeout_, what, rank_, "the other ranks",
+        "; a rank is stuck or lost, or rank 0 spent longer than that on a checkpoint or "
+        "evaluation");
+    return rc;
   }
 
   double timeout_;
