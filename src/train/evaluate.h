@@ -40,8 +40,9 @@ namespace stipple::train {
 struct EvalConfig {
   int samples_per_class = 100;
   int steps = 20;
-  // The defaults are what the shipped Fashion-MNIST DiT is scored with, and what
-  // `stipple generate` uses for pixel-space DiTs: 20 DPM-Solver++ (2M, Karras) steps, CFG 2.
+  // The defaults of a pixel-space DiT whose folder names none (SamplingDefaults): 20
+  // DPM-Solver++ (2M, Karras) steps, CFG 2 at every step. (The shipped Fashion-MNIST DiT's
+  // folder asks for CFG 3.5 at sigma <= 2.5.)
   std::string sampler = "dpm++2m_karras";  // a name from schedulers::sampler_names()
   float cfg = 2.0f;                        // classifier-free guidance scale; <= 1: none
   pipelines::GuidanceInterval guidance_interval;  // default: guidance at every step
