@@ -41,10 +41,15 @@ int InfoCommand::run() {
       const ModelDescription& d = engine.description();
       std::string tasks;
       for (Task t : d.tasks) tasks += str_cat(tasks.empty() ? "" : ", ", to_string(t));
-      std::printf("generates as: %s (%s): %s; defaults: %d steps, %s, CFG scale %g, %dx%d\n",
+      const std::string interval =
+          d.default_guidance_interval.limited()
+              ? str_cat(" at sigma in [", d.default_guidance_interval.low, ", ",
+                        d.default_guidance_interval.high, "]")
+              : std::string();
+      std::printf("generates as: %s (%s): %s; defaults: %d steps, %s, CFG scale %g%s, %dx%d\n",
                   d.family.c_str(), d.pipeline.c_str(), tasks.c_str(), d.default_steps,
-                  d.default_sampler.c_str(), d.default_cfg_scale, d.default_width,
-                  d.default_height);
+                  d.default_sampler.c_str(), d.default_cfg_scale, interval.c_str(),
+                  d.default_width, d.default_height);
     } catch (const Error& e) {
       std::printf("generates as: nothing yet: %s\n", e.what());
     }
