@@ -84,13 +84,17 @@ SamplingDefaults SamplingDefaults::from_model_index(const nlohmann::json& index,
   return d;
 }
 
+namespace {
+// [low, high] as model_index.json and eval's JSON write it: "inf" for no upper end.
+nlohmann::json interval_json(const pipelines::GuidanceInterval& iv) {
+  return {json_float(iv.lo),
+          std::isfinite(iv.hi) ? nlohmann::json(json_float(iv.hi)) : nlohmann::json("inf")};
+}
+}  // namespace
+
 nlohmann::json SamplingDefaults::to_json() const {
   nlohmann::json j = {{"steps", steps}, {"sampler", sampler}, {"cfg", json_float(cfg)}};
-  if (guidance_interval.limited())
-    j["guidance_interval"] = {json_float(guidance_interval.lo),
-                              std::isfinite(guidance_interval.hi)
-                                  ? nlohmann::json(json_float(guidance_interval.hi))
-                                  : nlohmann::json("inf")};
+  if (guidance_interval.limited()) j["guidance_interval"] = interval_json(guidance_interval);
   return j;
 }
 
@@ -436,11 +440,7 @@ nlohmann::json EvalResult::to_json() const {
           {"sampler", config.sampler},
           {"steps", config.steps},
           {"cfg", json_float(config.cfg)},
-          {"guidance_interval",
-           {json_float(config.guidance_interval.lo),
-            std::isfinite(config.guidance_interval.hi)
-                ? nlohmann::json(json_float(config.guidance_interval.hi))
-                : nlohmann::json("inf")}},
+          {"guidance_interval", interval_json(config.guidance_interval)},
           {"classifier_guidance", {{"classifier", config.guide_dir},
                                    {"scale", json_float(config.guide_scale)}}},
           {"upscaler", {{"model", config.upscaler_dir},
