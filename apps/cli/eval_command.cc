@@ -51,6 +51,10 @@ EvalCommand::EvalCommand(CLI::App& app) {
                    "says)")
       ->check(CLI::NonNegativeNumber);
   add_guidance_interval_option(cmd_, guidance_interval_, "the model's (every step unless it says)");
+  cmd_->add_option("--guide-model", guide_model_,
+                   "autoguidance: a smaller, shorter-trained generator folder whose prediction "
+                   "replaces the null class's in the guided steps; none: the null class (default: "
+                   "the model's _stipple_sampling guide_model, if it names one)");
   cmd_->add_option("--guide-classifier", c.guide_dir,
                    "classifier guidance: a noisy-image classifier folder (stipple "
                    "train-classifier --noisy), with --classifier-scale");
@@ -114,6 +118,7 @@ int EvalCommand::run() {
   // Load everything first, so a wrong path fails before minutes of sampling.
   const Device device = parse_device(device_);
   train::ClassGenerator generator = train::ClassGenerator::load(model_);
+  if (!guide_model_.empty()) generator.set_guide_model(guide_model_ == "none" ? "" : guide_model_);
   generator.to(device);
   // The folder's sampling defaults, for what the command line leaves unsaid.
   const train::SamplingDefaults& defaults = generator.defaults();
@@ -140,9 +145,12 @@ int EvalCommand::run() {
   const train::RealData real =
       train::load_real_data(data_dir_, classifier->config().image_size == 32);
   if (!quiet_)
-    std::fprintf(stderr, "evaluating %s: %d images per class, %s, %d steps, CFG %g%s\n",
+    std::fprintf(stderr, "evaluating %s: %d images per class, %s, %d steps, CFG %g%s%s\n",
                  generator.folder().c_str(), config_.samples_per_class, config_.sampler.c_str(),
                  config_.steps, config_.cfg,
+                 generator.guide_model() && config_.cfg > 1.0f
+                     ? str_cat(" (autoguidance by ", generator.guide_model_folder(), ")").c_str()
+                     : "",
                  config_.guide_scale != 0.0f
                      ? str_cat(", classifier guidance ", config_.guide_scale).c_str()
                      : "");

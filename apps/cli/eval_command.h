@@ -28,6 +28,7 @@ class EvalCommand {
   std::string json_, grid_;
   std::string device_ = "cpu";
   std::vector<double> guidance_interval_;  // --guidance-interval LO HI
+  std::string guide_model_;                // --guide-model DIR or none
   bool quiet_ = false;
 };
 

@@ -78,6 +78,8 @@ std::string merged_model_index(const fs::path& src, const fs::path& dst) {
 
 // The folder copy of `export`: model_index.json, then each component folder's files (configs
 // and tokenizer files as they are, weights converted; PyTorch .bin weights become .safetensors).
+// A sub-folder that is a model folder itself (an autoguidance model, train::SamplingDefaults'
+// guide_model) is copied the same way.
 CopyStats copy_model_folder(const fs::path& src, const fs::path& dst, std::optional<DType> dtype) {
   CopyStats st;
   fs::create_directories(dst);
@@ -86,6 +88,13 @@ CopyStats copy_model_folder(const fs::path& src, const fs::path& dst, std::optio
   for (const auto& entry : fs::directory_iterator(src)) {
     if (!entry.is_directory()) continue;  // training_state.safetensors and other top-level files
     const fs::path sub = dst / entry.path().filename();
+    if (fs::exists(entry.path() / "model_index.json")) {
+      const CopyStats inner = copy_model_folder(entry.path(), sub, dtype);
+      st.files += inner.files;
+      st.tensors += inner.tensors;
+      st.bytes += inner.bytes;
+      continue;
+    }
     fs::create_directories(sub);
     for (const auto& f : fs::directory_iterator(entry.path())) {
       if (!f.is_regular_file()) continue;

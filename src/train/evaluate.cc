@@ -81,6 +81,13 @@ SamplingDefaults SamplingDefaults::from_model_index(const nlohmann::json& index,
       throw Error(str_cat(at, ": ", e.what()), e.kind());
     }
   }
+  d.guide_model = c.string("guide_model", "");
+  const fs::path g(d.guide_model);
+  STIPPLE_CHECK(d.guide_model.empty() ||
+                    (g.is_relative() && std::none_of(g.begin(), g.end(),
+                                                     [](const fs::path& p) { return p == ".."; })),
+                at, ": guide_model must name a folder inside the model's own, got \"",
+                d.guide_model, "\"");
   return d;
 }
 
@@ -95,10 +102,13 @@ nlohmann::json interval_json(const pipelines::GuidanceInterval& iv) {
 nlohmann::json SamplingDefaults::to_json() const {
   nlohmann::json j = {{"steps", steps}, {"sampler", sampler}, {"cfg", json_float(cfg)}};
   if (guidance_interval.limited()) j["guidance_interval"] = interval_json(guidance_interval);
+  if (!guide_model.empty()) j["guide_model"] = guide_model;
   return j;
 }
 
-ClassGenerator ClassGenerator::load(const std::string& folder) {
+namespace {
+// A generator folder as load() takes it: the folder itself, or a run's export/ or latest/.
+fs::path resolve_generator_folder(const std::string& folder) {
   const char* kHint =
       " (give a folder written by `stipple train`: a run's checkpoint-<step>/, latest/ or "
       "export/, or the run folder itself)";
@@ -119,6 +129,12 @@ ClassGenerator ClassGenerator::load(const std::string& folder) {
                 "class-conditional generators as `stipple train --data fashion-mnist` writes them");
   for (const char* part : {"transformer/config.json", "scheduler/scheduler_config.json"})
     STIPPLE_CHECK(fs::exists(dir / part), dir.string(), " is missing ", part, kHint);
+  return dir;
+}
+}  // namespace
+
+ClassGenerator ClassGenerator::load(const std::string& folder) {
+  const fs::path dir = resolve_generator_folder(folder);
   ClassGenerator g;
   g.folder_ = dir.string();
   g.transformer_ = models::DiTTransformer2DModel::from_pretrained((dir / "transformer").string());
@@ -133,7 +149,49 @@ ClassGenerator ClassGenerator::load(const std::string& folder) {
     const auto it = id2label.find(c);
     g.class_names_.push_back(it != id2label.end() ? it->second : std::to_string(c));
   }
+  if (!g.defaults_.guide_model.empty()) {
+    try {
+      g.set_guide_model((dir / g.defaults_.guide_model).string());
+    } catch (const Error& e) {
+      throw Error(str_cat(index_path, " (", SamplingDefaults::kKey, ".guide_model): ", e.what()),
+                  e.kind());
+    }
+  }
   return g;
+}
+
+void ClassGenerator::set_guide_model(const std::string& folder) {
+  if (folder.empty()) {
+    guide_.reset();
+    guide_folder_.clear();
+    return;
+  }
+  const fs::path dir = resolve_generator_folder(folder);
+  auto guide = models::DiTTransformer2DModel::from_pretrained((dir / "transformer").string());
+  const models::DiTConfig &a = transformer_->config(), &b = guide->config();
+  auto shape = [](const models::DiTConfig& c) {
+    return str_cat(c.num_embeds_ada_norm, " classes, ", c.in_channels, "x", c.sample_size, "x",
+                   c.sample_size, " images");
+  };
+  STIPPLE_CHECK(a.num_embeds_ada_norm == b.num_embeds_ada_norm && a.in_channels == b.in_channels &&
+                    a.sample_size == b.sample_size,
+                "the guide model ", dir.string(), " (", shape(b),
+                ") cannot guide the generator ", folder_, " (", shape(a), ")");
+  const schedulers::SchedulerConfig sc = schedulers::SchedulerConfig::from_json(
+      (dir / "scheduler" / "scheduler_config.json").string());
+  STIPPLE_CHECK(sc.prediction_type == scheduler_.prediction_type, "the guide model ", dir.string(),
+                " predicts ", schedulers::to_string(sc.prediction_type), ", the generator ",
+                folder_, " ", schedulers::to_string(scheduler_.prediction_type),
+                ": autoguidance mixes two predictions of one kind");
+  STIPPLE_CHECK(sc.num_train_timesteps == scheduler_.num_train_timesteps &&
+                    sc.beta_schedule == scheduler_.beta_schedule &&
+                    sc.beta_start == scheduler_.beta_start && sc.beta_end == scheduler_.beta_end &&
+                    sc.trained_betas == scheduler_.trained_betas,
+                "the guide model ", dir.string(), " was trained on another noise schedule than ",
+                "the generator ", folder_, " (scheduler_config.json's betas differ)");
+  guide->to(device_);
+  guide_ = std::move(guide);
+  guide_folder_ = dir.string();
 }
 
 ClassGenerator ClassGenerator::from_model(
@@ -154,6 +212,7 @@ ClassGenerator ClassGenerator::from_model(
 
 void ClassGenerator::to(Device device) {
   transformer_->to(device);
+  if (guide_) guide_->to(device);
   device_ = device;
 }
 
@@ -212,11 +271,23 @@ Tensor ClassGenerator::sample(const std::vector<int64_t>& labels, const EvalConf
                                       Tensor::full({x_t.size(0)}, static_cast<float>(t)));
       };
     }
+    // Autoguidance: the guided call's second half (where the null class would go) is the guide
+    // model's prediction for the same classes.
+    const bool autoguide = guide_ && config.autoguidance && !config.unconditional;
+    auto eps = [&](const models::DiTTransformer2DModel& model, const Tensor& input, double t,
+                   const Tensor& labels) {
+      const int64_t n = input.size(0);
+      const Tensor tt = Tensor::full({n}, t).to(device_);  // [n] f32
+      const Tensor o = model.forward(input, tt, labels);   // [n, C_out, S, S]
+      return o.size(1) == C ? o : o.narrow(1, 0, C).contiguous();  // learned sigma: eps only
+    };
     auto fn = [&](const Tensor& input, double t) {
       const int64_t n = input.size(0);
-      const Tensor tt = Tensor::full({n}, t).to(device_);                  // [n] f32
-      const Tensor o = transformer_->forward(input, tt, n == m ? y_model : y2);  // [n, C_out, S, S]
-      return o.size(1) == C ? o : o.narrow(1, 0, C).contiguous();  // learned sigma: eps only
+      if (n == m) return eps(*transformer_, input, t, y_model);
+      if (!autoguide) return eps(*transformer_, input, t, y2);
+      const Tensor x_half = input.narrow(0, 0, m);  // both halves hold the same x_t
+      return ops::concat({eps(*transformer_, x_half, t, y_model), eps(*guide_, x_half, t, y_model)},
+                         0);
     };
     // 4. denoise, then the valid range
     out.push_back(
@@ -347,6 +418,8 @@ EvalResult evaluate(const ClassGenerator& generator, const models::FashionClassi
   r.config = config;
   r.class_names = generator.class_names();
   r.model = generator.folder();
+  if (generator.guide_model() && config.autoguidance && config.cfg > 1.0f && !config.unconditional)
+    r.guide_model = generator.guide_model_folder();
   const int64_t per = config.samples_per_class;
   for (int64_t c = 0; c < K; ++c)
     for (int64_t i = 0; i < per; ++i) r.labels.push_back(c);
@@ -441,6 +514,7 @@ nlohmann::json EvalResult::to_json() const {
           {"steps", config.steps},
           {"cfg", json_float(config.cfg)},
           {"guidance_interval", interval_json(config.guidance_interval)},
+          {"autoguidance", {{"model", guide_model}}},
           {"classifier_guidance", {{"classifier", config.guide_dir},
                                    {"scale", json_float(config.guide_scale)}}},
           {"upscaler", {{"model", config.upscaler_dir},
@@ -490,6 +564,7 @@ std::string EvalResult::table() const {
              ? str_cat(" at sigma in [", config.guidance_interval.lo, ", ",
                        config.guidance_interval.hi, "]")
              : std::string())
+     << (guide_model.empty() ? std::string() : str_cat(", autoguidance by ", guide_model))
      << (config.guide_scale != 0.0f ? str_cat(", classifier guidance ", config.guide_scale, " (",
                                               config.guide_dir, ")")
                                     : std::string())
@@ -535,6 +610,8 @@ void write_eval_grid(const EvalResult& result, const std::string& path, int colu
   const std::string params =
       str_cat("stipple eval samples, one row per class: ", rows, "\nSteps: ", result.config.steps,
               ", Sampler: ", result.config.sampler, ", CFG scale: ", result.config.cfg,
+              result.guide_model.empty() ? std::string()
+                                         : str_cat(", Guide model: ", result.guide_model),
               result.config.guide_scale != 0.0f
                   ? str_cat(", Classifier scale: ", result.config.guide_scale)
                   : std::string(),

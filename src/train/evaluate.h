@@ -53,6 +53,12 @@ struct EvalConfig {
   std::shared_ptr<const models::FashionClassifier> guide;
   float guide_scale = 0.0f;
   std::string guide_dir;  // where `guide` came from, for the record
+  // Autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of itself"):
+  // where the generator has a guide model (ClassGenerator::guide_model), each guided step takes
+  // D_guide(x_t; y) + cfg * (D(x_t; y) - D_guide(x_t; y)) -- the guide a smaller, shorter-trained
+  // DiT of the same data, given the same class -- in place of the null-class prediction. false:
+  // classifier-free guidance with the null class even so.
+  bool autoguidance = true;
   // The denoiser unconditional (every image given the null class; no classifier-free guidance),
   // so that only the classifier steers toward the class: ADM's classifier-guided setting.
   bool unconditional = false;
@@ -72,8 +78,10 @@ struct EvalConfig {
 // How a generator folder samples unless told otherwise: model_index.json's "_stipple_sampling"
 // (diffusers skips the keys that start with "_"), e.g.
 //   "_stipple_sampling": {"steps": 20, "sampler": "dpm++2m_karras", "cfg": 2.5,
-//                         "guidance_interval": [0, 4]}
-// Each field left out keeps EvalConfig's default; "inf" is the open upper end of the interval.
+//                         "guidance_interval": [0, 4], "guide_model": "guide"}
+// Each field left out keeps EvalConfig's default; "inf" is the open upper end of the interval;
+// "guide_model" names a folder (relative to the generator's) holding the autoguidance model
+// (EvalConfig::autoguidance), laid out like the generator's own (transformer/, scheduler/).
 // `stipple generate` and the Engine draw with them, `stipple eval` scores with them (for the
 // options not given), and `stipple export` keeps them when it rewrites the folder.
 struct SamplingDefaults {
@@ -81,6 +89,7 @@ struct SamplingDefaults {
   std::string sampler = EvalConfig{}.sampler;
   float cfg = EvalConfig{}.cfg;
   pipelines::GuidanceInterval guidance_interval;
+  std::string guide_model;  // relative to the generator's folder; empty: none
   static constexpr const char* kKey = "_stipple_sampling";
   // From a parsed model_index.json; throws naming `where` and the field that is wrong.
   static SamplingDefaults from_model_index(const nlohmann::json& index, const std::string& where);
@@ -112,6 +121,14 @@ class ClassGenerator {
   const models::DiTTransformer2DModel& transformer() const { return *transformer_; }
   const schedulers::SchedulerConfig& scheduler_config() const { return scheduler_; }
   const SamplingDefaults& defaults() const { return defaults_; }
+  // The autoguidance model (EvalConfig::autoguidance): the one the folder's defaults name, or
+  // the one set_guide_model gave; null when none.
+  const std::shared_ptr<models::DiTTransformer2DModel>& guide_model() const { return guide_; }
+  const std::string& guide_model_folder() const { return guide_folder_; }
+  // Loads `folder` (a generator folder, as load() takes) as the guide model, on this generator's
+  // device; "" drops the guide. Throws when the guide cannot stand in for this generator (other
+  // image size, channels, classes or prediction type), naming both.
+  void set_guide_model(const std::string& folder);
   // Moves the transformer to `device`: sample() denoises there (x_T drawn on the CPU, so a seed
   // gives the same images) and returns images on the CPU; a guiding classifier stays on the CPU.
   void to(Device device);
@@ -124,6 +141,8 @@ class ClassGenerator {
   schedulers::SchedulerConfig scheduler_;
   std::vector<std::string> class_names_;
   SamplingDefaults defaults_;
+  std::shared_ptr<models::DiTTransformer2DModel> guide_;
+  std::string guide_folder_;
 };
 
 // The real images the floors and FID_feat compare against, all [N, C, S, S] in [-1, 1].
@@ -137,6 +156,7 @@ RealData load_real_data(const std::string& data_dir, bool pad_to_32 = true);
 struct EvalResult {
   EvalConfig config;
   std::string model, classifier;
+  std::string guide_model;  // the autoguidance model the guided steps used; empty: the null class
   std::vector<std::string> class_names;
   int64_t num_generated = 0, num_test = 0;
   float cas = 0;  // accuracy on generated images
