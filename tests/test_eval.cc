@@ -510,6 +510,79 @@ TEST(Evaluate, UnconditionalSamplingWithClassifierGuidance) {
             std::string::npos);
 }
 
+// Autoguidance: the guided steps take the guide model's prediction for the same class where the
+// null class's would go. A generator guiding itself draws what it draws unguided; another guide
+// changes the images, and autoguidance off brings back null-class guidance. The folder's
+// defaults name the guide; a guide that cannot stand in is refused by name.
+TEST(Evaluate, AutoguidanceReplacesTheNullClassByTheGuideModel) {
+  namespace fs = std::filesystem;
+  const std::string dir = temp_dir("autoguidance");
+  ClassGenerator gen = ClassGenerator::load(write_tiny_generator(dir + "/gen"));
+  EvalConfig c;
+  c.steps = 4;
+  c.cfg = 1.0f;
+  const std::vector<int64_t> labels = {0, 5, 9};
+  const Tensor unguided = gen.sample(labels, c);
+  c.cfg = 3.0f;
+  const Tensor null_class = gen.sample(labels, c);
+  EXPECT_EQ(gen.guide_model(), nullptr);
+  gen.set_guide_model(dir + "/gen");  // D_g + w (D - D_g) = D
+  EXPECT_TENSORS_CLOSE(gen.sample(labels, c), unguided, 1e-6, 1e-6);
+  gen.set_guide_model(write_tiny_generator(dir + "/gen/guide", false, 77));
+  const Tensor auto_guided = gen.sample(labels, c);
+  EXPECT_FALSE(testing::tensors_close(auto_guided, unguided, 1e-3, 0.0));
+  EXPECT_FALSE(testing::tensors_close(auto_guided, null_class, 1e-3, 0.0));
+  c.autoguidance = false;
+  EXPECT_TENSORS_CLOSE(gen.sample(labels, c), null_class, 0.0, 0.0);
+  c.autoguidance = true;
+  gen.set_guide_model("");
+  EXPECT_TENSORS_CLOSE(gen.sample(labels, c), null_class, 0.0, 0.0);
+
+  // From the folder's sampling defaults, and kept by the evaluation's record.
+  nlohmann::json idx = io::read_json_file(dir + "/gen/model_index.json");
+  idx[SamplingDefaults::kKey] = {{"cfg", 3}, {"guide_model", "guide"}};
+  io::write_file_atomic(dir + "/gen/model_index.json", idx.dump(2));
+  const ClassGenerator with_default = ClassGenerator::load(dir + "/gen");
+  ASSERT_NE(with_default.guide_model(), nullptr);
+  EXPECT_EQ(with_default.defaults().guide_model, "guide");
+  EXPECT_EQ(fs::path(with_default.guide_model_folder()), fs::path(dir + "/gen/guide"));
+  EXPECT_TENSORS_CLOSE(with_default.sample(labels, c), auto_guided, 0.0, 0.0);
+  EXPECT_EQ(SamplingDefaults::from_model_index({{SamplingDefaults::kKey,
+                                                 with_default.defaults().to_json()}},
+                                               "round trip")
+                .guide_model,
+            "guide");
+
+  // Refused: a guide outside the folder, a missing one, another prediction or noise schedule.
+  auto load_error = [&](const nlohmann::json& sampling) {
+    nlohmann::json j = idx;
+    j[SamplingDefaults::kKey] = sampling;
+    io::write_file_atomic(dir + "/gen/model_index.json", j.dump(2));
+    return testing::error_message([&] { ClassGenerator::load(dir + "/gen"); });
+  };
+  EXPECT_NE(load_error({{"guide_model", "../other"}}).find("inside the model's own"),
+            std::string::npos);
+  const std::string missing = load_error({{"guide_model", "nowhere"}});
+  EXPECT_NE(missing.find("guide_model"), std::string::npos) << missing;
+  EXPECT_NE(missing.find("nowhere"), std::string::npos) << missing;
+  auto edit_scheduler = [&](const std::string& key, const nlohmann::json& value) {
+    const std::string path = dir + "/gen/guide/scheduler/scheduler_config.json";
+    nlohmann::json s = io::read_json_file(path);
+    s[key] = value;
+    io::write_file_atomic(path, s.dump());
+  };
+  edit_scheduler("prediction_type", "v_prediction");
+  EXPECT_NE(testing::error_message([&] { gen.set_guide_model(dir + "/gen/guide"); })
+                .find("predicts v_prediction"),
+            std::string::npos);
+  edit_scheduler("prediction_type", "epsilon");
+  edit_scheduler("beta_end", 0.012);
+  EXPECT_NE(testing::error_message([&] { gen.set_guide_model(dir + "/gen/guide"); })
+                .find("another noise schedule"),
+            std::string::npos);
+  EXPECT_EQ(gen.guide_model(), nullptr);  // a refused guide leaves none in place
+}
+
 TEST(Evaluate, Errors) {
   const std::string dir = temp_dir("errors");
   auto expect_error = [](const std::function<void()>& fn, const std::string& part) {

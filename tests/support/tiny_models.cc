@@ -27,7 +27,7 @@ models::DiTConfig tiny_dit_config() {
   return c;
 }
 
-std::string write_tiny_generator(const std::string& dir, bool half) {
+std::string write_tiny_generator(const std::string& dir, bool half, uint64_t seed) {
   namespace fs = std::filesystem;
   models::DiTConfig c;
   c.num_attention_heads = 2;
@@ -40,7 +40,6 @@ std::string write_tiny_generator(const std::string& dir, bool half) {
   c.num_embeds_ada_norm = 10;
   train::DiTDenoiser d(c);
   // Random weights everywhere (DiT's own init zeroes the output layer).
-  uint64_t seed = 10;
   for (auto& [name, p] : d.dit().named_parameters()) {
     const std::vector<float> v = random_tensor(p.shape(), seed++, -0.3f, 0.3f).to_vector();
     std::copy(v.begin(), v.end(), p.data<float>());

@@ -18,7 +18,7 @@ models::DiTConfig tiny_dit_config();
 // A tiny random pixel-space DiT for the 10 Fashion-MNIST classes (1 layer, width 8, patch 8 on
 // 32x32, learned sigma), written as `stipple train` exports it (f32, or f16 when `half`) to
 // `dir`; returns `dir`.
-std::string write_tiny_generator(const std::string& dir, bool half = false);
+std::string write_tiny_generator(const std::string& dir, bool half = false, uint64_t seed = 10);
 
 // A small random Fashion-MNIST classifier in eval mode; num_timesteps > 0: a noisy-image one
 // (for classifier guidance).
