@@ -14,7 +14,10 @@
 
 #include "core/error.h"
 #include "ops/kernels.h"
+#include "io/atomic_file.h"
+#include "io/json.h"
 #include "support/numerics.h"
+#include "support/tiny_models.h"
 
 namespace stipple {
 namespace {
@@ -349,6 +352,37 @@ TEST(Engine, GuidanceIntervalGuidesOnlyItsNoiseLevels) {
     r.guidance_interval = GuidanceInterval{2.0, 1.0};
     expect_error([&] { e.generate(r); }, ErrorKind::kInvalidArgument, "guidance interval");
   }
+}
+
+// Autoguidance: a folder whose sampling defaults name a guide model guides with it (described,
+// said in the parameters); `autoguidance = false` draws what the same folder draws without one.
+TEST(Engine, AutoguidanceByTheFoldersGuideModel) {
+  const fs::path dir = temp_dir("autoguidance");
+  const std::string plain = testing::write_tiny_generator((dir / "plain").string());
+  const std::string guided = testing::write_tiny_generator((dir / "guided").string());
+  testing::write_tiny_generator((dir / "guided" / "small").string(), false, 5);
+  nlohmann::json idx = io::read_json_file(guided + "/model_index.json");
+  idx["_stipple_sampling"] = {{"cfg", 3}, {"guide_model", "small"}};
+  io::write_file_atomic(guided + "/model_index.json", idx.dump(2));
+  const Engine with = Engine::open(guided), without = Engine::open(plain);
+  EXPECT_EQ(with.description().guide_model, "small");
+  EXPECT_EQ(without.description().guide_model, "");
+  GenerateRequest r;
+  r.class_labels = {"bag"};
+  r.steps = 3;
+  r.seed = 4;
+  r.cfg_scale = 3.0;
+  const GenerateResult a = with.generate(r);
+  EXPECT_NE(a.images[0].parameters.find("Guide model: small"), std::string::npos)
+      << a.images[0].parameters;
+  const GenerateResult b = without.generate(r);
+  EXPECT_EQ(b.images[0].parameters.find("Guide model"), std::string::npos);
+  EXPECT_NE(a.images[0].image.pixels, b.images[0].image.pixels);
+  r.autoguidance = false;
+  const GenerateResult c = with.generate(r);
+  EXPECT_EQ(c.images[0].image.pixels, b.images[0].image.pixels);
+  EXPECT_EQ(c.images[0].parameters.find("Guide model"), std::string::npos);
+  fs::remove_all(dir);
 }
 
 // Live previews: every `preview_every` steps (not after the last), the image being drawn at the

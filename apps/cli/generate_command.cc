@@ -172,6 +172,9 @@ GenerateCommand::GenerateCommand(CLI::App& app, Mode mode) : mode_(mode) {
                      "(stipple train-classifier --noisy), with --classifier-scale");
     cmd_->add_option("--classifier-scale", classifier_scale_,
                      "classifier guidance scale (Dhariwal & Nichol's s; 0: none)");
+    cmd_->add_flag("--no-autoguidance", no_autoguidance_,
+                   "pixel-space DiTs with a guide model (stipple info says): guide with the null "
+                   "class instead of the guide model's prediction");
     cmd_->add_option("--upscaler", upscaler_,
                      "a cascade: a super-resolution model (stipple train-sr) that upscales every "
                      "image drawn");
@@ -256,6 +259,7 @@ int GenerateCommand::run() {
     r.classifier = classifier_;
     r.classifier_scale = classifier_scale_;
   }
+  r.autoguidance = !no_autoguidance_;
   if (mode_ == Mode::kGenerate) {
     STIPPLE_CHECK(upscaler_.empty() || fs::exists(upscaler_), "no such upscaler folder: ",
                   upscaler_);

@@ -35,6 +35,7 @@ class GenerateCommand {
   double refiner_switch_at_ = 0.8;
   std::string classifier_;  // classifier guidance
   double classifier_scale_ = 0;
+  bool no_autoguidance_ = false;
   std::vector<std::string> class_labels_;
   std::string prompt_file_;
   int steps_ = 30, width_ = 0, height_ = 0, num_images_ = 1, clip_skip_ = 1;

@@ -42,10 +42,12 @@ int InfoCommand::run() {
       std::string tasks;
       for (Task t : d.tasks) tasks += str_cat(tasks.empty() ? "" : ", ", to_string(t));
       const std::string interval =
-          d.default_guidance_interval.limited()
-              ? str_cat(" at sigma in [", d.default_guidance_interval.low, ", ",
-                        d.default_guidance_interval.high, "]")
-              : std::string();
+          str_cat(d.default_guidance_interval.limited()
+                      ? str_cat(" at sigma in [", d.default_guidance_interval.low, ", ",
+                                d.default_guidance_interval.high, "]")
+                      : std::string(),
+                  d.guide_model.empty() ? std::string()
+                                        : str_cat(" (autoguidance by ", d.guide_model, ")"));
       std::printf("generates as: %s (%s): %s; defaults: %d steps, %s, CFG scale %g%s, %dx%d\n",
                   d.family.c_str(), d.pipeline.c_str(), tasks.c_str(), d.default_steps,
                   d.default_sampler.c_str(), d.default_cfg_scale, interval.c_str(),

@@ -64,6 +64,8 @@ GenerateRequest Server::Impl::a1111_request(const json& body, const ModelDescrip
       throw Error(str_cat("guidance_interval: expected [low, high], got ", iv.dump()));
     r.guidance_interval = GuidanceInterval{bound(iv[0], false), bound(iv[1], true)};
   }
+  // stipple's own field: false guides a model that has a guide model with the null class instead
+  r.autoguidance = field<bool>(body, "autoguidance", true);
   const int width = field<int>(body, "width", 0), height = field<int>(body, "height", 0);
   if (width < 0 || height < 0 || static_cast<int64_t>(width) * height > opt.max_pixels)
     throw Error(str_cat("width x height must be at most ", opt.max_pixels, " pixels, got ",
@@ -261,6 +263,7 @@ json Server::Impl::sd_models() {
                       ? json(d.default_guidance_interval.high)
                       : json("inf")}},
                 {"default_sampler", d.default_sampler},
+                {"guide_model", d.guide_model},
                 {"default_width", d.default_width},
                 {"default_height", d.default_height},
                 {"size_multiple", d.size_multiple},

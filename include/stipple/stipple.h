@@ -100,6 +100,10 @@ struct GenerateRequest {
   // classifier_scale; combines with classifier-free guidance. Scale 0: none.
   std::string classifier;
   double classifier_scale = 0;
+  // Class models with a guide model (ModelDescription::guide_model): the guided steps take the
+  // guide's prediction in place of the null class's (autoguidance); false: the null class's
+  // (plain classifier-free guidance).
+  bool autoguidance = true;
   // Stable Diffusion 1.x/2.x/XL: LoRAs merged for this request (and unmerged after). With
   // prompt_syntax kA1111 a prompt's <lora:NAME:WEIGHT> tags add OpenOptions::lora_dir's
   // NAME.safetensors (or .ckpt, .pt) for that prompt's images, and are removed from its text.
@@ -179,6 +183,9 @@ struct ModelDescription {
   int size_multiple = 0;  // width and height must be multiples of this; 0: only its own size
   int channels = 3;                      // of the images it draws (1: grey)
   std::vector<std::string> class_names;  // class models: the name of each id ("" when none)
+  // Class models: the folder name of the smaller model that guides this one (autoguidance,
+  // Karras et al. 2024: its prediction stands in for the null class's); empty: none.
+  std::string guide_model;
   std::string refiner;                   // SDXL: the refiner's name when one was opened
   std::string upscaler;                  // a cascade's upscaler name (OpenOptions::upscaler)
   std::string device = "cpu";            // where it runs (OpenOptions::device)

@@ -268,6 +268,7 @@ Job resolve(const GenerateRequest& r, const ModelDescription& d, const std::stri
   const GuidanceInterval interval = r.guidance_interval.value_or(d.default_guidance_interval);
   job.guidance_interval = {static_cast<float>(interval.low), static_cast<float>(interval.high)};
   pipelines::check_guidance_interval(job.guidance_interval);
+  job.autoguidance = r.autoguidance;
   const std::string sampler = r.sampler.empty() ? d.default_sampler : r.sampler;
   const schedulers::SamplerName* s = schedulers::find_sampler(sampler);
   STIPPLE_CHECK(s != nullptr, "unknown sampler \"", sampler, "\"; known: ",
@@ -393,6 +394,8 @@ std::string parameters_text(const Job& job, const ModelDescription& d, const std
   if (!d.refiner.empty() && job.task == Task::kTextToImage)
     t += str_cat(", Refiner: ", d.refiner, ", Refiner switch at: ",
                  format_number(job.refiner_switch_at));
+  if (job.cfg_scale > 1 && job.autoguidance && !d.guide_model.empty())
+    t += ", Guide model: " + d.guide_model;
   if (job.classifier_scale != 0)
     t += str_cat(", Classifier: ", fs::path(job.classifier_dir).filename().string(),
                  ", Classifier scale: ", format_number(job.classifier_scale));

@@ -51,6 +51,7 @@ struct Job {
   std::shared_ptr<const models::FashionClassifier> classifier;
   std::string classifier_dir;
   double classifier_scale = 0;
+  bool autoguidance = true;  // GenerateRequest::autoguidance
   // Text models: what the text encoder reads for each prompt (A1111's <lora:...> tags removed),
   // and the LoRAs each prompt's images merge (the request's, then the prompt's tags).
   std::vector<std::string> encoder_prompts;

@@ -332,6 +332,7 @@ class PixelDiTModel : public Engine::Model {
                                  c.guide = job.classifier;
                                  c.guide_scale = static_cast<float>(job.classifier_scale);
                                  c.guide_dir = job.classifier_dir;
+                                 c.autoguidance = job.autoguidance;
                                  c.validate();
                                  return gen_.sample({ids[i]}, c, step, preview(job));
                                });  // [N, C, S, S] in [-1, 1]
@@ -385,6 +386,8 @@ std::unique_ptr<Engine::Model> open_pixel_dit(const std::string& path, const Ope
   d.default_cfg_scale = defaults.cfg;
   d.default_guidance_interval = {defaults.guidance_interval.lo, defaults.guidance_interval.hi};
   d.default_sampler = defaults.sampler;
+  if (gen.guide_model())
+    d.guide_model = fs::path(gen.guide_model_folder()).filename().string();
   d.default_width = d.default_height = static_cast<int>(m->drawn_size());
   d.channels = static_cast<int>(gen.channels());
   d.class_names = gen.class_names();
