@@ -535,6 +535,17 @@ TEST(Evaluate, AutoguidanceReplacesTheNullClassByTheGuideModel) {
   c.autoguidance = false;
   EXPECT_TENSORS_CLOSE(gen.sample(labels, c), null_class, 0.0, 0.0);
   c.autoguidance = true;
+  // The guide's share of the negative: 0 is the null class's guidance, between mixes the two.
+  c.guide_share = 0.0f;
+  EXPECT_TENSORS_CLOSE(gen.sample(labels, c), null_class, 0.0, 0.0);
+  c.guide_share = 0.5f;
+  const Tensor mixed = gen.sample(labels, c);
+  EXPECT_FALSE(testing::tensors_close(mixed, null_class, 1e-3, 0.0));
+  EXPECT_FALSE(testing::tensors_close(mixed, auto_guided, 1e-3, 0.0));
+  c.guide_share = 1.5f;
+  EXPECT_NE(testing::error_message([&] { gen.sample(labels, c); }).find("share must be in [0, 1]"),
+            std::string::npos);
+  c.guide_share = 1.0f;
   gen.set_guide_model("");
   EXPECT_TENSORS_CLOSE(gen.sample(labels, c), null_class, 0.0, 0.0);
 

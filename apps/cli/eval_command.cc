@@ -55,6 +55,11 @@ EvalCommand::EvalCommand(CLI::App& app) {
                    "autoguidance: a smaller, shorter-trained generator folder whose prediction "
                    "replaces the null class's in the guided steps; none: the null class (default: "
                    "the model's _stipple_sampling guide_model, if it names one)");
+  cmd_->add_option("--guide-share", c.guide_share,
+                   "with a guide model: its share of the guided steps' negative prediction, the "
+                   "rest the null class's (1: autoguidance alone, 0: classifier-free guidance)")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
   cmd_->add_option("--guide-classifier", c.guide_dir,
                    "classifier guidance: a noisy-image classifier folder (stipple "
                    "train-classifier --noisy), with --classifier-scale");

@@ -35,6 +35,8 @@ void EvalConfig::validate() const {
   pipelines::check_guidance_interval(guidance_interval);
   STIPPLE_CHECK(std::isfinite(guide_scale) && std::abs(guide_scale) <= 1000,
                 "the classifier guidance scale must be in [-1000, 1000], got ", guide_scale);
+  STIPPLE_CHECK(guide_share >= 0.0f && guide_share <= 1.0f,
+                "the guide model's share must be in [0, 1], got ", guide_share);
   STIPPLE_CHECK(upscaler_steps >= 1 && upscaler_steps <= 1000,
                 "the upscaler's steps must be in [1, 1000], got ", upscaler_steps);
   STIPPLE_CHECK(!unconditional || cfg <= 1.0f,
@@ -286,7 +288,13 @@ Tensor ClassGenerator::sample(const std::vector<int64_t>& labels, const EvalConf
       if (n == m) return eps(*transformer_, input, t, y_model);
       if (!autoguide) return eps(*transformer_, input, t, y2);
       const Tensor x_half = input.narrow(0, 0, m);  // both halves hold the same x_t
-      return ops::concat({eps(*transformer_, x_half, t, y_model), eps(*guide_, x_half, t, y_model)},
+      const Tensor guided = eps(*guide_, x_half, t, y_model);
+      if (config.guide_share >= 1.0f)
+        return ops::concat({eps(*transformer_, x_half, t, y_model), guided}, 0);
+      const Tensor both = eps(*transformer_, input, t, y2);  // [cond; null]
+      const float s = config.guide_share;
+      return ops::concat({both.narrow(0, 0, m),
+                          both.narrow(0, m, m) * (1.0f - s) + guided * s},
                          0);
     };
     // 4. denoise, then the valid range

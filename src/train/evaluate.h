@@ -59,6 +59,12 @@ struct EvalConfig {
   // DiT of the same data, given the same class -- in place of the null-class prediction. false:
   // classifier-free guidance with the null class even so.
   bool autoguidance = true;
+  // The guide model's share of the guided steps' negative prediction, the rest the null class's:
+  // negative = (1 - share) D(x_t; null) + share D_guide(x_t; y), so the step takes
+  // D(x_t; y) + (cfg - 1) [(1 - share) (D(x_t; y) - D(x_t; null)) + share (D(x_t; y) -
+  // D_guide(x_t; y))]: classifier-free guidance and autoguidance in one, in [0, 1] (1: autoguidance
+  // alone; below 1 the guided steps make both calls of the generator and one of the guide).
+  float guide_share = 1.0f;
   // The denoiser unconditional (every image given the null class; no classifier-free guidance),
   // so that only the classifier steers toward the class: ADM's classifier-guided setting.
   bool unconditional = false;
