@@ -137,6 +137,8 @@ TEST(Server, BadRequestsGetAJsonErrorAndTheServerKeepsServing) {
        "guidance_interval: expected [low, high]"},
       {"/sdapi/v1/txt2img", R"({"prompt": "bag", "guidance_interval": [3, 1]})", 400,
        "guidance interval [3, 1]"},
+      {"/sdapi/v1/txt2img", R"({"prompt": "bag", "autoguidance": "no"})", 400,
+       "autoguidance must be true or false"},
       {"/sdapi/v1/txt2img", R"({"prompt": ""})", 400, "give the class as the prompt"},
       {"/sdapi/v1/txt2img", R"({"prompt": "spaceship"})", 400, "unknown Fashion-MNIST class"},
       {"/sdapi/v1/img2img", R"({"prompt": "bag", "init_images": ["%%%"]})", 400, "not base64"},
@@ -175,6 +177,7 @@ TEST(Server, ListsProgressOptionsAndMemory) {
   EXPECT_EQ(model["stipple"]["class_names"][7], "sneaker");
   EXPECT_EQ(model["stipple"]["default_steps"], 20);
   EXPECT_EQ(model["stipple"]["default_guidance_interval"], json({0.0, 2.5}));
+  EXPECT_EQ(model["stipple"]["guide_model"], "");  // no autoguidance model in its folder
   // The interval a request names (stipple's field; "inf": no upper end) is the one used.
   const auto [s2, every] = s.post(
       "/sdapi/v1/txt2img", R"({"prompt": "bag", "steps": 1, "guidance_interval": [0, "inf"]})");
