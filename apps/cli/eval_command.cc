@@ -153,7 +153,7 @@ int EvalCommand::run() {
     std::fprintf(stderr, "evaluating %s: %d images per class, %s, %d steps, CFG %g%s%s\n",
                  generator.folder().c_str(), config_.samples_per_class, config_.sampler.c_str(),
                  config_.steps, config_.cfg,
-                 generator.guide_model() && config_.cfg > 1.0f
+                 generator.autoguides(config_)
                      ? str_cat(" (autoguidance by ", generator.guide_model_folder(), ")").c_str()
                      : "",
                  config_.guide_scale != 0.0f

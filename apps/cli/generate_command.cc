@@ -136,7 +136,7 @@ GenerateCommand::GenerateCommand(CLI::App& app, Mode mode) : mode_(mode) {
   cmd_->add_option("--cfg", cfg_,
                    "classifier-free guidance scale, <= 1 for none (default: the model's: Stable "
                    "Diffusion 7.5, SDXL 5, DiT 4, text-to-image DiTs 4, pixel-space DiTs 2 unless "
-                   "their folder says otherwise: models/fashion-mnist-dit 3.5 at sigma <= 2.5)");
+                   "their folder says otherwise: models/fashion-mnist-dit 2.5 at sigma <= 2.5)");
   add_guidance_interval_option(cmd_, guidance_interval_, "the model's (every step)");
   cmd_->add_option("--sampler", sampler_,
                    str_cat("sampler (default: the model's; `stipple info MODEL` says which): ",

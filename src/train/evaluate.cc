@@ -275,7 +275,7 @@ Tensor ClassGenerator::sample(const std::vector<int64_t>& labels, const EvalConf
     }
     // Autoguidance: the guided call's second half (where the null class would go) is the guide
     // model's prediction for the same classes.
-    const bool autoguide = guide_ && config.autoguidance && !config.unconditional;
+    const bool autoguide = autoguides(config);
     auto eps = [&](const models::DiTTransformer2DModel& model, const Tensor& input, double t,
                    const Tensor& labels) {
       const int64_t n = input.size(0);
@@ -426,8 +426,7 @@ EvalResult evaluate(const ClassGenerator& generator, const models::FashionClassi
   r.config = config;
   r.class_names = generator.class_names();
   r.model = generator.folder();
-  if (generator.guide_model() && config.autoguidance && config.cfg > 1.0f && !config.unconditional)
-    r.guide_model = generator.guide_model_folder();
+  if (generator.autoguides(config)) r.guide_model = generator.guide_model_folder();
   const int64_t per = config.samples_per_class;
   for (int64_t c = 0; c < K; ++c)
     for (int64_t i = 0; i < per; ++i) r.labels.push_back(c);

@@ -42,7 +42,7 @@ struct EvalConfig {
   int steps = 20;
   // The defaults of a pixel-space DiT whose folder names none (SamplingDefaults): 20
   // DPM-Solver++ (2M, Karras) steps, CFG 2 at every step. (The shipped Fashion-MNIST DiT's
-  // folder asks for CFG 3.5 at sigma <= 2.5.)
+  // folder asks for CFG 2.5 at sigma <= 2.5.)
   std::string sampler = "dpm++2m_karras";  // a name from schedulers::sampler_names()
   float cfg = 2.0f;                        // classifier-free guidance scale; <= 1: none
   pipelines::GuidanceInterval guidance_interval;  // default: guidance at every step
@@ -131,6 +131,11 @@ class ClassGenerator {
   // the one set_guide_model gave; null when none.
   const std::shared_ptr<models::DiTTransformer2DModel>& guide_model() const { return guide_; }
   const std::string& guide_model_folder() const { return guide_folder_; }
+  // Whether sampling with `config` guides with the guide model: it has one, the config wants
+  // autoguidance and guidance (cfg > 1), and the denoiser is not run unconditional.
+  bool autoguides(const EvalConfig& config) const {
+    return guide_ && config.autoguidance && config.cfg > 1.0f && !config.unconditional;
+  }
   // Loads `folder` (a generator folder, as load() takes) as the guide model, on this generator's
   // device; "" drops the guide. Throws when the guide cannot stand in for this generator (other
   // image size, channels, classes or prediction type), naming both.
