@@ -7,6 +7,8 @@
 // a few hundred terms per output, atol = 1e-4 holds with a wide margin.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <string>
 #include <thread>
 #include <utility>
@@ -21,6 +23,14 @@ namespace {
 
 using testing::random_tensor;
 constexpr double kAtol = 1e-4;
+
+// max |a - b| over same-shaped f32 tensors.
+double max_abs_diff(const Tensor& a, const Tensor& b) {
+  const std::vector<float> av = a.to_vector(), bv = b.to_vector();
+  double m = 0.0;
+  for (size_t i = 0; i < av.size(); ++i) m = std::max(m, std::abs(double(av[i]) - bv[i]));
+  return m;
+}
 
 // Switches the ops to the reference kernels for one scope.
 class ReferenceScope {
@@ -73,6 +83,39 @@ TEST(MatmulKernel, SmallNumbersExact) {
   const Tensor want = Tensor::from_vector({19, 22, 43, 50}, {1, 2, 2});
   EXPECT_TENSORS_CLOSE(reference_kernels().matmul(a, b, false, false), want, 0.0, 0.0);
   EXPECT_TENSORS_CLOSE(fast_kernels().matmul(a, b, false, false), want, 1e-6, 0.0);
+}
+
+// ---------------------------------------------------------------- bf16 matmul kernels
+
+// Both tables' matmul_bf16 compute the exact products of the operands rounded to bf16; they
+// differ only in the sums' order and precision (f32 against double), so the f32 tolerance holds.
+TEST_P(MatmulKernel, Bf16FastMatchesReference) {
+  const MatmulCase c = GetParam();
+  const Tensor a = random_tensor(c.ta ? Shape{c.ba, c.k, c.m} : Shape{c.ba, c.m, c.k}, 3);
+  const Tensor b = random_tensor(c.tb ? Shape{c.bb, c.n, c.k} : Shape{c.bb, c.k, c.n}, 4);
+  const Tensor ref = reference_kernels().matmul_bf16(a, b, c.ta, c.tb);
+  const Tensor fast = fast_kernels().matmul_bf16(a, b, c.ta, c.tb);
+  ASSERT_EQ(fast.shape(), ref.shape());
+  EXPECT_TENSORS_CLOSE(fast, ref, kAtol, 0.0);
+  // Rounding each operand to bf16 (8 significant bits) moves a product of terms in [-1, 1] by
+  // at most 2^-8 of each term's size: the result stays within k * 2^-7 of the f32 one.
+  const Tensor f32 = reference_kernels().matmul(a, b, c.ta, c.tb);
+  EXPECT_TENSORS_CLOSE(ref, f32, static_cast<double>(c.k) / 128.0, 0.0);
+  if (c.k >= 13) {
+    EXPECT_GT(max_abs_diff(ref, f32), 1e-6) << "the operands were not rounded";
+  }
+}
+
+TEST(MatmulKernel, Bf16RoundsToNearestEven) {
+  // bf16 keeps 8 significant bits: 1 + 2^-10 rounds to 1; 1 + 2^-7 + 2^-8 lies halfway between
+  // 1 + 2^-7 (odd last bit) and 1 + 2^-6 (even) and goes to the even one; 3 is exact.
+  const float lo = 1.0f + 0.0009765625f, tie = 1.0f + 0.0078125f + 0.00390625f;
+  const Tensor a = Tensor::from_vector({lo, tie, 3.0f}, {1, 1, 3});
+  const Tensor b = Tensor::from_vector({1.0f, 0.0f, 0.0f, 0.0f, 1.0f, 0.0f, 0.0f, 0.0f, 1.0f},
+                                       {1, 3, 3});
+  const Tensor want = Tensor::from_vector({1.0f, 1.015625f, 3.0f}, {1, 1, 3});
+  EXPECT_TENSORS_CLOSE(reference_kernels().matmul_bf16(a, b, false, false), want, 0.0, 0.0);
+  EXPECT_TENSORS_CLOSE(fast_kernels().matmul_bf16(a, b, false, false), want, 0.0, 0.0);
 }
 
 // ---------------------------------------------------------------- conv kernels
@@ -401,6 +444,79 @@ TEST(LinalgGrad, Linear) {
   auto lin_nb = [](const std::vector<Tensor>& in) { return ops::linear(in[0], in[1]); };
   EXPECT_GRADCHECK("linear no bias", lin_nb,
                    (std::vector<Tensor>{param({6, 5}, 47), param({4, 5}, 48)}));
+}
+
+// ---------------------------------------------------------------- bf16 matmul precision
+
+Tensor bf16_rounded(const Tensor& t) { return ops::cast(ops::cast(t, DType::kBF16), DType::kF32); }
+
+// Under MatmulPrecision::kBF16, linear and matmul equal the f32 ops on bf16-rounded operands, and
+// so do their gradients (the upstream gradient rounded too): d/dx of sum(y * c) is
+// round(c) round(w), d/dw is round(c)^T round(x). The precision is the forward's, whatever the
+// thread's is when backward runs.
+TEST(MatmulPrecision, LinearAndMatmulRoundTheirOperandsForwardAndBackward) {
+  const Tensor x0 = random_tensor({2, 5, 24}, 60), w0 = random_tensor({7, 24}, 61);
+  const Tensor b0 = random_tensor({7}, 62), c = random_tensor({2, 5, 7}, 63);
+  const Tensor m0 = random_tensor({3, 24, 6}, 64), cm = random_tensor({2, 3, 5, 6}, 65);
+  auto run = [&](bool bf16, bool round_inputs, Tensor* y, Tensor* mm, std::vector<Tensor>* grads) {
+    auto in = [&](const Tensor& t) {
+      return (round_inputs ? bf16_rounded(t) : t.clone()).set_requires_grad(true);
+    };
+    Tensor x = in(x0), w = in(w0), m = in(m0), b = b0.clone().set_requires_grad(true);
+    const Tensor cr = round_inputs ? bf16_rounded(c) : c;
+    const Tensor cmr = round_inputs ? bf16_rounded(cm) : cm;
+    {
+      const ops::MatmulPrecisionScope scope(bf16 ? ops::MatmulPrecision::kBF16
+                                                 : ops::MatmulPrecision::kF32);
+      *y = ops::linear(x, w, b);
+      *mm = ops::matmul(ops::unsqueeze(x, 1), m);  // [2, 3, 5, 6]: a broadcast batch
+    }
+    // backward outside the scope: the ops keep the precision they ran in
+    ops::add(ops::sum(ops::mul(*y, cr)), ops::sum(ops::mul(*mm, cmr))).backward();
+    *grads = {x.grad(), w.grad(), b.grad(), m.grad()};
+  };
+  Tensor y, mm, y_ref, mm_ref;
+  std::vector<Tensor> g, g_ref;
+  run(true, false, &y, &mm, &g);
+  run(false, true, &y_ref, &mm_ref, &g_ref);
+  EXPECT_TENSORS_CLOSE(y, y_ref, 1e-5, 0.0);
+  EXPECT_TENSORS_CLOSE(mm, mm_ref, 1e-5, 0.0);
+  EXPECT_TENSORS_CLOSE(g[1], g_ref[1], 1e-5, 0.0);
+  EXPECT_TENSORS_CLOSE(g[3], g_ref[3], 1e-5, 0.0);
+  // x's gradient sums round(c) round(w) + round(cm) round(m)^T: rounded terms, summed in f32
+  EXPECT_TENSORS_CLOSE(g[0], g_ref[0], 1e-5, 0.0);
+  // the bias's gradient is a plain f32 sum of c (the rounded reference summed round(c))
+  EXPECT_TENSORS_CLOSE(g[2], ops::sum(c, {0, 1}), 1e-5, 0.0);
+  // and the f32 path differs: the operands were rounded
+  Tensor y32, mm32;
+  std::vector<Tensor> g32;
+  run(false, false, &y32, &mm32, &g32);
+  EXPECT_GT(max_abs_diff(y, y32), 1e-5);
+  EXPECT_GT(max_abs_diff(g[1], g32[1]), 1e-5);
+}
+
+TEST(MatmulPrecision, ScopeAndNames) {
+  EXPECT_EQ(ops::matmul_precision(), ops::MatmulPrecision::kF32);
+  {
+    const ops::MatmulPrecisionScope outer(ops::MatmulPrecision::kBF16);
+    EXPECT_EQ(ops::matmul_precision(), ops::MatmulPrecision::kBF16);
+    {
+      const ops::MatmulPrecisionScope inner(ops::MatmulPrecision::kF32);
+      EXPECT_EQ(ops::matmul_precision(), ops::MatmulPrecision::kF32);
+    }
+    EXPECT_EQ(ops::matmul_precision(), ops::MatmulPrecision::kBF16);
+    // another thread has its own (f32)
+    ops::MatmulPrecision other = ops::MatmulPrecision::kBF16;
+    std::thread([&] { other = ops::matmul_precision(); }).join();
+    EXPECT_EQ(other, ops::MatmulPrecision::kF32);
+  }
+  EXPECT_EQ(ops::matmul_precision(), ops::MatmulPrecision::kF32);
+  EXPECT_EQ(ops::parse_matmul_precision("bf16"), ops::MatmulPrecision::kBF16);
+  EXPECT_STREQ(ops::matmul_precision_name(ops::MatmulPrecision::kBF16), "bf16");
+  EXPECT_STREQ(ops::matmul_precision_name(ops::parse_matmul_precision("f32")), "f32");
+  testing::expect_error([] { ops::parse_matmul_precision("fp16"); },
+                        ErrorKind::kInvalidArgument,
+                        "unknown matmul precision 'fp16' (choose f32 or bf16)");
 }
 
 TEST(LinalgGrad, Conv2d) {

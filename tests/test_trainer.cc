@@ -473,6 +473,55 @@ TEST(TrainDiT, OnADeviceItTrainsAsTheCpuDoesAndResumes) {
     EXPECT_EQ(io::read_png(c.out_dir + grid).pixels, io::read_png(ce.out_dir + grid).pixels) << grid;
 }
 
+// Training with bf16 matmuls (TrainConfig::matmul_precision): from the same weights and draws
+// the losses stay within bf16's rounding of the f32 run's while the updates differ (the products
+// were rounded), the run resumes bit for bit, and the setting round-trips through
+// train_config.json.
+TEST(TrainDiT, Bf16MatmulsTrainNearF32AndResumeExactly) {
+  TrainConfig c = tiny_dit_config(temp_dir("bf16_a"));
+  c.steps = 3;
+  c.checkpoint_every = 1;
+  c.export_f16 = false;
+  TrainConfig c32 = c;
+  c32.out_dir = temp_dir("bf16_f32");
+  c.matmul_precision = "bf16";
+  EXPECT_EQ(TrainConfig::from_json(c.to_json(), "test").matmul_precision, "bf16");
+  nlohmann::json bad = c.to_json();
+  bad["matmul_precision"] = "f16";
+  const std::string msg = error_of([&] { TrainConfig::from_json(bad, "test"); });
+  EXPECT_NE(msg.find("matmul_precision \"f16\" (expected f32 or bf16)"), std::string::npos) << msg;
+
+  auto a = make_dit_trainer(c);
+  auto f = make_dit_trainer(c32);
+  // adaLN-Zero: the first step's output is zero in both, its loss the same; the second's differ
+  EXPECT_EQ(a->train_step().loss, f->train_step().loss);
+  const StepStats sa = a->train_step(), sf = f->train_step();
+  EXPECT_NEAR(sa.loss, sf.loss, 2e-2 * sf.loss);
+  EXPECT_NE(sa.loss, sf.loss);
+  bool any_differs = false;
+  for (size_t i = 0; i < a->params().size(); ++i)
+    any_differs = any_differs || !bits_equal(a->params()[i], f->params()[i]);
+  EXPECT_TRUE(any_differs);
+  EXPECT_EQ(ops::matmul_precision(), ops::MatmulPrecision::kF32);  // the step's scope ended
+
+  auto whole = make_dit_trainer(c);
+  whole->run();
+  TrainConfig cb = c;
+  cb.out_dir = temp_dir("bf16_b");
+  {
+    auto b1 = make_dit_trainer(cb);
+    TrainCallbacks stop;
+    stop.should_stop = [&] { return b1->step() == 1; };
+    b1->run(stop);
+  }
+  auto b = make_dit_trainer(Trainer::read_checkpoint_config(cb.out_dir + "/latest"));
+  EXPECT_EQ(b->config().matmul_precision, "bf16");
+  b->resume(cb.out_dir + "/latest");
+  b->run();
+  for (size_t i = 0; i < whole->params().size(); ++i)
+    EXPECT_TRUE(bits_equal(whole->params()[i], b->params()[i])) << "parameter " << i;
+}
+
 TEST(TrainDiT, WarmStartTakesAnExportedModel) {
   TrainConfig c = tiny_dit_config(temp_dir("warm_a"));
   c.steps = 3;

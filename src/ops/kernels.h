@@ -79,6 +79,12 @@ struct KernelTable {
   // a [Ba, M, K] (or [Ba, K, M] if trans_a), b [Bb, K, N] (or [Bb, N, K] if trans_b), Ba and Bb
   // equal or 1 (broadcast). Returns [max(Ba, Bb), M, N] = op(a) @ op(b).
   Tensor (*matmul)(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b);
+  // The same with both operands rounded to bf16 first (ops::MatmulPrecision::kBF16): the exact
+  // products of the rounded values summed in f32 (the reference sums in double), f32 out.
+  Tensor (*matmul_bf16)(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b);
+  // Whether matmul_bf16 runs on bf16 hardware (AVX512-BF16, AMX) rather than as f32 products of
+  // the rounded operands: the only difference is speed.
+  bool native_bf16_matmul = false;
   // x [N, C, H, W] plain or blocked, w [O, C, kh, kw] f32 or f16 (contiguous), bias [O] or
   // undefined. The result may be channel-blocked when `allow_blocked` (inference chains);
   // otherwise plain NCHW.

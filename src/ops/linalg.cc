@@ -2,8 +2,9 @@
 // with its gradient rule. The ops check shapes, bring operands to the kernels' contract (f32,
 // contiguous, 3-D for matmul), and keep the user's logical shapes on the way out.
 //
-// Matmul backward is two matmuls with transposed operands (the kernel's trans flags, no copies);
-// gradients of broadcast batch dims are summed back with sum_to. Conv2d may return a
+// Matmul backward is two matmuls with transposed operands (the kernel's trans flags, no copies),
+// in the precision the forward ran in (MatmulPrecision); gradients of broadcast batch dims are
+// summed back with sum_to. Conv2d may return a
 // channel-blocked tensor on inference paths (nothing to record, blocked layout enabled), which
 // keeps chains of convolutions in oneDNN's fast layout.
 #include <atomic>
@@ -46,6 +47,12 @@ Operand to_kernel_operand(const Tensor& x, const Shape& batch) {
   return {reshape(t, {t.numel() / (rows * cols), rows, cols}), false};
 }
 
+// The kernel table's matmul for a precision.
+using MatmulKernel = Tensor (*)(const Tensor&, const Tensor&, bool, bool);
+MatmulKernel matmul_kernel(const KernelTable& k, MatmulPrecision p) {
+  return p == MatmulPrecision::kBF16 ? k.matmul_bf16 : k.matmul;
+}
+
 // Reshapes a kernel result [B, rows, cols] to batch + [rows, cols] and sums it down to `shape`.
 Tensor reduce_to(const Tensor& r, const Shape& batch, const Shape& shape) {
   Shape full = batch;
@@ -58,6 +65,23 @@ Tensor reduce_to(const Tensor& r, const Shape& batch, const Shape& shape) {
 
 }  // namespace
 
+thread_local MatmulPrecision t_matmul_precision = MatmulPrecision::kF32;
+
+MatmulPrecision matmul_precision() { return t_matmul_precision; }
+const char* matmul_precision_name(MatmulPrecision p) {
+  return p == MatmulPrecision::kBF16 ? "bf16" : "f32";
+}
+MatmulPrecision parse_matmul_precision(const std::string& name) {
+  if (name == "f32") return MatmulPrecision::kF32;
+  if (name == "bf16") return MatmulPrecision::kBF16;
+  throw Error(str_cat("unknown matmul precision '", name, "' (choose f32 or bf16)"),
+              ErrorKind::kInvalidArgument);
+}
+MatmulPrecisionScope::MatmulPrecisionScope(MatmulPrecision p) : saved_(t_matmul_precision) {
+  t_matmul_precision = p;
+}
+MatmulPrecisionScope::~MatmulPrecisionScope() { t_matmul_precision = saved_; }
+
 void set_blocked_layout(bool on) { g_blocked_layout.store(on); }
 bool blocked_layout_enabled() { return g_blocked_layout.load(); }
 
@@ -67,6 +91,7 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   STIPPLE_CHECK(a.dim() >= 1 && b.dim() >= 1, "matmul: operands must be at least 1-D, got a ",
                 a.describe(), " and b ", b.describe());
   same_device("matmul", a, b);
+  const MatmulPrecision precision = matmul_precision();
   Tensor out;
   Shape a2_shape, b2_shape, batch;
   Operand oa, ob;
@@ -92,7 +117,7 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
       oa = to_kernel_operand(a2, batch);
     }
     ob = to_kernel_operand(b2, batch);
-    Tensor r = kernels_for(oa.t).matmul(oa.t, ob.t, oa.trans, ob.trans);  // [B, M, N]
+    Tensor r = matmul_kernel(kernels_for(oa.t), precision)(oa.t, ob.t, oa.trans, ob.trans);
     Shape out_shape = batch;
     if (a.dim() > 1) out_shape.push_back(m);
     if (b.dim() > 1) out_shape.push_back(n);
@@ -100,25 +125,26 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   }
   autograd::record("matmul", {a, b}, out,
                    [oa, ob, fold, batch, a2_shape, b2_shape, a_shape = a.shape(),
-                    b_shape = b.shape()](const Tensor& g, const std::vector<bool>& needs) {
-                     const KernelTable& k = kernels_for(g);
+                    b_shape = b.shape(), precision](const Tensor& g,
+                                                    const std::vector<bool>& needs) {
+                     const MatmulKernel mm = matmul_kernel(kernels_for(g), precision);
                      const int64_t m = a2_shape[a2_shape.size() - 2];
                      const int64_t n = b2_shape.back();
                      const int64_t nb = shape_numel(batch);
                      Tensor g3 = reshape(as_f32_contiguous(g), {nb, m, n});
                      std::vector<Tensor> grads(2);
                      if (needs[0]) {                                     // dA = dC @ B^T
-                       Tensor r = k.matmul(g3, ob.t, false, !ob.trans);  // [B, M, K]
+                       Tensor r = mm(g3, ob.t, false, !ob.trans);  // [B, M, K]
                        grads[0] = reshape(reduce_to(r, batch, a2_shape), a_shape);
                      }
                      if (needs[1]) {  // dB = A^T @ dC
                        Tensor r;
                        if (fold) {
-                         r = k.matmul(oa.t, reshape(g3, {1, nb * m, n}), true, false);  // [1,K,N]
+                         r = mm(oa.t, reshape(g3, {1, nb * m, n}), true, false);  // [1, K, N]
                          r = reshape(r, {r.size(1), r.size(2)});
                          grads[1] = reshape(sum_to(r, b2_shape), b_shape);
                        } else {
-                         r = k.matmul(oa.t, g3, !oa.trans, false);  // [B, K, N]
+                         r = mm(oa.t, g3, !oa.trans, false);  // [B, K, N]
                          grads[1] = reshape(reduce_to(r, batch, b2_shape), b_shape);
                        }
                      }
@@ -143,12 +169,13 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   }
   const int64_t rows = x.numel() / in;
   same_device("linear", x, weight, bias);
+  const MatmulPrecision precision = matmul_precision();
   Tensor x3, w3, out;
   {
     autograd::NoGradGuard no_grad;
     x3 = reshape(as_f32_contiguous(x), {1, rows, in});
     w3 = reshape(as_f32_contiguous(weight), {1, out_features, in});
-    Tensor r = kernels_for(x3).matmul(x3, w3, false, true);  // [1, rows, out]
+    Tensor r = matmul_kernel(kernels_for(x3), precision)(x3, w3, false, true);  // [1, rows, out]
     if (bias.defined()) {
       Tensor bv = expand(reshape(as_f32_contiguous(bias), {1, 1, out_features}), r.shape());
       r = kernels_for(r).binary(BinaryOp::kAdd, r, bv);
@@ -158,13 +185,13 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
     out = reshape(r, out_shape);
   }
   autograd::record("linear", {x, weight, bias}, out,
-                   [x3, w3, x_shape = x.shape(), w_shape = weight.shape(), rows, out_features](
-                       const Tensor& g, const std::vector<bool>& needs) {
-                     const KernelTable& k = kernels_for(g);
+                   [x3, w3, x_shape = x.shape(), w_shape = weight.shape(), rows, out_features,
+                    precision](const Tensor& g, const std::vector<bool>& needs) {
+                     const MatmulKernel mm = matmul_kernel(kernels_for(g), precision);
                      Tensor g3 = reshape(as_f32_contiguous(g), {1, rows, out_features});
                      std::vector<Tensor> grads(3);
-                     if (needs[0]) grads[0] = reshape(k.matmul(g3, w3, false, false), x_shape);
-                     if (needs[1]) grads[1] = reshape(k.matmul(g3, x3, true, false), w_shape);
+                     if (needs[0]) grads[0] = reshape(mm(g3, w3, false, false), x_shape);
+                     if (needs[1]) grads[1] = reshape(mm(g3, x3, true, false), w_shape);
                      if (needs[2]) grads[2] = sum(g3, {0, 1});
                      return grads;
                    });

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "core/tensor.h"
@@ -96,6 +97,30 @@ Tensor sum_to(const Tensor& x, const Shape& shape);
 Tensor matmul(const Tensor& a, const Tensor& b);
 // x [..., in] @ weight[out, in]^T + bias[out]; bias may be undefined.
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
+
+// The precision matmul and linear compute their products in, on this thread (a training speed
+// setting, as PyTorch's bf16 autocast runs matmuls). kBF16: both operands rounded to bf16 (to
+// nearest, ties to even), the exact products summed in f32, the result f32; the gradients of
+// such an op are bf16 matmuls too (the precision is fixed when the op runs, not when backward
+// does). Elementwise ops, norms, attention and convolutions stay f32. The CPU runs them on
+// oneDNN's AVX512-BF16/AMX kernels where the CPU has them (about twice the f32 rate), else as f32
+// products of the rounded operands (same values, no faster): KernelTable::native_bf16_matmul.
+enum class MatmulPrecision : uint8_t { kF32, kBF16 };
+MatmulPrecision matmul_precision();
+// "f32" / "bf16"; parse_matmul_precision throws naming the choices.
+const char* matmul_precision_name(MatmulPrecision p);
+MatmulPrecision parse_matmul_precision(const std::string& name);
+// Sets this thread's matmul precision for the scope's lifetime.
+class MatmulPrecisionScope {
+ public:
+  explicit MatmulPrecisionScope(MatmulPrecision p);
+  ~MatmulPrecisionScope();
+  MatmulPrecisionScope(const MatmulPrecisionScope&) = delete;
+  MatmulPrecisionScope& operator=(const MatmulPrecisionScope&) = delete;
+
+ private:
+  MatmulPrecision saved_;
+};
 
 struct Conv2dParams {
   int64_t stride_h = 1, stride_w = 1;

@@ -89,6 +89,7 @@ json TrainConfig::to_json() const {
               {"ema_decay", json_float(ema_decay)},
               {"label_drop_prob", json_float(label_drop_prob)},
               {"snr_gamma", json_float(snr_gamma)},
+              {"matmul_precision", matmul_precision},
               {"prediction_type", prediction_type},
               {"num_train_timesteps", num_train_timesteps},
               {"beta_schedule", beta_schedule},
@@ -135,6 +136,7 @@ TrainConfig TrainConfig::from_json(const json& j, const std::string& where) {
   t.ema_decay = static_cast<float>(c.number("ema_decay", t.ema_decay));
   t.label_drop_prob = static_cast<float>(c.number("label_drop_prob", t.label_drop_prob));
   t.snr_gamma = static_cast<float>(c.number("snr_gamma", t.snr_gamma));
+  t.matmul_precision = c.string("matmul_precision", t.matmul_precision);
   t.prediction_type = c.string("prediction_type", t.prediction_type);
   t.num_train_timesteps = static_cast<int>(c.integer("num_train_timesteps", t.num_train_timesteps));
   t.beta_schedule = c.string("beta_schedule", t.beta_schedule);
@@ -171,6 +173,9 @@ void TrainConfig::validate() const {
   STIPPLE_CHECK(prediction_type == "epsilon" || prediction_type == "v_prediction",
                 "training config: prediction_type \"", prediction_type,
                 "\" (expected epsilon or v_prediction)");
+  STIPPLE_CHECK(matmul_precision == "f32" || matmul_precision == "bf16",
+                "training config: matmul_precision \"", matmul_precision,
+                "\" (expected f32 or bf16)");
   STIPPLE_CHECK(beta_schedule == "linear" || beta_schedule == "squaredcos_cap_v2",
                 "training config: beta_schedule \"", beta_schedule,
                 "\" (expected linear or squaredcos_cap_v2)");
@@ -263,6 +268,8 @@ StepStats Trainer::train_step() {
   const Tensor x_t = schedulers::add_noise(alphas_cumprod_, shard.of(x0), shard.of(noise), ts);
   const Tensor target = schedulers::prediction_target(prediction_, alphas_cumprod_, shard.of(x0),
                                                       shard.of(noise), ts);
+  // The model's products in the configured precision; its gradients follow (ops::matmul_precision)
+  const ops::MatmulPrecisionScope precision(ops::parse_matmul_precision(config_.matmul_precision));
   const Tensor out = model_->forward(x_t, ts, shard.of(y));  // [n, C_out, H, W]
   STIPPLE_CHECK(out.dim() == 4 && out.size(0) == n && out.size(1) >= channels_ &&
                     out.size(2) == x0.size(2) && out.size(3) == x0.size(3),
@@ -383,6 +390,9 @@ Tensor Trainer::sample(const std::vector<int64_t>& labels, uint64_t seed, int st
 
 void Trainer::to(Device device) {
   STIPPLE_CHECK(!running_, "Trainer::to: move the run before run(), not during it");
+  STIPPLE_CHECK(device != Device::kCUDA || config_.matmul_precision == "f32",
+                "training with bf16 matmuls (matmul_precision bf16) runs on the CPU only so far; "
+                "train on the GPU with f32");
   model_->to(device);  // params_ share the module's tensors, which move in place
   optimizer_->to(device);
   ema_->to(device);

@@ -395,7 +395,8 @@ struct MatmulEntry {
   dnnl::matmul prim;
 };
 
-Tensor fast_matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
+// op(a) @ op(b) for operands of data type `dt` (f32, or bf16 with f32 accumulation), f32 out.
+Tensor matmul_of(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, DT dt) {
   const int64_t ba = a.size(0), bb = b.size(0);
   const int64_t m = trans_a ? a.size(2) : a.size(1);
   const int64_t k = trans_a ? a.size(1) : a.size(2);
@@ -405,13 +406,14 @@ Tensor fast_matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b)
   if (out.numel() == 0) return out;
   if (k == 0) return Tensor::zeros({batch, m, n});
   // Transposes are strides on the logical [B, M, K] / [B, K, N] views; batch 1 broadcasts.
-  const memory::desc a_md({ba, m, k}, DT::f32,
+  const memory::desc a_md({ba, m, k}, dt,
                           trans_a ? memory::dims{m * k, 1, m} : memory::dims{m * k, k, 1});
-  const memory::desc b_md({bb, k, n}, DT::f32,
+  const memory::desc b_md({bb, k, n}, dt,
                           trans_b ? memory::dims{k * n, 1, k} : memory::dims{k * n, n, 1});
   const memory::desc c_md({batch, m, n}, DT::f32, Tag::abc);
   static PrimitiveCache<MatmulEntry> cache;
-  const std::string key = str_cat(ba, ',', bb, ',', m, ',', k, ',', n, ',', trans_a, trans_b);
+  const std::string key = str_cat(ba, ',', bb, ',', m, ',', k, ',', n, ',', trans_a, trans_b,
+                                  dt == DT::bf16 ? ",bf16" : "");
   auto e = cache.get(key, [&] {
     dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, b_md, c_md), user_scratchpad(),
                                     cpu_engine());
@@ -422,6 +424,30 @@ Tensor fast_matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b)
                                  {DNNL_ARG_DST, wrap(c_md, out)},
                                  {DNNL_ARG_SCRATCHPAD, scratchpad_for(e->pd.scratchpad_desc())}});
   return out;
+}
+
+Tensor fast_matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
+  return matmul_of(a, b, trans_a, trans_b, DT::f32);
+}
+
+// Whether oneDNN runs bf16 matmuls on bf16 instructions here (AVX512-BF16 or AMX). Without them
+// oneDNN 2.6 emulates bf16 (AVX-512) or has no bf16 matmul (AVX2).
+bool native_bf16() {
+  static const bool yes = [] {
+    const dnnl::cpu_isa isa = dnnl::get_effective_cpu_isa();
+    return isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx;
+  }();
+  return yes;
+}
+
+// The operands rounded to bf16 (Highway's conversion, round to nearest even), then oneDNN's
+// bf16 x bf16 -> f32 matmul; without bf16 instructions, the f32 matmul of the rounded values.
+Tensor fast_matmul_bf16(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
+  const KernelTable& kt = fast_kernels();
+  const Tensor a16 = kt.copy(a, DType::kBF16), b16 = kt.copy(b, DType::kBF16);
+  if (native_bf16()) return matmul_of(a16, b16, trans_a, trans_b, DT::bf16);
+  return matmul_of(kt.copy(a16, DType::kF32), kt.copy(b16, DType::kF32), trans_a, trans_b,
+                   DT::f32);
 }
 
 // ---------------------------------------------------------------- convolution
@@ -663,6 +689,8 @@ void fast_conv2d_backward_weight(const Tensor& x, const Tensor& grad_y, const Sh
 
 void fill_fast_linalg(KernelTable& t) {
   t.matmul = fast_matmul;
+  t.matmul_bf16 = fast_matmul_bf16;
+  t.native_bf16_matmul = native_bf16();
   t.conv2d = fast_conv2d;
   t.conv2d_backward_data = fast_conv2d_backward_data;
   t.conv2d_backward_weight = fast_conv2d_backward_weight;

@@ -144,6 +144,7 @@ void fill_missing_kernels(KernelTable& t) {
   STIPPLE_FILL_MISSING(sum);
   STIPPLE_FILL_MISSING(max);
   STIPPLE_FILL_MISSING(matmul);
+  STIPPLE_FILL_MISSING(matmul_bf16);
   STIPPLE_FILL_MISSING(conv2d);
   STIPPLE_FILL_MISSING(conv2d_backward_data);
   STIPPLE_FILL_MISSING(conv2d_backward_weight);
@@ -242,6 +243,7 @@ const KernelTable& emulated_kernels() {
     STIPPLE_EMULATE(sum);
     STIPPLE_EMULATE(max);
     STIPPLE_EMULATE(matmul);
+    STIPPLE_EMULATE(matmul_bf16);
     STIPPLE_EMULATE(conv2d);
     STIPPLE_EMULATE(conv2d_backward_data);
     STIPPLE_EMULATE(conv2d_backward_weight);

@@ -44,6 +44,18 @@ Tensor ref_matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) 
   return out;
 }
 
+// ref_matmul of the operands rounded to bf16 (and back to f32: every bf16 value is one).
+Tensor ref_matmul_bf16(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
+  const auto rounded = [](const Tensor& t) {
+    Tensor r = Tensor::empty(t.shape());
+    const float* src = t.data<float>();
+    float* dst = r.data<float>();
+    for (int64_t i = 0; i < t.numel(); ++i) dst[i] = bf16_to_f32(f32_to_bf16(src[i]));
+    return r;
+  };
+  return ref_matmul(rounded(a), rounded(b), trans_a, trans_b);
+}
+
 // The geometry shared by the three convolution kernels.
 struct ConvGeom {
   int64_t n, c, h, w;  // input
@@ -161,6 +173,7 @@ void ref_conv2d_backward_weight(const Tensor& x_in, const Tensor& grad_y, const 
 
 void fill_reference_linalg(KernelTable& t) {
   t.matmul = ref_matmul;
+  t.matmul_bf16 = ref_matmul_bf16;
   t.conv2d = ref_conv2d;
   t.conv2d_backward_data = ref_conv2d_backward_data;
   t.conv2d_backward_weight = ref_conv2d_backward_weight;
