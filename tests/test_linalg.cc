@@ -97,6 +97,10 @@ TEST_P(MatmulKernel, Bf16FastMatchesReference) {
   const Tensor fast = fast_kernels().matmul_bf16(a, b, c.ta, c.tb);
   ASSERT_EQ(fast.shape(), ref.shape());
   EXPECT_TENSORS_CLOSE(fast, ref, kAtol, 0.0);
+  // bf16 operands are taken as they are: rounding them first changes nothing
+  const Tensor a16 = ops::cast(a, DType::kBF16), b16 = ops::cast(b, DType::kBF16);
+  EXPECT_TENSORS_CLOSE(reference_kernels().matmul_bf16(a16, b16, c.ta, c.tb), ref, 0.0, 0.0);
+  EXPECT_TENSORS_CLOSE(fast_kernels().matmul_bf16(a16, b, c.ta, c.tb), fast, 0.0, 0.0);
   // Rounding each operand to bf16 (8 significant bits) moves a product of terms in [-1, 1] by
   // at most 2^-8 of each term's size: the result stays within k * 2^-7 of the f32 one.
   const Tensor f32 = reference_kernels().matmul(a, b, c.ta, c.tb);

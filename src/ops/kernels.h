@@ -80,7 +80,8 @@ struct KernelTable {
   // equal or 1 (broadcast). Returns [max(Ba, Bb), M, N] = op(a) @ op(b).
   Tensor (*matmul)(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b);
   // The same with both operands rounded to bf16 first (ops::MatmulPrecision::kBF16): the exact
-  // products of the rounded values summed in f32 (the reference sums in double), f32 out.
+  // products of the rounded values summed in f32 (the reference sums in double), f32 out. Each
+  // operand is f32 (rounded here) or bf16 (taken as it is: the ops round once and keep it).
   Tensor (*matmul_bf16)(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b);
   // Whether matmul_bf16 runs on bf16 hardware (AVX512-BF16, AMX) rather than as f32 products of
   // the rounded operands: the only difference is speed.

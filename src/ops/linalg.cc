@@ -53,6 +53,12 @@ MatmulKernel matmul_kernel(const KernelTable& k, MatmulPrecision p) {
   return p == MatmulPrecision::kBF16 ? k.matmul_bf16 : k.matmul;
 }
 
+// A kernel operand in the precision's storage: bf16 operands are rounded once, here, and kept in
+// bf16 for the backward pass (half the memory of the saved f32 operand, no second rounding).
+Tensor in_precision(const Tensor& t, MatmulPrecision p) {
+  return p == MatmulPrecision::kBF16 ? kernels_for(t).copy(t, DType::kBF16) : t;
+}
+
 // Reshapes a kernel result [B, rows, cols] to batch + [rows, cols] and sums it down to `shape`.
 Tensor reduce_to(const Tensor& r, const Shape& batch, const Shape& shape) {
   Shape full = batch;
@@ -117,6 +123,8 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
       oa = to_kernel_operand(a2, batch);
     }
     ob = to_kernel_operand(b2, batch);
+    oa.t = in_precision(oa.t, precision);
+    ob.t = in_precision(ob.t, precision);
     Tensor r = matmul_kernel(kernels_for(oa.t), precision)(oa.t, ob.t, oa.trans, ob.trans);
     Shape out_shape = batch;
     if (a.dim() > 1) out_shape.push_back(m);
@@ -131,7 +139,8 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
                      const int64_t m = a2_shape[a2_shape.size() - 2];
                      const int64_t n = b2_shape.back();
                      const int64_t nb = shape_numel(batch);
-                     Tensor g3 = reshape(as_f32_contiguous(g), {nb, m, n});
+                     const Tensor g3 =
+                         in_precision(reshape(as_f32_contiguous(g), {nb, m, n}), precision);
                      std::vector<Tensor> grads(2);
                      if (needs[0]) {                                     // dA = dC @ B^T
                        Tensor r = mm(g3, ob.t, false, !ob.trans);  // [B, M, K]
@@ -173,8 +182,8 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   Tensor x3, w3, out;
   {
     autograd::NoGradGuard no_grad;
-    x3 = reshape(as_f32_contiguous(x), {1, rows, in});
-    w3 = reshape(as_f32_contiguous(weight), {1, out_features, in});
+    x3 = in_precision(reshape(as_f32_contiguous(x), {1, rows, in}), precision);
+    w3 = in_precision(reshape(as_f32_contiguous(weight), {1, out_features, in}), precision);
     Tensor r = matmul_kernel(kernels_for(x3), precision)(x3, w3, false, true);  // [1, rows, out]
     if (bias.defined()) {
       Tensor bv = expand(reshape(as_f32_contiguous(bias), {1, 1, out_features}), r.shape());
@@ -188,10 +197,11 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
                    [x3, w3, x_shape = x.shape(), w_shape = weight.shape(), rows, out_features,
                     precision](const Tensor& g, const std::vector<bool>& needs) {
                      const MatmulKernel mm = matmul_kernel(kernels_for(g), precision);
-                     Tensor g3 = reshape(as_f32_contiguous(g), {1, rows, out_features});
+                     const Tensor g3 = reshape(as_f32_contiguous(g), {1, rows, out_features});
+                     const Tensor gp = needs[0] || needs[1] ? in_precision(g3, precision) : g3;
                      std::vector<Tensor> grads(3);
-                     if (needs[0]) grads[0] = reshape(mm(g3, w3, false, false), x_shape);
-                     if (needs[1]) grads[1] = reshape(mm(g3, x3, true, false), w_shape);
+                     if (needs[0]) grads[0] = reshape(mm(gp, w3, false, false), x_shape);
+                     if (needs[1]) grads[1] = reshape(mm(gp, x3, true, false), w_shape);
                      if (needs[2]) grads[2] = sum(g3, {0, 1});
                      return grads;
                    });

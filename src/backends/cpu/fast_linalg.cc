@@ -440,11 +440,14 @@ bool native_bf16() {
   return yes;
 }
 
-// The operands rounded to bf16 (Highway's conversion, round to nearest even), then oneDNN's
+// The f32 operands rounded to bf16 (Highway's conversion, round to nearest even), then oneDNN's
 // bf16 x bf16 -> f32 matmul; without bf16 instructions, the f32 matmul of the rounded values.
 Tensor fast_matmul_bf16(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
   const KernelTable& kt = fast_kernels();
-  const Tensor a16 = kt.copy(a, DType::kBF16), b16 = kt.copy(b, DType::kBF16);
+  const auto bf16 = [&](const Tensor& t) {
+    return t.dtype() == DType::kBF16 ? t : kt.copy(t, DType::kBF16);
+  };
+  const Tensor a16 = bf16(a), b16 = bf16(b);
   if (native_bf16()) return matmul_of(a16, b16, trans_a, trans_b, DT::bf16);
   return matmul_of(kt.copy(a16, DType::kF32), kt.copy(b16, DType::kF32), trans_a, trans_b,
                    DT::f32);

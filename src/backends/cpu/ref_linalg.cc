@@ -48,9 +48,14 @@ Tensor ref_matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) 
 Tensor ref_matmul_bf16(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
   const auto rounded = [](const Tensor& t) {
     Tensor r = Tensor::empty(t.shape());
-    const float* src = t.data<float>();
     float* dst = r.data<float>();
-    for (int64_t i = 0; i < t.numel(); ++i) dst[i] = bf16_to_f32(f32_to_bf16(src[i]));
+    if (t.dtype() == DType::kBF16) {
+      const uint16_t* src = t.data<uint16_t>();
+      for (int64_t i = 0; i < t.numel(); ++i) dst[i] = bf16_to_f32(src[i]);
+    } else {
+      const float* src = t.data<float>();
+      for (int64_t i = 0; i < t.numel(); ++i) dst[i] = bf16_to_f32(f32_to_bf16(src[i]));
+    }
     return r;
   };
   return ref_matmul(rounded(a), rounded(b), trans_a, trans_b);
