@@ -171,6 +171,18 @@ TEST(ClipGradNorm, ReturnsTheTotalNormAndScalesOnlyAboveMax) {
   EXPECT_FLOAT_EQ(b.grad().to_vector()[0], 4.0f * coef);
   EXPECT_NEAR(train::clip_grad_norm({a, b, c}, 1.0f), 1.0, 1e-5);
   EXPECT_FALSE(c.grad().defined());
+
+  // Longer gradients (summed eight at a time, then the tail): the norm of every element.
+  std::vector<float> gv(1003), hv(17);
+  double want = 0.0;
+  for (size_t i = 0; i < gv.size(); ++i) gv[i] = std::sin(0.37f * i) * (1.0f + i % 5);
+  for (size_t i = 0; i < hv.size(); ++i) hv[i] = 0.5f - 0.1f * i;
+  for (float v : gv) want += double(v) * v;
+  for (float v : hv) want += double(v) * v;
+  Tensor d = param(std::vector<float>(gv.size(), 0.0f)), e = param(std::vector<float>(17, 0.0f));
+  set_grad(d, gv);
+  set_grad(e, hv);
+  EXPECT_NEAR(train::clip_grad_norm({d, e}, 1e9f), std::sqrt(want), 1e-6 * std::sqrt(want));
 }
 
 TEST(Ema, FollowsDiffusersDecaySchedule) {

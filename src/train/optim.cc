@@ -232,10 +232,16 @@ float clip_grad_norm(const std::vector<Tensor>& params, float max_norm) {
       sum_sq += ops::sum(ops::square(grads[i])).item();
       continue;
     }
+    // Eight running sums (one chain of dependent adds ran at a quarter of the rate), in a fixed
+    // order: the norm does not depend on the thread count.
     const float* g = grads[i].data<float>();
-    for (int64_t j = 0, n = grads[i].numel(); j < n; ++j) {
-      sum_sq += static_cast<double>(g[j]) * g[j];
-    }
+    const int64_t n = grads[i].numel();
+    double part[8] = {};
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+      for (int k = 0; k < 8; ++k) part[k] += static_cast<double>(g[j + k]) * g[j + k];
+    for (; j < n; ++j) part[0] += static_cast<double>(g[j]) * g[j];
+    for (double p : part) sum_sq += p;
   }
   const double norm = std::sqrt(sum_sq);
   const double coef = max_norm / (norm + 1e-6);
