@@ -48,10 +48,15 @@ struct MatmulCase {
 
 class MatmulKernel : public ::testing::TestWithParam<MatmulCase> {};
 
+// A case's operands, a [Ba, M, K] and b [Bb, K, N] as stored (transposed ones the other way).
+std::pair<Tensor, Tensor> operands(const MatmulCase& c, uint64_t seed) {
+  return {random_tensor(c.ta ? Shape{c.ba, c.k, c.m} : Shape{c.ba, c.m, c.k}, seed),
+          random_tensor(c.tb ? Shape{c.bb, c.n, c.k} : Shape{c.bb, c.k, c.n}, seed + 1)};
+}
+
 TEST_P(MatmulKernel, FastMatchesReference) {
   const MatmulCase c = GetParam();
-  const Tensor a = random_tensor(c.ta ? Shape{c.ba, c.k, c.m} : Shape{c.ba, c.m, c.k}, 1);
-  const Tensor b = random_tensor(c.tb ? Shape{c.bb, c.n, c.k} : Shape{c.bb, c.k, c.n}, 2);
+  const auto [a, b] = operands(c, 1);
   const Tensor ref = reference_kernels().matmul(a, b, c.ta, c.tb);
   const Tensor fast = fast_kernels().matmul(a, b, c.ta, c.tb);
   const int64_t batch = c.ba > c.bb ? c.ba : c.bb;
@@ -91,8 +96,7 @@ TEST(MatmulKernel, SmallNumbersExact) {
 // differ only in the sums' order and precision (f32 against double), so the f32 tolerance holds.
 TEST_P(MatmulKernel, Bf16FastMatchesReference) {
   const MatmulCase c = GetParam();
-  const Tensor a = random_tensor(c.ta ? Shape{c.ba, c.k, c.m} : Shape{c.ba, c.m, c.k}, 3);
-  const Tensor b = random_tensor(c.tb ? Shape{c.bb, c.n, c.k} : Shape{c.bb, c.k, c.n}, 4);
+  const auto [a, b] = operands(c, 3);
   const Tensor ref = reference_kernels().matmul_bf16(a, b, c.ta, c.tb);
   const Tensor fast = fast_kernels().matmul_bf16(a, b, c.ta, c.tb);
   ASSERT_EQ(fast.shape(), ref.shape());
