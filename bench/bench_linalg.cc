@@ -28,36 +28,29 @@ void set_gflops(benchmark::State& state, double flops) {
   bench::set_rate(state, "GFLOP/s", flops);
 }
 
-// x[M, K] @ W[N, K]^T, as in nn.Linear.
-void BM_Matmul(benchmark::State& state) {
+// x[M, K] @ W[N, K]^T, as in nn.Linear, by one of the fast table's matmul kernels: f32, or bf16
+// (ops::MatmulPrecision::kBF16: both operands rounded, f32 sums; the roundings included, the
+// label says whether the CPU has bf16 instructions). Sizes: SD 1.5's 64x64 latents, and the
+// Fashion-MNIST DiT's training step (batch 64 x 64 tokens, width 192, its 4x feed-forward).
+void run_matmul(benchmark::State& state, Tensor (*KernelTable::*kernel)(const Tensor&,
+                                                                      const Tensor&, bool, bool)) {
   const int64_t m = state.range(0), n = state.range(1), k = state.range(2);
   const Tensor x = random_input({1, m, k}, 1);
   const Tensor w = random_input({1, n, k}, 2);
   const KernelTable& kt = fast_kernels();
-  for (auto _ : state) benchmark::DoNotOptimize(kt.matmul(x, w, false, true));
+  if (kernel == &KernelTable::matmul_bf16)
+    state.SetLabel(kt.native_bf16_matmul ? "bf16 instructions" : "emulated: f32 on rounded values");
+  for (auto _ : state) benchmark::DoNotOptimize((kt.*kernel)(x, w, false, true));
   set_gflops(state, 2.0 * m * n * k);
 }
-BENCHMARK(BM_Matmul)->Args({4096, 320, 320})->Args({4096, 1280, 320})->UseRealTime();
-
-// The same with bf16 operands (ops::MatmulPrecision::kBF16: both rounded, f32 sums), conversions
-// included; and f32 at the Fashion-MNIST DiT's training sizes (batch 64 x 64 tokens, width 192,
-// its 4x feed-forward) for comparison. The label says whether the CPU has bf16 instructions.
-void BM_MatmulBf16(benchmark::State& state) {
-  const int64_t m = state.range(0), n = state.range(1), k = state.range(2);
-  const Tensor x = random_input({1, m, k}, 1);
-  const Tensor w = random_input({1, n, k}, 2);
-  const KernelTable& kt = fast_kernels();
-  state.SetLabel(kt.native_bf16_matmul ? "bf16 instructions" : "emulated: f32 on rounded values");
-  for (auto _ : state) benchmark::DoNotOptimize(kt.matmul_bf16(x, w, false, true));
-  set_gflops(state, 2.0 * m * n * k);
+void BM_Matmul(benchmark::State& state) { run_matmul(state, &KernelTable::matmul); }
+void BM_MatmulBf16(benchmark::State& state) { run_matmul(state, &KernelTable::matmul_bf16); }
+void matmul_sizes(benchmark::internal::Benchmark* b) {
+  b->Args({4096, 320, 320})->Args({4096, 1280, 320});
+  b->Args({4096, 768, 192})->Args({4096, 192, 768})->UseRealTime();
 }
-BENCHMARK(BM_MatmulBf16)
-    ->Args({4096, 320, 320})
-    ->Args({4096, 1280, 320})
-    ->Args({4096, 768, 192})
-    ->Args({4096, 192, 768})
-    ->UseRealTime();
-BENCHMARK(BM_Matmul)->Args({4096, 768, 192})->Args({4096, 192, 768})->UseRealTime();
+BENCHMARK(BM_Matmul)->Apply(matmul_sizes);
+BENCHMARK(BM_MatmulBf16)->Apply(matmul_sizes);
 
 // The whole op, ops::linear with bias, at the same sizes: the matmul plus the bias pass.
 void BM_LinearOp(benchmark::State& state) {
