@@ -434,6 +434,8 @@ TEST(Evaluate, EndToEndOnTinyGenerator) {
   EXPECT_EQ(img.width, 2 * 66);    // 2 columns of 64 + frame
   EXPECT_EQ(img.height, 10 * 66);  // a row per class
   EXPECT_NE(text["parameters"].find("Sampler: dpm++2m"), std::string::npos);
+  write_eval_grid(r, dir + "/out/one.png", 1);  // --grid-columns 1
+  EXPECT_EQ(io::read_png(dir + "/out/one.png").width, 66);
 }
 
 // A generator folder's sampling defaults: model_index.json's "_stipple_sampling", each field
@@ -507,6 +509,29 @@ TEST(Evaluate, UnconditionalSamplingWithClassifierGuidance) {
   c.cfg = 1.0f;
   c.guide = tiny_fashion_classifier();
   EXPECT_NE(testing::error_message([&] { gen.sample({0}, c); }).find("needs a noisy-image classifier"),
+            std::string::npos);
+}
+
+// Guidance rescale (Lin et al. 2023) in the evaluation's sampler: 0 is plain classifier-free
+// guidance, a phi above 0 changes the guided steps' predictions (and so the images), a phi
+// outside [0, 1] is refused by name, and the record keeps it.
+TEST(Evaluate, GuidanceRescaleChangesTheGuidedStepsOnly) {
+  const std::string dir = temp_dir("guidance_rescale");
+  const ClassGenerator gen = ClassGenerator::load(write_tiny_generator(dir + "/gen"));
+  EvalConfig c;
+  c.steps = 4;
+  c.cfg = 3.0f;
+  const std::vector<int64_t> labels = {1, 7};
+  const Tensor plain = gen.sample(labels, c);
+  c.guidance_rescale = 0.7f;
+  const Tensor rescaled = gen.sample(labels, c);
+  EXPECT_FALSE(testing::tensors_close(rescaled, plain, 1e-4, 0.0));
+  c.cfg = 1.0f;  // no guided step: nothing to rescale
+  const Tensor unguided_rescaled = gen.sample(labels, c);
+  c.guidance_rescale = 0.0f;
+  EXPECT_TENSORS_CLOSE(unguided_rescaled, gen.sample(labels, c), 0.0, 0.0);
+  c.guidance_rescale = 1.5f;
+  EXPECT_NE(testing::error_message([&] { c.validate(); }).find("guidance rescale must be in [0, 1]"),
             std::string::npos);
 }
 

@@ -51,6 +51,11 @@ EvalCommand::EvalCommand(CLI::App& app) {
                    "says)")
       ->check(CLI::NonNegativeNumber);
   add_guidance_interval_option(cmd_, guidance_interval_, "the model's (every step unless it says)");
+  cmd_->add_option("--guidance-rescale", c.guidance_rescale,
+                   "guidance rescale phi (Lin et al. 2023): each guided prediction's spread "
+                   "brought back toward the conditional one's; 0: off")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
   cmd_->add_option("--guide-model", guide_model_,
                    "autoguidance: a smaller, shorter-trained generator folder whose prediction "
                    "replaces the null class's in the guided steps; none: the null class (default: "
@@ -92,6 +97,10 @@ EvalCommand::EvalCommand(CLI::App& app) {
   cmd_->add_option("--data", t2i_.data_dir, "text-to-image: the emoji data folder");
   cmd_->add_option("--json", json_, "write the results as JSON to this file");
   cmd_->add_option("--grid", grid_, "write a PNG grid of the samples (a row per class)");
+  cmd_->add_option("--grid-columns", grid_columns_,
+                   "class-conditional: samples per row of the --grid (at most --samples-per-class)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
   cmd_->add_flag("--quiet,-q", quiet_, "no progress bar");
 }
 
@@ -175,7 +184,7 @@ int EvalCommand::run() {
     std::printf("wrote %s\n", json_.c_str());
   }
   if (!grid_.empty()) {
-    train::write_eval_grid(r, grid_);
+    train::write_eval_grid(r, grid_, grid_columns_);
     std::printf("wrote %s\n", grid_.c_str());
   }
   return 0;

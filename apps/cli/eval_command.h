@@ -26,6 +26,7 @@ class EvalCommand {
   std::string model_, classifier_ = "models/fashion-mnist-classifier";
   std::string data_dir_ = "/usr/share/datasets/fashion-mnist";
   std::string json_, grid_;
+  int grid_columns_ = 10;
   std::string device_ = "cpu";
   std::vector<double> guidance_interval_;  // --guidance-interval LO HI
   std::string guide_model_;                // --guide-model DIR or none

@@ -35,6 +35,8 @@ void EvalConfig::validate() const {
   pipelines::check_guidance_interval(guidance_interval);
   STIPPLE_CHECK(std::isfinite(guide_scale) && std::abs(guide_scale) <= 1000,
                 "the classifier guidance scale must be in [-1000, 1000], got ", guide_scale);
+  STIPPLE_CHECK(guidance_rescale >= 0.0f && guidance_rescale <= 1.0f,
+                "the guidance rescale must be in [0, 1], got ", guidance_rescale);
   STIPPLE_CHECK(guide_share >= 0.0f && guide_share <= 1.0f,
                 "the guide model's share must be in [0, 1], got ", guide_share);
   STIPPLE_CHECK(upscaler_steps >= 1 && upscaler_steps <= 1000,
@@ -258,6 +260,7 @@ Tensor ClassGenerator::sample(const std::vector<int64_t>& labels, const EvalConf
     opt.cfg.scale = config.cfg;
     opt.cfg.order = guidance::CfgOrder::kCondFirst;
     opt.cfg.interval = config.guidance_interval;
+    opt.cfg.rescale = config.guidance_rescale;
     opt.generator = &step_gen;
     if (progress)
       opt.progress = [&](int done, int total) { progress(b * total + done, batches * total); };
@@ -521,6 +524,7 @@ nlohmann::json EvalResult::to_json() const {
           {"steps", config.steps},
           {"cfg", json_float(config.cfg)},
           {"guidance_interval", interval_json(config.guidance_interval)},
+          {"guidance_rescale", json_float(config.guidance_rescale)},
           {"autoguidance", {{"model", guide_model}}},
           {"classifier_guidance", {{"classifier", config.guide_dir},
                                    {"scale", json_float(config.guide_scale)}}},
@@ -571,6 +575,8 @@ std::string EvalResult::table() const {
              ? str_cat(" at sigma in [", config.guidance_interval.lo, ", ",
                        config.guidance_interval.hi, "]")
              : std::string())
+     << (config.guidance_rescale > 0.0f ? str_cat(", rescale ", config.guidance_rescale)
+                                        : std::string())
      << (guide_model.empty() ? std::string() : str_cat(", autoguidance by ", guide_model))
      << (config.guide_scale != 0.0f ? str_cat(", classifier guidance ", config.guide_scale, " (",
                                               config.guide_dir, ")")

@@ -46,6 +46,9 @@ struct EvalConfig {
   std::string sampler = "dpm++2m_karras";  // a name from schedulers::sampler_names()
   float cfg = 2.0f;                        // classifier-free guidance scale; <= 1: none
   pipelines::GuidanceInterval guidance_interval;  // default: guidance at every step
+  // Guidance rescale phi in [0, 1] (Lin et al. 2023; pipelines::CfgOptions::rescale): each guided
+  // prediction's per-image std brought back toward the conditional one's. 0: off.
+  float guidance_rescale = 0.0f;
   uint64_t seed = 0;
   int batch_size = 100;  // images per denoiser batch (twice that many rows with guidance)
   // Classifier guidance (pipelines::ClassifierGuidanceOptions) by a noisy-image classifier
