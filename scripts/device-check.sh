@@ -10,8 +10,8 @@
 # benchmarks of the CUDA issue's table with the command built the same way (no server): an SD
 # 1.5-shaped generation at 512x512 with CFG on the GPU (`stipple bench generate --device cuda`;
 # random f16 weights written by `stipple bench checkpoint`) and the Fashion-MNIST DiT (depth 8,
-# width 192, patch 4) training at batch 64 and 512 (`stipple train --device cuda`, f32), each
-# with its output in bench-*.txt and its figures in device-check.json.
+# width 192, patch 4) training at batch 64 (f32) and 512 (bf16 matmuls, then f32; `stipple train
+# --device cuda`), each with its output in bench-*.txt and its figures in device-check.json.
 #
 # Prepare here, then run there in one call:
 #   bash scripts/device-deps.sh
@@ -110,26 +110,29 @@ if $build_ok && [ -x "$cli" ]; then
   else
     say "SD 1.5 benchmark skipped (time or checkpoint; see device-check.log)"
   fi
-  # Fashion-MNIST DiT training, f32: steps/s at batch 64 and images/s at batch 512, from log.csv
-  # (the rows after the first, past the start-up)
+  # Fashion-MNIST DiT training: steps/s at batch 64 (f32) and images/s at batch 512 (bf16
+  # matmuls, the table's autocast row, then f32), from log.csv (the rows after the first, past
+  # the start-up)
   data=$root/.device-deps/fashion-mnist
-  for batch in 64 512; do
+  for run in "64 f32" "512 bf16" "512 f32"; do
+    read -r batch precision <<<"$run"
+    name="b${batch}_${precision}"
     steps=$([ $batch = 64 ] && echo 300 || echo 120)
     if [ ! -f "$data/train-images-idx3-ubyte.gz" ] || [ "$(time_left)" -lt 60 ]; then
-      say "training benchmark at batch $batch skipped (no carried data or no time)"
+      say "training benchmark at batch $batch ($precision) skipped (no carried data or no time)"
       continue
     fi
     timeout "$(( $(time_left) > 180 ? 180 : $(time_left) ))" "$cli" train --device cuda \
-      --data-dir "$data" --out "$tmp/train-$batch" --depth 8 --width 192 --heads 3 --patch 4 \
-      --batch-size $batch --steps $steps --log-every 20 --sample-every 0 \
-      --checkpoint-every 100000 -q >"$out/bench-train-$batch.txt" 2>&1
+      --data-dir "$data" --out "$tmp/train-$name" --depth 8 --width 192 --heads 3 --patch 4 \
+      --batch-size $batch --matmul-precision $precision --steps $steps --log-every 20 \
+      --sample-every 0 --checkpoint-every 100000 -q >"$out/bench-train-$name.txt" 2>&1
     rc=$?
-    cp "$tmp/train-$batch/log.csv" "$out/train-$batch-log.csv" 2>/dev/null
+    cp "$tmp/train-$name/log.csv" "$out/train-$name-log.csv" 2>/dev/null
     rate=$(awk -F, -v b=$batch 'NR == 2 {s0 = $1; t0 = $NF} NR > 2 {s1 = $1; t1 = $NF}
       END {if (t1 > t0) {r = (s1 - s0) / (t1 - t0); printf "%.2f %.0f", r, r * b}}' \
-      "$tmp/train-$batch/log.csv" 2>/dev/null)
-    say "training at batch $batch on the GPU: exit $rc, ${rate:-?} (steps/s, images/s)"
-    add_bench "train_b${batch}_steps_per_second" "$(echo "${rate:-null}" | cut -d' ' -f1)"
+      "$tmp/train-$name/log.csv" 2>/dev/null)
+    say "training at batch $batch ($precision matmuls) on the GPU: exit $rc, ${rate:-?} (steps/s, images/s)"
+    add_bench "train_${name}_steps_per_second" "$(echo "${rate:-null}" | cut -d' ' -f1)"
   done
   rm -rf "$tmp"
 fi

@@ -9,6 +9,7 @@
 //   1e-5 rel + 1e-5   sum, softmax, layer/group norm (double accumulation in both, f32 I/O)
 //   1e-4 abs          attention forward and backward (f32 online softmax, inputs in [-1, 1])
 //   2e-3 sqrt(K) abs  matmul and conv2d: TF32 tensor cores (10-bit mantissa) with K-term sums
+//   1e-5 (1 + K) abs  matmul_bf16: the same bf16 operands both sides, f32 sums against double
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -320,6 +321,32 @@ TEST_F(Cuda, Matmul) {
                              std::to_string(c.n) + (c.ta ? " ta" : "") + (c.tb ? " tb" : "");
     expect_close(ref().matmul(a, b, c.ta, c.tb), gpu().matmul(dev(a), dev(b), c.ta, c.tb), 0,
                  2e-3 * std::sqrt(static_cast<double>(c.k)), what);
+  }
+}
+
+// bf16 matmuls: both sides round the operands to bf16 (to nearest, ties to even) and sum the
+// exact products; the GPU sums in f32 on tensor cores, the reference in double. A wrong rounding
+// would show at ~4e-3 relative per product, far above this tolerance. bf16 operands are taken as
+// they are.
+TEST_F(Cuda, MatmulBf16) {
+  ASSERT_NE(gpu().matmul_bf16, nullptr);
+  EXPECT_TRUE(gpu().native_bf16_matmul);
+  const MatmulCase cases[] = {{1, 1, 17, 33, 9, false, false}, {3, 3, 5, 67, 31, true, false},
+                              {3, 1, 40, 20, 13, false, true}, {1, 4, 7, 9, 11, true, true},
+                              {2, 2, 1, 1, 1, false, false},   {5, 1, 8, 130, 3, true, false},
+                              {1, 1, 64, 0, 5, false, false}};
+  for (const MatmulCase& c : cases) {
+    const Tensor a = uniform(c.ta ? Shape{c.ba, c.k, c.m} : Shape{c.ba, c.m, c.k}, 38);
+    const Tensor b = uniform(c.tb ? Shape{c.bb, c.n, c.k} : Shape{c.bb, c.k, c.n}, 39);
+    const std::string what = "matmul_bf16 " + std::to_string(c.ba) + "/" + std::to_string(c.bb) +
+                             " " + std::to_string(c.m) + "x" + std::to_string(c.k) + "x" +
+                             std::to_string(c.n) + (c.ta ? " ta" : "") + (c.tb ? " tb" : "");
+    const double tol = 1e-5 * (1.0 + static_cast<double>(c.k));
+    expect_close(ref().matmul_bf16(a, b, c.ta, c.tb),
+                 gpu().matmul_bf16(dev(a), dev(b), c.ta, c.tb), 0, tol, what);
+    const Tensor a16 = ref().copy(a, DType::kBF16), b16 = ref().copy(b, DType::kBF16);
+    expect_close(ref().matmul_bf16(a16, b16, c.ta, c.tb),
+                 gpu().matmul_bf16(dev(a16), dev(b16), c.ta, c.tb), 0, tol, what + " (bf16 in)");
   }
 }
 

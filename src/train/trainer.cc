@@ -390,9 +390,6 @@ Tensor Trainer::sample(const std::vector<int64_t>& labels, uint64_t seed, int st
 
 void Trainer::to(Device device) {
   STIPPLE_CHECK(!running_, "Trainer::to: move the run before run(), not during it");
-  STIPPLE_CHECK(device != Device::kCUDA || config_.matmul_precision == "f32",
-                "training with bf16 matmuls (matmul_precision bf16) runs on the CPU only so far; "
-                "train on the GPU with f32");
   model_->to(device);  // params_ share the module's tensors, which move in place
   optimizer_->to(device);
   ema_->to(device);

@@ -345,6 +345,11 @@ Tensor as_f32_contiguous(const Tensor& t) {
   return cuda_copy(t, DType::kF32);
 }
 
+Tensor as_contiguous(const Tensor& t, DType dtype) {
+  if (t.dtype() == dtype && t.is_contiguous() && !t.is_blocked()) return t;
+  return cuda_copy(t, dtype);
+}
+
 void fill_cuda_data(KernelTable& t) {
   t.copy = cuda_copy;
   t.copy_into = cuda_copy_into;

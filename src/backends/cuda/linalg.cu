@@ -1,7 +1,10 @@
 // CUDA linear algebra: batched matmul on cuBLAS, and 2-D convolution (forward, backward data,
 // backward weight) as im2col + cuBLAS GEMM.
 //
-// Precision: f32 GEMMs use TF32 tensor cores unless STIPPLE_CUDA_TF32=0 (10-bit mantissa inputs,
+// Precision: matmul_bf16 (ops::MatmulPrecision::kBF16) rounds both operands to bf16 on the device
+// and runs cuBLAS's bf16 x bf16 GEMM with f32 accumulation and f32 output (bf16 tensor cores on
+// sm_80 and later): the products of the rounded values are exact in f32, as in the CPU twins.
+// f32 GEMMs use TF32 tensor cores unless STIPPLE_CUDA_TF32=0 (10-bit mantissa inputs,
 // f32 accumulation: relative error around 1e-3 against the reference's double sums, the same
 // trade PyTorch makes for convolutions by default). Half-precision conv weights are widened to
 // f32 first.
@@ -38,9 +41,31 @@ void gemm_f32(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, co
 
 namespace {
 
-Tensor cuda_matmul(const Tensor& a_in, const Tensor& b_in, bool trans_a, bool trans_b) {
-  const Tensor a = as_f32_contiguous(a_in);
-  const Tensor b = as_f32_contiguous(b_in);
+// gemm_f32's shape with bf16 operands (raw 16-bit words) and an f32 C: C = op(A) op(B), f32
+// accumulation.
+void gemm_bf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const void* a, int64_t lda,
+               int64_t stride_a, const void* b, int64_t ldb, int64_t stride_b, float* c,
+               int64_t ldc, int64_t stride_c, int64_t batch) {
+  if (m == 0 || n == 0 || batch == 0) return;
+  STIPPLE_CHECK(m <= INT_MAX && n <= INT_MAX && k <= INT_MAX && lda <= INT_MAX &&
+                    ldb <= INT_MAX && ldc <= INT_MAX && batch <= INT_MAX,
+                "CUDA bf16 GEMM: a dimension exceeds 2^31 (", m, " x ", n, " x ", k, ", batch ",
+                batch, ")");
+  const float alpha = 1.0f, beta = 0.0f;
+  CUBLAS_CHECK(cublas_api().gemm_strided_batched_ex(
+      cublas(), tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
+      static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, b, CUDA_R_16BF,
+      static_cast<int>(ldb), stride_b, a, CUDA_R_16BF, static_cast<int>(lda), stride_a, &beta, c,
+      CUDA_R_32F, static_cast<int>(ldc), stride_c, static_cast<int>(batch), CUBLAS_COMPUTE_32F,
+      CUBLAS_GEMM_DEFAULT));
+}
+
+// The operands' geometry and the output of a batched matmul (kernels.h's convention), and the
+// call that fills it: `gemm(ta, tb, m, n, k, lda, stride_a, ldb, stride_b, ldc, stride_c, batch)`
+// with strides in elements, the A and B pointers bound by the caller.
+template <typename Gemm>
+Tensor batched_matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b,
+                      const Gemm& gemm) {
   const int64_t ba = a.size(0), bb = b.size(0);
   const int64_t m = trans_a ? a.size(2) : a.size(1);
   const int64_t k = trans_a ? a.size(1) : a.size(2);
@@ -53,15 +78,37 @@ Tensor cuda_matmul(const Tensor& a_in, const Tensor& b_in, bool trans_a, bool tr
     return out;
   }
   const int64_t lda = trans_a ? m : k, ldb = trans_b ? k : n;
-  if (bb == 1 && !trans_a) {
-    // A shared right operand: the batch folds into the rows of one GEMM.
-    gemm_f32(false, trans_b, batch * m, n, k, 1.0f, cf(a), lda, 0, cf(b), ldb, 0, 0.0f, mf(out),
-             n, 0, 1);
-    return out;
-  }
-  gemm_f32(trans_a, trans_b, m, n, k, 1.0f, cf(a), lda, ba == 1 ? 0 : m * k, cf(b), ldb,
-           bb == 1 ? 0 : k * n, 0.0f, mf(out), n, m * n, batch);
+  if (bb == 1 && !trans_a)  // a shared right operand: the batch folds into the rows of one GEMM
+    gemm(false, trans_b, batch * m, n, k, lda, 0, ldb, 0, mf(out), n, 0, 1);
+  else
+    gemm(trans_a, trans_b, m, n, k, lda, ba == 1 ? 0 : m * k, ldb, bb == 1 ? 0 : k * n, mf(out),
+         n, m * n, batch);
   return out;
+}
+
+Tensor cuda_matmul(const Tensor& a_in, const Tensor& b_in, bool trans_a, bool trans_b) {
+  const Tensor a = as_f32_contiguous(a_in);
+  const Tensor b = as_f32_contiguous(b_in);
+  return batched_matmul(a, b, trans_a, trans_b,
+                        [&](bool ta, bool tb, int64_t m, int64_t n, int64_t k, int64_t lda,
+                            int64_t sa, int64_t ldb, int64_t sb, float* c, int64_t ldc,
+                            int64_t sc, int64_t batch) {
+                          gemm_f32(ta, tb, m, n, k, 1.0f, cf(a), lda, sa, cf(b), ldb, sb, 0.0f,
+                                   c, ldc, sc, batch);
+                        });
+}
+
+// Both operands rounded to bf16 (bf16 ones taken as they are), then the bf16 GEMM.
+Tensor cuda_matmul_bf16(const Tensor& a_in, const Tensor& b_in, bool trans_a, bool trans_b) {
+  const Tensor a = as_contiguous(a_in, DType::kBF16);
+  const Tensor b = as_contiguous(b_in, DType::kBF16);
+  return batched_matmul(a, b, trans_a, trans_b,
+                        [&](bool ta, bool tb, int64_t m, int64_t n, int64_t k, int64_t lda,
+                            int64_t sa, int64_t ldb, int64_t sb, float* c, int64_t ldc,
+                            int64_t sc, int64_t batch) {
+                          gemm_bf16(ta, tb, m, n, k, a.raw_data(), lda, sa, b.raw_data(), ldb, sb,
+                                    c, ldc, sc, batch);
+                        });
 }
 
 // ---- convolution ----
@@ -270,6 +317,8 @@ void cuda_conv2d_backward_weight(const Tensor& x_in, const Tensor& grad_y, const
 
 void fill_cuda_linalg(KernelTable& t) {
   t.matmul = cuda_matmul;
+  t.matmul_bf16 = cuda_matmul_bf16;
+  t.native_bf16_matmul = true;  // bf16 tensor cores on every target (sm_80, sm_90)
   t.conv2d = cuda_conv2d;
   t.conv2d_backward_data = cuda_conv2d_backward_data;
   t.conv2d_backward_weight = cuda_conv2d_backward_weight;
