@@ -140,6 +140,39 @@ TEST(EmulatedDevice, GradientsComeBackToTheHostLeaf) {
   EXPECT_EQ(x.grad().to_vector(), xc.grad().to_vector());
 }
 
+// bf16 matmuls (ops::MatmulPrecision::kBF16) on a device: the operands are rounded there and
+// kept for backward there, and the values and gradients are the CPU's with the same kernels.
+TEST(EmulatedDevice, Bf16LinearAndGradientsMatchTheCpu) {
+  const Tensor x = testing::random_tensor({6, 5}, 4), w = testing::random_tensor({3, 5}, 5),
+               b = testing::random_tensor({3}, 6);
+  const auto run = [&](Device d, std::vector<float>* gx, std::vector<float>* gw) {
+    Tensor xl = x.detach().clone(), wl = w.detach().clone();
+    xl.set_requires_grad(true);
+    wl.set_requires_grad(true);
+    Tensor y;
+    {
+      ops::MatmulPrecisionScope bf16(ops::MatmulPrecision::kBF16);
+      y = ops::linear(xl.to(d), wl.to(d), b.to(d));
+    }
+    EXPECT_EQ(y.device(), d);
+    ops::sum(ops::square(y)).backward();  // outside the scope: the op's precision holds
+    *gx = xl.grad().to_vector();
+    *gw = wl.grad().to_vector();
+    return y.to_vector();
+  };
+  std::vector<float> gx_cpu, gw_cpu, gx_dev, gw_dev;
+  use_reference_kernels(true);
+  const std::vector<float> y_cpu = run(Device::kCPU, &gx_cpu, &gw_cpu);
+  use_reference_kernels(false);
+  EXPECT_EQ(run(Device::kEmulated, &gx_dev, &gw_dev), y_cpu);
+  EXPECT_EQ(gx_dev, gx_cpu);
+  EXPECT_EQ(gw_dev, gw_cpu);
+  use_reference_kernels(true);  // and the rounding happened: f32 products differ
+  const std::vector<float> y_f32 = ops::linear(x, w, b).to_vector();
+  use_reference_kernels(false);
+  EXPECT_NE(y_f32, y_cpu);
+}
+
 // A whole model moved with Module::to: its forward on the emulated device gives the CPU's values
 // exactly (the same reference kernels), so it reads no device memory from the host and mixes in
 // no host tensor — what it needs to run on a GPU.
