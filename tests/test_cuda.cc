@@ -309,6 +309,12 @@ struct MatmulCase {
   bool ta, tb;
 };
 
+std::string matmul_name(const char* op, const MatmulCase& c) {
+  return std::string(op) + " " + std::to_string(c.ba) + "/" + std::to_string(c.bb) + " " +
+         std::to_string(c.m) + "x" + std::to_string(c.k) + "x" + std::to_string(c.n) +
+         (c.ta ? " ta" : "") + (c.tb ? " tb" : "");
+}
+
 TEST_F(Cuda, Matmul) {
   const MatmulCase cases[] = {{1, 1, 17, 33, 9, false, false}, {3, 3, 5, 67, 31, true, false},
                               {3, 1, 40, 20, 13, false, true}, {1, 4, 7, 9, 11, true, true},
@@ -316,9 +322,7 @@ TEST_F(Cuda, Matmul) {
   for (const MatmulCase& c : cases) {
     const Tensor a = uniform(c.ta ? Shape{c.ba, c.k, c.m} : Shape{c.ba, c.m, c.k}, 36);
     const Tensor b = uniform(c.tb ? Shape{c.bb, c.n, c.k} : Shape{c.bb, c.k, c.n}, 37);
-    const std::string what = "matmul " + std::to_string(c.ba) + "/" + std::to_string(c.bb) +
-                             " " + std::to_string(c.m) + "x" + std::to_string(c.k) + "x" +
-                             std::to_string(c.n) + (c.ta ? " ta" : "") + (c.tb ? " tb" : "");
+    const std::string what = matmul_name("matmul", c);
     expect_close(ref().matmul(a, b, c.ta, c.tb), gpu().matmul(dev(a), dev(b), c.ta, c.tb), 0,
                  2e-3 * std::sqrt(static_cast<double>(c.k)), what);
   }
@@ -338,9 +342,7 @@ TEST_F(Cuda, MatmulBf16) {
   for (const MatmulCase& c : cases) {
     const Tensor a = uniform(c.ta ? Shape{c.ba, c.k, c.m} : Shape{c.ba, c.m, c.k}, 38);
     const Tensor b = uniform(c.tb ? Shape{c.bb, c.n, c.k} : Shape{c.bb, c.k, c.n}, 39);
-    const std::string what = "matmul_bf16 " + std::to_string(c.ba) + "/" + std::to_string(c.bb) +
-                             " " + std::to_string(c.m) + "x" + std::to_string(c.k) + "x" +
-                             std::to_string(c.n) + (c.ta ? " ta" : "") + (c.tb ? " tb" : "");
+    const std::string what = matmul_name("matmul_bf16", c);
     const double tol = 1e-5 * (1.0 + static_cast<double>(c.k));
     expect_close(ref().matmul_bf16(a, b, c.ta, c.tb),
                  gpu().matmul_bf16(dev(a), dev(b), c.ta, c.tb), 0, tol, what);

@@ -514,7 +514,7 @@ TEST(Evaluate, UnconditionalSamplingWithClassifierGuidance) {
 
 // Guidance rescale (Lin et al. 2023) in the evaluation's sampler: 0 is plain classifier-free
 // guidance, a phi above 0 changes the guided steps' predictions (and so the images), a phi
-// outside [0, 1] is refused by name, and the record keeps it.
+// outside [0, 1] is refused by name.
 TEST(Evaluate, GuidanceRescaleChangesTheGuidedStepsOnly) {
   const std::string dir = temp_dir("guidance_rescale");
   const ClassGenerator gen = ClassGenerator::load(write_tiny_generator(dir + "/gen"));
