@@ -678,9 +678,10 @@ TEST(ShippedClassifier, TestAccuracy) {
 }
 
 // The shipped generator (models/fashion-mnist-dit) draws the class it is asked for: 5 images of
-// each class at the README's settings (20 DPM-Solver++ (2M, Karras) steps, CFG 2), judged by the shipped
-// classifier. The bound sits well under the CAS measured with 100 per class (README there), so
-// it catches a broken model or sampler, not noise between seeds.
+// each class at the folder's own sampling defaults (its model_index.json's _stipple_sampling,
+// which the README, `stipple generate` and `stipple eval` use), judged by the shipped classifier.
+// The bound sits well under the CAS measured with 100 per class (README there), so it catches a
+// broken model or sampler, not noise between seeds.
 constexpr float kShippedGeneratorMinCas = 0.70f;
 
 TEST(ShippedGenerator, DrawsTheAskedClass) {
@@ -692,7 +693,12 @@ TEST(ShippedGenerator, DrawsTheAskedClass) {
   std::vector<int64_t> labels;
   for (int64_t c = 0; c < 10; ++c)
     for (int i = 0; i < 5; ++i) labels.push_back(c);
-  EvalConfig config;  // the defaults: what the README and `stipple generate` use
+  EvalConfig config;
+  const SamplingDefaults& d = gen.defaults();
+  config.steps = d.steps;
+  config.sampler = d.sampler;
+  config.cfg = d.cfg;
+  config.guidance_interval = d.guidance_interval;
   config.seed = 1;
   const Tensor images = gen.sample(labels, config);
   ASSERT_EQ(images.shape(), (Shape{50, 1, 32, 32}));

@@ -103,6 +103,7 @@ TEST(Server, OpenAIGenerationsAndModels) {
   r.class_labels = {"bag"};
   r.seed = 4;
   r.steps = 2;
+  r.sampler = "dpm++2m_karras";
   EXPECT_EQ(engine.generate(r).images[0].image.pixels, first.pixels);
   const auto [s2, models] = s.get("/v1/models");
   EXPECT_EQ(s2, 200);
