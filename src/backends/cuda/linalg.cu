@@ -19,9 +19,14 @@
 
 namespace stipple::cuda {
 
-void gemm_f32(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
-              int64_t lda, int64_t stride_a, const float* b, int64_t ldb, int64_t stride_b,
-              float beta, float* c, int64_t ldc, int64_t stride_c, int64_t batch) {
+namespace {
+
+// C = alpha op(A) op(B) + beta C in cuBLAS's strided-batched form, A and B of type `ab` (f32 or
+// bf16), C f32, with the given compute type.
+void gemm_ex(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const void* a,
+             int64_t lda, int64_t stride_a, const void* b, int64_t ldb, int64_t stride_b,
+             cudaDataType_t ab, float beta, float* c, int64_t ldc, int64_t stride_c,
+             int64_t batch, cublasComputeType_t compute) {
   if (m == 0 || n == 0 || batch == 0) return;
   STIPPLE_CHECK(m <= INT_MAX && n <= INT_MAX && k <= INT_MAX && lda <= INT_MAX &&
                     ldb <= INT_MAX && ldc <= INT_MAX && batch <= INT_MAX,
@@ -29,36 +34,24 @@ void gemm_f32(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, co
                 ")");
   // cuBLAS is column-major: a row-major C [m, n] is a column-major C^T [n, m], and
   // C^T = op(B)^T op(A)^T, so B goes first with the operands' own row-major leading dims.
-  const cublasComputeType_t compute =
-      tf32_enabled() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
   CUBLAS_CHECK(cublas_api().gemm_strided_batched_ex(
       cublas(), tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
-      static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, b, CUDA_R_32F,
-      static_cast<int>(ldb), stride_b, a, CUDA_R_32F, static_cast<int>(lda), stride_a, &beta, c,
+      static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, b, ab,
+      static_cast<int>(ldb), stride_b, a, ab, static_cast<int>(lda), stride_a, &beta, c,
       CUDA_R_32F, static_cast<int>(ldc), stride_c, static_cast<int>(batch), compute,
       CUBLAS_GEMM_DEFAULT));
 }
 
-namespace {
+}  // namespace
 
-// gemm_f32's shape with bf16 operands (raw 16-bit words) and an f32 C: C = op(A) op(B), f32
-// accumulation.
-void gemm_bf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const void* a, int64_t lda,
-               int64_t stride_a, const void* b, int64_t ldb, int64_t stride_b, float* c,
-               int64_t ldc, int64_t stride_c, int64_t batch) {
-  if (m == 0 || n == 0 || batch == 0) return;
-  STIPPLE_CHECK(m <= INT_MAX && n <= INT_MAX && k <= INT_MAX && lda <= INT_MAX &&
-                    ldb <= INT_MAX && ldc <= INT_MAX && batch <= INT_MAX,
-                "CUDA bf16 GEMM: a dimension exceeds 2^31 (", m, " x ", n, " x ", k, ", batch ",
-                batch, ")");
-  const float alpha = 1.0f, beta = 0.0f;
-  CUBLAS_CHECK(cublas_api().gemm_strided_batched_ex(
-      cublas(), tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
-      static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, b, CUDA_R_16BF,
-      static_cast<int>(ldb), stride_b, a, CUDA_R_16BF, static_cast<int>(lda), stride_a, &beta, c,
-      CUDA_R_32F, static_cast<int>(ldc), stride_c, static_cast<int>(batch), CUBLAS_COMPUTE_32F,
-      CUBLAS_GEMM_DEFAULT));
+void gemm_f32(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+              int64_t lda, int64_t stride_a, const float* b, int64_t ldb, int64_t stride_b,
+              float beta, float* c, int64_t ldc, int64_t stride_c, int64_t batch) {
+  gemm_ex(ta, tb, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b, CUDA_R_32F, beta, c, ldc,
+          stride_c, batch, tf32_enabled() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F);
 }
+
+namespace {
 
 // The operands' geometry and the output of a batched matmul (kernels.h's convention), and the
 // call that fills it: `gemm(ta, tb, m, n, k, lda, stride_a, ldb, stride_b, ldc, stride_c, batch)`
@@ -106,8 +99,8 @@ Tensor cuda_matmul_bf16(const Tensor& a_in, const Tensor& b_in, bool trans_a, bo
                         [&](bool ta, bool tb, int64_t m, int64_t n, int64_t k, int64_t lda,
                             int64_t sa, int64_t ldb, int64_t sb, float* c, int64_t ldc,
                             int64_t sc, int64_t batch) {
-                          gemm_bf16(ta, tb, m, n, k, a.raw_data(), lda, sa, b.raw_data(), ldb, sb,
-                                    c, ldc, sc, batch);
+                          gemm_ex(ta, tb, m, n, k, 1.0f, a.raw_data(), lda, sa, b.raw_data(), ldb,
+                                  sb, CUDA_R_16BF, 0.0f, c, ldc, sc, batch, CUBLAS_COMPUTE_32F);
                         });
 }
 
