@@ -340,15 +340,12 @@ void cuda_adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
 
 }  // namespace
 
-Tensor as_f32_contiguous(const Tensor& t) {
-  if (t.dtype() == DType::kF32 && t.is_contiguous() && !t.is_blocked()) return t;
-  return cuda_copy(t, DType::kF32);
-}
-
 Tensor as_contiguous(const Tensor& t, DType dtype) {
   if (t.dtype() == dtype && t.is_contiguous() && !t.is_blocked()) return t;
   return cuda_copy(t, dtype);
 }
+
+Tensor as_f32_contiguous(const Tensor& t) { return as_contiguous(t, DType::kF32); }
 
 void fill_cuda_data(KernelTable& t) {
   t.copy = cuda_copy;

@@ -97,11 +97,11 @@ inline void require_f32(const Tensor& t, const char* what, bool contiguous = tru
 inline const float* cf(const Tensor& t) { return static_cast<const float*>(t.raw_data()); }
 inline float* mf(const Tensor& t) { return static_cast<float*>(t.raw_data()); }
 
-// The tensor as plain contiguous f32 on the device: itself, or a converted copy (defined in
-// data.cu, through the backend's copy kernel).
-Tensor as_f32_contiguous(const Tensor& t);
-// The same for any dtype (f32 -> bf16 rounds to nearest, ties to even, as core/dtype.cc does).
+// The tensor as plain contiguous `dtype` on the device: itself, or a converted copy (defined in
+// data.cu, through the backend's copy kernel; f32 -> bf16 rounds to nearest, ties to even, as
+// core/dtype.cc does). as_f32_contiguous is its f32 case.
 Tensor as_contiguous(const Tensor& t, DType dtype);
+Tensor as_f32_contiguous(const Tensor& t);
 
 // Row-major batched GEMM: C[b] = alpha op(A[b]) op(B[b]) + beta C[b], C [M, N] with leading
 // dimension ldc; A is [M, K] (lda) or, when ta, stored [K, M]; B is [K, N] or, when tb, [N, K].
