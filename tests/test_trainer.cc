@@ -9,6 +9,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -562,6 +563,61 @@ TEST(TrainDiT, WarmStartTakesAnExportedModel) {
   EXPECT_NE(mismatch.find("does not fit"), std::string::npos) << mismatch;
   EXPECT_NE(mismatch.find("--width"), std::string::npos) << mismatch;
   EXPECT_THROW(b->warm_start(cw.init_from), Error);  // not at step 0 any more
+  // a deeper model grows from the folder (GrowingTheDepthKeepsTheFunction checks the function)
+  TrainConfig deep = cw;
+  deep.depth = c.depth + 2;
+  auto deeper = make(deep);
+  deeper->warm_start(cw.init_from);
+  EXPECT_EQ(deeper->params().size(), a->params().size() + 2 * 19);  // 19 tensors per block
+  deeper->run();
+  EXPECT_EQ(deeper->step(), 3);
+}
+
+TEST(TrainDiT, GrowingTheDepthKeepsTheFunction) {
+  TrainConfig c = tiny_dit_config(temp_dir("grow"));
+  c.depth = 2;
+  DiTDenoiser shallow(dit_config_for(c, 1, 8, 2));
+  // random weights everywhere, the adaLN-Zero gates included (a trained model's are open)
+  std::map<std::string, Tensor> weights = shallow.module().state_dict();
+  uint64_t seed = 1;
+  for (auto& [name, t] : weights) t = testing::random_tensor(t.shape(), seed++, -0.3f, 0.3f);
+  shallow.module().load_state_dict(weights, /*strict=*/true, "test");
+
+  c.depth = 5;  // old block 0 -> 0, 1 -> 2; copies of 0 at 1, of 1 at 3 and 4
+  DiTDenoiser deep(dit_config_for(c, 1, 8, 2));
+  const std::map<std::string, Tensor> grown = grow_dit_depth(weights, 5);
+  deep.module().load_state_dict(grown, /*strict=*/true, "test");
+  const Tensor x = testing::random_tensor({3, 1, 8, 8}, 90);
+  const Tensor t = Tensor::from_vector_i64({0, 17, 99}, {3});
+  const Tensor y = Tensor::from_vector_i64({0, 1, 2}, {3});  // 2: the null class
+  EXPECT_TENSORS_CLOSE(deep.forward(x, t, y), shallow.forward(x, t, y), 1e-5, 1e-5);
+
+  const auto block = [&](int i, const std::string& rest) {
+    return grown.at(str_cat("transformer_blocks.", i, ".", rest));
+  };
+  const auto old = [&](int i, const std::string& rest) {
+    return weights.at(str_cat("transformer_blocks.", i, ".", rest));
+  };
+  for (const auto& [k, from] : std::vector<std::pair<int, int>>{{0, 0}, {1, 0}, {2, 1}, {4, 1}})
+    EXPECT_TRUE(bits_equal(block(k, "attn1.to_q.weight"), old(from, "attn1.to_q.weight"))) << k;
+  EXPECT_TRUE(bits_equal(block(2, "norm1.linear.weight"), old(1, "norm1.linear.weight")));
+  // a copy: shift and scale kept, both gates (chunks 2 and 5 of 6) closed
+  const Tensor mod = block(3, "norm1.linear.bias"), was = old(1, "norm1.linear.bias");
+  const int64_t d = c.width;
+  for (int64_t j = 0; j < 6 * d; ++j) {
+    const bool gate = (j / d) == 2 || (j / d) == 5;
+    EXPECT_EQ(mod.data<float>()[j], gate ? 0.f : was.data<float>()[j]) << j;
+  }
+  // as deep or deeper already: unchanged
+  EXPECT_EQ(grow_dit_depth(weights, 2).size(), weights.size());
+  EXPECT_TRUE(bits_equal(grow_dit_depth(weights, 1).at("transformer_blocks.1.ff.net.2.weight"),
+                         old(1, "ff.net.2.weight")));
+  // a block without adaLN-Zero modulation cannot grow
+  std::map<std::string, Tensor> no_ada = weights;
+  for (auto it = no_ada.begin(); it != no_ada.end();)
+    it = it->first.find("norm1.linear") != std::string::npos ? no_ada.erase(it) : std::next(it);
+  const std::string msg = error_of([&] { grow_dit_depth(no_ada, 3); });
+  EXPECT_NE(msg.find("no adaLN-Zero modulation"), std::string::npos) << msg;
 }
 
 TEST(TrainDiT, ConfigErrors) {

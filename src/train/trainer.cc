@@ -553,6 +553,59 @@ void Trainer::resume(const std::string& checkpoint_dir) {
   }
 }
 
+std::map<std::string, Tensor> grow_dit_depth(std::map<std::string, Tensor> weights, int depth) {
+  const std::string prefix = "transformer_blocks.";
+  int from = 0;  // the blocks the weights hold: transformer_blocks.<i>.*
+  for (const auto& [name, t] : weights) {
+    if (name.rfind(prefix, 0) != 0) continue;
+    const size_t dot = name.find('.', prefix.size());
+    if (dot == std::string::npos) continue;
+    from = std::max(from, 1 + std::stoi(name.substr(prefix.size(), dot - prefix.size())));
+  }
+  if (from == 0 || depth <= from) return weights;
+  // Old block i moves to floor(i * depth / from): the old blocks keep their order, spread evenly,
+  // and each gap is filled by copies of the old block before it.
+  std::vector<int> source(static_cast<size_t>(depth), -1);  // new index -> old index it copies
+  std::vector<bool> copied(static_cast<size_t>(depth), false);
+  for (int i = 0; i < from; ++i) source[static_cast<size_t>(i * depth / from)] = i;
+  for (int k = 1; k < depth; ++k)
+    if (source[static_cast<size_t>(k)] < 0) {
+      source[static_cast<size_t>(k)] = source[static_cast<size_t>(k - 1)];
+      copied[static_cast<size_t>(k)] = true;
+    }
+  std::map<std::string, Tensor> grown;
+  for (auto& [name, t] : weights)
+    if (name.rfind(prefix, 0) != 0) grown.emplace(name, t);
+  for (int k = 0; k < depth; ++k) {
+    const std::string src = str_cat(prefix, source[static_cast<size_t>(k)], ".");
+    const std::string dst = str_cat(prefix, k, ".");
+    bool gated = false;
+    for (const auto& [name, t] : weights) {
+      if (name.rfind(src, 0) != 0) continue;
+      const std::string rest = name.substr(src.size());
+      Tensor w = t;
+      if (copied[static_cast<size_t>(k)] &&
+          (rest == "norm1.linear.weight" || rest == "norm1.linear.bias")) {
+        // adaLN-Zero's modulation [6D(, D)] = shift, scale, gate (attention), shift, scale,
+        // gate (MLP): zero gates make the copy add nothing, so the grown model computes what
+        // the old one did, and training opens the gates from there.
+        STIPPLE_CHECK(t.size(0) % 6 == 0, "growing the DiT's depth: ", name, " is ",
+                      t.describe(), ", not adaLN-Zero's six chunks");
+        w = t.to(DType::kF32).contiguous().clone();
+        const int64_t d = w.size(0) / 6, row = w.numel() / w.size(0);
+        float* p = w.data<float>();
+        for (int64_t chunk : {2, 5}) std::fill(p + chunk * d * row, p + (chunk + 1) * d * row, 0.f);
+        gated = true;
+      }
+      grown.emplace(dst + rest, w);
+    }
+    STIPPLE_CHECK(!copied[static_cast<size_t>(k)] || gated, "growing the DiT's depth: block ",
+                  source[static_cast<size_t>(k)], " has no adaLN-Zero modulation (",
+                  src, "norm1.linear) whose gates a copy could start closed");
+  }
+  return grown;
+}
+
 void Trainer::warm_start(const std::string& model_dir) {
   STIPPLE_CHECK(step_ == 0, "Trainer::warm_start: the run is at step ", step_,
                 " already (warm-start a new run, or resume this one)");
@@ -562,11 +615,12 @@ void Trainer::warm_start(const std::string& model_dir) {
                 "that stipple train exported or checkpointed)");
   try {
     autograd::NoGradGuard no_grad;
-    model_->module().load_state_dict(io::load_safetensors(path), /*strict=*/true, path);
+    model_->module().load_state_dict(grow_dit_depth(io::load_safetensors(path), config_.depth),
+                                     /*strict=*/true, path);
   } catch (const Error& e) {
     throw Error(str_cat("cannot start from ", model_dir, ": its transformer does not fit the model "
                         "this run trains (", e.what(), "); give the same --depth, --width, "
-                        "--heads, --patch as its transformer/config.json"));
+                        "--heads, --patch as its transformer/config.json, or a larger --depth to grow it"));
   }
   ema_->restart_at_full_decay(params_);
 }
