@@ -20,6 +20,7 @@
 #include "train/emoji_data.h"
 #include "train/evaluate_t2i.h"
 #include "train/train_vae.h"
+#include "train/trainer.h"
 
 namespace stipple {
 namespace {
@@ -201,6 +202,30 @@ TEST(PixArt, ZeroInitialOutputAndDiffusersKeys) {
         "caption_projection.linear_2.bias", "scale_shift_table", "proj_out.weight",
         "pooled_text_embedder.linear_1.weight"})
     EXPECT_TRUE(sd.count(k)) << k;
+}
+
+TEST(PixArt, GrowingTheDepthKeepsTheFunction) {
+  models::PixArtTransformer2DModel m(tiny_pixart());
+  std::map<std::string, Tensor> state;
+  uint64_t seed = 10;
+  for (const auto& [name, p] : m.named_parameters())
+    state[name] = random_tensor(p.shape(), seed++, -0.3f, 0.3f);
+  m.load_state_dict(state);
+  models::PixArtConfig deep_config = tiny_pixart();
+  deep_config.num_layers = 3;  // old 0 -> 0, 1 -> 1; a copy of 1 at 2 with its branches closed
+  models::PixArtTransformer2DModel deep(deep_config);
+  const std::map<std::string, Tensor> grown = train::grow_transformer_depth(state, 3);
+  deep.load_state_dict(grown);
+  const Tensor x = random_tensor({2, 2, 4, 4}, 1), text = random_tensor({2, 5, 6}, 2),
+               pooled = random_tensor({2, 3}, 3), t = Tensor::from_vector({10, 500}, {2});
+  EXPECT_TENSORS_CLOSE(deep.forward(x, t, text, pooled), m.forward(x, t, text, pooled), 1e-5,
+                       1e-5);
+  for (const char* closed : {"attn1.to_out.0.weight", "attn2.to_out.0.bias", "ff.net.2.weight"}) {
+    const Tensor w = grown.at(std::string("transformer_blocks.2.") + closed);
+    EXPECT_EQ(ops::max(ops::abs(w.reshape({-1})), {0}).item(), 0.0f) << closed;
+  }
+  EXPECT_TENSORS_CLOSE(grown.at("transformer_blocks.2.attn1.to_q.weight"),
+                       state.at("transformer_blocks.1.attn1.to_q.weight"), 0, 0);
 }
 
 TEST(PixArt, GradientsMatchFiniteDifferences) {

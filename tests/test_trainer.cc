@@ -585,7 +585,7 @@ TEST(TrainDiT, GrowingTheDepthKeepsTheFunction) {
 
   c.depth = 5;  // old block 0 -> 0, 1 -> 2; copies of 0 at 1, of 1 at 3 and 4
   DiTDenoiser deep(dit_config_for(c, 1, 8, 2));
-  const std::map<std::string, Tensor> grown = grow_dit_depth(weights, 5);
+  const std::map<std::string, Tensor> grown = grow_transformer_depth(weights, 5);
   deep.module().load_state_dict(grown, /*strict=*/true, "test");
   const Tensor x = testing::random_tensor({3, 1, 8, 8}, 90);
   const Tensor t = Tensor::from_vector_i64({0, 17, 99}, {3});
@@ -609,15 +609,19 @@ TEST(TrainDiT, GrowingTheDepthKeepsTheFunction) {
     EXPECT_EQ(mod.data<float>()[j], gate ? 0.f : was.data<float>()[j]) << j;
   }
   // as deep or deeper already: unchanged
-  EXPECT_EQ(grow_dit_depth(weights, 2).size(), weights.size());
-  EXPECT_TRUE(bits_equal(grow_dit_depth(weights, 1).at("transformer_blocks.1.ff.net.2.weight"),
+  EXPECT_EQ(grow_transformer_depth(weights, 2).size(), weights.size());
+  EXPECT_TRUE(bits_equal(grow_transformer_depth(weights, 1).at("transformer_blocks.1.ff.net.2.weight"),
                          old(1, "ff.net.2.weight")));
-  // a block without adaLN-Zero modulation cannot grow
+  // a block with neither gates nor residual branches to close cannot grow
   std::map<std::string, Tensor> no_ada = weights;
   for (auto it = no_ada.begin(); it != no_ada.end();)
-    it = it->first.find("norm1.linear") != std::string::npos ? no_ada.erase(it) : std::next(it);
-  const std::string msg = error_of([&] { grow_dit_depth(no_ada, 3); });
-  EXPECT_NE(msg.find("no adaLN-Zero modulation"), std::string::npos) << msg;
+    it = it->first.find("norm1.linear") != std::string::npos ||
+                 it->first.find("to_out.0") != std::string::npos ||
+                 it->first.find("ff.net.2") != std::string::npos
+             ? no_ada.erase(it)
+             : std::next(it);
+  const std::string msg = error_of([&] { grow_transformer_depth(no_ada, 3); });
+  EXPECT_NE(msg.find("block 1 has neither adaLN-Zero gates"), std::string::npos) << msg;
 }
 
 TEST(TrainDiT, ConfigErrors) {

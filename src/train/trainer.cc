@@ -553,7 +553,8 @@ void Trainer::resume(const std::string& checkpoint_dir) {
   }
 }
 
-std::map<std::string, Tensor> grow_dit_depth(std::map<std::string, Tensor> weights, int depth) {
+std::map<std::string, Tensor> grow_transformer_depth(std::map<std::string, Tensor> weights,
+                                                     int depth) {
   const std::string prefix = "transformer_blocks.";
   int from = 0;  // the blocks the weights hold: transformer_blocks.<i>.*
   for (const auto& [name, t] : weights) {
@@ -573,35 +574,48 @@ std::map<std::string, Tensor> grow_dit_depth(std::map<std::string, Tensor> weigh
       source[static_cast<size_t>(k)] = source[static_cast<size_t>(k - 1)];
       copied[static_cast<size_t>(k)] = true;
     }
+  // What a copy zeroes so that it adds nothing: a DiT block's adaLN-Zero gates, the attention's
+  // and the MLP's chunks (2 and 5) of its modulation [6D(, D)] = shift, scale, gate, shift,
+  // scale, gate; a block without them (PixArt's, modulated by the shared timestep embedding plus
+  // its own table) the last layer of every residual branch.
+  const auto zero_rows = [](const Tensor& t, std::vector<int64_t> chunks, int64_t of) {
+    Tensor w = t.to(DType::kF32).contiguous().clone();
+    const int64_t rows = w.size(0) / of, row = w.numel() / w.size(0);
+    float* p = w.data<float>();
+    for (int64_t c : chunks) std::fill(p + c * rows * row, p + (c + 1) * rows * row, 0.f);
+    return w;
+  };
   std::map<std::string, Tensor> grown;
   for (auto& [name, t] : weights)
     if (name.rfind(prefix, 0) != 0) grown.emplace(name, t);
   for (int k = 0; k < depth; ++k) {
     const std::string src = str_cat(prefix, source[static_cast<size_t>(k)], ".");
     const std::string dst = str_cat(prefix, k, ".");
-    bool gated = false;
+    const bool ada_zero = weights.count(src + "norm1.linear.weight") > 0;
+    bool closed = false;
     for (const auto& [name, t] : weights) {
       if (name.rfind(src, 0) != 0) continue;
       const std::string rest = name.substr(src.size());
       Tensor w = t;
-      if (copied[static_cast<size_t>(k)] &&
-          (rest == "norm1.linear.weight" || rest == "norm1.linear.bias")) {
-        // adaLN-Zero's modulation [6D(, D)] = shift, scale, gate (attention), shift, scale,
-        // gate (MLP): zero gates make the copy add nothing, so the grown model computes what
-        // the old one did, and training opens the gates from there.
-        STIPPLE_CHECK(t.size(0) % 6 == 0, "growing the DiT's depth: ", name, " is ",
-                      t.describe(), ", not adaLN-Zero's six chunks");
-        w = t.to(DType::kF32).contiguous().clone();
-        const int64_t d = w.size(0) / 6, row = w.numel() / w.size(0);
-        float* p = w.data<float>();
-        for (int64_t chunk : {2, 5}) std::fill(p + chunk * d * row, p + (chunk + 1) * d * row, 0.f);
-        gated = true;
+      if (copied[static_cast<size_t>(k)]) {
+        if (ada_zero && (rest == "norm1.linear.weight" || rest == "norm1.linear.bias")) {
+          STIPPLE_CHECK(t.size(0) % 6 == 0, "growing the transformer's depth: ", name, " is ",
+                        t.describe(), ", not adaLN-Zero's six chunks");
+          w = zero_rows(t, {2, 5}, 6);
+          closed = true;
+        } else if (!ada_zero && (rest.rfind("attn1.to_out.0.", 0) == 0 ||
+                                 rest.rfind("attn2.to_out.0.", 0) == 0 ||
+                                 rest.rfind("ff.net.2.", 0) == 0)) {
+          w = zero_rows(t, {0}, 1);
+          closed = true;
+        }
       }
       grown.emplace(dst + rest, w);
     }
-    STIPPLE_CHECK(!copied[static_cast<size_t>(k)] || gated, "growing the DiT's depth: block ",
-                  source[static_cast<size_t>(k)], " has no adaLN-Zero modulation (",
-                  src, "norm1.linear) whose gates a copy could start closed");
+    STIPPLE_CHECK(!copied[static_cast<size_t>(k)] || closed, "growing the transformer's depth: "
+                  "block ", source[static_cast<size_t>(k)], " has neither adaLN-Zero gates (",
+                  src, "norm1.linear) nor residual branches (attn1.to_out.0, ff.net.2) that a "
+                  "copy could start closed");
   }
   return grown;
 }
@@ -615,8 +629,8 @@ void Trainer::warm_start(const std::string& model_dir) {
                 "that stipple train exported or checkpointed)");
   try {
     autograd::NoGradGuard no_grad;
-    model_->module().load_state_dict(grow_dit_depth(io::load_safetensors(path), config_.depth),
-                                     /*strict=*/true, path);
+    model_->module().load_state_dict(
+        grow_transformer_depth(io::load_safetensors(path), config_.depth), /*strict=*/true, path);
   } catch (const Error& e) {
     throw Error(str_cat("cannot start from ", model_dir, ": its transformer does not fit the model "
                         "this run trains (", e.what(), "); give the same --depth, --width, "

@@ -177,12 +177,14 @@ struct StepStats {
   float lr = 0;
 };
 
-// A DiT's weights (transformer_blocks.<i>.*, adaLN-Zero) grown to `depth` blocks: the old blocks
-// keep their order, block i moving to i * depth / from, and every new block is a copy of the
-// old block before it with its adaLN-Zero gates zeroed, so it adds nothing until training opens
-// them: the grown model computes what the old one did. Weights holding `depth` blocks or more
-// come back unchanged (the strict load then names any mismatch).
-std::map<std::string, Tensor> grow_dit_depth(std::map<std::string, Tensor> weights, int depth);
+// A transformer's weights (transformer_blocks.<i>.*: DiT's or PixArt's) grown to `depth` blocks:
+// the old blocks keep their order, block i moving to i * depth / from, and every new block is a
+// copy of the old block before it that starts closed, so the grown model computes what the old
+// one did: a DiT block's adaLN-Zero gates are zeroed (training opens them), a PixArt block's
+// residual branches end in zeroed layers (attn1.to_out.0, attn2.to_out.0, ff.net.2). Weights
+// holding `depth` blocks or more come back unchanged (the strict load then names a mismatch).
+std::map<std::string, Tensor> grow_transformer_depth(std::map<std::string, Tensor> weights,
+                                                     int depth);
 
 class Trainer {
  public:
@@ -206,7 +208,7 @@ class Trainer {
   // folder holds an average already, which a warming-up EMA would forget within a few hundred
   // steps), and the optimizer starts fresh at step 0 of this config's schedule. Throws naming
   // the folder when it is not such a folder or its transformer is shaped differently. A model
-  // deeper than the folder's grows from it (grow_dit_depth).
+  // deeper than the folder's grows from it (grow_transformer_depth).
   void warm_start(const std::string& model_dir);
   // How a run begins: resume(resume_dir) when one is given, else warm_start(config.init_from)
   // when that is set, else the random initialisation.
