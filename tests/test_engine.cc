@@ -45,8 +45,8 @@ TEST(Engine, OpensThePixelDiTWithItsDefaults) {
   EXPECT_EQ(d.tasks[0], Task::kClassToImage);
   EXPECT_EQ(d.default_steps, 20);
   // The folder's own sampling defaults (model_index.json's _stipple_sampling): UniPC, guidance
-  // 2.5 at noise levels up to sigma 2.5.
-  EXPECT_EQ(d.default_cfg_scale, 2.5);
+  // 2 at noise levels up to sigma 2.5.
+  EXPECT_EQ(d.default_cfg_scale, 2.0);
   EXPECT_EQ(d.default_guidance_interval.low, 0.0);
   EXPECT_EQ(d.default_guidance_interval.high, 2.5);
   EXPECT_EQ(d.default_sampler, "unipc");
@@ -73,7 +73,7 @@ TEST(Engine, ClassToImageWithSeedsProgressAndText) {
   EXPECT_EQ(out.images[0].image.channels, 1);
   EXPECT_EQ(out.images[0].image.pixels.size(), 28u * 28u);
   EXPECT_EQ(out.images[1].parameters,
-            "class 7 (sneaker)\nSteps: 3, Sampler: UniPC, CFG scale: 2.5, Seed: 6, "
+            "class 7 (sneaker)\nSteps: 3, Sampler: UniPC, CFG scale: 2, Seed: 6, "
             "Size: 28x28, Model: fashion-mnist-dit, Guidance interval: 0 to 2.5");
   EXPECT_TRUE(out.notes.empty());
   // Progress: every step of both images, counted over the request.
