@@ -204,13 +204,19 @@ TEST(PixArt, ZeroInitialOutputAndDiffusersKeys) {
     EXPECT_TRUE(sd.count(k)) << k;
 }
 
-TEST(PixArt, GrowingTheDepthKeepsTheFunction) {
-  models::PixArtTransformer2DModel m(tiny_pixart());
+// Random weights in [-0.3, 0.3) for every parameter of `m` (the zero-initialised ones too).
+std::map<std::string, Tensor> randomize(models::PixArtTransformer2DModel& m) {
   std::map<std::string, Tensor> state;
   uint64_t seed = 10;
   for (const auto& [name, p] : m.named_parameters())
     state[name] = random_tensor(p.shape(), seed++, -0.3f, 0.3f);
   m.load_state_dict(state);
+  return state;
+}
+
+TEST(PixArt, GrowingTheDepthKeepsTheFunction) {
+  models::PixArtTransformer2DModel m(tiny_pixart());
+  const std::map<std::string, Tensor> state = randomize(m);
   models::PixArtConfig deep_config = tiny_pixart();
   deep_config.num_layers = 3;  // old 0 -> 0, 1 -> 1; a copy of 1 at 2 with its branches closed
   models::PixArtTransformer2DModel deep(deep_config);
@@ -230,11 +236,7 @@ TEST(PixArt, GrowingTheDepthKeepsTheFunction) {
 
 TEST(PixArt, GradientsMatchFiniteDifferences) {
   models::PixArtTransformer2DModel m(tiny_pixart());
-  std::map<std::string, Tensor> state;
-  uint64_t seed = 10;
-  for (const auto& [name, p] : m.named_parameters())
-    state[name] = random_tensor(p.shape(), seed++, -0.3f, 0.3f);
-  m.load_state_dict(state);
+  randomize(m);
   Tensor x = random_tensor({2, 2, 4, 4}, 1), text = random_tensor({2, 5, 6}, 2),
          pooled = random_tensor({2, 3}, 3);
   const Tensor t = Tensor::from_vector({10, 500}, {2});
