@@ -19,8 +19,8 @@
 #include "text/clip_tokenizer_subset.h"
 #include "train/emoji_data.h"
 #include "train/evaluate_t2i.h"
+#include "train/grow_depth.h"
 #include "train/train_vae.h"
-#include "train/trainer.h"
 
 namespace stipple {
 namespace {

@@ -23,6 +23,7 @@
 #include "ops/ops.h"
 #include "schedulers/scheduler.h"
 #include "support/numerics.h"
+#include "train/grow_depth.h"
 #include "train/plot.h"
 #include "train/train_dit.h"
 #include "train/trainer.h"

@@ -115,9 +115,9 @@ TrainCommand::TrainCommand(CLI::App& app) {
   cmd_->add_option("--init-from", c.init_from,
                    "start a new run from the weights of a model folder stipple exported (or a "
                    "checkpoint): its transformer's shape sets --depth/--width/--heads/--patch, "
-                   "the EMA starts from it, the optimizer afresh (a larger --depth grows the DiT: "
-                   "new blocks are copies whose adaLN-Zero gates start closed); emoji: its vae/ "
-                   "and CLIP too unless --vae/--clip are given")
+                   "the EMA starts from it, the optimizer afresh (a larger --depth grows the "
+                   "transformer: new blocks are copies that start closed, adding nothing); emoji: "
+                   "its vae/ and CLIP too unless --vae/--clip are given")
       ->excludes("--resume");
   // model
   cmd_->add_option("--depth", c.depth, "DiT blocks")

@@ -177,15 +177,6 @@ struct StepStats {
   float lr = 0;
 };
 
-// A transformer's weights (transformer_blocks.<i>.*: DiT's or PixArt's) grown to `depth` blocks:
-// the old blocks keep their order, block i moving to i * depth / from, and every new block is a
-// copy of the old block before it that starts closed, so the grown model computes what the old
-// one did: a DiT block's adaLN-Zero gates are zeroed (training opens them), a PixArt block's
-// residual branches end in zeroed layers (attn1.to_out.0, attn2.to_out.0, ff.net.2). Weights
-// holding `depth` blocks or more come back unchanged (the strict load then names a mismatch).
-std::map<std::string, Tensor> grow_transformer_depth(std::map<std::string, Tensor> weights,
-                                                     int depth);
-
 class Trainer {
  public:
   static constexpr int kBuckets = 10;  // timestep buckets for the loss breakdown
