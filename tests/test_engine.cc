@@ -43,7 +43,7 @@ TEST(Engine, OpensThePixelDiTWithItsDefaults) {
   EXPECT_EQ(d.name, "fashion-mnist-dit");
   ASSERT_EQ(d.tasks.size(), 1u);
   EXPECT_EQ(d.tasks[0], Task::kClassToImage);
-  EXPECT_EQ(d.default_steps, 20);
+  EXPECT_EQ(d.default_steps, 30);
   // The folder's own sampling defaults (model_index.json's _stipple_sampling): UniPC, guidance
   // 2 at noise levels up to sigma 2.5.
   EXPECT_EQ(d.default_cfg_scale, 2.0);

@@ -176,7 +176,7 @@ TEST(Server, ListsProgressOptionsAndMemory) {
   const json model = s.get("/sdapi/v1/sd-models").second[0];
   EXPECT_EQ(model["model_name"], "fashion-mnist-dit");
   EXPECT_EQ(model["stipple"]["class_names"][7], "sneaker");
-  EXPECT_EQ(model["stipple"]["default_steps"], 20);
+  EXPECT_EQ(model["stipple"]["default_steps"], 30);
   EXPECT_EQ(model["stipple"]["default_guidance_interval"], json({0.0, 2.5}));
   EXPECT_EQ(model["stipple"]["guide_model"], "");  // no autoguidance model in its folder
   // The interval a request names (stipple's field; "inf": no upper end) is the one used.

@@ -132,7 +132,7 @@ TEST(Server, TheWebPageGeneratesShowsProgressAndCancelsInChromium) {
             "none");
   EXPECT_EQ(b.run("return getComputedStyle(document.getElementById('class-label')).display"),
             "grid");
-  EXPECT_EQ(b.run("return document.getElementById('steps').value"), "20");
+  EXPECT_EQ(b.run("return document.getElementById('steps').value"), "30");  // the folder's default
   // Generate: 2 images of 100 steps; progress moves, a live preview shows, the images arrive.
   b.run("document.getElementById('class').value = 'sneaker';"
         "document.getElementById('steps').value = '100';"
