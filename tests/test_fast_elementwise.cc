@@ -283,6 +283,27 @@ TEST(FastCopy, StridedAndOtherDtypesFallBackToReference) {
   }
 }
 
+// Views whose rows have unit stride (a projection's column slice, a narrowed 3-D tensor) convert
+// row by row in the fast kernel: bit for bit the reference's elements, in both directions, small
+// and large enough to run in parallel.
+TEST(FastCopy, ViewsWithUnitStrideRowsConvertRowByRow) {
+  const Tensor m = testing::random_tensor({300, 257}, 5);
+  const Tensor c = testing::random_tensor({3, 40, 33}, 6);
+  for (const Tensor& x : {m.narrow(1, 100, 130), m.narrow(1, 1, 7), c.narrow(1, 5, 20).narrow(2, 3, 29),
+                          m.narrow(0, 10, 50).narrow(1, 0, 256)}) {
+    ASSERT_FALSE(x.is_contiguous());
+    for (DType dt : {DType::kF16, DType::kBF16}) {
+      SCOPED_TRACE(dtype_name(dt));
+      const Tensor half = fast().copy(x, dt), half_ref = ref().copy(x, dt);
+      EXPECT_TENSORS_CLOSE(half, half_ref, 0.0, 0.0);
+      const Tensor h = ref().copy(m, dt).narrow(1, 100, 130);  // a half-precision view
+      EXPECT_TENSORS_CLOSE(fast().copy(h, DType::kF32), ref().copy(h, DType::kF32), 0.0, 0.0);
+    }
+  }
+  const Tensor big = ref().copy(testing::random_tensor({64, 2048}, 7), DType::kF16).narrow(1, 512, 1024);
+  EXPECT_TENSORS_CLOSE(fast().copy(big, DType::kF32), ref().copy(big, DType::kF32), 0.0, 0.0);
+}
+
 TEST(FastUnary, EveryOpMatchesReference) { check_every_unary(); }
 TEST(FastUnary, EveryBackwardMatchesReference) { check_every_unary_backward(); }
 TEST(FastBinary, SameShapeAndBroadcasts) { check_binary_broadcasts(); }

@@ -118,19 +118,27 @@ TEST(LoadScope, HalfEmbeddingTableGathersTheSameRows) {
 }
 
 TEST(FeedForward, ChunkedRowsGiveTheSameOutput) {
-  Generator gen(8);
-  nn::FeedForward ff(24);  // GEGLU, inner 96
-  std::map<std::string, Tensor> random;
-  for (const auto& [name, p] : ff.state_dict()) random[name] = gen.randn(p.shape()) * 0.2f;
-  ff.load_state_dict(random);
-  const Tensor x = gen.randn({2, 37, 24});
-  autograd::NoGradGuard no_grad;
-  const Tensor whole = ff.forward(x).contiguous();
-  nn::set_feed_forward_chunk_rows(16);  // 74 rows: 16, 16, 16, 16, 10
-  const Tensor chunked = ff.forward(x).contiguous();
-  nn::set_feed_forward_chunk_rows(0);
-  EXPECT_EQ(chunked.shape(), whole.shape());
-  EXPECT_TENSORS_CLOSE(chunked, whole, 1e-6, 1e-6);
+  // f32 weights, and half-precision ones (widened once for all the chunks).
+  for (const bool half : {false, true}) {
+    SCOPED_TRACE(half ? "f16 weights" : "f32 weights");
+    Generator gen(8);
+    nn::FeedForward ff(24);  // GEGLU, inner 96
+    std::map<std::string, Tensor> random;
+    for (const auto& [name, p] : ff.state_dict()) random[name] = gen.randn(p.shape()) * 0.2f;
+    {
+      nn::LoadScope scope(half ? nn::WeightPrecision::kF16 : nn::WeightPrecision::kF32);
+      ff.load_state_dict(random);
+    }
+    ASSERT_EQ(ff.out_proj()->weight().dtype(), half ? DType::kF16 : DType::kF32);
+    const Tensor x = gen.randn({2, 37, 24});
+    autograd::NoGradGuard no_grad;
+    const Tensor whole = ff.forward(x).contiguous();
+    nn::set_feed_forward_chunk_rows(16);  // 74 rows: 16, 16, 16, 16, 10
+    const Tensor chunked = ff.forward(x).contiguous();
+    nn::set_feed_forward_chunk_rows(0);
+    EXPECT_EQ(chunked.shape(), whole.shape());
+    EXPECT_TENSORS_CLOSE(chunked, whole, 1e-6, 1e-6);
+  }
 }
 
 TEST(FeedForward, LargeProjectionsGoInPartsOfTheInnerFeatures) {

@@ -86,19 +86,6 @@ std::atomic<int64_t> g_feed_forward_chunk_rows{0};
 void set_feed_forward_chunk_rows(int64_t rows) { g_feed_forward_chunk_rows.store(rows); }
 int64_t feed_forward_chunk_rows() { return g_feed_forward_chunk_rows.load(); }
 
-Tensor FeedForward::forward(const Tensor& x) const {
-  const int64_t chunk = feed_forward_chunk_rows();
-  const int64_t rows = x.dim() >= 1 && x.size(-1) > 0 ? x.numel() / x.size(-1) : 0;
-  if (chunk <= 0 || rows <= chunk || autograd::grad_enabled()) return forward_rows(x);
-  const Tensor flat = x.reshape({rows, x.size(-1)});
-  std::vector<Tensor> parts;
-  for (int64_t r = 0; r < rows; r += chunk)
-    parts.push_back(forward_rows(flat.narrow(0, r, std::min(chunk, rows - r))));
-  Shape shape = x.shape();
-  shape.back() = parts.front().size(-1);
-  return ops::concat(parts, 0).reshape(shape);
-}
-
 // With chunking on and nothing to record, a projection whose weights take more than this in f32
 // goes in parts of the inner features: h_c = act(x W1_c^T + b1_c), y = sum_c h_c W2[:, c]^T + b2.
 // Half-precision weights are widened a part at a time, and so is the widest activation. (SD 1.5's
@@ -106,14 +93,47 @@ Tensor FeedForward::forward(const Tensor& x) const {
 // peak of a --low-memory step.)
 constexpr int64_t kInnerPartBytes = int64_t{16} << 20;
 
+namespace {
+bool is_half(const Tensor& t) { return t.dtype() == DType::kF16 || t.dtype() == DType::kBF16; }
+}  // namespace
+
+Tensor FeedForward::forward(const Tensor& x) const {
+  const int64_t chunk = feed_forward_chunk_rows();
+  const int64_t rows = x.dim() >= 1 && x.size(-1) > 0 ? x.numel() / x.size(-1) : 0;
+  if (chunk <= 0 || rows <= chunk || autograd::grad_enabled()) return forward_rows(x);
+  const Tensor flat = x.reshape({rows, x.size(-1)});
+  // Row chunks of a projection that goes whole share one widening of half-precision weights
+  // (at most 16 MiB each, while the chunks' activations are far larger): widened per chunk, SD
+  // 1.5's 64x64 level converted its feed-forward weights 8 times a step.
+  Tensor w1 = act_proj_->weight(), w2 = out_proj_->weight();
+  if (inner_parts() == 1) {
+    autograd::NoGradGuard no_grad;
+    if (is_half(w1)) w1 = w1.to(DType::kF32);
+    if (is_half(w2)) w2 = w2.to(DType::kF32);
+  }
+  std::vector<Tensor> parts;
+  for (int64_t r = 0; r < rows; r += chunk)
+    parts.push_back(forward_rows(flat.narrow(0, r, std::min(chunk, rows - r)), w1, w2));
+  Shape shape = x.shape();
+  shape.back() = parts.front().size(-1);
+  return ops::concat(parts, 0).reshape(shape);
+}
+
+int64_t FeedForward::inner_parts() const {
+  return feed_forward_chunk_rows() > 0 && !autograd::grad_enabled()
+             ? (act_proj_->weight().numel() * 4 + kInnerPartBytes - 1) / kInnerPartBytes
+             : 1;
+}
+
 Tensor FeedForward::forward_rows(const Tensor& x) const {
-  const int64_t parts =
-      feed_forward_chunk_rows() > 0 && !autograd::grad_enabled()
-          ? (act_proj_->weight().numel() * 4 + kInnerPartBytes - 1) / kInnerPartBytes
-          : 1;
+  return forward_rows(x, act_proj_->weight(), out_proj_->weight());
+}
+
+Tensor FeedForward::forward_rows(const Tensor& x, const Tensor& w1, const Tensor& w2) const {
+  const int64_t parts = inner_parts();
   if (parts > 1) return forward_inner_parts(x, parts);
-  const Tensor h = act_proj_->forward(x);  // [..., inner] (GEGLU: [..., 2*inner])
-  return out_proj_->forward(activate(h));   // [..., dim_out]
+  const Tensor h = ops::linear(x, w1, act_proj_->bias());  // [..., inner] (GEGLU: [..., 2*inner])
+  return ops::linear(activate(h), w2, out_proj_->bias());  // [..., dim_out]
 }
 
 Tensor FeedForward::activate(const Tensor& h, const Tensor& gate) const {

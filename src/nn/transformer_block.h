@@ -96,6 +96,9 @@ class FeedForward : public Module {
   Kind kind_ = Kind::kGeglu;
   std::shared_ptr<Linear> act_proj_, out_proj_;
   Tensor forward_rows(const Tensor& x) const;
+  // The same with net.0's and net.2's weights given (the row chunks' widened copies).
+  Tensor forward_rows(const Tensor& x, const Tensor& w1, const Tensor& w2) const;
+  int64_t inner_parts() const;  // 1, or the parts forward_inner_parts goes in
   Tensor forward_inner_parts(const Tensor& x, int64_t parts) const;
   // net.0's activation of its projection h; GEGLU with `gate` undefined splits h into
   // (hidden, gate) halves, with it takes h as the hidden half.
