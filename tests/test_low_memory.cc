@@ -160,11 +160,14 @@ TEST(FeedForward, LargeProjectionsGoInPartsOfTheInnerFeatures) {
     const Tensor x = gen.randn({3, 5, 1024});
     autograd::NoGradGuard no_grad;
     const Tensor whole = ff.forward(x).contiguous();
-    nn::set_feed_forward_chunk_rows(1024);
-    const Tensor parts = ff.forward(x).contiguous();
-    nn::set_feed_forward_chunk_rows(0);
-    EXPECT_EQ(parts.shape(), whole.shape());
-    EXPECT_TENSORS_CLOSE(parts, whole, 1e-5, 1e-5);
+    // 15 rows in one chunk, and in chunks of 4 rows (each part's weights serve all four)
+    for (const int64_t chunk : {1024, 4}) {
+      nn::set_feed_forward_chunk_rows(chunk);
+      const Tensor parts = ff.forward(x).contiguous();
+      nn::set_feed_forward_chunk_rows(0);
+      EXPECT_EQ(parts.shape(), whole.shape());
+      EXPECT_TENSORS_CLOSE(parts, whole, 1e-5, 1e-5);
+    }
   }
 }
 

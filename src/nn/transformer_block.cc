@@ -94,46 +94,68 @@ int64_t feed_forward_chunk_rows() { return g_feed_forward_chunk_rows.load(); }
 constexpr int64_t kInnerPartBytes = int64_t{16} << 20;
 
 namespace {
-bool is_half(const Tensor& t) { return t.dtype() == DType::kF16 || t.dtype() == DType::kBF16; }
+// A projection's weights (or a part of them) as the matmul takes them: f32 and contiguous,
+// converted once for every row chunk that uses them.
+Tensor f32_for_chunks(const Tensor& w) {
+  return w.dtype() == DType::kF32 && w.is_contiguous() ? w : w.to(DType::kF32).contiguous();
+}
 }  // namespace
 
 Tensor FeedForward::forward(const Tensor& x) const {
   const int64_t chunk = feed_forward_chunk_rows();
-  const int64_t rows = x.dim() >= 1 && x.size(-1) > 0 ? x.numel() / x.size(-1) : 0;
-  if (chunk <= 0 || rows <= chunk || autograd::grad_enabled()) return forward_rows(x);
-  const Tensor flat = x.reshape({rows, x.size(-1)});
-  // Row chunks of a projection that goes whole share one widening of half-precision weights
-  // (at most 16 MiB each, while the chunks' activations are far larger): widened per chunk, SD
-  // 1.5's 64x64 level converted its feed-forward weights 8 times a step.
-  Tensor w1 = act_proj_->weight(), w2 = out_proj_->weight();
-  if (inner_parts() == 1) {
-    autograd::NoGradGuard no_grad;
-    if (is_half(w1)) w1 = w1.to(DType::kF32);
-    if (is_half(w2)) w2 = w2.to(DType::kF32);
+  if (chunk <= 0 || autograd::grad_enabled()) {
+    const Tensor h = act_proj_->forward(x);  // [..., inner] (GEGLU: [..., 2*inner])
+    return out_proj_->forward(activate(h));   // [..., dim_out]
   }
-  std::vector<Tensor> parts;
-  for (int64_t r = 0; r < rows; r += chunk)
-    parts.push_back(forward_rows(flat.narrow(0, r, std::min(chunk, rows - r)), w1, w2));
+  const int64_t rows = x.dim() >= 1 && x.size(-1) > 0 ? x.numel() / x.size(-1) : 0;
+  const Tensor flat = x.reshape({rows, x.size(-1)});
+  std::vector<Tensor> xs;
+  for (int64_t r = 0; r < rows; r += chunk) xs.push_back(flat.narrow(0, r, std::min(chunk, rows - r)));
+  if (xs.empty()) xs.push_back(flat);
+  const std::vector<Tensor> ys = forward_chunks(xs);
   Shape shape = x.shape();
-  shape.back() = parts.front().size(-1);
-  return ops::concat(parts, 0).reshape(shape);
+  shape.back() = ys.front().size(-1);
+  return (ys.size() == 1 ? ys.front() : ops::concat(ys, 0)).reshape(shape);
 }
 
-int64_t FeedForward::inner_parts() const {
-  return feed_forward_chunk_rows() > 0 && !autograd::grad_enabled()
-             ? (act_proj_->weight().numel() * 4 + kInnerPartBytes - 1) / kInnerPartBytes
-             : 1;
-}
-
-Tensor FeedForward::forward_rows(const Tensor& x) const {
-  return forward_rows(x, act_proj_->weight(), out_proj_->weight());
-}
-
-Tensor FeedForward::forward_rows(const Tensor& x, const Tensor& w1, const Tensor& w2) const {
-  const int64_t parts = inner_parts();
-  if (parts > 1) return forward_inner_parts(x, parts);
-  const Tensor h = ops::linear(x, w1, act_proj_->bias());  // [..., inner] (GEGLU: [..., 2*inner])
-  return ops::linear(activate(h), w2, out_proj_->bias());  // [..., dim_out]
+// The row chunks `xs` through the layer, each projection's weights (or each part of them)
+// converted once for all the chunks: converted per chunk, SD 1.5's 64x64 level widened its
+// feed-forward weights 8 times a step, SDXL's 1280-wide blocks their parts twice.
+std::vector<Tensor> FeedForward::forward_chunks(const std::vector<Tensor>& xs) const {
+  const Tensor& w1 = act_proj_->weight();  // [inner or 2 * inner (GEGLU), dim]
+  const Tensor& b1 = act_proj_->bias();
+  const Tensor& w2 = out_proj_->weight();  // [dim_out, inner]
+  const Tensor& b2 = out_proj_->bias();
+  std::vector<Tensor> ys(xs.size());
+  const int64_t parts = (w1.numel() * 4 + kInnerPartBytes - 1) / kInnerPartBytes;
+  if (parts <= 1) {
+    const Tensor w1f = f32_for_chunks(w1), w2f = f32_for_chunks(w2);
+    for (size_t k = 0; k < xs.size(); ++k)
+      ys[k] = ops::linear(activate(ops::linear(xs[k], w1f, b1)), w2f, b2);
+    return ys;
+  }
+  const int64_t inner = out_proj_->in_features();
+  const int64_t step = (inner + parts - 1) / parts;
+  auto rows_of = [](const Tensor& t, int64_t at, int64_t n) {
+    return t.defined() ? t.narrow(0, at, n) : Tensor();
+  };
+  for (int64_t c = 0; c < inner; c += step) {
+    const int64_t n = std::min(step, inner - c);
+    const Tensor w1c = f32_for_chunks(w1.narrow(0, c, n));
+    // GEGLU: the gate's features follow the hidden ones in the projection
+    const Tensor g1c = kind_ == Kind::kGeglu ? f32_for_chunks(w1.narrow(0, inner + c, n)) : Tensor();
+    const Tensor w2c = f32_for_chunks(w2.narrow(1, c, n));
+    for (size_t k = 0; k < xs.size(); ++k) {
+      const Tensor h = ops::linear(xs[k], w1c, rows_of(b1, c, n));  // [rows, n]
+      const Tensor gate =
+          g1c.defined() ? ops::linear(xs[k], g1c, rows_of(b1, inner + c, n)) : Tensor();
+      const Tensor part = ops::linear(activate(h, gate), w2c, Tensor());  // [rows, dim_out]
+      ys[k] = ys[k].defined() ? ops::add(ys[k], part) : part;
+    }
+  }
+  if (b2.defined())
+    for (Tensor& y : ys) y = ops::add(y, b2);
+  return ys;
 }
 
 Tensor FeedForward::activate(const Tensor& h, const Tensor& gate) const {
@@ -150,29 +172,6 @@ Tensor FeedForward::activate(const Tensor& h, const Tensor& gate) const {
   return Tensor();
 }
 
-Tensor FeedForward::forward_inner_parts(const Tensor& x, int64_t parts) const {
-  const Tensor& w1 = act_proj_->weight();  // [inner or 2 * inner (GEGLU), dim]
-  const Tensor& b1 = act_proj_->bias();
-  const int64_t inner = out_proj_->in_features();
-  const int64_t step = (inner + parts - 1) / parts;
-  auto rows_of = [](const Tensor& t, int64_t at, int64_t n) {
-    return t.defined() ? t.narrow(0, at, n) : Tensor();
-  };
-  Tensor y;
-  for (int64_t c = 0; c < inner; c += step) {
-    const int64_t n = std::min(step, inner - c);
-    const Tensor h = ops::linear(x, w1.narrow(0, c, n), rows_of(b1, c, n));  // [..., n]
-    // GEGLU: the gate's features follow the hidden ones in the projection
-    const Tensor gate = kind_ == Kind::kGeglu ? ops::linear(x, w1.narrow(0, inner + c, n),
-                                                            rows_of(b1, inner + c, n))
-                                              : Tensor();
-    const Tensor a = activate(h, gate);  // [..., n]
-    const Tensor part = ops::linear(a, out_proj_->weight().narrow(1, c, n), Tensor());
-    y = y.defined() ? ops::add(y, part) : part;  // [..., dim_out]
-  }
-  const Tensor& b2 = out_proj_->bias();
-  return b2.defined() ? ops::add(y, b2) : y;
-}
 
 // ---------------- AdaLayerNormZero ----------------
 

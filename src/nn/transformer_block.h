@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <vector>
 #include <string>
 
 #include "core/tensor.h"
@@ -75,7 +76,8 @@ struct FeedForwardOptions {
 // With a chunk size set (diffusers' enable_forward_chunking; low-memory runs) and nothing to
 // record for autograd, the rows go through in chunks of that many, so the widest activation
 // (GEGLU's [rows, 2 * inner]) exists for one chunk at a time; and a projection with more than
-// 16 MiB of f32 weights goes in parts of its inner features (transformer_block.cc).
+// 16 MiB of f32 weights goes in parts of its inner features (transformer_block.cc); the weights of
+// each projection, or of each part, are widened once for all the row chunks.
 void set_feed_forward_chunk_rows(int64_t rows);  // 0 (default): no chunking
 int64_t feed_forward_chunk_rows();
 class FeedForward : public Module {
@@ -95,11 +97,7 @@ class FeedForward : public Module {
   enum class Kind { kGelu, kGeluTanh, kGeglu, kApproximateGelu };
   Kind kind_ = Kind::kGeglu;
   std::shared_ptr<Linear> act_proj_, out_proj_;
-  Tensor forward_rows(const Tensor& x) const;
-  // The same with net.0's and net.2's weights given (the row chunks' widened copies).
-  Tensor forward_rows(const Tensor& x, const Tensor& w1, const Tensor& w2) const;
-  int64_t inner_parts() const;  // 1, or the parts forward_inner_parts goes in
-  Tensor forward_inner_parts(const Tensor& x, int64_t parts) const;
+  std::vector<Tensor> forward_chunks(const std::vector<Tensor>& xs) const;
   // net.0's activation of its projection h; GEGLU with `gate` undefined splits h into
   // (hidden, gate) halves, with it takes h as the hidden half.
   Tensor activate(const Tensor& h, const Tensor& gate = Tensor()) const;
