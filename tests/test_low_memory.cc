@@ -117,18 +117,26 @@ TEST(LoadScope, HalfEmbeddingTableGathersTheSameRows) {
   EXPECT_THROW(ops::embedding(half, Tensor::from_vector_i64({50}, {1})), Error);
 }
 
+// Normal random weights (times `weight_scale`, biases times `bias_scale`) loaded into `ff`, kept
+// as f16 when `half`, else f32.
+void load_random(nn::FeedForward& ff, Generator& gen, float weight_scale, float bias_scale,
+                 bool half) {
+  std::map<std::string, Tensor> random;
+  for (const auto& [name, p] : ff.state_dict()) {
+    const bool bias = name.find("bias") != std::string::npos;
+    random[name] = gen.randn(p.shape()) * (bias ? bias_scale : weight_scale);
+  }
+  nn::LoadScope scope(half ? nn::WeightPrecision::kF16 : nn::WeightPrecision::kF32);
+  ff.load_state_dict(random);
+}
+
 TEST(FeedForward, ChunkedRowsGiveTheSameOutput) {
   // f32 weights, and half-precision ones (widened once for all the chunks).
   for (const bool half : {false, true}) {
     SCOPED_TRACE(half ? "f16 weights" : "f32 weights");
     Generator gen(8);
     nn::FeedForward ff(24);  // GEGLU, inner 96
-    std::map<std::string, Tensor> random;
-    for (const auto& [name, p] : ff.state_dict()) random[name] = gen.randn(p.shape()) * 0.2f;
-    {
-      nn::LoadScope scope(half ? nn::WeightPrecision::kF16 : nn::WeightPrecision::kF32);
-      ff.load_state_dict(random);
-    }
+    load_random(ff, gen, 0.2f, 0.2f, half);
     ASSERT_EQ(ff.out_proj()->weight().dtype(), half ? DType::kF16 : DType::kF32);
     const Tensor x = gen.randn({2, 37, 24});
     autograd::NoGradGuard no_grad;
@@ -149,13 +157,7 @@ TEST(FeedForward, LargeProjectionsGoInPartsOfTheInnerFeatures) {
   for (const bool half : {false, true}) {
     Generator gen(9);
     nn::FeedForward ff(1024, {.mult = 3});
-    std::map<std::string, Tensor> random;
-    for (const auto& [name, p] : ff.state_dict())
-      random[name] = gen.randn(p.shape()) * (name.find("bias") != std::string::npos ? 0.1f : 0.03f);
-    {
-      nn::LoadScope scope(half ? nn::WeightPrecision::kF16 : nn::WeightPrecision::kF32);
-      ff.load_state_dict(random);
-    }
+    load_random(ff, gen, 0.03f, 0.1f, half);
     EXPECT_EQ(ff.act_proj()->weight().dtype(), half ? DType::kF16 : DType::kF32);
     const Tensor x = gen.randn({3, 5, 1024});
     autograd::NoGradGuard no_grad;
