@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <vector>
 
 #include "ops/kernels.h"
 #include "ops/ops.h"
@@ -289,8 +290,10 @@ TEST(FastCopy, StridedAndOtherDtypesFallBackToReference) {
 TEST(FastCopy, ViewsWithUnitStrideRowsConvertRowByRow) {
   const Tensor m = testing::random_tensor({300, 257}, 5);
   const Tensor c = testing::random_tensor({3, 40, 33}, 6);
-  for (const Tensor& x : {m.narrow(1, 100, 130), m.narrow(1, 1, 7), c.narrow(1, 5, 20).narrow(2, 3, 29),
-                          m.narrow(0, 10, 50).narrow(1, 0, 256)}) {
+  const std::vector<Tensor> views = {m.narrow(1, 100, 130), m.narrow(1, 1, 7),
+                                     c.narrow(1, 5, 20).narrow(2, 3, 29),
+                                     m.narrow(0, 10, 50).narrow(1, 0, 256)};
+  for (const Tensor& x : views) {
     ASSERT_FALSE(x.is_contiguous());
     for (DType dt : {DType::kF16, DType::kBF16}) {
       SCOPED_TRACE(dtype_name(dt));
@@ -300,7 +303,8 @@ TEST(FastCopy, ViewsWithUnitStrideRowsConvertRowByRow) {
       EXPECT_TENSORS_CLOSE(fast().copy(h, DType::kF32), ref().copy(h, DType::kF32), 0.0, 0.0);
     }
   }
-  const Tensor big = ref().copy(testing::random_tensor({64, 2048}, 7), DType::kF16).narrow(1, 512, 1024);
+  const Tensor big =
+      ref().copy(testing::random_tensor({64, 2048}, 7), DType::kF16).narrow(1, 512, 1024);
   EXPECT_TENSORS_CLOSE(fast().copy(big, DType::kF32), ref().copy(big, DType::kF32), 0.0, 0.0);
 }
 

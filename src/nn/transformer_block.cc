@@ -110,7 +110,8 @@ Tensor FeedForward::forward(const Tensor& x) const {
   const int64_t rows = x.dim() >= 1 && x.size(-1) > 0 ? x.numel() / x.size(-1) : 0;
   const Tensor flat = x.reshape({rows, x.size(-1)});
   std::vector<Tensor> xs;
-  for (int64_t r = 0; r < rows; r += chunk) xs.push_back(flat.narrow(0, r, std::min(chunk, rows - r)));
+  for (int64_t r = 0; r < rows; r += chunk)
+    xs.push_back(flat.narrow(0, r, std::min(chunk, rows - r)));
   if (xs.empty()) xs.push_back(flat);
   const std::vector<Tensor> ys = forward_chunks(xs);
   Shape shape = x.shape();
@@ -143,7 +144,8 @@ std::vector<Tensor> FeedForward::forward_chunks(const std::vector<Tensor>& xs) c
     const int64_t n = std::min(step, inner - c);
     const Tensor w1c = f32_for_chunks(w1.narrow(0, c, n));
     // GEGLU: the gate's features follow the hidden ones in the projection
-    const Tensor g1c = kind_ == Kind::kGeglu ? f32_for_chunks(w1.narrow(0, inner + c, n)) : Tensor();
+    const Tensor g1c =
+        kind_ == Kind::kGeglu ? f32_for_chunks(w1.narrow(0, inner + c, n)) : Tensor();
     const Tensor w2c = f32_for_chunks(w2.narrow(1, c, n));
     for (size_t k = 0; k < xs.size(); ++k) {
       const Tensor h = ops::linear(xs[k], w1c, rows_of(b1, c, n));  // [rows, n]
@@ -171,7 +173,6 @@ Tensor FeedForward::activate(const Tensor& h, const Tensor& gate) const {
   }
   return Tensor();
 }
-
 
 // ---------------- AdaLayerNormZero ----------------
 

@@ -18,8 +18,8 @@
 
 #include <cstdint>
 #include <memory>
-#include <vector>
 #include <string>
+#include <vector>
 
 #include "core/tensor.h"
 #include "nn/attention.h"
