@@ -35,7 +35,7 @@ TEST(Server, ModelsLoadLazilyAndTheLeastRecentlyUsedIsUnloaded) {
   ServerOptions o;
   o.models = {kFashion, kSdTiny};
   // Room for one of them: the fashion DiT needs about 34 MB (its weights as f32), the tiny SD
-  // fewer, but more than 2.
+  // fewer, but more than the 2 MB the DiT leaves.
   o.memory_budget_mb = 36;
   Serving s(o);
   auto state = [&](int i) { return s.get("/readyz").second["models"][i]["state"]; };

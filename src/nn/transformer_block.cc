@@ -94,11 +94,9 @@ int64_t feed_forward_chunk_rows() { return g_feed_forward_chunk_rows.load(); }
 constexpr int64_t kInnerPartBytes = int64_t{16} << 20;
 
 namespace {
-// A projection's weights (or a part of them) as the matmul takes them: f32 and contiguous,
-// converted once for every row chunk that uses them.
-Tensor f32_for_chunks(const Tensor& w) {
-  return w.dtype() == DType::kF32 && w.is_contiguous() ? w : w.to(DType::kF32).contiguous();
-}
+// A projection's weights (or a part of them) as the matmul takes them: f32 and contiguous
+// (unchanged when they are already), converted once for every row chunk that uses them.
+Tensor f32_for_chunks(const Tensor& w) { return w.to(DType::kF32).contiguous(); }
 }  // namespace
 
 Tensor FeedForward::forward(const Tensor& x) const {

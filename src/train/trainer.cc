@@ -22,8 +22,8 @@
 #include "pipelines/denoise.h"
 #include "schedulers/schedule.h"
 #include "schedulers/training.h"
-#include "train/plot.h"
 #include "train/grow_depth.h"
+#include "train/plot.h"
 #include "train/run_state.h"
 
 namespace stipple::train {

@@ -534,6 +534,10 @@ void widen_halves(int kind, const uint16_t* src, float* dst, int64_t n) {
   HWY_DYNAMIC_DISPATCH(HalfToFloatChunk)(kind, src, dst, n);
 }
 
+void narrow_to_halves(int kind, const float* src, uint16_t* dst, int64_t n) {
+  HWY_DYNAMIC_DISPATCH(FloatToHalfChunk)(kind, src, dst, n);
+}
+
 namespace {
 
 using ops::BinaryOp;
@@ -695,40 +699,12 @@ Tensor fast_binary(BinaryOp op, const Tensor& a, const Tensor& b) {
   return out;
 }
 
-// Whether `t`'s elements lie in rows of its last dimension with unit stride: contiguous, or a
-// view such as a column slice of a matrix (FeedForward's parts of a projection's inputs).
-bool unit_stride_rows(const Tensor& t) {
-  return t.is_contiguous() || (t.dim() >= 2 && t.stride(-1) == 1);
-}
-
-// Runs fn(src_offset, dst_offset, length) over `src` (unit_stride_rows) in runs of contiguous
-// elements, dst contiguous: chunks of the whole when `src` is contiguous, else its rows.
-template <typename Fn>
-void contiguous_runs(const Tensor& src, Fn fn) {
-  if (src.is_contiguous()) {
-    parallel_chunks(src.numel(), [&](int64_t b, int64_t n) { fn(b, b, n); });
-    return;
-  }
-  const int64_t len = src.size(-1);
-  const int64_t rows = len > 0 ? src.numel() / len : 0;
-#pragma omp parallel for schedule(static) if (src.numel() > kChunk)
-  for (int64_t r = 0; r < rows; ++r) {
-    int64_t at = 0;
-    int64_t rem = r;
-    for (int64_t d = src.dim() - 2; d >= 0; --d) {
-      at += (rem % src.size(d)) * src.stride(d);
-      rem /= src.size(d);
-    }
-    fn(at, r * len, len);
-  }
-}
-
 Tensor fast_copy(const Tensor& src, DType dst_dtype) {
   const DType s = src.dtype();
   const bool half_to_f32 = (s == DType::kF16 || s == DType::kBF16) && dst_dtype == DType::kF32;
   const bool f32_to_half =
       s == DType::kF32 && (dst_dtype == DType::kF16 || dst_dtype == DType::kBF16);
-  if (src.is_blocked() || !unit_stride_rows(src) || (!half_to_f32 && !f32_to_half)) {
+  if (src.is_blocked() || !src.is_contiguous() || (!half_to_f32 && !f32_to_half)) {
     return g_ref_copy(src, dst_dtype);
   }
   Tensor out = Tensor::empty(src.shape(), dst_dtype);
@@ -736,15 +712,15 @@ Tensor fast_copy(const Tensor& src, DType dst_dtype) {
     const int kind = s == DType::kF16 ? 0 : 1;
     const uint16_t* ps = src.data<uint16_t>();
     float* pd = out.data<float>();
-    contiguous_runs(src, [&](int64_t from, int64_t to, int64_t n) {
-      HWY_DYNAMIC_DISPATCH(HalfToFloatChunk)(kind, ps + from, pd + to, n);
+    parallel_chunks(src.numel(), [&](int64_t b, int64_t n) {
+      HWY_DYNAMIC_DISPATCH(HalfToFloatChunk)(kind, ps + b, pd + b, n);
     });
   } else {
     const int kind = dst_dtype == DType::kF16 ? 0 : 1;
     const float* ps = src.data<float>();
     uint16_t* pd = out.data<uint16_t>();
-    contiguous_runs(src, [&](int64_t from, int64_t to, int64_t n) {
-      HWY_DYNAMIC_DISPATCH(FloatToHalfChunk)(kind, ps + from, pd + to, n);
+    parallel_chunks(src.numel(), [&](int64_t b, int64_t n) {
+      HWY_DYNAMIC_DISPATCH(FloatToHalfChunk)(kind, ps + b, pd + b, n);
     });
   }
   return out;

@@ -1,7 +1,9 @@
 // Fast strided copy and sum reduction. Both first fold the tensor's dims into as few runs as its
 // strides allow, then work a row at a time instead of an element at a time:
 //   copy  f32 -> f32 from any (non-blocked) strides: memcpy of contiguous inner rows, a gather
-//         loop otherwise; OpenMP over rows. Bit exact (it moves bits).
+//         loop otherwise; OpenMP over rows. Bit exact (it moves bits). f16/bf16 <-> f32 from
+//         strides whose inner rows are contiguous (a column slice of a projection's weights):
+//         each row converted with Highway (convert.h), bit exact like the contiguous case.
 //   sum   contiguous f32 over any set of dims: each inner row is either added into a row of
 //         accumulators (inner dims kept) or summed to one (inner dims reduced). Accumulates in
 //         double like the reference; only the order of the additions differs, so results agree
@@ -11,6 +13,7 @@
 #include <cstring>
 #include <vector>
 
+#include "backends/cpu/convert.h"
 #include "backends/cpu/fill.h"
 
 namespace stipple::cpu {
@@ -74,30 +77,42 @@ Tensor unblock(const Tensor& src) {
   return dst;
 }
 
+bool is_half(DType t) { return t == DType::kF16 || t == DType::kBF16; }
+
 Tensor fast_strided_copy(const Tensor& src, DType dst_dtype) {
-  if (src.is_blocked() && src.dtype() == DType::kF32 && dst_dtype == DType::kF32 &&
-      src.dim() == 4 && src.shape()[1] % src.channel_block() == 0) {
+  const DType st = src.dtype();
+  if (src.is_blocked() && st == DType::kF32 && dst_dtype == DType::kF32 && src.dim() == 4 &&
+      src.shape()[1] % src.channel_block() == 0) {
     return unblock(src);
   }
-  if (src.dtype() != DType::kF32 || dst_dtype != DType::kF32 || src.is_blocked() ||
-      src.is_contiguous()) {
+  const bool move = st == DType::kF32 && dst_dtype == DType::kF32;
+  const bool widen = is_half(st) && dst_dtype == DType::kF32;
+  const bool narrow = st == DType::kF32 && is_half(dst_dtype);
+  if (!(move || widen || narrow) || src.is_blocked() || src.is_contiguous()) {
     return g_prev_copy(src, dst_dtype);
   }
-  Tensor dst = Tensor::empty(src.shape());
   const std::vector<Run> runs = fold_runs(src.shape(), src.strides());
   const int64_t inner = runs.back().size;
   const int64_t istride = runs.back().stride;
+  if (!move && istride != 1) return g_prev_copy(src, dst_dtype);  // converts whole rows only
+  Tensor dst = Tensor::empty(src.shape(), dst_dtype);
   const int64_t rows = src.numel() / std::max<int64_t>(inner, 1);
-  const float* ps = src.data<float>();
-  float* pd = dst.data<float>();
+  const int kind = st == DType::kF16 || dst_dtype == DType::kF16 ? 0 : 1;  // else bf16
+  const uint16_t* ph = widen ? src.data<uint16_t>() : nullptr;  // the half-precision side
+  uint16_t* qh = narrow ? dst.data<uint16_t>() : nullptr;
+  const float* pf = widen ? nullptr : src.data<float>();  // the f32 side
+  float* qf = narrow ? nullptr : dst.data<float>();
 #pragma omp parallel for schedule(static) if (src.numel() > (1 << 15))
   for (int64_t r = 0; r < rows; ++r) {
-    const float* s = ps + row_offset(runs, r);
-    float* d = pd + r * inner;
-    if (istride == 1) {
-      std::memcpy(d, s, inner * sizeof(float));
+    const int64_t from = row_offset(runs, r), to = r * inner;
+    if (widen) {
+      widen_halves(kind, ph + from, qf + to, inner);
+    } else if (narrow) {
+      narrow_to_halves(kind, pf + from, qh + to, inner);
+    } else if (istride == 1) {
+      std::memcpy(qf + to, pf + from, inner * sizeof(float));
     } else {
-      for (int64_t i = 0; i < inner; ++i) d[i] = s[i * istride];
+      for (int64_t i = 0; i < inner; ++i) qf[to + i] = pf[from + i * istride];
     }
   }
   return dst;
