@@ -68,6 +68,41 @@ class SingleFileTest : public ::testing::Test {
     return all;
   }
 
+  // sd_tiny as an SD 2.x file: OpenCLIP names, fused q/k/v, one extra last layer that SD 2.x
+  // skips (a copy of layer 1).
+  std::map<std::string, Tensor> open_clip_tensors() const {
+    const auto clip = io::load_safetensors(sd_tiny_ + "/text_encoder/model.safetensors");
+    std::map<std::string, Tensor> all;
+    for (const auto& [k, v] : compvis_tensors()) {
+      if (k.rfind("cond_stage_model.", 0) != 0) all[k] = v;
+    }
+    const std::string O = "cond_stage_model.model.";
+    const std::string T = "text_model.";
+    all[O + "token_embedding.weight"] = clip.at(T + "embeddings.token_embedding.weight");
+    all[O + "positional_embedding"] = clip.at(T + "embeddings.position_embedding.weight");
+    all[O + "ln_final.weight"] = clip.at(T + "final_layer_norm.weight");
+    all[O + "ln_final.bias"] = clip.at(T + "final_layer_norm.bias");
+    all[O + "text_projection"] = Tensor::zeros({32, 32});
+    all[O + "logit_scale"] = Tensor::scalar(1.0);
+    for (int l = 0; l < 3; ++l) {  // layer 2 is a copy of layer 1: the layer SD 2.x skips
+      const std::string s = str_cat(T, "encoder.layers.", l < 2 ? l : 1, ".");
+      const std::string d = str_cat(O, "transformer.resblocks.", l, ".");
+      for (const char* wb : {"weight", "bias"}) {
+        const std::string w = wb;
+        all[d + "ln_1." + w] = clip.at(s + "layer_norm1." + w);
+        all[d + "ln_2." + w] = clip.at(s + "layer_norm2." + w);
+        all[d + "attn.out_proj." + w] = clip.at(s + "self_attn.out_proj." + w);
+        all[d + "mlp.c_fc." + w] = clip.at(s + "mlp.fc1." + w);
+        all[d + "mlp.c_proj." + w] = clip.at(s + "mlp.fc2." + w);
+        all[d + "attn.in_proj_" + w] =
+            ops::concat({clip.at(s + "self_attn.q_proj." + w), clip.at(s + "self_attn.k_proj." + w),
+                         clip.at(s + "self_attn.v_proj." + w)},
+                        0);
+      }
+    }
+    return all;
+  }
+
   // Options for what the weights cannot say about sd_tiny (its configs are not SD's).
   static io::SingleFileOptions tiny_options() {
     io::SingleFileOptions opt;
@@ -192,43 +227,30 @@ TEST_F(SingleFileTest, KeyTableNamesEveryTensorOnce) {
 }
 
 TEST_F(SingleFileTest, OpenClipTextEncoderSplitsInProj) {
-  // SD 2.x layout: OpenCLIP names, fused q/k/v, one extra last layer that SD 2.x skips.
-  const auto clip = io::load_safetensors(sd_tiny_ + "/text_encoder/model.safetensors");
-  std::map<std::string, Tensor> all;
-  for (const auto& [k, v] : compvis_tensors()) {
-    if (k.rfind("cond_stage_model.", 0) != 0) all[k] = v;
-  }
-  const std::string O = "cond_stage_model.model.";
-  const std::string T = "text_model.";
-  all[O + "token_embedding.weight"] = clip.at(T + "embeddings.token_embedding.weight");
-  all[O + "positional_embedding"] = clip.at(T + "embeddings.position_embedding.weight");
-  all[O + "ln_final.weight"] = clip.at(T + "final_layer_norm.weight");
-  all[O + "ln_final.bias"] = clip.at(T + "final_layer_norm.bias");
-  all[O + "text_projection"] = Tensor::zeros({32, 32});
-  all[O + "logit_scale"] = Tensor::scalar(1.0);
-  for (int l = 0; l < 3; ++l) {  // layer 2 is a copy of layer 1: the layer SD 2.x skips
-    const std::string s = str_cat(T, "encoder.layers.", l < 2 ? l : 1, ".");
-    const std::string d = str_cat(O, "transformer.resblocks.", l, ".");
-    for (const char* wb : {"weight", "bias"}) {
-      const std::string w = wb;
-      all[d + "ln_1." + w] = clip.at(s + "layer_norm1." + w);
-      all[d + "ln_2." + w] = clip.at(s + "layer_norm2." + w);
-      all[d + "attn.out_proj." + w] = clip.at(s + "self_attn.out_proj." + w);
-      all[d + "mlp.c_fc." + w] = clip.at(s + "mlp.fc1." + w);
-      all[d + "mlp.c_proj." + w] = clip.at(s + "mlp.fc2." + w);
-      all[d + "attn.in_proj_" + w] =
-          ops::concat({clip.at(s + "self_attn.q_proj." + w), clip.at(s + "self_attn.k_proj." + w),
-                       clip.at(s + "self_attn.v_proj." + w)},
-                      0);
-    }
-  }
-  const std::string path = write("openclip.safetensors", all);
+  const std::string path = write("openclip.safetensors", open_clip_tensors());
   const io::SingleFileModels m = io::load_single_file(path, tiny_options(), false, false, true);
   EXPECT_EQ(m.info.text_encoder_kind, "OpenCLIP");
   EXPECT_EQ(m.text_encoder->config().num_hidden_layers, 2);
   EXPECT_EQ(m.text_encoder->config().hidden_act, "gelu");
   const auto clip_ref = models::CLIPTextModel::from_pretrained(sd_tiny_ + "/text_encoder");
   expect_same_weights(*m.text_encoder, *clip_ref);
+}
+
+TEST_F(SingleFileTest, OpenClipLayerThatIsNotANumberIsNamed) {
+  // A malformed key from the file: an error naming the tensor, not the standard library's "stoll".
+  std::map<std::string, Tensor> all = open_clip_tensors();
+  const std::string O = "cond_stage_model.model.";
+  all[O + "transformer.resblocks.x1.ln_1.weight"] = Tensor::zeros({32});
+  all[O + "transformer.resblocks.99999999999999999999.ln_1.weight"] = Tensor::zeros({32});
+  const std::string path = write("bad-layer.safetensors", all);
+  try {
+    io::load_single_file(path, tiny_options(), false, false, true);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("no CLIPTextModel counterpart"), std::string::npos) << what;
+    EXPECT_NE(what.find("transformer.resblocks."), std::string::npos) << what;
+  }
 }
 
 TEST_F(SingleFileTest, TruncatedFileIsAnError) {

@@ -623,6 +623,13 @@ TEST(TrainDiT, GrowingTheDepthKeepsTheFunction) {
              : std::next(it);
   const std::string msg = error_of([&] { grow_transformer_depth(no_ada, 3); });
   EXPECT_NE(msg.find("block 1 has neither adaLN-Zero gates"), std::string::npos) << msg;
+  // a block name from the file that is not a number
+  std::map<std::string, Tensor> odd = weights;
+  odd["transformer_blocks.x1.attn1.to_q.weight"] = Tensor::zeros({1});
+  const std::string odd_msg = error_of([&] { grow_transformer_depth(odd, 3); });
+  EXPECT_NE(odd_msg.find("transformer_blocks.x1.attn1.to_q.weight is not transformer_blocks."),
+            std::string::npos)
+      << odd_msg;
 }
 
 TEST(TrainDiT, ConfigErrors) {
