@@ -253,6 +253,35 @@ TEST_F(SingleFileTest, OpenClipLayerThatIsNotANumberIsNamed) {
   }
 }
 
+TEST_F(SingleFileTest, MalformedShapesAreNamedByInfo) {
+  // A tensor with fewer dimensions than its role needs: an error naming the file, the tensor and
+  // its shape, not the standard library's "vector::_M_range_check".
+  std::map<std::string, Tensor> all = compvis_tensors();
+  all["cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"] =
+      Tensor::zeros({4});
+  const std::string single = write("flat-embedding.safetensors", all);
+  std::string msg =
+      testing::error_message([&] { pipelines::inspect_model(single, tiny_options()); });
+  EXPECT_NE(msg.find("token_embedding.weight has shape [4], expected at least 2 dimensions"),
+            std::string::npos)
+      << msg;
+
+  // A diffusers folder: a flat conv_in, and a model_index.json entry that is not [library, class]
+  // of strings (skipped, as metadata is).
+  const fs::path pipe = dir_ / "flat-unet";
+  fs::create_directories(pipe / "unet");
+  std::ofstream(pipe / "model_index.json")
+      << R"({"_class_name": "StableDiffusionPipeline",
+             "unet": ["diffusers", "UNet2DConditionModel"], "odd": ["diffusers", 7]})";
+  std::ofstream(pipe / "unet" / "config.json") << "{}";
+  io::save_safetensors((pipe / "unet" / "diffusion_pytorch_model.safetensors").string(),
+                       {{"conv_in.weight", Tensor::zeros({4})}});
+  msg = testing::error_message([&] { pipelines::inspect_model(pipe.string(), tiny_options()); });
+  EXPECT_NE(msg.find("tensor 'conv_in.weight' has shape [4], expected at least 2 dimensions"),
+            std::string::npos)
+      << msg;
+}
+
 TEST_F(SingleFileTest, TruncatedFileIsAnError) {
   const std::string path = write("whole.safetensors", compvis_tensors());
   const std::string cut = (dir_ / "cut.safetensors").string();

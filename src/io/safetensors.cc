@@ -331,6 +331,13 @@ const SafetensorsEntry& SafetensorsFile::entry(const std::string& name) const {
   return it->second;
 }
 
+int64_t SafetensorsFile::dim(const std::string& name, size_t d) const {
+  const Shape& s = shape(name);
+  STIPPLE_CHECK(d < s.size(), path_, ": tensor '", name, "' has shape ", shape_str(s),
+                ", expected at least ", d + 1, " dimensions");
+  return s[d];
+}
+
 DType SafetensorsFile::dtype(const std::string& name) const {
   const SafetensorsEntry& e = entry(name);
   DType t;

@@ -81,6 +81,8 @@ class SafetensorsFile {
   // The stipple dtype tensor(name) returns; throws for unsupported dtypes.
   DType dtype(const std::string& name) const;
   const Shape& shape(const std::string& name) const { return entry(name).shape; }
+  // Dimension d of the tensor's shape; throws naming the file and tensor when it has fewer.
+  int64_t dim(const std::string& name, size_t d) const;
 
   // The tensor, viewing the mapping (see the header comment for copies and conversions).
   Tensor tensor(const std::string& name) const;

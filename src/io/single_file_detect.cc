@@ -212,9 +212,8 @@ nlohmann::json detect_text(const Header& h, const SingleFileOptions& opt, std::s
   if (h.has(clip + "embeddings.token_embedding.weight")) {
     const std::string& T = clip;
     *kind = "CLIP";
-    const Shape& tok = h.shape(T + "embeddings.token_embedding.weight");
-    hidden = tok.at(1);
-    j["vocab_size"] = tok.at(0);
+    hidden = h.dim(T + "embeddings.token_embedding.weight", 1);
+    j["vocab_size"] = h.dim(T + "embeddings.token_embedding.weight", 0);
     j["max_position_embeddings"] = h.dim(T + "embeddings.position_embedding.weight", 0);
     const int64_t layers = h.count(T + "encoder.layers.", ".layer_norm1.weight");
     STIPPLE_CHECK(layers > 0, where, ": the CLIP text encoder has no encoder.layers.0");
@@ -225,9 +224,8 @@ nlohmann::json detect_text(const Header& h, const SingleFileOptions& opt, std::s
   } else if (h.has(open_clip + "token_embedding.weight")) {
     const std::string& O = open_clip;
     *kind = "OpenCLIP";
-    const Shape& tok = h.shape(O + "token_embedding.weight");
-    hidden = tok.at(1);
-    j["vocab_size"] = tok.at(0);
+    hidden = h.dim(O + "token_embedding.weight", 1);
+    j["vocab_size"] = h.dim(O + "token_embedding.weight", 0);
     j["max_position_embeddings"] = h.dim(O + "positional_embedding", 0);
     const int64_t layers = h.count(O + "transformer.resblocks.", ".ln_1.weight");
     STIPPLE_CHECK(layers > 1, where, ": the OpenCLIP text encoder has ", layers,
@@ -240,9 +238,9 @@ nlohmann::json detect_text(const Header& h, const SingleFileOptions& opt, std::s
     j["projection_dim"] = 512;
     if (!drop_last) {
       STIPPLE_CHECK(h.has(O + "text_projection") && h.shape(O + "text_projection").size() == 2 &&
-                        h.dim(O + "text_projection", 0) == tok.at(1),
+                        h.dim(O + "text_projection", 0) == hidden,
                     where, ": SDXL's OpenCLIP text encoder needs ", O, "text_projection [",
-                    tok.at(1), ", P] (its pooled embedding)");
+                    hidden, ", P] (its pooled embedding)");
       j["architectures"] = {"CLIPTextModelWithProjection"};
       j["projection_dim"] = h.dim(O + "text_projection", 1);
     }

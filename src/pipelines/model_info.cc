@@ -94,14 +94,14 @@ std::string weights_file(const fs::path& dir) {
 void detect_family(const std::string& component, const io::SafetensorsFile& f, ModelInfo* info) {
   if (component == "unet") {
     if (!f.contains("conv_in.weight")) return;
-    const int64_t in_channels = f.shape("conv_in.weight").at(1);
+    const int64_t in_channels = f.dim("conv_in.weight", 1);
     bool linear = false, cross = false;
     int64_t cross_dim = 0;
     for (const auto& [name, e] : f.entries()) {
       if (ends_with(name, ".proj_in.weight") && e.shape.size() == 2) linear = true;
       if (ends_with(name, ".attn2.to_k.weight")) {
         cross = true;
-        cross_dim = e.shape.at(1);
+        cross_dim = f.dim(name, 1);
       }
     }
     if (!cross) {
@@ -136,7 +136,7 @@ void detect_family(const std::string& component, const io::SafetensorsFile& f, M
     } else if (patch && f.contains("adaln_single.linear.weight") &&
                f.contains("caption_projection.linear_1.weight")) {
       info->family = "PixArt (text-to-image DiT)";
-      const int64_t caption = f.shape("caption_projection.linear_1.weight").at(1);
+      const int64_t caption = f.dim("caption_projection.linear_1.weight", 1);
       info->evidence = str_cat("transformer weights: patch embedding, adaLN-single, ", caption,
                                "-channel caption projection",
                                f.contains("pooled_text_embedder.linear_1.weight")
@@ -159,8 +159,8 @@ ModelInfo inspect_folder(const fs::path& dir) {
                                                          : value_text(index, "_class_name"),
                 ")");
     for (const auto& [key, v] : index.items()) {
-      if (key.empty() || key[0] == '_' || !v.is_array() || v.size() != 2 || v[1].is_null()) {
-        continue;
+      if (key.empty() || key[0] == '_' || !v.is_array() || v.size() != 2 || !v[1].is_string()) {
+        continue;  // metadata, or a part the pipeline does not have ([null, null])
       }
       parts.emplace_back(key, v[1].get<std::string>());
     }
@@ -168,7 +168,7 @@ ModelInfo inspect_folder(const fs::path& dir) {
     const nlohmann::json cfg = io::read_json_file((dir / "config.json").string());
     std::string cls = value_text(cfg, "_class_name");
     if (cls.empty() && cfg.contains("architectures") && cfg["architectures"].is_array() &&
-        !cfg["architectures"].empty()) {
+        !cfg["architectures"].empty() && cfg["architectures"][0].is_string()) {
       cls = cfg["architectures"][0].get<std::string>();
     }
     info.format = "diffusers component folder";
