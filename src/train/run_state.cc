@@ -1,6 +1,7 @@
 // Run state files and CSV logs for the resumable trainers (see run_state.h).
 #include "train/run_state.h"
 
+#include <filesystem>
 #include <fstream>
 
 #include "core/error.h"
@@ -38,6 +39,30 @@ RunState load_run_state(const std::string& path) {
   STIPPLE_CHECK(s.step >= 0 && s.step <= 100000000, path, ": step ", s.step,
                 " is outside [0, 1e8] (a damaged state file)");
   for (const char* key : {"rng", "step", "elapsed_seconds"}) s.tensors.erase(key);
+  return s;
+}
+
+RunState load_run_state_to_resume(const std::string& path) {
+  STIPPLE_CHECK_KIND(std::filesystem::exists(path), kNotFound, "cannot resume: ", path,
+                     " does not exist (start without --resume)");
+  return load_run_state(path);
+}
+
+void prepare_run_folder(const std::string& dir, const std::string& config_file,
+                        const nlohmann::json& config,
+                        const std::function<void(const std::string&)>& say) {
+  if (const int k = io::remove_stale_temporaries(dir))
+    say(str_cat("removed ", k, " temporary file(s) left by an interrupted write in ", dir));
+  io::create_output_dir(dir);
+  io::write_file_atomic(dir + "/" + config_file, config.dump(2) + "\n");
+}
+
+RunState make_run_state(int64_t step, double seconds, const Generator& gen, nlohmann::json config) {
+  RunState s;
+  s.rng = gen.state();
+  s.step = step;
+  s.elapsed_seconds = seconds;
+  s.config = std::move(config);
   return s;
 }
 

@@ -2,7 +2,6 @@
 #include "train/train_clip.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -299,18 +298,9 @@ ClipMetrics train_clip(const ClipTrainConfig& config_in, bool resume,
   auto say = [&](const std::string& s) {
     if (root && message) message(s);
   };
-  ClipTrainConfig config = config_in;
-  const std::string state_path = config.out_dir + "/" + kStateFile;
+  const std::string state_path = config_in.out_dir + "/" + kStateFile;
   RunState state;
-  if (resume) {
-    STIPPLE_CHECK(fs::exists(state_path), "cannot resume: ", state_path,
-                  " does not exist (start without --resume)");
-    state = load_run_state(state_path);
-    ClipTrainConfig saved = ClipTrainConfig::from_json(state.config, state_path);
-    saved.steps = config.steps;
-    saved.out_dir = config.out_dir;
-    config = saved;
-  }
+  ClipTrainConfig config = resumed_config(config_in, resume, state_path, &state);
   config.validate();
   const std::string data_dir = config.data_dir.empty() ? EmojiData::default_dir() : config.data_dir;
 
@@ -371,7 +361,6 @@ ClipMetrics train_clip(const ClipTrainConfig& config_in, bool resume,
                     config.batch_size, config.seed + 2);
   Generator gen(config.seed + 1);
   int64_t step = 0;
-  double elapsed_before = 0;
   if (resume) {
     text_model->load_state_dict(with_prefix(state.tensors, "text."), true, state_path);
     vision_model->load_state_dict(with_prefix(state.tensors, "vision."), true, state_path);
@@ -381,24 +370,14 @@ ClipMetrics train_clip(const ClipTrainConfig& config_in, bool resume,
     loader.load_state_dict(with_prefix(state.tensors, "data."));
     gen.set_state(state.rng);
     step = state.step;
-    elapsed_before = state.elapsed_seconds;
     say(str_cat("train-clip: resumed at step ", step, " of ", config.steps));
   } else {
     say(str_cat("train-clip: text tower ", text_model->num_parameters(), " parameters, image tower ",
                 vision_model->num_parameters()));
   }
-  if (const int k = root ? io::remove_stale_temporaries(config.out_dir) : 0)
-    say(str_cat("removed ", k, " temporary file(s) left by an interrupted write in ", config.out_dir));
-  if (root) {
-    io::create_output_dir(config.out_dir);
-    io::write_file_atomic(config.out_dir + "/train_config.json", config.to_json().dump(2) + "\n");
-  }
+  if (root) prepare_run_folder(config.out_dir, "train_config.json", config.to_json(), say);
   GradientReducer reducer;
-  const auto start = std::chrono::steady_clock::now();
-  auto seconds = [&] {
-    return elapsed_before +
-           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  };
+  const RunClock clock(state.elapsed_seconds);
   auto write_models = [&] {
     save_model(config.out_dir + "/text_encoder", *text_model, tc.to_json(true));
     save_model(config.out_dir + "/image_encoder", *vision_model, vc.to_json());
@@ -407,16 +386,12 @@ ClipMetrics train_clip(const ClipTrainConfig& config_in, bool resume,
     check_same_weights(comm, params, "train-clip", step);
     if (!root) return;
     write_models();
-    RunState s;
+    RunState s = make_run_state(step, clock.seconds(), gen, config.to_json());
     add_prefixed(s.tensors, "text.", text_model->state_dict());
     add_prefixed(s.tensors, "vision.", vision_model->state_dict());
     s.tensors["logit_scale"] = logit_scale.detach().clone();
     add_prefixed(s.tensors, "optimizer.", opt.state_dict());
     add_prefixed(s.tensors, "data.", loader.state_dict());
-    s.rng = gen.state();
-    s.step = step;
-    s.elapsed_seconds = seconds();
-    s.config = config.to_json();
     save_run_state(state_path, s, "stipple-clip-training-state");
   };
   std::unique_ptr<CsvLog> log;
@@ -509,7 +484,7 @@ ClipMetrics train_clip(const ClipTrainConfig& config_in, bool resume,
       char buf[160];
       std::snprintf(buf, sizeof buf, "%lld,%.6g,%.4f,%.4f,%.6g,%.4g,%.2f",
                     static_cast<long long>(step), w_loss / w_n, w_acc / w_n,
-                    std::exp(logit_scale.item()), lr, w_grad / w_n, seconds());
+                    std::exp(logit_scale.item()), lr, w_grad / w_n, clock.seconds());
       log->append(buf);
       w_loss = w_acc = w_grad = 0, w_n = 0;
     }
@@ -519,7 +494,7 @@ ClipMetrics train_clip(const ClipTrainConfig& config_in, bool resume,
       return {};
     }
   }
-  const double train_seconds = seconds();
+  const double train_seconds = clock.seconds(), run_seconds = clock.this_run();
   if (!root) return {};
 
   // 4. retrieval metrics with the saved folders
@@ -531,7 +506,7 @@ ClipMetrics train_clip(const ClipTrainConfig& config_in, bool resume,
                    {"candidates", m.candidates},     {"steps", step},
                    {"train_seconds", train_seconds},
                    {"images_per_second", (step - first) * config.batch_size /
-                                             std::max(1e-9, train_seconds - elapsed_before)}};
+                                             std::max(1e-9, run_seconds)}};
   io::write_file_atomic(config.out_dir + "/metrics.json", mj.dump(2) + "\n");
   return m;
 }

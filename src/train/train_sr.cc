@@ -336,18 +336,9 @@ SrMetrics train_sr(const SrTrainConfig& config_in, bool resume,
   auto say = [&](const std::string& s) {
     if (message) message(s);
   };
-  SrTrainConfig config = config_in;
-  const std::string state_path = config.out_dir + "/" + kStateFile;
+  const std::string state_path = config_in.out_dir + "/" + kStateFile;
   RunState state;
-  if (resume) {
-    STIPPLE_CHECK(fs::exists(state_path), "cannot resume: ", state_path,
-                  " does not exist (start without --resume)");
-    state = load_run_state(state_path);
-    SrTrainConfig saved = SrTrainConfig::from_json(state.config, state_path + " (train_config)");
-    saved.steps = config.steps;  // a resume may train longer
-    saved.out_dir = config.out_dir;
-    config = saved;
-  }
+  SrTrainConfig config = resumed_config(config_in, resume, state_path, &state);
   config.validate();
 
   // 1. data
@@ -380,7 +371,6 @@ SrMetrics train_sr(const SrTrainConfig& config_in, bool resume,
                     /*hflip=*/config.data == "fashion-mnist");
   Generator gen(config.seed + 1);
   int64_t step = 0;
-  double elapsed_before = 0;
   if (resume) {
     unet->load_state_dict(with_prefix(state.tensors, "model."), true, state_path);
     opt.load_state_dict(with_prefix(state.tensors, "optimizer."));
@@ -388,39 +378,27 @@ SrMetrics train_sr(const SrTrainConfig& config_in, bool resume,
     loader.load_state_dict(with_prefix(state.tensors, "data."));
     gen.set_state(state.rng);
     step = state.step;
-    elapsed_before = state.elapsed_seconds;
     say(str_cat("train-sr: resumed at step ", step, " of ", config.steps));
   } else {
     say(str_cat("train-sr: UNet with ", unet->num_parameters(), " parameters"));
   }
-  if (const int k = io::remove_stale_temporaries(config.out_dir))
-    say(str_cat("removed ", k, " temporary file(s) left by an interrupted write in ", config.out_dir));
-  io::create_output_dir(config.out_dir);
-  io::write_file_atomic(config.out_dir + "/train_config.json", config.to_json().dump(2) + "\n");
+  prepare_run_folder(config.out_dir, "train_config.json", config.to_json(), say);
   const std::vector<float> acp = schedulers::alphas_cumprod_from_betas(
       schedulers::make_betas("linear", kTrainTimesteps, 0.0001, 0.02));
   const schedulers::PredictionType prediction =
       schedulers::parse_prediction_type(config.prediction_type);
 
-  const auto start = std::chrono::steady_clock::now();
-  auto seconds = [&] {
-    return elapsed_before +
-           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  };
+  const RunClock clock(state.elapsed_seconds);
   auto checkpoint = [&] {
     ema.store(params);
     ema.copy_to(params);
     write_sr_folder(config.out_dir, config, *unet, unet_config, channels, size / config.scale);
     ema.restore(params);
-    RunState s;
+    RunState s = make_run_state(step, clock.seconds(), gen, config.to_json());
     add_prefixed(s.tensors, "model.", unet->state_dict());
     add_prefixed(s.tensors, "optimizer.", opt.state_dict());
     add_prefixed(s.tensors, "ema.", ema.state_dict());
     add_prefixed(s.tensors, "data.", loader.state_dict());
-    s.rng = gen.state();
-    s.step = step;
-    s.elapsed_seconds = seconds();
-    s.config = config.to_json();
     save_run_state(state_path, s, "stipple-sr-training-state");
   };
   CsvLog log(config.out_dir + "/log.csv", "step,loss,lr,grad_norm,seconds");
@@ -476,7 +454,7 @@ SrMetrics train_sr(const SrTrainConfig& config_in, bool resume,
     if (step % config.log_every == 0 || step == config.steps || stop) {
       char buf[128];
       std::snprintf(buf, sizeof buf, "%lld,%.6g,%.6g,%.6g,%.2f", static_cast<long long>(step),
-                    w_loss / w_n, lr, w_grad / w_n, seconds());
+                    w_loss / w_n, lr, w_grad / w_n, clock.seconds());
       log.append(buf);
       w_loss = w_grad = 0, w_n = 0;
     }
@@ -486,7 +464,7 @@ SrMetrics train_sr(const SrTrainConfig& config_in, bool resume,
       return {};
     }
   }
-  const double train_seconds = seconds();
+  const double train_seconds = clock.seconds(), run_seconds = clock.this_run();
 
   // 4. held-out scores of the saved folder (EMA weights), next to bicubic
   SrMetrics m;
@@ -503,7 +481,7 @@ SrMetrics train_sr(const SrTrainConfig& config_in, bool resume,
   mj["steps"] = step;
   mj["train_seconds"] = train_seconds;
   mj["images_per_second"] =
-      (step - first) * config.batch_size / std::max(1e-9, train_seconds - elapsed_before);
+      (step - first) * config.batch_size / std::max(1e-9, run_seconds);
   io::write_file_atomic(config.out_dir + "/metrics.json", mj.dump(2) + "\n");
   return m;
 }

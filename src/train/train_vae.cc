@@ -2,7 +2,6 @@
 #include "train/train_vae.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -248,18 +247,9 @@ VaeMetrics train_vae(const VaeTrainConfig& config_in, bool resume,
   auto say = [&](const std::string& s) {
     if (root && message) message(s);
   };
-  VaeTrainConfig config = config_in;
-  const std::string state_path = config.out_dir + "/" + kStateFile;
+  const std::string state_path = config_in.out_dir + "/" + kStateFile;
   RunState state;
-  if (resume) {
-    STIPPLE_CHECK(fs::exists(state_path), "cannot resume: ", state_path,
-                  " does not exist (start without --resume)");
-    state = load_run_state(state_path);
-    VaeTrainConfig saved = VaeTrainConfig::from_json(state.config, state_path + " (train_config)");
-    saved.steps = config.steps;  // the only setting a resume may change
-    saved.out_dir = config.out_dir;
-    config = saved;
-  }
+  VaeTrainConfig config = resumed_config(config_in, resume, state_path, &state);
   config.validate();
   const std::string data_dir = config.data_dir.empty() ? EmojiData::default_dir() : config.data_dir;
 
@@ -286,45 +276,30 @@ VaeMetrics train_vae(const VaeTrainConfig& config_in, bool resume,
   DataLoader loader(images, Tensor::arange(n, DType::kI64), config.batch_size, config.seed + 2);
   Generator gen(config.seed + 1);
   int64_t step = 0;
-  double elapsed_before = 0;
   if (resume) {
     vae->load_state_dict(with_prefix(state.tensors, "model."), true, state_path);
     opt.load_state_dict(with_prefix(state.tensors, "optimizer."));
     loader.load_state_dict(with_prefix(state.tensors, "data."));
     gen.set_state(state.rng);
     step = state.step;
-    elapsed_before = state.elapsed_seconds;
     say(str_cat("train-vae: resumed at step ", step, " of ", config.steps));
   } else {
     say(str_cat("train-vae: AutoencoderKL with ", vae->num_parameters(), " parameters, latents ",
                 config.latent_channels, "x", 64 / vae->config().downscale_factor(), "x",
                 64 / vae->config().downscale_factor()));
   }
-  if (const int k = root ? io::remove_stale_temporaries(config.out_dir) : 0)
-    say(str_cat("removed ", k, " temporary file(s) left by an interrupted write in ", config.out_dir));
-  if (root) {
-    io::create_output_dir(config.out_dir);
-    io::write_file_atomic(config.out_dir + "/train_config.json", config.to_json().dump(2) + "\n");
-  }
+  if (root) prepare_run_folder(config.out_dir, "train_config.json", config.to_json(), say);
   GradientReducer reducer;
 
-  const auto start = std::chrono::steady_clock::now();
-  auto seconds = [&] {
-    return elapsed_before +
-           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  };
+  const RunClock clock(state.elapsed_seconds);
   auto checkpoint = [&] {
     check_same_weights(comm, params, "train-vae", step);
     if (!root) return;
     write_vae_folder(config.out_dir + "/vae", *vae, false);
-    RunState s;
+    RunState s = make_run_state(step, clock.seconds(), gen, config.to_json());
     add_prefixed(s.tensors, "model.", vae->state_dict());
     add_prefixed(s.tensors, "optimizer.", opt.state_dict());
     add_prefixed(s.tensors, "data.", loader.state_dict());
-    s.rng = gen.state();
-    s.step = step;
-    s.elapsed_seconds = seconds();
-    s.config = config.to_json();
     save_run_state(state_path, s, "stipple-vae-training-state");
   };
   // The log keeps the rows of earlier runs up to the resumed step.
@@ -387,7 +362,7 @@ VaeMetrics train_vae(const VaeTrainConfig& config_in, bool resume,
       char buf[192];
       std::snprintf(buf, sizeof buf, "%lld,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.2f",
                     static_cast<long long>(step), w_loss / w_n, w_rec / w_n, w_edge / w_n,
-                    w_kl / w_n, lr, w_grad / w_n, seconds());
+                    w_kl / w_n, lr, w_grad / w_n, clock.seconds());
       log->append(buf);
       w_loss = w_rec = w_edge = w_kl = w_grad = 0, w_n = 0;
     }
@@ -397,7 +372,7 @@ VaeMetrics train_vae(const VaeTrainConfig& config_in, bool resume,
       return {};
     }
   }
-  const double train_seconds = seconds();
+  const double train_seconds = clock.seconds(), run_seconds = clock.this_run();
   if (!root) return {};
 
   // 4. the latent scale, the final folder and the held-out metrics
@@ -432,7 +407,7 @@ VaeMetrics train_vae(const VaeTrainConfig& config_in, bool resume,
                    {"scaling_factor", m.scaling_factor}, {"steps", step},
                    {"train_seconds", train_seconds},
                    {"images_per_second", (step - first) * config.batch_size /
-                                             std::max(1e-9, train_seconds - elapsed_before)}};
+                                             std::max(1e-9, run_seconds)}};
   io::write_file_atomic(config.out_dir + "/metrics.json", mj.dump(2) + "\n");
   say(str_cat("train-vae: wrote ", config.out_dir, "/vae (scaling_factor ", m.scaling_factor,
               "), recon.png and metrics.json"));

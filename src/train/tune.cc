@@ -2,7 +2,6 @@
 #include "train/tune.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -234,18 +233,10 @@ TuneResult tune(const TuneConfig& config_in, bool resume,
   auto say = [&](const std::string& s) {
     if (message) message(s);
   };
-  TuneConfig config = config_in;
-  const std::string state_path = config.out_dir + "/" + kStateFile;
+  const std::string state_path = config_in.out_dir + "/" + kStateFile;
   RunState state;
-  if (resume) {
-    STIPPLE_CHECK_KIND(fs::exists(state_path), kNotFound, "cannot resume: ", state_path,
-                  " does not exist (start without --resume)");
-    state = load_run_state(state_path);
-    TuneConfig saved = TuneConfig::from_json(state.config, state_path + " (tune config)");
-    saved.steps = config.steps;  // a resume may tune longer
-    saved.out_dir = config.out_dir;
-    config = saved;
-  } else {
+  TuneConfig config = resumed_config(config_in, resume, state_path, &state);
+  if (!resume) {
     STIPPLE_CHECK(!fs::exists(state_path), "tune: ", config.out_dir,
                   " holds a tuning run already (continue it with --resume, or give another "
                   "--out)");
@@ -301,7 +292,6 @@ TuneResult tune(const TuneConfig& config_in, bool resume,
   AdamW opt(params, AdamWConfig{config.lr, 0.9f, 0.999f, 1e-8f, 0.0f});
   Generator gen(config.seed + 1);
   int64_t step = 0, round = 0, empty_rounds = 0;
-  double elapsed_before = 0;
   if (resume) {
     policy->load_state_dict(with_prefix(state.tensors, "model."), true, state_path);
     opt.load_state_dict(with_prefix(state.tensors, "optimizer."));
@@ -315,19 +305,15 @@ TuneResult tune(const TuneConfig& config_in, bool resume,
     step = state.step;
     round = counter("round");
     empty_rounds = counter("empty_rounds");
-    elapsed_before = state.elapsed_seconds;
     say(str_cat("tune: resumed at step ", step, " of ", config.steps, " (round ", round, ")"));
   } else {
     say(str_cat("tune: ", start, " (", policy->num_parameters(), " parameters), ",
                 classes.size(), " classes x ", config.candidates, " candidates per round, scored "
                 "by ", scorer->name()));
   }
-  if (const int k = io::remove_stale_temporaries(config.out_dir))
-    say(str_cat("removed ", k, " temporary file(s) left by an interrupted write in ",
-                config.out_dir));
+  prepare_run_folder(config.out_dir, "tune_config.json", config.to_json(), say);
   io::create_output_dir(config.out_dir + "/transformer");
   io::create_output_dir(config.out_dir + "/scheduler");
-  io::write_file_atomic(config.out_dir + "/tune_config.json", config.to_json().dump(2) + "\n");
   // The folder around the tuned weights is the start's.
   io::write_file_atomic(config.out_dir + "/model_index.json",
                         io::read_file_bounded(start + "/model_index.json", "model index"));
@@ -343,11 +329,7 @@ TuneResult tune(const TuneConfig& config_in, bool resume,
   const ClassGenerator sampler =
       ClassGenerator::from_model(policy, sc, ref.class_names(), config.out_dir);
 
-  const auto t0 = std::chrono::steady_clock::now();
-  auto seconds = [&] {
-    return elapsed_before +
-           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  };
+  const RunClock clock(state.elapsed_seconds);
   auto checkpoint = [&] {
     std::map<std::string, Tensor> weights = policy->state_dict();
     if (half)
@@ -355,15 +337,11 @@ TuneResult tune(const TuneConfig& config_in, bool resume,
         if (v.dtype() == DType::kF32) v = v.to(DType::kF16);
     io::save_safetensors(config.out_dir + "/transformer/" + kWeightsFile, weights,
                          {{"format", "pt"}});
-    RunState s;
+    RunState s = make_run_state(step, clock.seconds(), gen, config.to_json());
     add_prefixed(s.tensors, "model.", policy->state_dict());
     add_prefixed(s.tensors, "optimizer.", opt.state_dict());
     s.tensors["round"] = Tensor::scalar(static_cast<double>(round), DType::kI64);
     s.tensors["empty_rounds"] = Tensor::scalar(static_cast<double>(empty_rounds), DType::kI64);
-    s.rng = gen.state();
-    s.step = step;
-    s.elapsed_seconds = seconds();
-    s.config = config.to_json();
     save_run_state(state_path, s, "stipple-tune-state");
   };
   CsvLog log(config.out_dir + "/log.csv",
@@ -527,7 +505,7 @@ TuneResult tune(const TuneConfig& config_in, bool resume,
     std::snprintf(row, sizeof row, "%lld,%lld,%lld,%.6g,%.4f,%.4f,%.6g,%.6g,%.6g,%.6g,%.2f",
                   static_cast<long long>(step), static_cast<long long>(round),
                   static_cast<long long>(P), p.loss, p.implicit_accuracy, ess, reward_mean,
-                  reward_min, lr, updates ? grad_sum / updates : 0.0, seconds());
+                  reward_min, lr, updates ? grad_sum / updates : 0.0, clock.seconds());
     log.append(row);
     if (progress) progress(p);
     const bool stop = should_stop && should_stop();
@@ -552,7 +530,7 @@ TuneResult tune(const TuneConfig& config_in, bool resume,
   if (step == 0 && !fs::exists(config.out_dir + "/transformer/" + kWeightsFile)) checkpoint();
   result.steps = step;
   result.rounds = round;
-  result.seconds = seconds();
+  result.seconds = clock.seconds();
   return result;
 }
 
