@@ -262,7 +262,7 @@ TEST_F(SingleFileTest, MalformedShapesAreNamedByInfo) {
   const std::string single = write("flat-embedding.safetensors", all);
   std::string msg =
       testing::error_message([&] { pipelines::inspect_model(single, tiny_options()); });
-  EXPECT_NE(msg.find("token_embedding.weight has shape [4], expected at least 2 dimensions"),
+  EXPECT_NE(msg.find("token_embedding.weight' has shape [4], expected at least 2 dimensions"),
             std::string::npos)
       << msg;
 

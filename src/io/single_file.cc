@@ -5,10 +5,12 @@
 #include <algorithm>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <set>
 #include <utility>
 
 #include "core/error.h"
+#include "core/parse_index.h"
 #include "io/json.h"
 #include "io/single_file_detect.h"
 #include "io/torch_checkpoint.h"
@@ -186,13 +188,13 @@ std::map<std::string, Tensor> convert_open_clip(const SafetensorsFile& file,
     } else if (starts_with(rest, "transformer.resblocks.")) {
       const std::string r = rest.substr(22);
       const size_t dot = r.find('.');
-      const std::string number = r.substr(0, dot);
-      if (dot == std::string::npos || number.empty() || number.size() > 6 ||
-          number.find_first_not_of("0123456789") != std::string::npos) {
+      const std::optional<int64_t> index =
+          dot == std::string::npos ? std::nullopt : parse_index(r.substr(0, dot));
+      if (!index) {
         unmapped.push_back(name);  // not transformer.resblocks.<layer>.<leaf>
         continue;
       }
-      const int64_t l = std::stoll(number);
+      const int64_t l = *index;
       if (l >= layers) continue;  // the last layer: SD 2.x stops at the penultimate one
       const std::string leaf = r.substr(dot + 1);
       const std::string dst = str_cat("text_model.encoder.layers.", l, ".");

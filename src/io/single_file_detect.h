@@ -36,17 +36,14 @@ class Header {
     for (const auto& [name, e] : file.entries()) canon_[canonical_name(name)] = name;
   }
   bool has(const std::string& n) const { return canon_.count(n) > 0; }
-  const Shape& shape(const std::string& n) const {
+  // The file's own name of the tensor with canonical name n.
+  const std::string& file_name(const std::string& n) const {
     auto it = canon_.find(n);
     STIPPLE_CHECK(it != canon_.end(), file_.path(), ": no tensor ", n);
-    return file_.shape(it->second);
+    return it->second;
   }
-  int64_t dim(const std::string& n, size_t d) const {
-    const Shape& s = shape(n);
-    STIPPLE_CHECK(d < s.size(), file_.path(), ": tensor ", n, " has shape ", shape_str(s),
-                  ", expected at least ", d + 1, " dimensions");
-    return s[d];
-  }
+  const Shape& shape(const std::string& n) const { return file_.shape(file_name(n)); }
+  int64_t dim(const std::string& n, size_t d) const { return file_.dim(file_name(n), d); }
   // Counts i = 0, 1, ... while has(prefix + i + suffix).
   int64_t count(const std::string& prefix, const std::string& suffix) const {
     int64_t n = 0;

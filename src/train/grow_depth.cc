@@ -1,9 +1,12 @@
 #include "train/grow_depth.h"
 
 #include <algorithm>
+#include <optional>
+#include <string_view>
 #include <vector>
 
 #include "core/error.h"
+#include "core/parse_index.h"
 
 namespace stipple::train {
 
@@ -15,12 +18,11 @@ std::map<std::string, Tensor> grow_transformer_depth(std::map<std::string, Tenso
     if (name.rfind(prefix, 0) != 0) continue;
     const size_t dot = name.find('.', prefix.size());
     if (dot == std::string::npos) continue;
-    const std::string number = name.substr(prefix.size(), dot - prefix.size());
-    STIPPLE_CHECK(!number.empty() && number.size() <= 6 &&
-                      number.find_first_not_of("0123456789") == std::string::npos,
-                  "growing the transformer's depth: ", name, " is not ", prefix,
-                  "<block number>.<name>");
-    from = std::max(from, 1 + std::stoi(number));
+    const std::optional<int64_t> index =
+        parse_index(std::string_view(name).substr(prefix.size(), dot - prefix.size()));
+    STIPPLE_CHECK(index.has_value(), "growing the transformer's depth: ", name, " is not ",
+                  prefix, "<block number>.<name>");
+    from = std::max(from, 1 + static_cast<int>(*index));
   }
   if (from == 0 || depth <= from) return weights;
   // Old block i moves to floor(i * depth / from): the old blocks keep their order, spread evenly,
