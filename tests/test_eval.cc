@@ -3,7 +3,6 @@
 // loading, the CAS / FID_feat pipeline end to end on a tiny random generator, and the errors for
 // wrong folders. With the data installed, the shipped classifier's test accuracy.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
@@ -21,6 +20,7 @@
 #include "models/fashion_classifier.h"
 #include "ops/ops.h"
 #include "support/numerics.h"
+#include "support/scratch_dir.h"
 #include "support/tiny_models.h"
 #include "train/datasets.h"
 #include "train/evaluate.h"
@@ -34,11 +34,7 @@ namespace {
 namespace fs = std::filesystem;
 
 std::string temp_dir(const std::string& name) {
-  const fs::path p =
-      fs::temp_directory_path() / ("stipple_test_eval_" + std::to_string(getpid())) / name;
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p.string();
+  return testing::scratch_dir("eval", name);
 }
 
 // A random symmetric positive definite n x n matrix: A A^T / n + shift I.

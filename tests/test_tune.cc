@@ -3,7 +3,6 @@
 // output opens as a model, the weights move, the reference does not), exact resume, and the
 // errors users can make.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
@@ -15,6 +14,7 @@
 #include "ops/ops.h"
 #include "stipple/stipple.h"
 #include "support/numerics.h"
+#include "support/scratch_dir.h"
 #include "support/tiny_models.h"
 #include "train/evaluate.h"
 #include "train/tune.h"
@@ -26,11 +26,7 @@ namespace fs = std::filesystem;
 using testing::expect_error;
 
 std::string temp_dir(const std::string& name) {
-  const fs::path p =
-      fs::temp_directory_path() / ("stipple_test_tune_" + std::to_string(getpid())) / name;
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p.string();
+  return testing::scratch_dir("tune", name);
 }
 
 TEST(Tune, PreferencePairsBestAgainstWorstInward) {
