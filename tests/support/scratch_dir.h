@@ -14,14 +14,16 @@ namespace stipple::testing {
 inline std::string scratch_dir(const std::string& suite, const std::string& name) {
   namespace fs = std::filesystem;
   struct Root {
+    pid_t owner;
     fs::path path;
     ~Root() {
-      std::error_code ec;  // at exit: nothing to report to
+      if (::getpid() != owner) return;  // a forked child leaves its parent's files alone
+      std::error_code ec;               // at exit: nothing to report to
       fs::remove_all(path, ec);
     }
   };
-  static Root root{fs::temp_directory_path() /
-                   ("stipple_test_" + suite + "_" + std::to_string(::getpid()))};
+  static Root root{::getpid(), fs::temp_directory_path() /
+                                   ("stipple_test_" + suite + "_" + std::to_string(::getpid()))};
   const fs::path p = root.path / name;
   fs::remove_all(p);
   fs::create_directories(p);
