@@ -178,7 +178,8 @@ TEST(Server, TheWebPageGeneratesShowsProgressAndCancelsInChromium) {
   b.run("document.getElementById('steps').value = '150';"
         "document.getElementById('count').value = '16';");
   b.click("#generate");
-  ASSERT_TRUE(b.until("return /step [1-9]/.test(document.getElementById('status').textContent)", 60))
+  ASSERT_TRUE(b.until("return /step [1-9]/"
+                      ".test(document.getElementById('status').textContent)", 60))
       << page_state(b);
   b.click("#cancel");
   ASSERT_TRUE(b.until("return document.getElementById('status').textContent === 'cancelled'", 60))
@@ -198,7 +199,8 @@ TEST(Server, TheWebPageSendsTheApiKeyInChromium) {
   Browser b;
   b.go("http://127.0.0.1:" + std::to_string(s.port()) + "/");
   // Without the key the page says why it cannot list the models; with it, it can.
-  ASSERT_TRUE(b.until("return /Authorization/.test(document.getElementById('error').textContent)", 60))
+  ASSERT_TRUE(b.until("return /Authorization/"
+                      ".test(document.getElementById('error').textContent)", 60))
       << page_state(b);
   b.run("const k = document.getElementById('key'); k.value = 'sekrit';"
         "k.dispatchEvent(new Event('change'));");
